@@ -1,0 +1,3 @@
+"""grainvl: multi-grained vision-language models and efficient language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,152 @@
+"""Shared helpers for format readers and writers: atomic writes, JSON/JSON-lines with record
+positions in errors, image and box validation.
+
+Every reader goes through these so that bad input always becomes a :class:`DataError` that names
+the file, the record and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from grainvl.errors import BadRecords, DataError
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def dumps(obj: Any) -> str:
+    """Canonical JSON text: UTF-8 characters kept, key order as given (deterministic output)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, dumps(obj))
+
+
+def write_jsonl(path: str | Path, records: Iterable[Any]) -> None:
+    atomic_write_text(path, "".join(dumps(r) + "\n" for r in records))
+
+
+def read_json(path: str | Path) -> Any:
+    """Load a whole JSON file; a missing file or a syntax error becomes a DataError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(path, None, "file not found") from None
+    except UnicodeDecodeError as e:
+        raise DataError(path, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"line {e.lineno}", f"malformed JSON: {e.msg} (column {e.colno})") from None
+
+
+def iter_jsonl(path: str | Path, bad: BadRecords | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, object)`` for each non-empty line (1-based line numbers)."""
+    path = Path(path)
+    bad = bad or BadRecords()
+    try:
+        f = path.open(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(path, None, "file not found") from None
+    with f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                bad.handle(DataError(path, f"line {lineno}", f"malformed JSON line: {e.msg} (column {e.colno})"))
+
+
+def require_list(obj: Any, path: str | Path) -> list[Any]:
+    if not isinstance(obj, list):
+        raise DataError(path, None, f"expected a JSON list at top level, got {type(obj).__name__}")
+    return obj
+
+
+def require_fields(record: Any, fields: dict[str, type | tuple[type, ...]], path: str | Path, where: str) -> None:
+    """Check that ``record`` is a dict with each field present and of the given type(s)."""
+    if not isinstance(record, dict):
+        raise DataError(path, where, f"expected a JSON object, got {type(record).__name__}")
+    for name, types in fields.items():
+        if name not in record:
+            raise DataError(path, where, f"missing field '{name}'")
+        if not isinstance(record[name], types) or (isinstance(record[name], bool) and bool not in _as_tuple(types)):
+            expected = "/".join(t.__name__ for t in _as_tuple(types))
+            raise DataError(path, where, f"field '{name}' should be {expected}, got {type(record[name]).__name__}")
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def require_text(value: Any, name: str, path: str | Path, where: str) -> str:
+    """A non-empty string (captions, questions, sentences)."""
+    if not isinstance(value, str):
+        raise DataError(path, where, f"field '{name}' should be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(path, where, f"empty {name}")
+    return value
+
+
+def check_box(
+    box: Any, path: str | Path, where: str, width: float | None = None, height: float | None = None
+) -> list[float]:
+    """Validate an ``[x, y, w, h]`` box: four numbers, positive size, inside the image if known."""
+    if not isinstance(box, (list, tuple)) or len(box) < 4 or not all(_is_number(v) for v in box[:4]):
+        raise DataError(path, where, f"box should be [x, y, w, h] numbers, got {box!r}")
+    x, y, w, h = (float(v) for v in box[:4])
+    if w <= 0 or h <= 0:
+        raise DataError(path, where, f"box {box!r} has non-positive size")
+    if x < 0 or y < 0:
+        raise DataError(path, where, f"box {box!r} starts outside the image")
+    if width is not None and height is not None and (x + w > width + 1e-6 or y + h > height + 1e-6):
+        raise DataError(path, where, f"box {box!r} extends outside the {width:g}x{height:g} image")
+    return [x, y, w, h]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_image(image_path: str | Path, record_file: str | Path, where: str) -> tuple[int, int]:
+    """Open and fully decode an image; return ``(width, height)``.
+
+    A missing file, truncated bytes or an undecodable file is a DataError naming the annotation
+    file and record that refer to it, and the image path.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    image_path = Path(image_path)
+    if not image_path.exists():
+        raise DataError(record_file, where, f"image not found: {image_path}")
+    try:
+        with Image.open(image_path) as im:
+            im.load()  # forces a full decode: truncated files fail here, not at training time
+            return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(record_file, where, f"corrupt image {image_path}: {e}") from None
