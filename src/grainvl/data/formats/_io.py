@@ -82,6 +82,30 @@ def iter_jsonl(path: str | Path, bad: BadRecords | None = None) -> Iterator[tupl
                 bad.handle(DataError(path, f"line {lineno}", f"malformed JSON line: {e.msg} (column {e.colno})"))
 
 
+def iter_text_lines(path: str | Path, bad: BadRecords | None = None) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for every line of a UTF-8 text file (1-based, empty lines kept).
+
+    Lines split on ``\\n`` only, so a stray ``\\r`` inside a field stays visible to the caller; a
+    trailing ``\\r`` (CRLF files) and a leading byte-order mark are dropped. Bytes that are not
+    UTF-8 are a DataError for that line, so one bad line does not hide the rest of the file.
+    """
+    path = Path(path)
+    bad = bad or BadRecords()
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        raise DataError(path, None, "file not found") from None
+    with f:
+        for lineno, raw in enumerate(f, start=1):
+            raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+            if lineno == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad.handle(DataError(path, f"line {lineno}", f"not UTF-8 text ({e.reason} at byte {e.start})"))
+
+
 def require_list(obj: Any, path: str | Path) -> list[Any]:
     if not isinstance(obj, list):
         raise DataError(path, None, f"expected a JSON list at top level, got {type(obj).__name__}")

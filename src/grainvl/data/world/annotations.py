@@ -91,3 +91,16 @@ class ParallelPair:
     target_lang: str
     source_text: str
     target_text: str
+
+
+@dataclass
+class XVNLIItem:
+    """Visual entailment (XVNLI style): the image is the premise, ``texts`` the hypothesis.
+
+    ``label`` is "entailment", "contradiction" or "neutral" (neutral: the image cannot decide it).
+    """
+
+    item_id: int
+    image_id: int
+    texts: dict[str, str]
+    label: str

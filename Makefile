@@ -1,0 +1,44 @@
+# Two commands: `make demo` and `make test`. Both create .venv on first use and reuse it afterwards.
+# The venv is rebuilt when requirements.txt or pyproject.toml change (the stamp holds their hash).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+REQ_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.stamp-$(REQ_HASH)
+# Nothing may download at run time: keep the Hugging Face libraries offline.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: demo test test-fast lint format bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	@rm -f $(VENV)/.stamp-*
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/grainvl demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_world.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

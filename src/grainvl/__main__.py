@@ -1,0 +1,5 @@
+import sys
+
+from grainvl.cli import main
+
+sys.exit(main())

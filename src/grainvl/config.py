@@ -1,0 +1,72 @@
+"""Typed dataclass configs: YAML files are serialised instances, CLI flags and dotted overrides win.
+
+One way to configure everything: ``load_config(cls, yaml_path, overrides)`` builds a dataclass from
+its defaults, then the YAML file, then ``key=value`` overrides (dotted keys reach nested dataclasses).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Build ``cls`` from defaults <- YAML file <- ``["a.b=1", ...]`` overrides; unknown keys are errors."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping at top level")
+        values = loaded
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} should look like key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(values, key.strip(), yaml.safe_load(raw))
+    return _build(cls, values, where=str(path or "overrides"))
+
+
+def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for p in parents:
+        values = values.setdefault(p, {})
+    values[last] = value
+
+
+def _build(cls: type[T], values: dict[str, Any], where: str) -> T:
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown config key(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = _build(hint, value, where)  # type: ignore[arg-type]
+        elif typing.get_origin(hint) is tuple and isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON/YAML-ready dict of a config dataclass (tuples become lists)."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

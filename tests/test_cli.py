@@ -1,0 +1,52 @@
+"""Every command answers --help; the config path reads YAML and dotted overrides."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from grainvl.cli import main
+from grainvl.config import load_config
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["world"], ["data"], ["data", "check"], ["tokenizer"], ["tokenizer", "train"], ["demo"]]
+)
+def test_every_command_has_help(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: grainvl" in capsys.readouterr().out
+
+
+def test_python_dash_m_works() -> None:
+    out = subprocess.run([sys.executable, "-m", "grainvl", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("grainvl ")
+
+
+@dataclass
+class Inner:
+    rate: float = 0.1
+
+
+@dataclass
+class Outer:
+    name: str = "a"
+    sizes: tuple[int, int] = (1, 2)
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_load_config_yaml_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: b\nsizes: [3, 4]\ninner:\n  rate: 0.5\n")
+    cfg = load_config(Outer, path, ["inner.rate=0.25"])
+    assert cfg == Outer(name="b", sizes=(3, 4), inner=Inner(rate=0.25))
+
+
+def test_load_config_rejects_unknown_keys(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown config key"):
+        load_config(Outer, None, ["nmae=x"])
