@@ -10,11 +10,20 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from grainvl.errors import BadRecords, DataError
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -25,6 +34,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; datasets are shared, so honour the umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -174,3 +184,169 @@ def check_image(image_path: str | Path, record_file: str | Path, where: str) -> 
             return im.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(record_file, where, f"corrupt image {image_path}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Record loops and image checks shared by the vision-language formats (albef, coco_caption,
+# vqa_v2, msrvtt, iglue, vlue, xvlm_pretrain).
+
+RecordCheck = Callable[[Any, str], object]  # check(record, where); raises DataError when bad
+
+
+def collect_valid(numbered: Iterable[tuple[int, Any]], label: str, check: RecordCheck, bad: BadRecords) -> list[Any]:
+    """Keep the records that pass ``check(record, f"{label} {number}")``; hand the rest to ``bad``."""
+    kept = []
+    for number, record in numbered:
+        try:
+            check(record, f"{label} {number}")
+        except DataError as e:
+            bad.handle(e)
+            continue
+        kept.append(record)
+    return kept
+
+
+def read_json_records(path: str | Path, check: RecordCheck, bad: BadRecords | None = None) -> list[Any]:
+    """A JSON list whose elements are validated one by one (positions are 0-based "index N")."""
+    records = require_list(read_json(path), path)
+    return collect_valid(enumerate(records), "index", check, bad or BadRecords())
+
+
+def read_jsonl_records(path: str | Path, check: RecordCheck, bad: BadRecords | None = None) -> list[Any]:
+    """A JSON-lines file whose lines are validated one by one (positions are 1-based "line N")."""
+    bad = bad or BadRecords()
+    return collect_valid(iter_jsonl(path, bad), "line", check, bad)
+
+
+def require_texts(value: Any, name: str, path: str | Path, where: str) -> list[str]:
+    """A non-empty string or a non-empty list of non-empty strings (captions given as paraphrases)."""
+    if isinstance(value, list):
+        if not value:
+            raise DataError(path, where, f"empty list of {name}s")
+        return [require_text(v, name, path, where) for v in value]
+    return [require_text(value, name, path, where)]
+
+
+def check_image_base64(text: Any, record_file: str | Path, where: str, what: str = "base64 image") -> tuple[int, int]:
+    """Decode a base64-encoded image (X-VLM's ``binary`` field) and return ``(width, height)``."""
+    import base64
+    import binascii
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(text, str) or not text:
+        raise DataError(record_file, where, f"{what} should be a non-empty base64 string")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise DataError(record_file, where, f"{what} is not valid base64: {e}") from None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(record_file, where, f"corrupt {what}: {e}") from None
+
+
+class ImageChecker:
+    """Opens the images an annotation file refers to, relative to ``image_root``, once each.
+
+    With ``image_root`` None every call is a no-op returning None, so readers can call it
+    unconditionally. Sizes are cached per path: a retrieval file that names each image five
+    times decodes it once.
+    """
+
+    def __init__(self, annotation_path: str | Path, image_root: str | Path | None) -> None:
+        self.annotation_path = Path(annotation_path)
+        self.image_root = None if image_root is None else Path(image_root)
+        self._sizes: dict[Path, tuple[int, int]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.image_root is not None
+
+    def check(self, relative: str, where: str) -> tuple[int, int] | None:
+        """``(width, height)`` of ``image_root / relative``, or None when images are not checked."""
+        if self.image_root is None:
+            return None
+        path = self.image_root / relative
+        if path not in self._sizes:
+            self._sizes[path] = check_image(path, self.annotation_path, where)
+        return self._sizes[path]
+
+
+def require_id(record: dict[str, Any], name: str, path: str | Path, where: str, required: bool = True) -> None:
+    """Ids are ints or strings (COCO uses ints, ALBEF "coco_391895"-style strings); never bools."""
+    if name not in record:
+        if required:
+            raise DataError(path, where, f"missing field '{name}'")
+        return
+    value = record[name]
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise DataError(path, where, f"field '{name}' should be int/str, got {type(value).__name__}")
+
+
+def require_positive_int(record: dict[str, Any], name: str, path: str | Path, where: str) -> int:
+    """A pixel size or count: a positive int."""
+    require_fields(record, {name: int}, path, where)
+    if record[name] <= 0:
+        raise DataError(path, where, f"field '{name}' should be positive, got {record[name]}")
+    return record[name]
+
+
+def check_image_field(
+    record: dict[str, Any], name: str, path: str | Path, where: str, images: ImageChecker
+) -> tuple[int, int] | None:
+    """A non-empty relative image path; its ``(width, height)`` when images are checked."""
+    require_fields(record, {name: str}, path, where)
+    require_text(record[name], name, path, where)
+    return images.check(record[name], where)
+
+
+# validator(record, annotation_path, where, images) raises DataError when the record is bad
+Validator = Callable[[Any, Path, str, ImageChecker], object]
+
+
+def read_validated_json(
+    path: str | Path, validator: Validator, bad: BadRecords | None = None, image_root: str | Path | None = None
+) -> list[Any]:
+    """A JSON list checked record by record (and each record's images when ``image_root`` is set)."""
+    path = Path(path)
+    images = ImageChecker(path, image_root)
+    return read_json_records(path, lambda record, where: validator(record, path, where, images), bad)
+
+
+def read_validated_jsonl(
+    path: str | Path, validator: Validator, bad: BadRecords | None = None, image_root: str | Path | None = None
+) -> list[Any]:
+    """A JSON-lines file checked line by line (and each line's images when ``image_root`` is set)."""
+    path = Path(path)
+    images = ImageChecker(path, image_root)
+    return read_jsonl_records(path, lambda record, where: validator(record, path, where, images), bad)
+
+
+def validate_records(records: Iterable[Any], validator: Validator, path: str | Path, lines: bool = False) -> None:
+    """Check records before a writer writes them, so no writer produces a file its reader rejects.
+
+    Raises the first DataError; positions are "line N" (1-based) for JSON lines, else "index N".
+    """
+    path = Path(path)
+    no_images = ImageChecker(path, None)
+    numbered = enumerate(records, 1) if lines else enumerate(records)
+    label = "line" if lines else "index"
+    collect_valid(numbered, label, lambda record, where: validator(record, path, where, no_images), BadRecords())
+
+
+def image_bounds(
+    record: dict[str, Any], path: str | Path, where: str, image: str, actual: tuple[int, int] | None
+) -> tuple[int, int] | None:
+    """The ``(width, height)`` boxes must fit in: the record's ``width``/``height`` when it has them
+    (they must then agree with the decoded image), else the decoded size, else None (unknown)."""
+    if "width" not in record and "height" not in record:
+        return actual
+    declared = (require_positive_int(record, "width", path, where), require_positive_int(record, "height", path, where))
+    if actual is not None and tuple(actual) != declared:
+        says = f"{declared[0]}x{declared[1]}"
+        raise DataError(path, where, f"image {image} is {actual[0]}x{actual[1]}, record says {says}")
+    return declared

@@ -42,10 +42,10 @@ def write_convai2(path: str | Path, episodes: list[dict]) -> None:
 
 
 def _episode_lines(episode: dict, where: str) -> list[str]:
+    for persona in [*episode["your_persona"], *episode["partner_persona"]]:
+        _check_field(persona, where, "persona")
     persona_lines = [YOUR_PERSONA + p for p in episode["your_persona"]]
     persona_lines += [PARTNER_PERSONA + p for p in episode["partner_persona"]]
-    for line in persona_lines:
-        _check_field(line, where, "persona")
     if not episode["turns"]:
         raise ValueError(f"{where}: no dialogue turns")
     turn_lines = []
@@ -126,7 +126,7 @@ def read_convai2(path: str | Path, bad: BadRecords | None = None, image_root: Pa
 
 def _split_number(line: str, path: Path, lineno: int) -> tuple[int, str]:
     head, _, content = line.partition(" ")
-    if not head.isdigit() or not content:
+    if not (head.isascii() and head.isdigit()) or not content:
         raise DataError(path, f"line {lineno}", f"expected '<line number> <text>', got {line[:60]!r}")
     return int(head), content
 
@@ -146,8 +146,8 @@ def _add_line(episode: _EpisodeBuilder, content: str, path: Path, lineno: int) -
         if content.startswith(prefix):
             if episode.turns:
                 raise DataError(path, where, "persona line after the dialogue has started")
-            if "\t" in content:
-                raise DataError(path, where, "persona line contains a tab")
+            if "\t" in content or not content[len(prefix) :].strip():
+                raise DataError(path, where, "persona line should be one non-empty sentence without tabs")
             personas.append(content[len(prefix) :])
             return
     episode.turns.append(_parse_turn(content, path, where))

@@ -26,7 +26,19 @@ class FormatSpec:
     read: Reader
 
     def matches(self, path: Path) -> bool:
-        return any(fnmatch.fnmatch(path.name, p) for p in self.patterns)
+        return any(_matches(path, p) for p in self.patterns)
+
+
+def _matches(path: Path, pattern: str) -> bool:
+    """Match the file name; a pattern with "/" matches that many trailing path components.
+
+    Folder patterns exist because some official names say nothing on their own: IGLUE ships
+    ``XVNLI/annotations/de/test.jsonl`` and ``xFlickrCO/annotations/de/test.jsonl``.
+    """
+    if "/" not in pattern:
+        return fnmatch.fnmatch(path.name, pattern)
+    depth = pattern.count("/") + 1
+    return len(path.parts) >= depth and fnmatch.fnmatch("/".join(path.parts[-depth:]), pattern)
 
 
 FORMATS: dict[str, FormatSpec] = {}

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 from grainvl.data.formats import _io
 
 TILE = 224
-CAPTION_H = 46
+CAPTION_H = 60
 BOX_COLOURS = ((255, 0, 0), (0, 160, 0), (0, 0, 255), (255, 128, 0), (160, 0, 160), (0, 150, 150))
 
 
@@ -45,7 +45,7 @@ def _image_tile(world: Path, record: dict, font_small, font_caption) -> Image.Im
         draw.rectangle([x, y, x + w, y + h], outline=colour, width=2)
         draw.text((x + 2, max(0, y - 11)), elem["caption"], fill=colour, font=font_small)
     caption = record["caption"][0] if isinstance(record["caption"], list) else str(record["caption"])
-    for i, line in enumerate(_wrap(caption, 40, 3)):
+    for i, line in enumerate(_wrap(caption, 40, 4)):
         draw.text((3, TILE + 2 + 14 * i), line, fill="black", font=font_caption)
     return tile
 

@@ -34,7 +34,9 @@ def image_relpath(split: str, image_id: int) -> str:
 
 
 def frame_relpath(split: str, video_id: int, t: int) -> str:
-    return f"videos/{split}/video{video_id}/{t:02d}.jpg"
+    """Video ids are unique across splits, so frames live in one flat ``videos/video{id}`` folder as MSR-VTT's do."""
+    del split
+    return f"videos/video{video_id}/{t:02d}.jpg"
 
 
 class JsonlSink:
@@ -193,7 +195,7 @@ class WorldExporter:
             for q in ann.vqa:
                 recs.xgqa[lang].append(
                     {
-                        "img_id": str(scene.image_id),
+                        "img_id": rel,  # a path relative to the world root, so image checks can find it
                         "label": {q.answers_by_lang[lang]: 1.0},
                         "question_id": str(q.question_id),
                         "sent": q.questions[lang],

@@ -3,9 +3,10 @@
 The output depends only on the Scene: background parameters come from ``random.Random(scene.seed)``
 and background noise from ``numpy.random.default_rng(scene.seed)``. Speed is the design driver
 (the world generator renders hundreds of images per second per process), so everything that
-depends only on geometry is cached: anti-aliased shape masks per (shape, w, h), texture patterns
-per (texture, w, h), gradient and wave ramps per image size. Per image, the work is one background
-fill plus one small alpha blend per object.
+depends only on geometry is cached: anti-aliased shape masks per (shape, w, h), texture masks
+per (texture, w, h), gradient and wave ramps per image size, palettes per colour pair. Per image,
+the work is one background fill (a palette lookup in Pillow) plus a few small masked pastes per
+object, all in Pillow's C code.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import io
 import math
 import random
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -56,7 +57,7 @@ def render_scene(scene: Scene) -> Image.Image:
     for obj in scene.objects:
         _check_box(obj, scene.width, scene.height)
         _draw_object(canvas, obj)
-    return Image.fromarray(canvas, mode="RGB")
+    return canvas
 
 
 def render_video(clip: VideoClip) -> list[Image.Image]:
@@ -75,7 +76,17 @@ def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
     if image.mode != "RGB":
         image = image.convert("RGB")
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality, subsampling=JPEG_SUBSAMPLING, optimize=False, progressive=False)
+    # Explicit empty comment/EXIF: Pillow would otherwise copy a comment found in ``image.info``.
+    image.save(
+        buffer,
+        format="JPEG",
+        quality=quality,
+        subsampling=JPEG_SUBSAMPLING,
+        optimize=False,
+        progressive=False,
+        comment=b"",
+        exif=b"",
+    )
     return buffer.getvalue()
 
 
@@ -88,92 +99,104 @@ def _check_box(obj: WorldObject, width: int, height: int) -> None:
 # --------------------------------------------------------------------------- backgrounds
 
 
-def _background(scene: Scene) -> np.ndarray:
-    """(H, W, 3) uint8 background, a fresh writable array."""
+def _background(scene: Scene) -> Image.Image:
+    """A fresh RGB background image of the scene's size."""
     rng = random.Random(scene.seed)
-    shape = (scene.height, scene.width)
+    size = (scene.width, scene.height)
     base = rng.choice(PASTELS)
     if scene.background == "plain":
-        return _filled(shape, base)
+        return Image.new("RGB", size, base)
     if scene.background == "gradient":
         other = rng.choice([color for color in PASTELS if color != base])
-        return _blend(base, other, _gradient_ramp(shape, rng.randrange(3)))
+        return _colorize(_gradient_ramp(size, rng.randrange(3)), _blend_palette(base, other))
     if scene.background == "noise":
-        return _noise(shape, base, scene.seed)
+        return _colorize(_noise_image(size, scene.seed), _noise_palette(base))
     if scene.background == "grid":
-        return _grid(shape, base, rng)
+        return _grid(size, base, rng)
     if scene.background == "waves":
-        other = _shade(base, 0.82)
-        return _blend(base, other, _wave_ramp(shape, rng.randrange(4), rng.randrange(3)))
+        ramp = _wave_ramp(size, rng.randrange(4), rng.randrange(3))
+        return _colorize(ramp, _blend_palette(base, _shade(base, 0.86)))
     raise ValueError(f"unknown background {scene.background!r}")
 
 
-def _filled(shape: tuple[int, int], color: tuple[int, int, int]) -> np.ndarray:
-    canvas = np.empty((*shape, 3), dtype=np.uint8)
-    canvas[:] = color
-    return canvas
+def _colorize(index_image: Image.Image, palette: bytes) -> Image.Image:
+    """Map an "L" image through a 256-entry RGB palette (768 bytes) to a new RGB image.
+
+    A palette lookup in Pillow is several times faster than numpy fancy indexing or three
+    ``point`` calls plus ``merge``.
+    """
+    indexed = index_image.copy()
+    indexed.putpalette(palette)
+    return indexed.convert("RGB")
 
 
-def _blend(first: tuple[int, int, int], second: tuple[int, int, int], ramp: np.ndarray) -> np.ndarray:
-    """Per-pixel mix of two colours; ``ramp`` is an (H, W) uint8 index, 0 -> first, 255 -> second."""
-    steps = np.linspace(0.0, 1.0, 256, dtype=np.float32)[:, None]  # (256, 1)
-    lut = np.asarray(first, np.float32) + (np.asarray(second, np.float32) - np.asarray(first, np.float32)) * steps
-    return np.rint(lut).astype(np.uint8)[ramp]  # (H, W, 3)
+@lru_cache(maxsize=256)
+def _blend_palette(first: tuple[int, int, int], second: tuple[int, int, int]) -> bytes:
+    """Palette whose entry v mixes ``first`` (v = 0) into ``second`` (v = 255) linearly."""
+    return bytes(round(a + (b - a) * v / 255) for v in range(256) for a, b in zip(first, second))
 
 
 @lru_cache(maxsize=64)
-def _gradient_ramp(shape: tuple[int, int], direction: int) -> np.ndarray:
-    """(H, W) uint8 linear ramp: 0 horizontal, 1 vertical, 2 diagonal. Read-only (cached)."""
-    height, width = shape
+def _noise_palette(base: tuple[int, int, int]) -> bytes:
+    """Palette mapping a uniform byte to ``base`` plus a grey offset in [-NOISE_AMPLITUDE, +NOISE_AMPLITUDE]."""
+    levels = 2 * NOISE_AMPLITUDE + 1
+    offsets = [v * levels // 256 - NOISE_AMPLITUDE for v in range(256)]
+    return bytes(min(255, max(0, channel + offset)) for offset in offsets for channel in base)
+
+
+def _noise_image(size: tuple[int, int], seed: int) -> Image.Image:
+    """ "L" image of uniform random bytes from ``numpy.random.default_rng(seed)``."""
+    width, height = size
+    return Image.frombytes("L", size, np.random.default_rng(seed).bytes(width * height))
+
+
+@lru_cache(maxsize=64)
+def _gradient_ramp(size: tuple[int, int], direction: int) -> Image.Image:
+    """ "L" linear ramp 0..255: direction 0 horizontal, 1 vertical, 2 diagonal. Never mutate (cached)."""
+    width, height = size
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     position = (xs / max(1, width - 1), ys / max(1, height - 1), (xs + ys) / max(1, width + height - 2))[direction]
-    ramp = np.rint(position * 255).astype(np.uint8)
-    ramp.flags.writeable = False
-    return ramp
+    return Image.fromarray(np.rint(position * 255).astype(np.uint8), mode="L")
 
 
 @lru_cache(maxsize=64)
-def _wave_ramp(shape: tuple[int, int], angle_index: int, wavelength_index: int) -> np.ndarray:
-    """(H, W) uint8 sinusoidal bands at one of 4 angles and 3 wavelengths. Read-only (cached)."""
-    height, width = shape
+def _wave_ramp(size: tuple[int, int], angle_index: int, wavelength_index: int) -> Image.Image:
+    """ "L" sinusoidal bands at one of 4 angles and 3 wavelengths. Never mutate (cached)."""
+    width, height = size
     angle = math.pi * angle_index / 4
-    wavelength = min(shape) / (4, 6, 9)[wavelength_index]
+    wavelength = min(size) / (4, 6, 9)[wavelength_index]
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     phase = (xs * math.cos(angle) + ys * math.sin(angle)) * (2 * math.pi / wavelength)
-    ramp = np.rint((0.5 + 0.5 * np.sin(phase)) * 255).astype(np.uint8)
-    ramp.flags.writeable = False
-    return ramp
+    return Image.fromarray(np.rint((0.5 + 0.5 * np.sin(phase)) * 255).astype(np.uint8), mode="L")
 
 
-def _noise(shape: tuple[int, int], base: tuple[int, int, int], seed: int) -> np.ndarray:
-    """Grey per-pixel noise of +- NOISE_AMPLITUDE levels around ``base`` (pastels stay in range)."""
-    noise = np.random.default_rng(seed).integers(-NOISE_AMPLITUDE, NOISE_AMPLITUDE + 1, size=(*shape, 1), dtype=np.int16)
-    return np.clip(noise + np.asarray(base, np.int16), 0, 255).astype(np.uint8)
-
-
-def _grid(shape: tuple[int, int], base: tuple[int, int, int], rng: random.Random) -> np.ndarray:
+def _grid(size: tuple[int, int], base: tuple[int, int, int], rng: random.Random) -> Image.Image:
     """Thin 1 px lines of a slightly darker shade every side/6 … side/12 pixels."""
-    canvas = _filled(shape, base)
-    spacing = max(4, min(shape) // rng.choice((6, 8, 10, 12)))
+    width, height = size
+    canvas = Image.new("RGB", size, base)
+    spacing = max(4, min(size) // rng.choice((6, 8, 10, 12)))
     offset_y, offset_x = rng.randrange(spacing), rng.randrange(spacing)
     line = _shade(base, 0.85)
-    canvas[offset_y::spacing, :] = line
-    canvas[:, offset_x::spacing] = line
+    for y in range(offset_y, height, spacing):
+        canvas.paste(line, (0, y, width, y + 1))
+    for x in range(offset_x, width, spacing):
+        canvas.paste(line, (x, 0, x + 1, height))
     return canvas
 
 
 def _shade(color: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
     """``factor`` < 1 darkens towards black; > 1 lightens towards white by ``factor - 1``."""
     if factor <= 1.0:
-        return (round(color[0] * factor), round(color[1] * factor), round(color[2] * factor))
-    mix = factor - 1.0
-    return (round(color[0] + (255 - color[0]) * mix), round(color[1] + (255 - color[1]) * mix), round(color[2] + (255 - color[2]) * mix))
+        red, green, blue = (round(channel * factor) for channel in color)
+    else:
+        red, green, blue = (round(channel + (255 - channel) * (factor - 1.0)) for channel in color)
+    return (red, green, blue)
 
 
 # --------------------------------------------------------------------------- shapes
 
 
-@lru_cache(maxsize=None)
+@cache
 def _unit_polygon(shape: str) -> tuple[tuple[float, float], ...]:
     """Vertices in [0, 1]^2 (y down), stretched so the shape touches all four sides of its box."""
     if shape == "square":
@@ -212,8 +235,8 @@ def _normalise(points: list[tuple[float, float]]) -> tuple[tuple[float, float], 
 
 
 @lru_cache(maxsize=8192)
-def _shape_masks(shape: str, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """(fill, inner) anti-aliased coverage in [0, 1], each (h, w, 1) float32, read-only.
+def _shape_masks(shape: str, width: int, height: int) -> tuple[Image.Image, Image.Image]:
+    """(fill, inner) anti-aliased "L" coverage masks of size (w, h). Never mutate (cached).
 
     ``fill`` covers the whole shape; ``inner`` is the shape minus its outline band, so the outline
     is ``fill - inner``. The band is about 1 px per 36 px of object side, at least 1 px.
@@ -232,25 +255,21 @@ def _shape_masks(shape: str, width: int, height: int) -> tuple[np.ndarray, np.nd
     else:
         raise ValueError(f"unknown shape {shape!r}")
     drawn = np.asarray(canvas)
-    fill = _downsample(drawn > 0, height, width)
-    inner = _downsample(drawn == 255, height, width)
-    return fill, inner
+    return _downsample(drawn > 0, height, width), _downsample(drawn == 255, height, width)
 
 
-def _downsample(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Box-average a (h*S, w*S) bool mask to (h, w, 1) float32 coverage, read-only."""
-    coverage = mask.reshape(height, SUPERSAMPLE, width, SUPERSAMPLE).mean(axis=(1, 3), dtype=np.float32)
-    coverage = coverage[:, :, None]
-    coverage.flags.writeable = False
-    return coverage
+def _downsample(mask: np.ndarray, height: int, width: int) -> Image.Image:
+    """Box-average a (h*S, w*S) bool mask to an (w, h) "L" coverage image (0..255)."""
+    coverage = mask.reshape(height, SUPERSAMPLE, width, SUPERSAMPLE).mean(axis=(1, 3))
+    return Image.fromarray(np.rint(coverage * 255).astype(np.uint8), mode="L")
 
 
 # --------------------------------------------------------------------------- textures and compositing
 
 
 @lru_cache(maxsize=8192)
-def _texture_pattern(texture: str, width: int, height: int) -> np.ndarray | None:
-    """(h, w, 1) float32 in {0, 1}: where the texture's second shade goes. None for solid.
+def _texture_mask(texture: str, width: int, height: int) -> Image.Image | None:
+    """(w, h) "L" mask, 255 where the texture's second shade goes; None for solid. Never mutate.
 
     Pattern periods scale with the object (a quarter of its shorter side, at least 3 px) so
     the texture reads the same at every resolution. The second shade covers well under half
@@ -269,14 +288,12 @@ def _texture_pattern(texture: str, width: int, height: int) -> np.ndarray | None
         pattern = (xs // period + ys // period) % 2 == 1
     else:
         raise ValueError(f"unknown texture {texture!r}")
-    result = pattern.astype(np.float32)[:, :, None]
-    result.flags.writeable = False
-    return result
+    return Image.fromarray(pattern.astype(np.uint8) * 255, mode="L")
 
 
-@lru_cache(maxsize=None)
-def _object_colors(color: str, texture: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(body colour, texture shade, outline colour) as float32 (3,) arrays.
+@cache
+def _object_colors(color: str, texture: str) -> tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]]:
+    """(body colour, texture shade, outline colour) for a ``color`` object with ``texture``.
 
     Light colours get darker shades and dark colours lighter ones so the texture is visible;
     dots contrast more than stripes or checks. The outline is always a dark version of the colour.
@@ -287,19 +304,21 @@ def _object_colors(color: str, texture: str) -> tuple[np.ndarray, np.ndarray, np
     light = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 140
     strength = 0.6 if texture == "dotted" else 0.35
     second = _shade(rgb, 1.0 - strength) if light else _shade(rgb, 1.0 + strength)
-    outline = _shade(rgb, 0.35)
-    return tuple(np.asarray(c, dtype=np.float32) for c in (rgb, second, outline))  # type: ignore[return-value]
+    return rgb, second, _shade(rgb, 0.35)
 
 
-def _draw_object(canvas: np.ndarray, obj: WorldObject) -> None:
-    """Alpha-blend one object into ``canvas`` (H, W, 3) uint8, in place."""
+def _draw_object(canvas: Image.Image, obj: WorldObject) -> None:
+    """Composite one object onto ``canvas`` in place: outline colour under the whole shape,
+    then the (textured) body inside the outline band."""
     x, y, w, h = obj.box
-    fill, inner = _shape_masks(obj.shape, w, h)  # (h, w, 1) each
-    body, second, outline = _object_colors(obj.color, obj.texture)
-    pattern = _texture_pattern(obj.texture, w, h)
-    if pattern is not None:
-        body = body + (second - body) * pattern  # (h, w, 3)
-    colored = outline + (body - outline) * inner  # (h, w, 3): outline band, then body inside it
-    region = canvas[y : y + h, x : x + w].astype(np.float32)
-    region += (colored - region) * fill
-    canvas[y : y + h, x : x + w] = np.rint(region).astype(np.uint8)
+    fill, inner = _shape_masks(obj.shape, w, h)
+    body_color, second, outline = _object_colors(obj.color, obj.texture)
+    pattern = _texture_mask(obj.texture, w, h)
+    patch = Image.new("RGB", (w, h), outline)
+    if pattern is None:
+        patch.paste(body_color, (0, 0, w, h), inner)
+    else:
+        body = Image.new("RGB", (w, h), body_color)
+        body.paste(second, (0, 0, w, h), pattern)
+        patch.paste(body, (0, 0), inner)
+    canvas.paste(patch, (x, y), fill)

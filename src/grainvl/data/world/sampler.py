@@ -231,9 +231,7 @@ def _place_objects(specs: list[_ObjectSpec], resolution: int, rng: random.Random
     return _place_on_grid(specs, resolution, rng)
 
 
-def _place_one(
-    spec: _ObjectSpec, resolution: int, placed: list[WorldObject], rng: random.Random
-) -> WorldObject | None:
+def _place_one(spec: _ObjectSpec, resolution: int, placed: list[WorldObject], rng: random.Random) -> WorldObject | None:
     """Try ``spec``'s size category, then each smaller one; None when nothing fits."""
     for size in reversed(_SIZE_ORDER[: _SIZE_ORDER.index(spec.size) + 1]):
         low, high = SIZES[size]

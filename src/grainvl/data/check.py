@@ -1,0 +1,211 @@
+"""``grainvl data check``: validate dataset files (or a whole world folder) with the format readers.
+
+Every file is read by its registered reader with image checking on, so a malformed record, a
+broken reference and a corrupt image all surface here rather than hours into training. Checking
+goes on file by file after an error, so one run lists the problems of every file: the first error
+of each file, or every bad record with ``skip_bad``. When the folder has a ``manifest.json`` with
+``{"files": {"relative/path": "<sha256 hex>"}}``, every listed file is also hashed and compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from grainvl.data.formats._io import read_json
+from grainvl.data.formats.registry import FORMATS, FormatSpec, load_all, sniff
+from grainvl.errors import BadRecords, DataError
+
+MANIFEST = "manifest.json"
+# Images are data that records point to; the readers open the ones referenced.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass
+class FileCheck:
+    """One checked file: ``file`` as shown (relative to the checked folder), the number of valid
+    records read (0 when the file could not be read), and its errors."""
+
+    file: str
+    format: str
+    records: int
+    errors: list[DataError] = field(default_factory=list)
+
+
+@dataclass
+class CheckReport:
+    root: Path  # the folder that shown file names are relative to
+    rows: list[FileCheck] = field(default_factory=list)
+    unrecognised: list[str] = field(default_factory=list)  # files below the folder no format claims
+
+    @property
+    def errors(self) -> list[DataError]:
+        return [error for row in self.rows for error in row.errors]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def check_path(path: str | Path, fmt: str | None = None, skip_bad: bool = False) -> CheckReport:
+    """Check one file or every recognised file below a folder; see the module docstring.
+
+    For a file, ``fmt`` names its format (else it is sniffed from the file name; an unknown one is
+    a DataError). For a folder, ``fmt`` limits the check to files whose names that format matches.
+    A missing path is a DataError; bad data never raises, it is reported.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, None, "not found")
+    load_all()
+    if path.is_dir():
+        return _check_directory(path, fmt, skip_bad)
+    spec = _format_for(path, fmt)
+    return CheckReport(root=path.parent, rows=[_check_file(path, path.name, spec, skip_bad)])
+
+
+def _format_for(path: Path, fmt: str | None) -> FormatSpec:
+    spec = FORMATS.get(fmt) if fmt is not None else sniff(path)
+    if spec is None:
+        what = f"unknown format {fmt!r}" if fmt is not None else "unknown format"
+        raise DataError(path, None, f"{what}; use --format one of {', '.join(sorted(FORMATS))}")
+    return spec
+
+
+def _check_directory(root: Path, fmt: str | None, skip_bad: bool) -> CheckReport:
+    only = _format_for(root, fmt) if fmt is not None else None
+    report = CheckReport(root=root)
+    if (root / MANIFEST).is_file():
+        report.rows.append(_check_manifest(root, skip_bad))
+    for file in _data_files(root):
+        shown = file.relative_to(root).as_posix()
+        spec = (only if only.matches(file) else None) if only is not None else sniff(file)
+        if spec is None:
+            if only is None:
+                report.unrecognised.append(shown)
+            continue
+        report.rows.append(_check_file(file, shown, spec, skip_bad))
+    return report
+
+
+def _data_files(root: Path) -> list[Path]:
+    """Files below ``root`` in sorted path order, without dot-files, manifests and images."""
+    files = []
+    for file in root.rglob("*"):
+        parts = file.relative_to(root).parts
+        if any(part.startswith(".") for part in parts) or not file.is_file():
+            continue  # hidden files and folders hold temp files and VCS data, not records
+        if file.name == MANIFEST or file.suffix.lower() in IMAGE_SUFFIXES:
+            continue
+        files.append(file)
+    return sorted(files, key=lambda f: f.relative_to(root).parts)
+
+
+def image_root_for(file: Path) -> Path:
+    """The folder holding the nearest ``manifest.json`` above ``file`` (a world root, which image
+    paths in records are relative to), else the file's own folder."""
+    for folder in file.resolve().parents:
+        if (folder / MANIFEST).is_file():
+            return folder
+    return file.parent
+
+
+def _check_file(file: Path, shown: str, spec: FormatSpec, skip_bad: bool) -> FileCheck:
+    bad = BadRecords(skip_bad=skip_bad)
+    row = FileCheck(file=shown, format=spec.name, records=0)
+    try:
+        row.records = count_records(spec.read(file, bad=bad, image_root=image_root_for(file)))
+    except DataError as error:
+        row.errors.append(error)
+    except Exception as error:  # a reader bug must not hide the files after it; report it as this file's error
+        row.errors.append(DataError(file, None, f"reader failed: {type(error).__name__}: {error}"))
+    row.errors[:0] = bad.errors  # skipped records came before whatever stopped the read
+    return row
+
+
+def count_records(result: Any) -> int:
+    """How many records a reader returned, whatever shape its official schema has.
+
+    A list counts its items; a TSV table its rows; a SQuAD object its questions; another JSON
+    object (COCO, VQA) its longest top-level list (annotations, questions).
+    """
+    if isinstance(result, (list, tuple)):
+        return len(result)
+    if not isinstance(result, dict):
+        return 1
+    if isinstance(result.get("rows"), list):
+        return len(result["rows"])
+    data = result.get("data")
+    if isinstance(data, list) and all(isinstance(a, dict) and "paragraphs" in a for a in data):
+        return sum(len(p["qas"]) for a in data for p in a["paragraphs"])
+    return max((len(v) for v in result.values() if isinstance(v, list)), default=1)
+
+
+def _check_manifest(root: Path, skip_bad: bool) -> FileCheck:
+    """Compare the sha256 of every file ``manifest.json`` lists against the file on disk."""
+    manifest_path = root / MANIFEST
+    bad = BadRecords(skip_bad=skip_bad)
+    row = FileCheck(file=MANIFEST, format="manifest", records=0)
+    try:
+        listed = _manifest_files(manifest_path)
+        row.records = len(listed)
+        for relative, expected in sorted(listed.items()):
+            try:
+                _check_listed_file(root, manifest_path, relative, expected)
+            except DataError as error:
+                bad.handle(error)
+    except DataError as error:
+        row.errors.append(error)
+    row.errors[:0] = bad.errors
+    return row
+
+
+def _manifest_files(manifest_path: Path) -> dict[str, str]:
+    manifest = read_json(manifest_path)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        raise DataError(manifest_path, None, "expected a 'files' object mapping relative paths to sha256 hex digests")
+    return files
+
+
+def _check_listed_file(root: Path, manifest_path: Path, relative: str, expected: Any) -> None:
+    where = f"file {relative}"
+    if not isinstance(expected, str) or not SHA256_HEX.fullmatch(expected):
+        raise DataError(manifest_path, where, f"expected a 64-digit lowercase sha256 hex digest, got {expected!r}")
+    relative_path = PurePosixPath(relative)
+    if relative_path.is_absolute() or ".." in relative_path.parts:
+        raise DataError(manifest_path, where, "path should be relative to the manifest's folder, without '..'")
+    file = root / relative_path
+    if not file.is_file():
+        raise DataError(manifest_path, where, "listed file is missing")
+    with file.open("rb") as f:
+        actual = hashlib.file_digest(f, "sha256").hexdigest()
+    if actual != expected:
+        raise DataError(
+            manifest_path, where, f"sha256 mismatch: manifest has {expected[:12]}…, file has {actual[:12]}…"
+        )
+
+
+def format_report(report: CheckReport) -> str:
+    """A plain-text table (file, format, records, errors), one line per error, and a summary line."""
+    header = ("file", "format", "records", "errors")
+    cells = [header] + [(r.file, r.format, str(r.records), str(len(r.errors))) for r in report.rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    errors = report.errors
+    if errors:
+        lines += ["", f"{len(errors)} error(s):"] + [f"  {error}" for error in errors]
+    if report.unrecognised:
+        shown = ", ".join(report.unrecognised[:5]) + (", ..." if len(report.unrecognised) > 5 else "")
+        lines += ["", f"{len(report.unrecognised)} file(s) in no known format, not checked: {shown}"]
+    records = sum(r.records for r in report.rows if r.format != "manifest")  # manifest rows count files, not records
+    verdict = "OK" if report.ok else "FAILED"
+    lines += ["", f"{verdict}: {len(report.rows)} file(s), {records} record(s), {len(errors)} error(s)"]
+    return "\n".join(line.rstrip() for line in lines)

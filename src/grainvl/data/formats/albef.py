@@ -1,0 +1,207 @@
+"""X-VLM / ALBEF fine-tuning JSON files: retrieval, Karpathy captioning, VQA, NLVR2, RefCOCO+.
+
+Each file is one JSON list of flat records (the X-VLM Google-Drive bundle; xvlm.md §3.2):
+
+* retrieval ``coco_{split}.json`` / ``flickr30k_{split}.json`` and captioning
+  ``coco_karpathy_{split}.json``: ``{"image", "caption", "image_id"?}``; train files have one
+  caption string per record, val/test files a list of captions per image.
+* VQA ``vqa_{split}.json`` / ``vg_qa.json``: ``{"question_id", "question", "image",
+  "answer"?: [str] | str, "dataset"?: "vqa" | "vg" | "gqa"}`` (test files carry no answers) and
+  ``answer_list.json``, the candidate answers the ranking head scores (unique strings).
+* NLVR2 ``nlvr_{split}.json``: ``{"images": [left, right], "sentence", "label"}``; the label is a
+  bool or the string "True"/"False", as the official dataset code accepts, anything else is bad.
+* RefCOCO+ ``refcoco+_{split}.json``: ``{"image", "text", "ref_id", "bbox"?: [x, y, w, h],
+  "height"?, "width"?, "dets"?: [[x, y, w, h, ...]]}``; boxes are COCO pixels.
+
+Image paths are relative to ``image_root`` (the world writes them relative to its root folder).
+Extra fields are kept as they are; readers return the records unchanged so that
+``read(write(x)) == x``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from grainvl.data.formats import _io
+from grainvl.data.formats.registry import FormatSpec, register
+from grainvl.errors import BadRecords, DataError
+
+Record = dict[str, Any]
+
+VQA_SOURCES = ("vqa", "vg", "gqa")  # X-VLM's vqa_dataset branches on these
+NLVR_LABELS: dict[Any, bool] = {True: True, False: False, "True": True, "False": False}
+
+
+# ------------------------------------------------------------------------------------ shared checks
+def nlvr_label(value: Any, path: Path, where: str) -> bool:
+    """The NLVR2 label as a bool: True/False or "True"/"False" (the official code's two spellings)."""
+    if isinstance(value, (bool, str)) and value in NLVR_LABELS:
+        return NLVR_LABELS[value]
+    raise DataError(path, where, f'label should be true/false or "True"/"False", got {value!r}')
+
+
+# ------------------------------------------------------------------------------------ record checks
+def check_caption_record(record: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
+    """Retrieval and Karpathy captioning: one caption (train) or a list of captions (val/test)."""
+    _io.require_fields(record, {"image": str, "caption": (str, list)}, path, where)
+    _io.require_texts(record["caption"], "caption", path, where)
+    _io.require_id(record, "image_id", path, where, required=False)
+    _io.check_image_field(record, "image", path, where, images)
+
+
+def check_vqa_record(record: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
+    _io.require_fields(record, {"question": str, "image": str}, path, where)
+    _io.require_id(record, "question_id", path, where)
+    _io.require_text(record["question"], "question", path, where)
+    if "answer" in record:
+        _io.require_texts(record["answer"], "answer", path, where)
+    if "dataset" in record and record["dataset"] not in VQA_SOURCES:
+        raise DataError(path, where, f"dataset should be one of {', '.join(VQA_SOURCES)}, got {record['dataset']!r}")
+    _io.check_image_field(record, "image", path, where, images)
+
+
+def check_nlvr_record(record: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
+    _io.require_fields(record, {"images": list, "sentence": str}, path, where)
+    if "label" not in record:
+        raise DataError(path, where, "missing field 'label'")
+    nlvr_label(record["label"], path, where)
+    _io.require_text(record["sentence"], "sentence", path, where)
+    pair = record["images"]
+    if len(pair) != 2 or not all(isinstance(p, str) and p for p in pair):
+        raise DataError(path, where, f"images should be two paths [left, right], got {pair!r}")
+    for image in pair:
+        images.check(image, where)
+
+
+def check_refcoco_record(record: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
+    """RefCOCO+ expression; the box (and candidate ``dets``) must lie inside the image.
+
+    The image size comes from ``width``/``height`` when the record has them (and must then agree
+    with the decoded image), else from the decoded image when images are checked.
+    """
+    _io.require_fields(record, {"image": str, "text": str}, path, where)
+    _io.require_id(record, "ref_id", path, where)
+    _io.require_text(record["text"], "text", path, where)
+    actual = _io.check_image_field(record, "image", path, where, images)
+    width, height = _io.image_bounds(record, path, where, record["image"], actual) or (None, None)
+    if "bbox" in record:
+        _io.check_box(record["bbox"], path, where, width, height)
+    for det in _dets(record, path, where):
+        _io.check_box(det, path, where, width, height)
+
+
+def _dets(record: Record, path: Path, where: str) -> list[Any]:
+    dets = record.get("dets", [])
+    if not isinstance(dets, list):
+        raise DataError(path, where, f"field 'dets' should be a list of boxes, got {type(dets).__name__}")
+    return dets
+
+
+def answer_checker(path: Path) -> _io.RecordCheck:
+    """Candidate answers are non-empty, unique strings (a duplicate would split one answer's score)."""
+    seen: dict[str, str] = {}
+
+    def check(answer: Any, where: str) -> None:
+        _io.require_text(answer, "answer", path, where)
+        if answer in seen:
+            raise DataError(path, where, f"duplicate answer {answer!r} (first at {seen[answer]})")
+        seen[answer] = where
+
+    return check
+
+
+# ------------------------------------------------------------------------------------ read / write
+def read_retrieval(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
+    return _io.read_validated_json(path, check_caption_record, bad, image_root)
+
+
+def write_retrieval(path: str | Path, records: Sequence[Record]) -> None:
+    _io.validate_records(records, check_caption_record, path)
+    _io.write_json(path, list(records))
+
+
+def read_karpathy(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
+    return _io.read_validated_json(path, check_caption_record, bad, image_root)
+
+
+def write_karpathy(path: str | Path, records: Sequence[Record]) -> None:
+    _io.validate_records(records, check_caption_record, path)
+    _io.write_json(path, list(records))
+
+
+def read_vqa(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
+    return _io.read_validated_json(path, check_vqa_record, bad, image_root)
+
+
+def write_vqa(path: str | Path, records: Sequence[Record]) -> None:
+    _io.validate_records(records, check_vqa_record, path)
+    _io.write_json(path, list(records))
+
+
+def read_answer_list(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[str]:
+    """The candidate answers; with skip-bad a duplicate or empty entry is dropped (first one kept)."""
+    return _io.read_json_records(path, answer_checker(Path(path)), bad)
+
+
+def write_answer_list(path: str | Path, answers: Sequence[str]) -> None:
+    _io.collect_valid(enumerate(answers), "index", answer_checker(Path(path)), BadRecords())
+    _io.write_json(path, list(answers))
+
+
+def read_nlvr2(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
+    return _io.read_validated_json(path, check_nlvr_record, bad, image_root)
+
+
+def write_nlvr2(path: str | Path, records: Sequence[Record]) -> None:
+    _io.validate_records(records, check_nlvr_record, path)
+    _io.write_json(path, list(records))
+
+
+def read_refcoco(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
+    return _io.read_validated_json(path, check_refcoco_record, bad, image_root)
+
+
+def write_refcoco(path: str | Path, records: Sequence[Record]) -> None:
+    _io.validate_records(records, check_refcoco_record, path)
+    _io.write_json(path, list(records))
+
+
+# Patterns name the splits explicitly: a bare "coco_*.json" would also catch coco_karpathy_*.json,
+# and "vqa_*.json" / "refcoco+_*.json" the VLUE files (*_vlue_test.json) that vlue.py reads.
+_SPLITS = ("train", "val", "test", "test_ood", "dev", "restval", "testA", "testB")
+register(
+    FormatSpec(
+        "albef-retrieval",
+        "X-VLM/ALBEF image-text retrieval json (coco_{split}.json, flickr30k_{split}.json)",
+        tuple(f"{d}_{s}.json" for d in ("coco", "flickr30k") for s in _SPLITS),
+        read_retrieval,
+    )
+)
+register(
+    FormatSpec(
+        "albef-karpathy",
+        "COCO Karpathy captioning json (coco_karpathy_{split}.json)",
+        tuple(f"coco_karpathy_{s}.json" for s in _SPLITS),
+        read_karpathy,
+    )
+)
+register(
+    FormatSpec(
+        "albef-vqa",
+        "X-VLM VQA json (vqa_{split}.json, vg_qa.json)",
+        (*(f"vqa_{s}.json" for s in _SPLITS), "vg_qa.json"),
+        read_vqa,
+    )
+)
+register(FormatSpec("albef-answer-list", "X-VLM VQA candidate answers", ("answer_list.json",), read_answer_list))
+register(FormatSpec("albef-nlvr2", "X-VLM NLVR2 json (nlvr_{split}.json)", ("nlvr_*.json",), read_nlvr2))
+register(
+    FormatSpec(
+        "albef-refcoco",
+        "X-VLM RefCOCO+ grounding json (refcoco+_{split}.json)",
+        tuple(f"refcoco+_{s}.json" for s in _SPLITS),
+        read_refcoco,
+    )
+)

@@ -1,0 +1,195 @@
+"""X-VLM / X²-VLM / CCLM pre-training JSON-lines (xvlm.md §3.1), one JSON object per line.
+
+* image–text (``image_text*.jsonl``)::
+
+      {"image": path | "binary": base64 JPEG, "caption" | "desc": str | [str] | {lang: str | [str]}}
+
+  a list holds paraphrases (one is drawn per step), a dict holds translations (CCLM).
+* region (``region*.jsonl``)::
+
+      {"image" | "binary", "caption"?: ..., "width"?: int, "height"?: int,
+       "elems": [{"caption": str | [str], "attributes"?: str | [str], "bb": [x, y, w, h]}, ...]}
+
+  boxes are pixels and must lie inside the image (``width``/``height`` when given, else the
+  decoded image's size when images are checked).
+* video (``video*.jsonl``)::
+
+      {"video_frames": [frame, ...] | [[frame, ...] per clip], "text": str | [str],
+       "is_continuous": bool}
+
+  with one text per clip when frames are grouped in clips. The official files hold base64 JPEG
+  frames; **the synthetic world writes frame paths relative to its root instead**. A frame string
+  containing "." is a path (the base64 alphabet has no "."), anything else is base64; with
+  ``image_root`` both kinds are decoded.
+* parallel text (``para_text*.jsonl``)::
+
+      {"source_text": str, "target_text": str, "source_lang"?: str, "target_lang"?: str}
+
+With ``image_root`` every path is opened relative to it and every base64 image decoded, so a
+truncated JPEG fails here and not in the middle of training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from grainvl.data.formats import _io
+from grainvl.data.formats.registry import FormatSpec, register
+from grainvl.errors import BadRecords, DataError
+
+Record = dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------ field checks
+def check_caption_value(value: Any, name: str, path: Path, where: str) -> None:
+    """A caption: a string, a list of paraphrases, or ``{language: str | [str]}``."""
+    if not isinstance(value, dict):
+        _io.require_texts(value, name, path, where)
+        return
+    if not value:
+        raise DataError(path, where, f"empty {name} dict (no languages)")
+    for lang, text in value.items():
+        _io.require_texts(text, f"{name}[{lang}]", path, where)
+
+
+def _image_size(record: Any, path: Path, where: str, images: _io.ImageChecker) -> tuple[int, int] | None:
+    """Check the ``image`` path or ``binary`` base64 field; the decoded size when images are checked."""
+    if not isinstance(record, dict):
+        raise DataError(path, where, f"expected a JSON object, got {type(record).__name__}")
+    if "image" in record:
+        _io.require_text(record["image"], "image", path, where)
+        return images.check(record["image"], where)
+    if "binary" in record:
+        _io.require_text(record["binary"], "binary", path, where)
+        return _io.check_image_base64(record["binary"], path, where) if images.enabled else None
+    raise DataError(path, where, "missing field 'image' (path) or 'binary' (base64)")
+
+
+def _caption_key(record: Record) -> str | None:
+    """X²-VLM image data says "desc", X-VLM and region data "caption"."""
+    return next((key for key in ("caption", "desc") if key in record), None)
+
+
+def is_frame_path(frame: str) -> bool:
+    """True for a frame path, False for a base64 frame (base64 never contains ".")."""
+    return "." in frame
+
+
+def _check_frame(frame: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
+    if not isinstance(frame, str) or not frame:
+        raise DataError(path, where, f"video frame should be a path or base64 string, got {frame!r:.40}")
+    if not images.enabled:
+        return
+    if is_frame_path(frame):
+        images.check(frame, where)
+    else:
+        _io.check_image_base64(frame, path, where, what="base64 video frame")
+
+
+# ------------------------------------------------------------------------------------ record checks
+def check_image_text(record: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
+    _image_size(record, path, where, images)
+    key = _caption_key(record)
+    if key is None:
+        raise DataError(path, where, "missing field 'caption' (or 'desc')")
+    check_caption_value(record[key], key, path, where)
+
+
+def check_region(record: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
+    actual = _image_size(record, path, where, images)
+    key = _caption_key(record)
+    if key is not None:
+        check_caption_value(record[key], key, path, where)
+    image = record.get("image", "(binary)")
+    width, height = _io.image_bounds(record, path, where, image, actual) or (None, None)
+    _io.require_fields(record, {"elems": list}, path, where)
+    if not record["elems"]:
+        raise DataError(path, where, "empty 'elems' list")
+    for k, elem in enumerate(record["elems"]):
+        _check_elem(elem, path, f"{where} elems[{k}]", width, height)
+
+
+def _check_elem(elem: Any, path: Path, where: str, width: int | None, height: int | None) -> None:
+    _io.require_fields(elem, {"caption": (str, list), "bb": list}, path, where)
+    _io.require_texts(elem["caption"], "caption", path, where)
+    attributes = elem.get("attributes", [])
+    if not isinstance(attributes, (str, list)) or not all(isinstance(a, str) for a in _as_list(attributes)):
+        raise DataError(path, where, f"attributes should be a string or a list of strings, got {attributes!r}")
+    _io.check_box(elem["bb"], path, where, width, height)
+
+
+def _as_list(value: str | list[Any]) -> list[Any]:
+    return [value] if isinstance(value, str) else value
+
+
+def check_video(record: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
+    _io.require_fields(record, {"video_frames": list, "text": (str, list), "is_continuous": bool}, path, where)
+    frames = record["video_frames"]
+    if not frames:
+        raise DataError(path, where, "empty 'video_frames' list")
+    texts = _io.require_texts(record["text"], "text", path, where)
+    grouped = all(isinstance(f, list) for f in frames)  # [[frame, ...] per clip]
+    clips = frames if grouped else [frames]
+    if grouped and (not isinstance(record["text"], list) or len(texts) != len(clips)):
+        # FrameTextDataset pairs clip k with text k
+        raise DataError(path, where, f"{len(clips)} clips need a list of {len(clips)} texts, got {len(texts)}")
+    for clip in clips:
+        if not clip:
+            raise DataError(path, where, "empty clip in 'video_frames'")
+        for frame in clip:
+            _check_frame(frame, path, where, images)
+
+
+def check_para_text(record: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
+    _io.require_fields(record, {"source_text": str, "target_text": str}, path, where)
+    _io.require_text(record["source_text"], "source_text", path, where)
+    _io.require_text(record["target_text"], "target_text", path, where)
+    for key in ("source_lang", "target_lang"):
+        if key in record:
+            _io.require_text(record[key], key, path, where)
+
+
+# ------------------------------------------------------------------------------------ read / write
+def _write_lines(path: str | Path, records: Sequence[Record], validator: _io.Validator) -> None:
+    _io.validate_records(records, validator, path, lines=True)
+    _io.write_jsonl(path, records)
+
+
+def read_image_text(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
+    return _io.read_validated_jsonl(path, check_image_text, bad, image_root)
+
+
+def write_image_text(path: str | Path, records: Sequence[Record]) -> None:
+    _write_lines(path, records, check_image_text)
+
+
+def read_region(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
+    return _io.read_validated_jsonl(path, check_region, bad, image_root)
+
+
+def write_region(path: str | Path, records: Sequence[Record]) -> None:
+    _write_lines(path, records, check_region)
+
+
+def read_video(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
+    return _io.read_validated_jsonl(path, check_video, bad, image_root)
+
+
+def write_video(path: str | Path, records: Sequence[Record]) -> None:
+    _write_lines(path, records, check_video)
+
+
+def read_para_text(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
+    return _io.read_validated_jsonl(path, check_para_text, bad, image_root)
+
+
+def write_para_text(path: str | Path, records: Sequence[Record]) -> None:
+    _write_lines(path, records, check_para_text)
+
+
+register(FormatSpec("xvlm-image-text", "X-VLM image-caption lines", ("image_text*.jsonl",), read_image_text))
+register(FormatSpec("xvlm-region", "X-VLM region lines (elems with boxes)", ("region*.jsonl",), read_region))
+register(FormatSpec("xvlm-video", "X²-VLM video lines (video_frames, text)", ("video*.jsonl",), read_video))
+register(FormatSpec("xvlm-para-text", "CCLM parallel sentence pairs", ("para_text*.jsonl",), read_para_text))

@@ -1,0 +1,301 @@
+"""English: the canonical language, with meaning-preserving synonyms and varied constructions.
+
+Synonyms are chosen per use from ``rng`` (gray/grey, disc for a filled circle, "left of"/"to the
+left of"), so paraphrases of one plan read differently while saying the same thing. Canonical
+VQA answers use the first (American) form of every word.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from grainvl.data.world.lang_base import STAY, Action, Claim, Desc, Fact, Grammar, capitalize, pick
+
+# First entry of every tuple is the canonical word (VQA answers use it).
+_SHAPES: dict[str, tuple[str, ...]] = {
+    "circle": ("circle", "disc"),
+    "square": ("square",),
+    "triangle": ("triangle",),
+    "star": ("star",),
+    "hexagon": ("hexagon",),
+    "diamond": ("diamond", "rhombus"),
+    "cross": ("cross",),
+    "heart": ("heart",),
+    "pentagon": ("pentagon",),
+    "oval": ("oval", "ellipse"),
+}
+_PLURALS = {"cross": "crosses", "rhombus": "rhombuses", "object": "objects"}
+_COLORS: dict[str, tuple[str, ...]] = {
+    "red": ("red",),
+    "green": ("green",),
+    "blue": ("blue",),
+    "yellow": ("yellow",),
+    "orange": ("orange",),
+    "purple": ("purple",),
+    "pink": ("pink",),
+    "brown": ("brown",),
+    "gray": ("gray", "grey"),
+    "white": ("white",),
+    "black": ("black",),
+    "cyan": ("cyan",),
+}
+_SIZES: dict[str, tuple[str, ...]] = {
+    "small": ("small", "little"),
+    "medium": ("medium", "medium-sized"),
+    "large": ("large", "big"),
+}
+_TEXTURES: dict[str, tuple[str, ...]] = {
+    "solid": ("solid", "plain"),
+    "striped": ("striped",),
+    "dotted": ("dotted", "polka-dot"),
+    "checkered": ("checkered", "checked"),
+}
+_RELATIONS: dict[str, tuple[str, ...]] = {
+    "left of": ("to the left of", "left of"),
+    "right of": ("to the right of", "right of"),
+    "above": ("above",),
+    "below": ("below", "under"),
+    "next to": ("next to", "beside"),
+}
+NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+# Video events: (third person singular, bare infinitive) paraphrases; {c} is the new colour.
+_EVENTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "move_left": (("moves to the left", "move to the left"), ("moves left", "move left")),
+    "move_right": (("moves to the right", "move to the right"), ("moves right", "move right")),
+    "move_up": (("moves up", "move up"), ("moves upward", "move upward")),
+    "move_down": (("moves down", "move down"), ("moves downward", "move downward")),
+    "grow": (("grows", "grow"), ("gets bigger", "get bigger")),
+    "shrink": (("shrinks", "shrink"), ("gets smaller", "get smaller")),
+    "change_color": (("turns {c}", "turn {c}"), ("changes color to {c}", "change color to {c}")),
+    STAY: (("stays still", "stay still"), ("does not move", "not move")),
+}
+_WHICH_EVENT = {
+    "move_left": "moves to the left",
+    "move_right": "moves to the right",
+    "move_up": "moves up",
+    "move_down": "moves down",
+    "grow": "grows",
+    "shrink": "shrinks",
+    "change_color": "changes color",
+}
+_SIDES = {"left": ("left", "right"), "right": ("right", "left")}
+
+
+def _plural(noun: str) -> str:
+    return _PLURALS.get(noun, noun + "s")
+
+
+def _join(items: Sequence[str], comma: bool) -> str:
+    """"a, b, and c"; ``comma`` also puts one before "and" for two items (to end a relation's scope)."""
+    if len(items) == 1:
+        return items[0]
+    if len(items) == 2:
+        return f"{items[0]}{',' if comma else ''} and {items[1]}"
+    return ", ".join(items[:-1]) + ", and " + items[-1]
+
+
+class English(Grammar):
+    code = "en"
+    answers = {
+        "color": {k: v[0] for k, v in _COLORS.items()},
+        "shape": {k: v[0] for k, v in _SHAPES.items()},
+        "size": {"small": "small", "medium": "medium", "large": "large"},
+        "yesno": {"yes": "yes", "no": "no"},
+        "action": {
+            "move_left": "move left",
+            "move_right": "move right",
+            "move_up": "move up",
+            "move_down": "move down",
+            "grow": "grow",
+            "shrink": "shrink",
+            "change_color": "change color",
+        },
+    }
+
+    # ------------------------------------------------------------------ noun phrases
+    def _np(self, desc: Desc, det: str, rng: random.Random, count: int = 1) -> str:
+        """det: "a" (indefinite), "the", "pl" (bare plural) or "num" (``count`` as a word)."""
+        words = []
+        if desc.size:
+            words.append(pick(rng, _SIZES[desc.size]))
+        if desc.texture:
+            words.append(pick(rng, _TEXTURES[desc.texture]))
+        if desc.color:
+            words.append(pick(rng, _COLORS[desc.color]))
+        noun = pick(rng, _SHAPES[desc.shape]) if desc.shape else "object"
+        if det == "pl" or (det == "num" and count != 1):
+            noun = _plural(noun)
+        words.append(noun)
+        body = " ".join(words)
+        if det == "a":
+            return ("an " if body[0] in "aeiou" else "a ") + body
+        if det == "the":
+            return "the " + body
+        if det == "num":
+            return f"{NUMBER_WORDS[count]} {body}"
+        return body
+
+    def _rel(self, relation: str, rng: random.Random) -> str:
+        return pick(rng, _RELATIONS[relation])
+
+    def _others(self, n: int) -> str:
+        return f"{NUMBER_WORDS[n]} other {'shape' if n == 1 else 'shapes'}"
+
+    def region(self, desc: Desc, definite: bool, rng: random.Random) -> str:
+        return self._np(desc, "the" if definite else "a", rng)
+
+    # ------------------------------------------------------------------ captions
+    def caption(self, frame: str, facts: Sequence[Fact], others: int, rng: random.Random) -> str:
+        if not facts:
+            return _EMPTY[frame]
+        if frame == "predicate":
+            return self._predicate_caption(facts, others, rng)
+        items = [self._fact_phrase(fact, rng) for fact in facts]
+        if others:
+            items.append(self._others(others))
+        body = _join(items, comma=any(f.relation for f in facts))
+        if frame == "there_is":
+            return f"There is {body}."
+        if frame == "we_see":
+            return f"{pick(rng, ('We can see', 'We see', 'You can see'))} {body}."
+        if frame == "showing":
+            return f"{pick(rng, ('An image showing', 'A picture showing', 'A picture of'))} {body}."
+        return capitalize(body) + "."
+
+    def _fact_phrase(self, fact: Fact, rng: random.Random) -> str:
+        subject = self._np(fact.subject, "a", rng)
+        if fact.relation is None or fact.object is None:
+            return subject
+        return f"{subject} {self._rel(fact.relation, rng)} {self._np(fact.object, 'a', rng)}"
+
+    def _predicate_caption(self, facts: Sequence[Fact], others: int, rng: random.Random) -> str:
+        sentences = []
+        for k, fact in enumerate(facts):
+            subject = capitalize(self._np(fact.subject, "a", rng))
+            if fact.relation and fact.object:
+                obj = self._np(fact.object, "a", rng)
+                sentences.append(f"{subject} is {self._rel(fact.relation, rng)} {obj}.")
+            else:
+                sentences.append(f"{subject} is {'also ' if k else ''}visible.")
+        if others:
+            sentences.append(f"There {'is' if others == 1 else 'are'} also {self._others(others)}.")
+        return " ".join(sentences)
+
+    def refexp(self, desc: Desc, rng: random.Random, relation: str | None = None, other: Desc | None = None) -> str:
+        head = self._np(desc, "the", rng)
+        if relation is None or other is None:
+            return head
+        return f"{head} {self._rel(relation, rng)} {self._np(other, 'the', rng)}"
+
+    # ------------------------------------------------------------------ VQA
+    def question(
+        self, skill: str, desc: Desc, rng: random.Random, relation: str | None = None, other: Desc | None = None
+    ) -> str:
+        # The first words must stay the VQA v2 question_type prefix ("what color is the", ...).
+        if skill == "color":
+            return f"What color is {self._np(desc, 'the', rng)}?"
+        if skill == "shape":
+            return f"What shape is {self._np(desc, 'the', rng)}?"
+        if skill == "size":
+            return f"What size is {self._np(desc, 'the', rng)}?"
+        if skill == "count":
+            tail = pick(rng, ("are there?", "can you see?", "are in the picture?"))
+            return f"How many {self._np(desc, 'pl', rng)} {tail}"
+        if skill == "exist":
+            return f"Is there {self._np(desc, 'a', rng)}{pick(rng, ('?', ' in the picture?', ' in the image?'))}"
+        if skill == "relation" and relation and other:
+            return f"Is {self._np(desc, 'the', rng)} {self._rel(relation, rng)} {self._np(other, 'the', rng)}?"
+        raise ValueError(f"unknown question skill {skill!r}")
+
+    # ------------------------------------------------------------------ statements (NLVR2, XVNLI)
+    def statement(self, claim: Claim, rng: random.Random) -> str:
+        kind, scope, desc = claim.kind, claim.scope, claim.desc or Desc()
+        side = "" if scope in ("image", "both") else f"the {scope} image"
+        if kind == "exist":
+            if scope == "image":
+                return f"There is {self._np(desc, 'a', rng)}."
+            subject = "Both images contain" if scope == "both" else f"{capitalize(side)} contains"
+            return f"{subject} {self._np(desc, 'a', rng)}."
+        if kind == "count":
+            phrase = self._np(desc, "num", rng, claim.number)
+            if scope == "image":
+                return f"There {'is' if claim.number == 1 else 'are'} exactly {phrase}."
+            subject = "Each image contains" if scope == "both" else f"{capitalize(side)} contains"
+            return f"{subject} exactly {phrase}."
+        if kind == "none":
+            if scope == "image":
+                return f"There are no {self._np(desc, 'pl', rng)}."
+            if scope == "both":
+                return f"Neither image contains {self._np(desc, 'a', rng)}."
+            return f"{capitalize(side)} contains no {self._np(desc, 'pl', rng)}."
+        if kind == "more":
+            this, that = _SIDES[scope]
+            return f"There are more {self._np(desc, 'pl', rng)} in the {this} image than in the {that} image."
+        if kind == "relation":
+            core = f"{self._np(desc, 'a', rng)} is {self._rel(claim.relation or '', rng)} "
+            core += self._np(claim.other or Desc(), "a", rng)
+            return capitalize(core) + "." if scope == "image" else f"In {side}, {core}."
+        return self._neutral(kind, desc, rng)
+
+    def _neutral(self, kind: str, desc: Desc, rng: random.Random) -> str:
+        if kind == "drawn_by_child":
+            return "The picture was drawn by a child."
+        predicate = {"wood": "is made of wood", "plastic": "is made of plastic", "heavy": "is heavy"}[kind]
+        return f"{capitalize(self._np(desc, 'the', rng))} {predicate}."
+
+    # ------------------------------------------------------------------ video
+    def _verb_phrase(self, action: Action, form: int, rng: random.Random) -> str:
+        """form 0: third person singular ("moves left"), 1: bare infinitive ("move left")."""
+        phrases = []
+        for kind, to_color in action.events:
+            phrase = _EVENTS[kind][int(rng.random() * len(_EVENTS[kind]))][form]
+            if to_color:
+                phrase = phrase.replace("{c}", pick(rng, _COLORS[to_color]))
+            phrases.append(phrase)
+        return " and ".join(phrases)
+
+    def video_caption(self, frame: str, actions: Sequence[Action], connective: str, rng: random.Random) -> str:
+        if not actions:
+            return _EMPTY_VIDEO[frame]
+        clauses = []
+        for k, action in enumerate(actions):
+            # After "we see" the verbs are bare infinitives, except inside a "while" clause.
+            bare = frame == "we_see" and (k == 0 or connective == "and")
+            clauses.append(f"{self._np(action.subject, 'a', rng)} {self._verb_phrase(action, int(bare), rng)}")
+        if connective == "while" and len(clauses) > 1:
+            body = f"{clauses[0]} {pick(rng, ('while', 'as'))} {' and '.join(clauses[1:])}"
+        else:
+            body = _join(clauses, comma=False)
+        if frame == "in_video":
+            return f"In this video, {body}."
+        if frame == "clip":
+            return f"A clip in which {body}."
+        if frame == "we_see":
+            return f"We see {body}."
+        return capitalize(body) + "."
+
+    def video_question(self, kind: str, rng: random.Random, desc: Desc | None = None, event: str | None = None) -> str:
+        if kind == "action":
+            return f"What does {self._np(desc or Desc(), 'the', rng)} do?"
+        if kind == "turn_color":
+            return f"What color does {self._np(desc or Desc(), 'the', rng)} turn?"
+        if kind == "which_shape" and event:
+            return f"Which shape {_WHICH_EVENT[event]}?"
+        raise ValueError(f"unknown video question kind {kind!r}")
+
+
+_EMPTY = {
+    "there_is": "There are no shapes.",
+    "we_see": "We can see an empty background.",
+    "showing": "An image showing only the background.",
+    "predicate": "The picture is empty.",
+    "bare": "An empty background.",
+}
+_EMPTY_VIDEO = {
+    "plain": "Nothing happens.",
+    "in_video": "In this video, nothing happens.",
+    "clip": "A clip in which nothing happens.",
+    "we_see": "We see an empty background.",
+}
