@@ -45,7 +45,7 @@ def stage_costs(n: int, resolution: int) -> dict[str, float]:
 
 def generation_rate(images: int, resolution: int, workers: int, tmp: Path) -> float:
     """Images per second for the whole generator (images only; videos/text/dialogues off)."""
-    cfg = WorldConfig(images=images, videos=0, resolution=resolution, text_scenes=1, text_train=2, text_dev=2,
+    cfg = WorldConfig(images=images, videos=0, resolution=resolution, text_scenes=0,
                       dialogues=0, shards=True)  # fmt: skip
     out = tmp / f"w{workers}"
     start = time.perf_counter()

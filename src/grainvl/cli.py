@@ -114,6 +114,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     c.add_argument("path", type=Path, help="file or folder")
     c.add_argument("--format", help="force a format for a single file (see --list-formats)")
     c.add_argument("--skip-bad", action="store_true", help="list every bad record instead of the first per file")
+    c.add_argument("--by-format", action="store_true", help="one table row per format instead of one per file")
     c.add_argument("--list-formats", action="store_true", help="print the known formats and exit")
     c.set_defaults(func=_cmd_data_check)
 
@@ -128,7 +129,7 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
             print(f"{spec.name:<28} {', '.join(spec.patterns):<44} {spec.description}")
         return 0
     report = check_path(args.path, fmt=args.format, skip_bad=args.skip_bad)
-    print(format_report(report))
+    print(format_report(report, by_format=args.by_format))
     if not report.ok:
         for error in report.errors:
             print(f"error: {error}", file=sys.stderr)

@@ -22,7 +22,7 @@ def run_demo(out: Path, images: int = 160, videos: int = 12, seed: int = 0, work
     print(format_world_summary(summary))
     print("[2/3] checking every file, record and image (grainvl data check)")
     report = check_path(world)
-    print(format_report(report))
+    print(format_report(report, by_format=True))
     sheet = make_contact_sheet(world, out / "contact_sheet.png")
     print(f"[3/3] contact sheet: {sheet}")
     print("OOD split (test_ood): held-out colour-shape pairs, an unseen background and more crowded scenes; "

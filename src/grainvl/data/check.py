@@ -142,7 +142,8 @@ def count_records(result: Any) -> int:
     data = result.get("data")
     if isinstance(data, list) and all(isinstance(a, dict) and "paragraphs" in a for a in data):
         return sum(len(p["qas"]) for a in data for p in a["paragraphs"])
-    return max((len(v) for v in result.values() if isinstance(v, list)), default=1)
+    lists = [len(v) for v in result.values() if isinstance(v, list)]
+    return max(lists) if lists else len(result)  # a flat mapping (ans2label) counts its entries
 
 
 def _check_manifest(root: Path, skip_bad: bool) -> FileCheck:
@@ -190,13 +191,27 @@ def _check_listed_file(root: Path, manifest_path: Path, relative: str, expected:
         )
 
 
-def format_report(report: CheckReport) -> str:
-    """A plain-text table (file, format, records, errors), one line per error, and a summary line."""
-    header = ("file", "format", "records", "errors")
-    cells = [header] + [(r.file, r.format, str(r.records), str(len(r.errors))) for r in report.rows]
+def format_report(report: CheckReport, by_format: bool = False) -> str:
+    """A plain-text table (file, format, records, errors), one line per error, and a summary line.
+
+    With ``by_format`` the table has one row per format (files, records, errors) instead of one per file.
+    """
+    if by_format:
+        groups: dict[str, list[int]] = {}
+        for r in report.rows:
+            files_records_errors = groups.setdefault(r.format, [0, 0, 0])
+            files_records_errors[0] += 1
+            files_records_errors[1] += r.records
+            files_records_errors[2] += len(r.errors)
+        header = ("format", "files", "records", "errors")
+        cells = [header] + [(name, str(f), str(n), str(e)) for name, (f, n, e) in sorted(groups.items())]
+    else:
+        header = ("file", "format", "records", "errors")
+        cells = [header] + [(r.file, r.format, str(r.records), str(len(r.errors))) for r in report.rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = [
-        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells
+        "  ".join(c.ljust(w) if i < 2 - by_format else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        for row in cells
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     errors = report.errors

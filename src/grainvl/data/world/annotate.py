@@ -213,7 +213,7 @@ def _question_specs(
 
 
 def _ask_attribute(skill: str, scene: Scene, uniq: Uniqueness, rng: random.Random) -> QuestionSpec | None:
-    """"What <skill> is the X?" where X, described without that attribute, is one object only."""
+    """ "What <skill> is the X?" where X, described without that attribute, is one object only."""
     allowed = _WITHOUT[skill]
     candidates = [(i, found) for i in range(len(scene.objects)) if (found := uniq.shortest(i, allowed))]
     if not candidates:
@@ -235,7 +235,7 @@ def _ask_count(scene: Scene, rng: random.Random) -> QuestionSpec:
 
 
 def _ask_exist(scene: Scene, rng: random.Random) -> QuestionSpec:
-    """"Is there a X?", answer yes half of the time (X drawn from the scene or made absent)."""
+    """ "Is there a X?", answer yes half of the time (X drawn from the scene or made absent)."""
     objects = scene.objects
     if objects and rng.random() < 0.5:
         obj = objects[int(rng.random() * len(objects))]
@@ -266,14 +266,12 @@ def absent_desc(objects: Sequence[WorldObject], rng: random.Random, attempts: in
 
 
 def _ask_relation(uniq: Uniqueness, relations: Sequence[Relation], rng: random.Random) -> QuestionSpec | None:
-    """"Is the X left of the Y?" about two uniquely described objects; yes and no equally often.
+    """ "Is the X left of the Y?" about two uniquely described objects; yes and no equally often.
 
     A "no" asks the opposite of their dominant direction, never a direction that merely lost to
     the other axis, so the answer is clear from the picture.
     """
-    pairs = [
-        r for r in relations if r.relation in _OPPOSITE and uniq.shortest(r.subject) and uniq.shortest(r.object)
-    ]
+    pairs = [r for r in relations if r.relation in _OPPOSITE and uniq.shortest(r.subject) and uniq.shortest(r.object)]
     if not pairs:
         return None
     chosen = pairs[int(rng.random() * len(pairs))]
@@ -285,7 +283,9 @@ def _ask_relation(uniq: Uniqueness, relations: Sequence[Relation], rng: random.R
 
 
 def _vqa_item(spec: QuestionSpec, scene: Scene, rng: random.Random, question_id: int) -> VQAItem:
-    questions = {lang: grammar(lang).question(spec.skill, spec.desc, rng, spec.relation, spec.other) for lang in LANGUAGES}
+    questions = {
+        lang: grammar(lang).question(spec.skill, spec.desc, rng, spec.relation, spec.other) for lang in LANGUAGES
+    }
     answers_by_lang = {lang: grammar(lang).answer(spec.answer_kind, spec.answer) for lang in LANGUAGES}
     canonical = answers_by_lang["en"]
     return VQAItem(
@@ -310,7 +310,7 @@ def annotator_answers(
     draw = rng.random()
     wrong = 0 if draw < 0.5 else 1 if draw < 0.87 else 2
     draw = rng.random()
-    variants = 0 if draw < 0.35 else 1 if draw < 0.7 else 2 if draw < 0.9 else 3
+    variants = min(0 if draw < 0.35 else 1 if draw < 0.7 else 2 if draw < 0.9 else 3, 4 - wrong)
     answers = [canonical] * ANNOTATORS
     slots = rng.sample(range(ANNOTATORS), wrong + variants)
     for slot in slots[:wrong]:

@@ -41,7 +41,7 @@ class WorldConfig:
     split_fractions: tuple[float, float, float, float] = (0.7, 0.1, 0.1, 0.1)  # train, val, test, test_ood
     captions_per_image: int = 5
     questions_per_image: int = 4
-    text_scenes: int = 400  # scenes described by the text-only task suite
+    text_scenes: int = 400  # scenes described by the text-only task suite (0: no text suite)
     text_train: int = 200  # examples per text task (train)
     text_dev: int = 100  # examples per text task (dev)
     dialogues: int = 60  # ConvAI2-style episodes (split 80/20 into train/valid)
@@ -223,6 +223,8 @@ def _generate_text(cfg: WorldConfig, out: Path) -> dict[str, str]:
     from grainvl.data.formats.glue import write_tsv
     from grainvl.data.formats.squad import write_squad
 
+    if cfg.text_scenes <= 0:
+        return {}
     scenes = [sample_scene(10_000_000 + i, "train", item_rng(cfg.seed, "text-scene", i), cfg.resolution)
               for i in range(cfg.text_scenes)]  # fmt: skip
     suite = text_tasks.build_text_suite(scenes, item_rng(cfg.seed, "text-suite", 0), cfg.text_train, cfg.text_dev)

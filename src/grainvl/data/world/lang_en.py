@@ -88,7 +88,7 @@ def _plural(noun: str) -> str:
 
 
 def _join(items: Sequence[str], comma: bool) -> str:
-    """"a, b, and c"; ``comma`` also puts one before "and" for two items (to end a relation's scope)."""
+    """ "a, b, and c"; ``comma`` also puts one before "and" for two items (to end a relation's scope)."""
     if len(items) == 1:
         return items[0]
     if len(items) == 2:

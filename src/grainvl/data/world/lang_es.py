@@ -273,7 +273,9 @@ class Spanish(Grammar):
             phrase = _EVENTS[kind][int(rng.random() * len(_EVENTS[kind]))]
             if to_color:
                 phrase = phrase.replace("{c}", _COLORS[to_color][form])
-            phrases.append(phrase.replace("{q}", "quieta" if form else "quieto").replace("{p}", _PRE_SIZES["small"][form]))
+            phrases.append(
+                phrase.replace("{q}", "quieta" if form else "quieto").replace("{p}", _PRE_SIZES["small"][form])
+            )
         return " y ".join(phrases)
 
     def video_caption(self, frame: str, actions: Sequence[Action], connective: str, rng: random.Random) -> str:

@@ -92,7 +92,7 @@ def _elides(word: str) -> bool:
 
 
 def _de(phrase: str) -> str:
-    """"de" + phrase with contraction (du, des) and elision (d'un, de l')."""
+    """ "de" + phrase with contraction (du, des) and elision (d'un, de l')."""
     if phrase.startswith("le "):
         return "du " + phrase[3:]
     if phrase.startswith("les "):

@@ -92,7 +92,7 @@ class Japanese(Grammar):
         return phrase
 
     def _modified_np(self, fact: Fact) -> str:
-        """"[landmark]の左にある[subject]" when the fact has a relation."""
+        """ "[landmark]の左にある[subject]" when the fact has a relation."""
         if fact.relation is None or fact.object is None:
             return self._np(fact.subject)
         return f"{self._np(fact.object)}の{_RELATIONS[fact.relation]}にある{self._np(fact.subject)}"
@@ -164,7 +164,9 @@ class Japanese(Grammar):
     def statement(self, claim: Claim, rng: random.Random) -> str:
         kind, scope, desc = claim.kind, claim.scope, claim.desc or Desc()
         phrase = self._np(desc)
-        topic = {"image": "", "both": "どちらの画像にも"}[scope] if scope in ("image", "both") else f"{_SIDE[scope]}には"
+        topic = (
+            {"image": "", "both": "どちらの画像にも"}[scope] if scope in ("image", "both") else f"{_SIDE[scope]}には"
+        )
         if kind == "exist":
             return f"両方の画像に{phrase}があります。" if scope == "both" else f"{topic}{phrase}があります。"
         if kind == "count":
