@@ -45,8 +45,7 @@ def stage_costs(n: int, resolution: int) -> dict[str, float]:
 
 def generation_rate(images: int, resolution: int, workers: int, tmp: Path) -> float:
     """Images per second for the whole generator (images only; videos/text/dialogues off)."""
-    cfg = WorldConfig(images=images, videos=0, resolution=resolution, text_scenes=0,
-                      dialogues=0, shards=True)  # fmt: skip
+    cfg = WorldConfig(images=images, videos=0, resolution=resolution, text_scenes=0, dialogues=0, shards=True)
     out = tmp / f"w{workers}"
     start = time.perf_counter()
     generate_world(cfg, out, workers=workers)
@@ -61,7 +60,10 @@ def reader_rates(world: Path) -> dict[str, float]:
         ("region.jsonl records/s (no image check)", lambda: read_region(region)),
         ("region.jsonl records/s (images decoded)", lambda: read_region(region, image_root=world)),
         ("coco_train.json records/s (no image check)", lambda: read_retrieval(retrieval)),
-        ("webdataset samples/s (stream)", lambda: [s for p in sorted((world / "shards").glob("*.tar")) for s in iter_shard(p)]),
+        (
+            "webdataset samples/s (stream)",
+            lambda: [s for p in sorted((world / "shards").glob("*.tar")) for s in iter_shard(p)],
+        ),
     ]:
         start = time.perf_counter()
         records = fn()
@@ -77,14 +79,21 @@ def main() -> None:
 
     costs = stage_costs(min(args.images, 300), args.resolution)
     total = sum(costs.values())
-    print(f"per-image cost at {args.resolution} px (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items())
-          + f"; total {total:.2f} -> {1000 / total:.0f} images/s of pure compute")  # fmt: skip
+    print(
+        f"per-image cost at {args.resolution} px (ms): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in costs.items())
+        + f"; total {total:.2f} -> {1000 / total:.0f} images/s of pure compute"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         rate1 = generation_rate(args.images, args.resolution, 1, Path(tmp))
         rate2 = generation_rate(args.images, args.resolution, 2, Path(tmp))
-        print(f"end-to-end generation (files, annotations, shards, manifest): 1 process {rate1:.0f} images/s; "
-              f"2 processes {rate2:.0f} images/s ({rate2 / 2:.0f} per process); speed-up x{rate2 / rate1:.2f}")  # fmt: skip
-        print(f"target >= 300 images/s per process: {'met' if rate1 >= 300 else 'NOT met'} ({rate1 / 300:.2f} of target)")
+        print(
+            f"end-to-end generation (files, annotations, shards, manifest): 1 process {rate1:.0f} images/s; "
+            f"2 processes {rate2:.0f} images/s ({rate2 / 2:.0f} per process); speed-up x{rate2 / rate1:.2f}"
+        )
+        print(
+            f"target >= 300 images/s per process: {'met' if rate1 >= 300 else 'NOT met'} ({rate1 / 300:.2f} of target)"
+        )
         for name, rate in reader_rates(Path(tmp) / "w1").items():
             print(f"reader: {name}: {rate:.0f}")
 

@@ -12,8 +12,9 @@ from grainvl.cli import main
 from grainvl.data.check import check_path
 from grainvl.data.world.generate import WorldConfig, generate_world, split_plan
 
-SMALL = WorldConfig(images=24, videos=8, seed=3, resolution=96, text_scenes=60, text_train=20, text_dev=10,
-                    dialogues=10)  # fmt: skip
+SMALL = WorldConfig(
+    images=24, videos=8, seed=3, resolution=96, text_scenes=60, text_train=20, text_dev=10, dialogues=10
+)
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,9 @@ EN_TEXTURES = {"solid": "solid", "plain": "solid", "striped": "striped", "dotted
 EN_RELATIONS = {"to the left of": "left of", "left of": "left of", "to the right of": "right of",
                 "right of": "right of", "above": "above", "below": "below", "under": "below",
                 "next to": "next to", "beside": "next to"}  # fmt: skip
-EN_NUMBERS = {w: k for k, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+EN_NUMBERS = {
+    w: k for k, w in enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))
+}
 
 
 def parse_desc(phrase: str) -> Desc:
@@ -333,8 +335,13 @@ def test_vqa_on_a_hand_built_scene():
     for seed in range(40):
         for q in annotate.annotate_image(s, random.Random(seed), itertools.count(), itertools.count()).vqa:
             seen[q.questions["en"]] = q.answer
-    expected = {"What color is the square?": "blue", "What shape is the green object?": "star",
-                "What size is the circle?": "large", "Is there a star?": "yes", "How many objects are there?": "3"}  # fmt: skip
+    expected = {
+        "What color is the square?": "blue",
+        "What shape is the green object?": "star",
+        "What size is the circle?": "large",
+        "Is there a star?": "yes",
+        "How many objects are there?": "3",
+    }
     for question, answer in expected.items():
         if question in seen:
             assert seen[question] == answer

@@ -59,7 +59,7 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_world)
 
 
-def _world_config(args: argparse.Namespace):  # noqa: ANN202
+def _world_config(args: argparse.Namespace):
     from grainvl.config import load_config
     from grainvl.data.world.generate import WorldConfig
 
@@ -79,16 +79,26 @@ def _cmd_world(args: argparse.Namespace) -> int:
     summary = generate_world(cfg, args.out, workers=args.workers, progress=_progress_printer(not args.quiet))
     elapsed = time.perf_counter() - start
     print(format_world_summary(summary))
-    print(f"wrote {summary.files} files to {args.out} in {elapsed:.1f} s ({cfg.images / max(elapsed, 1e-9):.0f} images/s overall)")
+    rate = cfg.images / max(elapsed, 1e-9)
+    print(f"wrote {summary.files} files to {args.out} in {elapsed:.1f} s ({rate:.0f} images/s overall)")
     return 0
 
 
-def format_world_summary(summary) -> str:  # noqa: ANN001
+def format_world_summary(summary) -> str:
     """A plain-text table of per-split counts."""
     from grainvl.data.world.ontology import SPLITS
 
-    keys = ["images", "objects", "captions", "vqa_questions", "refexps", "nlvr_statements", "parallel_pairs",
-            "videos", "video_questions"]  # fmt: skip
+    keys = [
+        "images",
+        "objects",
+        "captions",
+        "vqa_questions",
+        "refexps",
+        "nlvr_statements",
+        "parallel_pairs",
+        "videos",
+        "video_questions",
+    ]
     header = f"{'split':<10}" + "".join(f"{k:>16}" for k in keys)
     lines = [header, "-" * len(header)]
     for split in SPLITS:
@@ -96,8 +106,10 @@ def format_world_summary(summary) -> str:  # noqa: ANN001
         lines.append(f"{split:<10}" + "".join(f"{counts.get(k, 0):>16}" for k in keys))
     n_cls = sum(1 for k in summary.text_tasks.values() if k == "classification")
     n_qa = sum(1 for k in summary.text_tasks.values() if k == "qa")
-    lines.append(f"text tasks: {n_cls} classification (GLUE TSV), {n_qa} extractive QA (SQuAD v1.1); "
-                 f"dialogues: {summary.dialogues} (ConvAI2)")  # fmt: skip
+    lines.append(
+        f"text tasks: {n_cls} classification (GLUE TSV), {n_qa} extractive QA (SQuAD v1.1); "
+        f"dialogues: {summary.dialogues} (ConvAI2)"
+    )
     return "\n".join(lines)
 
 
@@ -190,7 +202,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="grainvl",
-        description="grainvl: multi-grained vision-language models and efficient language models, offline and measured.",
+        description="grainvl: multi-grained vision-language models and efficient language models, "
+        "offline and measured.",
     )
     parser.add_argument("--version", action="version", version=f"grainvl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")

@@ -25,6 +25,8 @@ def run_demo(out: Path, images: int = 160, videos: int = 12, seed: int = 0, work
     print(format_report(report, by_format=True))
     sheet = make_contact_sheet(world, out / "contact_sheet.png")
     print(f"[3/3] contact sheet: {sheet}")
-    print("OOD split (test_ood): held-out colour-shape pairs, an unseen background and more crowded scenes; "
-          f"see {world / 'manifest.json'}")  # fmt: skip
+    print(
+        "OOD split (test_ood): held-out colour-shape pairs, an unseen background and more crowded scenes; "
+        f"see {world / 'manifest.json'}"
+    )
     return 0 if report.ok else 2

@@ -32,6 +32,7 @@ from grainvl.data.world.annotations import (
 )
 from grainvl.data.world.lang_base import (
     ATTRIBUTES,
+    CLAIM_KINDS,
     CONNECTIVES,
     NEUTRAL_KINDS,
     SKILLS,
@@ -213,7 +214,7 @@ def _question_specs(
 
 
 def _ask_attribute(skill: str, scene: Scene, uniq: Uniqueness, rng: random.Random) -> QuestionSpec | None:
-    """ "What <skill> is the X?" where X, described without that attribute, is one object only."""
+    """Asks "What <skill> is the X?" where X, described without that attribute, is one object only."""
     allowed = _WITHOUT[skill]
     candidates = [(i, found) for i in range(len(scene.objects)) if (found := uniq.shortest(i, allowed))]
     if not candidates:
@@ -235,7 +236,7 @@ def _ask_count(scene: Scene, rng: random.Random) -> QuestionSpec:
 
 
 def _ask_exist(scene: Scene, rng: random.Random) -> QuestionSpec:
-    """ "Is there a X?", answer yes half of the time (X drawn from the scene or made absent)."""
+    """Asks "Is there a X?"; the answer is yes half of the time (X drawn from the scene or made absent)."""
     objects = scene.objects
     if objects and rng.random() < 0.5:
         obj = objects[int(rng.random() * len(objects))]
@@ -266,7 +267,7 @@ def absent_desc(objects: Sequence[WorldObject], rng: random.Random, attempts: in
 
 
 def _ask_relation(uniq: Uniqueness, relations: Sequence[Relation], rng: random.Random) -> QuestionSpec | None:
-    """ "Is the X left of the Y?" about two uniquely described objects; yes and no equally often.
+    """Asks "Is the X left of the Y?" about two uniquely described objects; yes and no equally often.
 
     A "no" asks the opposite of their dominant direction, never a direction that merely lost to
     the other axis, so the answer is clear from the picture.
@@ -445,8 +446,7 @@ def _claim_desc(objects: Sequence[WorldObject], rng: random.Random) -> Desc:
 def _propose_claim(scenes: Mapping[str, Scene], rng: random.Random, want: bool) -> Claim | None:
     """A random statement that aims at truth value ``want`` (the caller checks it with claim_holds)."""
     pair = "left" in scenes
-    kinds = ("exist", "count", "none", "more", "relation") if pair else ("exist", "count", "none", "relation")
-    kind = pick(rng, kinds)
+    kind = pick(rng, CLAIM_KINDS if pair else [k for k in CLAIM_KINDS if k != "more"])
     if pair:
         scope = pick(rng, ("left", "right")) if kind in ("more", "relation") else pick(rng, ("left", "right", "both"))
         pool = [*scenes["left"].objects, *scenes["right"].objects]

@@ -33,7 +33,7 @@ def _wrap(text: str, width_chars: int, max_lines: int) -> list[str]:
     return lines[:max_lines]
 
 
-def _image_tile(world: Path, record: dict, font_small, font_caption) -> Image.Image:  # noqa: ANN001
+def _image_tile(world: Path, record: dict, font_small, font_caption) -> Image.Image:
     tile = Image.new("RGB", (TILE, TILE + CAPTION_H), "white")
     with Image.open(world / record["image"]) as im:
         scale = TILE / im.width
@@ -66,7 +66,9 @@ def make_contact_sheet(world: str | Path, out_png: str | Path, n_images: int = 1
     sheet = Image.new("RGB", (TILE * cols, rows * (TILE + CAPTION_H) + frame_side + (24 if frames else 0)), "white")
     font_small, font_caption = _font(10), _font(12)
     for k, rec in enumerate(records):
-        sheet.paste(_image_tile(world, rec, font_small, font_caption), ((k % cols) * TILE, (k // cols) * (TILE + CAPTION_H)))
+        sheet.paste(
+            _image_tile(world, rec, font_small, font_caption), ((k % cols) * TILE, (k // cols) * (TILE + CAPTION_H))
+        )
     if frames:
         top = rows * (TILE + CAPTION_H)
         draw = ImageDraw.Draw(sheet)

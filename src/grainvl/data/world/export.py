@@ -191,7 +191,9 @@ class WorldExporter:
         scene, recs = ann.scene, self.splits[ann.scene.split]
         langs = ("en",) if scene.split == "train" else self.languages
         for lang in langs:
-            recs.xflickrco[lang].append({"sentences": [ann.captions[lang][0]], "id": str(scene.image_id), "img_path": rel})
+            recs.xflickrco[lang].append(
+                {"sentences": [ann.captions[lang][0]], "id": str(scene.image_id), "img_path": rel}
+            )
             for q in ann.vqa:
                 recs.xgqa[lang].append(
                     {
@@ -309,7 +311,12 @@ class WorldExporter:
         _io.write_json(root / "nlvr2_vlue_test.json", recs.nlvr)
         # VLUE's OOD VQA file keeps one answer per question (scored by exact match).
         vqa = [
-            {"question_id": q["question_id"], "question": q["question"], "image": q["image"], "answer": a["multiple_choice_answer"]}
+            {
+                "question_id": q["question_id"],
+                "question": q["question"],
+                "image": q["image"],
+                "answer": a["multiple_choice_answer"],
+            }
             for q, a in zip(recs.vqa_xvlm, recs.vqa_annotations)
         ]
         _io.write_json(root / "vqa_vlue_test.json", vqa)
@@ -362,10 +369,22 @@ def _msrvtt_info(video_frames: dict[str, list[dict[str, Any]]], splits: dict[str
     videos, sentences, sen_id = [], [], 0
     for split in SPLITS:
         for v in video_frames.get(split, []):
-            videos.append({"category": 0, "url": "", "video_id": v["video_id"], "start time": 0.0,
-                           "end time": float(v["num_frames"]), "split": split, "id": v["id"]})  # fmt: skip
+            videos.append(
+                {
+                    "category": 0,
+                    "url": "",
+                    "video_id": v["video_id"],
+                    "start time": 0.0,
+                    "end time": float(v["num_frames"]),
+                    "split": split,
+                    "id": v["id"],
+                }
+            )
             for caption in v["captions"]:
                 sentences.append({"caption": caption, "video_id": v["video_id"], "sen_id": sen_id})
                 sen_id += 1
-    return {"info": {"description": "grainvl synthetic world videos (MSR-VTT format)"}, "videos": videos,
-            "sentences": sentences}  # fmt: skip
+    return {
+        "info": {"description": "grainvl synthetic world videos (MSR-VTT format)"},
+        "videos": videos,
+        "sentences": sentences,
+    }

@@ -157,8 +157,14 @@ def generate_world(
     return summary
 
 
-def _generate_images(cfg: WorldConfig, out: Path, workers: int, exporter: WorldExporter, shards: Any,
-                     progress: Callable[[str, int, int], None] | None) -> None:  # fmt: skip
+def _generate_images(
+    cfg: WorldConfig,
+    out: Path,
+    workers: int,
+    exporter: WorldExporter,
+    shards: Any,
+    progress: Callable[[str, int, int], None] | None,
+) -> None:
     plan = _ids_by_split(cfg.images, cfg.split_fractions)
     tasks = [(cfg, out, image_id, split) for image_id, split in plan]
     waiting: dict[str, Any] = {}  # split -> scene waiting for its NLVR partner
@@ -179,8 +185,9 @@ def _generate_images(cfg: WorldConfig, out: Path, workers: int, exporter: WorldE
             progress("images", done, len(tasks))
 
 
-def _generate_videos(cfg: WorldConfig, out: Path, workers: int, exporter: WorldExporter,
-                     progress: Callable[[str, int, int], None] | None) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+def _generate_videos(
+    cfg: WorldConfig, out: Path, workers: int, exporter: WorldExporter, progress: Callable[[str, int, int], None] | None
+) -> dict[str, list[dict[str, Any]]]:
     plan = _ids_by_split(cfg.videos, cfg.split_fractions) if cfg.videos > 0 else []
     tasks = [(cfg, out, video_id, split) for video_id, split in plan]
     info: dict[str, list[dict[str, Any]]] = {}
@@ -188,8 +195,12 @@ def _generate_videos(cfg: WorldConfig, out: Path, workers: int, exporter: WorldE
         exporter.add_video(ann)
         clip = ann.clip
         info.setdefault(clip.split, []).append(
-            {"video_id": f"video{clip.video_id}", "id": clip.video_id, "num_frames": len(clip.frames),
-             "captions": ann.captions["en"]}  # fmt: skip
+            {
+                "video_id": f"video{clip.video_id}",
+                "id": clip.video_id,
+                "num_frames": len(clip.frames),
+                "captions": ann.captions["en"],
+            }
         )
         if progress:
             progress("videos", done, len(tasks))
@@ -225,8 +236,10 @@ def _generate_text(cfg: WorldConfig, out: Path) -> dict[str, str]:
 
     if cfg.text_scenes <= 0:
         return {}
-    scenes = [sample_scene(10_000_000 + i, "train", item_rng(cfg.seed, "text-scene", i), cfg.resolution)
-              for i in range(cfg.text_scenes)]  # fmt: skip
+    scenes = [
+        sample_scene(10_000_000 + i, "train", item_rng(cfg.seed, "text-scene", i), cfg.resolution)
+        for i in range(cfg.text_scenes)
+    ]
     suite = text_tasks.build_text_suite(scenes, item_rng(cfg.seed, "text-suite", 0), cfg.text_train, cfg.text_dev)
     kinds = {}
     for name, task in sorted(suite.items()):

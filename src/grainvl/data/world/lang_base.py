@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 from grainvl.data.world.scene import WorldObject
 
@@ -29,15 +29,12 @@ CONNECTIVES: tuple[str, ...] = ("while", "and")
 # "stay" is not an ontology event: it lets a caption say that an object does not change.
 STAY = "stay"
 
-# Statement kinds (NLVR2 and XVNLI). The last four are properties no image can decide (neutral).
+# Statement kinds (NLVR2 and XVNLI), and properties no image can decide (XVNLI neutral).
 CLAIM_KINDS: tuple[str, ...] = ("exist", "count", "none", "more", "relation")
 NEUTRAL_KINDS: tuple[str, ...] = ("wood", "plastic", "heavy", "drawn_by_child")
-# Where a statement looks: one image (XVNLI), one side of an NLVR2 pair, or both sides.
-SCOPES: tuple[str, ...] = ("image", "left", "right", "both")
 
-# VQA skills and the answer kinds a grammar can realise.
+# VQA skills (VQAItem.skill).
 SKILLS: tuple[str, ...] = ("color", "shape", "count", "exist", "relation", "size")
-VIDEO_QUESTION_KINDS: tuple[str, ...] = ("action", "turn_color", "which_shape")
 
 
 class Desc(NamedTuple):
@@ -61,7 +58,7 @@ class Fact(NamedTuple):
 
 
 class Claim(NamedTuple):
-    """A statement about one image (scope "image") or an NLVR2 pair (left/right/both).
+    """A statement about one image (scope "image", XVNLI) or an NLVR2 pair (scope left/right/both).
 
     kind: exist (there is a ``desc``), count (exactly ``number`` of ``desc``, number >= 1),
     none (no ``desc``), more (``scope`` side has more ``desc`` than the other side),
@@ -132,7 +129,7 @@ class Grammar:
     """
 
     code: str = ""
-    answers: dict[str, dict[str, str]] = {}
+    answers: ClassVar[dict[str, dict[str, str]]] = {}
 
     def answer(self, kind: str, value: str | int) -> str:
         if kind == "number":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import ClassVar
 
 from grainvl.data.world.lang_base import STAY, Action, Claim, Desc, Fact, Grammar, capitalize
 
@@ -88,7 +89,7 @@ def _join(items: Sequence[str]) -> str:
 
 class German(Grammar):
     code = "de"
-    answers = {
+    answers: ClassVar[dict[str, dict[str, str]]] = {
         "color": dict(_COLOR_WORDS),
         "shape": {k: v[1] for k, v in _NOUNS.items()},
         "size": {"small": "klein", "medium": "mittelgroß", "large": "groß"},

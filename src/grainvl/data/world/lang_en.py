@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import ClassVar
 
 from grainvl.data.world.lang_base import STAY, Action, Claim, Desc, Fact, Grammar, capitalize, pick
 
@@ -88,7 +89,7 @@ def _plural(noun: str) -> str:
 
 
 def _join(items: Sequence[str], comma: bool) -> str:
-    """ "a, b, and c"; ``comma`` also puts one before "and" for two items (to end a relation's scope)."""
+    """Joins as "a, b, and c"; ``comma`` also puts one before "and" for two items (to end a relation's scope)."""
     if len(items) == 1:
         return items[0]
     if len(items) == 2:
@@ -98,7 +99,7 @@ def _join(items: Sequence[str], comma: bool) -> str:
 
 class English(Grammar):
     code = "en"
-    answers = {
+    answers: ClassVar[dict[str, dict[str, str]]] = {
         "color": {k: v[0] for k, v in _COLORS.items()},
         "shape": {k: v[0] for k, v in _SHAPES.items()},
         "size": {"small": "small", "medium": "medium", "large": "large"},
@@ -266,8 +267,8 @@ class English(Grammar):
             clauses.append(f"{self._np(action.subject, 'a', rng)} {self._verb_phrase(action, int(bare), rng)}")
         if connective == "while" and len(clauses) > 1:
             body = f"{clauses[0]} {pick(rng, ('while', 'as'))} {' and '.join(clauses[1:])}"
-        else:
-            body = _join(clauses, comma=False)
+        else:  # a comma keeps "X moves left and turns red, and Y grows" readable
+            body = _join(clauses, comma=any(len(a.events) > 1 for a in actions))
         if frame == "in_video":
             return f"In this video, {body}."
         if frame == "clip":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import ClassVar
 
 from grainvl.data.world.lang_base import STAY, Action, Claim, Desc, Fact, Grammar, capitalize
 
@@ -99,7 +100,7 @@ def _join(items: Sequence[str]) -> str:
 
 class Spanish(Grammar):
     code = "es"
-    answers = {
+    answers: ClassVar[dict[str, dict[str, str]]] = {
         "color": {k: v[0] for k, v in _COLORS.items()},
         "shape": {k: v[1] for k, v in _NOUNS.items()},
         "size": {"small": "pequeño", "medium": "mediano", "large": "grande"},

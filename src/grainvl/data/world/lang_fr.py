@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import ClassVar
 
 from grainvl.data.world.lang_base import STAY, Action, Claim, Desc, Fact, Grammar, capitalize
 
@@ -92,7 +93,7 @@ def _elides(word: str) -> bool:
 
 
 def _de(phrase: str) -> str:
-    """ "de" + phrase with contraction (du, des) and elision (d'un, de l')."""
+    """The preposition "de" + phrase, with contraction (du, des) and elision (d'un, de l')."""
     if phrase.startswith("le "):
         return "du " + phrase[3:]
     if phrase.startswith("les "):
@@ -112,7 +113,7 @@ def _join(items: Sequence[str]) -> str:
 
 class French(Grammar):
     code = "fr"
-    answers = {
+    answers: ClassVar[dict[str, dict[str, str]]] = {
         "color": {k: v[0] for k, v in _COLORS.items()},
         "shape": {k: v[1] for k, v in _NOUNS.items()},
         "size": {"small": "petit", "medium": "moyen", "large": "grand"},

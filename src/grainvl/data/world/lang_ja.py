@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import ClassVar
 
 from grainvl.data.world.lang_base import STAY, Action, Claim, Desc, Fact, Grammar
 
@@ -59,7 +60,7 @@ _PLAIN, _POLITE, _CONTINUATIVE = 0, 1, 2
 
 class Japanese(Grammar):
     code = "ja"
-    answers = {
+    answers: ClassVar[dict[str, dict[str, str]]] = {
         "color": dict(_COLOR_NOUNS),
         "shape": dict(_SHAPES),
         "size": {"small": "小さい", "medium": "中くらい", "large": "大きい"},
@@ -92,7 +93,7 @@ class Japanese(Grammar):
         return phrase
 
     def _modified_np(self, fact: Fact) -> str:
-        """ "[landmark]の左にある[subject]" when the fact has a relation."""
+        """The relative clause "[landmark]の左にある[subject]" when the fact has a relation."""
         if fact.relation is None or fact.object is None:
             return self._np(fact.subject)
         return f"{self._np(fact.object)}の{_RELATIONS[fact.relation]}にある{self._np(fact.subject)}"

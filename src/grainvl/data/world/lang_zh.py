@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import ClassVar
 
 from grainvl.data.world.lang_base import STAY, Action, Claim, Desc, Fact, Grammar
 
@@ -58,7 +59,7 @@ def _join(items: Sequence[str]) -> str:
 
 class Chinese(Grammar):
     code = "zh"
-    answers = {
+    answers: ClassVar[dict[str, dict[str, str]]] = {
         "color": dict(_COLORS),
         "shape": dict(_SHAPES),
         "size": {"small": "小", "medium": "中等", "large": "大"},

@@ -8,8 +8,17 @@ generation, so reordering changes every generated world.
 from __future__ import annotations
 
 SHAPES: tuple[str, ...] = (
-    "circle", "square", "triangle", "star", "hexagon", "diamond", "cross", "heart", "pentagon", "oval",
-)  # fmt: skip
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "hexagon",
+    "diamond",
+    "cross",
+    "heart",
+    "pentagon",
+    "oval",
+)
 
 # RGB values chosen to be distinguishable after JPEG compression.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -58,7 +67,13 @@ RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below", "next to"
 
 # Video events: what can happen to one object over a clip.
 VIDEO_EVENTS: tuple[str, ...] = (
-    "move_left", "move_right", "move_up", "move_down", "grow", "shrink", "change_color",
-)  # fmt: skip
+    "move_left",
+    "move_right",
+    "move_up",
+    "move_down",
+    "grow",
+    "shrink",
+    "change_color",
+)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test", "test_ood")
