@@ -50,3 +50,22 @@ def test_load_config_yaml_then_overrides(tmp_path: Path) -> None:
 def test_load_config_rejects_unknown_keys(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown config key"):
         load_config(Outer, None, ["nmae=x"])
+
+
+def test_tokenizer_train_on_a_world(tmp_path: Path) -> None:
+    from grainvl.data.tokenization import load_tokenizer
+    from grainvl.data.world.generate import WorldConfig, generate_world
+
+    world = tmp_path / "w"
+    cfg = WorldConfig(images=8, videos=0, resolution=64, text_scenes=0, dialogues=0)
+    generate_world(cfg, world)
+    assert main(["tokenizer", "train", "--corpus", str(world), "--kind", "unigram", "--vocab-size", "300",
+                 "--out", str(tmp_path / "tok")]) == 0  # fmt: skip
+    tok = load_tokenizer(tmp_path / "tok")
+    text = "Ein großer roter Stern."
+    assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def test_tokenizer_train_on_missing_corpus_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["tokenizer", "train", "--corpus", str(tmp_path), "--out", str(tmp_path / "tok")]) == 2
+    assert "not a world folder" in capsys.readouterr().err

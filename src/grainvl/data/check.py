@@ -149,7 +149,8 @@ def count_records(result: Any) -> int:
 def _check_manifest(root: Path, skip_bad: bool) -> FileCheck:
     """Compare the sha256 of every file ``manifest.json`` lists against the file on disk."""
     manifest_path = root / MANIFEST
-    bad = BadRecords(skip_bad=skip_bad)
+    del skip_bad  # every changed file is reported: each listed file is a separate fact worth naming
+    bad = BadRecords(skip_bad=True)
     row = FileCheck(file=MANIFEST, format="manifest", records=0)
     try:
         listed = _manifest_files(manifest_path)
