@@ -1,6 +1,8 @@
 # Two commands: `make demo` and `make test`. Both create .venv on first use and reuse it afterwards.
 # The venv is rebuilt when requirements.txt or pyproject.toml change (the stamp holds their hash).
 
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -16,8 +18,9 @@ export HF_DATASETS_OFFLINE := 1
 $(STAMP): requirements.txt pyproject.toml
 	@rm -f $(VENV)/.stamp-*
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@echo "installing the pinned requirement set into $(VENV) (first run only, about 3 minutes)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | { grep -v '^WARNING: Location' || true; }
 	@touch $(STAMP)
 
 demo: $(STAMP)
