@@ -59,8 +59,23 @@ def test_tokenizer_train_on_a_world(tmp_path: Path) -> None:
     world = tmp_path / "w"
     cfg = WorldConfig(images=8, videos=0, resolution=64, text_scenes=0, dialogues=0)
     generate_world(cfg, world)
-    assert main(["tokenizer", "train", "--corpus", str(world), "--kind", "unigram", "--vocab-size", "300",
-                 "--out", str(tmp_path / "tok")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train",
+                "--corpus",
+                str(world),
+                "--kind",
+                "unigram",
+                "--vocab-size",
+                "300",
+                "--out",
+                str(tmp_path / "tok"),
+            ]
+        )
+        == 0
+    )
     tok = load_tokenizer(tmp_path / "tok")
     text = "Ein großer roter Stern."
     assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text

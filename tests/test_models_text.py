@@ -31,19 +31,31 @@ HIDDEN, HEADS, VISION_WIDTH = 32, 4, 24
 
 def tiny_hf_config(layers: int = 3, **overrides: object) -> BertConfig:
     values: dict = dict(
-        vocab_size=99, hidden_size=HIDDEN, num_hidden_layers=layers, num_attention_heads=HEADS,
-        intermediate_size=37, max_position_embeddings=64, attn_implementation="eager",
-    )  # fmt: skip
+        vocab_size=99,
+        hidden_size=HIDDEN,
+        num_hidden_layers=layers,
+        num_attention_heads=HEADS,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
     values.update(overrides)
     return BertConfig(**values)
 
 
 def tiny_config(num_layers: int = 4, fusion_start: int = 2, **overrides: object) -> TextConfig:
     values: dict = dict(
-        vocab_size=99, hidden_size=HIDDEN, num_layers=num_layers, num_heads=HEADS, intermediate_size=37,
-        max_position_embeddings=64, fusion_start=fusion_start, encoder_width=VISION_WIDTH,
-        hidden_dropout=0.0, attention_dropout=0.0,
-    )  # fmt: skip
+        vocab_size=99,
+        hidden_size=HIDDEN,
+        num_layers=num_layers,
+        num_heads=HEADS,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        fusion_start=fusion_start,
+        encoder_width=VISION_WIDTH,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
     values.update(overrides)
     return TextConfig(**values)
 
@@ -100,9 +112,16 @@ def test_state_dict_names_match_hf_and_official_position_ids_load() -> None:
 def test_matches_transformers_roberta_positions() -> None:
     torch.manual_seed(0)
     config = RobertaConfig(
-        vocab_size=99, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS, intermediate_size=37,
-        max_position_embeddings=66, pad_token_id=1, type_vocab_size=1, attn_implementation="eager",
-    )  # fmt: skip
+        vocab_size=99,
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        intermediate_size=37,
+        max_position_embeddings=66,
+        pad_token_id=1,
+        type_vocab_size=1,
+        attn_implementation="eager",
+    )
     hf = RobertaModel(config, add_pooling_layer=False).eval()
     text_config = TextConfig.from_hf_config(config.to_dict())
     assert text_config.roberta_positions
@@ -149,8 +168,14 @@ def test_multimodal_equals_text_then_fusion() -> None:
     image, image_atts = vision_batch()
     with torch.no_grad():
         text = model(ids, atts, mode="text")
-        fused = model(None, atts, mode="fusion", inputs_embeds_for_fusion=text, encoder_hidden_states=image,
-                      encoder_attention_mask=image_atts)  # fmt: skip
+        fused = model(
+            None,
+            atts,
+            mode="fusion",
+            inputs_embeds_for_fusion=text,
+            encoder_hidden_states=image,
+            encoder_attention_mask=image_atts,
+        )
         both = model(ids, atts, mode="multimodal", encoder_hidden_states=image, encoder_attention_mask=image_atts)
         states = model.forward_intermediates(ids, atts, mode="text")
     assert text.shape == fused.shape == (3, 10, HIDDEN)
@@ -206,8 +231,14 @@ def test_fusion_layer_matches_hand_written_reference(with_vision: bool) -> None:
     image, image_atts = vision_batch() if with_vision else (None, None)
     layer = model.encoder.layer[1]
     with torch.no_grad():
-        got = model(None, atts, mode="fusion", inputs_embeds_for_fusion=text, encoder_hidden_states=image,
-                    encoder_attention_mask=image_atts)  # fmt: skip
+        got = model(
+            None,
+            atts,
+            mode="fusion",
+            inputs_embeds_for_fusion=text,
+            encoder_hidden_states=image,
+            encoder_attention_mask=image_atts,
+        )
         x = _reference_attention(layer.attention, text, text, atts)
         if with_vision:  # without vision tokens the official fusion layer skips cross-attention
             x = _reference_attention(layer.crossattention, x, image, image_atts)
@@ -273,8 +304,9 @@ def test_expansion_copies_top_layers_and_reports_cross_attention(tmp_path: Path)
     assert report["unexpected"] == ["pooler.dense.bias", "pooler.dense.weight"]
     ids, atts = padded_batch()
     with torch.no_grad():  # the text layers are the checkpoint's, untouched
-        torch.testing.assert_close(model.eval()(ids, atts), hf(input_ids=ids, attention_mask=atts).last_hidden_state,
-                                   atol=ATOL, rtol=0)  # fmt: skip
+        torch.testing.assert_close(
+            model.eval()(ids, atts), hf(input_ids=ids, attention_mask=atts).last_hidden_state, atol=ATOL, rtol=0
+        )
 
 
 def test_minilm_expansion_6_to_9(minilm_path: Path) -> None:
@@ -307,8 +339,9 @@ def test_pytorch_bin_with_prefix_and_tf_layernorm_names(tmp_path: Path) -> None:
     assert report["missing"] == [] and report["unexpected"] == ["cls.predictions.bias"]
     ids, atts = padded_batch()
     with torch.no_grad():
-        torch.testing.assert_close(model.eval()(ids, atts), hf(input_ids=ids, attention_mask=atts).last_hidden_state,
-                                   atol=ATOL, rtol=0)  # fmt: skip
+        torch.testing.assert_close(
+            model.eval()(ids, atts), hf(input_ids=ids, attention_mask=atts).last_hidden_state, atol=ATOL, rtol=0
+        )
 
 
 def test_loading_bad_folders(tmp_path: Path) -> None:
@@ -436,8 +469,14 @@ def test_cross_encoder_layout_names_and_equivalence_with_fusion_layers() -> None
     text = torch.randn(3, 10, HIDDEN)
     image, image_atts = vision_batch()
     with torch.no_grad():
-        expected = single(None, atts, mode="fusion", inputs_embeds_for_fusion=text, encoder_hidden_states=image,
-                          encoder_attention_mask=image_atts)  # fmt: skip
+        expected = single(
+            None,
+            atts,
+            mode="fusion",
+            inputs_embeds_for_fusion=text,
+            encoder_hidden_states=image,
+            encoder_attention_mask=image_atts,
+        )
         got = cross_encoder(text, atts, image, image_atts)
     assert got.shape == (3, 10, HIDDEN)
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
@@ -446,8 +485,9 @@ def test_cross_encoder_layout_names_and_equivalence_with_fusion_layers() -> None
 @pytest.mark.parametrize(("hidden", "heads", "ffn", "millions"), [(768, 12, 3072, 166.2), (1024, 16, 4096, 284.8)])
 def test_x2vlm_text_part_parameter_count(hidden: int, heads: int, ffn: int, millions: float) -> None:
     """xvlm.md §1.6 [verified]: the text part (18 layers, 6 with cross-attention, tied MLM head) of base / large."""
-    config = TextConfig(hidden_size=hidden, num_heads=heads, intermediate_size=ffn, num_layers=18, fusion_start=12,
-                        encoder_width=hidden)  # fmt: skip
+    config = TextConfig(
+        hidden_size=hidden, num_heads=heads, intermediate_size=ffn, num_layers=18, fusion_start=12, encoder_width=hidden
+    )
     with torch.device("meta"):
         tower, head = BertEncoderModel(config), MLMHead(config)
         head.tie_weights(tower.embeddings)

@@ -62,8 +62,13 @@ def tiny_batch(model: XVLM, n: int = 4, length: int = 9, seed: int = 0) -> dict:
     atts[0, -2:] = 0
     masked = ids.clone()
     masked[:, 2] = 103
-    text = {"text_ids": ids, "text_atts": atts, "text_ids_masked": masked,
-            "masked_pos": torch.full((n, 1), 2), "masked_ids": ids[:, 2:3].clone()}  # fmt: skip
+    text = {
+        "text_ids": ids,
+        "text_atts": atts,
+        "text_ids_masked": masked,
+        "masked_pos": torch.full((n, 1), 2),
+        "masked_ids": ids[:, 2:3].clone(),
+    }
     region_atts = torch.zeros(n, 1 + n_patches)
     region_atts[:, 0] = 1
     region_atts[:, 1 : 1 + max(1, n_patches // 2)] = 1
@@ -86,7 +91,7 @@ def test_presets_forward_backward(name: str) -> None:
     torch.manual_seed(0)
     model = create_model(name, init_unimodal=False)
     task = PretrainTask(model)
-    losses, metrics = task(tiny_batch(model))
+    losses, _ = task(tiny_batch(model))
     assert {"image_itc_loss", "image_itm_loss", "image_mlm_loss", "region_bbox_loss", "video_mlm_loss"} <= set(losses)
     total = sum(losses.values())
     assert torch.isfinite(total)

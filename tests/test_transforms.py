@@ -230,8 +230,10 @@ def test_to_tensor_and_normalize():
     assert tensor.shape == (3, 2, 3) and tensor.dtype == torch.float32 and torch.all(tensor == 1.0)
     normed = T.normalize(tensor, T.EFFICIENTNET_LITE_MEAN, T.EFFICIENTNET_LITE_STD)
     assert torch.all(normed == 1.0)  # [0, 1] -> [-1, 1]
-    assert torch.allclose(T.normalize(torch.zeros(2, 3, 1, 1), T.CLIP_MEAN, T.CLIP_STD)[0, :, 0, 0],
-                          -torch.tensor(T.CLIP_MEAN) / torch.tensor(T.CLIP_STD))  # fmt: skip
+    assert torch.allclose(
+        T.normalize(torch.zeros(2, 3, 1, 1), T.CLIP_MEAN, T.CLIP_STD)[0, :, 0, 0],
+        -torch.tensor(T.CLIP_MEAN) / torch.tensor(T.CLIP_STD),
+    )
     assert T.XVLM_MEAN == (0.48145466, 0.4578275, 0.40821073) and T.XVLM_STD == (0.26862954, 0.26130258, 0.27577711)
 
 

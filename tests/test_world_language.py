@@ -64,13 +64,34 @@ def random_scene(rng: random.Random, image_id: int, max_objects: int = 6) -> Sce
 
 EN_SHAPES = {s: s for s in SHAPES} | {"disc": "circle", "rhombus": "diamond", "ellipse": "oval"}
 EN_COLORS = {c: c for c in COLORS} | {"grey": "gray"}
-EN_SIZES = {"small": "small", "little": "small", "medium": "medium", "medium-sized": "medium", "large": "large",
-            "big": "large"}  # fmt: skip
-EN_TEXTURES = {"solid": "solid", "plain": "solid", "striped": "striped", "dotted": "dotted", "polka-dot": "dotted",
-               "checkered": "checkered", "checked": "checkered"}  # fmt: skip
-EN_RELATIONS = {"to the left of": "left of", "left of": "left of", "to the right of": "right of",
-                "right of": "right of", "above": "above", "below": "below", "under": "below",
-                "next to": "next to", "beside": "next to"}  # fmt: skip
+EN_SIZES = {
+    "small": "small",
+    "little": "small",
+    "medium": "medium",
+    "medium-sized": "medium",
+    "large": "large",
+    "big": "large",
+}
+EN_TEXTURES = {
+    "solid": "solid",
+    "plain": "solid",
+    "striped": "striped",
+    "dotted": "dotted",
+    "polka-dot": "dotted",
+    "checkered": "checkered",
+    "checked": "checkered",
+}
+EN_RELATIONS = {
+    "to the left of": "left of",
+    "left of": "left of",
+    "to the right of": "right of",
+    "right of": "right of",
+    "above": "above",
+    "below": "below",
+    "under": "below",
+    "next to": "next to",
+    "beside": "next to",
+}
 EN_NUMBERS = {
     w: k for k, w in enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))
 }
@@ -126,9 +147,15 @@ def statement_truth(text: str, scenes: dict[str, Scene]) -> bool:
         return len(matching(desc, scenes[m[2]])) > len(matching(desc, scenes[m[3]]))
     if m := re.fullmatch(r"In the (left|right) image, (.+)", t):
         return relation_exists(m[2], scenes[m[1]])
-    subjects = {"Both images contain": "both", "Each image contains": "both", "Neither image contains": "neither",
-                "The left image contains": "left", "The right image contains": "right", "There is": "image",
-                "There are": "image"}  # fmt: skip
+    subjects = {
+        "Both images contain": "both",
+        "Each image contains": "both",
+        "Neither image contains": "neither",
+        "The left image contains": "left",
+        "The right image contains": "right",
+        "There is": "image",
+        "There are": "image",
+    }
     for opener, where in subjects.items():
         if t.startswith(opener + " "):
             rest = t[len(opener) + 1 :]
@@ -329,8 +356,13 @@ def test_vqa_answers_match_the_scene_and_questions_are_unique():
 
 def test_vqa_on_a_hand_built_scene():
     # A large red circle left of a small blue square; a green star below the circle.
-    s = scene([obj("circle", "red", "large", at=(0, 0)), obj("square", "blue", "small", at=(1, 0)),
-               obj("star", "green", "medium", at=(0, 2))])  # fmt: skip
+    s = scene(
+        [
+            obj("circle", "red", "large", at=(0, 0)),
+            obj("square", "blue", "small", at=(1, 0)),
+            obj("star", "green", "medium", at=(0, 2)),
+        ]
+    )
     seen = {}
     for seed in range(40):
         for q in annotate.annotate_image(s, random.Random(seed), itertools.count(), itertools.count()).vqa:

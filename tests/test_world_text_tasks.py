@@ -49,8 +49,9 @@ def _random_scene(rng: random.Random, image_id: int) -> Scene:
         )
         for _ in range(rng.randint(1, 4))
     ]
-    return Scene(image_id, "train", 256, 256, rng.choice(ontology.BACKGROUNDS), objects, image_id,
-                 compute_relations(objects))  # fmt: skip
+    return Scene(
+        image_id, "train", 256, 256, rng.choice(ontology.BACKGROUNDS), objects, image_id, compute_relations(objects)
+    )
 
 
 def _random_scenes(n: int, seed: int = 0) -> list[Scene]:
@@ -267,8 +268,10 @@ def test_shuffled_sentences_are_unacceptable_and_distinct(suite):
 
 def test_attribute_and_count_answers_are_correct(suite):
     position = {"color": 1, "size": 0, "texture": 2}
-    question = re.compile(r"(?:What color is|Which color does|What size is|How big is|What pattern does|"
-                          r"What is the texture of) the (.+?)(?: have)?\?")  # fmt: skip
+    question = re.compile(
+        r"(?:What color is|Which color does|What size is|How big is|What pattern does|"
+        r"What is the texture of) the (.+?)(?: have)?\?"
+    )
     for name, attribute in (("color_squad", "color"), ("size_squad", "size"), ("texture_squad", "texture")):
         for context, qa in _qas(suite[name]):
             reference = question.fullmatch(qa["question"]).group(1)  # type: ignore[union-attr]

@@ -215,21 +215,34 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="the main job on the embedded synthetic world (what `make demo` runs)",
-        description="Generate a small world with every annotation kind (ID and OOD), check it, print a summary and "
-        "write a contact sheet PNG.",
+        description="Generate a world with every annotation kind (ID and OOD), check it, print a summary, write a "
+        "contact sheet PNG, then pre-train xvlm-small on it and print zero-shot retrieval and grounding on the ID "
+        "test and OOD splits next to chance (about 10 minutes on 2 CPU cores).",
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--images", type=int, default=160)
-    p.add_argument("--videos", type=int, default=12)
+    p.add_argument("--images", type=int, default=500)
+    p.add_argument("--videos", type=int, default=40)
+    p.add_argument("--resolution", type=int, default=160)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--steps", type=int, help="pre-training steps (default: configs/pretrain/demo_small.yaml, 160)")
+    p.add_argument("--no-pretrain", action="store_true", help="stop after the world, the check and the contact sheet")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from grainvl.demo import run_demo
 
-    return run_demo(args.out, images=args.images, videos=args.videos, seed=args.seed, workers=args.workers)
+    return run_demo(
+        args.out,
+        images=args.images,
+        videos=args.videos,
+        seed=args.seed,
+        workers=args.workers,
+        steps=args.steps,
+        resolution=args.resolution,
+        pretrain=not args.no_pretrain,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -53,8 +53,27 @@ def _build(cls: type[T], values: dict[str, Any], where: str) -> T:
             value = _build(hint, value, where)  # type: ignore[arg-type]
         elif typing.get_origin(hint) is tuple and isinstance(value, list):
             value = tuple(value)
+        else:
+            value = _coerce(value, hint, f"{where}: {cls.__name__}.{name}")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Scalars from YAML/overrides to the field's type: YAML 1.1 reads ``3e-4`` as a string, for one."""
+    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{where} should be a number, got {value!r}") from None
+    if hint is int and isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"{where} should be an integer, got {value!r}") from None
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -19,15 +19,17 @@ WEIGHT_FLOOR = 1e-5
 
 def _negative_weights(sim: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
     """softmax(sim) + 1e-5 over each row with the positives (``same``) zeroed. (B, B) → (B, B)."""
-    weights = F.softmax(sim.float(), dim=1) + WEIGHT_FLOOR
-    weights = weights.masked_fill(same, 0.0)
+    if sim.shape[0] < 2:
+        raise ValueError("ITM hard negatives need at least two samples per rank")
+    probs = F.softmax(sim.float(), dim=1) + WEIGHT_FLOOR
+    weights = probs.masked_fill(same, 0.0)
     empty = weights.sum(dim=1) == 0
     if empty.any():
-        rows = empty.nonzero().flatten().tolist()
-        raise ValueError(
-            f"no negative candidate for row(s) {rows}: every sample in the batch shares their id "
-            "(ITM hard negatives need at least two distinct ids per rank)"
-        )
+        # Every sample shares this row's id (a tiny dataset wrapping into its next epoch can do that).
+        # The official code would crash in multinomial; we fall back to excluding only the diagonal,
+        # accepting a false negative in such degenerate batches rather than stopping the run.
+        diagonal = torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
+        weights[empty] = probs[empty].masked_fill(diagonal[empty], 0.0)
     return weights
 
 

@@ -53,6 +53,8 @@ class VisionConfig:
     drop-connect rate) and ``pretrained`` matter; ``patch_size`` must be its stride, 32.
     ``init_values``: layer-scale init; 0 disables layer scale (plain ViT).
     ``pretrained``: EfficientNet only: load the packaged ImageNet weights.
+    ``freeze_backbone``: EfficientNet only: no gradient through the CNN (a CPU-budget choice: the
+    backward pass through it costs more than the whole text side of a small model).
     """
 
     kind: str = "beit2"
@@ -65,6 +67,7 @@ class VisionConfig:
     drop_path_rate: float = 0.1
     init_values: float = 0.1
     pretrained: bool = False
+    freeze_backbone: bool = False  # EfficientNet only: keep the pretrained CNN fixed, train the projection
 
     def __post_init__(self) -> None:
         if self.kind not in VISION_KINDS:
@@ -73,6 +76,8 @@ class VisionConfig:
             if self.patch_size != EFFICIENTNET_STRIDE:
                 raise ValueError(f"efficientnet_lite0 has stride {EFFICIENTNET_STRIDE}; set patch_size=32")
             return
+        if self.freeze_backbone:
+            raise ValueError(f"freeze_backbone is only available for efficientnet_lite0, not {self.kind!r}")
         if self.resolution % self.patch_size != 0:
             raise ValueError(f"resolution {self.resolution} is not a multiple of patch_size {self.patch_size}")
         if self.width % self.heads != 0:
@@ -620,6 +625,8 @@ class EfficientNetLiteTower(nn.Module):
         nn.init.trunc_normal_(self.proj.weight, std=0.02)
         nn.init.zeros_(self.proj.bias)
         self._freeze_batchnorm()
+        if cfg.freeze_backbone:
+            self.backbone.requires_grad_(False)
 
     def grid(self, resolution: int) -> Grid:
         """Feature-map size at a square ``resolution``: five stride-2 stages with "SAME" padding (ceil)."""
@@ -659,7 +666,10 @@ class EfficientNetLiteTower(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W) -> (B, 1+N, width)``: ``[mean token, projected grid tokens]``."""
         _check_images(images, 1)
-        if self.grad_checkpointing and torch.is_grad_enabled():
+        if self.config.freeze_backbone:
+            with torch.no_grad():  # nothing to back-propagate into; also saves the activations
+                features = self.backbone.extract_features(images)  # (B, 1280, h, w)
+        elif self.grad_checkpointing and torch.is_grad_enabled():
             features = self._features_checkpointed(images)
         else:
             features = self.backbone.extract_features(images)  # (B, 1280, h, w)

@@ -30,7 +30,9 @@ from grainvl.models.vision import VisionConfig, build_vision_tower
 
 def build_mlp(in_dim: int, out_dim: int) -> nn.Sequential:
     """The official head MLP: Linear(in, 2in) -> LayerNorm -> GELU -> Linear(2in, out) (indices 0, 1, 3)."""
-    return nn.Sequential(nn.Linear(in_dim, 2 * in_dim), nn.LayerNorm(2 * in_dim), nn.GELU(), nn.Linear(2 * in_dim, out_dim))
+    return nn.Sequential(
+        nn.Linear(in_dim, 2 * in_dim), nn.LayerNorm(2 * in_dim), nn.GELU(), nn.Linear(2 * in_dim, out_dim)
+    )
 
 
 @dataclass
@@ -181,9 +183,13 @@ class XVLM(nn.Module):
         if self.config.text.layout == "cross":
             return self.cross_encoder(text_embeds, text_atts, image_embeds, image_atts)
         return self.bert(
-            None, text_atts, mode="fusion", inputs_embeds_for_fusion=text_embeds,
-            encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts,
-        )  # fmt: skip
+            None,
+            text_atts,
+            mode="fusion",
+            inputs_embeds_for_fusion=text_embeds,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_atts,
+        )
 
     def encode_multimodal(
         self, text_ids: torch.Tensor, text_atts: torch.Tensor, image_embeds: torch.Tensor, image_atts: torch.Tensor
@@ -283,7 +289,9 @@ class XVLM(nn.Module):
         if not config_path.exists():
             raise FileNotFoundError(f"{directory}: no config.json (not a grainvl model folder)")
         config = XVLMConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
-        config = dataclasses.replace(config, text_init=None, vision=dataclasses.replace(config.vision, pretrained=False))
+        config = dataclasses.replace(
+            config, text_init=None, vision=dataclasses.replace(config.vision, pretrained=False)
+        )
         model = cls(config)
         state = load_model_safetensors(directory / "model.safetensors")
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -314,8 +322,12 @@ def init_text_from_pretrained(model: XVLM) -> dict[str, list[str]]:
         return {"missing": [], "unexpected": []}
     folder = _resolve_hf_folder(source)
     text = model.config.text
-    _, loaded, report = load_hf_bert(folder, num_layers=text.num_layers if text.layout == "single" else None,
-                                     fusion_start=text.fusion_start, encoder_width=text.encoder_width)  # fmt: skip
+    _, loaded, report = load_hf_bert(
+        folder,
+        num_layers=text.num_layers if text.layout == "single" else None,
+        fusion_start=text.fusion_start,
+        encoder_width=text.encoder_width,
+    )
     own = model.bert.state_dict()
     compatible = {k: v for k, v in loaded.state_dict().items() if k in own and own[k].shape == v.shape}
     model.bert.load_state_dict(compatible, strict=False)

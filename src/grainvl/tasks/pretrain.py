@@ -65,7 +65,9 @@ class PretrainTask(nn.Module):
         vis_feat, text_feat = m.image_feat(vis), m.text_feat(text)
         losses[f"{kind}_itc_loss"] = weight * itc_loss(vis_feat, text_feat, m.temp, idx=idx)
         if self.weights.itm:
-            losses[f"{kind}_itm_loss"] = weight * self._itm(vis, vis_atts, text, b["text_atts"], vis_feat, text_feat, idx)
+            losses[f"{kind}_itm_loss"] = weight * self._itm(
+                vis, vis_atts, text, b["text_atts"], vis_feat, text_feat, idx
+            )
         losses[f"{kind}_mlm_loss"] = weight * self._mlm(b, vis, vis_atts)
 
     # ------------------------------------------------------------------ region - text

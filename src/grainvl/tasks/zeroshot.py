@@ -63,9 +63,11 @@ def zero_shot_retrieval(model: XVLM, data: ImageTextEval, k_test: int = 0, batch
     image_embeds = torch.cat([model.encode_image(images)[0] for images in data.images.batches(batch_size)])
     text_ids, text_atts = data.text_ids, data.text_atts
     text_embeds = torch.cat(
-        [model.encode_text(text_ids[i : i + batch_size], text_atts[i : i + batch_size])
-         for i in range(0, len(text_ids), batch_size)]
-    )  # fmt: skip
+        [
+            model.encode_text(text_ids[i : i + batch_size], text_atts[i : i + batch_size])
+            for i in range(0, len(text_ids), batch_size)
+        ]
+    )
     sim = model.image_feat(image_embeds) @ model.text_feat(text_embeds).t()  # (N, T)
     scores_i2t, scores_t2i = sim.clone(), sim.t().clone()
     if k_test > 0:

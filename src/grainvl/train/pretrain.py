@@ -132,8 +132,13 @@ def evaluate(model: XVLM, tokenizer: Any, dcfg: PretrainDataConfig, world: str, 
     metrics.update(zero_shot_grounding(model, grounding_data))
     prior = prior_box_grounding(grounding_data)
     chance["grounding_acc"] = prior["grounding_acc"]
-    return {"metrics": metrics, "chance": chance, "images": len(retrieval_data.image_text_index),
-            "texts": len(retrieval_data.text_ids), "refexps": len(grounding_data)}  # fmt: skip
+    return {
+        "metrics": metrics,
+        "chance": chance,
+        "images": len(retrieval_data.image_text_index),
+        "texts": len(retrieval_data.text_ids),
+        "refexps": len(grounding_data),
+    }
 
 
 def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict[str, Any]:
@@ -154,8 +159,16 @@ def _run(cfg: PretrainConfig, env: DistEnv, resume: str | None) -> dict[str, Any
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     tokenizer = get_tokenizer(model.config)
     dcfg = data_config(model, cfg.data)
-    streams = build_pretrain_loaders(cfg.data.world, cfg.data.split, tokenizer, dcfg, seed=cfg.train.seed,
-                                     rank=env.rank, world_size=env.world_size, num_threads=cfg.data.threads)  # fmt: skip
+    streams = build_pretrain_loaders(
+        cfg.data.world,
+        cfg.data.split,
+        tokenizer,
+        dcfg,
+        seed=cfg.train.seed,
+        rank=env.rank,
+        world_size=env.world_size,
+        num_threads=cfg.data.threads,
+    )
     task = PretrainTask(model, cfg.weights)
     optimizer = _optimizer(task, cfg.optim)
     scheduler = build_scheduler(optimizer, dataclasses.replace(cfg.sched, total_steps=cfg.train.steps))
@@ -187,15 +200,25 @@ def _write_results(run_dir: Path, cfg: PretrainConfig, summary: TrainSummary, ev
     hw = summary.hardware
     for split, result in evaluations.items():
         for metric, value in result["metrics"].items():
-            append_result(run_dir / "results.jsonl", {
-                "model": cfg.model, "task": "zeroshot_retrieval" if not metric.startswith("grounding") else "zeroshot_grounding",
-                "dataset": "world", "split": "ood" if split == "test_ood" else "id", "metric": metric, "value": value,
-                "params_M": summary.params / 1e6,
-                "gflops": (summary.flops_per_step or 0) / 1e9 if summary.flops_per_step else None,
-                "energy_kWh": energy.energy_kWh if energy else None, "co2_g": energy.co2_g if energy else None,
-                "hardware": hw.get("cpu") or hw.get("gpu"), "torch": hw.get("torch"), "commit": hw.get("commit"),
-                "seed": cfg.train.seed,
-            })  # fmt: skip
+            append_result(
+                run_dir / "results.jsonl",
+                {
+                    "model": cfg.model,
+                    "task": "zeroshot_retrieval" if not metric.startswith("grounding") else "zeroshot_grounding",
+                    "dataset": "world",
+                    "split": "ood" if split == "test_ood" else "id",
+                    "metric": metric,
+                    "value": value,
+                    "params_M": summary.params / 1e6,
+                    "gflops": (summary.flops_per_step or 0) / 1e9 if summary.flops_per_step else None,
+                    "energy_kWh": energy.energy_kWh if energy else None,
+                    "co2_g": energy.co2_g if energy else None,
+                    "hardware": hw.get("cpu") or hw.get("gpu"),
+                    "torch": hw.get("torch"),
+                    "commit": hw.get("commit"),
+                    "seed": cfg.train.seed,
+                },
+            )
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -203,8 +226,10 @@ def format_report(report: dict[str, Any]) -> str:
     lines = []
     for split, result in report["evaluations"].items():
         m, c = result["metrics"], result["chance"]
-        lines.append(f"zero-shot on {split} ({result['images']} images, {result['texts']} captions, "
-                     f"{result['refexps']} referring expressions):")  # fmt: skip
+        lines.append(
+            f"zero-shot on {split} ({result['images']} images, {result['texts']} captions, "
+            f"{result['refexps']} referring expressions):"
+        )
         lines.append(f"  {'metric':<16}{'model':>10}{'chance':>10}")
         for key in ("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "grounding_acc"):
             lines.append(f"  {key:<16}{m[key]:>10.1f}{c.get(key, float('nan')):>10.1f}")

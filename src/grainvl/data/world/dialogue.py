@@ -33,24 +33,32 @@ class PersonaFact:
 
 def _color_facts() -> list[PersonaFact]:
     return [
-        PersonaFact("color", f"my favorite color is {c}.", (
-            f"i painted my whole bedroom {c} last summer.",
-            f"somehow nearly everything in my closet ends up {c}.",
-            f"whenever there is a choice i grab the {c} one, every single time.",
-        ))
+        PersonaFact(
+            "color",
+            f"my favorite color is {c}.",
+            (
+                f"i painted my whole bedroom {c} last summer.",
+                f"somehow nearly everything in my closet ends up {c}.",
+                f"whenever there is a choice i grab the {c} one, every single time.",
+            ),
+        )
         for c in COLORS
-    ]  # fmt: skip
+    ]
 
 
 def _drawing_facts() -> list[PersonaFact]:
     return [
-        PersonaFact("drawing", f"i like drawing {plural_shape(s)}.", (
-            f"i spend every weekend painting little {plural_shape(s)}.",
-            f"my notebooks are full of {plural_shape(s)} i doodle during meetings.",
-            f"i just finished a sketch with about a hundred {plural_shape(s)} on it.",
-        ))
+        PersonaFact(
+            "drawing",
+            f"i like drawing {plural_shape(s)}.",
+            (
+                f"i spend every weekend painting little {plural_shape(s)}.",
+                f"my notebooks are full of {plural_shape(s)} i doodle during meetings.",
+                f"i just finished a sketch with about a hundred {plural_shape(s)} on it.",
+            ),
+        )
         for s in SHAPES
-    ]  # fmt: skip
+    ]
 
 
 # topic -> (persona sentence, implicit hints). Keep hints free of the sentence itself (tests check).
@@ -266,10 +274,20 @@ _TOPIC_QUESTIONS: dict[str, tuple[str, ...]] = {
     "family": ("tell me about your family.", "do you have any siblings or kids?"),
     "hobby": ("what do you do for fun?", "any hobbies?"),
 }
-_GENERIC_QUESTIONS = ("how was your day?", "what are you up to tonight?", "any plans for the weekend?",
-                      "what is new with you?")  # fmt: skip
-_FILLERS = ("not much, just relaxing at home.", "pretty quiet day so far.", "i am just taking it easy today.",
-            "nothing special, honestly.", "just catching up on some sleep.", "same old, same old.")  # fmt: skip
+_GENERIC_QUESTIONS = (
+    "how was your day?",
+    "what are you up to tonight?",
+    "any plans for the weekend?",
+    "what is new with you?",
+)
+_FILLERS = (
+    "not much, just relaxing at home.",
+    "pretty quiet day so far.",
+    "i am just taking it easy today.",
+    "nothing special, honestly.",
+    "just catching up on some sleep.",
+    "same old, same old.",
+)
 _REACTIONS = ("that is cool.", "oh nice.", "wow, really?", "ha, i see.", "that sounds fun.", "interesting.")
 _GREETINGS = ("hi, how are you today?", "hello! how is it going?", "hey there, how are you?")
 _GREETING_REPLIES = ("hi! i am good, thanks.", "hello, doing well.", "hey, not bad at all.")

@@ -32,13 +32,33 @@ _GENERIC = ("n", "Objekt", "Objekte")
 _DATIVE_SINGULAR = {"Herz": "Herzen"}
 # Attributive stems (declined) and predicative/answer forms (uninflected).
 _COLOR_STEMS = {
-    "red": "rot", "green": "grün", "blue": "blau", "yellow": "gelb", "orange": "orangefarben", "purple": "violett",
-    "pink": "rosafarben", "brown": "braun", "gray": "grau", "white": "weiß", "black": "schwarz", "cyan": "türkisfarben",
-}  # fmt: skip
+    "red": "rot",
+    "green": "grün",
+    "blue": "blau",
+    "yellow": "gelb",
+    "orange": "orangefarben",
+    "purple": "violett",
+    "pink": "rosafarben",
+    "brown": "braun",
+    "gray": "grau",
+    "white": "weiß",
+    "black": "schwarz",
+    "cyan": "türkisfarben",
+}
 _COLOR_WORDS = {
-    "red": "rot", "green": "grün", "blue": "blau", "yellow": "gelb", "orange": "orange", "purple": "violett",
-    "pink": "rosa", "brown": "braun", "gray": "grau", "white": "weiß", "black": "schwarz", "cyan": "türkis",
-}  # fmt: skip
+    "red": "rot",
+    "green": "grün",
+    "blue": "blau",
+    "yellow": "gelb",
+    "orange": "orange",
+    "purple": "violett",
+    "pink": "rosa",
+    "brown": "braun",
+    "gray": "grau",
+    "white": "weiß",
+    "black": "schwarz",
+    "cyan": "türkis",
+}
 _SIZE_STEMS = {"small": "klein", "medium": "mittelgroß", "large": "groß"}
 _TEXTURE_STEMS = {"solid": "einfarbig", "striped": "gestreift", "dotted": "gepunktet", "checkered": "kariert"}
 

@@ -15,19 +15,47 @@ from typing import ClassVar
 from grainvl.data.world.lang_base import STAY, Action, Claim, Desc, Fact, Grammar
 
 _SHAPES = {
-    "circle": "円", "square": "正方形", "triangle": "三角形", "star": "星", "hexagon": "六角形",
-    "diamond": "ひし形", "cross": "十字", "heart": "ハート", "pentagon": "五角形", "oval": "楕円",
-}  # fmt: skip
+    "circle": "円",
+    "square": "正方形",
+    "triangle": "三角形",
+    "star": "星",
+    "hexagon": "六角形",
+    "diamond": "ひし形",
+    "cross": "十字",
+    "heart": "ハート",
+    "pentagon": "五角形",
+    "oval": "楕円",
+}
 _GENERIC = "図形"
 # Attributive forms (い-adjectives and noun+の) and the bare colour nouns used as answers.
 _COLOR_ATTR = {
-    "red": "赤い", "green": "緑の", "blue": "青い", "yellow": "黄色い", "orange": "オレンジ色の", "purple": "紫の",
-    "pink": "ピンクの", "brown": "茶色の", "gray": "灰色の", "white": "白い", "black": "黒い", "cyan": "水色の",
-}  # fmt: skip
+    "red": "赤い",
+    "green": "緑の",
+    "blue": "青い",
+    "yellow": "黄色い",
+    "orange": "オレンジ色の",
+    "purple": "紫の",
+    "pink": "ピンクの",
+    "brown": "茶色の",
+    "gray": "灰色の",
+    "white": "白い",
+    "black": "黒い",
+    "cyan": "水色の",
+}
 _COLOR_NOUNS = {
-    "red": "赤", "green": "緑", "blue": "青", "yellow": "黄色", "orange": "オレンジ", "purple": "紫",
-    "pink": "ピンク", "brown": "茶色", "gray": "灰色", "white": "白", "black": "黒", "cyan": "水色",
-}  # fmt: skip
+    "red": "赤",
+    "green": "緑",
+    "blue": "青",
+    "yellow": "黄色",
+    "orange": "オレンジ",
+    "purple": "紫",
+    "pink": "ピンク",
+    "brown": "茶色",
+    "gray": "灰色",
+    "white": "白",
+    "black": "黒",
+    "cyan": "水色",
+}
 _SIZES = {"small": "小さな", "medium": "中くらいの", "large": "大きな"}
 _TEXTURES = {"solid": "無地の", "striped": "縞模様の", "dotted": "水玉模様の", "checkered": "チェック柄の"}
 # Native counters (ひとつ, ふたつ ...); ten is 十 (とお).

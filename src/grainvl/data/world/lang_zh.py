@@ -14,15 +14,33 @@ from typing import ClassVar
 from grainvl.data.world.lang_base import STAY, Action, Claim, Desc, Fact, Grammar
 
 _SHAPES = {
-    "circle": "圆形", "square": "正方形", "triangle": "三角形", "star": "星星", "hexagon": "六边形",
-    "diamond": "菱形", "cross": "十字形", "heart": "爱心", "pentagon": "五边形", "oval": "椭圆形",
-}  # fmt: skip
+    "circle": "圆形",
+    "square": "正方形",
+    "triangle": "三角形",
+    "star": "星星",
+    "hexagon": "六边形",
+    "diamond": "菱形",
+    "cross": "十字形",
+    "heart": "爱心",
+    "pentagon": "五边形",
+    "oval": "椭圆形",
+}
 _GENERIC = "物体"
 _MEASURE_WORDS = {"star": "颗", "heart": "颗"}  # every other noun counts with 个
 _COLORS = {
-    "red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色", "orange": "橙色", "purple": "紫色",
-    "pink": "粉色", "brown": "棕色", "gray": "灰色", "white": "白色", "black": "黑色", "cyan": "青色",
-}  # fmt: skip
+    "red": "红色",
+    "green": "绿色",
+    "blue": "蓝色",
+    "yellow": "黄色",
+    "orange": "橙色",
+    "purple": "紫色",
+    "pink": "粉色",
+    "brown": "棕色",
+    "gray": "灰色",
+    "white": "白色",
+    "black": "黑色",
+    "cyan": "青色",
+}
 _TEXTURES = {"solid": "纯色的", "striped": "带条纹的", "dotted": "带圆点的", "checkered": "带格子的"}
 # Counting uses 两 (not 二) before a measure word.
 NUMBER_WORDS = ("零", "一", "两", "三", "四", "五", "六", "七", "八", "九", "十")

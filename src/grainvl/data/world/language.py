@@ -35,9 +35,7 @@ from grainvl.data.world.scene import Relation, Scene, WorldObject, compute_relat
 LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "zh", "ja")
 
 # One instance per language and process: grammars cache the noun phrases they have built.
-_GRAMMARS: dict[str, Grammar] = {
-    g.code: g for g in (English(), German(), French(), Spanish(), Chinese(), Japanese())
-}  # fmt: skip
+_GRAMMARS: dict[str, Grammar] = {g.code: g for g in (English(), German(), French(), Spanish(), Chinese(), Japanese())}
 
 # How often a caption mentions each optional attribute (the shape is always named).
 _CAPTION_ATTRIBUTE_RATES = (("color", 0.85), ("size", 0.35), ("texture", 0.25))

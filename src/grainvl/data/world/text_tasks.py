@@ -25,20 +25,46 @@ from grainvl.data.world.ontology import COLORS, SHAPES, SIZES, TEXTURES
 from grainvl.data.world.scene import Scene, WorldObject, compute_relations
 
 SKILLS: tuple[str, ...] = (
-    "color", "shape", "size", "texture", "count", "relation", "background",  # what the scene holds
-    "syntax", "paraphrase", "inference", "reading",  # what the task format asks of a model
-)  # fmt: skip
+    "color",
+    "shape",
+    "size",
+    "texture",
+    "count",
+    "relation",
+    "background",  # what the scene holds
+    "syntax",
+    "paraphrase",
+    "inference",
+    "reading",  # what the task format asks of a model
+)
 
 NUMBER_WORDS: tuple[str, ...] = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-)  # fmt: skip
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+)
 
 # "Sentiment" of a colour for color_sst; the neutrals (gray, white, black) are never asked about.
 WARM_COLORS: tuple[str, ...] = ("red", "orange", "yellow", "pink", "brown")
 COOL_COLORS: tuple[str, ...] = ("green", "blue", "purple", "cyan")
 CURVED_SHAPES: tuple[str, ...] = ("circle", "oval", "heart")
-BACKGROUND_WORDS: dict[str, str] = {"plain": "plain", "gradient": "shaded", "noise": "noisy", "grid": "gridded",
-                                    "waves": "wavy"}  # fmt: skip
+BACKGROUND_WORDS: dict[str, str] = {
+    "plain": "plain",
+    "gradient": "shaded",
+    "noise": "noisy",
+    "grid": "gridded",
+    "waves": "wavy",
+}
 OPPOSITE_RELATION: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 _ADJECTIVE_ORDER = ("size", "color", "texture")  # English order before the shape noun
@@ -120,9 +146,15 @@ class _SceneFacts:
 
 
 _REFERENCE_SUBSETS: tuple[tuple[str, ...], ...] = (
-    (), ("color",), ("size",), ("texture",), ("size", "color"), ("color", "texture"), ("size", "texture"),
+    (),
+    ("color",),
+    ("size",),
+    ("texture",),
+    ("size", "color"),
+    ("color", "texture"),
+    ("size", "texture"),
     ("size", "color", "texture"),
-)  # fmt: skip
+)
 
 
 def _unique_reference(objects: list[WorldObject], index: int, banned: str) -> str | None:
@@ -174,10 +206,17 @@ class _Paragraph:
 
 _COUNT_TEMPLATES = ("The picture shows {n} {objects}.", "In total {there_be} {n} {objects}.", "I count {n} {objects}.")
 _BACKGROUND_TEMPLATES = (("The background is ", "."), ("Everything sits on a ", " background."))
-_OBJECT_TEMPLATES = (("There is {a} ", "."), ("I can see {a} ", "."), ("{A} ", " is in the picture."),
-                     ("The picture contains {a} ", "."))  # fmt: skip
-_RELATION_TEMPLATES = ("The {a} is {rel} the {b}.", "The {a} sits {rel} the {b}.",
-                       "The {a} can be found {rel} the {b}.")  # fmt: skip
+_OBJECT_TEMPLATES = (
+    ("There is {a} ", "."),
+    ("I can see {a} ", "."),
+    ("{A} ", " is in the picture."),
+    ("The picture contains {a} ", "."),
+)
+_RELATION_TEMPLATES = (
+    "The {a} is {rel} the {b}.",
+    "The {a} sits {rel} the {b}.",
+    "The {a} can be found {rel} the {b}.",
+)
 
 
 def _describe(
@@ -476,8 +515,11 @@ def _make_scene_mrpc(facts: _SceneFacts, rng: random.Random, want: str) -> Row |
 
 
 _ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
-    "color": tuple(COLORS), "size": tuple(SIZES), "texture": TEXTURES, "shape": SHAPES,
-}  # fmt: skip
+    "color": tuple(COLORS),
+    "size": tuple(SIZES),
+    "texture": TEXTURES,
+    "shape": SHAPES,
+}
 
 
 def _perturbed_scene(scene: Scene, rng: random.Random) -> Scene:
@@ -634,8 +676,14 @@ class _TaskSpec:
     label_names: tuple[str, ...] = ()
 
 
-def _cls(name: str, skills: tuple[str, ...], description: str, make: Callable[..., Any], columns: list[str],
-         labels: tuple[str, ...]) -> _TaskSpec:  # fmt: skip
+def _cls(
+    name: str,
+    skills: tuple[str, ...],
+    description: str,
+    make: Callable[..., Any],
+    columns: list[str],
+    labels: tuple[str, ...],
+) -> _TaskSpec:
     return _TaskSpec(name, "classification", skills, description, make, tuple(columns), labels)
 
 
@@ -644,53 +692,150 @@ def _qa_spec(name: str, skills: tuple[str, ...], description: str, make: Callabl
 
 
 _SPECS: tuple[_TaskSpec, ...] = (
-    _cls("color_sst", ("color",), "object sentence; 1 = warm colour, 0 = cool colour",
-         _single_object_task(_warmth), SINGLE, BINARY),
-    _cls("shape_sst", ("shape",), "object sentence; 1 = curved shape (circle, oval, heart), 0 = angular",
-         _single_object_task(lambda o: "1" if o.shape in CURVED_SHAPES else "0"), SINGLE, BINARY),
-    _cls("texture_sst", ("texture",), "object sentence; 1 = patterned, 0 = solid",
-         _single_object_task(lambda o: "0" if o.texture == "solid" else "1"), SINGLE, BINARY),
+    _cls(
+        "color_sst",
+        ("color",),
+        "object sentence; 1 = warm colour, 0 = cool colour",
+        _single_object_task(_warmth),
+        SINGLE,
+        BINARY,
+    ),
+    _cls(
+        "shape_sst",
+        ("shape",),
+        "object sentence; 1 = curved shape (circle, oval, heart), 0 = angular",
+        _single_object_task(lambda o: "1" if o.shape in CURVED_SHAPES else "0"),
+        SINGLE,
+        BINARY,
+    ),
+    _cls(
+        "texture_sst",
+        ("texture",),
+        "object sentence; 1 = patterned, 0 = solid",
+        _single_object_task(lambda o: "0" if o.texture == "solid" else "1"),
+        SINGLE,
+        BINARY,
+    ),
     _cls("size_sst", ("size",), "scene description; 1 = it mentions a large object", _make_size_sst, SINGLE, BINARY),
-    _cls("count_parity", ("count",), "description without counts; 1 = even number of objects",
-         _make_count_parity, SINGLE, BINARY),
-    _cls("scene_cola", ("syntax",), "description sentence; 1 = acceptable, 0 = words shuffled",
-         _make_scene_cola, SINGLE, BINARY),
-    _cls("color_nli", ("color", "inference"), "description / colour claim about one object",
-         _attribute_claim_task("color", tuple(COLORS)), PAIR, NLI2),
-    _cls("texture_rte", ("texture", "inference"), "description / texture claim about one object",
-         _attribute_claim_task("texture", TEXTURES), PAIR, NLI2),
-    _cls("size_mnli", ("size", "shape", "inference"), "description / size claim; neutral = absent shape",
-         _make_size_mnli, PAIR, NLI3),
-    _cls("count_nli", ("count", "inference"), "description / claim about the total, a colour or a shape count",
-         _make_count_nli, PAIR, NLI2),
-    _cls("relation_nli", ("relation", "inference"), "description / spatial relation claim (false = opposite)",
-         _make_relation_nli, PAIR, NLI2),
-    _cls("relation_qqp", ("relation", "paraphrase"), "two relation sentences; 1 = same meaning",
-         _make_relation_qqp, PAIR, BINARY),
-    _cls("scene_mrpc", ("paraphrase", "color", "shape", "size", "texture"),
-         "two descriptions; 1 = same scene, 0 = one attribute of one object changed", _make_scene_mrpc, PAIR, BINARY),
-    _cls("color_qnli", ("color", "reading", "inference"), "colour question / object sentence; entailment = answers it",
-         _make_color_qnli, PAIR, NLI2),
+    _cls(
+        "count_parity",
+        ("count",),
+        "description without counts; 1 = even number of objects",
+        _make_count_parity,
+        SINGLE,
+        BINARY,
+    ),
+    _cls(
+        "scene_cola",
+        ("syntax",),
+        "description sentence; 1 = acceptable, 0 = words shuffled",
+        _make_scene_cola,
+        SINGLE,
+        BINARY,
+    ),
+    _cls(
+        "color_nli",
+        ("color", "inference"),
+        "description / colour claim about one object",
+        _attribute_claim_task("color", tuple(COLORS)),
+        PAIR,
+        NLI2,
+    ),
+    _cls(
+        "texture_rte",
+        ("texture", "inference"),
+        "description / texture claim about one object",
+        _attribute_claim_task("texture", TEXTURES),
+        PAIR,
+        NLI2,
+    ),
+    _cls(
+        "size_mnli",
+        ("size", "shape", "inference"),
+        "description / size claim; neutral = absent shape",
+        _make_size_mnli,
+        PAIR,
+        NLI3,
+    ),
+    _cls(
+        "count_nli",
+        ("count", "inference"),
+        "description / claim about the total, a colour or a shape count",
+        _make_count_nli,
+        PAIR,
+        NLI2,
+    ),
+    _cls(
+        "relation_nli",
+        ("relation", "inference"),
+        "description / spatial relation claim (false = opposite)",
+        _make_relation_nli,
+        PAIR,
+        NLI2,
+    ),
+    _cls(
+        "relation_qqp",
+        ("relation", "paraphrase"),
+        "two relation sentences; 1 = same meaning",
+        _make_relation_qqp,
+        PAIR,
+        BINARY,
+    ),
+    _cls(
+        "scene_mrpc",
+        ("paraphrase", "color", "shape", "size", "texture"),
+        "two descriptions; 1 = same scene, 0 = one attribute of one object changed",
+        _make_scene_mrpc,
+        PAIR,
+        BINARY,
+    ),
+    _cls(
+        "color_qnli",
+        ("color", "reading", "inference"),
+        "colour question / object sentence; entailment = answers it",
+        _make_color_qnli,
+        PAIR,
+        NLI2,
+    ),
     _qa_spec("color_squad", ("color", "reading"), "what color is the <ref>", _attribute_question_task("color")),
-    _qa_spec("shape_squad", ("shape", "reading"), "what shape is the <ref without shape>",
-             _attribute_question_task("shape")),
+    _qa_spec(
+        "shape_squad", ("shape", "reading"), "what shape is the <ref without shape>", _attribute_question_task("shape")
+    ),
     _qa_spec("size_squad", ("size", "reading"), "what size is the <ref>", _attribute_question_task("size")),
-    _qa_spec("texture_squad", ("texture", "reading"), "what pattern does the <ref> have",
-             _attribute_question_task("texture")),
+    _qa_spec(
+        "texture_squad", ("texture", "reading"), "what pattern does the <ref> have", _attribute_question_task("texture")
+    ),
     _qa_spec("count_squad", ("count", "reading"), "how many objects (number word)", _make_count_squad),
     _qa_spec("colorcount_squad", ("count", "color", "reading"), "how many <color> objects", _make_colorcount_squad),
     _qa_spec("shapecount_squad", ("count", "shape", "reading"), "how many <shapes>", _make_shapecount_squad),
-    _qa_spec("relation_squad", ("relation", "shape", "reading"), "what shape is <relation> the <ref>",
-             _related_attribute_task("shape", "What shape is {rel} the {ref}?")),
-    _qa_spec("relcolor_squad", ("relation", "color", "reading"), "what color is the object <relation> the <ref>",
-             _related_attribute_task("color", "What color is the object {rel} the {ref}?")),
-    _qa_spec("where_squad", ("relation", "reading"), "where is the <ref> relative to the <ref> (relation words)",
-             _make_where_squad),
-    _qa_spec("object_squad", ("color", "size", "texture", "shape", "reading"),
-             "which object is <unique value> (full noun phrase)", _make_object_squad),
-    _qa_spec("background_squad", ("background", "reading"), "what does the background look like",
-             _make_background_squad),
-)  # fmt: skip
+    _qa_spec(
+        "relation_squad",
+        ("relation", "shape", "reading"),
+        "what shape is <relation> the <ref>",
+        _related_attribute_task("shape", "What shape is {rel} the {ref}?"),
+    ),
+    _qa_spec(
+        "relcolor_squad",
+        ("relation", "color", "reading"),
+        "what color is the object <relation> the <ref>",
+        _related_attribute_task("color", "What color is the object {rel} the {ref}?"),
+    ),
+    _qa_spec(
+        "where_squad",
+        ("relation", "reading"),
+        "where is the <ref> relative to the <ref> (relation words)",
+        _make_where_squad,
+    ),
+    _qa_spec(
+        "object_squad",
+        ("color", "size", "texture", "shape", "reading"),
+        "which object is <unique value> (full noun phrase)",
+        _make_object_squad,
+    ),
+    _qa_spec(
+        "background_squad", ("background", "reading"), "what does the background look like", _make_background_squad
+    ),
+)
 
 TASK_SKILLS: dict[str, tuple[str, ...]] = {spec.name: spec.skills for spec in _SPECS}
 
@@ -732,8 +877,14 @@ def build_text_suite(
     return suite
 
 
-def _build_task(spec: _TaskSpec, train_facts: list[_SceneFacts], dev_facts: list[_SceneFacts], rng: random.Random,
-                n_train: int, n_dev: int) -> TextTask:  # fmt: skip
+def _build_task(
+    spec: _TaskSpec,
+    train_facts: list[_SceneFacts],
+    dev_facts: list[_SceneFacts],
+    rng: random.Random,
+    n_train: int,
+    n_dev: int,
+) -> TextTask:
     task = TextTask(spec.name, spec.kind, spec.skills, spec.description)
     if spec.kind == "classification":
         task.columns, task.label_names = list(spec.columns), spec.label_names
@@ -785,8 +936,11 @@ def _squad(task_name: str, split: str, examples: list[_QAExample]) -> dict[str, 
     articles: dict[int, dict[str, Any]] = {}
     for k, ex in enumerate(examples):
         article = articles.setdefault(ex.image_id, {"title": f"scene_{ex.image_id:08d}", "paragraphs": []})
-        qa = {"id": f"{task_name}-{split}-{k:06d}", "question": ex.question,
-              "answers": [{"text": ex.answer, "answer_start": ex.answer_start}]}  # fmt: skip
+        qa = {
+            "id": f"{task_name}-{split}-{k:06d}",
+            "question": ex.question,
+            "answers": [{"text": ex.answer, "answer_start": ex.answer_start}],
+        }
         article["paragraphs"].append({"context": ex.context, "qas": [qa]})
     return {"version": "1.1", "data": list(articles.values())}
 
