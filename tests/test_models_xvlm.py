@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,56 @@ def test_small_preset_loads_real_minilm_text_tower() -> None:
     theirs = reference(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
     keep = enc["attention_mask"].bool()
     torch.testing.assert_close(ours[keep], theirs[keep], atol=1e-5, rtol=1e-4)
+
+
+def _at_resolution(name: str, resolution: int) -> XVLM:
+    cfg = get_model_config(name)
+    return XVLM(dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, resolution=resolution)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["x2vlm-base", "x2vlm-large"])
+def test_official_presets_forward_backward_at_tiny_input(name: str) -> None:
+    torch.manual_seed(0)
+    model = _at_resolution(name, 32)  # 2 x 2 patches: the official shapes, a tiny input
+    batch = tiny_batch(model, n=2, length=6)
+    losses, _ = PretrainTask(model)({"image": batch["image"]})
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.vision_encoder.blocks[0].attn.qkv.weight.grad is not None
+    assert model.text_encoder.bert.encoder.layer[12].crossattention.self.key.weight.grad is not None
+
+
+def test_box_masked_cross_attention_ignores_patches_outside_the_box() -> None:
+    torch.manual_seed(0)
+    model = create_model("xvlm-tiny", init_unimodal=False).eval()
+    batch = tiny_batch(model, n=2)["region"]
+    image_embeds, _ = model.encode_image(batch["image"])
+    atts = batch["region_atts"][:2]
+    index = batch["region_image_index"][:2]
+    ids, text_atts = batch["text_ids"][:2], batch["text_atts"][:2]
+
+    def fused(tokens: torch.Tensor) -> torch.Tensor:
+        region = model.region_sequence(tokens, index, atts)
+        return model.fuse(model.encode_text(ids, text_atts), text_atts, region, atts)
+
+    changed = image_embeds.clone()
+    outside = (atts[0] == 0).nonzero().flatten()  # patch positions outside region 0's box
+    changed[0, outside] = 1e3 * torch.randn(len(outside), changed.shape[-1])
+    torch.testing.assert_close(fused(image_embeds), fused(changed), atol=1e-5, rtol=1e-5)
+    inside = (atts[0] == 1).nonzero().flatten()[1:]  # a patch inside the box does matter
+    changed[0, inside] += 5.0
+    assert not torch.allclose(fused(image_embeds), fused(changed), atol=1e-3)
+
+
+def test_temporal_attention_extension_sees_frame_order() -> None:
+    torch.manual_seed(0)
+    cfg = get_model_config("xvlm-tiny")
+    official = XVLM(dataclasses.replace(cfg, add_frame_pos=False)).eval()
+    extended = XVLM(dataclasses.replace(cfg, add_frame_pos=True, video_encoding="temporal_attention")).eval()
+    video = torch.randn(1, 3, 3, 64, 64)
+    reversed_video = video.flip(1)
+    # The official average pool (without frame embeddings) cannot tell frame order apart; the extension can.
+    torch.testing.assert_close(official.encode_video(video)[0], official.encode_video(reversed_video)[0])
+    assert not torch.allclose(extended.encode_video(video)[0], extended.encode_video(reversed_video)[0], atol=1e-5)
