@@ -42,6 +42,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_world.py
+	$(PY) benchmarks/bench_pretrain.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

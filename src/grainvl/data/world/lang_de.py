@@ -12,7 +12,16 @@ import random
 from collections.abc import Sequence
 from typing import ClassVar
 
-from grainvl.data.world.lang_base import STAY, Action, Claim, Desc, Fact, Grammar, capitalize
+from grainvl.data.world.lang_base import (
+    OTHER_SIDE,
+    STAY,
+    Action,
+    Claim,
+    Desc,
+    GenderedGrammar,
+    PredicateSentences,
+    capitalize,
+)
 
 # shape -> (gender, singular, plural); gender m/f/n.
 _NOUNS: dict[str, tuple[str, str, str]] = {
@@ -76,7 +85,6 @@ _DEFINITE = {
 NUMBER_WORDS = ("null", "ein", "zwei", "drei", "vier", "fünf", "sechs", "sieben", "acht", "neun", "zehn")
 _RELATIONS = {"left of": "links von", "right of": "rechts von", "above": "über", "below": "unter", "next to": "neben"}
 _SIDE_ADJ = {"left": ("linke", "linken"), "right": ("rechte", "rechten")}  # (nom neuter weak, dat weak)
-_OTHER_SIDE = {"left": "right", "right": "left"}
 
 # Video events: (main clause, verb-final subordinate clause); {c} is the new colour.
 _EVENTS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -89,25 +97,9 @@ _EVENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "change_color": (("wird {c}", "{c} wird"), ("färbt sich {c}", "sich {c} färbt")),
     STAY: (("bewegt sich nicht", "sich nicht bewegt"),),
 }
-_WHICH_EVENT = {
-    "move_left": "bewegt sich nach links",
-    "move_right": "bewegt sich nach rechts",
-    "move_up": "bewegt sich nach oben",
-    "move_down": "bewegt sich nach unten",
-    "grow": "wächst",
-    "shrink": "schrumpft",
-    "change_color": "ändert ihre Farbe",
-}
 
 
-def _join(items: Sequence[str]) -> str:
-    """German lists take no comma before "und"."""
-    if len(items) == 1:
-        return items[0]
-    return ", ".join(items[:-1]) + " und " + items[-1]
-
-
-class German(Grammar):
+class German(GenderedGrammar):
     code = "de"
     answers: ClassVar[dict[str, dict[str, str]]] = {
         "color": dict(_COLOR_WORDS),
@@ -124,6 +116,66 @@ class German(Grammar):
             "change_color": "Farbe wechseln",
         },
     }
+    nouns = _NOUNS
+    generic_noun = _GENERIC
+    number_words = NUMBER_WORDS
+    empty_captions: ClassVar[dict[str, str]] = {
+        "there_is": "Es gibt keine Formen.",
+        "we_see": "Man sieht einen leeren Hintergrund.",
+        "showing": "Ein Bild, das nur den Hintergrund zeigt.",
+        "predicate": "Das Bild ist leer.",
+        "bare": "Ein leerer Hintergrund.",
+    }
+    caption_frames: ClassVar[dict[str, tuple[str, ...]]] = {
+        "there_is": ("Es gibt {body}.",),
+        "we_see": ("Man sieht {body}.",),
+        "showing": ("Ein Bild mit {body}.",),
+        "bare": ("{Body}.",),
+    }
+    # "es gibt" and "man sieht" take the accusative, "mit" the dative, a bare phrase the nominative.
+    frame_cases: ClassVar[dict[str, str]] = {"there_is": "acc", "we_see": "acc", "showing": "dat"}
+    predicate_sentences = PredicateSentences(
+        related="{Subject} ist {place}.",
+        first="{Subject} ist zu sehen.",
+        also="Außerdem ist {subject} zu sehen.",
+        one_other="Dazu kommt {others}.",
+        more_others="Dazu kommen {others}.",
+    )
+    list_separators = (", ", " und ")  # German lists take no comma before "und"
+    questions: ClassVar[dict[str, tuple[str, ...]]] = {
+        "color": ("Welche Farbe hat {phrase}?",),
+        "shape": ("Welche Form hat {phrase}?",),
+        "size": ("Wie groß ist {phrase}?",),
+        "count": ("Wie viele {phrase} gibt es?",),
+        "exist": ("Gibt es {phrase}?",),
+    }
+    relation_question = "Ist {phrase} {place}?"
+    empty_videos: ClassVar[dict[str, str]] = {
+        "plain": "Nichts passiert.",
+        "in_video": "Das Video zeigt, dass nichts passiert.",
+        "clip": "Ein Clip, in dem nichts passiert.",
+        "we_see": "Man sieht einen leeren Hintergrund.",
+    }
+    video_frames: ClassVar[dict[str, str]] = {
+        "plain": "{Body}.",
+        "in_video": "Das Video zeigt, wie {body}.",
+        "clip": "Ein Clip, in dem {body}.",
+        "we_see": "Man sieht, wie {body}.",
+    }
+    video_questions: ClassVar[dict[str, str]] = {
+        "action": "Was macht {phrase}?",
+        "turn_color": "Welche Farbe bekommt {phrase}?",
+        "which_shape": "Welche Form {event}?",
+    }
+    which_events: ClassVar[dict[str, str]] = {
+        "move_left": "bewegt sich nach links",
+        "move_right": "bewegt sich nach rechts",
+        "move_up": "bewegt sich nach oben",
+        "move_down": "bewegt sich nach unten",
+        "grow": "wächst",
+        "shrink": "schrumpft",
+        "change_color": "ändert ihre Farbe",
+    }
 
     def __init__(self) -> None:
         self._cache: dict[tuple[Desc, str, str, int], str] = {}
@@ -139,7 +191,7 @@ class German(Grammar):
         return phrase
 
     def _build_np(self, desc: Desc, det: str, case: str, count: int) -> str:
-        gender, singular, plural = _NOUNS[desc.shape] if desc.shape else _GENERIC
+        gender, singular, plural = self._noun(desc)
         if det == "num" and count == 1:
             det = "a"
         if det in ("a", "the"):
@@ -160,9 +212,12 @@ class German(Grammar):
         ]
         return " ".join(([article] if article else []) + adjectives + [noun])
 
-    def _rel(self, relation: str, desc: Desc, det: str) -> str:
+    def _phrase(self, desc: Desc, det: str, rng: random.Random, case: str = "nom") -> str:
+        return self._np(desc, det, case)
+
+    def _place(self, relation: str, landmark: Desc, det: str, rng: random.Random) -> str:
         """The local phrase with its dative object; "von dem" contracts to "vom"."""
-        preposition, obj = _RELATIONS[relation], self._np(desc, det, "dat")
+        preposition, obj = _RELATIONS[relation], self._np(landmark, det, "dat")
         if preposition.endswith(" von") and obj.startswith("dem "):
             return f"{preposition[:-4]} vom {obj[4:]}"
         return f"{preposition} {obj}"
@@ -172,72 +227,13 @@ class German(Grammar):
             return "einer weiteren Form" if case == "dat" else "eine weitere Form"
         return f"{NUMBER_WORDS[n]} {'weiteren Formen' if case == 'dat' else 'weitere Formen'}"
 
-    def region(self, desc: Desc, definite: bool, rng: random.Random) -> str:
-        return self._np(desc, "the" if definite else "a")
-
-    # ------------------------------------------------------------------ captions
-    def caption(self, frame: str, facts: Sequence[Fact], others: int, rng: random.Random) -> str:
-        if not facts:
-            return _EMPTY[frame]
-        if frame == "predicate":
-            return self._predicate_caption(facts, others)
-        # "es gibt" and "man sieht" take the accusative, "mit" the dative, a bare phrase the nominative.
-        case = {"there_is": "acc", "we_see": "acc", "showing": "dat"}.get(frame, "nom")
-        items = [self._fact_phrase(fact, case) for fact in facts]
-        if others:
-            items.append(self._others(others, case))
-        body = _join(items)
-        if frame == "there_is":
-            return f"Es gibt {body}."
-        if frame == "we_see":
-            return f"Man sieht {body}."
-        if frame == "showing":
-            return f"Ein Bild mit {body}."
-        return capitalize(body) + "."
-
-    def _fact_phrase(self, fact: Fact, case: str) -> str:
-        subject = self._np(fact.subject, "a", case)
-        if fact.relation is None or fact.object is None:
-            return subject
-        return f"{subject} {self._rel(fact.relation, fact.object, 'a')}"
-
-    def _predicate_caption(self, facts: Sequence[Fact], others: int) -> str:
-        sentences = []
-        for k, fact in enumerate(facts):
-            subject = self._np(fact.subject, "a")
-            if fact.relation and fact.object:
-                sentences.append(f"{capitalize(subject)} ist {self._rel(fact.relation, fact.object, 'a')}.")
-            elif k == 0:
-                sentences.append(f"{capitalize(subject)} ist zu sehen.")
-            else:
-                sentences.append(f"Außerdem ist {subject} zu sehen.")
-        if others:
-            sentences.append(f"Dazu {'kommt' if others == 1 else 'kommen'} {self._others(others, 'nom')}.")
-        return " ".join(sentences)
-
-    def refexp(self, desc: Desc, rng: random.Random, relation: str | None = None, other: Desc | None = None) -> str:
-        head = self._np(desc, "the")
-        if relation is None or other is None:
-            return head
-        return f"{head} {self._rel(relation, other, 'the')}"
-
     # ------------------------------------------------------------------ VQA
-    def question(
-        self, skill: str, desc: Desc, rng: random.Random, relation: str | None = None, other: Desc | None = None
-    ) -> str:
-        if skill == "color":
-            return f"Welche Farbe hat {self._np(desc, 'the')}?"
-        if skill == "shape":
-            return f"Welche Form hat {self._np(desc, 'the')}?"
-        if skill == "size":
-            return f"Wie groß ist {self._np(desc, 'the')}?"
+    def _question_phrase(self, skill: str, desc: Desc, rng: random.Random) -> str:
         if skill == "count":
-            return f"Wie viele {self._np(desc, 'strong')} gibt es?"
+            return self._np(desc, "strong")  # "Wie viele rote Kreise"
         if skill == "exist":
-            return f"Gibt es {self._np(desc, 'a', 'acc')}?"
-        if skill == "relation" and relation and other:
-            return f"Ist {self._np(desc, 'the')} {self._rel(relation, other, 'the')}?"
-        raise ValueError(f"unknown question skill {skill!r}")
+            return self._np(desc, "a", "acc")  # the object of "gibt es"
+        return super()._question_phrase(skill, desc, rng)
 
     # ------------------------------------------------------------------ statements
     def statement(self, claim: Claim, rng: random.Random) -> str:
@@ -258,11 +254,11 @@ class German(Grammar):
                 return f"Keines der beiden Bilder enthält {self._np(desc, 'a', 'acc')}."
             return f"{opener} keine {self._np(desc, 'weak', 'acc')}."
         if kind == "more":
-            this, that = _SIDE_ADJ[scope][1], _SIDE_ADJ[_OTHER_SIDE[scope]][1]
+            this, that = _SIDE_ADJ[scope][1], _SIDE_ADJ[OTHER_SIDE[scope]][1]
             return f"Im {this} Bild gibt es mehr {self._np(desc, 'strong', 'acc')} als im {that} Bild."
         if kind == "relation":
             subject = self._np(desc, "a")
-            place = self._rel(claim.relation or "", claim.other or Desc(), "a")
+            place = self._place(claim.relation or "", claim.other or Desc(), "a", rng)
             if scope == "image":
                 return f"{capitalize(subject)} ist {place}."
             return f"Im {_SIDE_ADJ[scope][1]} Bild ist {subject} {place}."  # verb second after the adverbial
@@ -287,48 +283,14 @@ class German(Grammar):
     def _clause(self, action: Action, subordinate: bool, rng: random.Random) -> str:
         return f"{self._np(action.subject, 'a')} {self._verb_phrase(action, subordinate, rng)}"
 
-    def video_caption(self, frame: str, actions: Sequence[Action], connective: str, rng: random.Random) -> str:
-        if not actions:
-            return _EMPTY_VIDEO[frame]
+    def _video_body(self, frame: str, actions: Sequence[Action], connective: str, rng: random.Random) -> str:
         # "Das Video zeigt, wie ...", "Ein Clip, in dem ..." and "Man sieht, wie ..." open
         # subordinate clauses (verb last); a plain caption starts with a main clause.
         first_sub = frame != "plain"
         first = self._clause(actions[0], first_sub, rng)
         rest = [self._clause(a, connective == "while" or first_sub, rng) for a in actions[1:]]
         if not rest:
-            body = first
-        elif connective == "while":
-            body = f"{first}, während {_join(rest)}"
-        else:
-            body = _join([first, *rest])
-        if frame == "in_video":
-            return f"Das Video zeigt, wie {body}."
-        if frame == "clip":
-            return f"Ein Clip, in dem {body}."
-        if frame == "we_see":
-            return f"Man sieht, wie {body}."
-        return capitalize(body) + "."
-
-    def video_question(self, kind: str, rng: random.Random, desc: Desc | None = None, event: str | None = None) -> str:
-        if kind == "action":
-            return f"Was macht {self._np(desc or Desc(), 'the')}?"
-        if kind == "turn_color":
-            return f"Welche Farbe bekommt {self._np(desc or Desc(), 'the')}?"
-        if kind == "which_shape" and event:
-            return f"Welche Form {_WHICH_EVENT[event]}?"
-        raise ValueError(f"unknown video question kind {kind!r}")
-
-
-_EMPTY = {
-    "there_is": "Es gibt keine Formen.",
-    "we_see": "Man sieht einen leeren Hintergrund.",
-    "showing": "Ein Bild, das nur den Hintergrund zeigt.",
-    "predicate": "Das Bild ist leer.",
-    "bare": "Ein leerer Hintergrund.",
-}
-_EMPTY_VIDEO = {
-    "plain": "Nichts passiert.",
-    "in_video": "Das Video zeigt, dass nichts passiert.",
-    "clip": "Ein Clip, in dem nichts passiert.",
-    "we_see": "Man sieht einen leeren Hintergrund.",
-}
+            return first
+        if connective == "while":
+            return f"{first}, während {self._join(rest)}"
+        return self._join([first, *rest])

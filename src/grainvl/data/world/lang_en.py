@@ -11,7 +11,7 @@ import random
 from collections.abc import Sequence
 from typing import ClassVar
 
-from grainvl.data.world.lang_base import STAY, Action, Claim, Desc, Fact, Grammar, capitalize, pick
+from grainvl.data.world.lang_base import STAY, Action, Claim, Desc, Grammar, PredicateSentences, capitalize, pick
 
 # First entry of every tuple is the canonical word (VQA answers use it).
 _SHAPES: dict[str, tuple[str, ...]] = {
@@ -72,29 +72,11 @@ _EVENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "change_color": (("turns {c}", "turn {c}"), ("changes color to {c}", "change color to {c}")),
     STAY: (("stays still", "stay still"), ("does not move", "not move")),
 }
-_WHICH_EVENT = {
-    "move_left": "moves to the left",
-    "move_right": "moves to the right",
-    "move_up": "moves up",
-    "move_down": "moves down",
-    "grow": "grows",
-    "shrink": "shrinks",
-    "change_color": "changes color",
-}
 _SIDES = {"left": ("left", "right"), "right": ("right", "left")}
 
 
 def _plural(noun: str) -> str:
     return _PLURALS.get(noun, noun + "s")
-
-
-def _join(items: Sequence[str], comma: bool) -> str:
-    """Joins as "a, b, and c"; ``comma`` also puts one before "and" for two items (to end a relation's scope)."""
-    if len(items) == 1:
-        return items[0]
-    if len(items) == 2:
-        return f"{items[0]}{',' if comma else ''} and {items[1]}"
-    return ", ".join(items[:-1]) + ", and " + items[-1]
 
 
 class English(Grammar):
@@ -113,6 +95,62 @@ class English(Grammar):
             "shrink": "shrink",
             "change_color": "change color",
         },
+    }
+    number_words = NUMBER_WORDS
+    empty_captions: ClassVar[dict[str, str]] = {
+        "there_is": "There are no shapes.",
+        "we_see": "We can see an empty background.",
+        "showing": "An image showing only the background.",
+        "predicate": "The picture is empty.",
+        "bare": "An empty background.",
+    }
+    caption_frames: ClassVar[dict[str, tuple[str, ...]]] = {
+        "there_is": ("There is {body}.",),
+        "we_see": ("We can see {body}.", "We see {body}.", "You can see {body}."),
+        "showing": ("An image showing {body}.", "A picture showing {body}.", "A picture of {body}."),
+        "bare": ("{Body}.",),
+    }
+    predicate_sentences = PredicateSentences(
+        related="{Subject} is {place}.",
+        first="{Subject} is visible.",
+        also="{Subject} is also visible.",
+        one_other="There is also {others}.",
+        more_others="There are also {others}.",
+    )
+    # The first words must stay the VQA v2 question_type prefix ("what color is the", ...).
+    # "count" is asked in ``question``.
+    questions: ClassVar[dict[str, tuple[str, ...]]] = {
+        "color": ("What color is {phrase}?",),
+        "shape": ("What shape is {phrase}?",),
+        "size": ("What size is {phrase}?",),
+        "exist": ("Is there {phrase}?", "Is there {phrase} in the picture?", "Is there {phrase} in the image?"),
+    }
+    relation_question = "Is {phrase} {place}?"
+    empty_videos: ClassVar[dict[str, str]] = {
+        "plain": "Nothing happens.",
+        "in_video": "In this video, nothing happens.",
+        "clip": "A clip in which nothing happens.",
+        "we_see": "We see an empty background.",
+    }
+    video_frames: ClassVar[dict[str, str]] = {
+        "plain": "{Body}.",
+        "in_video": "In this video, {body}.",
+        "clip": "A clip in which {body}.",
+        "we_see": "We see {body}.",
+    }
+    video_questions: ClassVar[dict[str, str]] = {
+        "action": "What does {phrase} do?",
+        "turn_color": "What color does {phrase} turn?",
+        "which_shape": "Which shape {event}?",
+    }
+    which_events: ClassVar[dict[str, str]] = {
+        "move_left": "moves to the left",
+        "move_right": "moves to the right",
+        "move_up": "moves up",
+        "move_down": "moves down",
+        "grow": "grows",
+        "shrink": "shrinks",
+        "change_color": "changes color",
     }
 
     # ------------------------------------------------------------------ noun phrases
@@ -138,77 +176,40 @@ class English(Grammar):
             return f"{NUMBER_WORDS[count]} {body}"
         return body
 
-    def _rel(self, relation: str, rng: random.Random) -> str:
-        return pick(rng, _RELATIONS[relation])
+    def _phrase(self, desc: Desc, det: str, rng: random.Random, case: str = "nom") -> str:
+        return self._np(desc, det, rng)
 
-    def _others(self, n: int) -> str:
+    def _place(self, relation: str, landmark: Desc, det: str, rng: random.Random) -> str:
+        relation_words = pick(rng, _RELATIONS[relation])  # drawn before the landmark's words
+        return f"{relation_words} {self._np(landmark, det, rng)}"
+
+    def _predicate_place(self, relation: str, landmark: Desc, rng: random.Random) -> str:
+        # Here, unlike everywhere else, the landmark's words have always been drawn before the
+        # relation's; seeded worlds must not change, so the order stays.
+        landmark_phrase = self._np(landmark, "a", rng)
+        return f"{pick(rng, _RELATIONS[relation])} {landmark_phrase}"
+
+    def _others(self, n: int, case: str) -> str:
         return f"{NUMBER_WORDS[n]} other {'shape' if n == 1 else 'shapes'}"
 
-    def region(self, desc: Desc, definite: bool, rng: random.Random) -> str:
-        return self._np(desc, "the" if definite else "a", rng)
-
-    # ------------------------------------------------------------------ captions
-    def caption(self, frame: str, facts: Sequence[Fact], others: int, rng: random.Random) -> str:
-        if not facts:
-            return _EMPTY[frame]
-        if frame == "predicate":
-            return self._predicate_caption(facts, others, rng)
-        items = [self._fact_phrase(fact, rng) for fact in facts]
-        if others:
-            items.append(self._others(others))
-        body = _join(items, comma=any(f.relation for f in facts))
-        if frame == "there_is":
-            return f"There is {body}."
-        if frame == "we_see":
-            return f"{pick(rng, ('We can see', 'We see', 'You can see'))} {body}."
-        if frame == "showing":
-            return f"{pick(rng, ('An image showing', 'A picture showing', 'A picture of'))} {body}."
-        return capitalize(body) + "."
-
-    def _fact_phrase(self, fact: Fact, rng: random.Random) -> str:
-        subject = self._np(fact.subject, "a", rng)
-        if fact.relation is None or fact.object is None:
-            return subject
-        return f"{subject} {self._rel(fact.relation, rng)} {self._np(fact.object, 'a', rng)}"
-
-    def _predicate_caption(self, facts: Sequence[Fact], others: int, rng: random.Random) -> str:
-        sentences = []
-        for k, fact in enumerate(facts):
-            subject = capitalize(self._np(fact.subject, "a", rng))
-            if fact.relation and fact.object:
-                obj = self._np(fact.object, "a", rng)
-                sentences.append(f"{subject} is {self._rel(fact.relation, rng)} {obj}.")
-            else:
-                sentences.append(f"{subject} is {'also ' if k else ''}visible.")
-        if others:
-            sentences.append(f"There {'is' if others == 1 else 'are'} also {self._others(others)}.")
-        return " ".join(sentences)
-
-    def refexp(self, desc: Desc, rng: random.Random, relation: str | None = None, other: Desc | None = None) -> str:
-        head = self._np(desc, "the", rng)
-        if relation is None or other is None:
-            return head
-        return f"{head} {self._rel(relation, rng)} {self._np(other, 'the', rng)}"
+    def _join(self, items: Sequence[str], nested: bool = False) -> str:
+        """Joins as "a, b, and c"; ``nested`` also puts a comma before "and" for two items (to end a
+        relation's scope, or to set off a clause with its own "and")."""
+        if len(items) == 1:
+            return items[0]
+        if len(items) == 2:
+            return f"{items[0]}{',' if nested else ''} and {items[1]}"
+        return ", ".join(items[:-1]) + ", and " + items[-1]
 
     # ------------------------------------------------------------------ VQA
     def question(
         self, skill: str, desc: Desc, rng: random.Random, relation: str | None = None, other: Desc | None = None
     ) -> str:
-        # The first words must stay the VQA v2 question_type prefix ("what color is the", ...).
-        if skill == "color":
-            return f"What color is {self._np(desc, 'the', rng)}?"
-        if skill == "shape":
-            return f"What shape is {self._np(desc, 'the', rng)}?"
-        if skill == "size":
-            return f"What size is {self._np(desc, 'the', rng)}?"
         if skill == "count":
-            tail = pick(rng, ("are there?", "can you see?", "are in the picture?"))
-            return f"How many {self._np(desc, 'pl', rng)} {tail}"
-        if skill == "exist":
-            return f"Is there {self._np(desc, 'a', rng)}{pick(rng, ('?', ' in the picture?', ' in the image?'))}"
-        if skill == "relation" and relation and other:
-            return f"Is {self._np(desc, 'the', rng)} {self._rel(relation, rng)} {self._np(other, 'the', rng)}?"
-        raise ValueError(f"unknown question skill {skill!r}")
+            # Unlike the shared paraphrases, the ending is drawn before the noun phrase's synonyms.
+            ending = pick(rng, ("are there?", "can you see?", "are in the picture?"))
+            return f"How many {self._np(desc, 'pl', rng)} {ending}"
+        return super().question(skill, desc, rng, relation, other)
 
     # ------------------------------------------------------------------ statements (NLVR2, XVNLI)
     def statement(self, claim: Claim, rng: random.Random) -> str:
@@ -235,8 +236,7 @@ class English(Grammar):
             this, that = _SIDES[scope]
             return f"There are more {self._np(desc, 'pl', rng)} in the {this} image than in the {that} image."
         if kind == "relation":
-            core = f"{self._np(desc, 'a', rng)} is {self._rel(claim.relation or '', rng)} "
-            core += self._np(claim.other or Desc(), "a", rng)
+            core = f"{self._np(desc, 'a', rng)} is {self._place(claim.relation or '', claim.other or Desc(), 'a', rng)}"
             return capitalize(core) + "." if scope == "image" else f"In {side}, {core}."
         return self._neutral(kind, desc, rng)
 
@@ -257,46 +257,13 @@ class English(Grammar):
             phrases.append(phrase)
         return " and ".join(phrases)
 
-    def video_caption(self, frame: str, actions: Sequence[Action], connective: str, rng: random.Random) -> str:
-        if not actions:
-            return _EMPTY_VIDEO[frame]
+    def _video_body(self, frame: str, actions: Sequence[Action], connective: str, rng: random.Random) -> str:
         clauses = []
         for k, action in enumerate(actions):
             # After "we see" the verbs are bare infinitives, except inside a "while" clause.
             bare = frame == "we_see" and (k == 0 or connective == "and")
             clauses.append(f"{self._np(action.subject, 'a', rng)} {self._verb_phrase(action, int(bare), rng)}")
         if connective == "while" and len(clauses) > 1:
-            body = f"{clauses[0]} {pick(rng, ('while', 'as'))} {' and '.join(clauses[1:])}"
-        else:  # a comma keeps "X moves left and turns red, and Y grows" readable
-            body = _join(clauses, comma=any(len(a.events) > 1 for a in actions))
-        if frame == "in_video":
-            return f"In this video, {body}."
-        if frame == "clip":
-            return f"A clip in which {body}."
-        if frame == "we_see":
-            return f"We see {body}."
-        return capitalize(body) + "."
-
-    def video_question(self, kind: str, rng: random.Random, desc: Desc | None = None, event: str | None = None) -> str:
-        if kind == "action":
-            return f"What does {self._np(desc or Desc(), 'the', rng)} do?"
-        if kind == "turn_color":
-            return f"What color does {self._np(desc or Desc(), 'the', rng)} turn?"
-        if kind == "which_shape" and event:
-            return f"Which shape {_WHICH_EVENT[event]}?"
-        raise ValueError(f"unknown video question kind {kind!r}")
-
-
-_EMPTY = {
-    "there_is": "There are no shapes.",
-    "we_see": "We can see an empty background.",
-    "showing": "An image showing only the background.",
-    "predicate": "The picture is empty.",
-    "bare": "An empty background.",
-}
-_EMPTY_VIDEO = {
-    "plain": "Nothing happens.",
-    "in_video": "In this video, nothing happens.",
-    "clip": "A clip in which nothing happens.",
-    "we_see": "We see an empty background.",
-}
+            return f"{clauses[0]} {pick(rng, ('while', 'as'))} {' and '.join(clauses[1:])}"
+        # a comma keeps "X moves left and turns red, and Y grows" readable
+        return self._join(clauses, nested=any(len(a.events) > 1 for a in actions))

@@ -11,7 +11,17 @@ import random
 from collections.abc import Sequence
 from typing import ClassVar
 
-from grainvl.data.world.lang_base import STAY, Action, Claim, Desc, Fact, Grammar, capitalize
+from grainvl.data.world.lang_base import (
+    OTHER_SIDE,
+    STAY,
+    Action,
+    Claim,
+    Desc,
+    PredicateSentences,
+    RomanceGrammar,
+    adjective_form,
+    capitalize,
+)
 
 # shape -> (gender, singular, plural)
 _NOUNS: dict[str, tuple[str, str, str]] = {
@@ -27,7 +37,7 @@ _NOUNS: dict[str, tuple[str, str, str]] = {
     "oval": ("m", "ovale", "ovales"),
 }
 _GENERIC = ("m", "objet", "objets")
-# Adjective forms indexed by _form(gender, plural): masc. sg, fem. sg, masc. pl, fem. pl.
+# Adjective forms indexed by adjective_form(gender, plural): masc. sg, fem. sg, masc. pl, fem. pl.
 _COLORS: dict[str, tuple[str, str, str, str]] = {
     "red": ("rouge", "rouge", "rouges", "rouges"),
     "green": ("vert", "verte", "verts", "vertes"),
@@ -43,7 +53,7 @@ _COLORS: dict[str, tuple[str, str, str, str]] = {
     "cyan": ("cyan", "cyan", "cyan", "cyan"),
 }
 _PRE_SIZES = {"small": ("petit", "petite", "petits", "petites"), "large": ("grand", "grande", "grands", "grandes")}
-_MEDIUM = "de taille moyenne"  # "un moyen cercle" is not idiomatic; the size goes after the noun
+_MEDIUM = ("de taille moyenne",) * 4  # "un moyen cercle" is not idiomatic; the size goes after the noun
 _TEXTURES: dict[str, tuple[str, str, str, str]] = {
     "solid": ("uni", "unie", "unis", "unies"),
     "striped": ("rayé", "rayée", "rayés", "rayées"),
@@ -60,7 +70,6 @@ _RELATIONS = {
 }
 _VOWELS = frozenset("aeiouyéèêàâîôûœh")  # "h" is mute in every word of this lexicon (hexagone)
 _SIDE = {"left": "de gauche", "right": "de droite"}
-_OTHER_SIDE = {"left": "right", "right": "left"}
 
 # Video events: (third person singular, infinitive); {c} is the new colour, agreed with the subject.
 _EVENTS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -73,19 +82,6 @@ _EVENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "change_color": (("devient {c}", "devenir {c}"),),
     STAY: (("reste immobile", "rester immobile"),),
 }
-_WHICH_EVENT = {
-    "move_left": "se déplace vers la gauche",
-    "move_right": "se déplace vers la droite",
-    "move_up": "monte",
-    "move_down": "descend",
-    "grow": "grandit",
-    "shrink": "rétrécit",
-    "change_color": "change de couleur",
-}
-
-
-def _form(gender: str, plural: bool) -> int:
-    return (gender == "f") + 2 * plural
 
 
 def _elides(word: str) -> bool:
@@ -105,13 +101,7 @@ def _que(phrase: str) -> str:
     return ("qu'" if _elides(phrase) else "que ") + phrase
 
 
-def _join(items: Sequence[str]) -> str:
-    if len(items) == 1:
-        return items[0]
-    return ", ".join(items[:-1]) + " et " + items[-1]
-
-
-class French(Grammar):
+class French(RomanceGrammar):
     code = "fr"
     answers: ClassVar[dict[str, dict[str, str]]] = {
         "color": {k: v[0] for k, v in _COLORS.items()},
@@ -128,119 +118,92 @@ class French(Grammar):
             "change_color": "changer de couleur",
         },
     }
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple[Desc, str, int], str] = {}
+    nouns = _NOUNS
+    generic_noun = _GENERIC
+    colors = _COLORS
+    textures = _TEXTURES
+    pre_sizes = _PRE_SIZES
+    medium = _MEDIUM
+    indefinite = ("un ", "une ")
+    number_words = NUMBER_WORDS
+    empty_captions: ClassVar[dict[str, str]] = {
+        "there_is": "Il n'y a aucune forme.",
+        "we_see": "On voit un fond vide.",
+        "showing": "Une image montrant seulement le fond.",
+        "predicate": "L'image est vide.",
+        "bare": "Un fond vide.",
+    }
+    caption_frames: ClassVar[dict[str, tuple[str, ...]]] = {
+        "there_is": ("Il y a {body}.",),
+        "we_see": ("On voit {body}.",),
+        "showing": ("Une image montrant {body}.",),
+        "bare": ("{Body}.",),
+    }
+    predicate_sentences = PredicateSentences(
+        related="{Subject} est {place}.",
+        first="{Subject} est visible.",
+        also="On voit aussi {subject}.",
+        one_other="Il y a aussi {others}.",
+        more_others="Il y a aussi {others}.",
+    )
+    list_separators = (", ", " et ")
+    questions: ClassVar[dict[str, tuple[str, ...]]] = {
+        "color": ("De quelle couleur est {phrase} ?",),
+        "shape": ("Quelle est la forme {phrase} ?",),
+        "size": ("Quelle est la taille {phrase} ?",),
+        "count": ("Combien {phrase} y a-t-il ?",),
+        "exist": ("Y a-t-il {phrase} ?",),
+    }
+    empty_videos: ClassVar[dict[str, str]] = {
+        "plain": "Rien ne se passe.",
+        "in_video": "Dans cette vidéo, rien ne se passe.",
+        "clip": "Une séquence où rien ne se passe.",
+        "we_see": "On voit un fond vide.",
+    }
+    video_frames: ClassVar[dict[str, str]] = {
+        "plain": "{Body}.",
+        "in_video": "Dans cette vidéo, {body}.",
+        "clip": "Une séquence où {body}.",
+        "we_see": "On voit {body}.",
+    }
+    video_questions: ClassVar[dict[str, str]] = {
+        "action": "Que fait {phrase} ?",
+        "turn_color": "De quelle couleur devient {phrase} ?",
+        "which_shape": "Quelle forme {event} ?",
+    }
+    which_events: ClassVar[dict[str, str]] = {
+        "move_left": "se déplace vers la gauche",
+        "move_right": "se déplace vers la droite",
+        "move_up": "monte",
+        "move_down": "descend",
+        "grow": "grandit",
+        "shrink": "rétrécit",
+        "change_color": "change de couleur",
+    }
 
     # ------------------------------------------------------------------ noun phrases
-    def _np(self, desc: Desc, det: str, count: int = 1) -> str:
-        """det: "a" (un/une), "the" (le/la/l'), "bare" (no article, singular), "pl" (no article,
-        plural) or "num" (number word; 1 is un/une)."""
-        key = (desc, det, count)
-        phrase = self._cache.get(key)
-        if phrase is None:
-            phrase = self._cache[key] = self._build_np(desc, det, count)
-        return phrase
+    def _definite(self, body: str, gender: str) -> str:
+        return ("l'" if _elides(body) else "la " if gender == "f" else "le ") + body
 
-    def _build_np(self, desc: Desc, det: str, count: int) -> str:
-        gender, singular, plural_noun = _NOUNS[desc.shape] if desc.shape else _GENERIC
-        plural = det == "pl" or (det == "num" and count != 1)
-        form = _form(gender, plural)
-        words = []
-        if desc.size in _PRE_SIZES:
-            words.append(_PRE_SIZES[desc.size][form])
-        words.append(plural_noun if plural else singular)
-        if desc.color:
-            words.append(_COLORS[desc.color][form])
-        if desc.texture:
-            words.append(_TEXTURES[desc.texture][form])
-        if desc.size == "medium":
-            words.append(_MEDIUM)
-        body = " ".join(words)
-        if det == "a" or (det == "num" and count == 1):
-            return ("une " if gender == "f" else "un ") + body
-        if det == "the":
-            return ("l'" if _elides(body) else "la " if gender == "f" else "le ") + body
-        if det == "num":
-            return f"{NUMBER_WORDS[count]} {body}"
-        return body
+    def _place(self, relation: str, landmark: Desc, det: str, rng: random.Random) -> str:
+        return f"{_RELATIONS[relation]} {_de(self._np(landmark, det))}"
 
-    def _gender(self, desc: Desc) -> str:
-        return _NOUNS[desc.shape][0] if desc.shape else _GENERIC[0]
-
-    def _rel(self, relation: str, phrase: str) -> str:
-        return f"{_RELATIONS[relation]} {_de(phrase)}"
-
-    def _others(self, n: int) -> str:
+    def _others(self, n: int, case: str) -> str:
         return "une autre forme" if n == 1 else f"{NUMBER_WORDS[n]} autres formes"
 
-    def region(self, desc: Desc, definite: bool, rng: random.Random) -> str:
-        return self._np(desc, "the" if definite else "a")
-
-    # ------------------------------------------------------------------ captions
-    def caption(self, frame: str, facts: Sequence[Fact], others: int, rng: random.Random) -> str:
-        if not facts:
-            return _EMPTY[frame]
-        if frame == "predicate":
-            return self._predicate_caption(facts, others)
-        items = [self._fact_phrase(fact) for fact in facts]
-        if others:
-            items.append(self._others(others))
-        body = _join(items)
-        if frame == "there_is":
-            return f"Il y a {body}."
-        if frame == "we_see":
-            return f"On voit {body}."
-        if frame == "showing":
-            return f"Une image montrant {body}."
-        return capitalize(body) + "."
-
-    def _fact_phrase(self, fact: Fact) -> str:
-        subject = self._np(fact.subject, "a")
-        if fact.relation is None or fact.object is None:
-            return subject
-        return f"{subject} {self._rel(fact.relation, self._np(fact.object, 'a'))}"
-
-    def _predicate_caption(self, facts: Sequence[Fact], others: int) -> str:
-        sentences = []
-        for k, fact in enumerate(facts):
-            subject = self._np(fact.subject, "a")
-            if fact.relation and fact.object:
-                place = self._rel(fact.relation, self._np(fact.object, "a"))
-                sentences.append(f"{capitalize(subject)} est {place}.")
-            elif k == 0:
-                sentences.append(f"{capitalize(subject)} est visible.")
-            else:
-                sentences.append(f"On voit aussi {subject}.")
-        if others:
-            sentences.append(f"Il y a aussi {self._others(others)}.")
-        return " ".join(sentences)
-
-    def refexp(self, desc: Desc, rng: random.Random, relation: str | None = None, other: Desc | None = None) -> str:
-        head = self._np(desc, "the")
-        if relation is None or other is None:
-            return head
-        return f"{head} {self._rel(relation, self._np(other, 'the'))}"
-
     # ------------------------------------------------------------------ VQA
-    def question(
-        self, skill: str, desc: Desc, rng: random.Random, relation: str | None = None, other: Desc | None = None
-    ) -> str:
-        if skill == "color":
-            return f"De quelle couleur est {self._np(desc, 'the')} ?"
-        if skill == "shape":
-            return f"Quelle est la forme {_de(self._np(desc, 'the'))} ?"
-        if skill == "size":
-            return f"Quelle est la taille {_de(self._np(desc, 'the'))} ?"
+    def _question_phrase(self, skill: str, desc: Desc, rng: random.Random) -> str:
+        # "la forme du cercle", "combien d'étoiles": these skills ask with "de" + the phrase.
+        if skill in ("shape", "size"):
+            return _de(self._np(desc, "the"))
         if skill == "count":
-            return f"Combien {_de(self._np(desc, 'pl'))} y a-t-il ?"
-        if skill == "exist":
-            return f"Y a-t-il {self._np(desc, 'a')} ?"
-        if skill == "relation" and relation and other:
-            pronoun = "elle" if self._gender(desc) == "f" else "il"  # complex inversion: "Le cercle est-il ...?"
-            place = self._rel(relation, self._np(other, "the"))
-            return f"{capitalize(self._np(desc, 'the'))} est-{pronoun} {place} ?"
-        raise ValueError(f"unknown question skill {skill!r}")
+            return _de(self._np(desc, "pl"))
+        return super()._question_phrase(skill, desc, rng)
+
+    def _relation_question(self, desc: Desc, relation: str, other: Desc, rng: random.Random) -> str:
+        pronoun = "elle" if self._gender(desc) == "f" else "il"  # complex inversion: "Le cercle est-il ...?"
+        place = self._place(relation, other, "the", rng)
+        return f"{capitalize(self._np(desc, 'the'))} est-{pronoun} {place} ?"
 
     # ------------------------------------------------------------------ statements
     def statement(self, claim: Claim, rng: random.Random) -> str:
@@ -266,10 +229,10 @@ class French(Grammar):
                 return f"Aucune des deux images ne contient {_de(self._np(desc, 'bare'))}."
             return f"{capitalize(side)} ne contient {phrase}."
         if kind == "more":
-            other_side = _SIDE[_OTHER_SIDE[scope]]
+            other_side = _SIDE[OTHER_SIDE[scope]]
             return f"Il y a plus {_de(self._np(desc, 'pl'))} dans l'image {_SIDE[scope]} que dans l'image {other_side}."
         if kind == "relation":
-            core = f"{self._np(desc, 'a')} est {self._rel(claim.relation or '', self._np(claim.other or Desc(), 'a'))}"
+            core = f"{self._np(desc, 'a')} est {self._place(claim.relation or '', claim.other or Desc(), 'a', rng)}"
             return capitalize(core) + "." if scope == "image" else f"Dans {side}, {core}."
         return self._neutral(kind, desc)
 
@@ -282,7 +245,7 @@ class French(Grammar):
 
     # ------------------------------------------------------------------ video
     def _verb_phrase(self, action: Action, infinitive: bool, rng: random.Random) -> str:
-        form = _form(self._gender(action.subject), False)
+        form = adjective_form(self._gender(action.subject), False)
         phrases = []
         for kind, to_color in action.events:
             phrase = _EVENTS[kind][int(rng.random() * len(_EVENTS[kind]))][int(infinitive)]
@@ -291,46 +254,12 @@ class French(Grammar):
             phrases.append(phrase)
         return " et ".join(phrases)
 
-    def video_caption(self, frame: str, actions: Sequence[Action], connective: str, rng: random.Random) -> str:
-        if not actions:
-            return _EMPTY_VIDEO[frame]
+    def _video_body(self, frame: str, actions: Sequence[Action], connective: str, rng: random.Random) -> str:
         clauses = []
         for k, action in enumerate(actions):
             # "On voit un cercle se déplacer ..." takes infinitives, except inside "tandis que".
             infinitive = frame == "we_see" and (k == 0 or connective == "and")
             clauses.append(f"{self._np(action.subject, 'a')} {self._verb_phrase(action, infinitive, rng)}")
         if connective == "while" and len(clauses) > 1:
-            body = f"{clauses[0]}, tandis {_que(_join(clauses[1:]))}"
-        else:
-            body = _join(clauses)
-        if frame == "in_video":
-            return f"Dans cette vidéo, {body}."
-        if frame == "clip":
-            return f"Une séquence où {body}."
-        if frame == "we_see":
-            return f"On voit {body}."
-        return capitalize(body) + "."
-
-    def video_question(self, kind: str, rng: random.Random, desc: Desc | None = None, event: str | None = None) -> str:
-        if kind == "action":
-            return f"Que fait {self._np(desc or Desc(), 'the')} ?"
-        if kind == "turn_color":
-            return f"De quelle couleur devient {self._np(desc or Desc(), 'the')} ?"
-        if kind == "which_shape" and event:
-            return f"Quelle forme {_WHICH_EVENT[event]} ?"
-        raise ValueError(f"unknown video question kind {kind!r}")
-
-
-_EMPTY = {
-    "there_is": "Il n'y a aucune forme.",
-    "we_see": "On voit un fond vide.",
-    "showing": "Une image montrant seulement le fond.",
-    "predicate": "L'image est vide.",
-    "bare": "Un fond vide.",
-}
-_EMPTY_VIDEO = {
-    "plain": "Rien ne se passe.",
-    "in_video": "Dans cette vidéo, rien ne se passe.",
-    "clip": "Une séquence où rien ne se passe.",
-    "we_see": "On voit un fond vide.",
-}
+            return f"{clauses[0]}, tandis {_que(self._join(clauses[1:]))}"
+        return self._join(clauses)

@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from typing import ClassVar
 
-from grainvl.data.world.lang_base import STAY, Action, Claim, Desc, Fact, Grammar
+from grainvl.data.world.lang_base import OTHER_SIDE, STAY, Action, Claim, Desc, Fact, Grammar, PredicateSentences
 
 _SHAPES = {
     "circle": "円",
@@ -62,7 +62,6 @@ _TEXTURES = {"solid": "無地の", "striped": "縞模様の", "dotted": "水玉�
 NUMBER_WORDS = ("ゼロ", "一つ", "二つ", "三つ", "四つ", "五つ", "六つ", "七つ", "八つ", "九つ", "十")
 _RELATIONS = {"left of": "左", "right of": "右", "above": "上", "below": "下", "next to": "隣"}
 _SIDE = {"left": "左の画像", "right": "右の画像"}
-_OTHER_SIDE = {"left": "right", "right": "left"}
 
 # Video events: (plain form, polite form, continuative form); {c} is the new colour.
 _EVENTS: dict[str, tuple[tuple[str, str, str], ...]] = {
@@ -74,14 +73,6 @@ _EVENTS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "shrink": (("小さくなる", "小さくなります", "小さくなり"),),
     "change_color": (("{c}に変わる", "{c}に変わります", "{c}に変わり"), ("{c}になる", "{c}になります", "{c}になり")),
     STAY: (("動かない", "動きません", "動かず"),),
-}
-_WHICH_EVENT = {
-    "move_left": "左に動きますか",
-    "move_right": "右に動きますか",
-    "move_up": "上に動きますか",
-    "move_down": "下に動きますか",
-    "grow": "大きくなりますか",
-    "shrink": "小さくなりますか",
 }
 _PLAIN, _POLITE, _CONTINUATIVE = 0, 1, 2
 
@@ -103,6 +94,58 @@ class Japanese(Grammar):
             "change_color": "色が変わる",
         },
     }
+    number_words = NUMBER_WORDS
+    empty_captions: ClassVar[dict[str, str]] = {
+        "there_is": "図形は何もありません。",
+        "we_see": "何もない背景が見えます。",
+        "showing": "背景だけを写した画像。",
+        "predicate": "この画像は空です。",
+        "bare": "何もない背景。",
+    }
+    # "there_is" and "we_see" are clause captions (``caption``).
+    caption_frames: ClassVar[dict[str, tuple[str, ...]]] = {"showing": ("{body}を写した画像。",), "bare": ("{body}。",)}
+    predicate_sentences = PredicateSentences(
+        related="{subject}は{place}あります。",
+        first="{subject}が描かれています。",
+        also="{subject}も描かれています。",
+        one_other="ほかにも図形が{number}描かれています。",
+        more_others="ほかにも図形が{number}描かれています。",
+    )
+    sentence_gap = ""
+    list_separators = ("と", "と")
+    questions: ClassVar[dict[str, tuple[str, ...]]] = {
+        "color": ("{phrase}は何色ですか？",),
+        "shape": ("{phrase}はどんな形ですか？",),
+        "size": ("{phrase}の大きさはどれくらいですか？",),
+        "count": ("{phrase}はいくつありますか？",),
+        "exist": ("{phrase}はありますか？",),
+    }
+    relation_question = "{phrase}は{place}ありますか？"
+    empty_videos: ClassVar[dict[str, str]] = {
+        "plain": "何も起こりません。",
+        "in_video": "この動画では、何も起こりません。",
+        "clip": "何も起こらない様子を映した動画。",
+        "we_see": "何もない背景が見えます。",
+    }
+    video_frames: ClassVar[dict[str, str]] = {
+        "plain": "{body}。",
+        "in_video": "この動画では、{body}。",
+        "clip": "{body}様子を映した動画。",
+        "we_see": "{body}のが見えます。",
+    }
+    video_questions: ClassVar[dict[str, str]] = {
+        "action": "{phrase}は何をしていますか？",
+        "turn_color": "{phrase}は何色に変わりますか？",
+        "which_shape": "どの図形が{event}？",
+    }
+    which_events: ClassVar[dict[str, str]] = {  # change_color is asked in ``video_question``
+        "move_left": "左に動きますか",
+        "move_right": "右に動きますか",
+        "move_up": "上に動きますか",
+        "move_down": "下に動きますか",
+        "grow": "大きくなりますか",
+        "shrink": "小さくなりますか",
+    }
 
     def __init__(self) -> None:
         self._cache: dict[Desc, str] = {}
@@ -120,74 +163,36 @@ class Japanese(Grammar):
             phrase = self._cache[desc] = "".join(parts)
         return phrase
 
-    def _modified_np(self, fact: Fact) -> str:
-        """The relative clause "[landmark]の左にある[subject]" when the fact has a relation."""
-        if fact.relation is None or fact.object is None:
-            return self._np(fact.subject)
-        return f"{self._np(fact.object)}の{_RELATIONS[fact.relation]}にある{self._np(fact.subject)}"
+    def _phrase(self, desc: Desc, det: str, rng: random.Random, case: str = "nom") -> str:
+        return self._np(desc)  # no articles: definite and indefinite phrases are the same words
 
-    def region(self, desc: Desc, definite: bool, rng: random.Random) -> str:
-        return self._np(desc)
+    def _place(self, relation: str, landmark: Desc, det: str, rng: random.Random) -> str:
+        return f"{self._np(landmark)}の{_RELATIONS[relation]}に"
+
+    def _others(self, n: int, case: str) -> str:
+        return f"ほかの{NUMBER_WORDS[n]}の図形"
+
+    def _attach(self, head: str, relation: str, other: Desc, det: str, rng: random.Random) -> str:
+        """The relative clause "[landmark]の左にある[noun]"."""
+        return f"{self._place(relation, other, det, rng)}ある{head}"
 
     # ------------------------------------------------------------------ captions
     def caption(self, frame: str, facts: Sequence[Fact], others: int, rng: random.Random) -> str:
-        if not facts:
-            return _EMPTY[frame]
-        if frame in ("there_is", "we_see"):
-            return self._clause_caption(facts, others, frame == "there_is")
-        if frame == "predicate":
-            return self._predicate_caption(facts, others)
-        items = [self._modified_np(fact) for fact in facts]
-        if others:
-            items.append(f"ほかの{NUMBER_WORDS[others]}の図形")
-        body = "と".join(items)
-        return f"{body}を写した画像。" if frame == "showing" else f"{body}。"
+        if facts and frame in ("there_is", "we_see"):
+            return self._clause_caption(facts, others, frame == "there_is", rng)
+        return super().caption(frame, facts, others, rng)
 
-    def _clause_caption(self, facts: Sequence[Fact], others: int, exists: bool) -> str:
+    def _clause_caption(self, facts: Sequence[Fact], others: int, exists: bool, rng: random.Random) -> str:
         """Clauses "[landmark]の左に[X]が" / "[X]も", chained with あり/見え and closed by あります/見えます."""
         clauses = []
         for k, fact in enumerate(facts):
             particle = "が" if k == 0 or fact.relation else "も"
-            place = f"{self._np(fact.object)}の{_RELATIONS[fact.relation]}に" if fact.relation and fact.object else ""
+            place = self._place(fact.relation, fact.object, "a", rng) if fact.relation and fact.object else ""
             clauses.append(f"{place}{self._np(fact.subject)}{particle}")
         if others:
             clauses.append(f"ほかに図形が{NUMBER_WORDS[others]}")
         middle, last = ("あり、", "あります。") if exists else ("見え、", "見えます。")
         return middle.join(clauses) + last
-
-    def _predicate_caption(self, facts: Sequence[Fact], others: int) -> str:
-        sentences = []
-        for k, fact in enumerate(facts):
-            subject = self._np(fact.subject)
-            if fact.relation and fact.object:
-                sentences.append(f"{subject}は{self._np(fact.object)}の{_RELATIONS[fact.relation]}にあります。")
-            else:
-                sentences.append(f"{subject}{'も' if k else 'が'}描かれています。")
-        if others:
-            sentences.append(f"ほかにも図形が{NUMBER_WORDS[others]}描かれています。")
-        return "".join(sentences)
-
-    def refexp(self, desc: Desc, rng: random.Random, relation: str | None = None, other: Desc | None = None) -> str:
-        return self._modified_np(Fact(desc, relation, other))
-
-    # ------------------------------------------------------------------ VQA
-    def question(
-        self, skill: str, desc: Desc, rng: random.Random, relation: str | None = None, other: Desc | None = None
-    ) -> str:
-        phrase = self._np(desc)
-        if skill == "color":
-            return f"{phrase}は何色ですか？"
-        if skill == "shape":
-            return f"{phrase}はどんな形ですか？"
-        if skill == "size":
-            return f"{phrase}の大きさはどれくらいですか？"
-        if skill == "count":
-            return f"{phrase}はいくつありますか？"
-        if skill == "exist":
-            return f"{phrase}はありますか？"
-        if skill == "relation" and relation and other:
-            return f"{phrase}は{self._np(other)}の{_RELATIONS[relation]}にありますか？"
-        raise ValueError(f"unknown question skill {skill!r}")
 
     # ------------------------------------------------------------------ statements
     def statement(self, claim: Claim, rng: random.Random) -> str:
@@ -203,11 +208,11 @@ class Japanese(Grammar):
         if kind == "none":
             return f"{topic}{phrase}{'は' if scope in ('image', 'both') else 'が'}ありません。"
         if kind == "more":
-            other_side = _SIDE[_OTHER_SIDE[scope]]
+            other_side = _SIDE[OTHER_SIDE[scope]]
             return f"{_SIDE[scope]}には{other_side}より多くの{phrase}があります。"
         if kind == "relation":
-            landmark = self._np(claim.other or Desc())
-            core = f"{phrase}が{landmark}の{_RELATIONS[claim.relation or '']}にあります。"
+            place = self._place(claim.relation or "", claim.other or Desc(), "a", rng)
+            core = f"{phrase}が{place}あります。"
             return core if scope == "image" else f"{_SIDE[scope]}では、{core}"
         return self._neutral(kind, phrase)
 
@@ -228,9 +233,7 @@ class Japanese(Grammar):
             phrases.append(phrase.replace("{c}", _COLOR_NOUNS[to_color]) if to_color else phrase)
         return "、".join(phrases)
 
-    def video_caption(self, frame: str, actions: Sequence[Action], connective: str, rng: random.Random) -> str:
-        if not actions:
-            return _EMPTY_VIDEO[frame]
+    def _video_body(self, frame: str, actions: Sequence[Action], connective: str, rng: random.Random) -> str:
         # Which verb form each clause ends in: polite to close a sentence, plain before
         # と同時に/様子/のが, continuative to chain clauses with "、".
         closing = _POLITE if frame in ("plain", "in_video") else _PLAIN
@@ -240,37 +243,9 @@ class Japanese(Grammar):
         for k, action in enumerate(actions):
             form = closing if k == len(actions) - 1 else joiner_form
             parts.append(f"{self._np(action.subject)}が{self._verb_phrase(action, form, rng)}")
-        body = joiner.join(parts)
-        if frame == "in_video":
-            return f"この動画では、{body}。"
-        if frame == "clip":
-            return f"{body}様子を映した動画。"
-        if frame == "we_see":
-            return f"{body}のが見えます。"
-        return f"{body}。"
+        return joiner.join(parts)
 
     def video_question(self, kind: str, rng: random.Random, desc: Desc | None = None, event: str | None = None) -> str:
-        if kind == "action":
-            return f"{self._np(desc or Desc())}は何をしていますか？"
-        if kind == "turn_color":
-            return f"{self._np(desc or Desc())}は何色に変わりますか？"
-        if kind == "which_shape" and event:
-            if event == "change_color":
-                return "どの図形の色が変わりますか？"
-            return f"どの図形が{_WHICH_EVENT[event]}？"
-        raise ValueError(f"unknown video question kind {kind!r}")
-
-
-_EMPTY = {
-    "there_is": "図形は何もありません。",
-    "we_see": "何もない背景が見えます。",
-    "showing": "背景だけを写した画像。",
-    "predicate": "この画像は空です。",
-    "bare": "何もない背景。",
-}
-_EMPTY_VIDEO = {
-    "plain": "何も起こりません。",
-    "in_video": "この動画では、何も起こりません。",
-    "clip": "何も起こらない様子を映した動画。",
-    "we_see": "何もない背景が見えます。",
-}
+        if kind == "which_shape" and event == "change_color":
+            return "どの図形の色が変わりますか？"  # the colour, not the shape, is what changes (色が変わる)
+        return super().video_question(kind, rng, desc, event)

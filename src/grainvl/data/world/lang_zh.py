@@ -11,7 +11,7 @@ import random
 from collections.abc import Sequence
 from typing import ClassVar
 
-from grainvl.data.world.lang_base import STAY, Action, Claim, Desc, Fact, Grammar
+from grainvl.data.world.lang_base import STAY, Action, Claim, Desc, Fact, Grammar, PredicateSentences
 
 _SHAPES = {
     "circle": "圆形",
@@ -58,21 +58,6 @@ _EVENTS: dict[str, tuple[str, ...]] = {
     "change_color": ("变成{c}", "变成了{c}"),
     STAY: ("保持不动",),
 }
-_WHICH_EVENT = {
-    "move_left": "向左移动了",
-    "move_right": "向右移动了",
-    "move_up": "向上移动了",
-    "move_down": "向下移动了",
-    "grow": "变大了",
-    "shrink": "变小了",
-    "change_color": "变了颜色",
-}
-
-
-def _join(items: Sequence[str]) -> str:
-    if len(items) == 1:
-        return items[0]
-    return "、".join(items[:-1]) + "和" + items[-1]
 
 
 class Chinese(Grammar):
@@ -91,6 +76,62 @@ class Chinese(Grammar):
             "shrink": "变小",
             "change_color": "变色",
         },
+    }
+    number_words = NUMBER_WORDS
+    empty_captions: ClassVar[dict[str, str]] = {
+        "there_is": "图中没有任何图形。",
+        "we_see": "可以看到一个空的背景。",
+        "showing": "这张图片只展示了背景。",
+        "predicate": "这张图是空的。",
+        "bare": "空的背景。",
+    }
+    # "there_is" and "we_see" are clause captions (``caption``).
+    caption_frames: ClassVar[dict[str, tuple[str, ...]]] = {
+        "showing": ("这张图片展示了{body}。",),
+        "bare": ("{body}。",),
+    }
+    predicate_sentences = PredicateSentences(
+        related="{subject}在{place}。",
+        first="{subject}出现在图中。",
+        also="{subject}也出现在图中。",
+        one_other="图中还有{others}。",
+        more_others="图中还有{others}。",
+    )
+    sentence_gap = ""
+    list_separators = ("、", "和")
+    questions: ClassVar[dict[str, tuple[str, ...]]] = {
+        "color": ("{phrase}是什么颜色的？",),
+        "shape": ("{phrase}是什么形状的？",),
+        "size": ("{phrase}有多大？",),
+        "count": ("图中有几{phrase}？",),
+        "exist": ("图中有{phrase}吗？",),
+    }
+    relation_question = "{phrase}在{place}吗？"
+    empty_videos: ClassVar[dict[str, str]] = {
+        "plain": "什么也没有发生。",
+        "in_video": "在这个视频中，什么也没有发生。",
+        "clip": "一段视频：什么也没有发生。",
+        "we_see": "可以看到一个空的背景。",
+    }
+    video_frames: ClassVar[dict[str, str]] = {
+        "plain": "{body}。",
+        "in_video": "在这个视频中，{body}。",
+        "clip": "一段视频：{body}。",
+        "we_see": "可以看到{body}。",
+    }
+    video_questions: ClassVar[dict[str, str]] = {
+        "action": "{phrase}在做什么？",
+        "turn_color": "{phrase}变成了什么颜色？",
+        "which_shape": "哪个图形{event}？",
+    }
+    which_events: ClassVar[dict[str, str]] = {
+        "move_left": "向左移动了",
+        "move_right": "向右移动了",
+        "move_up": "向上移动了",
+        "move_down": "向下移动了",
+        "grow": "变大了",
+        "shrink": "变小了",
+        "change_color": "变了颜色",
     }
 
     def __init__(self) -> None:
@@ -122,79 +163,43 @@ class Chinese(Grammar):
             return NUMBER_WORDS[count] + _MEASURE_WORDS.get(desc.shape or "", "个") + body
         return body
 
-    def _place(self, relation: str, landmark: Desc) -> str:
+    def _phrase(self, desc: Desc, det: str, rng: random.Random, case: str = "nom") -> str:
+        # Chinese has no articles: an indefinite phrase counts one ("一个..."), a definite one is bare.
+        return self._np(desc, 1 if det == "a" else 0)
+
+    def _place(self, relation: str, landmark: Desc, det: str, rng: random.Random) -> str:
         return f"{self._np(landmark)}的{_RELATIONS[relation]}"
 
-    def _others(self, n: int) -> str:
+    def _others(self, n: int, case: str) -> str:
         return f"另外{NUMBER_WORDS[n]}个图形"
 
-    def region(self, desc: Desc, definite: bool, rng: random.Random) -> str:
-        return self._np(desc, 0 if definite else 1)
+    def _attach(self, head: str, relation: str, other: Desc, det: str, rng: random.Random) -> str:
+        """The place modifies the noun from the front: "蓝色的正方形左边的一个红色的圆形"."""
+        return f"{self._np(other)}{_RELATIONS[relation]}的{head}"
 
     # ------------------------------------------------------------------ captions
     def caption(self, frame: str, facts: Sequence[Fact], others: int, rng: random.Random) -> str:
-        if not facts:
-            return _EMPTY[frame]
-        if frame == "predicate":
-            return self._predicate_caption(facts, others)
-        if frame in ("there_is", "we_see"):
-            # Clauses: "有一个红色的圆形在蓝色的正方形的左边，还有一个绿色的星星".
-            clauses = []
-            for k, fact in enumerate(facts):
-                subject = self._np(fact.subject, 1)
-                lead = ("有" if frame == "there_is" else "") if k == 0 else "还有"
-                where = f"在{self._place(fact.relation, fact.object)}" if fact.relation and fact.object else ""
-                clauses.append(f"{lead}{subject}{where}")
-            if others:
-                clauses.append(f"另外还有{NUMBER_WORDS[others]}个图形")
-            return ("图中" if frame == "there_is" else "可以看到") + "，".join(clauses) + "。"
-        # Noun-phrase list with the relation as a modifier: "蓝色的正方形左边的一个红色的圆形".
-        items = [self._modified_np(fact) for fact in facts]
-        if others:
-            items.append(self._others(others))
-        body = _join(items)
-        return f"这张图片展示了{body}。" if frame == "showing" else f"{body}。"
+        if facts and frame in ("there_is", "we_see"):
+            return self._clause_caption(frame, facts, others, rng)
+        return super().caption(frame, facts, others, rng)
 
-    def _modified_np(self, fact: Fact) -> str:
-        subject = self._np(fact.subject, 1)
-        if fact.relation is None or fact.object is None:
-            return subject
-        return f"{self._np(fact.object)}{_RELATIONS[fact.relation]}的{subject}"
-
-    def _predicate_caption(self, facts: Sequence[Fact], others: int) -> str:
-        sentences = []
+    def _clause_caption(self, frame: str, facts: Sequence[Fact], others: int, rng: random.Random) -> str:
+        """Clauses: "有一个红色的圆形在蓝色的正方形的左边，还有一个绿色的星星"."""
+        clauses = []
         for k, fact in enumerate(facts):
             subject = self._np(fact.subject, 1)
-            if fact.relation and fact.object:
-                sentences.append(f"{subject}在{self._place(fact.relation, fact.object)}。")
-            else:
-                sentences.append(f"{subject}{'也' if k else ''}出现在图中。")
+            lead = ("有" if frame == "there_is" else "") if k == 0 else "还有"
+            where = f"在{self._place(fact.relation, fact.object, 'a', rng)}" if fact.relation and fact.object else ""
+            clauses.append(f"{lead}{subject}{where}")
         if others:
-            sentences.append(f"图中还有{self._others(others)}。")
-        return "".join(sentences)
-
-    def refexp(self, desc: Desc, rng: random.Random, relation: str | None = None, other: Desc | None = None) -> str:
-        if relation is None or other is None:
-            return self._np(desc)
-        return f"{self._np(other)}{_RELATIONS[relation]}的{self._np(desc)}"
+            clauses.append(f"另外还有{NUMBER_WORDS[others]}个图形")
+        return ("图中" if frame == "there_is" else "可以看到") + "，".join(clauses) + "。"
 
     # ------------------------------------------------------------------ VQA
-    def question(
-        self, skill: str, desc: Desc, rng: random.Random, relation: str | None = None, other: Desc | None = None
-    ) -> str:
-        if skill == "color":
-            return f"{self._np(desc)}是什么颜色的？"
-        if skill == "shape":
-            return f"{self._np(desc)}是什么形状的？"
-        if skill == "size":
-            return f"{self._np(desc)}有多大？"
+    def _question_phrase(self, skill: str, desc: Desc, rng: random.Random) -> str:
         if skill == "count":
-            return f"图中有几{_MEASURE_WORDS.get(desc.shape or '', '个')}{self._np(desc)}？"
-        if skill == "exist":
-            return f"图中有{self._np(desc)}吗？"
-        if skill == "relation" and relation and other:
-            return f"{self._np(desc)}在{self._place(relation, other)}吗？"
-        raise ValueError(f"unknown question skill {skill!r}")
+            return _MEASURE_WORDS.get(desc.shape or "", "个") + self._np(desc)  # "图中有几个..."
+        return self._np(desc)  # questions name the bare noun, "exist" too ("图中有...吗")
 
     # ------------------------------------------------------------------ statements
     def statement(self, claim: Claim, rng: random.Random) -> str:
@@ -210,7 +215,7 @@ class Chinese(Grammar):
         if kind == "more":
             return f"{_SIDE[scope]}{self._np(desc)}比{_OTHER_SIDE[scope]}中的多。"
         if kind == "relation":
-            core = f"{self._np(desc, 1)}在{self._place(claim.relation or '', claim.other or Desc())}"
+            core = f"{self._np(desc, 1)}在{self._place(claim.relation or '', claim.other or Desc(), 'a', rng)}"
             return f"{core}。" if scope == "image" else f"{_SIDE[scope]}，{core}。"
         return self._neutral(kind, desc)
 
@@ -228,37 +233,8 @@ class Chinese(Grammar):
             phrases.append(phrase.replace("{c}", _COLORS[to_color]) if to_color else phrase)
         return self._np(action.subject, 1) + "并且".join(phrases)
 
-    def video_caption(self, frame: str, actions: Sequence[Action], connective: str, rng: random.Random) -> str:
-        if not actions:
-            return _EMPTY_VIDEO[frame]
+    def _video_body(self, frame: str, actions: Sequence[Action], connective: str, rng: random.Random) -> str:
         clauses = [self._clause(a, rng) for a in actions]
         if connective == "while" and len(clauses) > 1:
-            body = f"{clauses[0]}，同时" + "，".join(clauses[1:])
-        else:
-            body = "，".join(clauses)
-        prefix = {"in_video": "在这个视频中，", "clip": "一段视频：", "we_see": "可以看到"}.get(frame, "")
-        return f"{prefix}{body}。"
-
-    def video_question(self, kind: str, rng: random.Random, desc: Desc | None = None, event: str | None = None) -> str:
-        if kind == "action":
-            return f"{self._np(desc or Desc())}在做什么？"
-        if kind == "turn_color":
-            return f"{self._np(desc or Desc())}变成了什么颜色？"
-        if kind == "which_shape" and event:
-            return f"哪个图形{_WHICH_EVENT[event]}？"
-        raise ValueError(f"unknown video question kind {kind!r}")
-
-
-_EMPTY = {
-    "there_is": "图中没有任何图形。",
-    "we_see": "可以看到一个空的背景。",
-    "showing": "这张图片只展示了背景。",
-    "predicate": "这张图是空的。",
-    "bare": "空的背景。",
-}
-_EMPTY_VIDEO = {
-    "plain": "什么也没有发生。",
-    "in_video": "在这个视频中，什么也没有发生。",
-    "clip": "一段视频：什么也没有发生。",
-    "we_see": "可以看到一个空的背景。",
-}
+            return f"{clauses[0]}，同时" + "，".join(clauses[1:])
+        return "，".join(clauses)
