@@ -15,6 +15,7 @@ noun phrases keyed by them) and cheap to build in the annotation hot path.
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar, NamedTuple
 
@@ -140,7 +141,7 @@ class PredicateSentences(NamedTuple):
     more_others: str  # several unnamed further shapes (verbs agree in number)
 
 
-class Grammar:
+class Grammar(ABC):
     """One language's realisation of the semantic records.
 
     The sentence scaffolding every language shares (empty scenes, frames, fact lists, predicate
@@ -184,22 +185,26 @@ class Grammar:
         return self.answers[kind][str(value)]
 
     # ------------------------------------------------------------------ language hooks
+    @abstractmethod
     def _phrase(self, desc: Desc, det: str, rng: random.Random, case: str = "nom") -> str:
         """``desc`` as a noun phrase with determiner ``det`` ("a" or "the") in grammatical ``case``
         (nom/acc/dat; only a language that declines noun phrases reads it)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _place(self, relation: str, landmark: Desc, det: str, rng: random.Random) -> str:
         """Where something is: ``relation`` with ``landmark`` (determiner ``det``), "left of a square"."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _others(self, n: int, case: str) -> str:
         """The ``n`` further shapes a caption only counts ("two other shapes"), in ``case``."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _video_body(self, frame: str, actions: Sequence[Action], connective: str, rng: random.Random) -> str:
         """The clauses of a video caption (``actions`` is not empty), to fill ``video_frames[frame]``."""
-        raise NotImplementedError
+        ...
 
     def _anchored(
         self,
@@ -296,8 +301,8 @@ class Grammar:
         phrase = self._phrase(desc, "the", rng)
         return self.relation_question.format(phrase=phrase, place=self._place(relation, other, "the", rng))
 
-    def statement(self, claim: Claim, rng: random.Random) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def statement(self, claim: Claim, rng: random.Random) -> str: ...
 
     def video_caption(self, frame: str, actions: Sequence[Action], connective: str, rng: random.Random) -> str:
         if not actions:
