@@ -219,12 +219,12 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "contact sheet PNG, then pre-train xvlm-small on it and print zero-shot retrieval and grounding on the ID "
         "test and OOD splits next to chance (about 10 minutes on 2 CPU cores).",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--images", type=int, default=500)
-    p.add_argument("--videos", type=int, default=40)
-    p.add_argument("--resolution", type=int, default=160)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
+    p.add_argument("--images", type=int, default=500, help="world images over all splits (default 500)")
+    p.add_argument("--videos", type=int, default=40, help="world video clips (default 40)")
+    p.add_argument("--resolution", type=int, default=160, help="world image side in pixels (default 160)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the world and the run (default 0)")
+    p.add_argument("--workers", type=int, default=2, help="world generator processes (default 2)")
     p.add_argument("--steps", type=int, help="pre-training steps (default: configs/pretrain/demo_small.yaml, 160)")
     p.add_argument("--no-pretrain", action="store_true", help="stop after the world, the check and the contact sheet")
     p.set_defaults(func=_cmd_demo)
