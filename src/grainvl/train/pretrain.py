@@ -198,6 +198,11 @@ def _write_results(run_dir: Path, cfg: PretrainConfig, summary: TrainSummary, ev
     """One results.jsonl line per metric in the long schema, with the run's cost on every line."""
     energy = summary.energy
     hw = summary.hardware
+    # Training FLOPs (forward + backward) per sample: one step's counted FLOPs over its samples.
+    samples_per_step = summary.samples / summary.steps_run if summary.steps_run else 0
+    gflops_per_sample = (
+        summary.flops_per_step / samples_per_step / 1e9 if summary.flops_per_step and samples_per_step else None
+    )
     for split, result in evaluations.items():
         for metric, value in result["metrics"].items():
             append_result(
@@ -210,7 +215,8 @@ def _write_results(run_dir: Path, cfg: PretrainConfig, summary: TrainSummary, ev
                     "metric": metric,
                     "value": value,
                     "params_M": summary.params / 1e6,
-                    "gflops": (summary.flops_per_step or 0) / 1e9 if summary.flops_per_step else None,
+                    "gflops": gflops_per_sample,
+                    "throughput": summary.samples / summary.wall_s if summary.wall_s else None,
                     "energy_kWh": energy.energy_kWh if energy else None,
                     "co2_g": energy.co2_g if energy else None,
                     "hardware": hw.get("cpu") or hw.get("gpu"),
