@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from grainvl.config import to_dict
 from grainvl.data.pretrain import PretrainDataConfig, build_pretrain_loaders, eval_grounding, eval_image_text
 from grainvl.models.factory import create_model, get_tokenizer
 from grainvl.models.xvlm import XVLM
@@ -175,7 +176,7 @@ def _run(cfg: PretrainConfig, env: DistEnv, resume: str | None) -> dict[str, Any
     run_dir = Path(cfg.train.run_dir)
     if env.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(_plain(cfg), indent=2), encoding="utf-8")
+        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2), encoding="utf-8")
 
     def eval_fn(step: int) -> dict[str, float]:
         if env.rank != 0 or step == cfg.train.steps:  # the final evaluation runs below, on every split
@@ -248,16 +249,6 @@ def format_report(report: dict[str, Any]) -> str:
     )
     lines.append(f"model saved to {report['model_dir']}")
     return "\n".join(lines)
-
-
-def _plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {k: _plain(v) for k, v in dataclasses.asdict(obj).items()}
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def main_print(report: dict[str, Any]) -> None:
