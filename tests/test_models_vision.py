@@ -471,7 +471,7 @@ def test_efficientnet_lite0_pretrained_weights() -> None:
         tokens = tower(images)
         grid = classifier.extract_features(images).flatten(2).transpose(1, 2)  # (1, 49, 1280)
     assert tokens.shape == (1, 50, 32)
-    torch.testing.assert_close(tokens[:, 1:], tower.proj(grid))
+    torch.testing.assert_close(tokens[:, 1:], tower.proj(grid) + tower.pos_embed)  # grid tokens + positions
     # A random tower differs: the weights above really came from the file.
     random_tower = EfficientNetLiteTower(efficientnet_lite0(224, width=32, pretrained=False))
     assert not torch.equal(random_tower.backbone._conv_stem.weight, tower.backbone._conv_stem.weight)
@@ -501,3 +501,16 @@ def test_forward_intermediates() -> None:
     assert len(hidden) == 1 + len(tower.blocks) and all(h.shape == (1, 17, 32) for h in hidden)
     torch.testing.assert_close(out, tower(images))
     torch.testing.assert_close(out[:, 1:], tower.fc_norm(hidden[-1][:, 1:]))
+
+
+def test_efficientnet_tokens_carry_their_grid_position() -> None:
+    # The same image content must give different tokens at different grid cells (the box head needs it),
+    # and the position table is resized at another input size and when loaded into another resolution.
+    tower = build_vision_tower(VisionConfig("efficientnet_lite0", 64, 32, 16, 0, 4, pretrained=False)).eval()
+    with torch.no_grad():
+        flat = tower(torch.zeros(1, 3, 64, 64))  # uniform image: identical CNN features in every cell
+        assert not torch.allclose(flat[0, 1], flat[0, 2])
+        assert tower(torch.zeros(1, 3, 96, 96)).shape == (1, 1 + 9, 16)
+    bigger = build_vision_tower(VisionConfig("efficientnet_lite0", 96, 32, 16, 0, 4, pretrained=False))
+    bigger.load_state_dict(tower.state_dict())
+    assert bigger.pos_embed.shape == (1, 9, 16)

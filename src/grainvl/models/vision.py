@@ -561,14 +561,21 @@ class PlainViT(_TransformerTower):
 
 
 def _resize_pos_embed_on_load(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
-    """Load-time hook: fit a checkpoint's ``pos_embed`` to this ViT's grid."""
-    assert isinstance(module, PlainViT)
+    """Load-time hook: fit a checkpoint's ``pos_embed`` to this tower's grid (ViT or EfficientNet)."""
+    assert isinstance(module, (PlainViT, EfficientNetLiteTower))
     key = prefix + "pos_embed"
     value = state_dict.get(key)
     if value is not None and value.shape != module.pos_embed.shape:
         logger.info("resizing %s from %d to %d positions", key, value.shape[1], module.pos_embed.shape[1])
-        rows, cols = module.grid(module.config.resolution)
-        state_dict[key] = _resize_pos_embed(value, (rows, cols))
+        grid = module.grid(module.config.resolution)
+        resize = _resize_grid_embed if isinstance(module, EfficientNetLiteTower) else _resize_pos_embed
+        state_dict[key] = resize(value, grid)
+
+
+def _resize_grid_embed(pos_embed: Tensor, new_grid: Grid) -> Tensor:
+    """Bicubic resize of a ``(1, N, D)`` grid embedding with no class slot (the EfficientNet tower)."""
+    padded = torch.cat([pos_embed.new_zeros(1, 1, pos_embed.shape[-1]), pos_embed], dim=1)
+    return _resize_pos_embed(padded, new_grid)[:, 1:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,6 +631,13 @@ class EfficientNetLiteTower(nn.Module):
         self.proj = nn.Linear(EFFICIENTNET_FEATURES, cfg.width)
         nn.init.trunc_normal_(self.proj.weight, std=0.02)
         nn.init.zeros_(self.proj.bias)
+        # Our addition: a learned position embedding per grid cell. The fusion layers'
+        # cross-attention is position-blind, and CNN features carry almost no absolute position,
+        # so without it the box head cannot tell where a described object is.
+        rows, cols = self.grid(cfg.resolution)
+        self.pos_embed = nn.Parameter(torch.zeros(1, rows * cols, cfg.width))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.register_load_state_dict_pre_hook(_resize_pos_embed_on_load)
         self._freeze_batchnorm()
         if cfg.freeze_backbone:
             self.backbone.requires_grad_(False)
@@ -640,7 +654,7 @@ class EfficientNetLiteTower(nn.Module):
         self.grad_checkpointing = enable
 
     def no_weight_decay(self) -> set[str]:
-        return set()
+        return {"pos_embed"}
 
     def train(self, mode: bool = True) -> EfficientNetLiteTower:
         super().train(mode)
@@ -674,4 +688,5 @@ class EfficientNetLiteTower(nn.Module):
         else:
             features = self.backbone.extract_features(images)  # (B, 1280, h, w)
         tokens = self.proj(features.flatten(2).transpose(1, 2))  # (B, h·w, width)
+        tokens = tokens + _resize_grid_embed(self.pos_embed, tuple(features.shape[-2:]))
         return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)  # (B, 1+N, width)
