@@ -138,6 +138,17 @@ def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
     return types if isinstance(types, tuple) else (types,)
 
 
+def claim_unique(seen: dict[Any, str], key: Any, label: str, path: str | Path, where: str) -> None:
+    """Record ``key`` as first seen at ``where``; a repeat is a DataError naming both positions.
+
+    ``label`` is a ``str.format`` pattern with ``{key}`` (e.g. ``"duplicate image id {key}"``), only
+    rendered on error so that the per-record cost stays a dict lookup.
+    """
+    if key in seen:
+        raise DataError(path, where, f"{label.format(key=key)} (first at {seen[key]})")
+    seen[key] = where
+
+
 def require_text(value: Any, name: str, path: str | Path, where: str) -> str:
     """A non-empty string (captions, questions, sentences)."""
     if not isinstance(value, str):

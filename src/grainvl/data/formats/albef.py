@@ -105,9 +105,7 @@ def answer_checker(path: Path) -> _io.RecordCheck:
 
     def check(answer: Any, where: str) -> None:
         _io.require_text(answer, "answer", path, where)
-        if answer in seen:
-            raise DataError(path, where, f"duplicate answer {answer!r} (first at {seen[answer]})")
-        seen[answer] = where
+        _io.claim_unique(seen, answer, "duplicate answer {key!r}", path, where)
 
     return check
 

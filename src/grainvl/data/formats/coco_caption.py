@@ -46,8 +46,8 @@ def _check_gt_header(gt: Any, path: Path) -> None:
 def _gt_image_checker(path: Path, images: _io.ImageChecker, seen: dict[int, str]) -> _io.RecordCheck:
     def check(image: Any, where: str) -> None:
         _io.require_fields(image, {"id": int}, path, where)
-        if image["id"] in seen:
-            raise DataError(path, where, f"duplicate image id {image['id']} (first at {seen[image['id']]})")
+        if image["id"] in seen:  # checked first, recorded last: a skipped bad image does not claim its id
+            _io.claim_unique(seen, image["id"], "duplicate image id {key}", path, where)
         actual = _io.check_image_field(image, "file_name", path, where, images) if "file_name" in image else None
         _io.image_bounds(image, path, where, image.get("file_name", f"id {image['id']}"), actual)
         seen[image["id"]] = where
@@ -61,9 +61,7 @@ def _gt_annotation_checker(path: Path, image_ids: Collection[int], seen: dict[in
         _io.require_text(ann["caption"], "caption", path, where)
         if ann["image_id"] not in image_ids:
             raise DataError(path, where, f"image_id {ann['image_id']} is not in 'images'")
-        if ann["id"] in seen:
-            raise DataError(path, where, f"duplicate annotation id {ann['id']} (first at {seen[ann['id']]})")
-        seen[ann["id"]] = where
+        _io.claim_unique(seen, ann["id"], "duplicate annotation id {key}", path, where)
 
     return check
 

@@ -100,9 +100,7 @@ def _video_checker(path: Path, seen: dict[str, str]) -> _io.RecordCheck:
         _io.require_text(video["split"], "split", path, where)
         if video["end time"] < video["start time"]:
             raise DataError(path, where, f"end time {video['end time']} is before start time {video['start time']}")
-        if video["video_id"] in seen:
-            raise DataError(path, where, f"duplicate video_id {video['video_id']} (first at {seen[video['video_id']]})")
-        seen[video["video_id"]] = where
+        _io.claim_unique(seen, video["video_id"], "duplicate video_id {key}", path, where)
 
     return check
 
@@ -113,9 +111,7 @@ def _sentence_checker(path: Path, video_ids: set[str], seen: dict[int, str]) -> 
         _io.require_text(sentence["caption"], "caption", path, where)
         if sentence["video_id"] not in video_ids:
             raise DataError(path, where, f"video_id {sentence['video_id']} is not in 'videos'")
-        if sentence["sen_id"] in seen:
-            raise DataError(path, where, f"duplicate sen_id {sentence['sen_id']} (first at {seen[sentence['sen_id']]})")
-        seen[sentence["sen_id"]] = where
+        _io.claim_unique(seen, sentence["sen_id"], "duplicate sen_id {key}", path, where)
 
     return check
 

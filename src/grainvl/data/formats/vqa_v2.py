@@ -51,10 +51,7 @@ def _check_header(doc: Any, header: dict[str, type], list_key: str, path: Path) 
 
 
 def _unique_question_id(path: Path, seen: dict[int, str], record: Record, where: str) -> None:
-    qid = record["question_id"]
-    if qid in seen:
-        raise DataError(path, where, f"duplicate question_id {qid} (first at {seen[qid]})")
-    seen[qid] = where
+    _io.claim_unique(seen, record["question_id"], "duplicate question_id {key}", path, where)
 
 
 def _question_checker(path: Path) -> _io.RecordCheck:
