@@ -25,7 +25,7 @@ from grainvl.data.pretrain import PretrainDataConfig, build_pretrain_loaders, ev
 from grainvl.models.factory import create_model, get_tokenizer
 from grainvl.models.xvlm import XVLM
 from grainvl.tasks.pretrain import PretrainTask, PretrainWeights
-from grainvl.tasks.zeroshot import chance_retrieval, prior_box_grounding, zero_shot_grounding, zero_shot_retrieval
+from grainvl.tasks.zeroshot import chance_retrieval, zero_shot_grounding, zero_shot_retrieval
 from grainvl.train.distributed import DistEnv, cleanup, detect_env, init_distributed
 from grainvl.train.logging import append_result
 from grainvl.train.loop import TrainConfig, TrainSummary, train
@@ -130,9 +130,10 @@ def evaluate(model: XVLM, tokenizer: Any, dcfg: PretrainDataConfig, world: str, 
     per_image = len(retrieval_data.text_ids) / max(1, len(retrieval_data.image_text_index))
     chance = chance_retrieval(len(retrieval_data.image_text_index), round(per_image))
     grounding_data = eval_grounding(world, split, tokenizer, dcfg)
-    metrics.update(zero_shot_grounding(model, grounding_data))
-    prior = prior_box_grounding(grounding_data)
-    chance["grounding_acc"] = prior["grounding_acc"]
+    grounding = zero_shot_grounding(model, grounding_data)
+    chance["grounding_acc"] = grounding.pop("prior_grounding_acc")
+    grounding.pop("prior_grounding_miou")
+    metrics.update(grounding)
     return {
         "metrics": metrics,
         "chance": chance,

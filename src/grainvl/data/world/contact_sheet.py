@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -89,7 +88,3 @@ def _video_frames(world: Path, n: int) -> tuple[list[str], str] | None:
         text = rec["text"][0] if isinstance(rec["text"], list) else rec["text"]
         return rec["video_frames"][:n], text
     return None
-
-
-def load_manifest(world: Path) -> dict:
-    return json.loads((world / "manifest.json").read_text(encoding="utf-8"))

@@ -97,17 +97,13 @@ def _ids_by_split(total: int, fractions: tuple[float, ...]) -> list[tuple[int, s
     return out
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    _io.atomic_write_bytes(path, data)
-
-
 def make_image(task: tuple[WorldConfig, Path, int, str]) -> ImageResult:
     """Sample, render, save and annotate one image (runs in worker processes)."""
     cfg, out, image_id, split = task
     rng = item_rng(cfg.seed, "image", image_id)
     scene = sample_scene(image_id, split, rng, cfg.resolution)
     jpeg = encode_jpeg(render_scene(scene), cfg.jpeg_quality)
-    _write_file(out / image_relpath(split, image_id), jpeg)
+    _io.atomic_write_bytes(out / image_relpath(split, image_id), jpeg)
     qids, rids = iter(range(image_id * 1000, image_id * 1000 + 1000)), iter(range(image_id * 100, image_id * 100 + 100))
     ann = annotate.annotate_image(scene, rng, qids, rids, cfg.captions_per_image, cfg.questions_per_image)
     xvnli = annotate.make_xvnli(scene, rng, image_id)
@@ -120,7 +116,7 @@ def make_video(task: tuple[WorldConfig, Path, int, str]) -> VideoAnnotations:
     rng = item_rng(cfg.seed, "video", video_id)
     clip = sample_video(video_id, split, rng, cfg.resolution, cfg.frames)
     for t, frame in enumerate(render_video(clip)):
-        _write_file(out / frame_relpath(split, video_id, t), encode_jpeg(frame, cfg.jpeg_quality))
+        _io.atomic_write_bytes(out / frame_relpath(split, video_id, t), encode_jpeg(frame, cfg.jpeg_quality))
     qids = iter(range(video_id * 100, video_id * 100 + 100))
     return annotate.annotate_video(clip, rng, qids, cfg.captions_per_image)
 
