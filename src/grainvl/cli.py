@@ -10,29 +10,13 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from grainvl import __version__
 from grainvl.errors import DataError
 
 EXIT_BAD_INPUT = 2
-
-
-def _progress_printer(enabled: bool) -> Callable[[str, int, int], None] | None:
-    """A light single-line progress indicator on stderr (no dependency, cheap per call)."""
-    if not enabled:
-        return None
-    last = {"t": 0.0}
-
-    def report(what: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - last["t"] > 0.5:
-            last["t"] = now
-            end = "\n" if done == total else ""
-            print(f"\r  {what}: {done}/{total}", end=end, file=sys.stderr, flush=True)
-
-    return report
 
 
 # ---------------------------------------------------------------------------------------------- world
@@ -72,45 +56,16 @@ def _world_config(args: argparse.Namespace):
 
 
 def _cmd_world(args: argparse.Namespace) -> int:
-    from grainvl.data.world.generate import generate_world
+    from grainvl.data.world.generate import format_world_summary, generate_world, progress_printer
 
     cfg = _world_config(args)
     start = time.perf_counter()
-    summary = generate_world(cfg, args.out, workers=args.workers, progress=_progress_printer(not args.quiet))
+    summary = generate_world(cfg, args.out, workers=args.workers, progress=progress_printer(not args.quiet))
     elapsed = time.perf_counter() - start
     print(format_world_summary(summary))
     rate = cfg.images / max(elapsed, 1e-9)
     print(f"wrote {summary.files} files to {args.out} in {elapsed:.1f} s ({rate:.0f} images/s overall)")
     return 0
-
-
-def format_world_summary(summary) -> str:
-    """A plain-text table of per-split counts."""
-    from grainvl.data.world.ontology import SPLITS
-
-    keys = [
-        "images",
-        "objects",
-        "captions",
-        "vqa_questions",
-        "refexps",
-        "nlvr_statements",
-        "parallel_pairs",
-        "videos",
-        "video_questions",
-    ]
-    header = f"{'split':<10}" + "".join(f"{k:>16}" for k in keys)
-    lines = [header, "-" * len(header)]
-    for split in SPLITS:
-        counts = summary.counts.get(split, {})
-        lines.append(f"{split:<10}" + "".join(f"{counts.get(k, 0):>16}" for k in keys))
-    n_cls = sum(1 for k in summary.text_tasks.values() if k == "classification")
-    n_qa = sum(1 for k in summary.text_tasks.values() if k == "qa")
-    lines.append(
-        f"text tasks: {n_cls} classification (GLUE TSV), {n_qa} extractive QA (SQuAD v1.1); "
-        f"dialogues: {summary.dialogues} (ConvAI2)"
-    )
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- data

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from grainvl.data.check import check_path, format_report
 from grainvl.data.world.contact_sheet import make_contact_sheet
-from grainvl.data.world.generate import WorldConfig, generate_world
+from grainvl.data.world.generate import WorldConfig, format_world_summary, generate_world, progress_printer
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "demo_small.yaml"
 
@@ -27,14 +27,12 @@ def run_demo(
     resolution: int = 160,
     pretrain: bool = True,
 ) -> int:
-    from grainvl.cli import _progress_printer, format_world_summary
-
     world = out / "world"
     cfg = WorldConfig(images=images, videos=videos, seed=seed, resolution=resolution)
     total = 4 if pretrain else 3
     print(f"[1/{total}] generating a world of {images} images and {videos} videos at {resolution} px (seed {seed})")
     start = time.perf_counter()
-    summary = generate_world(cfg, world, workers=workers, progress=_progress_printer(True))
+    summary = generate_world(cfg, world, workers=workers, progress=progress_printer(True))
     print(f"      {summary.files} files in {time.perf_counter() - start:.1f} s -> {world}")
     print(format_world_summary(summary))
     print(f"[2/{total}] checking every file, record and image (grainvl data check)")

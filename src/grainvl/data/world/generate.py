@@ -13,6 +13,8 @@ import hashlib
 import json
 import multiprocessing as mp
 import random
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,3 +308,46 @@ def ood_description() -> dict[str, Any]:
         "ood_object_range": list(ontology.OOD_OBJECT_RANGE),
         "vlue_files": "annotations/vlue/*_vlue_test.json are built from test_ood",
     }
+
+
+def progress_printer(enabled: bool) -> Callable[[str, int, int], None] | None:
+    """A light single-line progress indicator on stderr (no dependency, cheap per call)."""
+    if not enabled:
+        return None
+    last = {"t": 0.0}
+
+    def report(what: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last["t"] > 0.5:
+            last["t"] = now
+            end = "\n" if done == total else ""
+            print(f"\r  {what}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+    return report
+
+
+def format_world_summary(summary: WorldSummary) -> str:
+    """A plain-text table of per-split counts."""
+    keys = [
+        "images",
+        "objects",
+        "captions",
+        "vqa_questions",
+        "refexps",
+        "nlvr_statements",
+        "parallel_pairs",
+        "videos",
+        "video_questions",
+    ]
+    header = f"{'split':<10}" + "".join(f"{k:>16}" for k in keys)
+    lines = [header, "-" * len(header)]
+    for split in ontology.SPLITS:
+        counts = summary.counts.get(split, {})
+        lines.append(f"{split:<10}" + "".join(f"{counts.get(k, 0):>16}" for k in keys))
+    n_cls = sum(1 for k in summary.text_tasks.values() if k == "classification")
+    n_qa = sum(1 for k in summary.text_tasks.values() if k == "qa")
+    lines.append(
+        f"text tasks: {n_cls} classification (GLUE TSV), {n_qa} extractive QA (SQuAD v1.1); "
+        f"dialogues: {summary.dialogues} (ConvAI2)"
+    )
+    return "\n".join(lines)
