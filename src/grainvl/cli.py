@@ -211,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
     for add in (_add_world, _add_data, _add_tokenizer, _add_pretrain, _add_demo):
         add(sub)
+    from grainvl.commands import register_all
+
+    register_all(sub)
     return parser
 
 
