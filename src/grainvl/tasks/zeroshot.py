@@ -9,36 +9,13 @@ with the whole image, correct when IoU >= 0.5 (VLUE's inclusive-pixel IoU).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 
 from grainvl.data.pretrain import GroundingEval, ImageTextEval
 from grainvl.losses.bbox import box_iou_xywh
+from grainvl.metrics.retrieval import retrieval_metrics  # moved there; re-exported for existing callers
 from grainvl.models.xvlm import XVLM
-
-
-def retrieval_metrics(
-    scores_i2t: np.ndarray, scores_t2i: np.ndarray, img2txt: Sequence[Sequence[int]], txt2img: Sequence[int]
-) -> dict[str, float]:
-    """R@1/5/10 in both directions and their means, in percent (official ``itm_eval``)."""
-    tr_ranks = np.zeros(len(img2txt))
-    for i, row in enumerate(scores_i2t):
-        order = np.argsort(row)[::-1]
-        tr_ranks[i] = min(int(np.where(order == t)[0][0]) for t in img2txt[i])
-    ir_ranks = np.zeros(len(txt2img))
-    for t, row in enumerate(scores_t2i):
-        order = np.argsort(row)[::-1]
-        ir_ranks[t] = int(np.where(order == txt2img[t])[0][0])
-    out = {}
-    for k in (1, 5, 10):
-        out[f"txt_r{k}"] = 100.0 * float(np.mean(tr_ranks < k))
-        out[f"img_r{k}"] = 100.0 * float(np.mean(ir_ranks < k))
-    out["txt_r_mean"] = (out["txt_r1"] + out["txt_r5"] + out["txt_r10"]) / 3
-    out["img_r_mean"] = (out["img_r1"] + out["img_r5"] + out["img_r10"]) / 3
-    out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
-    return out
 
 
 def chance_retrieval(n_images: int, captions_per_image: float) -> dict[str, float]:
