@@ -1,0 +1,1029 @@
+"""Checkpoint conversion: official X-VLM / X²-VLM / CCLM checkpoints and Hugging Face towers <-> grainvl.
+
+Every conversion is a documented **key map** plus a config translation; nothing is re-implemented
+per format (research note ``xvlm.md`` §1.6–§1.8 lists the official layouts):
+
+* ``official-x2vlm`` / ``official-xvlm``: ``torch.save({'model': state_dict, 'config': ...})`` files
+  (or a bare state dict, or safetensors). Text layouts:
+
+  - pre-training (``text_encoder.bert.*`` + ``text_encoder.cls.*``): grainvl's own names;
+  - fine-tuning (``text_encoder.embeddings.*``, ``text_encoder.encoder.layer.N.*``): ``bert.`` added;
+  - RoBERTa pre-training (X-VLM ``use_roberta``: ``text_encoder.roberta.*`` + ``text_encoder.lm_head.*``).
+
+  Vision variants: BEiT-v2 (X²-VLM) and X-VLM's DeiT ViT load with their names unchanged; Swin
+  (X-VLM v1) and CLIP-ViT are detected and refused with :class:`UnsupportedVariant`, because no
+  grainvl tower computes the same function (shifted windows; pre-LN + QuickGELU + bias-free patches).
+* ``official-cclm``: X²-VLM's ``CrossViewLM`` layout (``text_encoder.*`` without cross-attention,
+  ``cross_encoder.encoder.layer.N.*``, untied ``mlm_head.predictions.*``) = grainvl's ``layout="cross"``.
+* ``hf-bert``, ``hf-xlmr``, ``hf-vit``, ``hf-beit``: Hugging Face folders (``config.json`` +
+  safetensors/bin, the on-disk layout every transformers version writes), converted to a grainvl
+  *tower folder* and back.
+
+Strict by default: every missing, unexpected or mis-shaped key is reported by name in one
+:class:`ConversionError`. Derived buffers (``position_ids``, ``relative_position_index``) and the
+tied MLM decoder aliases are recomputed / checked rather than copied. Relative position tables (and
+absolute ``pos_embed``) are resized when the checkpoint's resolution differs from the target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from grainvl.errors import DataError
+from grainvl.models.text import BertEncoderModel, TextConfig, normalise_hf_bert_keys, read_hf_state_dict
+from grainvl.models.vision import (
+    VisionConfig,
+    build_vision_tower,
+    interpolate_rel_pos_bias,
+    resize_state_dict,
+)
+from grainvl.models.xvlm import XVLM, XVLMConfig
+
+OFFICIAL_FORMATS = ("official-x2vlm", "official-xvlm", "official-cclm")
+HF_FORMATS = ("hf-bert", "hf-xlmr", "hf-vit", "hf-beit")
+FORMATS = OFFICIAL_FORMATS + HF_FORMATS
+TARGET_FORMATS = FORMATS  # every format can be written back
+TOWER_FILE_KEY = "grainvl_tower"  # marks a tower folder's config.json
+# Keys the official Hugging Face-derived modules register as persistent buffers; recomputed, never copied.
+_DERIVED = ("embeddings.position_ids", "embeddings.token_type_ids", "relative_position_index")
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not fit the target: one line naming the file and every offending key."""
+
+    def __init__(self, source: str | Path, problems: list[str]) -> None:
+        self.source = str(source)
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} conversion problem(s): " + "; ".join(problems))
+
+
+class UnsupportedVariant(ConversionError):
+    """A recognised official variant that no grainvl tower can represent (Swin, CLIP-ViT)."""
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did. ``missing``: target keys the checkpoint did not provide (left at init);
+    ``unexpected``: checkpoint keys not used; ``mismatched``: ``"key: checkpoint (..) vs model (..)"``;
+    ``resized``: position tables interpolated to a new grid; ``ignored``: known non-model keys
+    (poolers, classifier heads); ``notes``: assumptions (e.g. heads inferred from widths)."""
+
+    source: str
+    format: str
+    layout: str = ""
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        return (
+            [f"mis-shaped {m}" for m in self.mismatched]
+            + [f"missing {k}" for k in self.missing]
+            + [f"unexpected {k}" for k in self.unexpected]
+        )
+
+    def check(self, strict: bool) -> None:
+        """Raise :class:`ConversionError` listing every problem when ``strict``; mis-shapes always raise."""
+        if self.mismatched or (strict and self.problems()):
+            raise ConversionError(self.source, self.problems())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# =============================================================================================== reading
+def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """A state dict from ``.th``/``.pth``/``.pt``/``.bin`` (``torch.load(weights_only=True)``) or ``.safetensors``.
+
+    Unwraps ``{'model': ...}`` (the official format, which also carries ``'config'``), ``{'state_dict': ...}``
+    and ``{'module': ...}``. Raises :class:`DataError` (one line) for anything that is not a state dict.
+    """
+    from grainvl.train.checkpoint import load_model_safetensors
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        try:
+            loaded: Any = load_model_safetensors(path)
+        except Exception as error:  # safetensors raises its own error types for corrupt headers
+            raise DataError(path, None, f"not a safetensors file ({_first_line(error)})") from None
+    else:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # UnpicklingError, RuntimeError (zip), EOFError ...: all mean "not loadable"
+            raise DataError(
+                path, None, f"not a checkpoint torch.load(weights_only=True) can read ({_first_line(error)})"
+            ) from None
+    state = _unwrap(loaded)
+    if not isinstance(state, Mapping) or not state:
+        raise DataError(
+            path, None, f"expected a state dict (or {{'model': state_dict}}), found {type(loaded).__name__}"
+        )
+    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise DataError(path, None, f"not a state dict: entries {bad[:5]} are not tensors")
+    return dict(state)
+
+
+def _unwrap(loaded: Any) -> Any:
+    for key in ("model", "state_dict", "module"):
+        if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
+            return loaded[key]
+    return loaded
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
+
+
+def read_official_config(path: str | Path) -> dict[str, Any]:
+    """An official ``configs/*.yaml`` (pre-training or fine-tuning) as a dict."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise DataError(path, None, f"not valid YAML ({_first_line(error)})") from None
+    if not isinstance(data, dict):
+        raise DataError(path, None, "an official config must be a YAML mapping")
+    return data
+
+
+def read_json_config(path: str | Path) -> dict[str, Any]:
+    """A BERT/RoBERTa ``config.json`` (or X-VLM ``configs/config_bert.json``) as a dict."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(path, f"line {error.lineno}", f"not valid JSON ({error.msg})") from None
+    if not isinstance(data, dict):
+        raise DataError(path, None, "a config.json must hold a JSON object")
+    return data
+
+
+# =============================================================================================== official: detection
+def detect_vision_variant(state: Mapping[str, Tensor], source: str = "checkpoint") -> str:
+    """``"beit2"`` or ``"vit"`` (X-VLM's DeiT); raises :class:`UnsupportedVariant` for Swin / CLIP-ViT."""
+    keys = [k for k in state if k.startswith("vision_encoder.")]
+    if not keys:
+        raise ConversionError(source, ["no vision_encoder.* keys: not an official X-VLM/X²-VLM/CCLM checkpoint"])
+    if any(k.startswith("vision_encoder.layers.") for k in keys):
+        raise UnsupportedVariant(
+            source,
+            [
+                "Swin vision encoder (vision_encoder.layers.N.blocks.M.*, X-VLM v1 / CCLM use_swin) is not supported: "
+                "grainvl has no shifted-window tower, so the converted model could not compute the same outputs"
+            ],
+        )
+    if any(k.startswith(("vision_encoder.class_embedding", "vision_encoder.pre_layrnorm")) for k in keys):
+        raise UnsupportedVariant(
+            source,
+            [
+                "CLIP-ViT vision encoder (vision_encoder.class_embedding/pre_layrnorm, use_clip_vit) is not supported: "
+                "grainvl's ViT has no pre-LayerNorm, QuickGELU or bias-free patch embedding"
+            ],
+        )
+    if any(k.endswith("attn.q_bias") or k.endswith("relative_position_bias_table") for k in keys):
+        return "beit2"
+    if "vision_encoder.pos_embed" in state and any(k.endswith("attn.qkv.bias") for k in keys):
+        return "vit"
+    raise ConversionError(source, ["vision_encoder.* matches none of BEiT-v2, DeiT-ViT, Swin, CLIP-ViT"])
+
+
+def detect_text_layout(state: Mapping[str, Tensor]) -> str:
+    """``"cclm"`` (cross_encoder.*), ``"pretrain"`` (text_encoder.bert.*), ``"roberta"`` (text_encoder.roberta.*)
+    or ``"finetune"`` (text_encoder.embeddings.* / encoder.*)."""
+    if any(k.startswith("cross_encoder.") for k in state):
+        return "cclm"
+    if any(k.startswith("text_encoder.bert.") for k in state):
+        return "pretrain"
+    if any(k.startswith("text_encoder.roberta.") for k in state):
+        return "roberta"
+    return "finetune"
+
+
+# =============================================================================================== official: key maps
+_LM_HEAD_MAP = {  # RobertaForMaskedLM's lm_head -> BERT's cls.predictions (same computation)
+    "dense.": "predictions.transform.dense.",
+    "layer_norm.": "predictions.transform.LayerNorm.",
+    "decoder.": "predictions.decoder.",
+    "bias": "predictions.bias",
+}
+
+
+def official_key_to_grainvl(key: str, layout: str) -> str | None:
+    """One official key -> its grainvl name (None: a derived buffer, recomputed instead)."""
+    if key.endswith(_DERIVED) and "relative_position_bias_table" not in key:
+        return None
+    if layout == "cclm":
+        for prefix in ("text_encoder.roberta.", "text_encoder.bert."):  # tolerated, as the official loader strips them
+            if key.startswith(prefix):
+                return "text_encoder." + key[len(prefix) :]
+        return key
+    if not key.startswith("text_encoder."):
+        return key
+    rest = key[len("text_encoder.") :]
+    if layout == "pretrain":
+        return key
+    if layout == "roberta":
+        if rest.startswith("roberta."):
+            return "text_encoder.bert." + rest[len("roberta.") :]
+        if rest.startswith("lm_head."):
+            tail = rest[len("lm_head.") :]
+            for old, new in _LM_HEAD_MAP.items():
+                if tail.startswith(old):
+                    return "text_encoder.cls." + new + tail[len(old) :]
+        return key
+    return "text_encoder.bert." + rest  # fine-tuning layout: BertModel without the bert. prefix
+
+
+def grainvl_key_to_official(key: str, layout: str) -> str | None:
+    """The inverse of :func:`official_key_to_grainvl` for ``layout`` in pretrain / finetune / cclm / roberta."""
+    if layout in ("pretrain", "cclm") or not key.startswith("text_encoder."):
+        return key
+    rest = key[len("text_encoder.") :]
+    if layout == "finetune":
+        return None if rest.startswith("cls.") else "text_encoder." + rest[len("bert.") :]
+    if rest.startswith("bert."):
+        return "text_encoder.roberta." + rest[len("bert.") :]
+    tail = rest[len("cls.") :]
+    for old, new in _LM_HEAD_MAP.items():
+        if tail.startswith(new):
+            return "text_encoder.lm_head." + old + tail[len(new) :]
+    raise ValueError(f"no official RoBERTa name for {key}")
+
+
+def _layer_numbers(state: Mapping[str, Tensor], prefix: str) -> list[int]:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return sorted({int(m.group(1)) for k in state if (m := pattern.match(k))})
+
+
+# =============================================================================================== official: configs
+def official_config(
+    state: Mapping[str, Tensor],
+    fmt: str,
+    yaml_config: Mapping[str, Any] | None = None,
+    text_config: Mapping[str, Any] | None = None,
+    name: str = "converted",
+    source: str = "checkpoint",
+    notes: list[str] | None = None,
+) -> XVLMConfig:
+    """The :class:`XVLMConfig` of an official checkpoint (keys already in grainvl names).
+
+    Shapes come from the weights; the official YAML supplies ``image_res`` (resolution to convert
+    to; position tables are resized), ``max_tokens``, ``text_encoder`` (``'roberta'`` in the path ->
+    RoBERTa/XLM-R positions, as the official code decides) and is checked against the weights for
+    ``patch_size``, ``text_num_hidden_layers``, ``text_fusion_start_at``, ``cross_num_hidden_layers``
+    and ``embed_dim``. The BERT JSON supplies heads, vocabulary, epsilons and dropouts; without it
+    heads are ``hidden // 64`` (every released model) and the assumption is recorded in ``notes``.
+    """
+    notes = notes if notes is not None else []
+    yaml_config = dict(yaml_config or {})
+    problems: list[str] = []
+    vision = _vision_config_from_state(state, yaml_config, problems, notes)
+    text = _text_config_from_state(state, fmt, yaml_config, text_config, vision.width, problems, notes)
+    embed_dim = (
+        int(state["vision_proj.weight"].shape[0])
+        if "vision_proj.weight" in state
+        else yaml_config.get("embed_dim", 256)
+    )
+    if "embed_dim" in yaml_config and yaml_config["embed_dim"] != embed_dim:
+        problems.append(f"config embed_dim {yaml_config['embed_dim']} != vision_proj rows {embed_dim}")
+    frame = state.get("absolute_frame_pos_embed")
+    if problems:
+        raise ConversionError(source, problems)
+    vocab_is_bert_uncased = text.vocab_size == 30522 and not text.roberta_positions
+    if not vocab_is_bert_uncased:
+        notes.append(f"vocabulary of {text.vocab_size}: pass the matching tokenizer folder (tokenizer set to '')")
+    return XVLMConfig(
+        name=name,
+        vision=vision,
+        text=text,
+        embed_dim=embed_dim,
+        temp=float(state["temp"]) if "temp" in state else float(yaml_config.get("temp", 0.07)),
+        frame_len=int(frame.shape[1]) if frame is not None else int(yaml_config.get("frame_len", 3)),
+        add_frame_pos=frame is not None,
+        video_encoding="avgpool",
+        text_init=None,
+        # bert-base-uncased's WordPiece vocabulary is the packaged MiniLM's (same 30522 entries).
+        tokenizer="minilm" if vocab_is_bert_uncased else "",
+        max_tokens=int(yaml_config.get("max_tokens", 40)),
+    )
+
+
+def _vision_config_from_state(
+    state: Mapping[str, Tensor], yaml_config: dict[str, Any], problems: list[str], notes: list[str]
+) -> VisionConfig:
+    patch_weight = state["vision_encoder.patch_embed.proj.weight"]  # (D, 3, P, P)
+    width, patch = int(patch_weight.shape[0]), int(patch_weight.shape[-1])
+    depth = len(_layer_numbers(state, "vision_encoder.blocks."))
+    mlp_ratio = state["vision_encoder.blocks.0.mlp.fc1.weight"].shape[0] / width
+    if "patch_size" in yaml_config and yaml_config["patch_size"] != patch:
+        problems.append(f"config patch_size {yaml_config['patch_size']} != checkpoint patch size {patch}")
+    table = state.get("vision_encoder.blocks.0.attn.relative_position_bias_table")
+    if table is not None:  # BEiT-v2: heads and the trained grid are in the relative position table
+        heads = int(table.shape[1])
+        grid = (math.isqrt(int(table.shape[0]) - 3) + 1) // 2
+        init = 0.1 if "vision_encoder.blocks.0.gamma_1" in state else 0.0
+        kind, drop_path = "beit2", 0.1
+    else:  # X-VLM's DeiT-B/16: 12 heads of 64
+        heads, grid, init, kind, drop_path = (
+            width // 64,
+            math.isqrt(state["vision_encoder.pos_embed"].shape[1] - 1),
+            0.0,
+            "vit",
+            0.0,
+        )
+        notes.append(f"ViT heads inferred as width/64 = {heads}")
+    resolution = int(yaml_config.get("image_res", grid * patch))
+    if resolution != grid * patch:
+        notes.append(f"vision position tables resized from {grid * patch} to {resolution} px")
+    return VisionConfig(kind, resolution, patch, width, depth, heads, mlp_ratio, drop_path, init)
+
+
+def _text_config_from_state(
+    state: Mapping[str, Tensor],
+    fmt: str,
+    yaml_config: dict[str, Any],
+    hf: Mapping[str, Any] | None,
+    vision_width: int,
+    problems: list[str],
+    notes: list[str],
+) -> TextConfig:
+    cross = any(k.startswith("cross_encoder.") for k in state)
+    if cross != (fmt == "official-cclm"):
+        problems.append(f"format {fmt} but the checkpoint {'has' if cross else 'has no'} cross_encoder.* keys")
+    bert = "text_encoder." if cross else "text_encoder.bert."
+    words = state.get(bert + "embeddings.word_embeddings.weight")
+    if words is None:
+        problems.append(f"no {bert}embeddings.word_embeddings.weight")
+        return TextConfig()
+    num_layers = len(_layer_numbers(state, bert + "encoder.layer."))
+    fused = [
+        i
+        for i in _layer_numbers(state, bert + "encoder.layer.")
+        if f"{bert}encoder.layer.{i}.crossattention.self.query.weight" in state
+    ]
+    fusion_start = num_layers if cross else (fused[0] if fused else num_layers)
+    cross_layers = len(_layer_numbers(state, "cross_encoder.encoder.layer.")) if cross else 0
+    path_says_roberta = "roberta" in str(yaml_config.get("text_encoder", "")) or bool(yaml_config.get("use_roberta"))
+    hf_says_roberta = hf is not None and hf.get("model_type") in ("roberta", "xlm-roberta")
+    keys_say_roberta = any(k.startswith("text_encoder.roberta.") for k in state)
+    roberta = (
+        path_says_roberta
+        or hf_says_roberta
+        or keys_say_roberta
+        or (cross and hf is None and "text_encoder" not in yaml_config)
+    )
+    if cross and roberta and not (path_says_roberta or hf_says_roberta):
+        notes.append(
+            "CCLM text encoder assumed XLM-R (RoBERTa positions, pad 1, eps 1e-5) as every released CrossViewLM"
+        )
+    for key, expected in (("text_num_hidden_layers", num_layers), ("cross_num_hidden_layers", cross_layers)):
+        if key in yaml_config and yaml_config[key] != expected and (cross or key == "text_num_hidden_layers"):
+            problems.append(f"config {key} {yaml_config[key]} != {expected} layers in the checkpoint")
+    declared = yaml_config.get("text_fusion_start_at", (hf or {}).get("fusion_layer"))
+    if not cross and declared is not None and declared != fusion_start:
+        problems.append(
+            f"config fusion start {declared} != first cross-attention layer {fusion_start} in the checkpoint"
+        )
+    hidden = int(words.shape[1])
+    values: dict[str, Any] = {
+        "vocab_size": int(words.shape[0]),
+        "hidden_size": hidden,
+        "num_heads": hidden // 64,
+        "intermediate_size": int(state[f"{bert}encoder.layer.0.intermediate.dense.weight"].shape[0]),
+        "max_position_embeddings": int(state[bert + "embeddings.position_embeddings.weight"].shape[0]),
+        "type_vocab_size": int(state[bert + "embeddings.token_type_embeddings.weight"].shape[0]),
+        "layer_norm_eps": 1e-5 if roberta else 1e-12,
+        "pad_token_id": 1 if roberta else 0,
+        "roberta_positions": roberta,
+    }
+    if hf is not None:
+        from_hf = TextConfig.from_hf_config(dict(hf), num_layers=num_layers)
+        values.update(
+            {
+                k: getattr(from_hf, k)
+                for k in ("num_heads", "layer_norm_eps", "hidden_dropout", "attention_dropout", "initializer_range")
+            }
+        )
+        values["pad_token_id"] = from_hf.pad_token_id
+        values["roberta_positions"] = from_hf.roberta_positions or roberta
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+            if getattr(from_hf, key) != values[key]:
+                problems.append(f"text config {key} {getattr(from_hf, key)} != checkpoint {values[key]}")
+    else:
+        notes.append(f"text heads inferred as hidden/64 = {hidden // 64} (pass --text-config to set them)")
+    return TextConfig(
+        num_layers=num_layers,
+        fusion_start=fusion_start,
+        encoder_width=vision_width,
+        layout="cross" if cross else "single",
+        cross_layers=cross_layers,
+        drop_path_rate=float(yaml_config.get("text_drop_path_rate", 0.0)),
+        cross_drop_path_rate=float(yaml_config.get("cross_drop_path_rate", 0.0)),
+        **values,
+    )
+
+
+# =============================================================================================== official -> grainvl
+def load_official(
+    checkpoint: str | Path | Mapping[str, Tensor],
+    fmt: str = "official-x2vlm",
+    config: str | Path | Mapping[str, Any] | None = None,
+    text_config: str | Path | Mapping[str, Any] | None = None,
+    strict: bool = True,
+    name: str = "converted",
+) -> tuple[XVLM, ConversionReport]:
+    """An official checkpoint (file or state dict) as a grainvl :class:`XVLM` in eval mode, plus the report.
+
+    ``config``: the official YAML (path or dict); ``text_config``: the BERT/RoBERTa ``config.json``.
+    Strict: any missing, unexpected or mis-shaped key raises :class:`ConversionError` naming all of them.
+    """
+    if fmt not in OFFICIAL_FORMATS:
+        raise ValueError(f"format must be one of {OFFICIAL_FORMATS}, got {fmt!r}")
+    source = str(checkpoint) if isinstance(checkpoint, (str, Path)) else "state dict"
+    raw = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else dict(checkpoint)
+    yaml_config = read_official_config(config) if isinstance(config, (str, Path)) else config
+    hf_config = read_json_config(text_config) if isinstance(text_config, (str, Path)) else text_config
+    _refuse_unsupported_config(yaml_config or {}, str(config) if isinstance(config, (str, Path)) else "config")
+    detect_vision_variant(raw, source)
+    layout = detect_text_layout(raw)
+    report = ConversionReport(source=source, format=fmt, layout=layout)
+    state = {}
+    for key, value in raw.items():
+        new = official_key_to_grainvl(key, layout)
+        if new is not None:
+            state[new] = value
+    model_config = official_config(state, fmt, yaml_config, hf_config, name, source, report.notes)
+    model = XVLM(model_config).eval()
+    load_into(model, state, report, strict)
+    return model, report
+
+
+def _refuse_unsupported_config(yaml_config: Mapping[str, Any], source: str) -> None:
+    """An official YAML that selects Swin or CLIP-ViT is refused before any weight is read."""
+    for flag, name in (("use_swin", "Swin"), ("use_swin_v2", "Swin-v2"), ("use_clip_vit", "CLIP-ViT")):
+        if yaml_config.get(flag):
+            raise UnsupportedVariant(
+                source, [f"{flag}: True selects a {name} vision encoder, which no grainvl tower can represent"]
+            )
+
+
+def load_into(model: nn.Module, state: dict[str, Tensor], report: ConversionReport, strict: bool) -> None:
+    """Load grainvl-named ``state`` into ``model`` after checking every key and shape (see module doc)."""
+    own = model.state_dict()
+    state = _resize_positions(state, own, report)
+    tied = _tied_aliases(model)
+    for alias, target in tied.items():
+        if alias in state and target in state and not torch.equal(state[alias], state[target]):
+            report.mismatched.append(f"{alias}: differs from {target}, which grainvl ties it to")
+        elif alias in state and target not in state:
+            state[target] = state[alias]
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            report.mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}")
+    derived = {k for k in own if k.endswith(_DERIVED)}
+    report.missing = sorted(k for k in own if k not in state and k not in tied and k not in derived)
+    report.unexpected = sorted(k for k in state if k not in own)
+    report.check(strict)
+    loadable = {k: v for k, v in state.items() if k in own and k not in tied}
+    model.load_state_dict(loadable, strict=False)
+
+
+def _tied_aliases(model: nn.Module) -> dict[str, str]:
+    """``alias -> parameter name`` for parameters reachable under two names (the tied MLM decoder)."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return aliases
+
+
+def _resize_positions(
+    state: dict[str, Tensor], own: Mapping[str, Tensor], report: ConversionReport
+) -> dict[str, Tensor]:
+    """Interpolate relative position tables / ``pos_embed`` whose grid differs from the model's."""
+    out = dict(state)
+    for key, value in state.items():
+        target = own.get(key)
+        if target is None or target.shape == value.shape:
+            continue
+        if key.endswith("relative_position_bias_table") and value.dim() == 2 and value.shape[1] == target.shape[1]:
+            old = (math.isqrt(value.shape[0] - 3) + 1) // 2
+            new = (math.isqrt(target.shape[0] - 3) + 1) // 2
+            out[key] = interpolate_rel_pos_bias(value, old, new)
+            report.resized.append(f"{key}: {old}x{old} -> {new}x{new} grid")
+        elif key.endswith("pos_embed") and value.dim() == 3 and value.shape[-1] == target.shape[-1]:
+            patch = own[key.replace("pos_embed", "patch_embed.proj.weight")].shape[-1]
+            side = math.isqrt(target.shape[1] - 1)
+            out.update({key: resize_state_dict({"pos_embed": value}, side * patch, patch)["pos_embed"]})
+            report.resized.append(f"{key}: {value.shape[1]} -> {target.shape[1]} positions")
+    return out
+
+
+# =============================================================================================== grainvl -> official
+def to_official(model: XVLM, fmt: str = "official-x2vlm", layout: str = "pretrain") -> dict[str, Tensor]:
+    """The state dict the official code builds for this model (key for key, derived buffers included).
+
+    ``layout``: ``"pretrain"`` (``text_encoder.bert.*`` + ``text_encoder.cls.*``, official
+    ``model_pretrain.XVLM``) or ``"finetune"`` (``text_encoder.*``, no MLM head); CCLM models always
+    use the CrossViewLM layout. Tied tensors are stored under both names, as ``state_dict()`` does.
+    """
+    if fmt not in OFFICIAL_FORMATS:
+        raise ValueError(f"format must be one of {OFFICIAL_FORMATS}, got {fmt!r}")
+    cross = model.config.text.layout == "cross"
+    if cross != (fmt == "official-cclm"):
+        raise ValueError(f"a model with text layout {model.config.text.layout!r} cannot be written as {fmt}")
+    if model.config.vision.kind not in ("beit2", "vit") or model.config.video_encoding != "avgpool":
+        raise ValueError("only BEiT-v2 / ViT towers with 'avgpool' video encoding have an official layout")
+    if layout not in ("pretrain", "finetune", "roberta"):
+        raise ValueError(f"layout must be pretrain, finetune or roberta, got {layout!r}")
+    if layout == "roberta" and not model.config.text.roberta_positions:
+        raise ValueError("layout 'roberta' (text_encoder.roberta.*) needs a text tower with RoBERTa positions")
+    layout = "cclm" if cross else layout
+    out: dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        new = grainvl_key_to_official(key, layout)
+        if new is not None:
+            out[new] = value.detach().clone()
+    embeddings = (
+        "text_encoder.embeddings."
+        if layout in ("cclm", "finetune")
+        else ("text_encoder.roberta.embeddings." if layout == "roberta" else "text_encoder.bert.embeddings.")
+    )
+    out[embeddings + "position_ids"] = torch.arange(model.config.text.max_position_embeddings)[None]
+    return out
+
+
+def to_official_config(config: XVLMConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(official YAML keys, BERT/RoBERTa ``config.json``) describing ``config``: the inverse of :func:`official_config`.
+
+    The YAML holds the model keys of ``configs/pretrain/*.yaml`` (data and optimiser keys are the
+    user's); ``text_encoder`` is a placeholder path whose name carries ``roberta`` when the official
+    code must build RoBERTa/XLM-R embeddings. The JSON carries X-VLM's ``fusion_layer`` and
+    ``encoder_width`` as ``configs/config_bert.json`` does.
+    """
+    text, vision = config.text, config.vision
+    roberta = text.roberta_positions
+    yaml_config: dict[str, Any] = {
+        "use_beit_v2": vision.kind == "beit2",
+        "use_swin": False,
+        "use_clip_vit": False,
+        "vision_config": f"configs/config_{vision.kind}_{vision.width}.json",
+        "image_res": vision.resolution,
+        "patch_size": vision.patch_size,
+        "text_encoder": "data/xlm-roberta" if roberta else "data/bert-base-uncased",
+        "text_num_hidden_layers": text.num_layers,
+        "embed_dim": config.embed_dim,
+        "temp": config.temp,
+        "max_tokens": config.max_tokens,
+        "max_words": config.max_tokens,
+    }
+    if text.layout == "cross":
+        yaml_config.update(model_type="CrossViewLM", cross_encoder="data/bert-base-uncased")
+        yaml_config["cross_num_hidden_layers"] = text.cross_layers
+    else:
+        yaml_config["text_fusion_start_at"] = text.fusion_start
+    if config.add_frame_pos:
+        yaml_config.update(frame_len=config.frame_len, add_frame_pos=True, video_encoding=config.video_encoding)
+    bert = {
+        "architectures": ["XLMRobertaForMaskedLM" if roberta else "BertForMaskedLM"],
+        "model_type": "xlm-roberta" if roberta else "bert",
+        "vocab_size": text.vocab_size,
+        "hidden_size": text.hidden_size,
+        "num_hidden_layers": text.num_layers,
+        "num_attention_heads": text.num_heads,
+        "intermediate_size": text.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": text.hidden_dropout,
+        "attention_probs_dropout_prob": text.attention_dropout,
+        "max_position_embeddings": text.max_position_embeddings,
+        "type_vocab_size": text.type_vocab_size,
+        "initializer_range": text.initializer_range,
+        "layer_norm_eps": text.layer_norm_eps,
+        "pad_token_id": text.pad_token_id,
+        "fusion_layer": text.fusion_start,
+        "encoder_width": text.encoder_width,
+    }
+    return yaml_config, bert
+
+
+def save_official(model: XVLM, path: str | Path, fmt: str = "official-x2vlm", layout: str = "pretrain") -> Path:
+    """Write ``{'model': state_dict}`` (``.th``/``.pth``: what ``torch.load`` + the official loader read) or a
+    safetensors file (by suffix), atomically, plus ``<stem>.yaml`` and ``<stem>_config_bert.json``
+    (:func:`to_official_config`) next to it."""
+    import yaml
+
+    from grainvl.data.formats._io import atomic_write_text
+    from grainvl.train.checkpoint import _atomic_file, save_model_safetensors
+
+    path = Path(path)
+    state = to_official(model, fmt, layout)
+    yaml_config, bert = to_official_config(model.config)
+    atomic_write_text(path.with_suffix(".yaml"), yaml.safe_dump(yaml_config, sort_keys=False))
+    atomic_write_text(path.with_name(path.stem + "_config_bert.json"), json.dumps(bert, indent=2))
+    if path.suffix == ".safetensors":
+        save_model_safetensors(path, state)
+        return path
+    with _atomic_file(path) as tmp:
+        torch.save({"model": state}, tmp)
+    return path
+
+
+# =============================================================================================== Hugging Face towers
+_HF_BERT_IGNORED = ("pooler.", "cls.", "lm_head.", "classifier.", "qa_outputs.")
+_HF_SHARED_TABLE = "encoder.relative_position_bias.relative_position_bias_table"  # BEiT's shared table
+_HF_VISION_IGNORED = ("pooler.dense.", "classifier.", "lm_head.", "embeddings.mask_token", "decoder.")
+
+
+def load_hf_tower(
+    fmt: str, folder: str | Path, strict: bool = True
+) -> tuple[nn.Module, TextConfig | VisionConfig, ConversionReport]:
+    """A Hugging Face folder (``config.json`` + weights) as a grainvl tower in eval mode.
+
+    ``hf-bert`` / ``hf-xlmr`` -> :class:`BertEncoderModel` (pooler and heads ignored, listed);
+    ``hf-vit`` -> ``PlainViT``; ``hf-beit`` -> ``BeitV2`` (needs ``use_mean_pooling`` and no absolute
+    position embedding; a shared relative position table is copied into every block, as the official
+    BEiT-v2 loader does). q/k/v are fused into ``qkv``.
+    """
+    if fmt not in HF_FORMATS:
+        raise ValueError(f"format must be one of {HF_FORMATS}, got {fmt!r}")
+    folder = Path(folder)
+    hf_config = read_json_config(folder)
+    report = ConversionReport(source=str(folder), format=fmt)
+    raw = read_hf_state_dict(folder)
+    builders: dict[str, Callable[..., tuple[nn.Module, Any, dict[str, Tensor]]]] = {
+        "hf-bert": _hf_text,
+        "hf-xlmr": _hf_text,
+        "hf-vit": _hf_vision,
+        "hf-beit": _hf_vision,
+    }
+    module, config, state = builders[fmt](fmt, hf_config, raw, report)
+    load_into(module, state, report, strict)
+    return module.eval(), config, report
+
+
+def _hf_text(
+    fmt: str, hf: dict[str, Any], raw: dict[str, Tensor], report: ConversionReport
+) -> tuple[nn.Module, TextConfig, dict[str, Tensor]]:
+    model_type = hf.get("model_type")
+    wanted = ("bert",) if fmt == "hf-bert" else ("xlm-roberta", "roberta")
+    if model_type not in wanted:
+        raise ConversionError(
+            report.source, [f"config.json model_type {model_type!r} is not {' or '.join(wanted)} (format {fmt})"]
+        )
+    config = TextConfig.from_hf_config(hf)
+    state, other = normalise_hf_bert_keys(raw)
+    report.ignored = sorted(
+        k for k in other if k.startswith(_HF_BERT_IGNORED) or k.split(".", 1)[-1].startswith(_HF_BERT_IGNORED)
+    )
+    report.unexpected = sorted(set(other) - set(report.ignored))
+    for key in report.unexpected:
+        state[key] = raw[key]  # reported by load_into
+    return BertEncoderModel(config), config, state
+
+
+def _strip_prefix(raw: Mapping[str, Tensor], prefixes: tuple[str, ...]) -> dict[str, Tensor]:
+    out = {}
+    for key, value in raw.items():
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                break
+        out[key] = value
+    return out
+
+
+def _hf_vision(
+    fmt: str, hf: dict[str, Any], raw: dict[str, Tensor], report: ConversionReport
+) -> tuple[nn.Module, VisionConfig, dict[str, Tensor]]:
+    beit = fmt == "hf-beit"
+    expected_type = "beit" if beit else "vit"
+    problems = []
+    if hf.get("model_type") != expected_type:
+        problems.append(f"config.json model_type {hf.get('model_type')!r} is not {expected_type!r}")
+    if hf.get("hidden_act", "gelu") != "gelu":
+        problems.append(f"hidden_act {hf.get('hidden_act')!r}: only exact 'gelu' is supported")
+    if hf.get("num_channels", 3) != 3:
+        problems.append("only 3-channel images are supported")
+    if beit and hf.get("use_absolute_position_embeddings", False):
+        problems.append("use_absolute_position_embeddings: grainvl's BEiT tower has relative position bias only")
+    if beit and not hf.get("use_mean_pooling", True):
+        problems.append("use_mean_pooling=False: grainvl's BEiT tower always reads fc_norm(patches) (pooler.layernorm)")
+    if not beit and not hf.get("qkv_bias", True):
+        problems.append("qkv_bias=False is not supported by the ViT tower")
+    if problems:
+        raise ConversionError(report.source, problems)
+    width = hf["hidden_size"]
+    config = VisionConfig(
+        kind="beit2" if beit else "vit",
+        resolution=int(hf["image_size"]),
+        patch_size=int(hf["patch_size"]),
+        width=width,
+        depth=hf["num_hidden_layers"],
+        heads=hf["num_attention_heads"],
+        mlp_ratio=hf["intermediate_size"] / width,
+        drop_path_rate=0.0,
+        init_values=float(hf.get("layer_scale_init_value", 0.1)) if beit else 0.0,
+        layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+    )
+    raw = _strip_prefix(raw, ("beit.", "vit."))
+    state: dict[str, Tensor] = {}
+    for key, value in raw.items():
+        new = _hf_vision_key(key, beit)
+        if new is None:
+            if key.startswith(_HF_VISION_IGNORED):
+                report.ignored.append(key)
+            elif not key.endswith("relative_position_index") and not (beit and key == _HF_SHARED_TABLE):
+                state[key] = value  # reported as unexpected
+        else:
+            state[new] = value
+    _fuse_qkv(state, config.depth, beit)
+    shared = raw.get(_HF_SHARED_TABLE)
+    if beit and shared is not None:
+        report.notes.append("shared relative position table copied into every block (official BEiT-v2 loader)")
+        for i in range(config.depth):
+            state[f"blocks.{i}.attn.relative_position_bias_table"] = shared.clone()
+    return build_vision_tower(config), config, state
+
+
+_HF_VISION_BLOCK = {
+    "layernorm_before.": "norm1.",
+    "layernorm_after.": "norm2.",
+    "attention.output.dense.": "attn.proj.",
+    "intermediate.dense.": "mlp.fc1.",
+    "output.dense.": "mlp.fc2.",
+    "lambda_1": "gamma_1",
+    "lambda_2": "gamma_2",
+    "attention.attention.relative_position_bias.relative_position_bias_table": "attn.relative_position_bias_table",
+    "attention.attention.query.": "attn.q.",  # fused into qkv by _fuse_qkv
+    "attention.attention.key.": "attn.k.",
+    "attention.attention.value.": "attn.v.",
+}
+
+
+def _hf_vision_key(key: str, beit: bool) -> str | None:
+    """Hugging Face ViT/BEiT on-disk name -> grainvl tower name (q/k/v kept apart for fusing)."""
+    fixed = {
+        "embeddings.cls_token": "cls_token",
+        "embeddings.position_embeddings": "pos_embed",
+        "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+        "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+        "layernorm.weight": "norm.weight",
+        "layernorm.bias": "norm.bias",
+        "pooler.layernorm.weight": "fc_norm.weight",
+        "pooler.layernorm.bias": "fc_norm.bias",
+    }
+    if key in fixed:
+        return fixed[key]
+    match = re.match(r"encoder\.layer\.(\d+)\.(.+)", key)
+    if not match:
+        return None
+    index, rest = match.groups()
+    for old, new in _HF_VISION_BLOCK.items():
+        if rest.startswith(old):
+            return f"blocks.{index}.{new}{rest[len(old) :]}"
+    return None
+
+
+def _fuse_qkv(state: dict[str, Tensor], depth: int, beit: bool) -> None:
+    """``attn.{q,k,v}.*`` -> ``attn.qkv.weight`` (+ ``qkv.bias`` for ViT, ``q_bias``/``v_bias`` for BEiT)."""
+    for i in range(depth):
+        p = f"blocks.{i}.attn."
+        names = [p + part + ".weight" for part in "qkv"]
+        if not all(n in state for n in names):
+            continue  # reported as missing qkv.weight
+        state[p + "qkv.weight"] = torch.cat([state.pop(n) for n in names])  # (3D, D)
+        if beit:
+            state[p + "q_bias"] = state.pop(p + "q.bias")
+            state[p + "v_bias"] = state.pop(p + "v.bias")
+            # BEiT has no key bias; a stray one would change nothing (softmax is shift-invariant per query).
+            stray = state.pop(p + "k.bias", None)
+            if stray is not None and stray.abs().max() > 0:
+                state[p + "k.bias"] = stray  # reported as unexpected
+        else:
+            state[p + "qkv.bias"] = torch.cat([state.pop(p + part + ".bias") for part in "qkv"])
+
+
+def to_hf_tower(
+    module: nn.Module, config: TextConfig | VisionConfig, fmt: str
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(state dict in the Hugging Face on-disk layout, ``config.json`` dict) of a grainvl tower.
+
+    Text towers export their text-only layers ``[0, fusion_start)`` (transformers' BertModel cannot
+    hold cross-attention in only some layers).
+    """
+    if fmt in ("hf-bert", "hf-xlmr"):
+        assert isinstance(config, TextConfig)
+        return _to_hf_text(module, config, fmt)
+    if fmt in ("hf-vit", "hf-beit"):
+        assert isinstance(config, VisionConfig)
+        if config.kind != ("beit2" if fmt == "hf-beit" else "vit"):
+            raise ValueError(f"a {config.kind!r} tower cannot be written as {fmt}")
+        return _to_hf_vision(module, config, fmt == "hf-beit")
+    raise ValueError(f"format must be one of {HF_FORMATS}, got {fmt!r}")
+
+
+def _to_hf_text(module: nn.Module, config: TextConfig, fmt: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    if (fmt == "hf-xlmr") != config.roberta_positions:
+        raise ValueError(f"{fmt} needs roberta_positions={fmt == 'hf-xlmr'}")
+    layers = config.fusion_start
+    state = {}
+    for key, value in module.state_dict().items():
+        match = re.match(r"encoder\.layer\.(\d+)\.", key)
+        if match and int(match.group(1)) >= layers:
+            continue
+        state[key] = value.detach().clone()
+    hf = {
+        "architectures": ["XLMRobertaModel" if fmt == "hf-xlmr" else "BertModel"],
+        "model_type": "xlm-roberta" if fmt == "hf-xlmr" else "bert",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": layers,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": config.hidden_dropout,
+        "attention_probs_dropout_prob": config.attention_dropout,
+        "max_position_embeddings": config.max_position_embeddings,
+        "type_vocab_size": config.type_vocab_size,
+        "initializer_range": config.initializer_range,
+        "layer_norm_eps": config.layer_norm_eps,
+        "pad_token_id": config.pad_token_id,
+        "position_embedding_type": "absolute",
+    }
+    return state, hf
+
+
+def _to_hf_vision(module: nn.Module, config: VisionConfig, beit: bool) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    inverse_fixed = {
+        "cls_token": "embeddings.cls_token",
+        "pos_embed": "embeddings.position_embeddings",
+        "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+        "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+        "norm.weight": "layernorm.weight",
+        "norm.bias": "layernorm.bias",
+        "fc_norm.weight": "pooler.layernorm.weight",
+        "fc_norm.bias": "pooler.layernorm.bias",
+    }
+    inverse_block = {v: k for k, v in _HF_VISION_BLOCK.items()}
+    state: dict[str, Tensor] = {}
+    for key, value in module.state_dict().items():
+        value = value.detach().clone()
+        if key in inverse_fixed:
+            state[inverse_fixed[key]] = value
+            continue
+        match = re.match(r"blocks\.(\d+)\.(.+)", key)
+        assert match, key
+        index, rest = match.groups()
+        head = f"encoder.layer.{index}."
+        if rest.endswith("relative_position_index"):
+            continue
+        if rest == "attn.qkv.weight":
+            for part, chunk in zip("qkv", value.chunk(3)):
+                state[head + inverse_block[f"attn.{part}."] + "weight"] = chunk.clone()
+        elif rest == "attn.qkv.bias":
+            for part, chunk in zip("qkv", value.chunk(3)):
+                state[head + inverse_block[f"attn.{part}."] + "bias"] = chunk.clone()
+        elif rest in ("attn.q_bias", "attn.v_bias"):
+            state[head + inverse_block[f"attn.{rest[5]}."] + "bias"] = value
+        else:
+            old = next(o for o in inverse_block if rest.startswith(o))
+            state[head + inverse_block[old] + rest[len(old) :]] = value
+    hf: dict[str, Any] = {
+        "architectures": ["BeitModel" if beit else "ViTModel"],
+        "model_type": "beit" if beit else "vit",
+        "image_size": config.resolution,
+        "patch_size": config.patch_size,
+        "num_channels": 3,
+        "hidden_size": config.width,
+        "num_hidden_layers": config.depth,
+        "num_attention_heads": config.heads,
+        "intermediate_size": int(config.width * config.mlp_ratio),
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "layer_norm_eps": config.layer_norm_eps,
+        "qkv_bias": True,
+    }
+    if beit:
+        hf.update(
+            use_absolute_position_embeddings=False,
+            use_relative_position_bias=True,
+            use_shared_relative_position_bias=False,
+            use_mean_pooling=True,
+            layer_scale_init_value=config.init_values,
+            drop_path_rate=0.0,
+        )
+    return state, hf
+
+
+def save_hf_tower(module: nn.Module, config: TextConfig | VisionConfig, fmt: str, folder: str | Path) -> Path:
+    """Write a Hugging Face folder (``config.json`` + ``model.safetensors``) that transformers loads."""
+    from grainvl.data.formats._io import atomic_write_text
+    from grainvl.train.checkpoint import save_model_safetensors
+
+    folder = Path(folder)
+    state, hf = to_hf_tower(module, config, fmt)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model_safetensors(folder / "model.safetensors", state)
+    atomic_write_text(folder / "config.json", json.dumps(hf, indent=2))
+    return folder
+
+
+# =============================================================================================== grainvl tower folders
+def save_tower(
+    module: nn.Module, config: TextConfig | VisionConfig, folder: str | Path, source_format: str = ""
+) -> Path:
+    """A grainvl tower folder: ``config.json`` (``{"grainvl_tower": "text"|"vision", "config": ...}``) + weights."""
+    from grainvl.data.formats._io import atomic_write_text
+    from grainvl.train.checkpoint import save_model_safetensors
+
+    folder = Path(folder)
+    kind = "text" if isinstance(config, TextConfig) else "vision"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model_safetensors(folder / "model.safetensors", module.state_dict())
+    payload = {TOWER_FILE_KEY: kind, "source_format": source_format, "config": dataclasses.asdict(config)}
+    atomic_write_text(folder / "config.json", json.dumps(payload, indent=2))
+    return folder
+
+
+def load_tower(folder: str | Path) -> tuple[nn.Module, TextConfig | VisionConfig]:
+    """Read a folder written by :func:`save_tower` (strict load)."""
+    from grainvl.train.checkpoint import load_model_safetensors
+
+    folder = Path(folder)
+    payload = read_json_config(folder)
+    kind = payload.get(TOWER_FILE_KEY)
+    if kind not in ("text", "vision"):
+        raise DataError(folder / "config.json", None, "not a grainvl tower folder (no 'grainvl_tower' entry)")
+    config: TextConfig | VisionConfig
+    if kind == "text":
+        config = TextConfig(**payload["config"])
+        module: nn.Module = BertEncoderModel(config)
+    else:
+        config = VisionConfig(**payload["config"])
+        module = build_vision_tower(config)
+    module.load_state_dict(load_model_safetensors(folder / "model.safetensors"), strict=True)
+    return module.eval(), config
+
+
+def model_tower(model: XVLM, fmt: str) -> tuple[nn.Module, TextConfig | VisionConfig]:
+    """The tower of a converted :class:`XVLM` that ``fmt`` (an ``hf-*`` format) describes."""
+    if fmt in ("hf-bert", "hf-xlmr"):
+        return model.bert, model.bert.config
+    return model.vision_encoder, model.config.vision
+
+
+__all__ = [
+    "FORMATS",
+    "HF_FORMATS",
+    "OFFICIAL_FORMATS",
+    "ConversionError",
+    "ConversionReport",
+    "UnsupportedVariant",
+    "detect_text_layout",
+    "detect_vision_variant",
+    "grainvl_key_to_official",
+    "load_hf_tower",
+    "load_official",
+    "load_tower",
+    "model_tower",
+    "official_config",
+    "official_key_to_grainvl",
+    "read_checkpoint",
+    "read_json_config",
+    "read_official_config",
+    "save_hf_tower",
+    "save_official",
+    "save_tower",
+    "to_hf_tower",
+    "to_official",
+    "to_official_config",
+]

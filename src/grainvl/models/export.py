@@ -1,0 +1,207 @@
+"""ONNX export of an :class:`~grainvl.models.xvlm.XVLM`, one graph per tower, validated with onnxruntime.
+
+Three graphs, tensor-only inputs, dynamic batch (and sequence) axes — the pieces a retrieval or
+matching service deploys separately (image features are indexed offline, text features per query,
+the fusion re-ranks the top-k):
+
+* ``image_encoder.onnx``: ``image (B, 3, R, R)`` -> ``image_embeds (B, 1+N, Dv)``, ``image_feat (B, E)``.
+  The resolution ``R`` is fixed (BEiT's relative position bias is traced at the model's grid).
+* ``text_encoder.onnx``: ``text_ids (B, L) int64``, ``text_atts (B, L) int64`` ->
+  ``text_embeds (B, L, H)``, ``text_feat (B, E)``.
+* ``fusion.onnx``: ``text_embeds (B, L, H)``, ``text_atts (B, L)``, ``image_embeds (B, N, Dv)``,
+  ``image_atts (B, N)`` -> ``fused (B, L, H)``, ``itm_logits (B, 2)`` (index 1 = match).
+
+Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)`` at opset 17. It works
+offline, is deterministic and handles SDPA with additive masks; the dynamo exporter also works on
+torch 2.13 but is several times slower on these graphs (see ``docs/interop.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from grainvl.data.formats._io import atomic_write_text
+from grainvl.models.xvlm import XVLM
+
+OPSET = 17
+TOLERANCE = 1e-4  # max abs difference accepted between onnxruntime and PyTorch
+
+
+class ImageTower(nn.Module):
+    """``image -> (image_embeds, image_feat)``."""
+
+    def __init__(self, model: XVLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        embeds = self.model.vision_encoder(image)  # (B, 1+N, Dv)
+        return embeds, self.model.image_feat(embeds)  # (B, E)
+
+
+class TextTower(nn.Module):
+    """``(text_ids, text_atts) -> (text_embeds, text_feat)``: the text-only layers."""
+
+    def __init__(self, model: XVLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, text_ids: Tensor, text_atts: Tensor) -> tuple[Tensor, Tensor]:
+        embeds = self.model.encode_text(text_ids, text_atts)  # (B, L, H)
+        return embeds, self.model.text_feat(embeds)  # (B, E)
+
+
+class FusionTower(nn.Module):
+    """``(text_embeds, text_atts, image_embeds, image_atts) -> (fused, itm_logits)``."""
+
+    def __init__(self, model: XVLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, text_embeds: Tensor, text_atts: Tensor, image_embeds: Tensor, image_atts: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        fused = self.model.fuse(text_embeds, text_atts, image_embeds, image_atts)  # (B, L, H)
+        return fused, self.model.itm_logits(fused)  # (B, 2)
+
+
+@dataclass
+class ExportResult:
+    """One exported graph and its onnxruntime check: ``max_abs_diff`` over all outputs of the check inputs."""
+
+    tower: str
+    path: Path
+    inputs: list[str]
+    outputs: list[str]
+    max_abs_diff: float
+    ok: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "path": str(self.path)}
+
+
+def example_inputs(model: XVLM, batch: int = 2, length: int = 7, seed: int = 0) -> dict[str, dict[str, Tensor]]:
+    """Per-tower example tensors (random images, ids in the vocabulary, masks with padding)."""
+    g = torch.Generator().manual_seed(seed)
+    res = model.config.vision.resolution
+    image = torch.randn(batch, 3, res, res, generator=g)
+    ids = torch.randint(5, min(model.config.text.vocab_size, 1000), (batch, length), generator=g)
+    atts = torch.ones(batch, length, dtype=torch.long)
+    atts[0, length - 2 :] = 0  # padding, so the exported mask path is exercised
+    ids = ids.masked_fill(atts == 0, model.config.text.pad_token_id)
+    with torch.no_grad():
+        image_embeds = model.vision_encoder(image)
+        text_embeds = model.encode_text(ids, atts)
+    image_atts = torch.ones(image_embeds.shape[:2], dtype=torch.long)
+    return {
+        "image_encoder": {"image": image},
+        "text_encoder": {"text_ids": ids, "text_atts": atts},
+        "fusion": {
+            "text_embeds": text_embeds,
+            "text_atts": atts,
+            "image_embeds": image_embeds,
+            "image_atts": image_atts,
+        },
+    }
+
+
+_OUTPUTS = {
+    "image_encoder": ["image_embeds", "image_feat"],
+    "text_encoder": ["text_embeds", "text_feat"],
+    "fusion": ["fused", "itm_logits"],
+}
+_DYNAMIC = {
+    "image": {0: "batch"},
+    "text_ids": {0: "batch", 1: "length"},
+    "text_atts": {0: "batch", 1: "length"},
+    "text_embeds": {0: "batch", 1: "length"},
+    "image_embeds": {0: "batch", 1: "tokens"},
+    "image_atts": {0: "batch", 1: "tokens"},
+    "image_feat": {0: "batch"},
+    "text_feat": {0: "batch"},
+    "fused": {0: "batch", 1: "length"},
+    "itm_logits": {0: "batch"},
+}
+
+
+def export_onnx(model: XVLM, out_dir: str | Path, check_batch: int = 3, check_length: int = 9) -> list[ExportResult]:
+    """Export the three graphs to ``out_dir`` and validate each with onnxruntime.
+
+    The graphs are traced at batch 2 / length 7 and checked at ``check_batch`` / ``check_length``
+    (different sizes, so the dynamic axes are really exercised). Writes ``export_report.json``.
+    Raises ``RuntimeError`` when an output differs from PyTorch by more than :data:`TOLERANCE`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    # The wrappers must be in eval mode too: the exporter restores each wrapper's mode recursively
+    # afterwards, so a wrapper left in training mode would switch dropout back on in the model.
+    towers = {
+        "image_encoder": ImageTower(model).eval(),
+        "text_encoder": TextTower(model).eval(),
+        "fusion": FusionTower(model).eval(),
+    }
+    trace = example_inputs(model)
+    check = example_inputs(model, batch=check_batch, length=check_length, seed=1)
+    results = []
+    for name, tower in towers.items():
+        path = out_dir / f"{name}.onnx"
+        inputs = trace[name]
+        _export_one(tower, inputs, path, _OUTPUTS[name])
+        diff = _max_abs_diff(tower, path, check[name])
+        results.append(ExportResult(name, path, list(inputs), _OUTPUTS[name], diff, diff <= TOLERANCE))
+    report = {"opset": OPSET, "tolerance": TOLERANCE, "towers": [r.to_dict() for r in results]}
+    atomic_write_text(out_dir / "export_report.json", json.dumps(report, indent=2))
+    bad = [f"{r.tower} ({r.max_abs_diff:.2e})" for r in results if not r.ok]
+    if bad:
+        raise RuntimeError(f"onnxruntime differs from PyTorch by more than {TOLERANCE}: {', '.join(bad)}")
+    return results
+
+
+def _export_one(tower: nn.Module, inputs: dict[str, Tensor], path: Path, outputs: list[str]) -> None:
+    names = list(inputs) + outputs
+    tmp = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer warnings
+        torch.onnx.export(
+            tower,
+            tuple(inputs.values()),
+            str(tmp),
+            input_names=list(inputs),
+            output_names=outputs,
+            dynamic_axes={n: _DYNAMIC[n] for n in names},
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    tmp.replace(path)
+
+
+def _max_abs_diff(tower: nn.Module, path: Path, inputs: dict[str, Tensor]) -> float:
+    """Run the graph in onnxruntime (CPU) and PyTorch on the same inputs -> max abs difference."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+    with torch.no_grad():
+        expected = tower(*inputs.values())
+    return max(float((torch.from_numpy(g) - e).abs().max()) for g, e in zip(got, expected))
+
+
+__all__ = [
+    "OPSET",
+    "TOLERANCE",
+    "ExportResult",
+    "FusionTower",
+    "ImageTower",
+    "TextTower",
+    "example_inputs",
+    "export_onnx",
+]
