@@ -326,7 +326,7 @@ def test_config_validation_and_bad_input() -> None:
     with pytest.raises(ValueError, match="pretrained"):
         VisionConfig(pretrained=True)
     with pytest.raises(ValueError, match="stride"):
-        VisionConfig(kind="efficientnet_lite0", patch_size=16)
+        VisionConfig(kind="efficientnet_lite0", patch_size=8)
     tower = build_vision_tower(beit2_tiny())
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         tower(torch.randn(2, 1, 32, 32))
@@ -514,3 +514,20 @@ def test_efficientnet_tokens_carry_their_grid_position() -> None:
     bigger = build_vision_tower(VisionConfig("efficientnet_lite0", 96, 32, 16, 0, 4, pretrained=False))
     bigger.load_state_dict(tower.state_dict())
     assert bigger.pos_embed.shape == (1, 9, 16)
+
+
+def test_efficientnet_stride16_grid_joins_fine_and_coarse_features() -> None:
+    """Stride 16: a 2x finer token grid whose coarse half equals the stride-32 head features, upsampled."""
+    torch.manual_seed(0)
+    coarse_cfg = dataclasses.replace(efficientnet_lite0(64, width=8, pretrained=False), drop_path_rate=0.0)
+    fine = build_vision_tower(dataclasses.replace(coarse_cfg, patch_size=16)).eval()
+    images = torch.randn(2, 3, 64, 64)
+    assert fine.grid(64) == (4, 4)
+    with torch.no_grad():
+        tokens = fine(images)  # (B, 1 + 16, 8)
+        head = fine.backbone.extract_features(images)  # (B, 1280, 2, 2): the package's own path
+        joined = fine._features(images, checkpointed=False)  # (B, 112 + 1280, 4, 4)
+    assert tokens.shape == (2, 17, 8)
+    coarse = joined[:, -head.shape[1] :]
+    assert torch.equal(coarse[..., ::2, ::2], head) and torch.equal(coarse[..., 1::2, 1::2], head)
+    assert fine.proj.in_features == joined.shape[1]

@@ -124,22 +124,29 @@ class Attention(nn.Module):
         qkv_bias: QkvBias = "full",
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        head_dim: int | None = None,
     ) -> None:
         super().__init__()
-        if dim % heads != 0:
+        if head_dim is None and (heads < 1 or dim % heads != 0):
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         if qkv_bias not in ("none", "qv", "full"):
             raise ValueError(f"qkv_bias must be 'none', 'qv' or 'full', got {qkv_bias!r}")
         self.num_heads = heads
-        self.head_dim = dim // heads
+        # ``head_dim`` given: a pruned block keeps the original head width with fewer (maybe 0) heads,
+        # so the attention's inner width ``heads * head_dim`` differs from ``dim``.
+        self.head_dim = dim // heads if head_dim is None else head_dim
+        inner = heads * self.head_dim
         self.qkv_bias_mode: QkvBias = qkv_bias
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias == "full")
+        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias == "full")
         if qkv_bias == "qv":
-            self.q_bias = nn.Parameter(torch.zeros(dim))
-            self.v_bias = nn.Parameter(torch.zeros(dim))
+            self.q_bias = nn.Parameter(torch.zeros(inner))
+            self.v_bias = nn.Parameter(torch.zeros(inner))
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(inner, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        # Distillation hook: when a list, each forward appends its attention probabilities
+        # (B, H, N, N) to it, computed explicitly; None (default) keeps the fused SDPA path.
+        self.attention_sink: list[Tensor] | None = None
 
     def _qkv_bias(self) -> Tensor | None:
         """The bias of the fused projection: ``(3D,)`` or None."""
@@ -168,17 +175,41 @@ class Attention(nn.Module):
         Returns:
             ``(B, N, D)``.
         """
-        batch, n_tokens, dim = x.shape
-        qkv = F.linear(x, self.qkv.weight, self._qkv_bias())  # (B, N, 3D)
+        batch, n_tokens, _ = x.shape
+        inner = self.num_heads * self.head_dim
+        if self.num_heads == 0:  # every head pruned away: the block only adds proj's bias
+            return self.proj_drop(self.proj(x.new_zeros(batch, n_tokens, 0)))
+        qkv = F.linear(x, self.qkv.weight, self._qkv_bias())  # (B, N, 3·inner)
         qkv = qkv.view(batch, n_tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
 
         mask = combine_masks(key_padding_mask, attn_bias, q.dtype)  # (B|1, H|1, N|1, N) or None
         dropout_p = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, H, N, hd)
+        if self.attention_sink is not None:
+            out = explicit_attention(q, k, v, mask, dropout_p, self.attention_sink)  # (B, H, N, hd)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, H, N, hd)
         out = apply_head_mask(out, head_mask)
-        out = out.transpose(1, 2).reshape(batch, n_tokens, dim)  # (B, N, D)
+        out = out.transpose(1, 2).reshape(batch, n_tokens, inner)  # (B, N, inner)
         return self.proj_drop(self.proj(out))
+
+
+def explicit_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float, sink: list[Tensor]
+) -> Tensor:
+    """Attention computed step by step so its probabilities can be kept (distillation); appends them to ``sink``.
+
+    Same result as :func:`torch.nn.functional.scaled_dot_product_attention` (up to rounding):
+    ``q`` ``(B, H, Nq, d)``, ``k``/``v`` ``(B, H, Nk, d)``, ``mask`` additive, broadcastable to
+    ``(B, H, Nq, Nk)``. The appended probabilities are post-softmax and pre-dropout, as the official
+    ``output_attentions`` returns them.
+    """
+    scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, H, Nq, Nk)
+    if mask is not None:
+        scores = scores + mask
+    probs = scores.softmax(dim=-1)
+    sink.append(probs)
+    return F.dropout(probs, dropout_p) @ v if dropout_p > 0 else probs @ v  # (B, H, Nq, d)
 
 
 def combine_masks(key_padding_mask: Tensor | None, attn_bias: Tensor | None, dtype: torch.dtype) -> Tensor | None:

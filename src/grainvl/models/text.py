@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from grainvl.models.layers import explicit_attention
+
 Mode = Literal["text", "fusion", "multimodal"]
 # Per-layer head multipliers: ``masks[i]`` is (H,) or (B, H) for layer i, or None (no masking).
 LayerHeadMasks = Tensor | Sequence[Tensor | None]
@@ -60,6 +62,12 @@ class TextConfig:
     cross_layers: int = 0  # layers of the separate cross encoder (layout "cross" only)
     roberta_positions: bool = False  # RoBERTa/XLM-R position ids (pads at pad_token_id, tokens from pad+1)
     initializer_range: float = 0.02
+    # Per-layer shapes of a pruned (shrunk) stack, layout "single" only; None = uniform. Heads keep
+    # their width ``hidden_size // num_heads``; a layer may have 0 heads or 0 FFN neurons.
+    # ``layer_cross_heads`` entries of layers without cross-attention are ignored (write 0).
+    layer_heads: list[int] | None = None
+    layer_cross_heads: list[int] | None = None
+    layer_intermediate: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.fusion_start is None:
@@ -75,6 +83,25 @@ class TextConfig:
                 "layout 'cross' needs a text encoder without cross-attention (fusion_start == num_layers, got "
                 f"{self.fusion_start} vs {self.num_layers}) and cross_layers >= 1 (got {self.cross_layers})"
             )
+        for name in ("layer_heads", "layer_cross_heads", "layer_intermediate"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            if self.layout != "single":
+                raise ValueError(f"{name} (a pruned stack) is only supported with layout 'single'")
+            if len(values) != self.num_layers or min(values, default=0) < 0:
+                raise ValueError(f"{name} must list {self.num_layers} non-negative numbers, got {values}")
+            if name != "layer_intermediate" and max(values, default=0) > self.num_heads:
+                raise ValueError(f"{name} {values} exceeds num_heads={self.num_heads}")
+
+    def layer_num_heads(self, index: int, cross: bool = False) -> int:
+        """Self- (or cross-) attention heads of layer ``index``."""
+        values = self.layer_cross_heads if cross else self.layer_heads
+        return self.num_heads if values is None else values[index]
+
+    def layer_ffn(self, index: int) -> int:
+        """FFN (intermediate) width of layer ``index``."""
+        return self.intermediate_size if self.layer_intermediate is None else self.layer_intermediate[index]
 
     @property
     def head_dim(self) -> int:
@@ -200,13 +227,20 @@ class BertEmbeddings(nn.Module):
         self.register_buffer("position_ids", torch.arange(config.max_position_embeddings)[None], persistent=False)
         self.register_load_state_dict_pre_hook(_drop_derived_buffers)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+    def forward(
+        self, input_ids: Tensor, token_type_ids: Tensor | None = None, position_ids: Tensor | None = None
+    ) -> Tensor:
+        """``position_ids`` (B, L) or (1, L) overrides the default numbering (UniLM-style generation
+        gives a ``[MASK]`` the position of the token it predicts, and decodes a suffix from position k)."""
         length = input_ids.shape[1]
         if length > self.config.max_position_embeddings:
             raise ValueError(
                 f"sequence length {length} exceeds max_position_embeddings {self.config.max_position_embeddings}"
             )
-        if self.config.roberta_positions:
+        if position_ids is not None:
+            if int(position_ids.max()) >= self.config.max_position_embeddings:
+                raise ValueError(f"position id {int(position_ids.max())} exceeds max_position_embeddings")
+        elif self.config.roberta_positions:
             # RoBERTa numbering: real tokens count up from pad+1, pads keep the pad position.
             real = input_ids.ne(self.config.pad_token_id).long()  # (B, L)
             position_ids = torch.cumsum(real, dim=1) * real + self.config.pad_token_id
@@ -232,15 +266,21 @@ class BertSelfAttention(nn.Module):
     the text itself for self-attention, vision tokens for cross-attention.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, kv_width: int, dropout: float) -> None:
+    def __init__(
+        self, hidden_size: int, num_heads: int, kv_width: int, dropout: float, head_dim: int | None = None
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.head_dim = hidden_size // num_heads
+        # ``head_dim`` given: a pruned layer keeps the original head width with fewer (maybe 0) heads.
+        self.head_dim = hidden_size // num_heads if head_dim is None else head_dim
         inner = num_heads * self.head_dim
         self.query = nn.Linear(hidden_size, inner)
         self.key = nn.Linear(kv_width, inner)
         self.value = nn.Linear(kv_width, inner)
         self.dropout = dropout
+        # Distillation hook: when a list, each forward appends its attention probabilities
+        # (B, heads, L, K) to it, computed explicitly; None (default) keeps the fused SDPA path.
+        self.attention_sink: list[Tensor] | None = None
 
     def _split_heads(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
@@ -250,11 +290,16 @@ class BertSelfAttention(nn.Module):
         self, hidden_states: Tensor, key_value_states: Tensor, mask: Tensor | None, head_mask: Tensor | None
     ) -> Tensor:
         """-> per-head contexts concatenated, (B, L, heads*d), before the output dense."""
+        if self.num_heads == 0:  # every head pruned away: nothing reaches the output dense
+            return hidden_states.new_zeros(*hidden_states.shape[:2], 0)
         q = self._split_heads(self.query(hidden_states))  # (B, h, L, d)
         k = self._split_heads(self.key(key_value_states))  # (B, h, K, d)
         v = self._split_heads(self.value(key_value_states))  # (B, h, K, d)
         p = self.dropout if self.training else 0.0
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, h, L, d)
+        if self.attention_sink is not None:
+            context = explicit_attention(q, k, v, mask, p, self.attention_sink)  # (B, h, L, d)
+        else:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, h, L, d)
         if head_mask is not None:
             # Scaling a head's context == scaling its attention probabilities (the official place).
             context = context * _head_multiplier(head_mask, self.num_heads).to(context.dtype)
@@ -279,10 +324,15 @@ class BertSelfOutput(nn.Module):
 class BertAttention(nn.Module):
     """``self`` (Q/K/V) + ``output`` (dense, LayerNorm): one attention sub-block."""
 
-    def __init__(self, config: TextConfig, kv_width: int, dropout: float, drop_path: float) -> None:
+    def __init__(
+        self, config: TextConfig, kv_width: int, dropout: float, drop_path: float, num_heads: int | None = None
+    ) -> None:
         super().__init__()
-        self.self = BertSelfAttention(config.hidden_size, config.num_heads, kv_width, config.attention_dropout)
-        self.output = BertSelfOutput(config.hidden_size, config, dropout, drop_path)
+        heads = config.num_heads if num_heads is None else num_heads
+        self.self = BertSelfAttention(
+            config.hidden_size, heads, kv_width, config.attention_dropout, head_dim=config.head_dim
+        )
+        self.output = BertSelfOutput(heads * config.head_dim, config, dropout, drop_path)
 
     def forward(
         self, hidden_states: Tensor, key_value_states: Tensor, mask: Tensor | None, head_mask: Tensor | None
@@ -292,9 +342,9 @@ class BertAttention(nn.Module):
 
 
 class BertIntermediate(nn.Module):
-    def __init__(self, config: TextConfig) -> None:
+    def __init__(self, config: TextConfig, width: int | None = None) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size if width is None else width)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.gelu(self.dense(x))  # exact (erf) GELU, BERT's "gelu"
@@ -303,14 +353,27 @@ class BertIntermediate(nn.Module):
 class BertLayer(nn.Module):
     """Self-attention -> [cross-attention to vision tokens] -> FFN, each with a post-LN residual."""
 
-    def __init__(self, config: TextConfig, has_cross_attention: bool, drop_path: float, dropout: float) -> None:
+    def __init__(
+        self,
+        config: TextConfig,
+        has_cross_attention: bool,
+        drop_path: float,
+        dropout: float,
+        index: int | None = None,
+    ) -> None:
+        """``index``: the layer's position in its stack, which picks its per-layer shape in a pruned config."""
         super().__init__()
-        self.attention = BertAttention(config, config.hidden_size, dropout, drop_path)
+        heads = None if index is None else config.layer_num_heads(index)
+        cross_heads = None if index is None else config.layer_num_heads(index, cross=True)
+        ffn = config.intermediate_size if index is None else config.layer_ffn(index)
+        self.attention = BertAttention(config, config.hidden_size, dropout, drop_path, num_heads=heads)
         self.crossattention = (
-            BertAttention(config, config.encoder_width, dropout, drop_path) if has_cross_attention else None
+            BertAttention(config, config.encoder_width, dropout, drop_path, num_heads=cross_heads)
+            if has_cross_attention
+            else None
         )
-        self.intermediate = BertIntermediate(config)
-        self.output = BertSelfOutput(config.intermediate_size, config, dropout, drop_path)
+        self.intermediate = BertIntermediate(config, ffn)
+        self.output = BertSelfOutput(ffn, config, dropout, drop_path)
 
     def forward(
         self,
@@ -344,7 +407,8 @@ class BertEncoder(nn.Module):
         # embeddings keep theirs, since they were built before the config was changed).
         dropout = 0.0 if config.drop_path_rate > 0 else config.hidden_dropout
         self.layer = nn.ModuleList(
-            BertLayer(config, i >= fusion_start, rate, dropout) for i, rate in enumerate(text_rates + fusion_rates)
+            BertLayer(config, i >= fusion_start, rate, dropout, index=i)
+            for i, rate in enumerate(text_rates + fusion_rates)
         )
         self.grad_checkpointing = False
 
@@ -440,6 +504,7 @@ class BertEncoderModel(nn.Module):
         token_type_ids: Tensor | None = None,
         head_mask: LayerHeadMasks | None = None,
         cross_head_mask: LayerHeadMasks | None = None,
+        position_ids: Tensor | None = None,
     ) -> Tensor:
         """-> last hidden states (B, L, H).
 
@@ -448,7 +513,8 @@ class BertEncoderModel(nn.Module):
         encoder_hidden_states (B, N, Dv) vision tokens with encoder_attention_mask (B, N) (or
         (B, L, N)); None skips cross-attention. head_mask / cross_head_mask: indexed by absolute
         layer number, each entry (H,) or (B, H) multiplying every head's context (pruning masks);
-        entries of layers that do not run or have no cross-attention are ignored.
+        entries of layers that do not run or have no cross-attention are ignored. position_ids (B, L)
+        overrides BERT's 0..L-1 numbering (modes "text"/"multimodal").
         """
         hidden, mask, encoder_mask, layers = self._prepare(
             input_ids,
@@ -458,6 +524,7 @@ class BertEncoderModel(nn.Module):
             encoder_attention_mask,
             inputs_embeds_for_fusion,
             token_type_ids,
+            position_ids,
         )
         states = self.encoder(hidden, mask, layers, encoder_hidden_states, encoder_mask, head_mask, cross_head_mask)
         return states[-1]
@@ -493,6 +560,7 @@ class BertEncoderModel(nn.Module):
         encoder_attention_mask: Tensor | None,
         inputs_embeds_for_fusion: Tensor | None,
         token_type_ids: Tensor | None,
+        position_ids: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None, range]:
         """-> (first states (B, L, H), additive text mask, additive vision mask, layers to run)."""
         layers = self.layer_range(mode)
@@ -503,7 +571,7 @@ class BertEncoderModel(nn.Module):
         else:
             if input_ids is None:
                 raise ValueError(f"mode {mode!r} needs input_ids (B, L)")
-            hidden = self.embeddings(input_ids, token_type_ids)  # (B, L, H)
+            hidden = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, L, H)
         mask = additive_attention_mask(attention_mask, hidden.dtype)
         encoder_mask = None
         if encoder_hidden_states is not None:

@@ -37,6 +37,7 @@ VISION_KINDS = ("beit2", "vit", "efficientnet_lite0")
 LAYER_NORM_EPS = 1e-6  # BEiT-v2 and timm ViTs; not torch's 1e-5 default
 EFFICIENTNET_FEATURES = 1280  # channels of EfficientNet-Lite0's head convolution
 EFFICIENTNET_STRIDE = 32  # five stride-2 stages
+EFFICIENTNET_STRIDES = (16, 32)  # token grids the tower can emit (16: stride-16 stage + upsampled head features)
 Grid = tuple[int, int]
 
 
@@ -50,7 +51,9 @@ class VisionConfig:
 
     ``kind``: ``"beit2"`` (X²-VLM's ViT), ``"vit"`` (plain ViT) or ``"efficientnet_lite0"``.
     For EfficientNet only ``resolution``, ``width`` (the projection's output), ``drop_path_rate`` (its
-    drop-connect rate) and ``pretrained`` matter; ``patch_size`` must be its stride, 32.
+    drop-connect rate) and ``pretrained`` matter; ``patch_size`` is its token stride: 32 (the head
+    features) or 16 (our extension: the stride-16 stage's features joined with the upsampled head
+    features, a 4x finer grid for localisation).
     ``init_values``: layer-scale init; 0 disables layer scale (plain ViT).
     ``pretrained``: EfficientNet only: load the packaged ImageNet weights.
     ``freeze_backbone``: EfficientNet only: no gradient through the CNN (a CPU-budget choice: the
@@ -68,13 +71,22 @@ class VisionConfig:
     init_values: float = 0.1
     pretrained: bool = False
     freeze_backbone: bool = False  # EfficientNet only: keep the pretrained CNN fixed, train the projection
+    # Per-block shapes of a pruned (shrunk) tower; None = uniform ``heads`` / ``width * mlp_ratio``.
+    # Heads keep their width ``width // heads``; a block may have 0 heads or 0 FFN neurons.
+    layer_heads: list[int] | None = None
+    layer_mlp: list[int] | None = None
+    # LayerNorm epsilon of the ViT towers: 1e-6 in BEiT-v2 / timm / the official X²-VLM; Hugging Face
+    # ViT and BEiT configs default to 1e-12 (set by the converters in ``models/convert.py``).
+    layer_norm_eps: float = LAYER_NORM_EPS
 
     def __post_init__(self) -> None:
         if self.kind not in VISION_KINDS:
             raise ValueError(f"vision kind must be one of {VISION_KINDS}, got {self.kind!r}")
         if self.kind == "efficientnet_lite0":
-            if self.patch_size != EFFICIENTNET_STRIDE:
-                raise ValueError(f"efficientnet_lite0 has stride {EFFICIENTNET_STRIDE}; set patch_size=32")
+            if self.patch_size not in EFFICIENTNET_STRIDES:
+                raise ValueError(
+                    f"efficientnet_lite0 emits tokens at stride 16 or 32; got patch_size={self.patch_size}"
+                )
             return
         if self.freeze_backbone:
             raise ValueError(f"freeze_backbone is only available for efficientnet_lite0, not {self.kind!r}")
@@ -84,6 +96,20 @@ class VisionConfig:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.pretrained:
             raise ValueError(f"pretrained=True is only available for efficientnet_lite0, not {self.kind!r}")
+        for name in ("layer_heads", "layer_mlp"):
+            values = getattr(self, name)
+            if values is not None and (len(values) != self.depth or min(values, default=0) < 0):
+                raise ValueError(f"{name} must list {self.depth} non-negative numbers, got {values}")
+        if self.layer_heads is not None and max(self.layer_heads, default=0) > self.heads:
+            raise ValueError(f"layer_heads {self.layer_heads} exceeds heads={self.heads}")
+
+    def block_heads(self, index: int) -> int:
+        """Attention heads of block ``index`` (fewer than ``heads`` in a pruned tower)."""
+        return self.heads if self.layer_heads is None else self.layer_heads[index]
+
+    def block_mlp(self, index: int) -> int:
+        """FFN hidden width of block ``index``."""
+        return int(self.width * self.mlp_ratio) if self.layer_mlp is None else self.layer_mlp[index]
 
 
 def beit2_base(resolution: int = 224) -> VisionConfig:
@@ -314,8 +340,16 @@ class BeitAttention(Attention):
     a checkpoint made at another resolution is resized when loaded.
     """
 
-    def __init__(self, dim: int, heads: int, grid: Grid, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
-        super().__init__(dim, heads, qkv_bias="qv", attn_drop=attn_drop, proj_drop=proj_drop)
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        grid: Grid,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        head_dim: int | None = None,
+    ) -> None:
+        super().__init__(dim, heads, qkv_bias="qv", attn_drop=attn_drop, proj_drop=proj_drop, head_dim=head_dim)
         self.grid = grid
         # Zero init, as the official model (its weight init only touches Linear and LayerNorm).
         self.relative_position_bias_table = nn.Parameter(torch.zeros(num_relative_distances(grid), heads))
@@ -370,13 +404,22 @@ class Block(nn.Module):
     Layer scale exists iff ``init_values > 0`` (as in the official BEiT code).
     """
 
-    def __init__(self, dim: int, attn: Attention, mlp_ratio: float, drop_path: float, init_values: float) -> None:
+    def __init__(
+        self,
+        dim: int,
+        attn: Attention,
+        mlp_ratio: float,
+        drop_path: float,
+        init_values: float,
+        mlp_hidden: int | None = None,
+        eps: float = LAYER_NORM_EPS,
+    ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = attn
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio) if mlp_hidden is None else mlp_hidden)
         self.gamma_1: nn.Parameter | None = None
         self.gamma_2: nn.Parameter | None = None
         if init_values > 0:
@@ -482,11 +525,20 @@ class BeitV2(_TransformerTower):
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         drop_rates = _stochastic_depth_rates(cfg.drop_path_rate, cfg.depth)
+        head_dim = cfg.width // cfg.heads
         self.blocks = nn.ModuleList(
-            Block(cfg.width, BeitAttention(cfg.width, cfg.heads, grid), cfg.mlp_ratio, rate, cfg.init_values)
-            for rate in drop_rates
+            Block(
+                cfg.width,
+                BeitAttention(cfg.width, cfg.block_heads(i), grid, head_dim=head_dim),
+                cfg.mlp_ratio,
+                rate,
+                cfg.init_values,
+                mlp_hidden=cfg.block_mlp(i),
+                eps=cfg.layer_norm_eps,
+            )
+            for i, rate in enumerate(drop_rates)
         )
-        self.fc_norm = nn.LayerNorm(cfg.width, eps=LAYER_NORM_EPS)
+        self.fc_norm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
         _init_transformer(self, self.blocks, rescale_by_depth=True)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
@@ -530,11 +582,20 @@ class PlainViT(_TransformerTower):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + rows * cols, cfg.width))
         drop_rates = _stochastic_depth_rates(cfg.drop_path_rate, cfg.depth)
+        head_dim = cfg.width // cfg.heads
         self.blocks = nn.ModuleList(
-            Block(cfg.width, Attention(cfg.width, cfg.heads, qkv_bias="full"), cfg.mlp_ratio, rate, cfg.init_values)
-            for rate in drop_rates
+            Block(
+                cfg.width,
+                Attention(cfg.width, cfg.block_heads(i), qkv_bias="full", head_dim=head_dim),
+                cfg.mlp_ratio,
+                rate,
+                cfg.init_values,
+                mlp_hidden=cfg.block_mlp(i),
+                eps=cfg.layer_norm_eps,
+            )
+            for i, rate in enumerate(drop_rates)
         )
-        self.norm = nn.LayerNorm(cfg.width, eps=LAYER_NORM_EPS)
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
         _init_transformer(self, self.blocks, rescale_by_depth=False)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)  # timm's ViT init
@@ -603,13 +664,25 @@ def load_efficientnet_lite0(
     return model
 
 
-class EfficientNetLiteTower(nn.Module):
-    """EfficientNet-Lite0 grid features as tokens: ``(B, 3, H, W) -> (B, 1 + ⌈H/32⌉·⌈W/32⌉, width)``.
+def _block_stride(block: nn.Module) -> int:
+    """Stride of an MBConv block of the package (its ``_block_args.stride`` is an int or a 1-list)."""
+    stride = block._block_args.stride
+    return int(stride[0] if isinstance(stride, (list, tuple)) else stride)
 
-    The final feature map (1280 channels, 7×7 at 224, before pooling and classifier) is flattened
-    row-major, projected by ``proj`` to ``width``, and the mean token is prepended as "CLS" (the
-    same convention as :class:`BeitV2`). The classifier (``_fc``) is dropped so that every parameter
-    receives a gradient (DDP needs that).
+
+class EfficientNetLiteTower(nn.Module):
+    """EfficientNet-Lite0 grid features as tokens: ``(B, 3, H, W) -> (B, 1 + ⌈H/s⌉·⌈W/s⌉, width)``.
+
+    Stride ``s = patch_size = 32``: the final feature map (1280 channels, 7×7 at 224, before pooling
+    and classifier) is flattened row-major, projected by ``proj`` to ``width``, and the mean token is
+    prepended as "CLS" (the same convention as :class:`BeitV2`). The classifier (``_fc``) is dropped
+    so that every parameter receives a gradient (DDP needs that).
+
+    Stride 16 (our extension, a one-level feature pyramid): the output of the last stride-16 block
+    (112 channels) is concatenated with the head features upsampled ×2 (nearest) before ``proj``.
+    A described object in the demo world is 16–54 px of a 160 px image, about one cell of the
+    stride-32 grid, too coarse for the box head to reach IoU ≥ 0.5; the finer grid keeps the head's
+    semantics and adds where-exactly from the earlier stage.
 
     BatchNorm statistics stay frozen (the layers are kept in eval mode even in ``train()``); the
     affine parameters still train. Vision-language batches per process are small, and per-process
@@ -624,11 +697,16 @@ class EfficientNetLiteTower(nn.Module):
         super().__init__()
         self.config = cfg
         self.width = cfg.width
-        self.patch_size = EFFICIENTNET_STRIDE
+        self.patch_size = cfg.patch_size
         self.grad_checkpointing = False
         self.backbone = load_efficientnet_lite0(cfg.pretrained, cfg.resolution, cfg.drop_path_rate)
         self.backbone._fc = nn.Identity()  # unused classifier; backbone.forward now returns pooled features
-        self.proj = nn.Linear(EFFICIENTNET_FEATURES, cfg.width)
+        # Index of the last block before the final stride-2 stage: its output is the stride-16 map.
+        strides = [_block_stride(block) for block in self.backbone._blocks]
+        self._stride16_block = max(i for i, st in enumerate(strides) if st == 2) - 1
+        fine_channels = self.backbone._blocks[self._stride16_block]._project_conv.out_channels
+        in_features = EFFICIENTNET_FEATURES + (fine_channels if self.patch_size == 16 else 0)
+        self.proj = nn.Linear(in_features, cfg.width)
         nn.init.trunc_normal_(self.proj.weight, std=0.02)
         nn.init.zeros_(self.proj.bias)
         # Our addition: a learned position embedding per grid cell. The fusion layers'
@@ -643,9 +721,9 @@ class EfficientNetLiteTower(nn.Module):
             self.backbone.requires_grad_(False)
 
     def grid(self, resolution: int) -> Grid:
-        """Feature-map size at a square ``resolution``: five stride-2 stages with "SAME" padding (ceil)."""
+        """Token-grid size at a square ``resolution``: 4 or 5 stride-2 stages with "SAME" padding (ceil)."""
         side = resolution
-        for _ in range(5):
+        for _ in range(4 if self.patch_size == 16 else 5):
             side = math.ceil(side / 2)
         return (side, side)
 
@@ -666,27 +744,33 @@ class EfficientNetLiteTower(nn.Module):
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
 
-    def _features_checkpointed(self, images: Tensor) -> Tensor:
-        """The package's ``extract_features`` with each block checkpointed (same drop-connect schedule)."""
+    def _features(self, images: Tensor, checkpointed: bool) -> Tensor:
+        """The package's ``extract_features`` (same drop-connect schedule), optionally with each block
+        checkpointed; at stride 16 also joins the stride-16 map. Returns ``(B, C, h, w)``."""
         net = self.backbone
         x = net._swish(net._bn0(net._conv_stem(images)))  # stem
         n_blocks = len(net._blocks)
+        fine = None
         for idx, block in enumerate(net._blocks):
             rate = net._global_params.drop_connect_rate
             rate = rate * float(idx) / n_blocks if rate else rate  # linearly scaled, as the package does
-            x = checkpoint(block, x, rate, use_reentrant=False)
-        return net._swish(net._bn1(net._conv_head(x)))  # head
+            x = checkpoint(block, x, rate, use_reentrant=False) if checkpointed else block(x, drop_connect_rate=rate)
+            if idx == self._stride16_block:
+                fine = x  # (B, 112, H/16, W/16)
+        x = net._swish(net._bn1(net._conv_head(x)))  # head: (B, 1280, H/32, W/32)
+        if self.patch_size == 16:
+            coarse = F.interpolate(x, size=fine.shape[-2:], mode="nearest")  # (B, 1280, H/16, W/16)
+            x = torch.cat([fine, coarse], dim=1)  # (B, 1392, H/16, W/16)
+        return x
 
     def forward(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W) -> (B, 1+N, width)``: ``[mean token, projected grid tokens]``."""
         _check_images(images, 1)
         if self.config.freeze_backbone:
             with torch.no_grad():  # nothing to back-propagate into; also saves the activations
-                features = self.backbone.extract_features(images)  # (B, 1280, h, w)
-        elif self.grad_checkpointing and torch.is_grad_enabled():
-            features = self._features_checkpointed(images)
+                features = self._features(images, checkpointed=False)  # (B, C, h, w)
         else:
-            features = self.backbone.extract_features(images)  # (B, 1280, h, w)
+            features = self._features(images, self.grad_checkpointing and torch.is_grad_enabled())
         tokens = self.proj(features.flatten(2).transpose(1, 2))  # (B, h·w, width)
         tokens = tokens + _resize_grid_embed(self.pos_embed, tuple(features.shape[-2:]))
         return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)  # (B, 1+N, width)
