@@ -1,0 +1,137 @@
+"""Visual grounding with the box head (X-VLM ``Grounding_bbox.py`` / ``XVLMForGrounding``, xvlm.md §4.1).
+
+The referring expression goes through the text layers, is fused with the **whole** image, and the
+pre-trained ``bbox_head`` predicts a normalised ``(cx, cy, w, h)`` (sigmoid) from the fusion
+``[CLS]``; the loss is L1 + GIoU (the pre-training box loss). Evaluation de-normalises the box by
+the original width/height, converts it to ``[x, y, w, h]`` and counts it correct when the
+inclusive-pixel IoU with the ground truth is >= 0.5 (official ``grounding_eval_bbox`` / VLUE's
+``grounding_eval_bbox_vlue``): :mod:`grainvl.metrics.grounding`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from grainvl.data.downstream import GroundingTrainDataset, grounding_file, make_loader
+from grainvl.data.pretrain import GroundingEval
+from grainvl.losses.bbox import bbox_loss
+from grainvl.metrics.grounding import IOU_THRESHOLD, denormalize_cxcywh, iou_xywh
+from grainvl.models.xvlm import XVLM
+from grainvl.tasks.base import (
+    DataOptions,
+    DownstreamTask,
+    TaskModule,
+    gather_predictions,
+    model_data_config,
+    module_device,
+    resolve_split,
+    shard_indices,
+    to_device,
+    write_json_result,
+)
+from grainvl.train.loop import StatefulIterator
+
+
+class GroundingModule(TaskModule):
+    """Text fused with the whole image → ``bbox_head`` → (B, 4) normalised (cx, cy, w, h); L1 + GIoU."""
+
+    def predict(self, image: torch.Tensor, text_ids: torch.Tensor, text_atts: torch.Tensor) -> torch.Tensor:
+        vis, vis_atts = self.model.encode_image(image)  # (B, 1+N, D)
+        fused = self.model.fuse(self.model.encode_text(text_ids, text_atts), text_atts, vis, vis_atts)
+        return self.model.predict_box(fused)  # (B, 4)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        pred = self.predict(batch["image"], batch["text_ids"], batch["text_atts"])
+        l1, giou = bbox_loss(pred, batch["target_box"])
+        return {"bbox_loss": l1, "giou_loss": giou}, {}
+
+
+def grounding_metrics(pred_xywh: np.ndarray, gt_xywh: np.ndarray) -> dict[str, float]:
+    """``acc@0.5`` (percent, inclusive-pixel IoU) and the mean IoU of (N, 4) ``[x, y, w, h]`` boxes."""
+    iou = np.atleast_1d(iou_xywh(pred_xywh, gt_xywh))
+    return {"acc@0.5": 100.0 * float(np.mean(iou >= IOU_THRESHOLD)), "miou": float(np.mean(iou))}
+
+
+class GroundingTask(DownstreamTask):
+    """RefCOCO+ box grounding (world: ``annotations/refcoco+/refcoco+_{split}.json``).
+
+    Predictions (``grainvl score grounding``'s format): ``[{ref_id, bbox: [x, y, w, h], gt_box, iou}]`` in
+    original-image pixels.
+    ``careful_hflip`` (official refcoco config: True) keeps texts that mention left/right unflipped.
+    """
+
+    name = "grounding"
+    primary_metric = "acc@0.5"
+    default_options: ClassVar[dict[str, Any]] = {"careful_hflip": True}
+
+    def build(self, model: XVLM, world: Path, tokenizer: Any) -> GroundingModule:
+        return GroundingModule(model)
+
+    def train_stream(
+        self, module: TaskModule, tokenizer: Any, world: Path, cfg: DataOptions, rank: int, world_size: int
+    ) -> StatefulIterator:
+        dcfg = model_data_config(module.model, augment=cfg.augment, careful_hflip=bool(self.options["careful_hflip"]))
+        path = grounding_file(world, "train")
+        data = GroundingTrainDataset(path, Path(world), tokenizer, dcfg, cfg.seed, cfg.max_train_samples)
+        return make_loader(data, cfg.batch_size, cfg.seed, rank, world_size)
+
+    def eval_data(self, module: TaskModule, tokenizer: Any, world: Path, split: str) -> GroundingEval:
+        dcfg = model_data_config(module.model, augment=False)
+        data = GroundingEval(grounding_file(world, resolve_split(split)), Path(world), tokenizer, dcfg)
+        if self.data.max_eval_samples > 0:
+            data.records = data.records[: self.data.max_eval_samples]
+            data.positions = data.positions[: self.data.max_eval_samples]
+        return data
+
+    @torch.no_grad()
+    def evaluate(
+        self, module: TaskModule, tokenizer: Any, world: Path, split: str, out_dir: Path | None = None
+    ) -> dict[str, float]:
+        assert isinstance(module, GroundingModule)
+        module.eval()
+        data = self.eval_data(module, tokenizer, world, split)
+        mine = shard_indices(len(data))
+        predictions = []
+        for start in range(0, len(mine), self.data.eval_batch_size):
+            chunk = mine[start : start + self.data.eval_batch_size]
+            items = [data[i] for i in chunk]
+            batch = to_device(data.collate(items), module_device(module))
+            pred = module.predict(batch["image"], batch["text_ids"], batch["text_atts"])  # (B, 4) normalised
+            width = [item["orig_size"][0] for item in items]
+            height = [item["orig_size"][1] for item in items]
+            boxes = denormalize_cxcywh(pred.cpu(), width, height)  # (B, 4) [x, y, w, h] original pixels
+            for i, item, box in zip(chunk, items, boxes):
+                predictions.append(
+                    {
+                        "index": i,
+                        "ref_id": item["ref_id"],
+                        "bbox": box.tolist(),
+                        "gt_box": item["orig_box"].tolist(),
+                    }
+                )
+        merged = gather_predictions(predictions, "index")
+        if not merged:
+            return {}
+        pred_boxes = np.array([p["bbox"] for p in merged])
+        gt_boxes = np.array([p["gt_box"] for p in merged])
+        for p, iou in zip(merged, np.atleast_1d(iou_xywh(pred_boxes, gt_boxes))):
+            p["iou"] = float(iou)
+        write_json_result(out_dir, f"{self.name}_{resolve_split(split)}.json", merged)
+        return grounding_metrics(pred_boxes, gt_boxes)
+
+    def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
+        assert isinstance(module, GroundingModule)
+        data = self.eval_data(module, tokenizer, world, "test")
+        batch = to_device(data.collate([data[i % len(data)] for i in range(batch_size)]), module_device(module))
+
+        @torch.no_grad()
+        def call() -> torch.Tensor:
+            module.eval()
+            return module.predict(batch["image"], batch["text_ids"], batch["text_atts"])
+
+        return call

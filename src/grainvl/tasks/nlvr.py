@@ -1,0 +1,121 @@
+"""NLVR2: is a sentence true of a pair of images? (X²-VLM ``NLVR.py`` / ``XVLMForNLVR``, xvlm.md §4.1).
+
+The sentence is encoded once by the text-only layers and fused with **each image separately**; the
+two fusion ``[CLS]`` states are concatenated, ``(B, 2H)``, and classified by the official head MLP
+``build_mlp(2H, 2)`` with cross-entropy. Accuracy is the metric (labels "True"/"False" → 1/0).
+
+X-VLM v1 had an extra NLVR "pre-training" stage (a 3-way text-to-image-pair task); the X²-VLM
+maintainers dropped it ("no NLVR pre-training anymore"), and so do we.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from grainvl.data.downstream import NLVRDataset, make_loader, nlvr_file
+from grainvl.models.xvlm import XVLM, _init_linear, build_mlp
+from grainvl.tasks.base import (
+    DataOptions,
+    DownstreamTask,
+    TaskModule,
+    gather_predictions,
+    model_data_config,
+    module_device,
+    resolve_split,
+    shard_indices,
+    to_device,
+    write_json_result,
+)
+from grainvl.train.loop import StatefulIterator
+
+
+class NLVRModule(TaskModule):
+    """X²-VLM NLVR2 head: concat of the two per-image fusion CLS states → ``cls_head`` (2 classes)."""
+
+    def __init__(self, model: XVLM) -> None:
+        super().__init__(model)
+        self.cls_head = build_mlp(2 * model.config.text.hidden_size, 2)
+        self.cls_head.apply(_init_linear)
+
+    def logits(self, image: torch.Tensor, text_ids: torch.Tensor, text_atts: torch.Tensor) -> torch.Tensor:
+        """image (B, 2, 3, R, R) [left, right]; text (B, L) → (B, 2) logits (index 1 = "True")."""
+        b = image.shape[0]
+        vis, vis_atts = self.model.encode_image(image.transpose(0, 1).flatten(0, 1))  # (2B, 1+N, D): lefts, rights
+        left, right = vis[:b], vis[b:]
+        text = self.model.encode_text(text_ids, text_atts)  # (B, L, H): the text layers run once
+        cls_left = self.model.fuse(text, text_atts, left, vis_atts[:b])[:, 0]  # (B, H)
+        cls_right = self.model.fuse(text, text_atts, right, vis_atts[b:])[:, 0]  # (B, H)
+        return self.cls_head(torch.cat([cls_left, cls_right], dim=-1))  # (B, 2)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        logits = self.logits(batch["image"], batch["text_ids"], batch["text_atts"])
+        loss = F.cross_entropy(logits, batch["label"])
+        acc = float((logits.argmax(-1) == batch["label"]).float().mean())
+        return {"nlvr_loss": loss}, {"train_acc": acc}
+
+
+class NLVR2Task(DownstreamTask):
+    """NLVR2 (world: ``annotations/nlvr2/nlvr_{split}.json``); predictions: one bool per pair, in file order."""
+
+    name = "nlvr2"
+    primary_metric = "acc"
+    default_options: ClassVar[dict[str, Any]] = {}
+
+    def build(self, model: XVLM, world: Path, tokenizer: Any) -> NLVRModule:
+        return NLVRModule(model)
+
+    def train_stream(
+        self, module: TaskModule, tokenizer: Any, world: Path, cfg: DataOptions, rank: int, world_size: int
+    ) -> StatefulIterator:
+        dcfg = model_data_config(module.model, augment=cfg.augment)
+        data = NLVRDataset(
+            nlvr_file(world, "train"), Path(world), tokenizer, dcfg, True, cfg.seed, cfg.max_train_samples
+        )
+        return make_loader(data, cfg.batch_size, cfg.seed, rank, world_size)
+
+    def eval_data(self, module: TaskModule, tokenizer: Any, world: Path, split: str) -> NLVRDataset:
+        dcfg = model_data_config(module.model, augment=False)
+        path = nlvr_file(world, resolve_split(split))
+        return NLVRDataset(path, Path(world), tokenizer, dcfg, False, 0, self.data.max_eval_samples)
+
+    @torch.no_grad()
+    def evaluate(
+        self, module: TaskModule, tokenizer: Any, world: Path, split: str, out_dir: Path | None = None
+    ) -> dict[str, float]:
+        assert isinstance(module, NLVRModule)
+        module.eval()
+        data = self.eval_data(module, tokenizer, world, split)
+        mine = shard_indices(len(data))
+        predictions = []
+        for start in range(0, len(mine), self.data.eval_batch_size):
+            chunk = mine[start : start + self.data.eval_batch_size]
+            batch = to_device(data.collate([data.sample(i, 0) for i in chunk]), module_device(module))
+            pred = module.logits(batch["image"], batch["text_ids"], batch["text_atts"]).argmax(-1)
+            for i, p, y in zip(batch["index"].tolist(), pred.tolist(), batch["label"].tolist()):
+                predictions.append({"index": i, "pred": bool(p), "label": bool(y)})
+        merged = gather_predictions(predictions, "index")
+        if not merged:
+            return {}
+        acc = 100.0 * sum(p["pred"] == p["label"] for p in merged) / len(merged)
+        # ``grainvl score nlvr2``'s format: one label per ground-truth pair, in file order.
+        write_json_result(out_dir, f"{self.name}_{resolve_split(split)}.json", [p["pred"] for p in merged])
+        return {"acc": acc}
+
+    def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
+        assert isinstance(module, NLVRModule)
+        data = self.eval_data(module, tokenizer, world, "test")
+        batch = to_device(
+            data.collate([data.sample(i % len(data), 0) for i in range(batch_size)]), module_device(module)
+        )
+
+        @torch.no_grad()
+        def call() -> torch.Tensor:
+            module.eval()
+            return module.logits(batch["image"], batch["text_ids"], batch["text_atts"])
+
+        return call
