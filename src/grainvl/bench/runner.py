@@ -1,0 +1,599 @@
+"""The benchmark runner: every model in its own subprocess, every (model, task) one result group.
+
+For each model (one ``python -m grainvl.bench.runner SPEC`` worker at a time, so measurements never
+share the machine) and each task:
+
+1. fine-tune it with :func:`grainvl.tasks.finetune.finetune` (``finetune_steps`` steps), or reuse an
+   already fine-tuned run folder given for that (model, task);
+2. reload the run with :func:`~grainvl.tasks.finetune.load_finetuned` and evaluate the ID (``test``) and
+   OOD (``test_ood``) splits, each under an :class:`~grainvl.bench.energy.EnergyTracker`, writing the
+   predictions in the official format under the run folder;
+3. measure inference cost on the task's own ``latency_call`` (:func:`~grainvl.bench.efficiency.measure_efficiency`);
+4. append one row per (split, metric) in the long schema, plus ``<metric>_diff = OOD - ID`` rows
+   (``split: "ood"``), to ``out/results.jsonl``.
+
+A Python exception inside a task (including CUDA out-of-memory) fails that (model, task) only, with
+the exception as the reason; a hard crash of the worker (killed by the kernel's OOM killer, a
+segfault, a timeout) fails that model's remaining tasks with the signal or exit status as the reason.
+Failures are rows with ``status: "failed"`` and ``error`` so the report lists them.
+
+The fine-tune/evaluate/load steps go through a *backend* (``"module:Class"``, default
+:class:`FinetuneBackend`), the one seam to the task code, so the runner can be tested on a fake task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from grainvl.train.logging import RESULT_FIELDS
+
+SPLITS = {"id": "test", "ood": "test_ood"}
+DEFAULT_BACKEND = "grainvl.bench.runner:FinetuneBackend"
+
+
+# ---------------------------------------------------------------------------------------------- options
+@dataclass
+class BenchOptions:
+    """Everything a benchmark run needs besides the models and tasks (units: seconds, ms, samples)."""
+
+    finetune_steps: int | None = None  # None: the task's default fine-tuning length
+    finetuned: dict[str, str] = field(default_factory=dict)  # "model:task" -> an already fine-tuned run folder
+    overrides: list[str] = field(default_factory=list)  # dotted fine-tune overrides, e.g. data.max_train_samples=64
+    country: str = "FRA"  # ISO 3166-1 alpha-3 code for the carbon intensity
+    use_codecarbon: bool = True  # False: grainvl's documented fallback estimate only (no codecarbon start-up)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast) for evaluation and measurements
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    seed: int = 0
+    warmup: int = 10  # untimed calls before the batch-1 latency
+    repeats: int = 50  # timed batch-1 calls (fewer when budget_s runs out, at least 5)
+    throughput_batch: int = 32
+    throughput_repeats: int = 5
+    budget_s: float = 30.0  # time cap of each timed measurement
+    timeout_s: float | None = None  # per model (worker), None: no limit
+    backend: str = DEFAULT_BACKEND
+    dataset: str | None = None  # results' ``dataset`` column; default: the world folder's name
+    reuse: bool = False  # reuse out/runs/<model>/<task> when it already holds a fine-tuned run
+
+    def __post_init__(self) -> None:
+        from grainvl.bench.efficiency import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
+        if self.finetune_steps is not None and self.finetune_steps < 1:
+            raise ValueError(f"finetune_steps must be >= 1, got {self.finetune_steps}")
+        if self.repeats < 1 or self.throughput_repeats < 1 or self.throughput_batch < 1 or self.warmup < 0:
+            raise ValueError("repeats, throughput_repeats and throughput_batch must be >= 1, warmup >= 0")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model to benchmark: ``label`` (its name in every table) and ``source`` (what fine-tuning loads)."""
+
+    label: str
+    source: str
+
+
+def parse_models(entries: Sequence[str]) -> list[ModelEntry]:
+    """``LABEL=SOURCE`` or ``SOURCE`` entries; a SOURCE is a registered name or a model/run folder.
+
+    Without a label: a registered name is its own label, a folder its name (its parent's when it is
+    called ``model``, as in ``RUN/model``). Labels must be unique.
+    """
+    models = []
+    for entry in entries:
+        entry = entry.strip()
+        if not entry:
+            continue
+        label, _, source = entry.partition("=") if "=" in entry else ("", "", entry)
+        source = source.strip()
+        if not source:
+            raise ValueError(f"empty model source in {entry!r}")
+        models.append(ModelEntry(label.strip() or _default_label(source), source))
+    labels = [m.label for m in models]
+    duplicates = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate model labels {duplicates}; name them with LABEL=SOURCE")
+    if not models:
+        raise ValueError("no models to benchmark")
+    return models
+
+
+def _default_label(source: str) -> str:
+    path = Path(source)
+    if path.is_dir():
+        return path.parent.name if path.name == "model" and path.parent.name else path.name
+    return source
+
+
+def check_names(models: Sequence[ModelEntry], tasks: Sequence[str]) -> None:
+    """Fail before any fine-tuning on an unknown task, or a model that is neither registered nor on disk."""
+    from grainvl.models.factory import list_models
+    from grainvl.tasks.registry import list_tasks
+
+    unknown_tasks = [t for t in tasks if t not in list_tasks()]
+    if unknown_tasks:
+        raise ValueError(f"unknown task(s) {unknown_tasks}; registered tasks: {', '.join(list_tasks())}")
+    for model in models:
+        if not Path(model.source).exists() and model.source not in list_models():
+            raise ValueError(
+                f"model {model.source!r} is neither a folder nor a registered name ({', '.join(list_models())})"
+            )
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+# ---------------------------------------------------------------------------------------------- backend
+class Backend(Protocol):
+    """The task code the runner drives (see :class:`FinetuneBackend`)."""
+
+    def finetune(self, model: ModelEntry, task: str, world: Path, out: Path, options: BenchOptions) -> dict[str, Any]:
+        """Fine-tune ``model`` on ``task`` into the run folder ``out``; returns a summary (cost keys are read)."""
+        ...
+
+    def load(self, run_dir: Path, world: Path) -> tuple[Any, Any, Any]:
+        """``(task, module, tokenizer)`` of a fine-tuned run folder."""
+        ...
+
+    def evaluate(
+        self, task: Any, module: Any, tokenizer: Any, world: Path, split: str, out_dir: Path
+    ) -> dict[str, float]:
+        """Metrics of the loaded module on a world split, predictions written to ``out_dir``."""
+        ...
+
+
+class FinetuneBackend:
+    """The real tasks: :mod:`grainvl.tasks.finetune` and the :class:`~grainvl.tasks.base.DownstreamTask` interface."""
+
+    def finetune(self, model: ModelEntry, task: str, world: Path, out: Path, options: BenchOptions) -> dict[str, Any]:
+        from grainvl.tasks.finetune import finetune
+
+        # finetune() would evaluate ID and OOD itself; the benchmark does it once, under its own trackers.
+        settings = [
+            "eval_splits=[]",
+            f"label={json.dumps(model.label)}",
+            f"train.seed={options.seed}",
+            f"train.country_iso_code={json.dumps(options.country)}",
+            f"train.track_energy={str(options.use_codecarbon).lower()}",
+            *options.overrides,
+        ]
+        if options.finetune_steps is not None:
+            settings.append(f"train.steps={options.finetune_steps}")
+        return finetune(task, model.source, world, out, overrides=settings)
+
+    def load(self, run_dir: Path, world: Path) -> tuple[Any, Any, Any]:
+        from grainvl.tasks.finetune import load_finetuned
+
+        return load_finetuned(run_dir, world)
+
+    def evaluate(
+        self, task: Any, module: Any, tokenizer: Any, world: Path, split: str, out_dir: Path
+    ) -> dict[str, float]:
+        return dict(task.evaluate(module, tokenizer, world, split, out_dir))
+
+
+def load_backend(path: str) -> Backend:
+    """Instantiate a ``"module:Class"`` backend."""
+    module_name, _, name = path.partition(":")
+    if not name:
+        raise ValueError(f"backend must be 'module:Class', got {path!r}")
+    return getattr(importlib.import_module(module_name), name)()
+
+
+# ---------------------------------------------------------------------------------------------- result rows
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return value.item()
+    return value
+
+
+def ordered_record(record: dict[str, Any]) -> dict[str, Any]:
+    """Schema fields first (null when absent, as ``append_result``), then the extra keys sorted.
+
+    An extra key equal to a schema field up to case (``energy_kwh``) is an error: it would silently
+    create a second column.
+    """
+    lower = {name.lower(): name for name in RESULT_FIELDS}
+    for key in record:
+        if key not in RESULT_FIELDS and key.lower() in lower:
+            raise ValueError(f"result key {key!r} looks like the schema field {lower[key.lower()]!r}")
+    full = {name: _plain(record.get(name)) for name in RESULT_FIELDS}
+    full.update({k: _plain(record[k]) for k in sorted(record) if k not in RESULT_FIELDS})
+    return full
+
+
+def append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Append rows as JSON lines with one write (the file is the run's long log)."""
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(ordered_record(r), ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+
+
+def failed_row(model: ModelEntry, task: str, reason: str, dataset: str, seed: int) -> dict[str, Any]:
+    """The row of a (model, task) that produced no result."""
+    return {
+        "model": model.label,
+        "task": task,
+        "dataset": dataset,
+        "seed": seed,
+        "status": "failed",
+        "error": reason,
+        "model_source": model.source,
+    }
+
+
+def _result_rows(
+    base: dict[str, Any], metrics: dict[str, dict[str, float]], energy: dict[str, dict[str, Any]], primary: str
+) -> list[dict[str, Any]]:
+    """One row per (split, metric) and the ``<metric>_diff`` (OOD - ID) rows."""
+    rows = []
+    for split, values in metrics.items():
+        for metric, value in values.items():
+            rows.append({**base, **energy[split], "split": split, "metric": metric, "value": float(value)})
+            rows[-1]["primary"] = metric == primary
+    for metric, id_value in metrics.get("id", {}).items():
+        ood_value = metrics.get("ood", {}).get(metric)
+        if ood_value is not None:
+            diff = float(ood_value) - float(id_value)
+            rows.append({**base, "split": "ood", "metric": f"{metric}_diff", "value": diff, "primary": False})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- one (model, task)
+def _device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _run_dir(model: ModelEntry, task: str, out: Path, options: BenchOptions) -> tuple[Path, bool]:
+    """(run folder, already fine-tuned) for a (model, task)."""
+    given = options.finetuned.get(f"{model.label}:{task}")
+    if given:
+        if not Path(given).is_dir():
+            raise FileNotFoundError(f"fine-tuned run folder for {model.label}:{task} not found: {given}")
+        return Path(given), True
+    run_dir = out / "runs" / _slug(model.label) / task
+    from grainvl.tasks.base import TASK_FILE
+
+    return run_dir, options.reuse and (run_dir / TASK_FILE).exists()
+
+
+def _finetune_cost(summary: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tuning wall time, energy and CO₂ from a :func:`~grainvl.tasks.finetune.finetune` summary's ``cost``."""
+    cost = summary.get("cost") or {}
+    return {
+        "finetune_wall_s": cost.get("wall_s"),
+        "finetune_energy_kWh": cost.get("energy_kWh"),
+        "finetune_co2_g": cost.get("co2_g"),
+    }
+
+
+@contextlib.contextmanager
+def _phase(label: str, phase: str) -> Iterator[None]:
+    """Print how long a phase of a (model, task) took (to the worker log, echoed by the parent)."""
+    start = time.perf_counter()
+    yield
+    print(f"[bench] {label}: {phase} {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+
+
+def _evaluate_split(
+    backend: Backend, loaded: tuple[Any, Any, Any], world: Path, split: str, out_dir: Path, options: BenchOptions
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """(metrics, energy columns) of one split's evaluation, under its own energy tracker."""
+    import torch
+
+    from grainvl.bench.efficiency import precision_context
+    from grainvl.bench.energy import EnergyTracker
+
+    task, module, tokenizer = loaded
+    device = next(module.parameters()).device
+    tracker = EnergyTracker(country_iso_code=options.country, use_codecarbon=options.use_codecarbon)
+    with tracker, precision_context(options.precision, device), torch.no_grad():
+        metrics = backend.evaluate(task, module, tokenizer, world, split, out_dir)
+    report = tracker.report
+    assert report is not None
+    energy = {"energy_kWh": report.energy_kWh, "co2_g": report.co2_g, "energy_method": report.method}
+    return metrics, {**energy, "eval_wall_s": report.duration_s}
+
+
+def bench_task(
+    model: ModelEntry, task_name: str, world: Path, out: Path, options: BenchOptions, backend: Backend, tags: dict
+) -> list[dict[str, Any]]:
+    """Fine-tune (or reuse), evaluate ID and OOD, and measure one (model, task); returns its result rows."""
+    import torch
+
+    from grainvl.bench.efficiency import measure_efficiency
+
+    label = f"{model.label} / {task_name}"
+    torch.manual_seed(options.seed)
+    run_dir, done = _run_dir(model, task_name, out, options)
+    cost: dict[str, Any] = {}
+    if not done:
+        with _phase(label, "fine-tune"):
+            cost = _finetune_cost(backend.finetune(model, task_name, world, run_dir, options) or {})
+    with _phase(label, "load"):
+        task, module, tokenizer = backend.load(run_dir, world)
+        if getattr(task, "name", task_name) != task_name:
+            raise ValueError(f"{run_dir} is a fine-tuned {task.name} run, not {task_name}")
+        module = module.to(_device(options.device)).eval()
+    metrics, energy = {}, {}
+    for split, world_split in SPLITS.items():
+        with _phase(label, f"evaluate {split} ({world_split})"):
+            out_dir = run_dir / "predictions" / split
+            metrics[split], energy[split] = _evaluate_split(
+                backend, (task, module, tokenizer), world, world_split, out_dir, options
+            )
+    with _phase(label, "measure latency/throughput/memory/FLOPs"):
+        efficiency = measure_efficiency(
+            lambda batch: task.latency_call(module, tokenizer, world, batch),
+            module,
+            device=next(module.parameters()).device,
+            precision=options.precision,
+            throughput_batch=options.throughput_batch,
+            warmup=options.warmup,
+            repeats=options.repeats,
+            throughput_repeats=options.throughput_repeats,
+            budget_s=options.budget_s,
+        )
+    base = {
+        "model": model.label,
+        "model_source": model.source,
+        "task": task_name,
+        "dataset": options.dataset or world.name,
+        "seed": options.seed,
+        "hardware": tags.get("hardware"),
+        "torch": tags.get("torch"),
+        "commit": tags.get("commit"),
+        "commit_dirty": tags.get("commit_dirty"),
+        "country": options.country,
+        "status": "ok",
+        "run_dir": str(run_dir),
+        "finetune_steps": options.finetune_steps if not done else None,
+        **cost,
+        **efficiency.to_dict(),
+    }
+    return _result_rows(base, metrics, energy, str(getattr(task, "primary_metric", "")))
+
+
+# ---------------------------------------------------------------------------------------------- the worker
+def worker_main(spec_path: str | Path) -> int:
+    """Run one model over its tasks (the subprocess side); rows are appended to the spec's ``rows`` file per task."""
+    from grainvl.bench.energy import hardware_tags
+
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    model = ModelEntry(**spec["model"])
+    options = BenchOptions(**spec["options"])
+    world, out, rows_path = Path(spec["world"]), Path(spec["out"]), Path(spec["rows"])
+    backend = load_backend(options.backend)
+    tags = hardware_tags(precision=options.precision)
+    failures = 0
+    for task in spec["tasks"]:
+        start = time.perf_counter()
+        print(f"[bench] {model.label} / {task}: start", file=sys.stderr, flush=True)
+        try:
+            rows = bench_task(model, task, world, out, options, backend, tags)
+        except Exception as error:  # any failure of one task must not stop the others
+            traceback.print_exc()
+            failures += 1
+            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            rows = [failed_row(model, task, reason[:500], options.dataset or world.name, options.seed)]
+        # Outside the except block, so the traceback no longer pins the failed task's tensors (CUDA OOM).
+        _free_accelerator_memory()
+        append_rows(rows_path, rows)
+        status = "failed" if rows[0].get("status") == "failed" else "ok"
+        print(
+            f"[bench] {model.label} / {task}: {status} in {time.perf_counter() - start:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    return 0 if not failures else 3
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- the parent
+@dataclass
+class WorkerOutcome:
+    """How a worker process ended: exit status (negative = killed by that signal) and a reason when it failed."""
+
+    returncode: int
+    reason: str | None
+    wall_s: float
+
+
+def _crash_reason(returncode: int, log_tail: list[str], timeout_s: float | None, timed_out: bool) -> str | None:
+    if timed_out:
+        return f"worker timed out after {timeout_s:g} s"
+    if returncode in (0, 3):  # 3: the worker finished and reported its own per-task failures
+        return None
+    if returncode < 0:
+        name = (
+            signal.Signals(-returncode).name if -returncode in signal.Signals._value2member_map_ else str(-returncode)
+        )
+        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -returncode == signal.SIGKILL else ""
+        return f"worker killed by {name}{hint}"
+    last = next((line.strip() for line in reversed(log_tail) if line.strip()), "")
+    return f"worker exited with status {returncode}" + (f": {last[:300]}" if last else "")
+
+
+def run_worker(
+    spec_path: Path, log_path: Path, timeout_s: float | None, echo: Callable[[str], None] | None
+) -> WorkerOutcome:
+    """Run ``python -m grainvl.bench.runner SPEC``, teeing its output to ``log_path`` (and ``echo``)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "grainvl.bench.runner", str(spec_path)]
+    start = time.perf_counter()
+    tail: list[str] = []
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", encoding="utf-8") as log:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+        def pump() -> None:  # a thread, so a silent hung worker still meets its timeout below
+            assert process.stdout is not None
+            for line in process.stdout:
+                log.write(line)
+                tail[:] = [*tail, line][-20:]
+                if echo is not None:
+                    echo(line.rstrip("\n"))
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            returncode, timed_out = process.wait(timeout=timeout_s), False
+        except subprocess.TimeoutExpired:
+            process.kill()
+            returncode, timed_out = process.wait(), True
+        reader.join()
+    reason = _crash_reason(returncode, tail, timeout_s, timed_out)
+    return WorkerOutcome(returncode, reason, time.perf_counter() - start)
+
+
+def _kept_rows(results: Path, models: Sequence[ModelEntry], tasks: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows of an earlier run of the same out folder whose (model, task) succeeded (for ``resume``)."""
+    if not results.exists():
+        return []
+    from grainvl.bench.report import read_results
+
+    wanted = {(m.label, t) for m in models for t in tasks}
+    rows = read_results(results)
+    failed = {(r["model"], r["task"]) for r in rows if r.get("status") == "failed"}
+    return [r for r in rows if (r["model"], r["task"]) in wanted - failed]
+
+
+def run_bench(
+    models: Sequence[str],
+    tasks: Sequence[str],
+    world: str | Path,
+    out: str | Path,
+    options: BenchOptions | None = None,
+    resume: bool = False,
+    report: bool = True,
+    echo: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = print,
+) -> list[dict[str, Any]]:
+    """Benchmark ``models`` on ``tasks`` of ``world``; writes ``out/results.jsonl`` (+ the report); returns the rows.
+
+    ``models`` entries are ``[LABEL=]SOURCE`` (:func:`parse_models`). ``resume`` keeps the successful
+    (model, task) rows of an earlier ``out/results.jsonl`` and runs only the rest; otherwise the
+    file is started afresh. ``echo`` receives every line the workers print; ``progress`` one line
+    per finished (model, task).
+    """
+    options = options or BenchOptions()
+    entries = parse_models(models)
+    tasks = list(dict.fromkeys(tasks))
+    if not tasks:
+        raise ValueError("no tasks to benchmark")
+    world, out = Path(world), Path(out)
+    if not world.is_dir():
+        raise FileNotFoundError(f"world folder not found: {world}")
+    if options.backend == DEFAULT_BACKEND:
+        check_names(entries, tasks)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    kept = _kept_rows(results, entries, tasks) if resume else []
+    from grainvl.data.formats._io import atomic_write_text
+
+    atomic_write_text(results, "".join(json.dumps(ordered_record(r), ensure_ascii=False) + "\n" for r in kept))
+    done = {(r["model"], r["task"]) for r in kept}
+    for model in entries:
+        todo = [t for t in tasks if (model.label, t) not in done]
+        if todo:
+            _bench_model(model, todo, world, out, options, echo, progress)
+    if report:
+        from grainvl.bench.report import write_report
+
+        write_report(results, out)
+    from grainvl.bench.report import read_results
+
+    return read_results(results)
+
+
+def _bench_model(
+    model: ModelEntry,
+    tasks: list[str],
+    world: Path,
+    out: Path,
+    options: BenchOptions,
+    echo: Callable[[str], None] | None,
+    progress: Callable[[str], None] | None,
+) -> None:
+    """One worker for ``model``; its rows (plus failure rows for tasks it never reached) go to results.jsonl."""
+    work = out / "workers"
+    work.mkdir(parents=True, exist_ok=True)
+    slug = _slug(model.label)
+    rows_path, spec_path = work / f"{slug}.rows.jsonl", work / f"{slug}.spec.json"
+    rows_path.unlink(missing_ok=True)
+    spec = {
+        "model": dataclasses.asdict(model),
+        "tasks": tasks,
+        "world": str(world.resolve()),
+        "out": str(out.resolve()),
+        "rows": str(rows_path.resolve()),
+        "options": dataclasses.asdict(options),
+    }
+    spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
+    outcome = run_worker(spec_path, out / "logs" / f"{slug}.log", options.timeout_s, echo)
+    from grainvl.bench.report import read_results
+
+    rows = read_results(rows_path) if rows_path.exists() and rows_path.stat().st_size else []
+    reached = {r["task"] for r in rows}
+    reason = outcome.reason or f"worker ended (status {outcome.returncode}) without a result"
+    dataset = options.dataset or world.name
+    rows += [failed_row(model, t, reason, dataset, options.seed) for t in tasks if t not in reached]
+    append_rows(out / "results.jsonl", rows)
+    if progress is not None:
+        for task in tasks:
+            progress(_progress_line(model.label, task, [r for r in rows if r["task"] == task]))
+
+
+def _progress_line(label: str, task: str, rows: list[dict[str, Any]]) -> str:
+    failed = [r for r in rows if r.get("status") == "failed"]
+    if failed:
+        return f"{label:<16} {task:<12} FAILED: {failed[0].get('error')}"
+    primary = {r["split"]: r["value"] for r in rows if r.get("primary")}
+    first = rows[0] if rows else {}
+    return (
+        f"{label:<16} {task:<12} ID {primary.get('id', float('nan')):.2f}  OOD {primary.get('ood', float('nan')):.2f}  "
+        f"p50 {first.get('latency_ms') or float('nan'):.1f} ms  {first.get('throughput') or float('nan'):.1f} samples/s"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1]))
