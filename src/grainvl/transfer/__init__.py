@@ -1,0 +1,1 @@
+"""Intermediate-task selection: PET task embeddings (TuPaTE), TextEmb/TaskEmb, ranking metrics, ground truth."""

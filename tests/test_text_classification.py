@@ -1,0 +1,117 @@
+"""Text classification fine-tuning: data reading by GLUE column names, metrics, and learning a toy task."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from grainvl.data.formats.glue import write_tsv
+from grainvl.errors import DataError
+from grainvl.tasks.text_classification import (
+    TextFinetuneConfig,
+    classification_metrics,
+    finetune_text_classifier,
+    load_glue_task,
+    main_metric_name,
+)
+from grainvl.transfer.pipeline import tiny_bert_folder
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_bert_folder(tmp_path_factory.mktemp("tiny_bert"))
+
+
+def _toy_task(folder: Path, n_train: int = 64, n_dev: int = 32) -> Path:
+    """Label 1 iff the sentence says "apple": separable by one token."""
+    rng = random.Random(0)
+    fillers = ["the box is", "i see a", "there lies one", "a small", "look at the"]
+
+    def rows(n: int) -> list[dict[str, str]]:
+        out = []
+        for i in range(n):
+            label = i % 2
+            word = "apple" if label else "stone"
+            out.append({"sentence": f"{rng.choice(fillers)} {word} here", "label": str(label)})
+        return out
+
+    write_tsv(folder / "train.tsv", ["sentence", "label"], rows(n_train))
+    write_tsv(folder / "dev.tsv", ["sentence", "label"], rows(n_dev))
+    return folder
+
+
+@pytest.mark.slow
+def test_learns_trivially_separable_task(tiny_bert: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(2)
+    task = _toy_task(tmp_path / "toy_sst")
+    cfg = TextFinetuneConfig(steps=40, batch_size=16, lr=2e-3, max_length=16, dropout=0.0, warmup=0.0)
+    result = finetune_text_classifier(tiny_bert, task, cfg)
+    assert result.metrics["accuracy"] == 1.0
+    assert result.main_metric == "accuracy" and result.steps == 40
+    assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5])
+    probs = result.model.predict_proba(["i see a apple here", "i see a stone here"])
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1.0)
+    assert result.model.predict(["i see a apple here", "i see a stone here"]) == ["1", "0"]
+
+
+def test_continue_from_finetuned_model_uses_new_head(tiny_bert: Path, tmp_path: Path) -> None:
+    task = _toy_task(tmp_path / "toy")
+    first = finetune_text_classifier(tiny_bert, task, TextFinetuneConfig(steps=2, batch_size=8, max_length=16))
+    before = {k: v.clone() for k, v in first.model.state_dict().items()}
+    second = finetune_text_classifier(
+        first.model, task, TextFinetuneConfig(steps=2, batch_size=8, max_length=16, seed=1)
+    )
+    # the source model is not modified, and the target run starts from its tower
+    assert all(torch.equal(v, first.model.state_dict()[k]) for k, v in before.items())
+    assert second.model.encoder is not first.model.encoder
+
+
+def test_reads_real_glue_headers(tmp_path: Path) -> None:
+    mrpc = tmp_path / "MRPC"
+    columns = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
+    row = {"Quality": "1", "#1 ID": "1", "#2 ID": "2", "#1 String": 'He said "hi".', "#2 String": "He greeted."}
+    write_tsv(mrpc / "train.tsv", columns, [row, {**row, "Quality": "0"}])
+    write_tsv(mrpc / "dev.tsv", columns, [row])
+    task = load_glue_task(mrpc)
+    assert task.text_columns == ("#1 String", "#2 String") and task.label_column == "Quality"
+    assert task.train_texts[0] == ('He said "hi".', "He greeted.") and task.labels == ("0", "1")
+    assert main_metric_name(task.name, False, 2) == "f1"
+    stsb = tmp_path / "STS-B"
+    write_tsv(
+        stsb / "train.tsv", ["sentence1", "sentence2", "score"], [{"sentence1": "a", "sentence2": "b", "score": "3.8"}]
+    )
+    write_tsv(
+        stsb / "dev.tsv", ["sentence1", "sentence2", "score"], [{"sentence1": "a", "sentence2": "c", "score": "1.0"}]
+    )
+    assert load_glue_task(stsb).is_regression and load_glue_task(stsb).train_targets == [3.8]
+
+
+def test_unseen_dev_label_and_unknown_columns_are_data_errors(tmp_path: Path) -> None:
+    folder = tmp_path / "bad"
+    write_tsv(folder / "train.tsv", ["sentence", "label"], [{"sentence": "x", "label": "0"}])
+    write_tsv(folder / "dev.tsv", ["sentence", "label"], [{"sentence": "y", "label": "2"}])
+    with pytest.raises(DataError, match="do not occur in train"):
+        load_glue_task(folder)
+    write_tsv(folder / "train.tsv", ["words", "label"], [{"words": "x", "label": "0"}])
+    with pytest.raises(DataError, match="cannot tell text/label columns"):
+        load_glue_task(folder)
+
+
+def test_metrics_match_sklearn() -> None:
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
+    rng = np.random.default_rng(0)
+    pred, gold = rng.integers(0, 2, 50), rng.integers(0, 2, 50)
+    metrics = classification_metrics(pred, gold, ("0", "1"))
+    assert metrics["accuracy"] == pytest.approx((pred == gold).mean())
+    assert metrics["f1"] == pytest.approx(f1_score(gold, pred))
+    assert metrics["mcc"] == pytest.approx(matthews_corrcoef(gold, pred))
+    # labels without "1": the second sorted label is the positive class
+    assert classification_metrics(pred, gold, ("entailment", "not_entailment"))["f1"] == pytest.approx(
+        f1_score(gold, pred)
+    )
+    assert main_metric_name("scene_cola", False, 2) == "mcc" and main_metric_name("size_mnli", False, 3) == "accuracy"
