@@ -1,0 +1,144 @@
+"""Video question answering (MSRVTT-QA / MSVD-QA) as X²-VLM does it: classification over ``ans2label``.
+
+Official ``VQA_msrvtt.py`` / ``XVLMForClassification`` (xvlm.md §4.1, following ClipBERT): the
+clip's ``frame_len`` frames are encoded one by one and averaged per token (``encode_video``), the
+question is fused with them by the text + fusion layers, and ``build_mlp(H, num_labels)`` on the
+fusion ``[CLS]`` is trained with cross-entropy; answers outside ``ans2label`` get label -100 in
+training (ignored) and count as wrong at test time. Metric: accuracy (``acc``, percent).
+
+World files: ``annotations/msrvtt/msrvtt_qa_{split}.jsonl`` and ``ans2label.json``; videos are
+folders of frames (``videos/video{id}/``) or X²-VLM's JSON lists of base64 frames. Predictions:
+``videoqa_result_{split}.json`` ``[{"index", "video_id", "question", "answer", "pred"}]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from grainvl.data.downstream import make_loader
+from grainvl.data.downstream_gen import IGNORE, VideoQADataset
+from grainvl.data.formats import msrvtt
+from grainvl.models.xvlm import XVLM, _init_linear, build_mlp
+from grainvl.tasks.base import (
+    DataOptions,
+    DownstreamTask,
+    TaskModule,
+    gather_predictions,
+    model_data_config,
+    resolve_split,
+    shard_indices,
+    write_json_result,
+)
+from grainvl.train.loop import StatefulIterator
+
+
+def videoqa_file(world: Path, split: str) -> Path:
+    return Path(world) / "annotations" / "msrvtt" / f"msrvtt_qa_{split}.jsonl"
+
+
+def ans2label_file(world: Path) -> Path:
+    return Path(world) / "annotations" / "msrvtt" / "ans2label.json"
+
+
+class VideoQAModule(TaskModule):
+    """The model + ``cls_head = build_mlp(H, num_labels)`` on the fusion ``[CLS]`` of question x video."""
+
+    def __init__(self, model: XVLM, num_labels: int) -> None:
+        super().__init__(model)
+        if num_labels < 1:
+            raise ValueError("video QA needs at least one answer label")
+        self.cls_head = build_mlp(model.config.text.hidden_size, num_labels)
+        self.cls_head.apply(_init_linear)
+
+    def logits(self, video: torch.Tensor, question_ids: torch.Tensor, question_atts: torch.Tensor) -> torch.Tensor:
+        """video (B, F, 3, R, R), question (B, L) -> (B, num_labels)."""
+        vis, vis_atts = self.model.encode_video(video)  # (B, 1+N, Dv): frames averaged per token
+        fused = self.model.encode_multimodal(question_ids, question_atts, vis, vis_atts)  # (B, L, H)
+        return self.cls_head(fused[:, 0])
+
+    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        logits = self.logits(batch["video"], batch["question_ids"], batch["question_atts"])
+        labels = batch["labels"]
+        if bool(labels.eq(IGNORE).all()):  # no answer of this batch is in ans2label: a zero loss, still a graph
+            return {"videoqa_loss": logits.sum() * 0.0}, {}
+        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
+        return {"videoqa_loss": loss}, {"train_acc": float((logits.argmax(-1) == labels).float().mean())}
+
+
+class VideoQATask(DownstreamTask):
+    """MSRVTT-QA-format video QA; primary metric ``acc`` (percent)."""
+
+    name = "videoqa"
+    primary_metric = "acc"
+    default_options: ClassVar[dict[str, Any]] = {
+        "ans2label": None,  # {answer: label}; filled from the world's ans2label.json at build and saved
+    }
+
+    def build(self, model: XVLM, world: Path, tokenizer: Any) -> VideoQAModule:
+        if self.options["ans2label"] is None:
+            self.options["ans2label"] = msrvtt.read_ans2label(ans2label_file(world))
+        return VideoQAModule(model, len(self.options["ans2label"]))
+
+    def _dataset(self, module: TaskModule, tokenizer: Any, world: Path, split: str, train: bool) -> VideoQADataset:
+        dcfg = model_data_config(module.model, augment=self.data.augment and train)
+        limit = self.data.max_train_samples if train else self.data.max_eval_samples
+        path = videoqa_file(world, split)
+        return VideoQADataset(
+            path, Path(world), tokenizer, dcfg, self.options["ans2label"], train, self.data.seed, limit
+        )
+
+    def train_stream(
+        self, module: TaskModule, tokenizer: Any, world: Path, cfg: DataOptions, rank: int, world_size: int
+    ) -> StatefulIterator:
+        self.data = cfg
+        data = self._dataset(module, tokenizer, world, "train", True)
+        return make_loader(data, cfg.batch_size, cfg.seed, rank, world_size)
+
+    @torch.no_grad()
+    def evaluate(
+        self, module: TaskModule, tokenizer: Any, world: Path, split: str, out_dir: Path | None = None
+    ) -> dict[str, float]:
+        assert isinstance(module, VideoQAModule)
+        module.eval()
+        split = resolve_split(split)
+        data = self._dataset(module, tokenizer, world, split, False)
+        labels = {label: answer for answer, label in self.options["ans2label"].items()}
+        mine = shard_indices(len(data))
+        predictions = []
+        for start in range(0, len(mine), self.data.eval_batch_size):
+            batch = data.collate([data.sample(i, 0) for i in mine[start : start + self.data.eval_batch_size]])
+            best = module.logits(batch["video"], batch["question_ids"], batch["question_atts"]).argmax(-1)
+            for i, label in zip(batch["index"], best.tolist()):
+                record = data.records[i]
+                predictions.append(
+                    {
+                        "index": i,
+                        "video_id": record["video_id"],
+                        "question": record["question"],
+                        "answer": record["answer"],
+                        "pred": labels[label],
+                    }
+                )
+        merged = gather_predictions(predictions, "index")
+        if not merged:
+            return {}
+        write_json_result(out_dir, f"videoqa_result_{split}.json", merged)
+        correct = sum(p["pred"] == p["answer"] for p in merged)
+        return {"acc": 100.0 * correct / len(merged)}
+
+    def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
+        assert isinstance(module, VideoQAModule)
+        data = self._dataset(module, tokenizer, world, "test", False)
+        batch = data.collate([data.sample(i % len(data), 0) for i in range(batch_size)])
+
+        @torch.no_grad()
+        def call() -> torch.Tensor:
+            module.eval()
+            return module.logits(batch["video"], batch["question_ids"], batch["question_atts"])
+
+        return call

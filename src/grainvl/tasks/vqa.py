@@ -1,0 +1,249 @@
+"""VQA v2 (and VLUE's OOD VQA) as X²-VLM does it: a generative answer decoder that ranks a closed answer list.
+
+``head="decoder"`` (default, official ``XVLMForVQA``, xvlm.md §4.1): the question is fused with the
+image by all text + fusion layers; a :class:`~grainvl.models.decoder.TextDecoder` (6 layers in the
+official config = the number of fusion layers, initialised from them) reads those question states
+through cross-attention and models the answer ``[CLS] answer [SEP]`` left to right. Training
+minimises ``-sum_answers weight * log p(answer)`` / batch, the weights being each distinct answer's
+share of the annotators (VG answers 0.5); like every task head outside ``model.``, the decoder trains
+at ``lr * lr_mult`` (the official ``large_lr_for_dec``). Evaluation ranks ``answer_list.json``: the first-token
+probability of every answer picks the ``k_test`` best, whose full log-likelihoods decide.
+
+``head="classifier"``: the alternative many VQA models use, ``build_mlp(H, |answers|)`` on the fusion
+``[CLS]``, trained with the same targets as a soft-label cross-entropy over the list (answers outside
+the list carry no signal) and predicting the arg-max.
+
+Metrics: ``vqa_acc``, the official VQA accuracy (``grainvl.metrics.vqa.vqa_accuracy``) against the
+split's ``v2_mscoco_{split}_annotations.json`` (10 answers each) on ID and OOD alike, so the gap is
+measured on one metric; on the OOD split also ``vlue_exact_match``, VLUE's single-answer exact match
+on ``vlue/vqa_vlue_test.json``. Predictions are the official result file
+``[{"question_id", "answer"}]`` (``vqa_result_{split}.json``).
+
+Deviation (documented in docs/tasks.md): the official ``rank_answer`` adds the first token's
+log-probability a second time to the sequence log-likelihood that already contains it; we rank by
+the answer's log-likelihood (``rank_first_token_twice=True`` restores the official score).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from grainvl.data.downstream import make_loader
+from grainvl.data.downstream_gen import VQADataset, tokenize
+from grainvl.data.formats import albef, vlue, vqa_v2
+from grainvl.models.decoder import TextDecoder
+from grainvl.models.xvlm import XVLM, _init_linear, build_mlp
+from grainvl.tasks.base import (
+    DataOptions,
+    DownstreamTask,
+    TaskModule,
+    gather_predictions,
+    model_data_config,
+    resolve_split,
+    shard_indices,
+    write_json_result,
+)
+from grainvl.train.loop import StatefulIterator
+
+HEADS = ("decoder", "classifier")
+
+
+def vqa_file(world: Path, split: str) -> Path:
+    return Path(world) / "annotations" / "vqa" / f"vqa_{split}.json"
+
+
+def answer_list_file(world: Path) -> Path:
+    return Path(world) / "annotations" / "vqa" / "answer_list.json"
+
+
+class VQAModule(TaskModule):
+    """The model + either ``text_decoder`` (answer ranking) or ``cls_head`` (classifier over the answer list)."""
+
+    def __init__(
+        self,
+        model: XVLM,
+        answers: list[str],
+        tokenizer: Any,
+        head: str = "decoder",
+        num_dec_layers: int | None = None,
+        k_test: int = 128,
+        rank_first_token_twice: bool = False,
+    ) -> None:
+        super().__init__(model)
+        if head not in HEADS:
+            raise ValueError(f"vqa head must be one of {HEADS}, got {head!r}")
+        if not answers:
+            raise ValueError("the VQA answer list is empty")
+        self.head, self.answers, self.k_test = head, list(answers), k_test
+        self.answer_index = {a: i for i, a in enumerate(self.answers)}
+        self.rank_first_token_twice = rank_first_token_twice
+        if head == "decoder":
+            self.text_decoder = TextDecoder.from_fusion_layers(model.bert, model.mlm, num_dec_layers)
+            ids, atts = tokenize(tokenizer, self.answers, None)  # (A, La): [CLS] answer [SEP] [PAD]...
+            self.register_buffer("answer_ids", ids, persistent=False)
+            self.register_buffer("answer_atts", atts, persistent=False)
+        else:
+            self.cls_head = build_mlp(model.config.text.hidden_size, len(self.answers))
+            self.cls_head.apply(_init_linear)
+
+    # ------------------------------------------------------------------ shared pieces
+    def question_states(
+        self, image: torch.Tensor, question_ids: torch.Tensor, question_atts: torch.Tensor
+    ) -> torch.Tensor:
+        """All text + fusion layers on the question with the image: (B, L, H)."""
+        vis, vis_atts = self.model.encode_image(image)  # (B, 1+N, Dv)
+        return self.model.encode_multimodal(question_ids, question_atts, vis, vis_atts)
+
+    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        states = self.question_states(batch["image"], batch["question_ids"], batch["question_atts"])  # (B, L, H)
+        b = states.shape[0]
+        if self.head == "classifier":
+            logp = torch.log_softmax(self.cls_head(states[:, 0]).float(), dim=-1)  # (B, A)
+            return {"vqa_loss": -(batch["answer_targets"] * logp).sum() / b}, {}
+        counts = batch["answer_counts"]  # (B,): answers per question
+        answer_states = states.repeat_interleave(counts, dim=0)  # (A, L, H)
+        answer_q_atts = batch["question_atts"].repeat_interleave(counts, dim=0)
+        logp = self.text_decoder.sequence_logprob(
+            batch["answer_ids"], batch["answer_atts"], answer_states, answer_q_atts
+        )
+        return {"vqa_loss": -(batch["answer_weights"] * logp).sum() / b}, {}
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def rank_answers(
+        self, states: torch.Tensor, question_atts: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Official answer ranking -> (answer indices (Q, k) best first, their scores (Q, k)).
+
+        1. One decoder step from ``[CLS]``: log p(first token) of every answer, (Q, A); keep the top k.
+        2. The full log-likelihood of each kept answer given the question, (Q, k); sort by it.
+        """
+        q, num_answers = states.shape[0], self.answer_ids.shape[0]
+        k = min(k, num_answers)
+        start = self.answer_ids[:1, :1].expand(q, 1)  # (Q, 1): the start token [CLS]
+        logits = self.text_decoder(start, torch.ones_like(start), states, question_atts)[:, 0]  # (Q, V)
+        first = torch.log_softmax(logits.float(), dim=-1).index_select(1, self.answer_ids[:, 1])  # (Q, A)
+        top_first, top_ids = first.topk(k, dim=1)  # (Q, k)
+        ids = self.answer_ids[top_ids].flatten(0, 1)  # (Q*k, La)
+        atts = self.answer_atts[top_ids].flatten(0, 1)
+        scores = self.text_decoder.sequence_logprob(
+            ids, atts, states.repeat_interleave(k, dim=0), question_atts.repeat_interleave(k, dim=0)
+        ).view(q, k)  # (Q, k): log p(answer | question, image), first token included
+        if self.rank_first_token_twice:
+            scores = scores + top_first  # the official score (first token counted twice)
+        scores, order = scores.sort(dim=1, descending=True)
+        return top_ids.gather(1, order), scores
+
+    @torch.no_grad()
+    def predict(self, image: torch.Tensor, question_ids: torch.Tensor, question_atts: torch.Tensor) -> list[str]:
+        """The predicted answer string of each question."""
+        states = self.question_states(image, question_ids, question_atts)
+        if self.head == "classifier":
+            best = self.cls_head(states[:, 0]).argmax(dim=-1)  # (B,)
+        else:
+            best = self.rank_answers(states, question_atts, self.k_test)[0][:, 0]
+        return [self.answers[i] for i in best.tolist()]
+
+
+class VQATask(DownstreamTask):
+    """VQA on ``annotations/vqa/vqa_{split}.json`` with ``answer_list.json``; metric ``vqa_acc`` (percent)."""
+
+    name = "vqa"
+    primary_metric = "vqa_acc"
+    default_options: ClassVar[dict[str, Any]] = {
+        "head": "decoder",  # "decoder" (X²-VLM answer ranking) or "classifier"
+        "num_dec_layers": None,  # None: as many as the fusion layers (official 6); or half of them
+        "k_test": 128,  # answers kept by the first-token step before full re-ranking (official 128)
+        "rank_first_token_twice": False,  # True: the official ranking score (see module docstring)
+        "answers": None,  # the answer list; filled from the world's answer_list.json at build and saved
+    }
+
+    def build(self, model: XVLM, world: Path, tokenizer: Any) -> VQAModule:
+        if self.options["answers"] is None:
+            self.options["answers"] = albef.read_answer_list(answer_list_file(world))
+        o = self.options
+        return VQAModule(
+            model,
+            o["answers"],
+            tokenizer,
+            o["head"],
+            o["num_dec_layers"],
+            o["k_test"],
+            o["rank_first_token_twice"],
+        )
+
+    def _dataset(self, module: TaskModule, tokenizer: Any, world: Path, split: str, train: bool) -> VQADataset:
+        assert isinstance(module, VQAModule)
+        dcfg = model_data_config(module.model, augment=self.data.augment and train)
+        index = module.answer_index if module.head == "classifier" else None
+        limit = self.data.max_train_samples if train else self.data.max_eval_samples
+        return VQADataset(vqa_file(world, split), Path(world), tokenizer, dcfg, train, self.data.seed, limit, index)
+
+    def train_stream(
+        self, module: TaskModule, tokenizer: Any, world: Path, cfg: DataOptions, rank: int, world_size: int
+    ) -> StatefulIterator:
+        self.data = cfg
+        return make_loader(
+            self._dataset(module, tokenizer, world, "train", True), cfg.batch_size, cfg.seed, rank, world_size
+        )
+
+    @torch.no_grad()
+    def evaluate(
+        self, module: TaskModule, tokenizer: Any, world: Path, split: str, out_dir: Path | None = None
+    ) -> dict[str, float]:
+        assert isinstance(module, VQAModule)
+        module.eval()
+        split = resolve_split(split)
+        data = self._dataset(module, tokenizer, world, split, False)
+        mine = shard_indices(len(data))
+        predictions = []
+        for start in range(0, len(mine), self.data.eval_batch_size):
+            batch = data.collate([data.sample(i, 0) for i in mine[start : start + self.data.eval_batch_size]])
+            answers = module.predict(batch["image"], batch["question_ids"], batch["question_atts"])
+            predictions += [{"question_id": q, "answer": a} for q, a in zip(batch["question_id"], answers)]
+        merged = gather_predictions(predictions, "question_id")
+        if not merged:
+            return {}
+        write_json_result(out_dir, f"vqa_result_{split}.json", merged)
+        return vqa_metrics({p["question_id"]: p["answer"] for p in merged}, Path(world), split, data)
+
+    def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
+        assert isinstance(module, VQAModule)
+        data = self._dataset(module, tokenizer, world, "test", False)
+        batch = data.collate([data.sample(i % len(data), 0) for i in range(batch_size)])
+
+        @torch.no_grad()
+        def call() -> list[str]:
+            module.eval()
+            return module.predict(batch["image"], batch["question_ids"], batch["question_atts"])
+
+        return call
+
+
+def vqa_metrics(predictions: dict[int, str], world: Path, split: str, data: VQADataset) -> dict[str, float]:
+    """``vqa_acc`` from the official annotations (or the records' answer lists); ``vlue_exact_match`` on OOD."""
+    from grainvl.metrics.vqa import exact_match_accuracy, vqa_accuracy
+
+    metrics: dict[str, float] = {}
+    annotations = world / "annotations" / "vqa" / f"v2_mscoco_{split}_annotations.json"
+    if annotations.is_file():
+        truth = {
+            a["question_id"]: [x["answer"] for x in a["answers"]]
+            for a in vqa_v2.read_vqa_annotations(annotations)["annotations"]
+        }
+    else:  # X-VLM files with answer lists (val), e.g. a real dataset without the official annotation file
+        truth = {r["question_id"]: list(r["answer"]) for r in data.records if isinstance(r.get("answer"), list)}
+    truth = {q: a for q, a in truth.items() if q in predictions}
+    if truth:
+        metrics["vqa_acc"] = vqa_accuracy({q: predictions[q] for q in truth}, truth)
+    vlue_file = world / "annotations" / "vlue" / "vqa_vlue_test.json"
+    if split == "test_ood" and vlue_file.is_file():
+        single = {r["question_id"]: r["answer"] for r in vlue.read_vlue_vqa(vlue_file)}
+        scored = {q: a for q, a in predictions.items() if q in single}
+        if scored:
+            metrics["vlue_exact_match"] = exact_match_accuracy(scored, single)
+    return metrics
