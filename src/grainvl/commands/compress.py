@@ -1,0 +1,96 @@
+"""``grainvl compress``: EfficientVLM-style distill -> prune -> shrink of an X²-VLM (see docs/compression.md)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compress",
+        help="compress a model: distill into a smaller student, prune with L0 masks, shrink to a dense model",
+        description=(
+            "Compose compression recipes in order, e.g. --recipe distill,prune,shrink. Each stage writes "
+            "OUT/<stage>/ loadable with XVLM.from_pretrained; the run ends with zero-shot retrieval of the "
+            "teacher and the result, and OUT/results.jsonl lines with params, FLOPs, energy and CO2."
+        ),
+    )
+    p.add_argument("--teacher", required=True, help="model folder (save_pretrained layout) or a registered model name")
+    p.add_argument(
+        "--recipe",
+        required=True,
+        help="comma-separated stages applied in order: distill, prune, shrink (e.g. distill,prune,shrink)",
+    )
+    p.add_argument("--world", required=True, type=Path, help="world folder (pre-training data and evaluation split)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (one sub-folder per stage)")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps per training stage (default 100)")
+    p.add_argument(
+        "--target-sparsity", type=float, help="share of prunable parameters to remove (default: the paper's, 0.25)"
+    )
+    p.add_argument(
+        "--task",
+        default="retrieval",
+        choices=("retrieval", "vqa", "nlvr", "captioning"),
+        help="whose paper settings (target sparsity, lr, reg lr) to default to (default retrieval)",
+    )
+    p.add_argument(
+        "--per-modality",
+        metavar="M=S,...",
+        help="separate targets per modality instead of one shared target, e.g. vision=0.4,text=0.2,fusion=0.3",
+    )
+    p.add_argument(
+        "--student",
+        default="half",
+        choices=("half", "efficientvlm"),
+        help="student layers: every other layer per stack (half) or EfficientVLM's 6/3/3 (default half)",
+    )
+    p.add_argument("--prune-layers", action="store_true", help="also learn whole attention/FFN sub-layer masks (CoFi)")
+    p.add_argument("--batch-size", type=int, default=8, help="image-text pairs per step (default 8)")
+    p.add_argument("--lr", type=float, help="distillation learning rate (default 1e-4)")
+    p.add_argument("--seed", type=int, default=42, help="seed (default 42)")
+    p.add_argument("--no-energy", action="store_true", help="do not track energy with codecarbon")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_compress)
+
+
+def _per_modality(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"--per-modality expects M=S pairs, got {part!r}")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError as error:
+            raise ValueError(f"--per-modality: {value!r} is not a number") from error
+    return out
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from grainvl.compress.recipes import CompressConfig, format_report, run_compress
+
+    if not args.world.is_dir():
+        raise FileNotFoundError(f"{args.world}: no such world folder (make one with `grainvl world --out DIR`)")
+    cfg = CompressConfig(
+        teacher=args.teacher,
+        recipe=[s.strip() for s in args.recipe.split(",") if s.strip()],
+        world=str(args.world),
+        out=str(args.out),
+        steps=args.steps,
+        target_sparsity=args.target_sparsity,
+        task=args.task,
+        per_modality=_per_modality(args.per_modality),
+        student=args.student,
+        prune_layers=args.prune_layers,
+        image_batch_size=args.batch_size,
+        seed=args.seed,
+        track_energy=not args.no_energy,
+        progress=not args.quiet,
+    )
+    if args.lr is not None:
+        cfg.distill_lr = args.lr
+    print(format_report(run_compress(cfg)))
+    return 0

@@ -1,0 +1,534 @@
+"""Modal-adaptive structured pruning: one hard-concrete L0 engine for EfficientVLM and CoFiPruning.
+
+Pieces (compression.md §0, §A.4, §D):
+
+* :class:`HardConcreteMask`: learnable ``log α`` of shape ``(rows, units)`` (Louizos et al. 2018,
+  β = 2/3, stretch limits γ = -0.1, ζ = 1.1). Training draws fresh samples ``z`` every forward
+  (shared over the batch); evaluation uses the deterministic masks of CoFi/EfficientVLM.
+* :class:`ModalPruner`: the mask groups of an X²-VLM (attention heads of the vision, text and
+  fusion self-/cross-attention blocks, FFN neurons of each tower, optionally whole attention/FFN
+  sub-layers as in CoFi), each unit priced by the **exact** number of parameters removing it
+  removes; the expected size from the keep probabilities; the Lagrangian
+  ``λ1(ŝ − t) + λ2(ŝ − t)²`` with gradient *ascent* on λ; the sparsity warm-up on a global step
+  counter that never restarts (the official per-epoch restart is a bug, §A.4 quirk 1).
+* Masks reach the model through forward hooks on the output projections and FFN activations, so
+  the model code is untouched and a hooked model computes exactly what :mod:`.shrink` later builds.
+
+Modalities: ``vision`` (ViT blocks), ``text`` (text-only BERT layers), ``fusion`` (BERT layers with
+cross-attention: their self-attention, cross-attention and FFN). EfficientVLM constrains the union
+with one target, so the optimiser decides how much each modality loses; ``per_modality`` targets
+(its unused ``modal_l0_module.py``) are an option.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from grainvl.models.xvlm import XVLM
+
+LIMIT_A = -0.1  # γ: left end of the stretched interval
+LIMIT_B = 1.1  # ζ: right end
+TEMPERATURE = 2.0 / 3.0  # β
+EPS = 1e-6
+LOG_ALPHA_MIN, LOG_ALPHA_MAX = math.log(1e-2), math.log(1e2)  # CoFi's clamp after every step
+MAGICAL_NUMBER = 0.8  # CoFi/EfficientVLM ranking score σ(log α / β · 0.8) for deterministic masks
+MODALITIES = ("vision", "text", "fusion")
+
+# The paper's per-task stage-2 settings (EfficientVLM configs/x-vlm-small-ft/*.yaml, compression.md §A.4):
+# target sparsity, lr of the model, lr of log α and λ (``reg_learning_rate``), epochs. The Lagrangian
+# warm-up is one epoch everywhere.
+PAPER_TASK_DEFAULTS: dict[str, dict[str, float]] = {
+    "retrieval": {"target_sparsity": 0.25, "lr": 3e-5, "reg_lr": 0.01, "epochs": 10},
+    "vqa": {"target_sparsity": 0.35, "lr": 5e-5, "reg_lr": 0.01, "epochs": 20},
+    "nlvr": {"target_sparsity": 0.25, "lr": 3e-5, "reg_lr": 0.1, "epochs": 10},
+    "captioning": {"target_sparsity": 0.25, "lr": 1e-5, "reg_lr": 0.01, "epochs": 10},
+}
+
+
+# ----------------------------------------------------------------------------------------- hard concrete
+def keep_probability(log_alpha: Tensor, beta: float = TEMPERATURE) -> Tensor:
+    """``P(z > 0) = σ(log α − β·ln(−γ/ζ))``: the L0 "norm" contribution of each unit (same shape)."""
+    return torch.sigmoid(log_alpha - beta * math.log(-LIMIT_A / LIMIT_B))
+
+
+def sample_hard_concrete(log_alpha: Tensor, beta: float = TEMPERATURE) -> Tensor:
+    """One reparameterised sample ``z ∈ [0, 1]`` per unit: stretched, clamped binary concrete."""
+    u = torch.empty_like(log_alpha).uniform_(EPS, 1.0 - EPS)
+    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / beta)
+    return (s * (LIMIT_B - LIMIT_A) + LIMIT_A).clamp(0.0, 1.0)
+
+
+def deterministic_mask(log_alpha: Tensor, beta: float = TEMPERATURE, soft: bool = False) -> Tensor:
+    """Evaluation masks, row by row (CoFi ``_deterministic_z``).
+
+    Each row of ``(rows, units)`` zeroes its ``round(units − Σ q)`` lowest-scoring units (score
+    ``σ(log α / β · 0.8)``). EfficientVLM sets the others to exactly 1 (``soft=False``, default);
+    CoFi keeps the soft score (``soft=True``), which :mod:`.shrink` folds into the weights.
+    """
+    rows = log_alpha.detach().reshape(-1, log_alpha.shape[-1]) if log_alpha.dim() else log_alpha.detach()[None, None]
+    out = torch.empty_like(rows)
+    for r, row in enumerate(rows):
+        n_zero = round(row.numel() - float(keep_probability(row, beta).sum()))
+        score = torch.sigmoid(row / beta * MAGICAL_NUMBER)
+        mask = score.clone() if soft else torch.ones_like(row)
+        if n_zero > 0:
+            mask[torch.topk(score, k=min(n_zero, row.numel()), largest=False).indices] = 0.0
+        out[r] = mask
+    return out.reshape(log_alpha.shape)
+
+
+class HardConcreteMask(nn.Module):
+    """``log_alpha`` ``(rows, units)``; ``forward()`` -> a sample (training) or the deterministic mask (eval)."""
+
+    def __init__(self, rows: int, units: int, init_mean: float, init_std: float = 0.01) -> None:
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.empty(rows, units).normal_(init_mean, init_std))
+        self.soft_eval = False
+
+    def keep_probability(self) -> Tensor:
+        return keep_probability(self.log_alpha)
+
+    def forward(self) -> Tensor:
+        if self.training:
+            return sample_hard_concrete(self.log_alpha)
+        return deterministic_mask(self.log_alpha, soft=self.soft_eval)
+
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        """Clamp ``log α`` into ``[ln 0.01, ln 100]`` (CoFi/EfficientVLM, after each optimizer step)."""
+        self.log_alpha.clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+
+
+# ----------------------------------------------------------------------------------------- configuration
+@dataclass
+class PruneConfig:
+    """What to prune and the constraint. Defaults: EfficientVLM (heads + FFN neurons, one shared target)."""
+
+    target_sparsity: float = 0.25  # of the prunable parameters (paper: retrieval/NLVR/captioning 0.25, VQA 0.35)
+    per_modality: dict[str, float] | None = None  # e.g. {"vision": 0.4, "text": 0.2, "fusion": 0.3}: one λ pair each
+    warmup_steps: int = 100  # t = target · min(1, step / warmup_steps) (paper: one epoch)
+    reg_lr: float = 0.01  # lr of log α and of λ (``reg_learning_rate``)
+    droprate_init: float = 0.5  # FFN log α ~ N(ln((1-p)/p), 0.01); heads and layers start at N(10, 0.01)
+    layers: bool = False  # CoFi's whole-sub-layer masks (head_layer_z, mlp_z) too
+    modalities: tuple[str, ...] = MODALITIES  # towers to prune
+    soft_eval: bool = False  # CoFi's soft kept scores at eval (False: EfficientVLM's binary masks)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.target_sparsity < 1.0:
+            raise ValueError(f"target_sparsity must be in [0, 1), got {self.target_sparsity}")
+        unknown = sorted(set(self.modalities) - set(MODALITIES)) + sorted(
+            set(self.per_modality or {}) - set(MODALITIES)
+        )
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; expected a subset of {MODALITIES}")
+        for name, value in (self.per_modality or {}).items():
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"per_modality target for {name} must be in [0, 1), got {value}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+@dataclass
+class MaskSite:
+    """One mask group: where it acts and what each of its units costs.
+
+    ``kind``: ``head`` (per attention head), ``ffn`` (per FFN neuron), ``attn_layer`` / ``ffn_layer``
+    (one scalar per whole sub-layer, CoFi). ``modules[r]`` is the module of row ``r`` the hook sits on;
+    ``unit_cost[r]`` the parameters one unit of row ``r`` owns; ``layer_of`` (layer masks only) names
+    the head/ffn group the layer mask scales.
+    """
+
+    name: str
+    modality: str
+    kind: str
+    modules: list[nn.Module]
+    units: int
+    unit_cost: list[float]
+    head_dim: int = 0
+    parent: str | None = None  # for a layer mask: the unit group it gates (its cost is that group's)
+
+
+# ----------------------------------------------------------------------------------------- sites of an XVLM
+def _vision_sites(model: XVLM, layers: bool) -> list[MaskSite]:
+    tower = model.vision_encoder
+    blocks = getattr(tower, "blocks", None)
+    if blocks is None:
+        raise ValueError(f"vision tower {type(tower).__name__} has no transformer blocks to prune")
+    d = tower.width
+    attn0 = blocks[0].attn
+    heads, hd = attn0.num_heads, attn0.head_dim
+    if any(b.attn.num_heads != heads or b.mlp.fc1.out_features != blocks[0].mlp.fc1.out_features for b in blocks):
+        raise ValueError("the vision tower is already shrunk (uneven blocks); prune the unshrunk model")
+    # One head: q/k/v rows (3·hd·d), their biases, its proj columns (d·hd), its relative position column.
+    qkv_bias = 3 * hd if attn0.qkv.bias is not None else 2 * hd if hasattr(attn0, "q_bias") else 0
+    rel = attn0.relative_position_bias_table.shape[0] if hasattr(attn0, "relative_position_bias_table") else 0
+    head_cost = 4 * d * hd + qkv_bias + rel
+    width = blocks[0].mlp.fc1.out_features
+    ffn_cost = 2 * d + 1  # fc1 row + its bias + fc2 column
+    sites = [
+        MaskSite("vision_head", "vision", "head", [b.attn.proj for b in blocks], heads, [head_cost] * len(blocks), hd),
+        MaskSite("vision_ffn", "vision", "ffn", [b.mlp.act for b in blocks], width, [ffn_cost] * len(blocks)),
+    ]
+    if layers:
+        sites.append(
+            MaskSite(
+                "vision_attn_layer",
+                "vision",
+                "attn_layer",
+                [b.attn.proj for b in blocks],
+                1,
+                [0.0] * len(blocks),
+                parent="vision_head",
+            )
+        )
+        sites.append(
+            MaskSite(
+                "vision_ffn_layer",
+                "vision",
+                "ffn_layer",
+                [b.mlp.fc2 for b in blocks],
+                1,
+                [0.0] * len(blocks),
+                parent="vision_ffn",
+            )
+        )
+    return sites
+
+
+def _text_sites(model: XVLM, modality: str, layers: bool) -> list[MaskSite]:
+    if model.config.text.layout != "single":
+        raise ValueError("pruning supports the X²-VLM 'single' text layout (text + fusion layers in one BERT)")
+    bert = model.bert
+    cfg = bert.config
+    indices = list(bert.layer_range("text")) if modality == "text" else list(range(bert.fusion_start, cfg.num_layers))
+    if not indices:
+        return []
+    stack = [bert.encoder.layer[i] for i in indices]
+    if cfg.layer_heads is not None or cfg.layer_intermediate is not None or cfg.layer_cross_heads is not None:
+        raise ValueError("the text tower is already shrunk (per-layer shapes); prune the unshrunk model")
+    d, hd, heads, width = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.intermediate_size
+    self_cost = hd * (4 * d + 3)  # q/k/v rows with biases + output-dense columns
+    cross_cost = hd * (2 * d + 2 * cfg.encoder_width + 3)  # keys/values read the vision width
+    ffn_cost = 2 * d + 1
+    rows = len(stack)
+    sites = [
+        MaskSite(
+            f"{modality}_head",
+            modality,
+            "head",
+            [lay.attention.output.dense for lay in stack],
+            heads,
+            [self_cost] * rows,
+            hd,
+        ),
+        MaskSite(f"{modality}_ffn", modality, "ffn", [lay.intermediate for lay in stack], width, [ffn_cost] * rows),
+    ]
+    if modality == "fusion":
+        dense = [lay.crossattention.output.dense for lay in stack]
+        sites.insert(1, MaskSite("fusion_cross_head", modality, "head", dense, heads, [cross_cost] * rows, hd))
+    if layers:
+        sites.append(
+            MaskSite(
+                f"{modality}_attn_layer",
+                modality,
+                "attn_layer",
+                [lay.attention.output.dense for lay in stack],
+                1,
+                [0.0] * rows,
+                parent=f"{modality}_head",
+            )
+        )
+        if modality == "fusion":
+            sites.append(
+                MaskSite(
+                    "fusion_cross_layer",
+                    modality,
+                    "attn_layer",
+                    [lay.crossattention.output.dense for lay in stack],
+                    1,
+                    [0.0] * rows,
+                    parent="fusion_cross_head",
+                )
+            )
+        sites.append(
+            MaskSite(
+                f"{modality}_ffn_layer",
+                modality,
+                "ffn_layer",
+                [lay.output.dense for lay in stack],
+                1,
+                [0.0] * rows,
+                parent=f"{modality}_ffn",
+            )
+        )
+    return sites
+
+
+def mask_sites(model: XVLM, modalities: tuple[str, ...] = MODALITIES, layers: bool = False) -> list[MaskSite]:
+    """The mask groups of ``model`` for ``modalities``, in a fixed order (vision, text, fusion)."""
+    sites: list[MaskSite] = []
+    # A CNN vision tower (EfficientNet-Lite0) has no heads or FFN to mask: only the text side is pruned.
+    if "vision" in modalities and hasattr(model.vision_encoder, "blocks"):
+        sites += _vision_sites(model, layers)
+    for modality in ("text", "fusion"):
+        if modality in modalities:
+            sites += _text_sites(model, modality, layers)
+    return sites
+
+
+# ----------------------------------------------------------------------------------------- hooks
+def _head_pre_hook(pruner: Any, name: str, row: int, head_dim: int) -> Callable[..., Any]:
+    """Scale each head's slice of the projection input ``(B, N, H·hd)`` by its mask."""
+
+    def hook(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
+        z = pruner.current.get(name)
+        if z is None:
+            return None
+        x = args[0]  # (B, N, H·hd)
+        heads = x.shape[-1] // head_dim
+        scaled = (x.unflatten(-1, (heads, head_dim)) * z[row].to(x.dtype)[:, None]).flatten(-2)
+        return (scaled, *args[1:])
+
+    return hook
+
+
+def _output_hook(pruner: Any, name: str, row: int) -> Callable[..., Any]:
+    """Scale a module's output: FFN activations ``(B, N, F)`` per neuron, or a whole sub-layer by a scalar."""
+
+    def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
+        z = pruner.current.get(name)
+        if z is None:
+            return None
+        return output * z[row].to(output.dtype)
+
+    return hook
+
+
+def _register_hooks(sites: list[MaskSite], holder: Any) -> list[Any]:
+    """Hooks reading ``holder.current[group]`` (a ``(rows, units)`` tensor; a missing group = no masking)."""
+    handles = []
+    for site in sites:
+        for row, module in enumerate(site.modules):
+            if site.kind == "head":
+                handles.append(module.register_forward_pre_hook(_head_pre_hook(holder, site.name, row, site.head_dim)))
+            else:
+                handles.append(module.register_forward_hook(_output_hook(holder, site.name, row)))
+    return handles
+
+
+@contextmanager
+def masks_applied(model: XVLM, masks: dict[str, Tensor]) -> Iterator[None]:
+    """Run ``model`` under fixed ``masks`` (``{group: (rows, units)}``, e.g. ``final_masks()``) inside the block."""
+    modalities = tuple(m for m in MODALITIES if any(name.startswith(m + "_") for name in masks))
+    sites = [s for s in mask_sites(model, modalities, layers=True) if s.name in masks]
+    holder = SimpleNamespace(current=dict(masks))
+    handles = _register_hooks(sites, holder)
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# ----------------------------------------------------------------------------------------- the pruner
+class ModalPruner(nn.Module):
+    """Hard-concrete masks over an :class:`XVLM`, the expected size and the Lagrangian (module docstring).
+
+    Usage: ``pruner = ModalPruner(model, cfg)`` attaches the hooks; each training forward first calls
+    :meth:`refresh` (new samples in training mode, deterministic masks in eval mode), then adds
+    :meth:`lagrangian` to the loss; ``on_step(step)`` after each optimizer step advances the
+    persistent global step counter.
+    """
+
+    def __init__(self, model: XVLM, cfg: PruneConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or PruneConfig()
+        self.sites = mask_sites(model, self.cfg.modalities, self.cfg.layers)
+        if not self.sites:
+            raise ValueError(f"nothing to prune in {self.cfg.modalities}")
+        ffn_init = math.log((1.0 - self.cfg.droprate_init) / self.cfg.droprate_init)
+        self.masks = nn.ModuleDict()
+        for site in self.sites:
+            mean = ffn_init if site.kind == "ffn" else 10.0  # CoFi/EfficientVLM: structures start kept
+            self.masks[site.name] = HardConcreteMask(len(site.modules), site.units, mean)
+            self.masks[site.name].soft_eval = self.cfg.soft_eval
+        constraints = sorted(self.cfg.per_modality) if self.cfg.per_modality else ["all"]
+        self.constraints = constraints
+        # λ1, λ2 per constraint, initialised at 0 (CoFi); trained by ascent, see :meth:`lagrangian`.
+        self.lambdas = nn.Parameter(torch.zeros(len(constraints), 2))
+        self.register_buffer("global_step", torch.zeros((), dtype=torch.long))
+        self.current: dict[str, Tensor] = {}
+        self._handles: list[Any] = []
+        self.attach()
+
+    # -------------------------------------------------------------- hooks
+    def attach(self) -> None:
+        """Register the mask hooks on the model (idempotent)."""
+        self.detach()
+        self._handles = _register_hooks(self.sites, self)
+
+    def detach(self) -> None:
+        """Remove every hook: the model runs unmasked again."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def refresh(self) -> dict[str, Tensor]:
+        """Clamp log α, then draw this step's masks (training) or fix the deterministic ones (eval)."""
+        for mask in self.masks.values():
+            mask.constrain_()
+        self.current = {name: mask() for name, mask in self.masks.items()}
+        return self.current
+
+    def final_masks(self) -> dict[str, Tensor]:
+        """The deterministic masks ``{group: (rows, units)}`` that :mod:`.shrink` turns into a smaller model."""
+        for mask in self.masks.values():
+            mask.constrain_()
+        return {name: deterministic_mask(mask.log_alpha, soft=self.cfg.soft_eval) for name, mask in self.masks.items()}
+
+    # -------------------------------------------------------------- size
+    def _unit_terms(self, values: dict[str, Tensor]) -> Iterator[tuple[str, Tensor]]:
+        """(modality, kept parameters) per group: unit values × unit costs, times the layer mask if any."""
+        layer_of = {site.parent: site.name for site in self.sites if site.parent}
+        for site in self.sites:
+            if site.parent is not None:
+                continue
+            v = values[site.name]  # (rows, units)
+            if site.name in layer_of:
+                v = v * values[layer_of[site.name]]  # (rows, 1): CoFi's q_layer · q_unit
+            cost = torch.tensor(site.unit_cost, dtype=v.dtype, device=v.device)  # (rows,)
+            yield site.modality, (v.sum(dim=-1) * cost).sum()
+
+    def prunable_size(self, modality: str | None = None) -> float:
+        """Parameters the masks can remove (all of them kept), optionally for one modality."""
+        return float(
+            sum(
+                c * s.units
+                for s in self.sites
+                if s.parent is None
+                for c in s.unit_cost
+                if modality in (None, s.modality)
+            )
+        )
+
+    def expected_size(self, modality: str | None = None) -> Tensor:
+        """E[kept parameters] from the keep probabilities ``q`` (differentiable in log α)."""
+        q = {name: mask.keep_probability() for name, mask in self.masks.items()}
+        terms = [t for m, t in self._unit_terms(q) if modality in (None, m)]
+        return torch.stack(terms).sum()
+
+    def expected_sparsity(self, modality: str | None = None) -> Tensor:
+        """ŝ = 1 − E[size] / prunable size (computed from log α only, never from samples, CoFi #31)."""
+        return 1.0 - self.expected_size(modality) / self.prunable_size(modality)
+
+    @torch.no_grad()
+    def achieved_sparsity(self) -> dict[str, float]:
+        """Sparsity of the deterministic masks, overall and per modality (what shrinking will remove)."""
+        final = {name: (m != 0).to(m.dtype) for name, m in self.final_masks().items()}
+        kept: dict[str, float] = {}
+        for modality, term in self._unit_terms(final):
+            kept[modality] = kept.get(modality, 0.0) + float(term)
+        out = {m: 1.0 - kept[m] / self.prunable_size(m) for m in kept}
+        out["all"] = 1.0 - sum(kept.values()) / self.prunable_size()
+        return out
+
+    # -------------------------------------------------------------- constraint
+    def target(self, constraint: str = "all") -> float:
+        """t(step) = target · min(1, step / warmup): the ramp runs once over the whole run, never per epoch."""
+        final = self.cfg.target_sparsity if constraint == "all" else self.cfg.per_modality[constraint]  # type: ignore[index]
+        warmup = self.cfg.warmup_steps
+        ramp = 1.0 if warmup == 0 else min(1.0, int(self.global_step) / warmup)
+        return final * ramp
+
+    def lagrangian(self) -> tuple[Tensor, dict[str, float]]:
+        """``Σ_c λ1(ŝ_c − t_c) + λ2(ŝ_c − t_c)²`` and its metrics.
+
+        The value is the Lagrangian term; its gradient is the usual one for log α but *negated* for
+        λ, so one ordinary (descending) optimizer step moves λ up the Lagrangian: the min over
+        (θ, log α), max over λ game of CoFi (whose λ optimizer has lr = −reg_lr).
+        """
+        total = self.lambdas.new_zeros(())
+        metrics: dict[str, float] = {}
+        for i, constraint in enumerate(self.constraints):
+            modality = None if constraint == "all" else constraint
+            s_hat = self.expected_sparsity(modality)
+            t = self.target(constraint)
+            gap = s_hat - t
+            lam = self.lambdas[i]  # (2,)
+            frozen = lam.detach()
+            value = frozen[0] * gap + frozen[1] * gap**2  # gradient to log α with the current λ
+            ascent = (lam - frozen)[0] * gap.detach() + (lam - frozen)[1] * gap.detach() ** 2  # == 0, grad −(gap, gap²)
+            total = total + value - ascent
+            metrics[f"prune/{constraint}_expected_sparsity"] = float(s_hat.detach())
+            metrics[f"prune/{constraint}_target"] = t
+            metrics[f"prune/{constraint}_lambda1"] = float(frozen[0])
+            metrics[f"prune/{constraint}_lambda2"] = float(frozen[1])
+        return total, metrics
+
+    def on_step(self, step: int) -> None:
+        """Record the loop's global step (continues across epochs and resumes; it is a saved buffer)."""
+        self.global_step.fill_(step)
+
+    def param_groups(self, reg_lr: float | None = None) -> list[dict[str, Any]]:
+        """AdamW groups for log α and λ: lr = reg_lr, no weight decay (EfficientVLM ``create_L0_optimizer``)."""
+        lr = self.cfg.reg_lr if reg_lr is None else reg_lr
+        log_alphas = [(f"pruner.masks.{n}.log_alpha", m.log_alpha) for n, m in self.masks.items()]
+        return [
+            {
+                "name": "l0/log_alpha",
+                "params": log_alphas,
+                "lr": lr,
+                "weight_decay": 0.0,
+                "lr_scale": 1.0,
+                "constant_lr": True,
+            },
+            {
+                "name": "l0/lambda",
+                "params": [("pruner.lambdas", self.lambdas)],
+                "lr": lr,
+                "weight_decay": 0.0,
+                "lr_scale": 1.0,
+                "constant_lr": True,
+            },
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        """Remaining units per group under the deterministic masks, for reports."""
+        final = self.final_masks()
+        return {name: [int((row != 0).sum()) for row in m] for name, m in final.items()}
+
+
+@dataclass
+class PruneReport:
+    """What pruning ended with: achieved vs target sparsity per modality and units kept per group."""
+
+    target: float
+    achieved: dict[str, float]
+    kept_units: dict[str, list[int]] = field(default_factory=dict)
+
+
+class PruneTask(nn.Module):
+    """A Task that trains ``inner`` (any Task over ``model``) under the pruner's masks plus the Lagrangian.
+
+    ``forward(batch)`` -> ``(losses, metrics)`` with ``lagrangian_loss`` added. Training mode samples
+    new masks every forward; eval mode uses the deterministic ones.
+    """
+
+    def __init__(self, inner: nn.Module, pruner: ModalPruner) -> None:
+        super().__init__()
+        self.inner = inner
+        self.pruner = pruner
+
+    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, float]]:
+        self.pruner.refresh()
+        losses, metrics = self.inner(batch)
+        lagrangian, lag_metrics = self.pruner.lagrangian()
+        return {**losses, "lagrangian_loss": lagrangian}, {**metrics, **lag_metrics}

@@ -1,0 +1,399 @@
+"""``grainvl compress``: recipes that compose in order (distill -> prune -> shrink).
+
+Each stage starts from the previous stage's model and writes ``OUT/<stage>/`` (``config.json`` +
+``model.safetensors`` + tokenizer) that ``XVLM.from_pretrained`` loads:
+
+* ``distill``: a student from the teacher's layers (:mod:`.distill`), trained with the task-agnostic
+  distillation loss on the world's pre-training data.
+* ``prune``: hard-concrete masks + Lagrangian (:mod:`.prune`) while training with distillation from
+  the teacher (the teacher itself when ``prune`` comes first: a frozen copy, as CoFi distils from
+  the unpruned model). Writes the dense weights plus ``masks.safetensors`` (the final masks) and
+  ``prune.json`` (target vs achieved sparsity per modality).
+* ``shrink``: the masks -> a smaller dense model (:mod:`.shrink`), checked against the masked model.
+
+The run ends with zero-shot retrieval of the final model on the world's test split and one
+``OUT/results.jsonl`` line per metric carrying parameters, FLOPs, wall time, energy and CO₂.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from grainvl.compress.distill import DistillTask, LayerMap, default_layer_map, init_student_from_teacher
+from grainvl.compress.prune import PAPER_TASK_DEFAULTS, ModalPruner, PruneConfig, PruneTask, masks_applied
+from grainvl.compress.shrink import shrink
+from grainvl.models.xvlm import XVLM
+
+STAGES = ("distill", "prune", "shrink")
+MASKS_FILE = "masks.safetensors"
+
+
+@dataclass
+class CompressConfig:
+    """One ``grainvl compress`` run. ``steps`` is per training stage (distill, prune)."""
+
+    teacher: str
+    recipe: list[str]
+    world: str
+    out: str
+    steps: int = 100
+    target_sparsity: float | None = None  # None: the paper's value for ``task``
+    task: str = "retrieval"  # which of the paper's stage-2 settings (sparsity, lrs) to default to
+    per_modality: dict[str, float] | None = None
+    student: str = "half"  # layer-map preset: "half" (every other layer) or "efficientvlm" (6/3/3)
+    distill_lr: float = 1e-4  # GD: AdamW 1e-4, wd 0.01, betas (0.9, 0.98), linear schedule
+    prune_lr: float | None = None  # None: the paper's lr for ``task``
+    reg_lr: float | None = None  # None: the paper's reg_learning_rate for ``task``
+    lagrangian_warmup: float = 0.1  # fraction of the prune steps (paper: 1 epoch of 10)
+    prune_layers: bool = False  # CoFi whole-sub-layer masks too
+    image_batch_size: int = 8
+    region_images: int = 4
+    seed: int = 42
+    eval_split: str = "test"
+    track_energy: bool = True
+    progress: bool = True
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if not self.recipe:
+            raise ValueError("empty recipe; choose stages from " + ", ".join(STAGES))
+        unknown = [s for s in self.recipe if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown recipe stage(s) {unknown}; available: {', '.join(STAGES)}")
+        if len(set(self.recipe)) != len(self.recipe):
+            raise ValueError(f"recipe {self.recipe} repeats a stage")
+        if self.task not in PAPER_TASK_DEFAULTS:
+            raise ValueError(f"unknown task {self.task!r}; expected one of {sorted(PAPER_TASK_DEFAULTS)}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if (
+            "shrink" in self.recipe
+            and "prune" in self.recipe
+            and self.recipe.index("shrink") < self.recipe.index("prune")
+        ):
+            raise ValueError("shrink must come after prune (it removes what pruning masked)")
+
+    def paper(self, key: str) -> float:
+        return PAPER_TASK_DEFAULTS[self.task][key]
+
+
+@dataclass
+class _State:
+    """What flows between stages."""
+
+    model: XVLM
+    teacher: XVLM
+    tokenizer: Any
+    layer_map: LayerMap | None = None
+    masks: dict[str, torch.Tensor] | None = None
+    pruner: ModalPruner | None = None
+    stages: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------- loading
+def load_teacher(source: str) -> tuple[XVLM, dict[str, torch.Tensor] | None]:
+    """A model folder (``from_pretrained``, plus its ``masks.safetensors`` if pruned) or a registered name."""
+    from grainvl.models.factory import create_model, list_models
+
+    path = Path(source)
+    if path.is_dir():
+        masks = None
+        if (path / MASKS_FILE).is_file():
+            from safetensors.torch import load_file
+
+            masks = load_file(path / MASKS_FILE)
+        return XVLM.from_pretrained(path), masks
+    if source in list_models() or path.suffix == ".json":
+        return create_model(source), None
+    raise FileNotFoundError(f"{source}: not a model folder (config.json + model.safetensors) nor a registered model")
+
+
+# ----------------------------------------------------------------------------------------- training
+def _streams(model: XVLM, tokenizer: Any, cfg: CompressConfig) -> Any:
+    from grainvl.data.pretrain import build_pretrain_loaders
+    from grainvl.train.pretrain import MixedStream, PretrainData, data_config
+
+    data = PretrainData(world=cfg.world, image_batch_size=cfg.image_batch_size, region_images=cfg.region_images)
+    dcfg = data_config(model, data)
+    streams = build_pretrain_loaders(cfg.world, "train", tokenizer, dcfg, seed=cfg.seed)
+    streams.pop("video", None)  # distillation runs on image-text (+ region) batches, as GeneralDistill.py
+    return MixedStream(streams)
+
+
+def _optimizer(
+    task: nn.Module, model: XVLM, lr: float, pruner: ModalPruner | None, steps: int
+) -> tuple[torch.optim.Optimizer, LambdaLR]:
+    """X²-VLM's AdamW groups for the model (lr_mult 2 on new parameters) + constant-lr groups for log α and λ."""
+    from grainvl.train.optim import OptimConfig, lr_multiplier, param_groups, resolve_warmup
+
+    ocfg = OptimConfig(lr=lr)
+    groups = param_groups(model, ocfg.weight_decay, lr, lr_mult_params=model.newly_initialised(), lr_mult=ocfg.lr_mult)
+    for group in groups:
+        group["params"] = [(f"model.{n}", p) for n, p in group["params"]]
+    if pruner is not None:
+        groups += pruner.param_groups()
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=ocfg.betas, eps=ocfg.eps)
+    warmup = resolve_warmup(0.1, steps)
+
+    def linear(step: int) -> float:
+        return lr_multiplier("linear", step, warmup, steps)
+
+    def constant(step: int) -> float:  # log α and λ keep their lr (EfficientVLM's separate optimizers)
+        return 1.0
+
+    schedule = [constant if g.get("constant_lr") else linear for g in optimizer.param_groups]
+    return optimizer, LambdaLR(optimizer, schedule)
+
+
+def _train(task: nn.Module, model: XVLM, state: _State, cfg: CompressConfig, stage: str, lr: float) -> dict[str, Any]:
+    from grainvl.train.distributed import detect_env
+    from grainvl.train.loop import TrainConfig, train
+
+    env = detect_env()
+    if env.world_size > 1:
+        raise ValueError("grainvl compress runs in one process; launch it with python, not torchrun")
+    pruner = state.pruner if stage == "prune" else None
+    optimizer, scheduler = _optimizer(task, model, lr, pruner, cfg.steps)
+    tcfg = TrainConfig(
+        steps=cfg.steps,
+        run_dir=str(Path(cfg.out) / stage),
+        save_final=False,
+        track_energy=False,  # the whole compress run is tracked once
+        tensorboard=False,
+        progress=cfg.progress,
+        log_every=cfg.log_every,
+        seed=cfg.seed,
+        count_flops=False,  # the final model's FLOPs are measured once, at batch 1, in the report
+    )
+
+    def on_step(step: int, losses: dict[str, float], metrics: dict[str, float]) -> None:
+        if pruner is not None:
+            pruner.on_step(step)  # one global counter: the warm-up never restarts at an epoch boundary
+
+    summary = train(task, _streams(model, state.tokenizer, cfg), optimizer, scheduler, tcfg, env, on_step=on_step)
+    return {"steps": summary.steps, "wall_s": summary.wall_s, "final_losses": summary.final_losses}
+
+
+# ----------------------------------------------------------------------------------------- stages
+def _save(model: XVLM, state: _State, folder: Path) -> None:
+    model.save_pretrained(folder, tokenizer=state.tokenizer)
+
+
+def _stage_distill(state: _State, cfg: CompressConfig) -> dict[str, Any]:
+    student, layer_map = init_student_from_teacher(state.model, default_layer_map(state.model.config, cfg.student))
+    state.layer_map = layer_map
+    task = DistillTask(student, state.teacher, layer_map)
+    info = _train(task, student, state, cfg, "distill", cfg.distill_lr)
+    state.model = student.eval()
+    _save(student, state, Path(cfg.out) / "distill")
+    return {**info, "layer_map": layer_map.to_dict()}
+
+
+def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
+    target = cfg.target_sparsity if cfg.target_sparsity is not None else cfg.paper("target_sparsity")
+    reg_lr = cfg.reg_lr if cfg.reg_lr is not None else cfg.paper("reg_lr")
+    pcfg = PruneConfig(
+        target_sparsity=target,
+        per_modality=cfg.per_modality,
+        warmup_steps=max(1, round(cfg.lagrangian_warmup * cfg.steps)),
+        reg_lr=reg_lr,
+        layers=cfg.prune_layers,
+    )
+    if state.model is state.teacher:  # pruning the teacher itself: train a copy, keep the original as teacher
+        state.model = copy.deepcopy(state.teacher)
+    model, teacher = state.model, state.teacher
+    state.pruner = ModalPruner(model, pcfg)
+    task = PruneTask(DistillTask(model, teacher, state.layer_map), state.pruner)
+    lr = cfg.prune_lr if cfg.prune_lr is not None else cfg.paper("lr")
+    info = _train(task, model, state, cfg, "prune", lr)
+    state.pruner.eval()
+    state.masks = state.pruner.final_masks()
+    achieved = state.pruner.achieved_sparsity()
+    state.pruner.detach()  # the saved dense weights load unmasked; the masks travel in masks.safetensors
+    folder = Path(cfg.out) / "prune"
+    _save(model, state, folder)
+    from grainvl.train.checkpoint import save_model_safetensors
+
+    save_model_safetensors(folder / MASKS_FILE, {k: v.contiguous() for k, v in state.masks.items()})
+    report = {
+        **info,
+        "target_sparsity": target,
+        "per_modality_targets": cfg.per_modality,
+        "achieved_sparsity": achieved,
+        "expected_sparsity": float(state.pruner.expected_sparsity().detach()),
+        "kept_units": state.pruner.describe(),
+        "reg_lr": reg_lr,
+        "lr": lr,
+    }
+    (folder / "prune.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
+@torch.no_grad()
+def _masked_output_gap(model: XVLM, small: XVLM, masks: dict[str, torch.Tensor]) -> float:
+    """Largest |difference| between the masked model and the shrunk one on a random input (a self-check)."""
+    gen = torch.Generator().manual_seed(0)
+    res = model.config.vision.resolution
+    batch = {
+        "image": torch.randn(2, 3, res, res, generator=gen),
+        "text_ids": torch.randint(1, model.config.text.vocab_size, (2, 9), generator=gen),
+        "text_atts": torch.ones(2, 9, dtype=torch.long),
+    }
+    model.eval()
+    small.eval()
+    with masks_applied(model, masks):
+        a = model.extract_features(batch)
+    b = small.extract_features(batch)
+    return max(float((x - y).abs().max()) for x, y in ((a.image_embeds, b.image_embeds), (a.fused, b.fused)))
+
+
+def _stage_shrink(state: _State, cfg: CompressConfig) -> dict[str, Any]:
+    if state.masks is None:
+        raise ValueError("shrink needs pruning masks: run the prune stage first or pass a pruned folder as --teacher")
+    before = sum(p.numel() for p in state.model.parameters())
+    small = shrink(state.model, state.masks)
+    gap = _masked_output_gap(state.model, small, state.masks)
+    state.model = small
+    _save(small, state, Path(cfg.out) / "shrink")
+    after = sum(p.numel() for p in small.parameters())
+    return {"params_before": before, "params_after": after, "max_abs_gap_vs_masked": gap}
+
+
+# ----------------------------------------------------------------------------------------- the run
+def run_compress(cfg: CompressConfig) -> dict[str, Any]:
+    """Run the recipe; returns the report (also written to ``OUT/compress.json``)."""
+    from grainvl.bench.energy import EnergyTracker
+    from grainvl.models.factory import get_tokenizer
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    teacher, masks = load_teacher(cfg.teacher)
+    teacher.eval()
+    state = _State(model=teacher, teacher=teacher, tokenizer=get_tokenizer(teacher.config), masks=masks)
+    tracker = EnergyTracker().start() if cfg.track_energy else None
+    start = time.perf_counter()
+    stages = {"distill": _stage_distill, "prune": _stage_prune, "shrink": _stage_shrink}
+    for stage in cfg.recipe:
+        state.stages[stage] = stages[stage](state, cfg)
+    wall = time.perf_counter() - start
+    energy = tracker.stop() if tracker is not None else None
+    report = {
+        "config": dataclasses.asdict(cfg),
+        "stages": state.stages,
+        "wall_s": wall,
+        "energy": energy.to_dict() if energy is not None else None,
+        "model_dir": str(out / cfg.recipe[-1]),
+    }
+    report["evaluation"] = _evaluate(state, cfg, report)
+    (out / "compress.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    return report
+
+
+def _cost(model: XVLM) -> dict[str, float]:
+    """Parameters (M) and forward GFLOPs of one image-text pair through every tower (batch 1)."""
+    from grainvl.bench.energy import count_parameters, flops_per_sample
+
+    res = model.config.vision.resolution
+    batch = {
+        "image": torch.zeros(1, 3, res, res),
+        "text_ids": torch.ones(1, model.config.max_tokens, dtype=torch.long),
+        "text_atts": torch.ones(1, model.config.max_tokens, dtype=torch.long),
+    }
+    model.eval()
+    with torch.no_grad():
+        model.extract_features(batch)  # warm-up
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            model.extract_features(batch)
+            times.append(time.perf_counter() - start)
+    return {
+        "params_M": count_parameters(model) / 1e6,
+        "gflops": flops_per_sample(lambda b: model.extract_features(b), batch, batch_size=1) / 1e9,
+        "latency_ms": sorted(times)[len(times) // 2] * 1e3,  # batch 1, median of 5 (see benchmarks/ for ratios)
+    }
+
+
+def _evaluate(state: _State, cfg: CompressConfig, report: dict[str, Any]) -> dict[str, Any]:
+    """Zero-shot retrieval (ITC) of the teacher and the final model; results.jsonl lines for the final model."""
+    from grainvl.bench.energy import hardware_tags
+    from grainvl.train.logging import append_result
+    from grainvl.train.pretrain import PretrainData, evaluate
+
+    data = PretrainData(world=cfg.world)
+    from grainvl.train.pretrain import data_config
+
+    scores = {}
+    for name, model in (("teacher", state.teacher), ("student", state.model)):
+        model.eval()
+        result = evaluate(model, state.tokenizer, data_config(model, data), cfg.world, cfg.eval_split, k_test=0)
+        scores[name] = {**result["metrics"], **_cost(model)}
+    hw = hardware_tags()
+    energy = report.get("energy") or {}
+    final = scores["student"]
+    lines = {k: v for k, v in final.items() if k not in ("params_M", "gflops", "latency_ms")}
+    lines["compress_wall_s"] = report["wall_s"]  # the cost of the compression run itself
+    for metric, value in lines.items():
+        task = "compress" if metric == "compress_wall_s" else "zeroshot_retrieval"
+        append_result(
+            Path(cfg.out) / "results.jsonl",
+            {
+                "model": f"{state.teacher.config.name}+{'+'.join(cfg.recipe)}",
+                "task": "zeroshot_grounding" if metric.startswith("grounding") else task,
+                "dataset": "world",
+                "split": "ood" if cfg.eval_split == "test_ood" else "id",
+                "metric": metric,
+                "value": value,
+                "params_M": final["params_M"],
+                "gflops": final["gflops"],
+                "latency_ms": final["latency_ms"],
+                "energy_kWh": energy.get("energy_kWh"),
+                "co2_g": energy.get("co2_g"),
+                "hardware": hw.get("cpu") or hw.get("gpu"),
+                "torch": hw.get("torch"),
+                "commit": hw.get("commit"),
+                "seed": cfg.seed,
+            },
+        )
+    return scores
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The end-of-run summary: stages, sparsity, teacher vs compressed model, cost."""
+    lines = [f"compress: {' -> '.join(report['config']['recipe'])}  ({report['wall_s']:.0f} s)"]
+    stages = report["stages"]
+    if "distill" in stages:
+        lines.append(f"  distill: layer map {stages['distill']['layer_map']}")
+    if "prune" in stages:
+        p = stages["prune"]
+        achieved = ", ".join(f"{k} {v:.3f}" for k, v in p["achieved_sparsity"].items())
+        lines.append(f"  prune: target {p['target_sparsity']:.3f}; achieved {achieved}")
+    if "shrink" in stages:
+        s = stages["shrink"]
+        lines.append(
+            f"  shrink: {s['params_before'] / 1e6:.2f}M -> {s['params_after'] / 1e6:.2f}M params "
+            f"(max |masked - shrunk| {s['max_abs_gap_vs_masked']:.1e})"
+        )
+    ev = report["evaluation"]
+    lines.append(f"  {'':<10}{'params_M':>10}{'GFLOPs':>10}{'txt_r1':>8}{'img_r1':>8}{'r_mean':>8}")
+    for name in ("teacher", "student"):
+        e = ev[name]
+        row = f"{e['params_M']:>10.2f}{e['gflops']:>10.3f}{e['txt_r1']:>8.1f}{e['img_r1']:>8.1f}"
+        lines.append(f"  {name:<10}{row}{e.get('r_mean', float('nan')):>8.1f}")
+    energy = report.get("energy") or {}
+    lines.append(
+        f"  energy {energy.get('energy_kWh', float('nan')):.2e} kWh, {energy.get('co2_g', float('nan')):.2e} g CO2-eq "
+        f"({energy.get('method', 'not tracked')}); model saved to {report['model_dir']}"
+    )
+    return "\n".join(lines)

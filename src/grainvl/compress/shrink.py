@@ -1,0 +1,172 @@
+"""Physical removal: final pruning masks -> a smaller dense X²-VLM (compression.md §A.4 quirk 4, §D.4).
+
+The official EfficientVLM code multiplies masks into the activations but never removes anything,
+so its speed-up cannot come from its code. Here every zero head loses its q/k/v rows, its output
+projection columns and its relative-position column; every zero FFN neuron loses its ``fc1`` row and
+``fc2`` column; a zero whole-sub-layer mask (CoFi) removes all heads/neurons of that sub-layer and
+its output bias. Soft kept values (CoFi mode) and layer-mask values are folded into the output
+projection, so the small model computes what the masked model computes (tested to 1e-5).
+
+The result is an ordinary :class:`XVLM` whose config carries per-layer shapes (``layer_heads``,
+``layer_mlp`` for the vision tower; ``layer_heads``, ``layer_cross_heads``, ``layer_intermediate``
+for the text tower), so ``save_pretrained`` / ``XVLM.from_pretrained`` round-trip it like any model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import torch
+from torch import Tensor
+
+from grainvl.models.xvlm import XVLM
+
+
+def _row(masks: dict[str, Tensor], name: str, row: int, units: int) -> Tensor:
+    """Row ``row`` of mask group ``name`` as a float vector of ``units`` (all ones when the group is absent)."""
+    if name not in masks:
+        return torch.ones(units)
+    value = masks[name][row].detach().float().cpu().reshape(-1)
+    if value.numel() != units:
+        raise ValueError(f"mask {name}[{row}] has {value.numel()} entries, the model has {units}")
+    return value
+
+
+def _layer_scale(masks: dict[str, Tensor], name: str, row: int) -> float:
+    return float(_row(masks, name, row, 1)[0]) if name in masks else 1.0
+
+
+def _head_rows(keep: Tensor, head_dim: int, offset: int = 0) -> Tensor:
+    """Row indices of the kept heads in a projection whose heads are consecutive ``head_dim`` blocks."""
+    return (offset + keep[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
+
+
+def _shrink_heads(
+    state: dict[str, Tensor],
+    qkv: list[str],
+    out: str,
+    head_mask: Tensor,
+    layer_scale: float,
+    head_dim: int,
+    fused_qkv: bool = False,
+    extra_columns: tuple[str, ...] = (),
+) -> int:
+    """Keep the heads with a non-zero mask in one attention block of ``state`` (in place); -> heads kept.
+
+    ``qkv``: weight/bias names whose rows are per head (``fused_qkv``: one ``(3·inner, ·)`` tensor
+    holding q, k, v one after the other); ``out``: the output projection prefix (its columns are per
+    head; the mask values and the layer scale are folded into them and its bias takes the layer scale);
+    ``extra_columns``: tensors with one column per head (the relative position table).
+    """
+    scale = head_mask * layer_scale  # (H,)
+    keep = torch.nonzero(scale != 0).flatten()
+    heads = head_mask.numel()
+    inner = heads * head_dim
+    for name in qkv:
+        if name not in state:
+            continue
+        if fused_qkv:
+            rows = torch.cat([_head_rows(keep, head_dim, part * inner) for part in range(3)])
+        else:
+            rows = _head_rows(keep, head_dim)
+        state[name] = state[name][rows].clone()
+    for name in extra_columns:
+        state[name] = state[name][:, keep].clone()
+    columns = _head_rows(keep, head_dim)
+    column_scale = scale[keep].repeat_interleave(head_dim)  # (kept·hd,)
+    weight = state[f"{out}.weight"]
+    state[f"{out}.weight"] = (weight[:, columns] * column_scale.to(weight.dtype)[None, :]).contiguous()
+    state[f"{out}.bias"] = state[f"{out}.bias"] * layer_scale
+    return int(keep.numel())
+
+
+def _shrink_ffn(state: dict[str, Tensor], fc1: str, fc2: str, neuron_mask: Tensor, layer_scale: float) -> int:
+    """Keep the FFN neurons with a non-zero mask: ``fc1`` rows, ``fc2`` columns (mask folded in); -> width."""
+    scale = neuron_mask * layer_scale  # (F,)
+    keep = torch.nonzero(scale != 0).flatten()
+    state[f"{fc1}.weight"] = state[f"{fc1}.weight"][keep].clone()
+    state[f"{fc1}.bias"] = state[f"{fc1}.bias"][keep].clone()
+    weight = state[f"{fc2}.weight"]
+    state[f"{fc2}.weight"] = (weight[:, keep] * scale[keep].to(weight.dtype)[None, :]).contiguous()
+    state[f"{fc2}.bias"] = state[f"{fc2}.bias"] * layer_scale
+    return int(keep.numel())
+
+
+def _shrink_vision(model: XVLM, state: dict[str, Tensor], masks: dict[str, Tensor]) -> tuple[list[int], list[int]]:
+    blocks = model.vision_encoder.blocks
+    heads_out, mlp_out = [], []
+    for i, block in enumerate(blocks):
+        p = f"vision_encoder.blocks.{i}."
+        attn = block.attn
+        hz = _row(masks, "vision_head", i, attn.num_heads)
+        qkv = [p + "attn.qkv.weight", p + "attn.qkv.bias"]
+        rows_only = [p + "attn.q_bias", p + "attn.v_bias"]
+        extra = (p + "attn.relative_position_bias_table",) if p + "attn.relative_position_bias_table" in state else ()
+        scale = _layer_scale(masks, "vision_attn_layer", i)
+        kept = _shrink_heads(state, qkv, p + "attn.proj", hz, scale, attn.head_dim, fused_qkv=True, extra_columns=extra)
+        # q/v biases are per-head rows but not fused: slice them with the same kept heads.
+        keep = torch.nonzero(hz * scale != 0).flatten()
+        for name in rows_only:
+            if name in state:
+                state[name] = state[name][_head_rows(keep, attn.head_dim)].clone()
+        heads_out.append(kept)
+        fz = _row(masks, "vision_ffn", i, block.mlp.fc1.out_features)
+        mlp_out.append(_shrink_ffn(state, p + "mlp.fc1", p + "mlp.fc2", fz, _layer_scale(masks, "vision_ffn_layer", i)))
+    return heads_out, mlp_out
+
+
+def _shrink_text(
+    model: XVLM, state: dict[str, Tensor], masks: dict[str, Tensor]
+) -> tuple[list[int], list[int], list[int]]:
+    bert = model.bert
+    cfg = bert.config
+    prefix = "text_encoder.bert.encoder.layer."
+    heads_out, cross_out, ffn_out = [], [], []
+    for i, layer in enumerate(bert.encoder.layer):
+        modality, row = ("text", i) if i < bert.fusion_start else ("fusion", i - bert.fusion_start)
+        p = f"{prefix}{i}."
+        hz = _row(masks, f"{modality}_head", row, layer.attention.self.num_heads)
+        names = [p + f"attention.self.{x}.{y}" for x in ("query", "key", "value") for y in ("weight", "bias")]
+        scale = _layer_scale(masks, f"{modality}_attn_layer", row)
+        heads_out.append(_shrink_heads(state, names, p + "attention.output.dense", hz, scale, cfg.head_dim))
+        if layer.crossattention is not None:
+            cz = _row(masks, "fusion_cross_head", row, layer.crossattention.self.num_heads)
+            names = [p + f"crossattention.self.{x}.{y}" for x in ("query", "key", "value") for y in ("weight", "bias")]
+            scale = _layer_scale(masks, "fusion_cross_layer", row)
+            cross_out.append(_shrink_heads(state, names, p + "crossattention.output.dense", cz, scale, cfg.head_dim))
+        else:
+            cross_out.append(0)
+        fz = _row(masks, f"{modality}_ffn", row, layer.intermediate.dense.out_features)
+        scale = _layer_scale(masks, f"{modality}_ffn_layer", row)
+        ffn_out.append(_shrink_ffn(state, p + "intermediate.dense", p + "output.dense", fz, scale))
+    return heads_out, cross_out, ffn_out
+
+
+@torch.no_grad()
+def shrink(model: XVLM, masks: dict[str, Tensor]) -> XVLM:
+    """A new, smaller :class:`XVLM` equal to ``model`` run under ``masks`` (``ModalPruner.final_masks()``).
+
+    ``masks`` maps group names (``vision_head`` ``(Lv, H)``, ``vision_ffn`` ``(Lv, F)``, ``text_head``,
+    ``text_ffn``, ``fusion_head``, ``fusion_cross_head``, ``fusion_ffn`` and the optional ``*_layer``
+    groups ``(L, 1)``) to mask values; a missing group keeps everything. ``model`` is not modified.
+    """
+    if model.config.text.layout != "single":
+        raise ValueError("shrink supports the X²-VLM 'single' text layout only")
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    vision_cfg = model.config.vision
+    if any(name.startswith("vision_") for name in masks):
+        layer_heads, layer_mlp = _shrink_vision(model, state, masks)
+        vision_cfg = dataclasses.replace(vision_cfg, layer_heads=layer_heads, layer_mlp=layer_mlp, pretrained=False)
+    text_cfg = model.config.text
+    if any(name.startswith(("text_", "fusion_")) for name in masks):
+        heads, cross, ffn = _shrink_text(model, state, masks)
+        text_cfg = dataclasses.replace(text_cfg, layer_heads=heads, layer_cross_heads=cross, layer_intermediate=ffn)
+    config = dataclasses.replace(model.config, vision=vision_cfg, text=text_cfg, text_init=None)
+    with warnings.catch_warnings():  # fully pruned blocks hold zero-element weights; their init is a no-op
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        small = XVLM(config)
+    small.load_state_dict(state, strict=True)
+    small.to(next(model.parameters()).device)
+    small.train(model.training)
+    return small

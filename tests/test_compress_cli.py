@@ -1,0 +1,88 @@
+"""`grainvl compress` end to end on xvlm-tiny and a tiny world, and its input errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from grainvl.cli import main
+from grainvl.data.world.generate import WorldConfig, generate_world
+from grainvl.models.xvlm import XVLM
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("compress") / "w"
+    cfg = WorldConfig(images=24, videos=0, resolution=64, split_fractions=(16, 3, 2, 3), text_scenes=0, dialogues=0)
+    generate_world(cfg, out)
+    return out
+
+
+@pytest.mark.slow
+def test_compress_distill_prune_shrink_end_to_end(world: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["compress", "--teacher", "xvlm-tiny", "--recipe", "distill,prune,shrink", "--world", str(world)]
+    args += [
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--target-sparsity",
+        "0.3",
+        "--quiet",
+        "--no-energy",
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "prune: target 0.300" in printed and "shrink:" in printed
+    models = {stage: XVLM.from_pretrained(out / stage) for stage in ("distill", "prune", "shrink")}
+    assert models["distill"].config.vision.depth == 1 and models["distill"].config.text.num_layers == 2
+    assert (out / "prune" / "masks.safetensors").is_file()
+    shrunk = models["shrink"].config
+    assert shrunk.vision.layer_heads is not None and shrunk.text.layer_intermediate is not None
+    report = json.loads((out / "compress.json").read_text())
+    assert report["stages"]["shrink"]["max_abs_gap_vs_masked"] < 1e-5
+    assert report["stages"]["prune"]["achieved_sparsity"]["all"] >= 0
+    n_params = sum(p.numel() for p in models["shrink"].parameters())
+    assert report["stages"]["shrink"]["params_after"] == n_params
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert rows and {"txt_r1", "img_r1", "compress_wall_s"} <= {r["metric"] for r in rows}
+    assert all(r["params_M"] == pytest.approx(n_params / 1e6) and r["gflops"] > 0 for r in rows)
+    # Recipes compose across runs too: shrink a pruned folder on its own.
+    again = tmp_path / "again"
+    args = ["compress", "--teacher", str(out / "prune"), "--recipe", "shrink", "--world", str(world)]
+    assert main([*args, "--out", str(again), "--quiet", "--no-energy"]) == 0
+    assert XVLM.from_pretrained(again / "shrink").config.text.layer_heads == shrunk.text.layer_heads
+
+
+def test_compress_input_errors(world: Path, tmp_path: Path, capsys) -> None:
+    base = ["compress", "--teacher", "xvlm-tiny", "--world", str(world), "--out", str(tmp_path / "o")]
+    assert main([*base, "--recipe", "distill,squash"]) == 2
+    assert "unknown recipe stage" in capsys.readouterr().err
+    assert main([*base, "--recipe", "shrink", "--no-energy", "--quiet"]) == 2
+    assert "shrink needs pruning masks" in capsys.readouterr().err
+    assert (
+        main([*base[:-4], "--world", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--recipe", "prune"]) == 2
+    )
+    assert "no such world folder" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "compress",
+                "--teacher",
+                str(tmp_path),
+                "--world",
+                str(world),
+                "--out",
+                str(tmp_path / "o"),
+                "--recipe",
+                "prune",
+            ]
+        )
+        == 2
+    )
+    assert "config.json" in capsys.readouterr().err
