@@ -1,0 +1,392 @@
+"""``grainvl pretrain-text``: BERT-style text-encoder pre-training with MLM or TACO (MLM + token alignment).
+
+The recipe is TACO's (compression.md §E.2, ``run_mlm_with_contrastive.py``), scaled by the config:
+
+* **Data** as Hugging Face ``run_mlm`` without ``--line_by_line``: every document is tokenised with
+  ``[CLS] … [SEP]``, all of them are concatenated and cut into ``seq_len`` blocks (the remainder is
+  dropped), so no batch holds padding — which TACO's samplers assume.
+* **MLM**: 15% of each block's tokens predicted, 80% ``[MASK]`` / 10% random / 10% kept, through
+  :class:`grainvl.data.masking.TextMaskingGenerator` (no n-gram spans, no whole-word expansion);
+  only the masked positions go through the (tied) MLM head (:mod:`grainvl.losses.mlm`).
+* **TACO** (``objective="taco"``): ``L = L_MLM + weight · L_TC`` with ``L_TC`` from
+  :func:`grainvl.losses.taco.taco_loss` over every token (``taco.positions="all"``, the official
+  default), τ = 0.07, K = 50 negatives, positives within ±2.
+* **Optimisation**: AdamW lr 1e-4, weight decay 0.01, linear schedule with 1% warm-up (2.5k of 250k
+  steps in the paper), through :func:`grainvl.train.loop.train` (DDP, accumulation, checkpoints,
+  exact resume, energy accounting).
+
+Models are BERT presets built from scratch (:data:`TEXT_PRESETS`, Turc et al. 2019's compact
+BERTs; ``bert-small`` is the paper's small model), an architecture JSON file, or a local Hugging Face
+folder (continued pre-training, e.g. the packaged MiniLM). The trained encoder is written as a
+Hugging Face ``BertForMaskedLM`` folder (:func:`save_hf_bert`) that transformers' ``BertModel`` /
+``BertForMaskedLM`` and :func:`grainvl.models.text.load_hf_bert` both load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from grainvl.config import to_dict
+from grainvl.data.formats._io import atomic_write_text
+from grainvl.data.masking import TextMaskingGenerator, pad_masks
+from grainvl.losses.mlm import IGNORE_INDEX, gather_masked, mlm_loss
+from grainvl.losses.taco import taco_loss
+from grainvl.models.text import BertEncoderModel, MLMHead, TextConfig, load_hf_bert, read_hf_state_dict
+from grainvl.train.distributed import DistEnv, cleanup, detect_env, init_distributed
+from grainvl.train.logging import append_result
+from grainvl.train.loop import RepeatingLoader, TrainConfig, TrainSummary, train
+from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
+
+OBJECTIVES = ("mlm", "taco")
+TACO_POSITIONS = ("all", "masked", "unmasked")
+
+# Compact BERTs (Turc et al. 2019, "Well-Read Students Learn Better"): layers, hidden, heads, FFN.
+TEXT_PRESETS: dict[str, dict[str, int]] = {
+    "bert-tiny": {"num_layers": 2, "hidden_size": 128, "num_heads": 2, "intermediate_size": 512},
+    "bert-mini": {"num_layers": 4, "hidden_size": 256, "num_heads": 4, "intermediate_size": 1024},
+    "bert-small": {"num_layers": 4, "hidden_size": 512, "num_heads": 8, "intermediate_size": 2048},
+    "bert-medium": {"num_layers": 8, "hidden_size": 512, "num_heads": 8, "intermediate_size": 2048},
+    "bert-base": {"num_layers": 12, "hidden_size": 768, "num_heads": 12, "intermediate_size": 3072},
+}
+_ARCH_KEYS = frozenset(f.name for f in dataclasses.fields(TextConfig)) - {"vocab_size", "pad_token_id"}
+
+
+# ---------------------------------------------------------------------------------------------- config
+@dataclass
+class TextPretrainData:
+    corpus: tuple[str, ...] = ("builtin:english",)
+    """Corpus specs (:func:`grainvl.data.text_corpus.load_corpus`): builtin:english, a world folder, .jsonl, .txt."""
+    layout: str = "auto"
+    """Plain-text files: ``lines`` (one document per line), ``blocks`` (blank-line separated) or ``auto``."""
+    seq_len: int = 128
+    batch_size: int = 32
+    mask_prob: float = 0.15
+
+
+@dataclass
+class TacoSettings:
+    weight: float = 1.0  # official --infonce_weight
+    temperature: float = 0.07
+    num_negatives: int = 50
+    window_size: int = 5  # positives at offsets ±1..±(window_size // 2)
+    positions: str = "all"  # anchors: all tokens (official default), only MLM-masked, or only unmasked ones
+
+
+@dataclass
+class TextPretrainConfig:
+    model: str = "bert-mini"
+    """A preset (:data:`TEXT_PRESETS`), an architecture JSON file (TextConfig fields), or a Hugging Face folder."""
+    tokenizer: str | None = None
+    """Tokenizer folder; None: the model folder's, or the packaged MiniLM's (bert-base-uncased WordPiece)."""
+    objective: str = "mlm"
+    data: TextPretrainData = field(default_factory=TextPretrainData)
+    taco: TacoSettings = field(default_factory=TacoSettings)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, lr_mult=1.0, betas=(0.9, 0.999)))
+    sched: SchedConfig = field(default_factory=lambda: SchedConfig(kind="linear", warmup_steps=0.01))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/pretrain_text"))
+    export_every: int = 0
+    """> 0: also write the encoder as a Hugging Face folder every N steps under RUN/encoders/step_NNNNNNN."""
+    torch_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.taco.positions not in TACO_POSITIONS:
+            raise ValueError(f"taco.positions must be one of {TACO_POSITIONS}, got {self.taco.positions!r}")
+        if self.data.seq_len < 2 or self.data.batch_size < 2:
+            raise ValueError("data.seq_len and data.batch_size must be >= 2 (TACO needs neighbours and other rows)")
+
+
+# ---------------------------------------------------------------------------------------------- model
+def preset_architecture(model: str) -> dict[str, Any]:
+    """TextConfig fields (without vocabulary) of a preset name or an architecture JSON file."""
+    if model in TEXT_PRESETS:
+        return dict(TEXT_PRESETS[model])
+    path = Path(model)
+    if path.suffix == ".json" and path.is_file():
+        arch = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(arch, dict):
+            raise ValueError(f"{path}: expected a JSON object of TextConfig fields")
+        unknown = sorted(set(arch) - _ARCH_KEYS)
+        if unknown:
+            raise ValueError(f"{path}: unknown TextConfig field(s) {unknown}; known: {sorted(_ARCH_KEYS)}")
+        return arch
+    raise ValueError(
+        f"model {model!r} is not a preset ({', '.join(TEXT_PRESETS)}), an architecture .json file or a "
+        "Hugging Face folder with config.json"
+    )
+
+
+def build_text_model(model: str, tokenizer: str | None = None) -> tuple[BertEncoderModel, MLMHead, Any]:
+    """-> (encoder, tied MLM head, tokenizer) from a preset / JSON (random init) or a Hugging Face folder.
+
+    A folder's ``cls.predictions.*`` weights (a BertForMaskedLM checkpoint) load into the head; the
+    decoder is always tied to the word embeddings, as in BERT.
+    """
+    from grainvl.data.tokenization import load_tokenizer, packaged_minilm_path
+
+    folder = Path(model)
+    if (folder / "config.json").is_file():
+        tok = load_tokenizer(tokenizer or folder)
+        config, encoder, _ = load_hf_bert(folder)
+        head = MLMHead(config)
+        state = read_hf_state_dict(folder)
+        head_state = {k.removeprefix("cls."): v for k, v in state.items() if k.startswith("cls.predictions.")}
+        head_state = {k: v for k, v in head_state.items() if not k.startswith("predictions.decoder.")}
+        if head_state:
+            head.load_state_dict(head_state, strict=False)
+    else:
+        tok = load_tokenizer(tokenizer or packaged_minilm_path())
+        config = TextConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id or 0, **preset_architecture(model))
+        encoder, head = BertEncoderModel(config), MLMHead(config)
+    if len(tok) > config.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tok)} tokens but the model only {config.vocab_size} embeddings")
+    head.tie_weights(encoder.embeddings)
+    return encoder, head, tok
+
+
+class TextPretrainTask(nn.Module):
+    """Encoder + MLM head (+ TACO): ``forward(batch) -> ({"mlm_loss", ["taco_loss"]}, metrics)``.
+
+    ``batch``: ``input_ids`` (B, L), ``attention_mask`` (B, L), ``masked_pos`` (B, M) and
+    ``masked_labels`` (B, M) (−100 on padding entries).
+    """
+
+    def __init__(self, encoder: BertEncoderModel, head: MLMHead, objective: str, taco: TacoSettings) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.objective = objective
+        self.taco = taco
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, float]]:
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        # Blocks without padding need no attention mask (and SDPA is faster without one).
+        mask = None if bool(attention_mask.all()) else attention_mask
+        states = self.encoder.forward_intermediates(input_ids, mask)  # [embedding output, layer 1, ..., layer N]
+        embeddings, hidden = states[0], states[-1]  # (B, L, H) each
+        labels = batch["masked_labels"]  # (B, M)
+        logits = self.head(gather_masked(hidden, batch["masked_pos"]))  # (B, M, V)
+        losses = {"mlm_loss": mlm_loss(logits, labels)}
+        real = labels != IGNORE_INDEX
+        metrics = {"mlm_acc": float((logits.argmax(-1) == labels)[real].float().mean()) if real.any() else 0.0}
+        if self.objective == "taco":
+            anchors = self._anchor_mask(batch, hidden.shape[:2])
+            tc = taco_loss(
+                hidden,
+                embeddings,
+                mask,
+                temperature=self.taco.temperature,
+                num_negatives=self.taco.num_negatives,
+                window_size=self.taco.window_size,
+                anchor_mask=anchors,
+            )
+            losses["taco_loss"] = self.taco.weight * tc
+        return losses, metrics
+
+    def _anchor_mask(self, batch: dict[str, Tensor], shape: torch.Size) -> Tensor | None:
+        """(B, L) anchors for ``taco.positions`` "masked"/"unmasked" (the official variants); None = all."""
+        if self.taco.positions == "all":
+            return None
+        masked = torch.zeros(shape, dtype=torch.bool, device=batch["input_ids"].device)
+        real = batch["masked_labels"] != IGNORE_INDEX  # padding entries point at position 0: leave them out
+        rows = torch.arange(shape[0], device=masked.device)[:, None].expand_as(real)
+        masked[rows[real], batch["masked_pos"][real]] = True
+        return masked if self.taco.positions == "masked" else ~masked
+
+
+# ---------------------------------------------------------------------------------------------- data
+def chunk_corpus(documents: list[str], tokenizer: Any, seq_len: int) -> list[Tensor]:
+    """``[CLS] doc [SEP]`` token ids of every document, concatenated and cut into (seq_len,) blocks."""
+    encoded = tokenizer(documents, add_special_tokens=True, verbose=False)["input_ids"]
+    flat = [token for ids in encoded for token in ids]
+    blocks = len(flat) // seq_len
+    if blocks == 0:
+        raise ValueError(f"the corpus has {len(flat)} tokens, fewer than one block of seq_len={seq_len}")
+    stacked = torch.tensor(flat[: blocks * seq_len], dtype=torch.long).view(blocks, seq_len)
+    return list(stacked)
+
+
+class MaskingCollate:
+    """Blocks -> an MLM batch, masks drawn from Python's global RNG (saved in checkpoints: exact resume)."""
+
+    def __init__(self, tokenizer: Any, seq_len: int, mask_prob: float) -> None:
+        self.max_masks = max(1, round(seq_len * mask_prob))
+        # The module-level ``random`` functions are bound methods of this instance; using it keeps the
+        # masks in the RNG stream that the training loop checkpoints and restores.
+        global_rng = random._inst  # type: ignore[attr-defined]
+        self.masker = TextMaskingGenerator(
+            tokenizer, mask_prob, self.max_masks, skipgram_prb=0.0, mask_whole_word=False, rng=global_rng
+        )
+
+    def __call__(self, blocks: list[Tensor]) -> dict[str, Tensor]:
+        ids, positions, labels = [], [], []
+        for block in blocks:
+            masked_ids, pos, lab = self.masker(block.tolist())
+            pos, lab = pad_masks(pos, lab, self.max_masks)
+            ids.append(masked_ids)
+            positions.append(pos)
+            labels.append(lab)
+        input_ids = torch.tensor(ids, dtype=torch.long)  # (B, L)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "masked_pos": torch.tensor(positions, dtype=torch.long),  # (B, M)
+            "masked_labels": torch.tensor(labels, dtype=torch.long),  # (B, M)
+        }
+
+
+# ---------------------------------------------------------------------------------------------- export
+def hf_bert_config(config: TextConfig) -> dict[str, Any]:
+    """The Hugging Face ``BertConfig`` dict of a text tower without fusion layers."""
+    if config.fusion_start != config.num_layers or config.layout != "single" or config.roberta_positions:
+        raise ValueError("only a plain BERT text tower (no fusion layers, BERT positions) exports as BertForMaskedLM")
+    return {
+        "architectures": ["BertForMaskedLM"],
+        "model_type": "bert",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": config.hidden_dropout,
+        "attention_probs_dropout_prob": config.attention_dropout,
+        "max_position_embeddings": config.max_position_embeddings,
+        "type_vocab_size": config.type_vocab_size,
+        "initializer_range": config.initializer_range,
+        "layer_norm_eps": config.layer_norm_eps,
+        "pad_token_id": config.pad_token_id,
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
+    }
+
+
+def save_hf_bert(directory: str | Path, encoder: BertEncoderModel, head: MLMHead, tokenizer: Any) -> Path:
+    """Write a ``BertForMaskedLM`` folder: config.json, model.safetensors (``bert.*`` + ``cls.*``), tokenizer.
+
+    The decoder weight is tied to the word embeddings and not stored (transformers re-ties it). The
+    folder is assembled next to ``directory`` and renamed into place, so a reader never sees half of it.
+    """
+    from grainvl.train.checkpoint import save_model_safetensors
+
+    directory = Path(directory)
+    state = {f"bert.{k}": v for k, v in encoder.state_dict().items()}
+    state.update({f"cls.{k}": v for k, v in head.state_dict().items() if not k.startswith("predictions.decoder.")})
+    staging = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    atomic_write_text(staging / "config.json", json.dumps(hf_bert_config(encoder.config), indent=2) + "\n")
+    save_model_safetensors(staging / "model.safetensors", {k: v.detach() for k, v in state.items()})
+    tokenizer.save_pretrained(str(staging))
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(staging, directory)
+    return directory
+
+
+# ---------------------------------------------------------------------------------------------- run
+def run_text_pretrain(cfg: TextPretrainConfig, resume: str | None = None) -> dict[str, Any]:
+    """Build everything from ``cfg``, train, export the encoder on rank 0; returns the run report (rank 0)."""
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    env = init_distributed(detect_env())
+    try:
+        return _run(cfg, env, resume)
+    finally:
+        cleanup()
+
+
+def _run(cfg: TextPretrainConfig, env: DistEnv, resume: str | None) -> dict[str, Any]:
+    from grainvl.data.text_corpus import load_corpora
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (DDP also broadcasts them)
+    random.seed(cfg.train.seed)
+    encoder, head, tokenizer = build_text_model(cfg.model, cfg.tokenizer)
+    if cfg.data.seq_len > encoder.config.max_position_embeddings:
+        raise ValueError(
+            f"seq_len {cfg.data.seq_len} > max_position_embeddings {encoder.config.max_position_embeddings}"
+        )
+    documents = load_corpora(cfg.data.corpus, cfg.data.layout)  # type: ignore[arg-type]
+    blocks = chunk_corpus(documents, tokenizer, cfg.data.seq_len)
+    collate = MaskingCollate(tokenizer, cfg.data.seq_len, cfg.data.mask_prob)
+    loader = RepeatingLoader(blocks, cfg.data.batch_size, collate, cfg.train.seed, env.rank, env.world_size)
+    task = TextPretrainTask(encoder, head, cfg.objective, cfg.taco)
+    optimizer = build_optimizer(task, cfg.optim)
+    scheduler = build_scheduler(optimizer, dataclasses.replace(cfg.sched, total_steps=cfg.train.steps))
+    run_dir = Path(cfg.train.run_dir)
+    if env.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2))
+
+    def on_step(step: int, losses: dict[str, float], metrics: dict[str, float]) -> None:
+        if env.rank == 0 and cfg.export_every and step % cfg.export_every == 0:
+            save_hf_bert(run_dir / "encoders" / f"step_{step:07d}", encoder, head, tokenizer)
+
+    summary = train(task, loader, optimizer, scheduler, cfg.train, env, on_step=on_step, resume=resume)
+    if env.rank != 0:
+        return {}
+    model_dir = save_hf_bert(run_dir / "encoder", encoder, head, tokenizer)
+    corpus = {"documents": len(documents), "blocks": len(blocks), "tokens": len(blocks) * cfg.data.seq_len}
+    report = {"summary": summary.to_dict(), "corpus": corpus, "model_dir": str(model_dir), "objective": cfg.objective}
+    _write_results(run_dir, cfg, summary)
+    atomic_write_text(run_dir / "summary.json", json.dumps(report, indent=2, default=str))
+    return report
+
+
+def _write_results(run_dir: Path, cfg: TextPretrainConfig, summary: TrainSummary) -> None:
+    """One results.jsonl line per final training loss, with the run's cost."""
+    energy, hw = summary.energy, summary.hardware
+    for name, value in summary.final_losses.items():
+        append_result(
+            run_dir / "results.jsonl",
+            {
+                "model": cfg.model,
+                "task": f"pretrain_text_{cfg.objective}",
+                "dataset": "+".join(cfg.data.corpus),
+                "split": "id",
+                "metric": f"train/{name}",
+                "value": value,
+                "params_M": summary.params / 1e6,
+                "throughput": summary.samples / summary.wall_s if summary.wall_s else None,
+                "energy_kWh": energy.energy_kWh if energy else None,
+                "co2_g": energy.co2_g if energy else None,
+                "hardware": hw.get("cpu") or hw.get("gpu"),
+                "torch": hw.get("torch"),
+                "commit": hw.get("commit"),
+                "seed": cfg.train.seed,
+            },
+        )
+
+
+def format_report(report: dict[str, Any]) -> str:
+    s, c = report["summary"], report["corpus"]
+    energy = s.get("energy") or {}
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in s["final_losses"].items())
+    return "\n".join(
+        [
+            f"objective {report['objective']}: {s['steps']} steps on {c['blocks']} blocks "
+            f"({c['tokens']} tokens from {c['documents']} documents)",
+            f"final losses: {losses}",
+            f"run: {s['wall_s']:.0f} s, {s['params'] / 1e6:.1f}M params, {(s.get('total_flops') or 0) / 1e12:.2f} "
+            f"TFLOPs, energy {energy.get('energy_kWh', float('nan')):.2e} kWh "
+            f"({energy.get('method', 'not tracked')})",
+            f"encoder saved to {report['model_dir']} (Hugging Face BertForMaskedLM folder)",
+        ]
+    )
+
+
+def main_print(report: dict[str, Any]) -> None:
+    if report:
+        print(format_report(report), file=sys.stdout)
