@@ -170,9 +170,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="the main job on the embedded synthetic world (what `make demo` runs)",
-        description="Generate a world with every annotation kind (ID and OOD), check it, print a summary, write a "
-        "contact sheet PNG, then pre-train xvlm-small on it and print zero-shot retrieval and grounding on the ID "
-        "test and OOD splits next to chance (about 10 minutes on 2 CPU cores).",
+        description="The whole pipeline on the synthetic world: generate it (ID and OOD splits, every official "
+        "format), check it, draw a contact sheet, pre-train xvlm-small and print zero-shot retrieval and grounding "
+        "next to chance, compress it (distill -> prune -> shrink), then benchmark three models on the five VLUE "
+        "tasks (fine-tune, ID and OOD evaluation, latency, FLOPs, energy): OUT/report.md, OUT/results.jsonl, "
+        "OUT/pareto.png. Settings: configs/pretrain/demo_small.yaml and configs/demo.yaml.",
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     p.add_argument("--images", type=int, default=500, help="world images over all splits (default 500)")
@@ -182,6 +184,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="world generator processes (default 2)")
     p.add_argument("--steps", type=int, help="pre-training steps (default: configs/pretrain/demo_small.yaml, 160)")
     p.add_argument("--no-pretrain", action="store_true", help="stop after the world, the check and the contact sheet")
+    p.add_argument("--no-bench", action="store_true", help="stop after pre-training (no compression, no benchmark)")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -197,6 +200,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         steps=args.steps,
         resolution=args.resolution,
         pretrain=not args.no_pretrain,
+        bench=not args.no_bench,
     )
 
 

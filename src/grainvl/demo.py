@@ -1,20 +1,63 @@
-"""The main job: a world with every annotation kind, checked and drawn, then X²-VLM pre-training on it.
+"""The main job: the whole pipeline on the embedded synthetic world, on a CPU, in about a quarter hour.
 
-Steps: (1) generate a seeded world (ID + OOD splits, all formats); (2) validate every file, record
-and image; (3) draw a contact sheet; (4) pre-train ``xvlm-small`` (configs/pretrain/demo_small.yaml)
-and print zero-shot retrieval and grounding on the ID test split and on test_ood next to chance.
+Steps:
+1. generate a seeded world (ID + OOD splits, every official format);
+2. validate every file, record and image, and draw a contact sheet;
+3. pre-train ``xvlm-small`` (``configs/pretrain/demo_small.yaml``) and print zero-shot retrieval and
+   grounding on the ID test split and on test_ood next to chance;
+4. compress it EfficientVLM-style (distill → prune → shrink) into a smaller dense student;
+5. benchmark three models — the pre-trained ``xvlm-small``, its student and the tiny preset trained
+   from scratch — on the five VLUE tasks (fine-tune, then evaluate ID and OOD) with latency,
+   throughput, FLOPs, memory, energy and CO₂: ``OUT/report.md``, ``OUT/results.jsonl``,
+   ``OUT/results.csv``, ``OUT/pareto.png`` and ``OUT/id_vs_ood.png``.
+
+Every step is an ordinary command (``grainvl world``, ``data check``, ``pretrain``, ``compress``,
+``bench``); the demo only chooses CPU-sized settings. The budget choices are documented in
+``configs/demo.yaml`` and README.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from grainvl.data.check import check_path, format_report
 from grainvl.data.world.contact_sheet import make_contact_sheet
 from grainvl.data.world.generate import WorldConfig, format_world_summary, generate_world, progress_printer
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "demo_small.yaml"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+DEMO_PRETRAIN = CONFIG_DIR / "pretrain" / "demo_small.yaml"
+DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
+
+
+@dataclass
+class DemoCompress:
+    recipe: list[str] = field(default_factory=lambda: ["distill", "prune", "shrink"])
+    steps: int = 40
+    target_sparsity: float = 0.5
+
+
+@dataclass
+class DemoBench:
+    tasks: list[str] = field(default_factory=lambda: ["retrieval", "vqa", "nlvr2", "grounding", "captioning"])
+    finetune_steps: int = 30
+    overrides: list[str] = field(default_factory=list)
+    task_overrides: dict[str, list[str]] = field(default_factory=dict)
+    warmup: int = 3
+    repeats: int = 20
+    throughput_batch: int = 16
+    throughput_repeats: int = 2
+    budget_s: float = 5.0
+    baseline: str = "xvlm-tiny"  # a third, much smaller model trained only by fine-tuning
+
+
+@dataclass
+class DemoConfig:
+    """Settings of ``make demo`` beyond the world and pre-training (``configs/demo.yaml``)."""
+
+    compress: DemoCompress = field(default_factory=DemoCompress)
+    bench: DemoBench = field(default_factory=DemoBench)
 
 
 def run_demo(
@@ -26,14 +69,16 @@ def run_demo(
     steps: int | None = None,
     resolution: int = 160,
     pretrain: bool = True,
+    bench: bool = True,
 ) -> int:
-    world = out / "world"
-    cfg = WorldConfig(images=images, videos=videos, seed=seed, resolution=resolution)
-    total = 4 if pretrain else 3
-    print(f"[1/{total}] generating a world of {images} images and {videos} videos at {resolution} px (seed {seed})")
     start = time.perf_counter()
+    world = out / "world"
+    total = 3 + int(pretrain) + 2 * int(pretrain and bench)
+    cfg = WorldConfig(images=images, videos=videos, seed=seed, resolution=resolution)
+    print(f"[1/{total}] generating a world of {images} images and {videos} videos at {resolution} px (seed {seed})")
+    t0 = time.perf_counter()
     summary = generate_world(cfg, world, workers=workers, progress=progress_printer(True))
-    print(f"      {summary.files} files in {time.perf_counter() - start:.1f} s -> {world}")
+    print(f"      {summary.files} files in {time.perf_counter() - t0:.1f} s -> {world}")
     print(format_world_summary(summary))
     print(f"[2/{total}] checking every file, record and image (grainvl data check)")
     report = check_path(world)
@@ -46,12 +91,25 @@ def run_demo(
         "      test_ood holds out colour-shape pairs, adds an unseen background and more crowded scenes "
         f"({world / 'manifest.json'})"
     )
-    if pretrain:
-        _pretrain(out, world, seed, steps)
-    return 0
+    if not pretrain:
+        return 0
+    model_dir = _pretrain(out, world, seed, steps, total)
+    if not bench:
+        return 0
+    demo = _demo_config()
+    student_dir = _compress(out, world, model_dir, demo.compress, seed, total)
+    status = _bench(out, world, model_dir, student_dir, demo.bench, seed, total)
+    print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min; report: {out / 'report.md'}")
+    return status
 
 
-def _pretrain(out: Path, world: Path, seed: int, steps: int | None) -> None:
+def _demo_config() -> DemoConfig:
+    from grainvl.config import load_config
+
+    return load_config(DemoConfig, DEMO_CONFIG if DEMO_CONFIG.exists() else None, [])
+
+
+def _pretrain(out: Path, world: Path, seed: int, steps: int | None, total: int) -> Path:
     from grainvl.config import load_config
     from grainvl.train.pretrain import PretrainConfig, run_pretrain
     from grainvl.train.pretrain import format_report as format_pretrain
@@ -59,12 +117,60 @@ def _pretrain(out: Path, world: Path, seed: int, steps: int | None) -> None:
     overrides = [f"data.world={world}", f"train.run_dir={out / 'pretrain'}", f"train.seed={seed}"]
     if steps is not None:
         overrides.append(f"train.steps={steps}")
-    if not DEMO_CONFIG.exists():
-        raise FileNotFoundError(f"demo pre-training config not found: {DEMO_CONFIG} (run from a grainvl checkout)")
-    cfg = load_config(PretrainConfig, DEMO_CONFIG, overrides)
+    if not DEMO_PRETRAIN.exists():
+        raise FileNotFoundError(f"demo pre-training config not found: {DEMO_PRETRAIN} (run from a grainvl checkout)")
+    cfg = load_config(PretrainConfig, DEMO_PRETRAIN, overrides)
     print(
-        f"[4/4] pre-training {cfg.model} for {cfg.train.steps} steps (ITC, ITM, MLM on images, regions and "
+        f"[4/{total}] pre-training {cfg.model} for {cfg.train.steps} steps (ITC, ITM, MLM on images, regions and "
         f"video; box regression) -> {cfg.train.run_dir}"
     )
     report = run_pretrain(cfg)
     print(format_pretrain(report))
+    return Path(report["model_dir"])
+
+
+def _compress(out: Path, world: Path, teacher: Path, cfg: DemoCompress, seed: int, total: int) -> Path:
+    from grainvl.compress.recipes import CompressConfig, format_report, run_compress
+
+    print(
+        f"[5/{total}] compressing it: {' -> '.join(cfg.recipe)} ({cfg.steps} steps per training stage, "
+        f"target sparsity {cfg.target_sparsity}) -> {out / 'compress'}"
+    )
+    report = run_compress(
+        CompressConfig(
+            teacher=str(teacher),
+            recipe=list(cfg.recipe),
+            world=str(world),
+            out=str(out / "compress"),
+            steps=cfg.steps,
+            target_sparsity=cfg.target_sparsity,
+            seed=seed,
+        )
+    )
+    print(format_report(report))
+    return Path(report["model_dir"])
+
+
+def _bench(out: Path, world: Path, model: Path, student: Path, cfg: DemoBench, seed: int, total: int) -> int:
+    from grainvl.bench.runner import BenchOptions, run_bench
+
+    models = [f"xvlm-small={model}", f"xvlm-small-student={student}", cfg.baseline]
+    print(
+        f"[6/{total}] benchmarking {', '.join(m.split('=')[0] for m in models)} on {', '.join(cfg.tasks)}: "
+        f"fine-tune {cfg.finetune_steps} steps, evaluate ID and OOD, measure cost -> {out / 'report.md'}"
+    )
+    options = BenchOptions(
+        finetune_steps=cfg.finetune_steps,
+        overrides=list(cfg.overrides),
+        task_overrides={task: list(values) for task, values in cfg.task_overrides.items()},
+        seed=seed,
+        warmup=cfg.warmup,
+        repeats=cfg.repeats,
+        throughput_batch=cfg.throughput_batch,
+        throughput_repeats=cfg.throughput_repeats,
+        budget_s=cfg.budget_s,
+    )
+    rows = run_bench(models, cfg.tasks, world, out, options, echo=None)
+    failed = [r for r in rows if r.get("status") == "failed"]
+    print((out / "report.md").read_text(encoding="utf-8"))
+    return 1 if failed else 0

@@ -54,6 +54,7 @@ class BenchOptions:
     finetune_steps: int | None = None  # None: the task's default fine-tuning length
     finetuned: dict[str, str] = field(default_factory=dict)  # "model:task" -> an already fine-tuned run folder
     overrides: list[str] = field(default_factory=list)  # dotted fine-tune overrides, e.g. data.max_train_samples=64
+    task_overrides: dict[str, list[str]] = field(default_factory=dict)  # per task, after ``overrides``
     country: str = "FRA"  # ISO 3166-1 alpha-3 code for the carbon intensity
     use_codecarbon: bool = True  # False: grainvl's documented fallback estimate only (no codecarbon start-up)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast) for evaluation and measurements
@@ -172,6 +173,7 @@ class FinetuneBackend:
             f"train.country_iso_code={json.dumps(options.country)}",
             f"train.track_energy={str(options.use_codecarbon).lower()}",
             *options.overrides,
+            *options.task_overrides.get(task, []),
         ]
         if options.finetune_steps is not None:
             settings.append(f"train.steps={options.finetune_steps}")
