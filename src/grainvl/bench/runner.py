@@ -273,6 +273,18 @@ def _device(name: str) -> Any:
     return torch.device(name)
 
 
+def _on_device(module: Any, device: Any, run_dir: Path) -> Any:
+    """``device``, or a clear error when an int8 (dynamically quantised) module would go to an accelerator."""
+    from grainvl.compress.quantize import count_quantized_linears
+
+    if device.type != "cpu" and count_quantized_linears(module):
+        raise ValueError(
+            f"{run_dir}: the model is dynamically quantised (int8, quantize.json) and runs on CPU only; "
+            "benchmark it with --device cpu"
+        )
+    return device
+
+
 def _run_dir(model: ModelEntry, task: str, out: Path, options: BenchOptions) -> tuple[Path, bool]:
     """(run folder, already fine-tuned) for a (model, task)."""
     given = options.finetuned.get(f"{model.label}:{task}")
@@ -343,7 +355,7 @@ def bench_task(
         task, module, tokenizer = backend.load(run_dir, world)
         if getattr(task, "name", task_name) != task_name:
             raise ValueError(f"{run_dir} is a fine-tuned {task.name} run, not {task_name}")
-        module = module.to(_device(options.device)).eval()
+        module = module.to(_on_device(module, _device(options.device), run_dir)).eval()
     metrics, energy = {}, {}
     for split, world_split in SPLITS.items():
         with _phase(label, f"evaluate {split} ({world_split})"):
