@@ -1,4 +1,4 @@
-"""``grainvl compress``: distill -> prune -> shrink -> theseus -> quantize recipes for an X²-VLM (docs/compression.md)."""
+"""``grainvl compress``: distill, prune, shrink, theseus and quantize recipes for an X²-VLM (docs/compression.md)."""
 
 from __future__ import annotations
 
