@@ -139,3 +139,51 @@ def test_loyalty_rows_skip_mismatched_examples(tmp_path: Path) -> None:
     rows = [{"model": m, "task": "t", "split": "id", "metric": "acc", "value": 1.0, "primary": True} for m in "ab"]
     extra, warnings = loyalty_rows(rows, tmp_path, "a", str)
     assert [r["model"] for r in extra] == ["a", "a"] and "examples differ" in warnings[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from grainvl.data.world.generate import WorldConfig, generate_world
+
+    out = tmp_path_factory.mktemp("loyalty") / "w"
+    cfg = WorldConfig(images=24, videos=0, resolution=64, split_fractions=(12, 4, 4, 4), text_scenes=0, dialogues=0)
+    generate_world(cfg, out)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["nlvr2", "vqa", "retrieval"])
+def test_real_task_text_side_and_int8_loyalty(tiny_world: Path, name: str) -> None:
+    """The real tasks' text-side sets: class probabilities per example, gold labels, an int8 copy stays loyal."""
+    from grainvl.bench.loyalty import attack_metrics, task_text_side
+    from grainvl.compress.loyalty import loyalty_from_probs
+    from grainvl.compress.quantize import quantize_dynamic_int8
+    from grainvl.models.factory import create_model, get_tokenizer
+    from grainvl.tasks.registry import get_task
+
+    torch.manual_seed(0)
+    model = create_model("xvlm-tiny", init_unimodal=False)
+    tokenizer = get_tokenizer(model.config)
+    task = get_task(name)
+    module = task.build(model, tiny_world, tokenizer).eval()
+    side = task_text_side(task, module, tokenizer, tiny_world, "test", 6)
+    assert side is not None and 2 <= len(side.inputs) == len(side.labels) <= 6  # the world split may be smaller
+    n = len(side.inputs)
+    probs = side.classifier.predict_proba(side.inputs)
+    classes = len(module.answers) if name == "vqa" else 2
+    assert probs.shape == (n, classes) and np.allclose(probs.sum(-1), 1.0, atol=1e-5)
+    if name == "retrieval":
+        assert side.labels == [1, 0] * (n // 2) and side.inputs[0][0] == side.inputs[1][0]
+        assert side.inputs[0][1] != side.inputs[1][1]  # the negative pair has another item's caption
+    if name == "nlvr2":  # the adapter computes what the module's own head computes on the same tokens
+        key, text = side.inputs[0]
+        image = side.classifier.images[key][None]
+        tokens = tokenizer([text], padding=True, truncation=True, max_length=40, return_tensors="pt")
+        with torch.no_grad():
+            ref = module.logits(image, tokens["input_ids"], tokens["attention_mask"]).softmax(-1)
+        np.testing.assert_allclose(probs[0], ref[0].numpy(), atol=1e-5)
+    int8 = task_text_side(task, quantize_dynamic_int8(module), tokenizer, tiny_world, "test", 6)
+    report = loyalty_from_probs(probs, int8.classifier.predict_proba(int8.inputs))
+    assert 0.9 < report.probability_loyalty <= 1.0
+    found = attack_metrics(side, 2, use_similarity=False)
+    assert found["attack_examples"] == 2 and 0 <= found["acc_under_attack"] <= found["acc_before_attack"]
