@@ -145,7 +145,7 @@ def prune_classifier(
 ) -> tuple[TextClassifier, dict[str, Any]]:
     """Hard-concrete head + FFN pruning of the text tower with the toolkit's engine, then physical removal."""
     from grainvl.compress.prune import ModalPruner, PruneConfig
-    from grainvl.compress.shrink import _shrink_text  # the tower-level shrink (no public text-only entry yet)
+    from grainvl.compress.shrink import shrink_text_tower
 
     seed_everything(seed)
     student = copy.deepcopy(teacher)
@@ -171,12 +171,8 @@ def prune_classifier(
     masks = pruner.final_masks()
     achieved = pruner.achieved_sparsity()
     pruner.detach()
-    prefix = "text_encoder.bert."
-    state = {prefix + k: v.detach().clone() for k, v in student.encoder.state_dict().items()}
-    heads, _, ffn = _shrink_text(view, state, masks)  # type: ignore[arg-type]
-    config = dataclasses.replace(student.encoder.config, layer_heads=heads, layer_intermediate=ffn)
-    small = BertEncoderModel(config)
-    small.load_state_dict({k[len(prefix) :]: v for k, v in state.items()})
+    small = shrink_text_tower(student.encoder, masks)
+    heads, ffn = small.config.layer_heads, small.config.layer_intermediate
     student.encoder = small.eval()
     return student, {"target": target, "achieved": achieved.get("all"), "heads": heads, "ffn": ffn}
 

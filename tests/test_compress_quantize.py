@@ -103,3 +103,19 @@ def test_unflagged_folder_loads_fp32_and_unknown_method_is_refused(tmp_path: Pat
     (tmp_path / QUANTIZE_FILE).write_text('{"method": "static-int4"}', encoding="utf-8")
     with pytest.raises(ValueError, match="unknown quantisation method"):
         load_with_quantization(tmp_path, loader)
+
+
+def test_int8_model_parameters_and_flops_are_counted_like_fp32() -> None:
+    """Packed int8 weights are no Parameters and FlopCounterMode misses quantized linears: both are added back."""
+    import torch
+    from torch import nn
+
+    from grainvl.bench.energy import count_flops, count_parameters
+    from grainvl.compress.quantize import quantize_dynamic_int8
+
+    fp32 = nn.Sequential(nn.Embedding(10, 16), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    int8 = quantize_dynamic_int8(fp32)
+    ids = torch.randint(0, 10, (3, 5))
+    assert count_parameters(int8) == count_parameters(fp32) == 10 * 16 + 16 * 32 + 32 + 32 * 4 + 4
+    assert count_flops(int8, ids) == count_flops(fp32, ids) == 2 * 15 * (16 * 32 + 32 * 4)
+    assert count_parameters(int8, trainable_only=True) == 10 * 16

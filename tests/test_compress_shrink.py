@@ -106,3 +106,22 @@ def test_missing_groups_keep_everything_and_bad_shapes_are_refused() -> None:
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="vision_head"):
         shrink(model, {"vision_head": torch.ones(3, 7)})
+
+
+def test_shrink_text_tower_matches_the_model_level_shrink() -> None:
+    """The public text-tower shrink gives exactly the BERT stack that :func:`shrink` builds for the whole model."""
+    from grainvl.compress.shrink import shrink_text_tower
+
+    model = _model()
+    pruner = ModalPruner(model, PruneConfig(target_sparsity=0.3))
+    masks = {k: v for k, v in _random_masks(pruner, soft=True, seed=3).items() if k.startswith(("text_", "fusion_"))}
+    pruner.detach()
+    tower = shrink_text_tower(model.bert, masks)
+    whole = shrink(model, masks)
+    assert tower.config == whole.bert.config
+    assert tower.config.layer_intermediate[1] == 0  # the emptied FFN is really gone
+    reference = whole.bert.state_dict()
+    state = tower.state_dict()
+    assert state.keys() == reference.keys()
+    assert all(torch.equal(state[k], reference[k]) for k in state)
+    assert sum(p.numel() for p in tower.parameters()) < sum(p.numel() for p in model.bert.parameters())

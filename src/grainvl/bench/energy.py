@@ -62,15 +62,44 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
             continue
         seen.add(key)
         total += param.numel()
+    if not trainable_only:
+        total += _int8_linear_elements(model)
     return total
+
+
+def _dynamic_linear_type() -> type | None:
+    try:
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    except ImportError:  # a torch build without the quantized modules
+        return None
+    return DynamicLinear
+
+
+def _int8_linear_elements(model: nn.Module) -> int:
+    """Weight + bias elements of dynamically quantised linears: their packed int8 weights are no Parameters."""
+    kind = _dynamic_linear_type()
+    if kind is None:
+        return 0
+    return sum(m.in_features * m.out_features + m.out_features for m in model.modules() if isinstance(m, kind))
 
 
 def count_flops(fn: Callable[..., Any], *args: Any, no_grad: bool = True, **kwargs: Any) -> int:
     """FLOPs of one call ``fn(*args, **kwargs)`` (forward only under ``no_grad``; add backward by calling it inside)."""
     counter = FlopCounterMode(display=False)
-    with counter, torch.set_grad_enabled(not no_grad):
-        fn(*args, **kwargs)
-    return int(counter.get_total_flops())
+    int8 = [0]  # FlopCounterMode does not see quantized::linear_dynamic: count int8 linears by hook (2·in·out/row)
+    kind = _dynamic_linear_type()
+
+    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+        if kind is not None and isinstance(module, kind) and inputs and isinstance(inputs[0], torch.Tensor):
+            int8[0] += 2 * (inputs[0].numel() // module.in_features) * module.in_features * module.out_features
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        with counter, torch.set_grad_enabled(not no_grad):
+            fn(*args, **kwargs)
+    finally:
+        handle.remove()
+    return int(counter.get_total_flops()) + int8[0]
 
 
 def _leading_dim(value: Any) -> int | None:

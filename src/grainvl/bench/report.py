@@ -43,6 +43,9 @@ EFFICIENCY_COLUMNS = (
     "co2_g",
 )
 """Efficiency columns of the tables: latency p50/p90 (ms, batch 1), throughput (samples/s, batch 32)."""
+SIDE_METRICS = ("label_loyalty", "probability_loyalty", "acc_before_attack", "acc_under_attack", "attack_success_rate")
+"""Per-task ID columns added when present (``grainvl bench --teacher``): loyalty to the teacher in [0, 1],
+robustness under the word-substitution attack in %."""
 BENCH_EXTRA_FIELDS = (
     "status",
     "error",
@@ -172,9 +175,17 @@ def task_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         entry["error"] = "; ".join(str(r.get("error") or "unknown") for r in failures) or None
         for key in extras:
             entry[key] = next((r[key] for r in group if r.get(key) is not None), None)
+        for metric in present_side_metrics(rows):  # loyalty / robustness on ID (grainvl bench --teacher)
+            entry[metric] = _value(ok, metric, "id")
         table.append(entry)
     _mark_pareto(table)
     return table
+
+
+def present_side_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The loyalty and robustness metrics that some row carries, in a fixed order."""
+    seen = {row.get("metric") for row in rows}
+    return [m for m in SIDE_METRICS if m in seen]
 
 
 def _mark_pareto(table: list[dict[str, Any]]) -> None:
@@ -328,8 +339,9 @@ def markdown_report(rows: Sequence[dict[str, Any]], figures: Sequence[str] = ())
     table = task_table(rows)
     models = model_table(table)
     extras = _extra_keys(rows)
-    task_keys = [k for k, _ in TASK_COLUMNS] + extras
-    task_headers = [h for _, h in TASK_COLUMNS] + extras
+    side = present_side_metrics(rows)
+    task_keys = [k for k, _ in TASK_COLUMNS] + side + extras
+    task_headers = [h for _, h in TASK_COLUMNS] + side + extras
     parts = [
         "# Benchmark report",
         "",
@@ -352,6 +364,20 @@ def markdown_report(rows: Sequence[dict[str, Any]], figures: Sequence[str] = ())
         "",
         *_frontier_lines(table),
     ]
+    if side:
+        teachers = ", ".join(_tags(rows, "teacher")) or "none"
+        parts += [
+            "",
+            "## Loyalty and robustness (ID)",
+            "",
+            f"Loyalty to the teacher ({teachers}) on the first ID examples of each task: label loyalty = share of "
+            "examples where the model's arg-max equals the teacher's, probability loyalty = 1 - sqrt(JSD) (base 2), "
+            "both in [0, 1] (the teacher itself scores 1). Robustness: a TextFooler-style word-substitution attack "
+            "on the text side (NLVR2 sentence, VQA question, retrieval caption) of the first examples: accuracy "
+            "before and under attack and the attack success rate (successes / originally correct), in %.",
+            "",
+            markdown_table(["model", "task", *side], table, ["model", "task", *side]),
+        ]
     failed = [e for e in table if e["error"]]
     if failed:
         parts += [
@@ -482,7 +508,7 @@ def write_report(results: str | Path, out_dir: str | Path | None = None) -> dict
         "report_md": out / "report.md",
     }
     atomic_write_text(paths["results_csv"], csv_text(rows, long_columns(rows)))
-    wide_columns = [k for k, _ in TASK_COLUMNS] + ["error"] + _extra_keys(rows)
+    wide_columns = [k for k, _ in TASK_COLUMNS] + present_side_metrics(rows) + ["error"] + _extra_keys(rows)
     atomic_write_text(paths["leaderboard_csv"], csv_text(table, wide_columns))
     figures = [str(paths["pareto_png"]), str(paths["id_vs_ood_png"])]
     atomic_write_text(paths["report_md"], markdown_report(rows, figures))

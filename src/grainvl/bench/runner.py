@@ -69,6 +69,10 @@ class BenchOptions:
     backend: str = DEFAULT_BACKEND
     dataset: str | None = None  # results' ``dataset`` column; default: the world folder's name
     reuse: bool = False  # reuse out/runs/<model>/<task> when it already holds a fine-tuned run
+    teacher: str | None = None  # a benchmarked model's label: loyalty to it + robustness columns (bench/loyalty.py)
+    loyalty_examples: int = 256  # first N ID examples scored for loyalty (per task)
+    attack_examples: int = 16  # first M of those attacked (0: no robustness columns)
+    attack_similarity: bool = True  # the attack's sentence-similarity constraint (packaged MiniLM)
 
     def __post_init__(self) -> None:
         from grainvl.bench.efficiency import PRECISIONS
@@ -77,6 +81,8 @@ class BenchOptions:
             raise ValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
         if self.finetune_steps is not None and self.finetune_steps < 1:
             raise ValueError(f"finetune_steps must be >= 1, got {self.finetune_steps}")
+        if self.loyalty_examples < 1 or self.attack_examples < 0:
+            raise ValueError("loyalty_examples must be >= 1 and attack_examples >= 0")
         if self.repeats < 1 or self.throughput_repeats < 1 or self.throughput_batch < 1 or self.warmup < 0:
             raise ValueError("repeats, throughput_repeats and throughput_batch must be >= 1, warmup >= 0")
 
@@ -189,6 +195,14 @@ class FinetuneBackend:
     ) -> dict[str, float]:
         return dict(task.evaluate(module, tokenizer, world, split, out_dir))
 
+    def text_side(self, task: Any, module: Any, tokenizer: Any, world: Path, split: str, limit: int) -> Any:
+        """The task's :class:`~grainvl.bench.loyalty.TextSideSet` (nlvr2, vqa, retrieval) or None.
+
+        Optional for other backends: without this method no loyalty/robustness columns are computed."""
+        from grainvl.bench.loyalty import task_text_side
+
+        return task_text_side(task, module, tokenizer, world, split, limit)
+
 
 def load_backend(path: str) -> Backend:
     """Instantiate a ``"module:Class"`` backend."""
@@ -273,6 +287,18 @@ def _device(name: str) -> Any:
     return torch.device(name)
 
 
+def _on_device(module: Any, device: Any, run_dir: Path) -> Any:
+    """``device``, or a clear error when an int8 (dynamically quantised) module would go to an accelerator."""
+    from grainvl.compress.quantize import count_quantized_linears
+
+    if device.type != "cpu" and count_quantized_linears(module):
+        raise ValueError(
+            f"{run_dir}: the model is dynamically quantised (int8, quantize.json) and runs on CPU only; "
+            "benchmark it with --device cpu"
+        )
+    return device
+
+
 def _run_dir(model: ModelEntry, task: str, out: Path, options: BenchOptions) -> tuple[Path, bool]:
     """(run folder, already fine-tuned) for a (model, task)."""
     given = options.finetuned.get(f"{model.label}:{task}")
@@ -343,7 +369,7 @@ def bench_task(
         task, module, tokenizer = backend.load(run_dir, world)
         if getattr(task, "name", task_name) != task_name:
             raise ValueError(f"{run_dir} is a fine-tuned {task.name} run, not {task_name}")
-        module = module.to(_device(options.device)).eval()
+        module = module.to(_on_device(module, _device(options.device), run_dir)).eval()
     metrics, energy = {}, {}
     for split, world_split in SPLITS.items():
         with _phase(label, f"evaluate {split} ({world_split})"):
@@ -380,7 +406,39 @@ def bench_task(
         **cost,
         **efficiency.to_dict(),
     }
-    return _result_rows(base, metrics, energy, str(getattr(task, "primary_metric", "")))
+    rows = _result_rows(base, metrics, energy, str(getattr(task, "primary_metric", "")))
+    if options.teacher is not None and hasattr(backend, "text_side"):
+        with _phase(label, "loyalty probabilities and attack"):
+            rows += _loyalty_and_attack(backend, (task, module, tokenizer), model, task_name, world, out, options, base)
+    return rows
+
+
+def _loyalty_and_attack(
+    backend: Any,
+    loaded: tuple[Any, Any, Any],
+    model: ModelEntry,
+    task_name: str,
+    world: Path,
+    out: Path,
+    options: BenchOptions,
+    base: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Write this model's ID class probabilities (the parent computes loyalty from them); -> the attack rows."""
+    from grainvl.bench.loyalty import attack_metrics, probability_file, save_probabilities
+
+    task, module, tokenizer = loaded
+    text_side = backend.text_side(task, module, tokenizer, world, SPLITS["id"], options.loyalty_examples)
+    if text_side is None:
+        return []  # the task has no classification-style text side (e.g. captioning)
+    save_probabilities(probability_file(out, _slug(model.label), task_name), text_side)
+    if options.attack_examples == 0:
+        return []
+    found = attack_metrics(text_side, options.attack_examples, options.attack_similarity)
+    n = found.pop("attack_examples")
+    return [
+        {**base, "split": "id", "metric": metric, "value": float(value), "primary": False, "attack_examples": n}
+        for metric, value in found.items()
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- the worker
@@ -527,6 +585,9 @@ def run_bench(
         raise FileNotFoundError(f"world folder not found: {world}")
     if options.backend == DEFAULT_BACKEND:
         check_names(entries, tasks)
+    if options.teacher is not None and options.teacher not in {m.label for m in entries}:
+        labels = ", ".join(m.label for m in entries)
+        raise ValueError(f"--teacher {options.teacher!r} is not one of the benchmarked models ({labels})")
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     kept = _kept_rows(results, entries, tasks) if resume else []
@@ -538,6 +599,8 @@ def run_bench(
         todo = [t for t in tasks if (model.label, t) not in done]
         if todo:
             _bench_model(model, todo, world, out, options, echo, progress)
+    if options.teacher is not None:
+        _add_loyalty(results, out, options.teacher, progress)
     if report:
         from grainvl.bench.report import write_report
 
@@ -545,6 +608,21 @@ def run_bench(
     from grainvl.bench.report import read_results
 
     return read_results(results)
+
+
+def _add_loyalty(results: Path, out: Path, teacher: str, progress: Callable[[str], None] | None) -> None:
+    """Replace the loyalty rows of results.jsonl with ones computed from every model's saved probabilities."""
+    from grainvl.bench.loyalty import LOYALTY_METRICS, loyalty_rows
+    from grainvl.bench.report import read_results
+    from grainvl.data.formats._io import atomic_write_text
+
+    rows = [r for r in read_results(results) if r.get("metric") not in LOYALTY_METRICS]
+    extra, warnings = loyalty_rows(rows, out, teacher, _slug)
+    for line in warnings:
+        if progress is not None:
+            progress(f"[bench] {line}")
+    text = "".join(json.dumps(ordered_record(r), ensure_ascii=False) + "\n" for r in [*rows, *extra])
+    atomic_write_text(results, text)
 
 
 def _bench_model(

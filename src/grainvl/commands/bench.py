@@ -46,6 +46,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--budget", type=float, default=30.0, help="seconds cap of each timed measurement (default 30; >= 5 calls)"
     )
+    p.add_argument(
+        "--teacher",
+        metavar="LABEL",
+        help=(
+            "one of the benchmarked models: add label/probability loyalty to it and word-substitution robustness "
+            "columns (nlvr2, vqa, retrieval; ID split)"
+        ),
+    )
+    p.add_argument(
+        "--loyalty-examples", type=int, default=256, help="first N ID examples scored for loyalty (default 256)"
+    )
+    p.add_argument(
+        "--attack-examples",
+        type=int,
+        default=16,
+        help="first M ID examples attacked per (model, task) with --teacher; 0: no attack (default 16)",
+    )
     p.add_argument("--timeout", type=float, help="seconds per model before its worker is killed (default: none)")
     p.add_argument("--resume", action="store_true", help="keep successful rows of OUT/results.jsonl, run the rest")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from OUT/results.jsonl")
@@ -105,6 +122,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         budget_s=args.budget,
         timeout_s=args.timeout,
         reuse=args.reuse,
+        teacher=args.teacher,
+        loyalty_examples=args.loyalty_examples,
+        attack_examples=args.attack_examples,
         backend=args.backend,
     )
     rows = run_bench(

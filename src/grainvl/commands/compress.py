@@ -1,4 +1,4 @@
-"""``grainvl compress``: EfficientVLM-style distill -> prune -> shrink of an X²-VLM (see docs/compression.md)."""
+"""``grainvl compress``: distill, prune, shrink, theseus and quantize recipes for an X²-VLM (docs/compression.md)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compress",
-        help="compress a model: distill into a smaller student, prune with L0 masks, shrink to a dense model",
+        help="compress a model: distill, prune (L0 masks), shrink, Theseus module replacing, int8 quantisation",
         description=(
-            "Compose compression recipes in order, e.g. --recipe distill,prune,shrink. Each stage writes "
-            "OUT/<stage>/ loadable with XVLM.from_pretrained; the run ends with zero-shot retrieval of the "
+            "Compose compression recipes in order, e.g. --recipe distill,prune,shrink,quantize. Each stage writes "
+            "OUT/<stage>/ loadable with XVLM.from_pretrained (a quantize folder holds fp32 weights + quantize.json: "
+            "grainvl finetune/bench load it as dynamic int8, CPU only). The run ends with zero-shot retrieval of the "
             "teacher and the result, and OUT/results.jsonl lines with params, FLOPs, energy and CO2."
         ),
     )
@@ -20,7 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--recipe",
         required=True,
-        help="comma-separated stages applied in order: distill, prune, shrink (e.g. distill,prune,shrink)",
+        help=(
+            "comma-separated stages applied in order: distill, prune, shrink, theseus, quantize "
+            "(e.g. distill,prune,shrink,quantize); shrink must follow prune before any later stage, quantize comes last"
+        ),
     )
     p.add_argument("--world", required=True, type=Path, help="world folder (pre-training data and evaluation split)")
     p.add_argument("--out", required=True, type=Path, help="output folder (one sub-folder per stage)")
@@ -46,6 +50,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="student layers: every other layer per stack (half) or EfficientVLM's 6/3/3 (default half)",
     )
     p.add_argument("--prune-layers", action="store_true", help="also learn whole attention/FFN sub-layer masks (CoFi)")
+    p.add_argument(
+        "--theseus-text", type=int, help="theseus: successor layers for the text layers (default: half of them)"
+    )
+    p.add_argument(
+        "--theseus-fusion", type=int, help="theseus: successor layers for the fusion layers (default: half of them)"
+    )
+    p.add_argument(
+        "--theseus-scheduler",
+        default="linear",
+        choices=("linear", "constant"),
+        help="theseus replacement rate: linear p(t)=min(1,kt+b) from b=0.3, or constant 0.3 then 1 (default linear)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="image-text pairs per step (default 8)")
     p.add_argument("--lr", type=float, help="distillation learning rate (default 1e-4)")
     p.add_argument("--seed", type=int, default=42, help="seed (default 42)")
@@ -85,6 +101,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         per_modality=_per_modality(args.per_modality),
         student=args.student,
         prune_layers=args.prune_layers,
+        theseus_text=args.theseus_text,
+        theseus_fusion=args.theseus_fusion,
+        theseus_scheduler=args.theseus_scheduler,
         image_batch_size=args.batch_size,
         seed=args.seed,
         track_energy=not args.no_energy,

@@ -1,4 +1,4 @@
-"""``grainvl compress``: recipes that compose in order (distill -> prune -> shrink).
+"""``grainvl compress``: recipes that compose in order (distill -> prune -> shrink -> theseus -> quantize).
 
 Each stage starts from the previous stage's model and writes ``OUT/<stage>/`` (``config.json`` +
 ``model.safetensors`` + tokenizer) that ``XVLM.from_pretrained`` loads:
@@ -10,6 +10,13 @@ Each stage starts from the previous stage's model and writes ``OUT/<stage>/`` (`
   the unpruned model). Writes the dense weights plus ``masks.safetensors`` (the final masks) and
   ``prune.json`` (target vs achieved sparsity per modality).
 * ``shrink``: the masks -> a smaller dense model (:mod:`.shrink`), checked against the masked model.
+* ``theseus``: progressive module replacing (:mod:`.theseus`) of the BERT stack (text and fusion
+  segments): successor layers trained on the world's pre-training objectives (ITC + ITM + MLM, the
+  model's own losses, no distillation term, as BERT-of-Theseus) under the replacement scheduler, then
+  compacted (:func:`~.theseus.compact_xvlm`) into a plain, shallower :class:`XVLM`.
+* ``quantize``: dynamic int8 of the linear layers (:mod:`.quantize`), saved as the fp32 weights + a
+  ``quantize.json`` flag; every loader of the toolkit (fine-tuning, ``grainvl bench``) re-applies it,
+  so the model runs int8 on CPU. It must be the last stage (an int8 model does not train).
 
 The run ends with zero-shot retrieval of the final model on the world's test split and one
 ``OUT/results.jsonl`` line per metric carrying parameters, FLOPs, wall time, energy and CO₂.
@@ -34,7 +41,7 @@ from grainvl.compress.prune import PAPER_TASK_DEFAULTS, ModalPruner, PruneConfig
 from grainvl.compress.shrink import shrink
 from grainvl.models.xvlm import XVLM
 
-STAGES = ("distill", "prune", "shrink")
+STAGES = ("distill", "prune", "shrink", "theseus", "quantize")
 MASKS_FILE = "masks.safetensors"
 
 
@@ -55,6 +62,12 @@ class CompressConfig:
     prune_lr: float | None = None  # None: the paper's lr for ``task``
     reg_lr: float | None = None  # None: the paper's reg_learning_rate for ``task``
     lagrangian_warmup: float = 0.1  # fraction of the prune steps (paper: 1 epoch of 10)
+    theseus_text: int | None = None  # successor layers of the text segment (None: half of it, at least 1)
+    theseus_fusion: int | None = None  # ... of the fusion segment (None: half of it, at least 1)
+    theseus_scheduler: str = "linear"  # "linear" p(t) = min(1, k t + b) or "constant" p
+    theseus_rate: float = 0.3  # b (linear) or p (constant); official README values
+    theseus_k: float | None = None  # linear slope; None: reach p = 1 at 2/3 of the steps
+    theseus_lr: float = 1e-4  # successor layers only (the official optimizer holds nothing else)
     prune_layers: bool = False  # CoFi whole-sub-layer masks too
     image_batch_size: int = 8
     region_images: int = 4
@@ -82,6 +95,18 @@ class CompressConfig:
             and self.recipe.index("shrink") < self.recipe.index("prune")
         ):
             raise ValueError("shrink must come after prune (it removes what pruning masked)")
+        if "quantize" in self.recipe and self.recipe[-1] != "quantize":
+            raise ValueError("quantize must be the last stage (an int8 model cannot be trained or pruned further)")
+        if "prune" in self.recipe:
+            after_prune = self.recipe[self.recipe.index("prune") + 1 :]
+            later = [s for s in after_prune if s in ("theseus", "quantize", "distill")]
+            if later and ("shrink" not in after_prune or after_prune.index("shrink") > after_prune.index(later[0])):
+                raise ValueError(
+                    f"{later[0]} after prune needs shrink in between (the saved prune stage keeps dense weights "
+                    "and separate masks, which later stages would drop)"
+                )
+        if self.theseus_scheduler not in ("constant", "linear"):
+            raise ValueError(f"theseus_scheduler must be 'constant' or 'linear', got {self.theseus_scheduler!r}")
 
     def paper(self, key: str) -> float:
         return PAPER_TASK_DEFAULTS[self.task][key]
@@ -98,6 +123,7 @@ class _State:
     masks: dict[str, torch.Tensor] | None = None
     pruner: ModalPruner | None = None
     stages: dict[str, Any] = field(default_factory=dict)
+    theseus_step: Any = None  # the replacement scheduler's step() while the theseus stage trains
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -179,6 +205,8 @@ def _train(task: nn.Module, model: XVLM, state: _State, cfg: CompressConfig, sta
     def on_step(step: int, losses: dict[str, float], metrics: dict[str, float]) -> None:
         if pruner is not None:
             pruner.on_step(step)  # one global counter: the warm-up never restarts at an epoch boundary
+        if state.theseus_step is not None:
+            state.theseus_step()
 
     summary = train(task, _streams(model, state.tokenizer, cfg), optimizer, scheduler, tcfg, env, on_step=on_step)
     return {"steps": summary.steps, "wall_s": summary.wall_s, "final_losses": summary.final_losses}
@@ -269,6 +297,80 @@ def _stage_shrink(state: _State, cfg: CompressConfig) -> dict[str, Any]:
     return {"params_before": before, "params_after": after, "max_abs_gap_vs_masked": gap}
 
 
+def _half(layers: int) -> int | None:
+    """Default successor count of a segment: half its layers (a divisor, at least 1); None when empty."""
+    if layers == 0:
+        return None
+    return next(c for c in range(max(1, layers // 2), layers + 1) if layers % c == 0)
+
+
+def _stage_theseus(state: _State, cfg: CompressConfig) -> dict[str, Any]:
+    from grainvl.compress.theseus import TheseusConfig, compact_xvlm, install_theseus_xvlm, make_scheduler
+    from grainvl.tasks.pretrain import PretrainTask
+
+    model = copy.deepcopy(state.model)  # the predecessor (teacher or previous stage) stays untouched
+    layers, fusion_start = model.config.text.num_layers, model.bert.fusion_start
+    text = cfg.theseus_text if cfg.theseus_text is not None else _half(fusion_start)
+    fusion = cfg.theseus_fusion if cfg.theseus_fusion is not None else _half(layers - fusion_start)
+    k = cfg.theseus_k if cfg.theseus_k is not None else (1.0 - cfg.theseus_rate) / max(1.0, 2 * cfg.steps / 3)
+    tcfg = TheseusConfig(
+        text_successors=text,
+        fusion_successors=fusion,
+        scheduler=cfg.theseus_scheduler,
+        replacing_rate=cfg.theseus_rate,
+        replacing_steps=(2 * cfg.steps) // 3 if cfg.theseus_scheduler == "constant" else None,
+        linear_k=k,
+        steps=cfg.steps,
+        lr=cfg.theseus_lr,
+        seed=cfg.seed,
+    )
+    encoder = install_theseus_xvlm(model, text, fusion)
+    scheduler = make_scheduler(encoder, tcfg)
+    rates: list[float] = []
+    state.theseus_step = lambda: rates.append(scheduler.step())  # after each optimizer step (official)
+    try:
+        info = _train(PretrainTask(model.train()), model, state, cfg, "theseus", cfg.theseus_lr)
+    finally:
+        state.theseus_step = None
+    small = compact_xvlm(model).eval()
+    for param in small.parameters():
+        param.requires_grad_(True)
+    before = sum(p.numel() for p in state.model.parameters())
+    state.model = small
+    _save(small, state, Path(cfg.out) / "theseus")
+    return {
+        **info,
+        "text_successors": text,
+        "fusion_successors": fusion,
+        "successor_sources": encoder.sources,
+        "scheduler": cfg.theseus_scheduler,
+        "replacing_rate": {"first": rates[0] if rates else None, "last": rates[-1] if rates else None},
+        "params_before": before,
+        "params_after": sum(p.numel() for p in small.parameters()),
+        "text_layers": small.config.text.num_layers,
+    }
+
+
+def _stage_quantize(state: _State, cfg: CompressConfig) -> dict[str, Any]:
+    from grainvl.compress.quantize import (
+        count_quantized_linears,
+        quantize_dynamic_int8,
+        save_quantized_xvlm,
+        serialized_size,
+    )
+
+    fp32 = state.model.to("cpu").eval()
+    folder = save_quantized_xvlm(fp32, Path(cfg.out) / "quantize", tokenizer=state.tokenizer)
+    int8 = quantize_dynamic_int8(fp32)
+    state.model = int8  # the evaluation below runs the int8 model (CPU)
+    return {
+        "folder": str(folder),
+        "quantized_linears": count_quantized_linears(int8),
+        "size_fp32_bytes": serialized_size(fp32),
+        "size_int8_bytes": serialized_size(int8),
+    }
+
+
 # ----------------------------------------------------------------------------------------- the run
 def run_compress(cfg: CompressConfig) -> dict[str, Any]:
     """Run the recipe; returns the report (also written to ``OUT/compress.json``)."""
@@ -283,7 +385,13 @@ def run_compress(cfg: CompressConfig) -> dict[str, Any]:
     state = _State(model=teacher, teacher=teacher, tokenizer=get_tokenizer(teacher.config), masks=masks)
     tracker = EnergyTracker().start() if cfg.track_energy else None
     start = time.perf_counter()
-    stages = {"distill": _stage_distill, "prune": _stage_prune, "shrink": _stage_shrink}
+    stages = {
+        "distill": _stage_distill,
+        "prune": _stage_prune,
+        "shrink": _stage_shrink,
+        "theseus": _stage_theseus,
+        "quantize": _stage_quantize,
+    }
     for stage in cfg.recipe:
         state.stages[stage] = stages[stage](state, cfg)
     wall = time.perf_counter() - start
@@ -384,6 +492,18 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"  shrink: {s['params_before'] / 1e6:.2f}M -> {s['params_after'] / 1e6:.2f}M params "
             f"(max |masked - shrunk| {s['max_abs_gap_vs_masked']:.1e})"
+        )
+    if "theseus" in stages:
+        t = stages["theseus"]
+        lines.append(
+            f"  theseus: {t['text_layers']} BERT layers (successors of {t['successor_sources']}), "
+            f"{t['params_before'] / 1e6:.2f}M -> {t['params_after'] / 1e6:.2f}M params"
+        )
+    if "quantize" in stages:
+        q = stages["quantize"]
+        lines.append(
+            f"  quantize: {q['quantized_linears']} int8 linears, {q['size_fp32_bytes'] / 1e6:.2f} -> "
+            f"{q['size_int8_bytes'] / 1e6:.2f} MB (CPU only)"
         )
     ev = report["evaluation"]
     lines.append(f"  {'':<10}{'params_M':>10}{'GFLOPs':>10}{'txt_r1':>8}{'img_r1':>8}{'r_mean':>8}")

@@ -20,6 +20,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from grainvl.models.text import BertEncoderModel
 from grainvl.models.xvlm import XVLM
 
 
@@ -117,11 +118,11 @@ def _shrink_vision(model: XVLM, state: dict[str, Tensor], masks: dict[str, Tenso
 
 
 def _shrink_text(
-    model: XVLM, state: dict[str, Tensor], masks: dict[str, Tensor]
+    bert: BertEncoderModel, state: dict[str, Tensor], masks: dict[str, Tensor], prefix: str
 ) -> tuple[list[int], list[int], list[int]]:
-    bert = model.bert
+    """Shrink every layer of ``bert`` inside ``state`` (keys ``{prefix}{i}.…``, in place); -> per-layer
+    (self-attention heads, cross-attention heads, FFN width) kept."""
     cfg = bert.config
-    prefix = "text_encoder.bert.encoder.layer."
     heads_out, cross_out, ffn_out = [], [], []
     for i, layer in enumerate(bert.encoder.layer):
         modality, row = ("text", i) if i < bert.fusion_start else ("fusion", i - bert.fusion_start)
@@ -160,7 +161,7 @@ def shrink(model: XVLM, masks: dict[str, Tensor]) -> XVLM:
         vision_cfg = dataclasses.replace(vision_cfg, layer_heads=layer_heads, layer_mlp=layer_mlp, pretrained=False)
     text_cfg = model.config.text
     if any(name.startswith(("text_", "fusion_")) for name in masks):
-        heads, cross, ffn = _shrink_text(model, state, masks)
+        heads, cross, ffn = _shrink_text(model.bert, state, masks, "text_encoder.bert.encoder.layer.")
         text_cfg = dataclasses.replace(text_cfg, layer_heads=heads, layer_cross_heads=cross, layer_intermediate=ffn)
     config = dataclasses.replace(model.config, vision=vision_cfg, text=text_cfg, text_init=None)
     with warnings.catch_warnings():  # fully pruned blocks hold zero-element weights; their init is a no-op
@@ -170,3 +171,25 @@ def shrink(model: XVLM, masks: dict[str, Tensor]) -> XVLM:
     small.to(next(model.parameters()).device)
     small.train(model.training)
     return small
+
+
+@torch.no_grad()
+def shrink_text_tower(tower: BertEncoderModel, masks: dict[str, Tensor]) -> BertEncoderModel:
+    """A new, smaller :class:`BertEncoderModel` equal to ``tower`` run under ``masks`` (text-only towers
+    such as a :class:`~grainvl.tasks.text_classification.TextClassifier`'s encoder, or X²-VLM's BERT stack).
+
+    ``masks``: the ``text_*`` groups (and ``fusion_*`` for layers from ``tower.fusion_start`` on) of
+    :meth:`ModalPruner.final_masks`, rows indexed per modality as in :func:`shrink`. ``tower`` is not modified.
+    """
+    state = {k: v.detach().clone() for k, v in tower.state_dict().items()}
+    heads, cross, ffn = _shrink_text(tower, state, masks, "encoder.layer.")
+    has_cross = any(layer.crossattention is not None for layer in tower.encoder.layer)
+    config = dataclasses.replace(
+        tower.config, layer_heads=heads, layer_cross_heads=cross if has_cross else None, layer_intermediate=ffn
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        small = BertEncoderModel(config)
+    small.load_state_dict(state, strict=True)
+    small.to(next(tower.parameters()).device)
+    return small.train(tower.training)

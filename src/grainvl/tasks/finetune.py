@@ -82,6 +82,14 @@ def load_model(source: str | Path) -> tuple[Any, Any, bool]:
     return model, get_tokenizer(model.config), False
 
 
+def quantize_flag(source: str | Path) -> dict[str, Any] | None:
+    """The ``quantize.json`` of a model folder source (``grainvl compress --recipe ...,quantize``), or None."""
+    from grainvl.compress.quantize import read_quantize_flag
+
+    folder = model_folder(source)
+    return None if folder is None else read_quantize_flag(folder)
+
+
 def _optimizer(module: TaskModule, cfg: OptimConfig, pretrained: bool) -> torch.optim.Optimizer:
     """X²-VLM groups; ``lr_mult`` for the task head and, on an un-pretrained model, its new parts too."""
     from grainvl.train.optim import build_optimizer
@@ -162,6 +170,7 @@ def _run(cfg: FinetuneConfig, env: Any, resume: str | Path | None) -> dict[str, 
     task = get_task(cfg.task, **cfg.options).with_data(cfg.data)
     torch.manual_seed(cfg.train.seed)  # identical head initialisation on every rank
     model, tokenizer, pretrained = load_model(cfg.model)
+    quantize_spec = quantize_flag(cfg.model)  # int8 models fine-tune in fp32, then re-quantise (post-training)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     module = task.build(model, world, tokenizer)
     stream = task.train_stream(module, tokenizer, world, cfg.data, env.rank, env.world_size)
@@ -183,7 +192,11 @@ def _run(cfg: FinetuneConfig, env: Any, resume: str | Path | None) -> dict[str, 
         summary = train(module, stream, optimizer, scheduler, loop_cfg, env, resume=resume)
         train_s = time.perf_counter() - t0
         if env.rank == 0:
-            save_finetuned(task, module, tokenizer, run_dir, world)
+            save_finetuned(task, module, tokenizer, run_dir, world, quantize_spec)
+        if quantize_spec is not None:  # evaluate what was saved: the int8 model (CPU)
+            from grainvl.compress.quantize import quantize_dynamic_int8
+
+            module = quantize_dynamic_int8(module, skip=tuple(quantize_spec.get("skip", ())))
         for split in splits:
             start = time.perf_counter()
             evaluations[split] = task.evaluate(module, tokenizer, world, split, out_dir=run_dir / "predictions")
@@ -265,9 +278,21 @@ def _write_results(
 
 
 # ---------------------------------------------------------------------------------------------- save / load
-def save_finetuned(task: DownstreamTask, module: TaskModule, tokenizer: Any, run_dir: Path, world: Path) -> None:
-    """``run_dir/model`` (XVLM + tokenizer), ``run_dir/head.safetensors`` and ``run_dir/task.json``."""
+def save_finetuned(
+    task: DownstreamTask,
+    module: TaskModule,
+    tokenizer: Any,
+    run_dir: Path,
+    world: Path,
+    quantize_spec: dict[str, Any] | None = None,
+) -> None:
+    """``run_dir/model`` (XVLM + tokenizer), ``run_dir/head.safetensors`` and ``run_dir/task.json``; with
+    ``quantize_spec`` (the source's ``quantize.json``) the run's model folder is flagged int8 too."""
     module.model.save_pretrained(run_dir / MODEL_DIR, tokenizer=tokenizer)
+    if quantize_spec is not None:  # fine-tuned in fp32 from a quantised source: the run stays int8 at load
+        from grainvl.compress.quantize import write_quantize_flag
+
+        write_quantize_flag(run_dir / MODEL_DIR, skip=tuple(quantize_spec.get("skip", ())))
     task.save_head(module, run_dir)
     meta = json.loads((run_dir / TASK_FILE).read_text(encoding="utf-8"))
     meta["world"] = str(world)  # heads sized from the world's files (answer lists) rebuild from it
@@ -286,11 +311,16 @@ def load_finetuned(run_dir: str | Path, world: str | Path | None = None) -> tupl
         raise FileNotFoundError(f"{run_dir}: no {TASK_FILE} (not a fine-tuned run; see `grainvl finetune --help`)")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     task = get_task(meta["task"], **meta.get("options", {})).with_data(DataOptions(**meta.get("data", {})))
+    from grainvl.compress.quantize import quantize_dynamic_int8, read_quantize_flag
+
     model = XVLM.from_pretrained(run_dir / MODEL_DIR)
     tokenizer = get_tokenizer(run_dir / MODEL_DIR)
     module = task.build(model, Path(world if world is not None else meta.get("world", ".")), tokenizer)
     task.load_head(module, run_dir)
     module.eval()
+    spec = read_quantize_flag(run_dir / MODEL_DIR)
+    if spec is not None:  # post-training dynamic int8 of the whole fine-tuned module (backbone + head), CPU
+        module = quantize_dynamic_int8(module, skip=tuple(spec.get("skip", ())))
     return task, module, tokenizer
 
 
