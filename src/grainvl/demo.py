@@ -50,6 +50,8 @@ class DemoBench:
     throughput_repeats: int = 2
     budget_s: float = 5.0
     baseline: str = "xvlm-tiny"  # a third, much smaller model trained only by fine-tuning
+    loyalty_examples: int = 64  # ID examples per task on which the others are compared with xvlm-small
+    attack_examples: int = 8  # of those, attacked on the text side (TextFooler-style)
 
 
 @dataclass
@@ -169,6 +171,9 @@ def _bench(out: Path, world: Path, model: Path, student: Path, cfg: DemoBench, s
         throughput_batch=cfg.throughput_batch,
         throughput_repeats=cfg.throughput_repeats,
         budget_s=cfg.budget_s,
+        teacher="xvlm-small",  # loyalty and robustness of the student (and the tiny model) against it
+        loyalty_examples=cfg.loyalty_examples,
+        attack_examples=cfg.attack_examples,
     )
     rows = run_bench(models, cfg.tasks, world, out, options, echo=None)
     failed = [r for r in rows if r.get("status") == "failed"]
