@@ -25,6 +25,7 @@ from test_convert import (
     embeddings_state,
     heads_state,
     mlm_head_state,
+    official_cclm_state,
 )
 from test_models_vision_swin_clip import _rel_index, clip_reference, official_swin_mask, swin_reference
 
@@ -146,6 +147,19 @@ def test_swin_window_change_resizes_relative_tables() -> None:
     _forward(model, 96)
 
 
+def test_swin_resolution_without_window_follows_the_official_configs() -> None:
+    """Window 4 does not tile 80 px (20 then 10 tokens): without window_size the window becomes
+    image_res / stride = 10, the rule by which the official config_swinB_384.json pairs 384 px with 12."""
+    config = convert.read_official_config(FIXTURES / "xvlm_tiny_swin.yaml") | {"image_res": 80}
+    model, report = convert.load_official(
+        official_swin_state(), "official-xvlm", config, FIXTURES / "bert_tiny_config.json"
+    )
+    assert model.config.vision.window_size == 10
+    assert any("window 10 = image_res / stride" in note for note in report.notes)
+    assert "vision_encoder.layers.0.blocks.0.attn.relative_position_bias_table: window 4 -> 10" in report.resized
+    _forward(model, 80)
+
+
 def test_xvlm_clip_vit_round_trip_and_vision_parity() -> None:
     sd = official_clip_state()
     model, report = convert.load_official(
@@ -176,6 +190,15 @@ def test_clip_vit_resolution_change_resizes_pos_embed() -> None:
 def test_clip_vit_heads_default_to_width_over_64_with_a_note() -> None:
     _, report = convert.load_official(official_clip_state(), "official-xvlm", None, FIXTURES / "bert_tiny_config.json")
     assert "CLIP-ViT heads inferred as width/64 = 1" in report.notes
+
+
+def test_cclm_layout_with_a_swin_vision_encoder_round_trips() -> None:
+    """The original CCLM (use_swin) = CrossViewLM text/cross encoders + Swin."""
+    sd = {k: v for k, v in official_cclm_state().items() if not k.startswith("vision_encoder.")}
+    sd |= {k: v for k, v in official_swin_state().items() if k.startswith("vision_encoder.")}
+    model, report = convert.load_official(sd, "official-cclm", None, FIXTURES / "xlmr_tiny_config.json")
+    assert not report.problems() and (model.config.vision.kind, model.config.text.layout) == ("swin", "cross")
+    assert_same_state(convert.to_official(model, "official-cclm"), sd)
 
 
 def test_config_flag_must_match_the_weights() -> None:

@@ -392,6 +392,14 @@ def _swin_config_from_state(
         problems.append(f"config patch_size {yaml_config['patch_size']} != Swin total stride {patch}")
     window = int(yaml_config.get("window_size", trained_window))
     resolution = int(yaml_config.get("image_res", trained_window * patch))
+    first_grid = resolution // (patch // 2 ** (len(stages) - 1))
+    tiles = all(g <= window or g % window == 0 for g in (first_grid // 2**s for s in range(len(stages))))
+    if "window_size" not in yaml_config and not tiles and resolution % patch == 0:
+        # The official configs pair each resolution with window = image_res / 32 (config_swinB_384.json: 12).
+        window = resolution // patch
+        notes.append(
+            f"Swin window {trained_window} does not tile {resolution} px: window {window} = image_res / stride"
+        )
     if window != trained_window:
         notes.append(f"Swin relative position tables resized from window {trained_window} to {window}")
     if "image_res" not in yaml_config:

@@ -130,6 +130,14 @@ class VisionConfig:
             raise ValueError(f"swin depth {self.depth} must equal sum(depths) = {sum(self.depths)}")
         if self.mlp_ratio != 4.0:
             raise ValueError("swin uses mlp_ratio 4 (the official X-VLM setting)")
+        side = self.resolution // (self.patch_size // scale)  # tokens per side after the patch embedding
+        for s in range(len(self.depths)):
+            grid = side // 2**s
+            if grid > self.window_size and grid % self.window_size:
+                raise ValueError(
+                    f"swin stage {s} has a {grid}x{grid} token grid at {self.resolution} px, "
+                    f"not a multiple of window_size {self.window_size}"
+                )
 
     def block_heads(self, index: int) -> int:
         """Attention heads of block ``index`` (fewer than ``heads`` in a pruned tower)."""
