@@ -320,7 +320,7 @@ def test_normalisation_attributes() -> None:
 
 def test_config_validation_and_bad_input() -> None:
     with pytest.raises(ValueError, match="kind"):
-        VisionConfig(kind="swin")
+        VisionConfig(kind="swin_v2")  # "swin" is a kind now (X-VLM v1)
     with pytest.raises(ValueError, match="multiple"):
         VisionConfig(resolution=100, patch_size=16)
     with pytest.raises(ValueError, match="pretrained"):

@@ -10,9 +10,9 @@ per format (research note ``xvlm.md`` §1.6–§1.8 lists the official layouts):
   - fine-tuning (``text_encoder.embeddings.*``, ``text_encoder.encoder.layer.N.*``): ``bert.`` added;
   - RoBERTa pre-training (X-VLM ``use_roberta``: ``text_encoder.roberta.*`` + ``text_encoder.lm_head.*``).
 
-  Vision variants: BEiT-v2 (X²-VLM) and X-VLM's DeiT ViT load with their names unchanged; Swin
-  (X-VLM v1) and CLIP-ViT are detected and refused with :class:`UnsupportedVariant`, because no
-  grainvl tower computes the same function (shifted windows; pre-LN + QuickGELU + bias-free patches).
+  Vision variants: BEiT-v2 (X²-VLM), X-VLM's DeiT ViT, Swin (X-VLM v1 / CCLM ``use_swin``) and
+  CLIP-ViT (``use_clip_vit``) all load with their ``vision_encoder.*`` names unchanged (grainvl's
+  towers keep the official module names); Swin-v2 is refused with :class:`UnsupportedVariant`.
 * ``official-cclm``: X²-VLM's ``CrossViewLM`` layout (``text_encoder.*`` without cross-attention,
   ``cross_encoder.encoder.layer.N.*``, untied ``mlm_head.predictions.*``) = grainvl's ``layout="cross"``.
 * ``hf-bert``, ``hf-xlmr``, ``hf-vit``, ``hf-beit``: Hugging Face folders (``config.json`` +
@@ -45,17 +45,28 @@ from grainvl.models.vision import (
     VisionConfig,
     build_vision_tower,
     interpolate_rel_pos_bias,
+    interpolate_window_bias,
+    resize_pos_embed,
     resize_state_dict,
+    window_from_table,
 )
 from grainvl.models.xvlm import XVLM, XVLMConfig
 
 OFFICIAL_FORMATS = ("official-x2vlm", "official-xvlm", "official-cclm")
 HF_FORMATS = ("hf-bert", "hf-xlmr", "hf-vit", "hf-beit")
 FORMATS = OFFICIAL_FORMATS + HF_FORMATS
+OFFICIAL_VISION_KINDS = ("beit2", "vit", "swin", "clip_vit")  # towers with an official X-VLM/X²-VLM layout
 TARGET_FORMATS = FORMATS  # every format can be written back
 TOWER_FILE_KEY = "grainvl_tower"  # marks a tower folder's config.json
 # Keys the official Hugging Face-derived modules register as persistent buffers; recomputed, never copied.
-_DERIVED = ("embeddings.position_ids", "embeddings.token_type_ids", "relative_position_index")
+# Swin's ``attn_mask`` and CLIP-ViT's ``position_ids`` are functions of the grid, rebuilt by the towers.
+_DERIVED = (
+    "embeddings.position_ids",
+    "embeddings.token_type_ids",
+    "relative_position_index",
+    "attn_mask",
+    "vision_encoder.position_ids",
+)
 
 
 class ConversionError(ValueError):
@@ -185,26 +196,17 @@ def read_json_config(path: str | Path) -> dict[str, Any]:
 
 # =============================================================================================== official: detection
 def detect_vision_variant(state: Mapping[str, Tensor], source: str = "checkpoint") -> str:
-    """``"beit2"`` or ``"vit"`` (X-VLM's DeiT); raises :class:`UnsupportedVariant` for Swin / CLIP-ViT."""
+    """``"beit2"``, ``"vit"`` (X-VLM's DeiT), ``"swin"`` (``vision_encoder.layers.N.blocks.M.*``) or
+    ``"clip_vit"`` (``vision_encoder.class_embedding`` / ``pre_layrnorm``): the grainvl ``vision.kind``."""
     keys = [k for k in state if k.startswith("vision_encoder.")]
     if not keys:
         raise ConversionError(source, ["no vision_encoder.* keys: not an official X-VLM/X²-VLM/CCLM checkpoint"])
     if any(k.startswith("vision_encoder.layers.") for k in keys):
-        raise UnsupportedVariant(
-            source,
-            [
-                "Swin vision encoder (vision_encoder.layers.N.blocks.M.*, X-VLM v1 / CCLM use_swin) is not supported: "
-                "grainvl has no shifted-window tower, so the converted model could not compute the same outputs"
-            ],
-        )
+        if any(k.endswith(("logit_scale", "cpb_mlp.0.weight")) for k in keys):
+            raise UnsupportedVariant(source, ["Swin-v2 vision encoder (cpb_mlp/logit_scale) is not supported"])
+        return "swin"
     if any(k.startswith(("vision_encoder.class_embedding", "vision_encoder.pre_layrnorm")) for k in keys):
-        raise UnsupportedVariant(
-            source,
-            [
-                "CLIP-ViT vision encoder (vision_encoder.class_embedding/pre_layrnorm, use_clip_vit) is not supported: "
-                "grainvl's ViT has no pre-LayerNorm, QuickGELU or bias-free patch embedding"
-            ],
-        )
+        return "clip_vit"
     if any(k.endswith("attn.q_bias") or k.endswith("relative_position_bias_table") for k in keys):
         return "beit2"
     if "vision_encoder.pos_embed" in state and any(k.endswith("attn.qkv.bias") for k in keys):
@@ -336,6 +338,10 @@ def official_config(
 def _vision_config_from_state(
     state: Mapping[str, Tensor], yaml_config: dict[str, Any], problems: list[str], notes: list[str]
 ) -> VisionConfig:
+    if "vision_encoder.layers.0.blocks.0.attn.qkv.weight" in state:
+        return _swin_config_from_state(state, yaml_config, problems, notes)
+    if "vision_encoder.class_embedding" in state:
+        return _clip_config_from_state(state, yaml_config, problems, notes)
     patch_weight = state["vision_encoder.patch_embed.proj.weight"]  # (D, 3, P, P)
     width, patch = int(patch_weight.shape[0]), int(patch_weight.shape[-1])
     depth = len(_layer_numbers(state, "vision_encoder.blocks."))
@@ -361,6 +367,102 @@ def _vision_config_from_state(
     if resolution != grid * patch:
         notes.append(f"vision position tables resized from {grid * patch} to {resolution} px")
     return VisionConfig(kind, resolution, patch, width, depth, heads, mlp_ratio, drop_path, init)
+
+
+def _swin_config_from_state(
+    state: Mapping[str, Tensor], yaml_config: dict[str, Any], problems: list[str], notes: list[str]
+) -> VisionConfig:
+    """X-VLM's Swin: stages, blocks, heads and window from the tables; resolution from the YAML.
+
+    The official YAML's ``patch_size`` is the total stride (32 for 4 stages); the window lives in the
+    vision JSON (``config_swinB_*.json``), which a YAML may carry inline as ``window_size``; otherwise
+    the checkpoint's window is kept. Without ``image_res`` the resolution is the one the stored
+    ``attn_mask`` buffers were built for (:func:`swin_trained_resolution`, applied by :func:`load_official`),
+    else ``window · stride`` (every official config: 7·32 = 224, 12·32 = 384, 15·32 = 480).
+    """
+    prefix = "vision_encoder.layers."
+    stages = _layer_numbers(state, prefix)
+    depths = [len(_layer_numbers(state, f"{prefix}{s}.blocks.")) for s in stages]
+    tables = [state[f"{prefix}{s}.blocks.0.attn.relative_position_bias_table"] for s in stages]
+    stage_heads = [int(t.shape[1]) for t in tables]
+    trained_window = window_from_table(int(tables[0].shape[0]))
+    patch = int(state["vision_encoder.patch_embed.proj.weight"].shape[-1]) * 2 ** (len(stages) - 1)
+    width = int(state["vision_encoder.norm.weight"].shape[0])
+    if "patch_size" in yaml_config and yaml_config["patch_size"] != patch:
+        problems.append(f"config patch_size {yaml_config['patch_size']} != Swin total stride {patch}")
+    window = int(yaml_config.get("window_size", trained_window))
+    resolution = int(yaml_config.get("image_res", trained_window * patch))
+    first_grid = resolution // (patch // 2 ** (len(stages) - 1))
+    tiles = all(g <= window or g % window == 0 for g in (first_grid // 2**s for s in range(len(stages))))
+    if "window_size" not in yaml_config and not tiles and resolution % patch == 0:
+        # The official configs pair each resolution with window = image_res / 32 (config_swinB_384.json: 12).
+        window = resolution // patch
+        notes.append(
+            f"Swin window {trained_window} does not tile {resolution} px: window {window} = image_res / stride"
+        )
+    if window != trained_window:
+        notes.append(f"Swin relative position tables resized from window {trained_window} to {window}")
+    if "image_res" not in yaml_config:
+        notes.append(f"Swin resolution inferred as window x stride = {resolution} px (no image_res, no attn_mask)")
+    return VisionConfig(
+        "swin",
+        resolution,
+        patch,
+        width,
+        depth=sum(depths),
+        heads=stage_heads[-1],
+        mlp_ratio=4.0,
+        drop_path_rate=0.1,
+        init_values=0.0,
+        layer_norm_eps=1e-5,
+        depths=depths,
+        stage_heads=stage_heads,
+        window_size=window,
+    )
+
+
+def swin_trained_resolution(raw: Mapping[str, Tensor]) -> int | None:
+    """The input size an official Swin state dict's first shifted ``attn_mask`` ``(nW, W², W²)`` was built
+    for: ``sqrt(nW) · W`` tokens of ``patch_embed`` patches per side (None when the buffer is absent,
+    e.g. after the official ``load_pretrained``, which deletes it)."""
+    mask = raw.get("vision_encoder.layers.0.blocks.1.attn_mask")
+    patch = raw.get("vision_encoder.patch_embed.proj.weight")
+    if mask is None or patch is None or mask.dim() != 3:
+        return None
+    window = math.isqrt(int(mask.shape[1]))
+    return math.isqrt(int(mask.shape[0])) * window * int(patch.shape[-1])
+
+
+def _clip_config_from_state(
+    state: Mapping[str, Tensor], yaml_config: dict[str, Any], problems: list[str], notes: list[str]
+) -> VisionConfig:
+    """CLIP-ViT: width/patch from ``patch_embed.weight``, grid from ``pos_embed.weight``; heads are
+    ``num_attention_heads`` of the YAML when given, else ``width // 64`` (CLIP ViT-B/16: 12)."""
+    patch_weight = state["vision_encoder.patch_embed.weight"]  # (D, 3, P, P)
+    width, patch = int(patch_weight.shape[0]), int(patch_weight.shape[-1])
+    depth = len(_layer_numbers(state, "vision_encoder.encoder.layers."))
+    mlp_ratio = state["vision_encoder.encoder.layers.0.mlp.fc1.weight"].shape[0] / width
+    if "patch_size" in yaml_config and yaml_config["patch_size"] != patch:
+        problems.append(f"config patch_size {yaml_config['patch_size']} != checkpoint patch size {patch}")
+    heads = int(yaml_config.get("num_attention_heads", width // 64))
+    if "num_attention_heads" not in yaml_config:
+        notes.append(f"CLIP-ViT heads inferred as width/64 = {heads}")
+    grid = math.isqrt(int(state["vision_encoder.pos_embed.weight"].shape[0]) - 1)
+    resolution = int(yaml_config.get("image_res", grid * patch))
+    if resolution != grid * patch:
+        notes.append(f"vision position embedding resized from {grid * patch} to {resolution} px")
+    return VisionConfig(
+        "clip_vit",
+        resolution,
+        patch,
+        width,
+        depth,
+        heads,
+        mlp_ratio,
+        drop_path_rate=0.0,
+        init_values=0.0,
+        layer_norm_eps=1e-5,
+    )
 
 
 def _text_config_from_state(
@@ -469,7 +571,11 @@ def load_official(
     yaml_config = read_official_config(config) if isinstance(config, (str, Path)) else config
     hf_config = read_json_config(text_config) if isinstance(text_config, (str, Path)) else text_config
     _refuse_unsupported_config(yaml_config or {}, str(config) if isinstance(config, (str, Path)) else "config")
-    detect_vision_variant(raw, source)
+    variant = detect_vision_variant(raw, source)
+    _check_config_variant(yaml_config or {}, variant, source)
+    trained = swin_trained_resolution(raw) if variant == "swin" else None
+    if trained is not None and "image_res" not in (yaml_config or {}):
+        yaml_config = {**(yaml_config or {}), "image_res": trained}
     layout = detect_text_layout(raw)
     report = ConversionReport(source=source, format=fmt, layout=layout)
     state = {}
@@ -484,12 +590,18 @@ def load_official(
 
 
 def _refuse_unsupported_config(yaml_config: Mapping[str, Any], source: str) -> None:
-    """An official YAML that selects Swin or CLIP-ViT is refused before any weight is read."""
-    for flag, name in (("use_swin", "Swin"), ("use_swin_v2", "Swin-v2"), ("use_clip_vit", "CLIP-ViT")):
-        if yaml_config.get(flag):
-            raise UnsupportedVariant(
-                source, [f"{flag}: True selects a {name} vision encoder, which no grainvl tower can represent"]
-            )
+    """An official YAML that selects Swin-v2 is refused before any weight is read."""
+    if yaml_config.get("use_swin_v2"):
+        raise UnsupportedVariant(
+            source, ["use_swin_v2: True selects a Swin-v2 vision encoder, which no grainvl tower can represent"]
+        )
+
+
+def _check_config_variant(yaml_config: Mapping[str, Any], variant: str, source: str) -> None:
+    """The YAML's ``use_swin`` / ``use_clip_vit`` / ``use_beit_v2`` must name the tower the weights hold."""
+    for flag, kind in (("use_swin", "swin"), ("use_clip_vit", "clip_vit"), ("use_beit_v2", "beit2")):
+        if yaml_config.get(flag) and variant != kind:
+            raise ConversionError(source, [f"config {flag}: True but the checkpoint's vision encoder is {variant!r}"])
 
 
 def load_into(model: nn.Module, state: dict[str, Tensor], report: ConversionReport, strict: bool) -> None:
@@ -534,7 +646,15 @@ def _resize_positions(
         target = own.get(key)
         if target is None or target.shape == value.shape:
             continue
-        if key.endswith("relative_position_bias_table") and value.dim() == 2 and value.shape[1] == target.shape[1]:
+        if ".layers." in key and key.endswith("relative_position_bias_table") and value.dim() == 2:
+            old, new = window_from_table(value.shape[0]), window_from_table(target.shape[0])
+            out[key] = interpolate_window_bias(value, old, new)
+            report.resized.append(f"{key}: window {old} -> {new}")
+        elif key.endswith("pos_embed.weight") and value.dim() == 2 and value.shape[-1] == target.shape[-1]:
+            side = math.isqrt(target.shape[0] - 1)
+            out[key] = resize_pos_embed(value[None], (side, side))[0]  # CLIP-ViT's nn.Embedding rows
+            report.resized.append(f"{key}: {value.shape[0]} -> {target.shape[0]} positions")
+        elif key.endswith("relative_position_bias_table") and value.dim() == 2 and value.shape[1] == target.shape[1]:
             old = (math.isqrt(value.shape[0] - 3) + 1) // 2
             new = (math.isqrt(target.shape[0] - 3) + 1) // 2
             out[key] = interpolate_rel_pos_bias(value, old, new)
@@ -560,8 +680,10 @@ def to_official(model: XVLM, fmt: str = "official-x2vlm", layout: str = "pretrai
     cross = model.config.text.layout == "cross"
     if cross != (fmt == "official-cclm"):
         raise ValueError(f"a model with text layout {model.config.text.layout!r} cannot be written as {fmt}")
-    if model.config.vision.kind not in ("beit2", "vit") or model.config.video_encoding != "avgpool":
-        raise ValueError("only BEiT-v2 / ViT towers with 'avgpool' video encoding have an official layout")
+    if model.config.vision.kind not in OFFICIAL_VISION_KINDS or model.config.video_encoding != "avgpool":
+        raise ValueError(
+            f"only {'/'.join(OFFICIAL_VISION_KINDS)} towers with 'avgpool' video encoding have an official layout"
+        )
     if layout not in ("pretrain", "finetune", "roberta"):
         raise ValueError(f"layout must be pretrain, finetune or roberta, got {layout!r}")
     if layout == "roberta" and not model.config.text.roberta_positions:
@@ -593,8 +715,8 @@ def to_official_config(config: XVLMConfig) -> tuple[dict[str, Any], dict[str, An
     roberta = text.roberta_positions
     yaml_config: dict[str, Any] = {
         "use_beit_v2": vision.kind == "beit2",
-        "use_swin": False,
-        "use_clip_vit": False,
+        "use_swin": vision.kind == "swin",
+        "use_clip_vit": vision.kind == "clip_vit",
         "vision_config": f"configs/config_{vision.kind}_{vision.width}.json",
         "image_res": vision.resolution,
         "patch_size": vision.patch_size,
@@ -605,6 +727,10 @@ def to_official_config(config: XVLMConfig) -> tuple[dict[str, Any], dict[str, An
         "max_tokens": config.max_tokens,
         "max_words": config.max_tokens,
     }
+    if vision.kind == "swin":  # the official vision JSON's keys, inline (the YAML's vision_config names that file)
+        yaml_config.update(window_size=vision.window_size, depths=vision.depths, num_heads=vision.stage_heads)
+    elif vision.kind == "clip_vit":
+        yaml_config.update(num_attention_heads=vision.heads, hidden_act="quick_gelu")
     if text.layout == "cross":
         yaml_config.update(model_type="CrossViewLM", cross_encoder="data/bert-base-uncased")
         yaml_config["cross_num_hidden_layers"] = text.cross_layers
@@ -1005,6 +1131,7 @@ __all__ = [
     "FORMATS",
     "HF_FORMATS",
     "OFFICIAL_FORMATS",
+    "OFFICIAL_VISION_KINDS",
     "ConversionError",
     "ConversionReport",
     "UnsupportedVariant",
@@ -1023,6 +1150,7 @@ __all__ = [
     "save_hf_tower",
     "save_official",
     "save_tower",
+    "swin_trained_resolution",
     "to_hf_tower",
     "to_official",
     "to_official_config",

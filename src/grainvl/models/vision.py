@@ -1,4 +1,5 @@
-"""Vision towers: BEiT-v2 ViT as X²-VLM uses it, a plain ViT, and the pretrained EfficientNet-Lite0 CNN.
+"""Vision towers: BEiT-v2 ViT as X²-VLM uses it, a plain ViT, CLIP-ViT and Swin as X-VLM uses them, and the
+pretrained EfficientNet-Lite0 CNN.
 
 Every tower has one interface:
 
@@ -11,7 +12,10 @@ Every tower has one interface:
 
 :class:`BeitV2` keeps the official BEiT-v2 / X²-VLM state-dict names (``blocks.N.attn.q_bias``,
 ``blocks.N.gamma_1``, ``fc_norm`` ...; ``shared/research/xvlm.md`` §1.6), so an official checkpoint's
-``vision_encoder.*`` entries load with the prefix stripped and nothing else renamed.
+``vision_encoder.*`` entries load with the prefix stripped and nothing else renamed. The same holds for
+:class:`ClipViT` (X-VLM's ``models/clip_vit.py``: ``class_embedding``, ``pre_layrnorm``,
+``encoder.layers.N.self_attn.q_proj`` ...) and :class:`SwinTransformer` (``models/swin_transformer.py``:
+``layers.N.blocks.M.attn.relative_position_bias_table``, ``attn_mask``, ``layers.N.downsample`` ...).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from grainvl.models.layers import Attention, DropPath, Mlp
 
 logger = logging.getLogger(__name__)
 
-VISION_KINDS = ("beit2", "vit", "efficientnet_lite0")
+VISION_KINDS = ("beit2", "vit", "efficientnet_lite0", "clip_vit", "swin")
 LAYER_NORM_EPS = 1e-6  # BEiT-v2 and timm ViTs; not torch's 1e-5 default
 EFFICIENTNET_FEATURES = 1280  # channels of EfficientNet-Lite0's head convolution
 EFFICIENTNET_STRIDE = 32  # five stride-2 stages
@@ -49,7 +53,9 @@ Grid = tuple[int, int]
 class VisionConfig:
     """Hyper-parameters of a vision tower (an architecture file's ``vision`` section).
 
-    ``kind``: ``"beit2"`` (X²-VLM's ViT), ``"vit"`` (plain ViT) or ``"efficientnet_lite0"``.
+    ``kind``: ``"beit2"`` (X²-VLM's ViT), ``"vit"`` (plain ViT), ``"efficientnet_lite0"``, ``"clip_vit"``
+    (CLIP's ViT as X-VLM/X²-VLM use it) or ``"swin"`` (X-VLM's Swin; ``depths``/``stage_heads``/
+    ``window_size`` describe its stages, ``width`` is the last stage's, ``patch_size`` the total stride).
     For EfficientNet only ``resolution``, ``width`` (the projection's output), ``drop_path_rate`` (its
     drop-connect rate) and ``pretrained`` matter; ``patch_size`` is its token stride: 32 (the head
     features) or 16 (our extension: the stride-16 stage's features joined with the upsampled head
@@ -78,6 +84,10 @@ class VisionConfig:
     # LayerNorm epsilon of the ViT towers: 1e-6 in BEiT-v2 / timm / the official X²-VLM; Hugging Face
     # ViT and BEiT configs default to 1e-12 (set by the converters in ``models/convert.py``).
     layer_norm_eps: float = LAYER_NORM_EPS
+    # Swin only: blocks and heads per stage, window size (official ``depths``/``num_heads``/``window_size``).
+    depths: list[int] | None = None
+    stage_heads: list[int] | None = None
+    window_size: int = 7
 
     def __post_init__(self) -> None:
         if self.kind not in VISION_KINDS:
@@ -102,6 +112,32 @@ class VisionConfig:
                 raise ValueError(f"{name} must list {self.depth} non-negative numbers, got {values}")
         if self.layer_heads is not None and max(self.layer_heads, default=0) > self.heads:
             raise ValueError(f"layer_heads {self.layer_heads} exceeds heads={self.heads}")
+        if self.kind in ("clip_vit", "swin") and (self.layer_heads is not None or self.layer_mlp is not None):
+            raise ValueError(f"a pruned (layer_heads/layer_mlp) tower is not available for {self.kind!r}")
+        if self.kind == "swin":
+            self._check_swin()
+
+    def _check_swin(self) -> None:
+        if not self.depths or not self.stage_heads or len(self.depths) != len(self.stage_heads):
+            raise ValueError(f"swin needs depths and stage_heads of one length, got {self.depths} / {self.stage_heads}")
+        scale = 2 ** (len(self.depths) - 1)  # channel growth and extra stride from patch merging
+        if self.patch_size % scale or self.width % scale:
+            raise ValueError(f"swin patch_size {self.patch_size} and width {self.width} must be multiples of {scale}")
+        for s, heads in enumerate(self.stage_heads):
+            if (self.width // scale * 2**s) % heads:
+                raise ValueError(f"swin stage {s} width {self.width // scale * 2**s} is not divisible by {heads} heads")
+        if sum(self.depths) != self.depth:
+            raise ValueError(f"swin depth {self.depth} must equal sum(depths) = {sum(self.depths)}")
+        if self.mlp_ratio != 4.0:
+            raise ValueError("swin uses mlp_ratio 4 (the official X-VLM setting)")
+        side = self.resolution // (self.patch_size // scale)  # tokens per side after the patch embedding
+        for s in range(len(self.depths)):
+            grid = side // 2**s
+            if grid > self.window_size and grid % self.window_size:
+                raise ValueError(
+                    f"swin stage {s} has a {grid}x{grid} token grid at {self.resolution} px, "
+                    f"not a multiple of window_size {self.window_size}"
+                )
 
     def block_heads(self, index: int) -> int:
         """Attention heads of block ``index`` (fewer than ``heads`` in a pruned tower)."""
@@ -160,7 +196,67 @@ def efficientnet_lite0(resolution: int = 224, width: int = 384, pretrained: bool
     )
 
 
+def clip_vit_base(resolution: int = 224) -> VisionConfig:
+    """X-VLM / X²-VLM CLIP ViT-B/16 (``configs/config_clipvitB.json``: 768 wide, 12 layers, 12 heads,
+    QuickGELU, LayerNorm eps 1e-5, no stochastic depth)."""
+    return VisionConfig(
+        "clip_vit", resolution, 16, 768, 12, 12, 4.0, drop_path_rate=0.0, init_values=0.0, layer_norm_eps=1e-5
+    )
+
+
+def clip_vit_tiny(resolution: int = 32) -> VisionConfig:
+    """A CLIP-ViT-shaped tower for tests (8-pixel patches, 32 wide, 2 layers, 2 heads)."""
+    return VisionConfig(
+        "clip_vit", resolution, 8, 32, 2, 2, 4.0, drop_path_rate=0.0, init_values=0.0, layer_norm_eps=1e-5
+    )
+
+
+def swin_base(resolution: int = 224, window_size: int | None = None) -> VisionConfig:
+    """X-VLM's Swin-B (``config_swinB_{224,384}.json``): embed 128 (1024 after 3 merges), depths 2-2-18-2,
+    heads 4-8-16-32, window 7 at 224 and 12 at 384 (the default here follows that), drop path 0.1."""
+    window = window_size if window_size is not None else (7 if resolution <= 224 else resolution // 32)
+    return VisionConfig(
+        "swin",
+        resolution,
+        32,
+        1024,
+        24,
+        32,
+        4.0,
+        drop_path_rate=0.1,
+        init_values=0.0,
+        layer_norm_eps=1e-5,
+        depths=[2, 2, 18, 2],
+        stage_heads=[4, 8, 16, 32],
+        window_size=window,
+    )
+
+
+def swin_tiny(resolution: int = 64) -> VisionConfig:
+    """A Swin-shaped tower for tests: 2 stages (2, 2 blocks; 2, 4 heads), 16 → 32 channels, window 4;
+    at 64 px a 16×16 first-stage grid (16 shifted windows) and an 8×8 second one."""
+    return VisionConfig(
+        "swin",
+        resolution,
+        8,
+        32,
+        4,
+        4,
+        4.0,
+        drop_path_rate=0.0,
+        init_values=0.0,
+        layer_norm_eps=1e-5,
+        depths=[2, 2],
+        stage_heads=[2, 4],
+        window_size=4,
+    )
+
+
 VISION_PRESETS: dict[str, Callable[..., VisionConfig]] = {
+    "clip-vit-base": clip_vit_base,
+    "clip-vit-tiny": clip_vit_tiny,
+    "swin-base": swin_base,
+    "swin-tiny": swin_tiny,
     "beit2-base": beit2_base,
     "beit2-large": beit2_large,
     "beit2-tiny": beit2_tiny,
@@ -177,6 +273,8 @@ def build_vision_tower(cfg: VisionConfig) -> nn.Module:
         "beit2": BeitV2,
         "vit": PlainViT,
         "efficientnet_lite0": EfficientNetLiteTower,
+        "clip_vit": ClipViT,
+        "swin": SwinTransformer,
     }
     return towers[cfg.kind](cfg)
 
@@ -290,6 +388,12 @@ def _resize_pos_embed(pos_embed: Tensor, new_grid: Grid) -> Tensor:
     patches = F.interpolate(patches.float(), size=new_grid, mode="bicubic", align_corners=False)
     patches = patches.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)  # (1, N_new, D)
     return torch.cat([pos_embed[:, :1], patches], dim=1)
+
+
+def resize_pos_embed(pos_embed: Tensor, new_grid: Grid) -> Tensor:
+    """Public entry to the bicubic ``(1, 1+N_old, D) -> (1, 1+N_new, D)`` resize (class row kept) that the
+    ViT and CLIP-ViT towers use on load; ``new_grid`` is ``(rows, cols)``."""
+    return _resize_pos_embed(pos_embed, new_grid)
 
 
 def resize_state_dict(
@@ -774,3 +878,445 @@ class EfficientNetLiteTower(nn.Module):
         tokens = self.proj(features.flatten(2).transpose(1, 2))  # (B, h·w, width)
         tokens = tokens + _resize_grid_embed(self.pos_embed, tuple(features.shape[-2:]))
         return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)  # (B, 1+N, width)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIP ViT (X-VLM / X²-VLM ``use_clip_vit``)
+
+
+class QuickGELU(nn.Module):
+    """CLIP's activation ``x · sigmoid(1.702 · x)`` (``hidden_act: quick_gelu``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class ClipAttention(nn.Module):
+    """CLIP self-attention with separate ``q_proj``/``k_proj``/``v_proj``/``out_proj`` (all with bias)."""
+
+    def __init__(self, dim: int, heads: int, attn_drop: float = 0.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.attn_drop = attn_drop
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, N, D) -> (B, N, D)``; softmax(q·kᵀ/√d)·v per head."""
+        batch, tokens, dim = x.shape
+
+        def split(t: Tensor) -> Tensor:  # (B, N, D) -> (B, H, N, D/H)
+            return t.reshape(batch, tokens, self.heads, dim // self.heads).transpose(1, 2)
+
+        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        drop = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, H, N, D/H)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class ClipMlp(nn.Module):
+    """``fc2(quick_gelu(fc1(x)))`` (official ``CLIPMLP``)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = QuickGELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class ClipEncoderLayer(nn.Module):
+    """Pre-LN block: ``x += attn(layer_norm1(x))``; ``x += mlp(layer_norm2(x))`` (official ``CLIPEncoderLayer``)."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, eps: float, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.self_attn = ClipAttention(dim, heads)
+        self.layer_norm1 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = ClipMlp(dim, hidden)
+        self.layer_norm2 = nn.LayerNorm(dim, eps=eps)
+        # The official layer has no stochastic depth; kept at 0 by the clip_vit presets.
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.self_attn(self.layer_norm1(x)))
+        return x + self.drop_path(self.mlp(self.layer_norm2(x)))
+
+
+class ClipEncoder(nn.Module):
+    """``layers.N``: the official ``CLIPEncoder`` container (so keys read ``encoder.layers.N.*``)."""
+
+    def __init__(self, layers: list[ClipEncoderLayer]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+
+class ClipViT(_TransformerTower):
+    """CLIP's ViT as X-VLM / X²-VLM's ``CLIPVisionTransformer`` (``models/clip_vit.py``, xvlm.md §1.6).
+
+    ``patch_embed`` is a bias-free convolution; ``class_embedding`` ``(D,)`` is prepended; the
+    absolute position embedding is an ``nn.Embedding`` ``pos_embed`` of ``1+N`` rows indexed by the
+    persistent buffer ``position_ids``; then ``pre_layrnorm`` (sic, the official name), pre-LN
+    blocks with QuickGELU, and ``post_layernorm`` on **every** token. Returns
+    ``post_layernorm([cls, patches])`` ``(B, 1+N, D)`` exactly as the official forward does (no pooling).
+
+    The official code resizes ``pos_embed`` only when loading (``interpolate_pos_embed``: bicubic,
+    ``align_corners=False``, class row kept); this tower does the same on load and, at a grid other
+    than the configured one, on the fly (the official model would fail there). Its region-level
+    ``local_attn_depth`` masking is not used by grainvl (box crops are handled by the XVLM model).
+    """
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__(cfg)
+        rows, cols = self.grid(cfg.resolution)
+        self.patch_embed = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.randn(cfg.width) * cfg.width**-0.5)
+        self.pos_embed = nn.Embedding(1 + rows * cols, cfg.width)
+        self.register_buffer("position_ids", torch.arange(1 + rows * cols)[None], persistent=True)
+        self.pre_layrnorm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
+        drop_rates = _stochastic_depth_rates(cfg.drop_path_rate, cfg.depth)
+        self.encoder = ClipEncoder(
+            [
+                ClipEncoderLayer(cfg.width, cfg.heads, int(cfg.width * cfg.mlp_ratio), cfg.layer_norm_eps, rate)
+                for rate in drop_rates
+            ]
+        )
+        self.post_layernorm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
+        _init_transformer(self, self.encoder.layers, rescale_by_depth=False)
+        nn.init.normal_(self.pos_embed.weight, std=0.01)
+        self.register_load_state_dict_pre_hook(_clip_resize_on_load)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"class_embedding", "pos_embed.weight"}
+
+    def forward_intermediates(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Output plus hidden states ``[pre_layrnorm(embeddings), layer_1, ..., layer_L]``, each ``(B, 1+N, D)``."""
+        _check_images(images, self.patch_size)
+        x = self.patch_embed(images)  # (B, D, Gh, Gw)
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
+        x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1), x], dim=1)  # (B, 1+N, D)
+        positions = self.pos_embed(self.position_ids)  # (1, 1+N0, D)
+        x = self.pre_layrnorm(x + _resize_pos_embed(positions, grid))
+        hidden = [x]
+        for layer in self.encoder.layers:
+            x = self._run_block(layer, x)
+            hidden.append(x)
+        return self.post_layernorm(x), hidden
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W) -> (B, 1+N, D)``: ``post_layernorm([cls, patches])``."""
+        return self.forward_intermediates(images)[0]
+
+
+def _clip_resize_on_load(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-time hook: resize ``pos_embed.weight`` to this tower's grid; ``position_ids`` is always ours."""
+    assert isinstance(module, ClipViT)
+    key = prefix + "pos_embed.weight"
+    value = state_dict.get(key)
+    if value is not None and value.shape != module.pos_embed.weight.shape:
+        logger.info("resizing %s from %d to %d positions", key, value.shape[0], module.pos_embed.weight.shape[0])
+        state_dict[key] = _resize_pos_embed(value[None], module.grid(module.config.resolution))[0]
+    state_dict[prefix + "position_ids"] = module.position_ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Swin Transformer (X-VLM v1 ``use_swin``)
+
+
+def window_relative_index(window: int) -> Tensor:
+    """Swin's ``(W², W²)`` index into a ``((2W−1)², H)`` relative position table (no CLS rows).
+
+    Query ``i`` at ``(r_i, c_i)`` and key ``j`` read row ``(r_i − r_j + W − 1)·(2W − 1) + (c_i − c_j + W − 1)``.
+    """
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(
+        1
+    )  # (2, W²)
+    relative = coords[:, :, None] - coords[:, None, :]  # (2, W², W²)
+    return (relative[0] + window - 1) * (2 * window - 1) + (relative[1] + window - 1)
+
+
+def interpolate_window_bias(table: Tensor, old_window: int, new_window: int) -> Tensor:
+    """Resize a Swin relative position table ``((2W_old−1)², H) -> ((2W_new−1)², H)``.
+
+    The same bicubic (``align_corners=True``) resize as :func:`interpolate_rel_pos_bias`, without CLS
+    rows. Deviation (documented there and in ``docs/interop.md``): the official
+    ``interpolate_relative_pos_embed`` fits ``scipy.interpolate.interp2d`` on a geometric-progression grid.
+    """
+    if table.dim() != 2 or table.shape[0] != (2 * old_window - 1) ** 2:
+        raise ValueError(f"table of shape {tuple(table.shape)} does not fit a window of {old_window}")
+    if old_window == new_window:
+        return table
+    heads, side = table.shape[1], 2 * old_window - 1
+    offsets = table.t().reshape(1, heads, side, side)  # (1, H, 2W-1, 2W-1)
+    size = (2 * new_window - 1,) * 2
+    resized = F.interpolate(offsets.float(), size=size, mode="bicubic", align_corners=True)
+    return resized.reshape(heads, -1).t().to(table.dtype)  # ((2W'-1)², H)
+
+
+def window_from_table(table_len: int) -> int:
+    """The window ``W`` with ``(2W−1)² = table_len`` (checkpoints store no window size)."""
+    side = math.isqrt(table_len)
+    if side * side != table_len or side % 2 == 0:
+        raise ValueError(f"a Swin relative position table with {table_len} rows belongs to no window size")
+    return (side + 1) // 2
+
+
+def shifted_window_mask(grid: Grid, window: int, shift: int) -> Tensor:
+    """Swin's ``(nW, W², W²)`` additive mask for the cyclically shifted grid: 0 within a region, −100 across.
+
+    After rolling the map by ``−shift``, the last window row/column mixes tokens from opposite
+    borders; each token is labelled by which of the 3×3 regions (``[0, −W)``, ``[−W, −shift)``,
+    ``[−shift, ∞)`` along each axis) it came from, and pairs with different labels are masked.
+    """
+    rows, cols = grid
+    labels = torch.zeros(rows, cols)
+    bounds = ((0, -window), (-window, -shift), (-shift, None))
+    label = 0
+    for r0, r1 in bounds:
+        for c0, c1 in bounds:
+            labels[slice(r0, r1), slice(c0, c1)] = label
+            label += 1
+    windows = _to_windows(labels[None, :, :, None], window).reshape(-1, window * window)  # (nW, W²)
+    different = windows[:, None, :] != windows[:, :, None]  # (nW, W², W²)
+    return torch.zeros(different.shape).masked_fill(different, -100.0)
+
+
+def _to_windows(x: Tensor, window: int) -> Tensor:
+    """``(B, H, W, C) -> (B·nW, window, window, C)``, windows in row-major order per image."""
+    batch, rows, cols, dim = x.shape
+    x = x.reshape(batch, rows // window, window, cols // window, window, dim)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, dim)
+
+
+def _from_windows(windows: Tensor, window: int, rows: int, cols: int) -> Tensor:
+    """Inverse of :func:`_to_windows`: ``(B·nW, window, window, C) -> (B, H, W, C)``."""
+    dim = windows.shape[-1]
+    x = windows.reshape(-1, rows // window, cols // window, window, window, dim)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, rows, cols, dim)
+
+
+class WindowAttention(nn.Module):
+    """Windowed multi-head attention with a learned relative position bias (official ``WindowAttention``).
+
+    Owns ``qkv`` (with bias), ``proj``, ``relative_position_bias_table`` ``((2W−1)², H)`` and the
+    persistent buffer ``relative_position_index`` ``(W², W²)`` (official names).
+    """
+
+    def __init__(self, dim: int, heads: int, window: int, attn_drop: float = 0.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.window = window
+        self.attn_drop = attn_drop
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
+        self.register_buffer("relative_position_index", window_relative_index(window), persistent=True)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.register_load_state_dict_pre_hook(_resize_window_bias_on_load)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``x``: ``(B·nW, W², D)``; ``mask``: ``(nW, W², W²)`` additive or None. Returns ``(B·nW, W², D)``."""
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B·nW, H, W², d)
+        bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
+        bias = bias.reshape(tokens, tokens, -1).permute(2, 0, 1)  # (H, W², W²)
+        if mask is not None:
+            n_windows = mask.shape[0]
+            bias = (bias[None] + mask[:, None]).repeat(batch // n_windows, 1, 1, 1)  # (B·nW, H, W², W²)
+        else:
+            bias = bias[None]
+        drop = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=drop)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+def _resize_window_bias_on_load(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-time hook: fit a table trained at another window size (official ``load_pretrained``); the index is ours."""
+    assert isinstance(module, WindowAttention)
+    key = prefix + "relative_position_bias_table"
+    table = state_dict.get(key)
+    if table is not None and table.shape != module.relative_position_bias_table.shape:
+        old = window_from_table(table.shape[0])
+        logger.info("resizing %s from window %d to %d", key, old, module.window)
+        state_dict[key] = interpolate_window_bias(table, old, module.window)
+    state_dict[prefix + "relative_position_index"] = module.relative_position_index
+
+
+def swin_block_window(grid: Grid, window: int, shift: int) -> tuple[int, int]:
+    """Effective ``(window, shift)`` of a block on ``grid``: the official rule shrinks the window to
+    the grid and disables the shift when the grid is no larger than the window."""
+    if min(grid) <= window:
+        return min(grid), 0
+    return window, shift
+
+
+class SwinBlock(nn.Module):
+    """One Swin block (official ``SwinTransformerBlock``): (shifted-)window attention and an MLP, pre-LN.
+
+    ``attn_mask`` ``(nW, W², W²)`` is a persistent buffer of shifted blocks only (as in the official
+    state dict); at a grid other than the built one it is recomputed.
+    """
+
+    def __init__(self, dim: int, heads: int, grid: Grid, window: int, shift: int, eps: float, drop_path: float) -> None:
+        super().__init__()
+        self.grid = grid
+        self.config_window, self.config_shift = window, shift  # before the official clamp to the grid
+        self.window, self.shift = swin_block_window(grid, window, shift)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = WindowAttention(dim, heads, self.window)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, 4 * dim)
+        mask = shifted_window_mask(grid, self.window, self.shift) if self.shift > 0 else None
+        self.register_buffer("attn_mask", mask, persistent=True)
+        self.register_load_state_dict_pre_hook(_own_attn_mask_on_load)
+
+    def forward(self, x: Tensor, grid: Grid) -> Tensor:
+        """``(B, Gh·Gw, D) -> (B, Gh·Gw, D)`` on a ``grid`` of tokens."""
+        rows, cols = grid
+        if grid == self.grid:
+            window, shift, mask = self.window, self.shift, self.attn_mask
+        else:
+            window, shift = swin_block_window(grid, self.config_window, self.config_shift)
+            if window != self.window:
+                raise ValueError(
+                    f"a {rows}x{cols} token grid needs window {window}; this block was built for {self.window}"
+                )
+            mask = shifted_window_mask(grid, window, shift).to(x.device) if shift > 0 else None
+        if rows % window or cols % window:
+            raise ValueError(f"token grid {rows}x{cols} is not a multiple of the window {window}")
+        batch, _, dim = x.shape
+        y = self.norm1(x).reshape(batch, rows, cols, dim)
+        if shift > 0:
+            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
+        y = self.attn(_to_windows(y, window).reshape(-1, window * window, dim), mask)  # (B·nW, W², D)
+        y = _from_windows(y.reshape(-1, window, window, dim), window, rows, cols)  # (B, Gh, Gw, D)
+        if shift > 0:
+            y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
+        x = x + self.drop_path(y.reshape(batch, rows * cols, dim))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def _own_attn_mask_on_load(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """The mask is a function of grid/window/shift: the block's own replaces the checkpoint's (or fills it in)."""
+    assert isinstance(module, SwinBlock)
+    if module.attn_mask is not None:
+        state_dict[prefix + "attn_mask"] = module.attn_mask
+    else:
+        state_dict.pop(prefix + "attn_mask", None)
+
+
+class PatchMerging(nn.Module):
+    """2×2 neighbour merge (official ``PatchMerging``): ``(B, Gh·Gw, C) -> (B, Gh/2·Gw/2, 2C)``.
+
+    Concatenates ``x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2]`` (that order), then
+    ``norm`` (4C) and the bias-free ``reduction`` (4C -> 2C).
+    """
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim, eps=eps)
+
+    def forward(self, x: Tensor, grid: Grid) -> tuple[Tensor, Grid]:
+        rows, cols = grid
+        if rows % 2 or cols % 2:
+            raise ValueError(f"patch merging needs an even token grid, got {rows}x{cols}")
+        x = x.reshape(x.shape[0], rows, cols, -1)
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x.flatten(1, 2))), (rows // 2, cols // 2)
+
+
+class SwinStage(nn.Module):
+    """``blocks`` (alternating plain / shifted windows) then an optional ``downsample`` (official ``BasicLayer``)."""
+
+    def __init__(self, blocks: list[SwinBlock], downsample: PatchMerging | None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.downsample = downsample
+
+
+class SwinPatchEmbed(nn.Module):
+    """``proj`` (conv, stride = kernel) then ``norm`` (official ``PatchEmbed`` with ``patch_norm=True``)."""
+
+    def __init__(self, patch: int, dim: int, eps: float) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Grid]:
+        x = self.proj(images)  # (B, C, Gh, Gw)
+        grid = (x.shape[-2], x.shape[-1])
+        return self.norm(x.flatten(2).transpose(1, 2)), grid  # (B, Gh·Gw, C)
+
+
+class SwinTransformer(_TransformerTower):
+    """Swin Transformer as X-VLM's vision encoder (``models/swin_transformer.py``, xvlm.md §1.6).
+
+    ``patch_embed`` (4×4 patches, ``width / 2^(S−1)`` channels, LayerNorm), ``S`` stages of
+    ``depths[s]`` blocks with ``stage_heads[s]`` heads, windows of ``window_size`` (odd blocks shifted
+    by ``window_size // 2``), patch merging between stages, final ``norm``. No absolute position
+    embedding (``ape=False``). ``patch_size`` is the total stride ``4·2^(S−1)`` (32 for Swin-B: the
+    official YAML's ``patch_size: 32``). Returns ``[mean(tokens), tokens]`` ``(B, 1+N, D)`` with the
+    last stage's normed tokens, as the official forward does (``avgpool`` prepended).
+    """
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__(cfg)
+        assert cfg.depths is not None and cfg.stage_heads is not None  # VisionConfig checks this
+        stages = len(cfg.depths)
+        embed = cfg.width // 2 ** (stages - 1)
+        patch = cfg.patch_size // 2 ** (stages - 1)
+        eps = cfg.layer_norm_eps
+        self.patch_embed = SwinPatchEmbed(patch, embed, eps)
+        rates = _stochastic_depth_rates(cfg.drop_path_rate, sum(cfg.depths))
+        side = cfg.resolution // patch
+        layers = []
+        for s, (depth, heads) in enumerate(zip(cfg.depths, cfg.stage_heads, strict=True)):
+            dim, grid = embed * 2**s, (side // 2**s, side // 2**s)
+            start = sum(cfg.depths[:s])
+            blocks = [
+                SwinBlock(
+                    dim, heads, grid, cfg.window_size, cfg.window_size // 2 if i % 2 else 0, eps, rates[start + i]
+                )
+                for i in range(depth)
+            ]
+            layers.append(SwinStage(blocks, PatchMerging(dim, eps) if s < stages - 1 else None))
+        self.layers = nn.ModuleList(layers)
+        self.norm = nn.LayerNorm(cfg.width, eps=eps)
+        for module in self.modules():  # official _init_weights: trunc-normal Linear, zero bias, unit LayerNorm
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """The official ``no_weight_decay_keywords``: every relative position table."""
+        return {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
+
+    def forward_intermediates(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Output plus each stage's output before merging ``[patch_embed, stage_1, ..., stage_S]``
+        (``(B, N_s, C_s)``: widths and token counts differ per stage)."""
+        _check_images(images, self.patch_size)
+        x, grid = self.patch_embed(images)  # (B, N0, C0)
+        hidden = [x]
+        for stage in self.layers:
+            for block in stage.blocks:
+                x = self._run_block(block, x, grid=grid)
+            hidden.append(x)
+            if stage.downsample is not None:
+                x, grid = stage.downsample(x, grid)
+        x = self.norm(x)  # (B, N, D)
+        return torch.cat([x.mean(dim=1, keepdim=True), x], dim=1), hidden  # (B, 1+N, D)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W) -> (B, 1+N, D)``: ``[avgpool(norm(x)), norm(x)]`` of the last stage."""
+        return self.forward_intermediates(images)[0]
