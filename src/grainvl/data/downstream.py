@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import io
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +136,7 @@ def _b64_frame(value: str, annotation: Path, where: str) -> Image.Image:
 
 
 # ---------------------------------------------------------------------------------------------- base
-class RecordsDataset:
+class RecordsDataset(ABC):
     """Validated records of one official-format JSON file, with per-(epoch, index) random streams."""
 
     kind = "records"
@@ -168,11 +169,13 @@ class RecordsDataset:
     def rng(self, index: int, epoch: int) -> random.Random:
         return random.Random(f"grainvl:{self.kind}:{self.seed}:{epoch}:{index}")
 
+    @abstractmethod
     def sample(self, index: int, epoch: int) -> Sample:
-        raise NotImplementedError
+        """The sample at ``index`` for ``epoch`` (its randomness drawn from :meth:`rng`)."""
 
+    @abstractmethod
     def collate(self, samples: list[Sample]) -> dict[str, Any]:
-        raise NotImplementedError
+        """A batch dict of tensors from a list of samples."""
 
     def _ids(self, caption: str, index: int) -> list[int]:
         return tokenise(self.text, caption, self.path, self.positions[index])
