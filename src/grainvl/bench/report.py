@@ -282,6 +282,17 @@ def long_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [*RESULT_FIELDS, *others]
 
 
+# The cost columns shared by the per-task and the per-model tables (key, header).
+COST_COLUMNS = (
+    ("params_M", "params (M)"),
+    ("gflops", "GFLOPs/sample"),
+    ("latency_ms", "latency p50 (ms)"),
+    ("latency_p90_ms", "latency p90 (ms)"),
+    ("throughput", "throughput (samples/s)"),
+    ("peak_mem_MB", "peak mem (MiB)"),
+    ("energy_kWh", "eval energy (kWh)"),
+    ("co2_g", "eval CO2 (g)"),
+)
 TASK_COLUMNS = (
     ("model", "model"),
     ("task", "task"),
@@ -291,14 +302,7 @@ TASK_COLUMNS = (
     ("diff", "diff (OOD-ID)"),
     ("pareto_id", "Pareto ID"),
     ("pareto_ood", "Pareto OOD"),
-    ("params_M", "params (M)"),
-    ("gflops", "GFLOPs/sample"),
-    ("latency_ms", "latency p50 (ms)"),
-    ("latency_p90_ms", "latency p90 (ms)"),
-    ("throughput", "throughput (samples/s)"),
-    ("peak_mem_MB", "peak mem (MiB)"),
-    ("energy_kWh", "eval energy (kWh)"),
-    ("co2_g", "eval CO2 (g)"),
+    *COST_COLUMNS,
     ("status", "status"),
 )
 MODEL_COLUMNS = (
@@ -309,14 +313,7 @@ MODEL_COLUMNS = (
     ("avg_diff", "avg diff"),
     ("pareto_id", "Pareto ID"),
     ("pareto_ood", "Pareto OOD"),
-    ("params_M", "params (M)"),
-    ("gflops", "GFLOPs/sample"),
-    ("latency_ms", "latency p50 (ms)"),
-    ("latency_p90_ms", "latency p90 (ms)"),
-    ("throughput", "throughput (samples/s)"),
-    ("peak_mem_MB", "peak mem (MiB)"),
-    ("energy_kWh", "eval energy (kWh)"),
-    ("co2_g", "eval CO2 (g)"),
+    *COST_COLUMNS,
 )
 
 
