@@ -210,3 +210,58 @@ def test_temporal_attention_extension_sees_frame_order() -> None:
     # The official average pool (without frame embeddings) cannot tell frame order apart; the extension can.
     torch.testing.assert_close(official.encode_video(video)[0], official.encode_video(reversed_video)[0])
     assert not torch.allclose(extended.encode_video(video)[0], extended.encode_video(reversed_video)[0], atol=1e-5)
+
+
+def _attention_box_model() -> XVLM:
+    config = dataclasses.replace(get_model_config("xvlm-tiny"), box_head="attention")
+    return XVLM(config).eval()
+
+
+def test_attention_box_head_centre_is_the_attended_cell() -> None:
+    """With one patch taking all the attention and a zero offset, the centre is that cell's centre."""
+    model = _attention_box_model()
+    fused = torch.randn(2, 5, model.config.text.hidden_size)
+    patches = torch.randn(2, 1 + 16, model.vision_encoder.width)  # token 0 + a 4 x 4 grid
+    with torch.no_grad():
+        model.bbox_head[3].weight.zero_()
+        model.bbox_head[3].bias.copy_(torch.tensor([0.0, 0.0, -1.0, 1.0]))  # offset 0; w, h = sigmoid(∓1)
+        model.box_key.weight.zero_()
+        model.box_key.bias.zero_()
+        model.box_query.weight.zero_()
+        model.box_query.bias.fill_(1.0)
+        patches[0, 1 + 6] = 0.0
+        patches[1, 1 + 13] = 0.0
+        model.box_key.weight[:, 0] = 1.0  # logit = 128 · patch[..., 0]: only the planted cells are large
+        patches[..., 0] = -1.0
+        patches[0, 1 + 6, 0] = 1.0
+        patches[1, 1 + 13, 0] = 1.0
+    box = model.predict_box(fused, patches)
+    # cell 6 of a row-major 4 x 4 grid is (row 1, col 2); cell 13 is (row 3, col 1)
+    expected = torch.tensor([[2.5 / 4, 1.5 / 4], [1.5 / 4, 3.5 / 4]])
+    torch.testing.assert_close(box[:, :2], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(box[:, 2:], torch.sigmoid(torch.tensor([[-1.0, 1.0]] * 2)))
+
+
+def test_attention_box_head_trains_and_round_trips(tmp_path: Path) -> None:
+    model = _attention_box_model()
+    fused = torch.randn(3, 5, model.config.text.hidden_size)
+    patches = torch.randn(3, 1 + 16, model.vision_encoder.width)
+    box = model.predict_box(fused, patches)
+    assert box.shape == (3, 4) and bool(((box >= 0) & (box <= 1)).all())
+    box.sum().backward()
+    assert model.box_query.weight.grad.abs().sum() > 0 and model.box_key.weight.grad.abs().sum() > 0
+    assert "box_query." in model.newly_initialised() and "box_key." in model.newly_initialised()
+    with pytest.raises(ValueError, match="needs the image tokens"):
+        model.predict_box(fused)
+    with pytest.raises(ValueError, match="square patch grid"):
+        model.predict_box(fused, patches[:, :-1])
+    model.save_pretrained(tmp_path / "m")
+    loaded = XVLM.from_pretrained(tmp_path / "m").eval()
+    torch.testing.assert_close(loaded.predict_box(fused, patches), model.predict_box(fused, patches))
+
+
+def test_official_box_head_ignores_image_tokens() -> None:
+    model = create_model("xvlm-tiny", init_unimodal=False).eval()
+    fused = torch.randn(2, 5, model.config.text.hidden_size)
+    torch.testing.assert_close(model.predict_box(fused), model.bbox_head(fused[:, 0]).sigmoid())
+    assert not hasattr(model, "box_query")

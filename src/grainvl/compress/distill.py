@@ -437,7 +437,7 @@ class DistillTask(nn.Module):
         full = image_embeds[r["region_image_index"]]
         full_atts = torch.ones(full.shape[:2], dtype=torch.long, device=full.device)
         fused = m.fuse(text, r["text_atts"], full, full_atts)
-        return bbox_loss(m.predict_box(fused), r["region_boxes"], r["is_image"])
+        return bbox_loss(m.predict_box(fused, full), r["region_boxes"], r["is_image"])
 
 
 def teacher_copy(model: XVLM) -> XVLM:

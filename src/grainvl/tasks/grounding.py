@@ -43,7 +43,7 @@ class GroundingModule(TaskModule):
     def predict(self, image: torch.Tensor, text_ids: torch.Tensor, text_atts: torch.Tensor) -> torch.Tensor:
         vis, vis_atts = self.model.encode_image(image)  # (B, 1+N, D)
         fused = self.model.fuse(self.model.encode_text(text_ids, text_atts), text_atts, vis, vis_atts)
-        return self.model.predict_box(fused)  # (B, 4)
+        return self.model.predict_box(fused, vis)  # (B, 4)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         pred = self.predict(batch["image"], batch["text_ids"], batch["text_atts"])

@@ -89,7 +89,7 @@ class PretrainTask(nn.Module):
             full = image_embeds[b["region_image_index"]]
             full_atts = torch.ones(full.shape[:2], dtype=torch.long, device=full.device)
             fused = m.fuse(text, b["text_atts"], full, full_atts)
-            l1, giou = bbox_loss(m.predict_box(fused), b["region_boxes"], b["is_image"])
+            l1, giou = bbox_loss(m.predict_box(fused, full), b["region_boxes"], b["is_image"])
             losses["region_bbox_loss"] = weight * l1
             losses["region_giou_loss"] = weight * giou
 

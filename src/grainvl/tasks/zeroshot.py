@@ -91,7 +91,7 @@ def zero_shot_grounding(model: XVLM, data: GroundingEval, batch_size: int = 32) 
         batch = data.collate(items)
         vis, vis_atts = model.encode_image(batch["image"])
         fused = model.fuse(model.encode_text(batch["text_ids"], batch["text_atts"]), batch["text_atts"], vis, vis_atts)
-        preds.append(model.predict_box(fused))  # (B, 4) normalised cx, cy, w, h
+        preds.append(model.predict_box(fused, vis))  # (B, 4) normalised cx, cy, w, h
         boxes.append(batch["orig_box"])  # (B, 4) xywh pixels
         sizes.append(torch.tensor([item["orig_size"] for item in items], dtype=torch.float32))  # (B, 2) W, H
     gt, wh = torch.cat(boxes), torch.cat(sizes).repeat(1, 2)  # (T, 4), (T, 4) as W, H, W, H
