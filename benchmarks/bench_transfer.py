@@ -34,6 +34,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--max-dev", type=int, default=60, help="dev examples scored per task")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--target-train", type=int, default=None, help="full -> limited regime: target training examples (Vu et al.)"
+    )
     parser.add_argument("--k", type=int, default=3, help="k of regret@k (use 1 when few sources per target)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,6 +61,7 @@ def main() -> None:
         lr=2e-4,
         max_length=args.max_length,
         max_dev_examples=args.max_dev,
+        target_train_examples=args.target_train,
     )
     cfg = EvaluateConfig(
         encoder=encoder,

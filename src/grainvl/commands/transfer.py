@@ -59,6 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--ft-lr", type=float, default=1e-4, help="fine-tuning learning rate (default: 1e-4)")
     evaluate.add_argument("--baseline-examples", type=int, default=200, help="examples per task for TextEmb/TaskEmb")
     evaluate.add_argument("--max-dev", type=int, default=None, help="score at most this many dev examples per task")
+    evaluate.add_argument(
+        "--target-train",
+        type=int,
+        default=None,
+        help="full -> limited regime (Vu et al.): targets train on only this many examples (default: all)",
+    )
     evaluate.add_argument("--k", type=int, default=3, help="k of regret@k (default: 3)")
     evaluate.add_argument(
         "--gain", choices=("exp", "linear"), default="exp", help="NDCG gain (default: exp, as Vu et al.)"
@@ -245,6 +251,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_train_examples=args.max_train,
         max_dev_examples=args.max_dev,
+        target_train_examples=args.target_train,
     )
     cfg = EvaluateConfig(
         encoder=_model(args),

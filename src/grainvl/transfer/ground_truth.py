@@ -51,6 +51,10 @@ class FinetuneSettings:
     seed: int = 0
     max_train_examples: int | None = None
     max_dev_examples: int | None = None
+    # Vu et al. (2020)'s full -> limited regime: the target-only baselines and the target stage of
+    # every transfer see only this many training examples, sources keep ``max_train_examples``.
+    # Without it (full -> full) the world's targets saturate and every gain is ~0 (docs/transfer.md).
+    target_train_examples: int | None = None
 
 
 def _task_digest(task: TaskRef) -> str:
@@ -115,11 +119,12 @@ class TransferLab:
             self._start = start
         return self._start
 
-    def _finetune(self, init: nn.Module, task: TaskRef) -> tuple[nn.Module, float, float]:
-        """-> (model, 0–1 score, seconds)."""
+    def _finetune(self, init: nn.Module, task: TaskRef, as_target: bool = False) -> tuple[nn.Module, float, float]:
+        """-> (model, 0–1 score, seconds); ``as_target`` applies the limited-target training budget."""
         s = self.settings
+        limit = s.target_train_examples if as_target and s.target_train_examples is not None else s.max_train_examples
         common = dict(steps=s.steps, batch_size=s.batch_size, lr=s.lr, max_length=s.max_length, seed=s.seed)
-        common |= dict(max_train_examples=s.max_train_examples, max_dev_examples=s.max_dev_examples)
+        common |= dict(max_train_examples=limit, max_dev_examples=s.max_dev_examples)
         if task.kind == "classification":
             from grainvl.tasks.text_classification import TextFinetuneConfig, finetune_text_classifier
 
@@ -151,6 +156,14 @@ class TransferLab:
         return self.models[task.name]
 
     def baseline(self, task: TaskRef) -> float:
+        """Target-only score: the source run itself, or a separate limited-data run in full -> limited."""
+        if self.settings.target_train_examples is not None:
+            key = run_key(self.settings, task) + "-target"
+            score = self._cached(key)
+            if score is None:
+                _, score, seconds = self._finetune(self.pretrained(), task, as_target=True)
+                self._store(key, {"tasks": [task.name], "score": score, "seconds": seconds, "target_only": True})
+            return score
         score = self._cached(run_key(self.settings, task))
         if score is None:
             self.source_model(task)
@@ -162,7 +175,7 @@ class TransferLab:
         key = run_key(self.settings, source, target)
         score = self._cached(key)
         if score is None:
-            _, score, seconds = self._finetune(self.source_model(source), target)
+            _, score, seconds = self._finetune(self.source_model(source), target, as_target=True)
             self._store(key, {"tasks": [source.name, target.name], "score": score, "seconds": seconds})
             self.log(f"  transfer {source.name} -> {target.name}: {score:.3f} ({seconds:.1f}s)")
         return score
