@@ -8,8 +8,8 @@ that writes predictions in the official result format, and a zero-argument laten
 benchmark.
 
 Evaluation may run on several processes: each rank scores its shard of the split
-(:func:`shard_indices`) and :func:`gather_predictions` merges the per-rank predictions on rank 0,
-de-duplicated by key, so metrics are computed once over exactly the split.
+(:func:`shard_indices`, batched by :func:`iter_shard_batches`) and :func:`gather_predictions` merges the
+per-rank predictions on rank 0, de-duplicated by key, so metrics are computed once over exactly the split.
 
 A fine-tuned run folder holds ``model/`` (``XVLM.save_pretrained`` + tokenizer), ``head.safetensors``
 (every task-module parameter/buffer outside ``model.``; :meth:`DownstreamTask.save_head`) and
@@ -21,10 +21,10 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.distributed as dist
@@ -218,6 +218,32 @@ def shard_indices(n: int, rank: int | None = None, world_size: int | None = None
     per_rank = -(-n // world_size)  # ceil
     padded = [i % n for i in range(per_rank * world_size)]
     return padded[rank::world_size]
+
+
+class EvalData(Protocol):
+    """What :func:`iter_shard_batches` needs of an evaluation dataset: indexable items and a ``collate``."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+    def collate(self, items: list[Any]) -> dict[str, Any]: ...
+
+
+def iter_shard_batches(
+    data: EvalData, batch_size: int, device: torch.device, rank: int | None = None, world_size: int | None = None
+) -> Iterator[tuple[list[int], list[Any], dict[str, Any]]]:
+    """This rank's share of ``data`` (:func:`shard_indices`) in batches: ``(indices, items, batch)``.
+
+    ``items`` are ``data[i]`` for each dataset index in ``indices``; ``batch`` is their ``collate``
+    with its tensors on ``device``. Items come along for the fields a collate drops (grounding's
+    original image sizes).
+    """
+    mine = shard_indices(len(data), rank, world_size)
+    for start in range(0, len(mine), batch_size):
+        indices = mine[start : start + batch_size]
+        items = [data[i] for i in indices]
+        yield indices, items, to_device(data.collate(items), device)
 
 
 def gather_predictions(

@@ -37,9 +37,10 @@ from grainvl.tasks.base import (
     DownstreamTask,
     TaskModule,
     gather_predictions,
+    iter_shard_batches,
     model_data_config,
+    module_device,
     resolve_split,
-    shard_indices,
     write_json_result,
 )
 from grainvl.train.loop import StatefulIterator
@@ -204,10 +205,8 @@ class CaptioningTask(DownstreamTask):
         module.eval()
         split = resolve_split(split)
         data = self._eval_data(module, tokenizer, world, split)
-        mine = shard_indices(len(data))
         predictions = []
-        for start in range(0, len(mine), self.data.eval_batch_size):
-            batch = data.collate([data.sample(i, 0) for i in mine[start : start + self.data.eval_batch_size]])
+        for _, _, batch in iter_shard_batches(data, self.data.eval_batch_size, module_device(module)):
             captions = module.generate(batch["image"])
             predictions += [{"image_id": i, "caption": c} for i, c in zip(batch["image_id"], captions)]
         merged = gather_predictions(predictions, "image_id")

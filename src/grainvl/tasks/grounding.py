@@ -27,10 +27,10 @@ from grainvl.tasks.base import (
     DownstreamTask,
     TaskModule,
     gather_predictions,
+    iter_shard_batches,
     model_data_config,
     module_device,
     resolve_split,
-    shard_indices,
     to_device,
     write_json_result,
 )
@@ -95,12 +95,8 @@ class GroundingTask(DownstreamTask):
         assert isinstance(module, GroundingModule)
         module.eval()
         data = self.eval_data(module, tokenizer, world, split)
-        mine = shard_indices(len(data))
         predictions = []
-        for start in range(0, len(mine), self.data.eval_batch_size):
-            chunk = mine[start : start + self.data.eval_batch_size]
-            items = [data[i] for i in chunk]
-            batch = to_device(data.collate(items), module_device(module))
+        for chunk, items, batch in iter_shard_batches(data, self.data.eval_batch_size, module_device(module)):
             pred = module.predict(batch["image"], batch["text_ids"], batch["text_atts"])  # (B, 4) normalised
             width = [item["orig_size"][0] for item in items]
             height = [item["orig_size"][1] for item in items]

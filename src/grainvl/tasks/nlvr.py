@@ -24,10 +24,10 @@ from grainvl.tasks.base import (
     DownstreamTask,
     TaskModule,
     gather_predictions,
+    iter_shard_batches,
     model_data_config,
     module_device,
     resolve_split,
-    shard_indices,
     to_device,
     write_json_result,
 )
@@ -90,13 +90,10 @@ class NLVR2Task(DownstreamTask):
         assert isinstance(module, NLVRModule)
         module.eval()
         data = self.eval_data(module, tokenizer, world, split)
-        mine = shard_indices(len(data))
         predictions = []
-        for start in range(0, len(mine), self.data.eval_batch_size):
-            chunk = mine[start : start + self.data.eval_batch_size]
-            batch = to_device(data.collate([data.sample(i, 0) for i in chunk]), module_device(module))
+        for indices, _, batch in iter_shard_batches(data, self.data.eval_batch_size, module_device(module)):
             pred = module.logits(batch["image"], batch["text_ids"], batch["text_atts"]).argmax(-1)
-            for i, p, y in zip(batch["index"].tolist(), pred.tolist(), batch["label"].tolist()):
+            for i, p, y in zip(indices, pred.tolist(), batch["label"].tolist()):
                 predictions.append({"index": i, "pred": bool(p), "label": bool(y)})
         merged = gather_predictions(predictions, "index")
         if not merged:

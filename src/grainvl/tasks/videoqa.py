@@ -29,9 +29,10 @@ from grainvl.tasks.base import (
     DownstreamTask,
     TaskModule,
     gather_predictions,
+    iter_shard_batches,
     model_data_config,
+    module_device,
     resolve_split,
-    shard_indices,
     write_json_result,
 )
 from grainvl.train.loop import StatefulIterator
@@ -108,12 +109,10 @@ class VideoQATask(DownstreamTask):
         split = resolve_split(split)
         data = self._dataset(module, tokenizer, world, split, False)
         labels = {label: answer for answer, label in self.options["ans2label"].items()}
-        mine = shard_indices(len(data))
         predictions = []
-        for start in range(0, len(mine), self.data.eval_batch_size):
-            batch = data.collate([data.sample(i, 0) for i in mine[start : start + self.data.eval_batch_size]])
+        for indices, _, batch in iter_shard_batches(data, self.data.eval_batch_size, module_device(module)):
             best = module.logits(batch["video"], batch["question_ids"], batch["question_atts"]).argmax(-1)
-            for i, label in zip(batch["index"], best.tolist()):
+            for i, label in zip(indices, best.tolist()):
                 record = data.records[i]
                 predictions.append(
                     {

@@ -42,9 +42,10 @@ from grainvl.tasks.base import (
     DownstreamTask,
     TaskModule,
     gather_predictions,
+    iter_shard_batches,
     model_data_config,
+    module_device,
     resolve_split,
-    shard_indices,
     write_json_result,
 )
 from grainvl.train.loop import StatefulIterator
@@ -199,10 +200,8 @@ class VQATask(DownstreamTask):
         module.eval()
         split = resolve_split(split)
         data = self._dataset(module, tokenizer, world, split, False)
-        mine = shard_indices(len(data))
         predictions = []
-        for start in range(0, len(mine), self.data.eval_batch_size):
-            batch = data.collate([data.sample(i, 0) for i in mine[start : start + self.data.eval_batch_size]])
+        for _, _, batch in iter_shard_batches(data, self.data.eval_batch_size, module_device(module)):
             answers = module.predict(batch["image"], batch["question_ids"], batch["question_atts"])
             predictions += [{"question_id": q, "answer": a} for q, a in zip(batch["question_id"], answers)]
         merged = gather_predictions(predictions, "question_id")
