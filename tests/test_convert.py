@@ -770,3 +770,13 @@ def test_cli_wrong_files_give_one_line_and_exit_2(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+
+
+def test_attention_box_head_has_no_official_layout() -> None:
+    import dataclasses
+
+    from grainvl.models.factory import get_model_config
+
+    model = XVLM(dataclasses.replace(get_model_config("xvlm-tiny"), box_head="attention"))
+    with pytest.raises(ValueError, match="box_head 'attention' is our extension"):
+        convert.to_official(model, "official-x2vlm")

@@ -684,6 +684,8 @@ def to_official(model: XVLM, fmt: str = "official-x2vlm", layout: str = "pretrai
         raise ValueError(
             f"only {'/'.join(OFFICIAL_VISION_KINDS)} towers with 'avgpool' video encoding have an official layout"
         )
+    if model.config.box_head != "mlp":
+        raise ValueError(f"box_head {model.config.box_head!r} is our extension; only 'mlp' has an official layout")
     if layout not in ("pretrain", "finetune", "roberta"):
         raise ValueError(f"layout must be pretrain, finetune or roberta, got {layout!r}")
     if layout == "roberta" and not model.config.text.roberta_positions:
