@@ -15,6 +15,10 @@ same way. A ``score`` label column (STS-B) makes the task a regression (one outp
 Metrics follow GLUE: accuracy always; for binary tasks also F1 of the positive class and Matthews
 correlation; Pearson/Spearman for regression. Which one is the task's *main* metric follows GLUE's
 choice by task name: Matthews for CoLA-like names, F1 for MRPC/QQP-like names, accuracy otherwise.
+
+Low-resource runs can draw ``max_train_examples`` random train rows per seed (``train_sample_seed``)
+instead of the first N. :func:`probe_text_classifier` is the cheap alternative reading: a linear probe
+(logistic regression) on frozen, pooled last-layer states, no fine-tuning.
 """
 
 from __future__ import annotations
