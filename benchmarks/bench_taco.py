@@ -16,7 +16,7 @@ What one run does (the paper's protocol, Fu et al. 2022 Table 1 / Fig. 5, scaled
    corpus (:func:`heldout_tasks`: inner words shuffled, two adjacent inner words swapped, one inner word
    replaced, vs. the sentence as it is).
 5. Two readings per checkpoint, the same for the initial encoder and every checkpoint:
-   a frozen-encoder linear probe ([CLS] state, logistic regression on all train rows) every
+   a frozen-encoder linear probe ([CLS] state, logistic regression on the first ``--probe-examples`` train rows) every
    ``--eval-every`` steps, and low-resource full fine-tuning (``--finetune-examples`` random train rows,
    ``--finetune-seeds`` subsets/seeds averaged) every ``--finetune-every`` steps; each scored on the dev
    set with the task's GLUE main metric and averaged over tasks.
