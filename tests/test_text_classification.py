@@ -13,10 +13,16 @@ from grainvl.data.formats.glue import write_tsv
 from grainvl.errors import DataError
 from grainvl.tasks.text_classification import (
     TextFinetuneConfig,
+    TextProbeConfig,
     classification_metrics,
     finetune_text_classifier,
+    fit_probe,
     load_glue_task,
     main_metric_name,
+    probe_text_classifier,
+    resolve_encoder,
+    text_features,
+    train_rows,
 )
 from grainvl.transfer.pipeline import tiny_bert_folder
 
@@ -115,3 +121,38 @@ def test_metrics_match_sklearn() -> None:
         f1_score(gold, pred)
     )
     assert main_metric_name("scene_cola", False, 2) == "mcc" and main_metric_name("size_mnli", False, 3) == "accuracy"
+
+
+def test_train_rows_default_prefix_and_seeded_subsets() -> None:
+    assert train_rows(10, None) == list(range(10)) and train_rows(10, 20, 3) == list(range(10))
+    assert train_rows(10, 4) == [0, 1, 2, 3]  # no seed: the first N, as before
+    first, again, other = train_rows(100, 8, 0), train_rows(100, 8, 0), train_rows(100, 8, 1)
+    assert first == again and first != other and len(set(first)) == 8 and first == sorted(first)
+
+
+def test_fit_probe_separates_and_handles_one_class() -> None:
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    x = rng.normal(size=(40, 5)) * 100.0 + 0.0  # large scale: the probe standardises
+    x[:, 0] = np.where(y == 1, 1000.0, 900.0) + rng.normal(size=40)
+    assert fit_probe(x[:30], y[:30].astype(float), x[30:], y[30:].astype(float), ("0", "1"), 1.0)["accuracy"] == 1.0
+    one_class = fit_probe(x[:4:2], np.zeros(2), x[30:], y[30:].astype(float), ("0", "1"), 1.0)
+    assert one_class["accuracy"] == 0.5
+
+
+def test_text_features_mean_pooling_ignores_padding(tiny_bert: Path) -> None:
+    tower, tokenizer, _ = resolve_encoder(tiny_bert)
+    alone = text_features(tower, tokenizer, ["an apple"], 16, "mean")
+    padded = text_features(tower, tokenizer, ["an apple", "a much longer sentence about a small stone here"], 16)
+    assert alone.shape == (1, tower.config.hidden_size) and np.allclose(alone[0], padded[0], atol=1e-5)
+    cls = text_features(tower, tokenizer, ["an apple"], 16, "cls")
+    assert not np.allclose(cls, alone)
+    with pytest.raises(ValueError, match="pooling"):
+        text_features(tower, tokenizer, ["x"], 16, "max")
+
+
+def test_probe_on_toy_task(tiny_bert: Path, tmp_path: Path) -> None:
+    task = _toy_task(tmp_path / "toy_sst")
+    result = probe_text_classifier(tiny_bert, task, TextProbeConfig(max_length=16, max_train_examples=32))
+    # "apple" vs "stone" changes the frozen features: even an untrained tower separates them linearly
+    assert result.main_metric == "accuracy" and result.train_examples == 32 and result.score >= 0.9

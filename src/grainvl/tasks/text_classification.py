@@ -15,6 +15,10 @@ same way. A ``score`` label column (STS-B) makes the task a regression (one outp
 Metrics follow GLUE: accuracy always; for binary tasks also F1 of the positive class and Matthews
 correlation; Pearson/Spearman for regression. Which one is the task's *main* metric follows GLUE's
 choice by task name: Matthews for CoLA-like names, F1 for MRPC/QQP-like names, accuracy otherwise.
+
+Low-resource runs can draw ``max_train_examples`` random train rows per seed (``train_sample_seed``)
+instead of the first N. :func:`probe_text_classifier` is the cheap alternative reading: a linear probe
+(logistic regression) on frozen, pooled last-layer states, no fine-tuning.
 """
 
 from __future__ import annotations
@@ -327,6 +331,7 @@ class TextFinetuneConfig:
     max_dev_examples: int | None = None
     tokenizer: str | Path | None = None  # needed when ``encoder`` is a bare BertEncoderModel
     device: str = "cpu"
+    train_sample_seed: int | None = None  # with max_train_examples: N random rows drawn with this seed, not the first N
 
 
 @dataclass
@@ -360,6 +365,18 @@ def batch_order(num_examples: int, batch_size: int, steps: int, seed: int) -> li
     while len(order) < needed:
         order.extend(torch.randperm(num_examples, generator=rng).tolist())
     return [order[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
+
+
+def train_rows(num_rows: int, limit: int | None, sample_seed: int | None = None) -> list[int]:
+    """Train row indices: all, the first ``limit``, or ``limit`` drawn at random (sorted) with ``sample_seed``.
+
+    Random draws let low-resource runs average over several training subsets, not one fixed prefix.
+    """
+    if limit is None or limit >= num_rows:
+        return list(range(num_rows))
+    if sample_seed is None:
+        return list(range(limit))
+    return sorted(random.Random(sample_seed).sample(range(num_rows), limit))
 
 
 def task_loss(logits: Tensor, targets: Tensor, regression: bool) -> Tensor:
@@ -430,8 +447,9 @@ def finetune_text_classifier(
     if pooler is not None:
         model.pooler.load_state_dict(pooler)
     model.to(cfg.device)
-    texts = task.train_texts[: cfg.max_train_examples]
-    targets = torch.tensor(task.train_targets[: cfg.max_train_examples], dtype=torch.float32)
+    rows = train_rows(len(task.train_texts), cfg.max_train_examples, cfg.train_sample_seed)
+    texts = [task.train_texts[i] for i in rows]
+    targets = torch.tensor([task.train_targets[i] for i in rows], dtype=torch.float32)
     order = batch_order(len(texts), cfg.batch_size, cfg.steps, cfg.seed)
 
     def batches(step: int) -> tuple[dict[str, Tensor], Tensor]:
@@ -454,18 +472,120 @@ def finetune_text_classifier(
     )
 
 
+# ---------------------------------------------------------------------------------------------- frozen probe
+@dataclass
+class TextProbeConfig:
+    """Linear probe on a frozen encoder: pooled last-layer states -> standardised -> logistic regression."""
+
+    pooling: str = "mean"  # "mean" over real tokens, or "cls" (the [CLS] state, no pooler)
+    max_length: int = 128
+    c: float = 1.0  # inverse L2 strength of scikit-learn's LogisticRegression
+    max_train_examples: int | None = None
+    train_sample_seed: int | None = None  # as TextFinetuneConfig: random rows instead of the first N
+    max_dev_examples: int | None = None
+    tokenizer: str | Path | None = None
+    device: str = "cpu"
+
+
+@dataclass
+class TextProbeResult:
+    metrics: dict[str, float]
+    main_metric: str
+    train_examples: int
+
+    @property
+    def score(self) -> float:
+        return self.metrics[self.main_metric]
+
+
+@torch.no_grad()
+def text_features(
+    tower: BertEncoderModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[TextInput],
+    max_length: int = 128,
+    pooling: str = "mean",
+    batch_size: int = 128,
+) -> np.ndarray:
+    """Frozen sentence features (N, H): mean of the last-layer states over real tokens, or the [CLS] state."""
+    if pooling not in ("mean", "cls"):
+        raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+    was_training = tower.training
+    tower.eval()
+    device = next(tower.parameters()).device
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        batch = {
+            k: v.to(device) for k, v in encode_texts(tokenizer, texts[start : start + batch_size], max_length).items()
+        }
+        states = tower(batch["input_ids"], batch["attention_mask"], token_type_ids=batch["token_type_ids"])  # (b, L, H)
+        if pooling == "cls":
+            chunks.append(states[:, 0].float())
+        else:
+            mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)  # (b, L, 1)
+            chunks.append(((states * mask).sum(1) / mask.sum(1).clamp_min(1)).float())
+    tower.train(was_training)
+    return torch.cat(chunks).cpu().numpy()
+
+
+def fit_probe(
+    train_x: np.ndarray, train_y: np.ndarray, dev_x: np.ndarray, dev_y: np.ndarray, labels: Sequence[str], c: float
+) -> dict[str, float]:
+    """Standardise with the train statistics, fit a logistic regression (ridge for regression), dev metrics."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6  # why: states of untrained encoders differ in scale
+    train_x, dev_x = (train_x - mean) / std, (dev_x - mean) / std
+    if not labels:
+        predictions = Ridge(alpha=1.0 / c).fit(train_x, train_y).predict(dev_x)
+        return regression_metrics(predictions, dev_y)
+    if len(set(train_y.tolist())) < 2:  # one class in a tiny subsample: the constant predictor
+        return classification_metrics(np.full(len(dev_y), int(train_y[0])), dev_y.astype(int), labels)
+    classifier = LogisticRegression(C=c, max_iter=2000).fit(train_x, train_y.astype(int))
+    return classification_metrics(classifier.predict(dev_x), dev_y.astype(int), labels)
+
+
+def probe_text_classifier(
+    encoder: str | Path | nn.Module, task_dir: Path | GlueTask, cfg: TextProbeConfig | None = None
+) -> TextProbeResult:
+    """Linear probe of a frozen ``encoder`` on a GLUE-TSV task: the encoder's features as they are, no
+    fine-tuning -- a cheap second reading of what pre-training put in the states."""
+    cfg = cfg or TextProbeConfig()
+    task = task_dir if isinstance(task_dir, GlueTask) else load_glue_task(task_dir)
+    tower, tokenizer, _ = resolve_encoder(encoder, cfg.tokenizer)
+    tower.to(cfg.device)
+    rows = train_rows(len(task.train_texts), cfg.max_train_examples, cfg.train_sample_seed)
+    dev_texts = task.dev_texts[: cfg.max_dev_examples]
+
+    def features(texts: Sequence[TextInput]) -> np.ndarray:
+        return text_features(tower, tokenizer, texts, cfg.max_length, cfg.pooling)
+
+    train_y = np.asarray([task.train_targets[i] for i in rows])
+    dev_y = np.asarray(task.dev_targets[: cfg.max_dev_examples])
+    metrics = fit_probe(
+        features([task.train_texts[i] for i in rows]), train_y, features(dev_texts), dev_y, task.labels, cfg.c
+    )
+    return TextProbeResult(metrics, main_metric_name(task.name, task.is_regression, len(task.labels)), len(rows))
+
+
 __all__ = [
     "GlueTask",
     "TextClassifier",
     "TextFinetuneConfig",
     "TextFinetuneResult",
+    "TextProbeConfig",
+    "TextProbeResult",
     "classification_metrics",
     "encode_texts",
     "evaluate_classifier",
     "finetune_text_classifier",
+    "fit_probe",
     "load_glue_task",
     "main_metric_name",
+    "probe_text_classifier",
     "regression_metrics",
     "resolve_encoder",
+    "text_features",
+    "train_rows",
     "train_steps",
 ]
