@@ -41,6 +41,12 @@ EPS = 1e-6
 LOG_ALPHA_MIN, LOG_ALPHA_MAX = math.log(1e-2), math.log(1e2)  # CoFi's clamp after every step
 MAGICAL_NUMBER = 0.8  # CoFi/EfficientVLM ranking score σ(log α / β · 0.8) for deterministic masks
 MODALITIES = ("vision", "text", "fusion")
+# Short runs (see :func:`short_run_reg_lr`): the log α distance Adam must be able to cover over the prune steps.
+# A head starts at the clamp ln 100 ≈ 4.6 (q ≈ 0.998) and an FFN neuron at 0 (q ≈ 0.83); a unit is half kept at
+# log α ≈ −1.6. 4 lets any FFN neuron go well past that point (q ≈ 0.08) and the game decide the rest; on
+# xvlm-tiny with the Lagrangian alone, 16-100 steps then end at 0.42-0.57 expected sparsity for a 0.5 target,
+# while 5 and 6 overshoot further (up to 0.73 and 0.86 at 100 steps): λ moves by about reg_lr per step too.
+LOG_ALPHA_TRAVEL = 4.0
 
 # The paper's per-task stage-2 settings (EfficientVLM configs/x-vlm-small-ft/*.yaml, compression.md §A.4):
 # target sparsity, lr of the model, lr of log α and λ (``reg_learning_rate``), epochs. The Lagrangian
@@ -107,6 +113,21 @@ class HardConcreteMask(nn.Module):
         self.log_alpha.clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
 
 
+def short_run_reg_lr(reg_lr: float, steps: int, travel: float | None = LOG_ALPHA_TRAVEL) -> float:
+    """The lr of log α and λ for a prune stage of ``steps`` steps: ``max(reg_lr, travel / steps)``.
+
+    Why: Adam moves each ``log α`` by at most about its lr per step, whatever the size of the
+    Lagrangian, so with the paper's 0.01 a head (clamped init 4.6) needs over 600 steps to reach
+    q = 0.5 and an FFN neuron (init 0) over 160: 40 steps reach about 10 % of a 50 % target. The paper
+    prunes for thousands of steps (10 epochs), where ``travel / steps`` is below 0.01 and its value is
+    kept; a short run gets the lr that lets log α cover ``travel`` in the steps it has. Deviation from
+    EfficientVLM/CoFi (fixed reg_learning_rate); ``travel=None`` turns it off.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return reg_lr if travel is None else max(reg_lr, travel / steps)
+
+
 # ----------------------------------------------------------------------------------------- configuration
 @dataclass
 class PruneConfig:
@@ -120,6 +141,7 @@ class PruneConfig:
     layers: bool = False  # CoFi's whole-sub-layer masks (head_layer_z, mlp_z) too
     modalities: tuple[str, ...] = MODALITIES  # towers to prune
     soft_eval: bool = False  # CoFi's soft kept scores at eval (False: EfficientVLM's binary masks)
+    calibrate_tolerance: float | None = 0.01  # final masks within this of the target (None: never calibrate)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.target_sparsity < 1.0:
@@ -440,10 +462,64 @@ class ModalPruner(nn.Module):
         out["all"] = 1.0 - sum(kept.values()) / self.prunable_size()
         return out
 
+    @torch.no_grad()
+    def calibrate_(self) -> dict[str, dict[str, float]]:
+        """Shift the unit groups' log α of each constraint by one scalar δ so the final masks hit its target.
+
+        A deviation from EfficientVLM/CoFi, which keep whatever sparsity the Lagrangian reached: with
+        Adam on λ, λ1 and λ2 grow at the same rate while ŝ is below target, which puts the minimum of
+        ``λ1·gap + λ2·gap²`` near gap = +0.5, so a run of tens or hundreds of steps ends at an arbitrary
+        phase of an oscillation around the target. ``log α + δ`` keeps the learned ranking (within a
+        row and across groups) and moves only the undecided units; a converged run (within
+        ``cfg.calibrate_tolerance`` of the target) is left unchanged. δ is found by bisection on the
+        achieved (deterministic-mask) sparsity, which is monotone in δ. Returns, per constraint, δ
+        and the achieved sparsity before and after.
+        """
+        out: dict[str, dict[str, float]] = {}
+        tolerance = self.cfg.calibrate_tolerance
+        for constraint in self.constraints:
+            target = self._final_target(constraint)
+            before = self.achieved_sparsity().get(constraint)
+            if before is None:  # a per-modality target on a tower without mask groups (a CNN)
+                continue
+            out[constraint] = {"delta": 0.0, "before": before, "after": before}
+            if tolerance is None or abs(before - target) <= tolerance:
+                continue
+            # Unit groups only: whole-layer masks (CoFi) stay as the game left them.
+            groups = [self.masks[s.name] for s in self.sites if s.parent is None and constraint in ("all", s.modality)]
+            original = [g.log_alpha.detach().clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX).clone() for g in groups]
+
+            # Sparsity falls as δ rises; δ = ±4·ln 100 pushes every unit to one end of the clamp.
+            lo, hi = -4 * LOG_ALPHA_MAX, 4 * LOG_ALPHA_MAX
+            best = (abs(before - target), 0.0, before)
+            for _ in range(40):
+                mid = 0.5 * (lo + hi)
+                value = self._shifted_sparsity(groups, original, constraint, mid)
+                best = min(best, (abs(value - target), mid, value))
+                if value > target:
+                    lo = mid
+                else:
+                    hi = mid
+            self._shifted_sparsity(groups, original, constraint, best[1])
+            out[constraint] = {"delta": best[1], "before": before, "after": best[2]}
+        return out
+
+    @torch.no_grad()
+    def _shifted_sparsity(
+        self, groups: list[HardConcreteMask], original: list[Tensor], constraint: str, delta: float
+    ) -> float:
+        """Set ``log α = clamp(original + δ)`` on ``groups``; -> the achieved sparsity of ``constraint``."""
+        for group, alpha in zip(groups, original):
+            group.log_alpha.copy_((alpha + delta).clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX))
+        return self.achieved_sparsity()[constraint]
+
     # -------------------------------------------------------------- constraint
+    def _final_target(self, constraint: str = "all") -> float:
+        return self.cfg.target_sparsity if constraint == "all" else self.cfg.per_modality[constraint]  # type: ignore[index]
+
     def target(self, constraint: str = "all") -> float:
         """t(step) = target · min(1, step / warmup): the ramp runs once over the whole run, never per epoch."""
-        final = self.cfg.target_sparsity if constraint == "all" else self.cfg.per_modality[constraint]  # type: ignore[index]
+        final = self._final_target(constraint)
         warmup = self.cfg.warmup_steps
         ramp = 1.0 if warmup == 0 else min(1.0, int(self.global_step) / warmup)
         return final * ramp

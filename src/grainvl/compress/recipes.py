@@ -37,7 +37,15 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from grainvl.compress.distill import DistillTask, LayerMap, default_layer_map, init_student_from_teacher
-from grainvl.compress.prune import PAPER_TASK_DEFAULTS, ModalPruner, PruneConfig, PruneTask, masks_applied
+from grainvl.compress.prune import (
+    LOG_ALPHA_TRAVEL,
+    PAPER_TASK_DEFAULTS,
+    ModalPruner,
+    PruneConfig,
+    PruneTask,
+    masks_applied,
+    short_run_reg_lr,
+)
 from grainvl.compress.shrink import shrink
 from grainvl.models.xvlm import XVLM
 
@@ -58,10 +66,15 @@ class CompressConfig:
     task: str = "retrieval"  # which of the paper's stage-2 settings (sparsity, lrs) to default to
     per_modality: dict[str, float] | None = None
     student: str = "half"  # layer-map preset: "half" (every other layer) or "efficientvlm" (6/3/3)
+    student_layers: tuple[int, int, int] | None = None  # (vision, text, fusion) layer counts; overrides ``student``
     distill_lr: float = 1e-4  # GD: AdamW 1e-4, wd 0.01, betas (0.9, 0.98), linear schedule
     prune_lr: float | None = None  # None: the paper's lr for ``task``
     reg_lr: float | None = None  # None: the paper's reg_learning_rate for ``task``
     lagrangian_warmup: float = 0.1  # fraction of the prune steps (paper: 1 epoch of 10)
+    # Short runs: reg lr raised to travel/steps so log α can move that far (None: the paper's fixed reg lr);
+    # the final masks are then calibrated onto the target (prune.ModalPruner.calibrate_; False: never).
+    reg_lr_travel: float | None = LOG_ALPHA_TRAVEL
+    calibrate: bool = True
     theseus_text: int | None = None  # successor layers of the text segment (None: half of it, at least 1)
     theseus_fusion: int | None = None  # ... of the fusion segment (None: half of it, at least 1)
     theseus_scheduler: str = "linear"  # "linear" p(t) = min(1, k t + b) or "constant" p
@@ -218,7 +231,8 @@ def _save(model: XVLM, state: _State, folder: Path) -> None:
 
 
 def _stage_distill(state: _State, cfg: CompressConfig) -> dict[str, Any]:
-    student, layer_map = init_student_from_teacher(state.model, default_layer_map(state.model.config, cfg.student))
+    layer_map = default_layer_map(state.model.config, cfg.student, sizes=cfg.student_layers)
+    student, layer_map = init_student_from_teacher(state.model, layer_map)
     state.layer_map = layer_map
     task = DistillTask(student, state.teacher, layer_map)
     info = _train(task, student, state, cfg, "distill", cfg.distill_lr)
@@ -230,12 +244,15 @@ def _stage_distill(state: _State, cfg: CompressConfig) -> dict[str, Any]:
 def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
     target = cfg.target_sparsity if cfg.target_sparsity is not None else cfg.paper("target_sparsity")
     reg_lr = cfg.reg_lr if cfg.reg_lr is not None else cfg.paper("reg_lr")
+    # Tens of steps at the paper's 0.01 cannot move log α far enough (short_run_reg_lr); long runs keep it.
+    reg_lr_used = short_run_reg_lr(reg_lr, cfg.steps, cfg.reg_lr_travel)
     pcfg = PruneConfig(
         target_sparsity=target,
         per_modality=cfg.per_modality,
         warmup_steps=max(1, round(cfg.lagrangian_warmup * cfg.steps)),
-        reg_lr=reg_lr,
+        reg_lr=reg_lr_used,
         layers=cfg.prune_layers,
+        calibrate_tolerance=0.01 if cfg.calibrate else None,
     )
     if state.model is state.teacher:  # pruning the teacher itself: train a copy, keep the original as teacher
         state.model = copy.deepcopy(state.teacher)
@@ -245,6 +262,9 @@ def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
     lr = cfg.prune_lr if cfg.prune_lr is not None else cfg.paper("lr")
     info = _train(task, model, state, cfg, "prune", lr)
     state.pruner.eval()
+    expected = float(state.pruner.expected_sparsity().detach())  # where the Lagrangian game ended
+    learned = state.pruner.achieved_sparsity()
+    calibration = state.pruner.calibrate_()  # no-op when the learned masks are within 1 point of the target
     state.masks = state.pruner.final_masks()
     achieved = state.pruner.achieved_sparsity()
     state.pruner.detach()  # the saved dense weights load unmasked; the masks travel in masks.safetensors
@@ -258,9 +278,12 @@ def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
         "target_sparsity": target,
         "per_modality_targets": cfg.per_modality,
         "achieved_sparsity": achieved,
-        "expected_sparsity": float(state.pruner.expected_sparsity().detach()),
+        "learned_sparsity": learned,  # the deterministic masks before calibration
+        "expected_sparsity": expected,
+        "calibration": calibration,
         "kept_units": state.pruner.describe(),
-        "reg_lr": reg_lr,
+        "reg_lr": reg_lr_used,
+        "reg_lr_requested": reg_lr,
         "lr": lr,
     }
     (folder / "prune.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -487,6 +510,12 @@ def format_report(report: dict[str, Any]) -> str:
         p = stages["prune"]
         achieved = ", ".join(f"{k} {v:.3f}" for k, v in p["achieved_sparsity"].items())
         lines.append(f"  prune: target {p['target_sparsity']:.3f}; achieved {achieved}")
+        if "learned_sparsity" in p:
+            shifts = ", ".join(f"{k} {v['delta']:+.2f}" for k, v in p["calibration"].items())
+            lines.append(
+                f"    (reg lr {p['reg_lr']:.3g}; the game ended at expected {p['expected_sparsity']:.3f}, masks "
+                f"{p['learned_sparsity']['all']:.3f}; calibration shift of log α: {shifts})"
+            )
     if "shrink" in stages:
         s = stages["shrink"]
         lines.append(
