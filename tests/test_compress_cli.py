@@ -86,3 +86,5 @@ def test_compress_input_errors(world: Path, tmp_path: Path, capsys) -> None:
         == 2
     )
     assert "config.json" in capsys.readouterr().err
+    assert main([*base, "--recipe", "distill", "--student-layers", "2,1"]) == 2
+    assert "--student-layers expects three positive integers" in capsys.readouterr().err

@@ -49,6 +49,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("half", "efficientvlm"),
         help="student layers: every other layer per stack (half) or EfficientVLM's 6/3/3 (default half)",
     )
+    p.add_argument(
+        "--student-layers",
+        metavar="V,T,F",
+        help="student layer counts per stack (vision, text, fusion), e.g. 2,1,1; overrides --student",
+    )
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="keep the learned masks as they are even when they miss the target sparsity (docs/compression.md)",
+    )
     p.add_argument("--prune-layers", action="store_true", help="also learn whole attention/FFN sub-layer masks (CoFi)")
     p.add_argument(
         "--theseus-text", type=int, help="theseus: successor layers for the text layers (default: half of them)"
@@ -85,6 +95,16 @@ def _per_modality(text: str | None) -> dict[str, float] | None:
     return out
 
 
+def _student_layers(text: str | None) -> tuple[int, int, int] | None:
+    if not text:
+        return None
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 3 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise ValueError(f"--student-layers expects three positive integers V,T,F, got {text!r}")
+    vision, text_layers, fusion = (int(part) for part in parts)
+    return vision, text_layers, fusion
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
     from grainvl.compress.recipes import CompressConfig, format_report, run_compress
 
@@ -100,6 +120,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         task=args.task,
         per_modality=_per_modality(args.per_modality),
         student=args.student,
+        student_layers=_student_layers(args.student_layers),
+        calibrate=not args.no_calibrate,
         prune_layers=args.prune_layers,
         theseus_text=args.theseus_text,
         theseus_fusion=args.theseus_fusion,
