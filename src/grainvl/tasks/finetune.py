@@ -121,7 +121,7 @@ def finetune(
 
     Arguments other than None override ``cfg`` (itself defaults <- ``overrides``).
     """
-    from grainvl.train.distributed import cleanup, detect_env, init_distributed
+    from grainvl.train.distributed import run_in_process_group
 
     if cfg is None:
         cfg = load_config(FinetuneConfig, None, list(overrides))
@@ -134,13 +134,7 @@ def finetune(
     cfg = dataclasses.replace(cfg, **changes)
     if out is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=str(out)))
-    if cfg.torch_threads > 0:
-        torch.set_num_threads(cfg.torch_threads)
-    env = init_distributed(detect_env())
-    try:
-        return _run(cfg, env, resume)
-    finally:
-        cleanup()
+    return run_in_process_group(lambda env: _run(cfg, env, resume), cfg.torch_threads)
 
 
 def _apply_overrides(cfg: FinetuneConfig, overrides: list[str]) -> FinetuneConfig:

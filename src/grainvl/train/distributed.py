@@ -45,12 +45,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 DEFAULT_PORT = 29500
 _CPU = torch.device("cpu")
@@ -232,6 +235,18 @@ def cleanup() -> None:
     """Destroy the process group if one exists."""
     if _group_active():
         dist.destroy_process_group()
+
+
+def run_in_process_group(body: Callable[[DistEnv], T], torch_threads: int = 0) -> T:
+    """Set the thread count (> 0), join the process group torchrun/SLURM describe (none for one
+    process), run ``body(env)`` and always tear the group down: the entry of every training command."""
+    if torch_threads > 0:
+        torch.set_num_threads(torch_threads)
+    env = init_distributed(detect_env())
+    try:
+        return body(env)
+    finally:
+        cleanup()
 
 
 # ---------------------------------------------------------------------------------------------

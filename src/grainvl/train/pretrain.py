@@ -26,7 +26,7 @@ from grainvl.models.factory import create_model, get_tokenizer
 from grainvl.models.xvlm import XVLM
 from grainvl.tasks.pretrain import PretrainTask, PretrainWeights
 from grainvl.tasks.zeroshot import chance_retrieval, zero_shot_grounding, zero_shot_retrieval
-from grainvl.train.distributed import DistEnv, cleanup, detect_env, init_distributed
+from grainvl.train.distributed import DistEnv, run_in_process_group
 from grainvl.train.logging import append_result
 from grainvl.train.loop import TrainConfig, TrainSummary, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
@@ -145,13 +145,7 @@ def evaluate(model: XVLM, tokenizer: Any, dcfg: PretrainDataConfig, world: str, 
 
 def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict[str, Any]:
     """Build everything from ``cfg``, train, evaluate on rank 0; returns the run summary (rank 0)."""
-    if cfg.torch_threads > 0:
-        torch.set_num_threads(cfg.torch_threads)
-    env = init_distributed(detect_env())
-    try:
-        return _run(cfg, env, resume)
-    finally:
-        cleanup()
+    return run_in_process_group(lambda env: _run(cfg, env, resume), cfg.torch_threads)
 
 
 def _run(cfg: PretrainConfig, env: DistEnv, resume: str | None) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from grainvl.data.masking import TextMaskingGenerator, pad_masks
 from grainvl.losses.mlm import IGNORE_INDEX, gather_masked, mlm_loss
 from grainvl.losses.taco import taco_loss
 from grainvl.models.text import BertEncoderModel, MLMHead, TextConfig, load_hf_bert, read_hf_state_dict
-from grainvl.train.distributed import DistEnv, cleanup, detect_env, init_distributed
+from grainvl.train.distributed import DistEnv, run_in_process_group
 from grainvl.train.logging import append_result
 from grainvl.train.loop import RepeatingLoader, TrainConfig, TrainSummary, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
@@ -299,13 +299,7 @@ def save_hf_bert(directory: str | Path, encoder: BertEncoderModel, head: MLMHead
 # ---------------------------------------------------------------------------------------------- run
 def run_text_pretrain(cfg: TextPretrainConfig, resume: str | None = None) -> dict[str, Any]:
     """Build everything from ``cfg``, train, export the encoder on rank 0; returns the run report (rank 0)."""
-    if cfg.torch_threads > 0:
-        torch.set_num_threads(cfg.torch_threads)
-    env = init_distributed(detect_env())
-    try:
-        return _run(cfg, env, resume)
-    finally:
-        cleanup()
+    return run_in_process_group(lambda env: _run(cfg, env, resume), cfg.torch_threads)
 
 
 def _run(cfg: TextPretrainConfig, env: DistEnv, resume: str | None) -> dict[str, Any]:
