@@ -176,6 +176,18 @@ def vlue_scores(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
+# A teacher whose zero-shot retrieval r_mean is below this multiple of chance has learned too little for a
+# retention ratio to mean anything (both models then sit at the task floors, and the ratio is ~100 %).
+MIN_TEACHER_OVER_CHANCE = 2.0
+
+
+def teacher_above_chance(teacher_r_mean: float | None, chance_r_mean: float | None) -> bool | None:
+    """Whether the teacher's zero-shot retrieval is at least ``MIN_TEACHER_OVER_CHANCE`` x chance (None: unknown)."""
+    if teacher_r_mean is None or not chance_r_mean:
+        return None
+    return teacher_r_mean >= MIN_TEACHER_OVER_CHANCE * chance_r_mean
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", help="teacher model folder (default: pre-train the bench teacher)")
@@ -271,6 +283,7 @@ def main() -> None:
 
     ev = report["evaluation"]
     prune = report["stages"]["prune"]
+    chance_r_mean = ev.get("chance", {}).get("r_mean")
     results = {
         "command": "python " + " ".join(__import__("sys").argv),
         "threads": args.threads,
@@ -298,6 +311,8 @@ def main() -> None:
         "vlue": scores,
         "avg_id": {"teacher": t_avg, "student": s_avg},
         "retention_id": retention,
+        "teacher_above_chance": teacher_above_chance(ev["teacher"].get("r_mean"), chance_r_mean),
+        "zeroshot_retrieval_r_mean_chance": chance_r_mean,
         "zeroshot_retrieval_r_mean": {"teacher": ev["teacher"].get("r_mean"), "student": ev["student"].get("r_mean")},
         "wall_s": {"compress": compress_s, "bench": bench_s, "total": time.perf_counter() - start},
     }
@@ -341,6 +356,13 @@ def print_summary(results: dict, args: argparse.Namespace) -> None:
         f"avg ID: teacher {avg['teacher']}, student {avg['student']}; retention (student/teacher, ID) "
         + (f"{retention:.1%}" if retention is not None else "n/a")
     )
+    if results["teacher_above_chance"] is False:
+        print(
+            f"WARNING: the teacher's zero-shot retrieval r_mean {results['zeroshot_retrieval_r_mean']['teacher']:.1f} "
+            f"is below {MIN_TEACHER_OVER_CHANCE:g}x chance ({results['zeroshot_retrieval_r_mean_chance']:.1f}): it has "
+            "learned too little, and this retention says nothing. Pass a trained --teacher (e.g. the demo's "
+            "runs/demo/pretrain/model with --world runs/demo/world)."
+        )
 
 
 if __name__ == "__main__":

@@ -47,3 +47,11 @@ def test_parse_layers(bench) -> None:
     assert bench.parse_layers("2,1,1") == (2, 1, 1) and bench.parse_layers(None) is None
     with pytest.raises(SystemExit):
         bench.parse_layers("2,1")
+
+
+def test_teacher_near_chance_is_flagged(bench) -> None:
+    # The 400-step from-scratch bench teacher: zero-shot r_mean 11.75 against chance 13.6 -> flagged.
+    assert bench.teacher_above_chance(11.75, 13.6) is False
+    assert bench.teacher_above_chance(76.3, 10.6) is True
+    assert bench.teacher_above_chance(2.0 * 10.0, 10.0) is True  # the boundary counts as above
+    assert bench.teacher_above_chance(None, 10.0) is None and bench.teacher_above_chance(50.0, None) is None

@@ -70,6 +70,9 @@ def test_theseus_recipe_end_to_end(world: Path, tmp_path: Path, capsys) -> None:
     assert stage["params_after"] == sum(p.numel() for p in teacher.parameters()) < stage["params_before"]
     assert 0.3 <= stage["replacing_rate"]["first"] <= stage["replacing_rate"]["last"] <= 1.0
     assert not any(".scc_layer." in k for k in teacher.state_dict())
+    chance = report["evaluation"]["chance"]  # random scores on the same split, next to teacher and student
+    ranks = [chance[f"{side}_r{k}"] for side in ("txt", "img") for k in (1, 5, 10)]
+    assert chance["r_mean"] == pytest.approx(sum(ranks) / 6) and 0 < chance["img_r1"] < chance["img_r10"] <= 100
 
 
 @pytest.mark.slow

@@ -470,6 +470,10 @@ def _evaluate(state: _State, cfg: CompressConfig, report: dict[str, Any]) -> dic
         model.eval()
         result = evaluate(model, state.tokenizer, data_config(model, data), cfg.world, cfg.eval_split, k_test=0)
         scores[name] = {**result["metrics"], **_cost(model)}
+    # Random scores on the same split: a teacher near this level has nothing to retain.
+    chance = dict(result["chance"])
+    ranks = [chance[f"{side}_r{k}"] for side in ("txt", "img") for k in (1, 5, 10)]
+    scores["chance"] = {**chance, "r_mean": sum(ranks) / len(ranks)}
     hw = hardware_tags()
     energy = report.get("energy") or {}
     final = scores["student"]
@@ -540,6 +544,9 @@ def format_report(report: dict[str, Any]) -> str:
         e = ev[name]
         row = f"{e['params_M']:>10.2f}{e['gflops']:>10.3f}{e['txt_r1']:>8.1f}{e['img_r1']:>8.1f}"
         lines.append(f"  {name:<10}{row}{e.get('r_mean', float('nan')):>8.1f}")
+    if "chance" in ev:
+        c = ev["chance"]
+        lines.append(f"  {'chance':<10}{'':>20}{c['txt_r1']:>8.1f}{c['img_r1']:>8.1f}{c['r_mean']:>8.1f}")
     energy = report.get("energy") or {}
     lines.append(
         f"  energy {energy.get('energy_kWh', float('nan')):.2e} kWh, {energy.get('co2_g', float('nan')):.2e} g CO2-eq "
