@@ -89,13 +89,13 @@ def pretrain_teacher(arch: Path, world: Path, steps: int, out: Path) -> Path:
     return Path(run_pretrain(cfg)["model_dir"])
 
 
-def structural_masks(model: XVLM, sparsity: float) -> dict[str, torch.Tensor]:
+def structural_masks(model: XVLM, sparsity: float, cnn_channels: bool = False) -> dict[str, torch.Tensor]:
     """Masks keeping ``ceil((1 - sparsity) · units)`` units of every row (the first ones): a model of exactly
     that structured sparsity, to time what removal at the target buys. Says nothing about accuracy."""
     from grainvl.compress.prune import mask_sites
 
     masks = {}
-    for site in mask_sites(model):
+    for site in mask_sites(model, cnn_channels=cnn_channels):
         keep = math.ceil((1.0 - sparsity) * site.units)
         row = torch.zeros(site.units)
         row[:keep] = 1.0
@@ -197,6 +197,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="steps of each compression stage (distill, prune)")
     parser.add_argument("--reg-lr", type=float, help="lr of log α and λ (default 0.01, raised in short runs)")
     parser.add_argument("--target-sparsity", type=float, default=0.5)
+    parser.add_argument(
+        "--prune-cnn-channels", action="store_true", help="also prune an EfficientNet tower's MBConv expansion channels"
+    )
     parser.add_argument("--student", default="half", choices=("half", "efficientvlm"))
     parser.add_argument(
         "--student-layers", metavar="V,T,F", help="student layer counts (vision, text, fusion); overrides --student"
@@ -228,6 +231,7 @@ def main() -> None:
         student=args.student,
         student_layers=parse_layers(args.student_layers),
         reg_lr=args.reg_lr,
+        prune_cnn_channels=args.prune_cnn_channels,
         progress=False,
         track_energy=False,
     )
@@ -241,7 +245,7 @@ def main() -> None:
     distilled = XVLM.from_pretrained(Path(cfg.out) / "distill")
     from grainvl.compress.shrink import shrink
 
-    at_target = shrink(distilled, structural_masks(distilled, args.target_sparsity))
+    at_target = shrink(distilled, structural_masks(distilled, args.target_sparsity, args.prune_cnn_channels))
     models = {"teacher": teacher, "distilled": distilled, "student": student, "at_target": at_target}
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)

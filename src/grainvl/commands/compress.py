@@ -61,6 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--prune-layers", action="store_true", help="also learn whole attention/FFN sub-layer masks (CoFi)")
     p.add_argument(
+        "--prune-cnn-channels",
+        action="store_true",
+        help="also prune the MBConv expansion channels of an EfficientNet vision tower (our extension, opt-in)",
+    )
+    p.add_argument(
         "--theseus-text", type=int, help="theseus: successor layers for the text layers (default: half of them)"
     )
     p.add_argument(
@@ -123,6 +128,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         student_layers=_student_layers(args.student_layers),
         calibrate=not args.no_calibrate,
         prune_layers=args.prune_layers,
+        prune_cnn_channels=args.prune_cnn_channels,
         theseus_text=args.theseus_text,
         theseus_fusion=args.theseus_fusion,
         theseus_scheduler=args.theseus_scheduler,

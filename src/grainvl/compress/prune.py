@@ -142,6 +142,8 @@ class PruneConfig:
     modalities: tuple[str, ...] = MODALITIES  # towers to prune
     soft_eval: bool = False  # CoFi's soft kept scores at eval (False: EfficientVLM's binary masks)
     calibrate_tolerance: float | None = 0.01  # final masks within this of the target (None: never calibrate)
+    # Our extension (not in EfficientVLM): MBConv expansion channels of an EfficientNet vision tower too.
+    cnn_channels: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.target_sparsity < 1.0:
@@ -162,8 +164,9 @@ class PruneConfig:
 class MaskSite:
     """One mask group: where it acts and what each of its units costs.
 
-    ``kind``: ``head`` (per attention head), ``ffn`` (per FFN neuron), ``attn_layer`` / ``ffn_layer``
-    (one scalar per whole sub-layer, CoFi). ``modules[r]`` is the module of row ``r`` the hook sits on;
+    ``kind``: ``head`` (per attention head), ``ffn`` (per FFN neuron), ``channel`` (per MBConv
+    expansion channel of an EfficientNet block), ``attn_layer`` / ``ffn_layer`` (one scalar per whole
+    sub-layer, CoFi). ``modules[r]`` is the module of row ``r`` the hook sits on;
     ``unit_cost[r]`` the parameters one unit of row ``r`` owns; ``layer_of`` (layer masks only) names
     the head/ffn group the layer mask scales.
     """
@@ -222,6 +225,37 @@ def _vision_sites(model: XVLM, layers: bool) -> list[MaskSite]:
                 parent="vision_ffn",
             )
         )
+    return sites
+
+
+def _cnn_channel_sites(model: XVLM) -> list[MaskSite]:
+    """MBConv expansion channels of an EfficientNet tower: one site per expanded width (our extension).
+
+    The inverted-bottleneck hidden channels are the conv analogue of FFN neurons: removing channel c of
+    a block removes its expand-conv row, its depthwise filter, its project-conv column and its two
+    BatchNorm affine pairs. A :class:`MaskSite` has one ``units`` for all its rows, so blocks are grouped
+    by expanded width (``vision_channel_<width>``); block 0 has no expand conv (ratio 1) and is skipped.
+    """
+    backbone = getattr(model.vision_encoder, "backbone", None)
+    if backbone is None or not hasattr(backbone, "_blocks"):
+        raise ValueError(f"vision tower {type(model.vision_encoder).__name__} has no MBConv blocks to prune")
+    groups: dict[int, list[nn.Module]] = {}
+    for block in backbone._blocks:
+        if block._block_args.expand_ratio == 1:
+            continue
+        width = block._project_conv.in_channels
+        if width != block._block_args.input_filters * block._block_args.expand_ratio:
+            raise ValueError("the vision tower is already shrunk (narrowed MBConv blocks); prune the unshrunk model")
+        groups.setdefault(width, []).append(block)
+    sites = []
+    for width, blocks in groups.items():
+        # Per channel: expand-conv row (in_channels), depthwise k·k filter, project-conv column, bn0 + bn1 affine.
+        costs = [
+            float(b._expand_conv.in_channels + b._depthwise_conv.weight[0].numel() + b._project_conv.out_channels + 4)
+            for b in blocks
+        ]
+        modules = [b._project_conv for b in blocks]
+        sites.append(MaskSite(f"vision_channel_{width}", "vision", "channel", modules, width, costs))
     return sites
 
 
@@ -294,12 +328,20 @@ def _text_sites(model: XVLM, modality: str, layers: bool) -> list[MaskSite]:
     return sites
 
 
-def mask_sites(model: XVLM, modalities: tuple[str, ...] = MODALITIES, layers: bool = False) -> list[MaskSite]:
-    """The mask groups of ``model`` for ``modalities``, in a fixed order (vision, text, fusion)."""
+def mask_sites(
+    model: XVLM, modalities: tuple[str, ...] = MODALITIES, layers: bool = False, cnn_channels: bool = False
+) -> list[MaskSite]:
+    """The mask groups of ``model`` for ``modalities``, in a fixed order (vision, text, fusion).
+
+    ``cnn_channels``: also the MBConv expansion channels of an EfficientNet vision tower (opt-in).
+    """
     sites: list[MaskSite] = []
-    # A CNN vision tower (EfficientNet-Lite0) has no heads or FFN to mask: only the text side is pruned.
+    # A CNN vision tower (EfficientNet-Lite0) has no heads or FFN to mask: by default only the text side
+    # is pruned; with ``cnn_channels`` its MBConv expansion channels are masked too.
     if "vision" in modalities and hasattr(model.vision_encoder, "blocks"):
         sites += _vision_sites(model, layers)
+    elif "vision" in modalities and cnn_channels and hasattr(model.vision_encoder, "backbone"):
+        sites += _cnn_channel_sites(model)
     for modality in ("text", "fusion"):
         if modality in modalities:
             sites += _text_sites(model, modality, layers)
@@ -318,6 +360,19 @@ def _head_pre_hook(pruner: Any, name: str, row: int, head_dim: int) -> Callable[
         heads = x.shape[-1] // head_dim
         scaled = (x.unflatten(-1, (heads, head_dim)) * z[row].to(x.dtype)[:, None]).flatten(-2)
         return (scaled, *args[1:])
+
+    return hook
+
+
+def _channel_pre_hook(pruner: Any, name: str, row: int) -> Callable[..., Any]:
+    """Scale each expansion channel of the project-conv input ``(B, C, H, W)`` by its mask."""
+
+    def hook(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
+        z = pruner.current.get(name)
+        if z is None:
+            return None
+        x = args[0]  # (B, C, H, W)
+        return (x * z[row].to(x.dtype)[None, :, None, None], *args[1:])
 
     return hook
 
@@ -341,6 +396,8 @@ def _register_hooks(sites: list[MaskSite], holder: Any) -> list[Any]:
         for row, module in enumerate(site.modules):
             if site.kind == "head":
                 handles.append(module.register_forward_pre_hook(_head_pre_hook(holder, site.name, row, site.head_dim)))
+            elif site.kind == "channel":
+                handles.append(module.register_forward_pre_hook(_channel_pre_hook(holder, site.name, row)))
             else:
                 handles.append(module.register_forward_hook(_output_hook(holder, site.name, row)))
     return handles
@@ -350,7 +407,8 @@ def _register_hooks(sites: list[MaskSite], holder: Any) -> list[Any]:
 def masks_applied(model: XVLM, masks: dict[str, Tensor]) -> Iterator[None]:
     """Run ``model`` under fixed ``masks`` (``{group: (rows, units)}``, e.g. ``final_masks()``) inside the block."""
     modalities = tuple(m for m in MODALITIES if any(name.startswith(m + "_") for name in masks))
-    sites = [s for s in mask_sites(model, modalities, layers=True) if s.name in masks]
+    cnn = any(name.startswith("vision_channel_") for name in masks)
+    sites = [s for s in mask_sites(model, modalities, layers=True, cnn_channels=cnn) if s.name in masks]
     holder = SimpleNamespace(current=dict(masks))
     handles = _register_hooks(sites, holder)
     try:
@@ -373,13 +431,14 @@ class ModalPruner(nn.Module):
     def __init__(self, model: XVLM, cfg: PruneConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or PruneConfig()
-        self.sites = mask_sites(model, self.cfg.modalities, self.cfg.layers)
+        self.sites = mask_sites(model, self.cfg.modalities, self.cfg.layers, self.cfg.cnn_channels)
         if not self.sites:
             raise ValueError(f"nothing to prune in {self.cfg.modalities}")
         ffn_init = math.log((1.0 - self.cfg.droprate_init) / self.cfg.droprate_init)
         self.masks = nn.ModuleDict()
         for site in self.sites:
-            mean = ffn_init if site.kind == "ffn" else 10.0  # CoFi/EfficientVLM: structures start kept
+            # CoFi/EfficientVLM: structures start kept; FFN neurons (and their conv analogue) at droprate_init.
+            mean = ffn_init if site.kind in ("ffn", "channel") else 10.0
             self.masks[site.name] = HardConcreteMask(len(site.modules), site.units, mean)
             self.masks[site.name].soft_eval = self.cfg.soft_eval
         constraints = sorted(self.cfg.per_modality) if self.cfg.per_modality else ["all"]
@@ -389,6 +448,10 @@ class ModalPruner(nn.Module):
         self.register_buffer("global_step", torch.zeros((), dtype=torch.long))
         self.current: dict[str, Tensor] = {}
         self._handles: list[Any] = []
+        # A frozen EfficientNet backbone runs under no_grad; its channel masks need the graph (see attach).
+        has_channels = any(site.kind == "channel" for site in self.sites)
+        # A plain list: an nn.Module attribute would register the tower as a submodule of the pruner.
+        self._cnn_towers: list[nn.Module] = [model.vision_encoder] if has_channels else []
         self.attach()
 
     # -------------------------------------------------------------- hooks
@@ -396,12 +459,18 @@ class ModalPruner(nn.Module):
         """Register the mask hooks on the model (idempotent)."""
         self.detach()
         self._handles = _register_hooks(self.sites, self)
+        for tower in self._cnn_towers:
+            # Why: with freeze_backbone the tower skips autograd, so log α of the channel masks would get
+            # no gradient from the task loss (only from the Lagrangian); the weights themselves stay frozen.
+            tower.mask_gradients = True
 
     def detach(self) -> None:
         """Remove every hook: the model runs unmasked again."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for tower in getattr(self, "_cnn_towers", []):
+            tower.mask_gradients = False
 
     def refresh(self) -> dict[str, Tensor]:
         """Clamp log α, then draw this step's masks (training) or fix the deterministic ones (eval)."""

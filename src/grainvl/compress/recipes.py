@@ -82,6 +82,7 @@ class CompressConfig:
     theseus_k: float | None = None  # linear slope; None: reach p = 1 at 2/3 of the steps
     theseus_lr: float = 1e-4  # successor layers only (the official optimizer holds nothing else)
     prune_layers: bool = False  # CoFi whole-sub-layer masks too
+    prune_cnn_channels: bool = False  # MBConv expansion channels of an EfficientNet tower too (our extension)
     image_batch_size: int = 8
     region_images: int = 4
     seed: int = 42
@@ -252,6 +253,7 @@ def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
         warmup_steps=max(1, round(cfg.lagrangian_warmup * cfg.steps)),
         reg_lr=reg_lr_used,
         layers=cfg.prune_layers,
+        cnn_channels=cfg.prune_cnn_channels,
         calibrate_tolerance=0.01 if cfg.calibrate else None,
     )
     if state.model is state.teacher:  # pruning the teacher itself: train a copy, keep the original as teacher

@@ -7,8 +7,13 @@ projection columns and its relative-position column; every zero FFN neuron loses
 its output bias. Soft kept values (CoFi mode) and layer-mask values are folded into the output
 projection, so the small model computes what the masked model computes (tested to 1e-5).
 
+An EfficientNet vision tower pruned on its MBConv expansion channels (``vision_channel_*`` groups, our
+opt-in extension) loses, per zero channel, its expand-conv row, BatchNorm entries, depthwise filter and
+project-conv column; kept mask values are folded into the project-conv columns.
+
 The result is an ordinary :class:`XVLM` whose config carries per-layer shapes (``layer_heads``,
-``layer_mlp`` for the vision tower; ``layer_heads``, ``layer_cross_heads``, ``layer_intermediate``
+``layer_mlp`` for the vision tower: FFN widths of a ViT, expansion channels per MBConv block of an
+EfficientNet; ``layer_heads``, ``layer_cross_heads``, ``layer_intermediate``
 for the text tower), so ``save_pretrained`` / ``XVLM.from_pretrained`` round-trip it like any model.
 """
 
@@ -117,6 +122,39 @@ def _shrink_vision(model: XVLM, state: dict[str, Tensor], masks: dict[str, Tenso
     return heads_out, mlp_out
 
 
+def _shrink_cnn_channels(model: XVLM, state: dict[str, Tensor], masks: dict[str, Tensor]) -> list[int]:
+    """Keep the MBConv expansion channels with a non-zero mask (``vision_channel_<width>`` groups, rows in
+    block order among the blocks of that width); -> expanded channels per block, over all blocks."""
+    blocks = model.vision_encoder.backbone._blocks
+    rows: dict[int, int] = {}  # next row of each width group
+    widths = []
+    for i, block in enumerate(blocks):
+        width = block._depthwise_conv.out_channels
+        name = f"vision_channel_{width}"
+        if block._block_args.expand_ratio == 1 or name not in masks:
+            widths.append(width)
+            continue
+        row = rows.get(width, 0)
+        rows[width] = row + 1
+        scale = _row(masks, name, row, width)  # (C,)
+        keep = torch.nonzero(scale != 0).flatten()
+        if keep.numel() == 0:
+            # A zero-channel conv is invalid; one channel whose project-conv column is zeroed by its
+            # mask value (0) adds nothing, so the block still computes exactly what the masked one does.
+            keep = torch.zeros(1, dtype=torch.long)
+        p = f"vision_encoder.backbone._blocks.{i}."
+        for key in ["_expand_conv.weight", "_depthwise_conv.weight"] + [
+            f"{bn}.{x}" for bn in ("_bn0", "_bn1") for x in ("weight", "bias", "running_mean", "running_var")
+        ]:
+            state[p + key] = state[p + key][keep].clone()
+        weight = state[p + "_project_conv.weight"]  # (out, C, 1, 1): mask values folded into its input columns
+        state[p + "_project_conv.weight"] = (
+            weight[:, keep] * scale[keep].to(weight.dtype)[None, :, None, None]
+        ).contiguous()
+        widths.append(int(keep.numel()))
+    return widths
+
+
 def _shrink_text(
     bert: BertEncoderModel, state: dict[str, Tensor], masks: dict[str, Tensor], prefix: str
 ) -> tuple[list[int], list[int], list[int]]:
@@ -149,14 +187,20 @@ def shrink(model: XVLM, masks: dict[str, Tensor]) -> XVLM:
     """A new, smaller :class:`XVLM` equal to ``model`` run under ``masks`` (``ModalPruner.final_masks()``).
 
     ``masks`` maps group names (``vision_head`` ``(Lv, H)``, ``vision_ffn`` ``(Lv, F)``, ``text_head``,
-    ``text_ffn``, ``fusion_head``, ``fusion_cross_head``, ``fusion_ffn`` and the optional ``*_layer``
-    groups ``(L, 1)``) to mask values; a missing group keeps everything. ``model`` is not modified.
+    ``text_ffn``, ``fusion_head``, ``fusion_cross_head``, ``fusion_ffn``, the optional ``*_layer``
+    groups ``(L, 1)`` and, for an EfficientNet tower, ``vision_channel_<width>``) to mask values; a missing
+    group keeps everything. ``model`` is not modified.
     """
     if model.config.text.layout != "single":
         raise ValueError("shrink supports the X²-VLM 'single' text layout only")
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     vision_cfg = model.config.vision
-    if any(name.startswith("vision_") for name in masks):
+    if any(name.startswith("vision_channel_") for name in masks):
+        # pretrained=False: the shrunk state dict carries every weight (the packaged ones would be overwritten).
+        vision_cfg = dataclasses.replace(
+            vision_cfg, layer_mlp=_shrink_cnn_channels(model, state, masks), pretrained=False
+        )
+    elif any(name.startswith("vision_") for name in masks):
         layer_heads, layer_mlp = _shrink_vision(model, state, masks)
         vision_cfg = dataclasses.replace(vision_cfg, layer_heads=layer_heads, layer_mlp=layer_mlp, pretrained=False)
     text_cfg = model.config.text

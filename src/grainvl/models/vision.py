@@ -805,6 +805,11 @@ class EfficientNetLiteTower(nn.Module):
         self.grad_checkpointing = False
         self.backbone = load_efficientnet_lite0(cfg.pretrained, cfg.resolution, cfg.drop_path_rate)
         self.backbone._fc = nn.Identity()  # unused classifier; backbone.forward now returns pooled features
+        if cfg.layer_mlp is not None:  # a shrunk tower (compress.shrink): narrower MBConv expansion channels
+            self._narrow_blocks(cfg.layer_mlp)
+        # Set by a channel pruner (compress.prune): build the autograd graph through a frozen backbone so
+        # that its mask parameters get gradients (the backbone's own weights stay frozen).
+        self.mask_gradients = False
         # Index of the last block before the final stride-2 stage: its output is the stride-16 map.
         strides = [_block_stride(block) for block in self.backbone._blocks]
         self._stride16_block = max(i for i, st in enumerate(strides) if st == 2) - 1
@@ -823,6 +828,39 @@ class EfficientNetLiteTower(nn.Module):
         self._freeze_batchnorm()
         if cfg.freeze_backbone:
             self.backbone.requires_grad_(False)
+
+    def _narrow_blocks(self, widths: list[int]) -> None:
+        """Give MBConv block ``i`` ``widths[i]`` expansion channels (``VisionConfig.layer_mlp`` of a shrunk tower).
+
+        Each expand conv, BatchNorm, depthwise conv and project conv gets tensors of the new shape (the
+        first channels of the current ones); the real values come from the state dict loaded afterwards.
+        Block 0 has no expand conv: its entry must equal its depthwise channel count.
+        """
+        blocks = self.backbone._blocks
+        if len(widths) != len(blocks) or min(widths, default=0) < 1:
+            raise ValueError(f"layer_mlp must list {len(blocks)} positive channel counts, got {widths}")
+        for block, width in zip(blocks, widths):
+            full = block._depthwise_conv.out_channels
+            if width > full or (block._block_args.expand_ratio == 1 and width != full):
+                raise ValueError(f"MBConv block with {full} channels cannot take {width} (layer_mlp)")
+            if width == full:
+                continue
+            keep = slice(0, width)
+            expand = block._expand_conv
+            expand.weight = nn.Parameter(expand.weight.detach()[keep].clone())  # (C', in, 1, 1)
+            expand.out_channels = width
+            depthwise = block._depthwise_conv
+            depthwise.weight = nn.Parameter(depthwise.weight.detach()[keep].clone())  # (C', 1, k, k)
+            depthwise.in_channels = depthwise.out_channels = depthwise.groups = width
+            for bn in (block._bn0, block._bn1):
+                bn.weight = nn.Parameter(bn.weight.detach()[keep].clone())
+                bn.bias = nn.Parameter(bn.bias.detach()[keep].clone())
+                bn.running_mean = bn.running_mean[keep].clone()
+                bn.running_var = bn.running_var[keep].clone()
+                bn.num_features = width
+            project = block._project_conv
+            project.weight = nn.Parameter(project.weight.detach()[:, keep].clone())  # (out, C', 1, 1)
+            project.in_channels = width
 
     def grid(self, resolution: int) -> Grid:
         """Token-grid size at a square ``resolution``: 4 or 5 stride-2 stages with "SAME" padding (ceil)."""
@@ -870,7 +908,7 @@ class EfficientNetLiteTower(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W) -> (B, 1+N, width)``: ``[mean token, projected grid tokens]``."""
         _check_images(images, 1)
-        if self.config.freeze_backbone:
+        if self.config.freeze_backbone and not self.mask_gradients:
             with torch.no_grad():  # nothing to back-propagate into; also saves the activations
                 features = self._features(images, checkpointed=False)  # (B, C, h, w)
         else:
