@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from grainvl.commands.compress import parse_per_modality
 from grainvl.compress.recipes import CompressConfig, format_report, run_compress
 from grainvl.models.factory import get_model_config
 from grainvl.models.xvlm import XVLM
@@ -200,6 +201,10 @@ def main() -> None:
     parser.add_argument(
         "--prune-cnn-channels", action="store_true", help="also prune an EfficientNet tower's MBConv expansion channels"
     )
+    parser.add_argument(
+        "--per-modality",
+        help="separate targets per modality instead of --target-sparsity, e.g. vision=0.6,text=0.5,fusion=0.5",
+    )
     parser.add_argument("--student", default="half", choices=("half", "efficientvlm"))
     parser.add_argument(
         "--student-layers", metavar="V,T,F", help="student layer counts (vision, text, fusion); overrides --student"
@@ -232,6 +237,7 @@ def main() -> None:
         student_layers=parse_layers(args.student_layers),
         reg_lr=args.reg_lr,
         prune_cnn_channels=args.prune_cnn_channels,
+        per_modality=parse_per_modality(args.per_modality),
         progress=False,
         track_energy=False,
     )

@@ -85,7 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_compress)
 
 
-def _per_modality(text: str | None) -> dict[str, float] | None:
+def parse_per_modality(text: str | None) -> dict[str, float] | None:
+    """``"vision=0.6,text=0.5"`` -> ``{"vision": 0.6, "text": 0.5}`` (None/empty -> None: one shared target)."""
     if not text:
         return None
     out = {}
@@ -123,7 +124,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         steps=args.steps,
         target_sparsity=args.target_sparsity,
         task=args.task,
-        per_modality=_per_modality(args.per_modality),
+        per_modality=parse_per_modality(args.per_modality),
         student=args.student,
         student_layers=_student_layers(args.student_layers),
         calibrate=not args.no_calibrate,
