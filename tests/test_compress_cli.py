@@ -8,16 +8,12 @@ from pathlib import Path
 import pytest
 
 from grainvl.cli import main
-from grainvl.data.world.generate import WorldConfig, generate_world
 from grainvl.models.xvlm import XVLM
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("compress") / "w"
-    cfg = WorldConfig(images=24, videos=0, resolution=64, split_fractions=(16, 3, 2, 3), text_scenes=0, dialogues=0)
-    generate_world(cfg, out)
-    return out
+def world(image_world: Path) -> Path:
+    return image_world  # tests/conftest.py: the shared 24-image world
 
 
 @pytest.mark.slow

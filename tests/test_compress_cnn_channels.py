@@ -12,7 +12,6 @@ import torch
 from grainvl.cli import main
 from grainvl.compress.prune import ModalPruner, PruneConfig, mask_sites, masks_applied
 from grainvl.compress.shrink import shrink
-from grainvl.data.world.generate import WorldConfig, generate_world
 from grainvl.models.factory import get_model_config
 from grainvl.models.xvlm import XVLM, XVLMConfig
 
@@ -143,11 +142,8 @@ def test_narrowed_tower_rejects_bad_widths() -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("cnn") / "w"
-    cfg = WorldConfig(images=24, videos=0, resolution=64, split_fractions=(16, 3, 2, 3), text_scenes=0, dialogues=0)
-    generate_world(cfg, out)
-    return out
+def world(image_world: Path) -> Path:
+    return image_world  # tests/conftest.py: the shared 24-image world
 
 
 def test_compress_cli_prunes_cnn_channels_end_to_end(world: Path, tmp_path: Path) -> None:
