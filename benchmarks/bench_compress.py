@@ -15,7 +15,7 @@ generated first. Then ``grainvl compress --recipe distill,prune,shrink`` runs on
   its own worker one after the other, so its per-task latencies are reported too but the ratio is
   taken from this alternating measurement;
 * **scores**: teacher and student are fine-tuned with the same settings (``--finetune-steps``, the
-  demo's overrides) and evaluated by :func:`grainvl.bench.runner.run_bench` on the five VLUE tasks
+  demo's overrides) and evaluated by :func:`grainvl.recipes.bench.run_bench` on the five VLUE tasks
   (retrieval, vqa, nlvr2, grounding, captioning), ID (``test``) and OOD (``test_ood``);
   **retention = student average / teacher average of the primary ID metrics**;
 * parameter and FLOP ratios, and target vs achieved sparsity per modality (plus where the
@@ -38,9 +38,9 @@ from pathlib import Path
 import torch
 
 from grainvl.commands.compress import parse_per_modality
-from grainvl.compress.recipes import CompressConfig, format_report, run_compress
 from grainvl.models.factory import get_model_config
 from grainvl.models.xvlm import XVLM
+from grainvl.recipes.compress import CompressConfig, format_report, run_compress
 
 
 def teacher_architecture(path: Path) -> Path:
@@ -76,8 +76,8 @@ def make_world(folder: Path, images: int) -> Path:
 
 
 def pretrain_teacher(arch: Path, world: Path, steps: int, out: Path) -> Path:
+    from grainvl.recipes.pretrain import PretrainConfig, PretrainData, run_pretrain
     from grainvl.train.loop import TrainConfig
-    from grainvl.train.pretrain import PretrainConfig, PretrainData, run_pretrain
 
     cfg = PretrainConfig(
         model=str(arch),
@@ -261,7 +261,7 @@ def main() -> None:
     best = {name: min(t) * 1e3 for name, t in times.items()}
 
     # 2. The five VLUE tasks: both models fine-tuned with the same settings, evaluated ID and OOD.
-    from grainvl.bench.runner import BenchOptions, run_bench
+    from grainvl.recipes.bench import BenchOptions, run_bench
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     options = BenchOptions(

@@ -47,6 +47,13 @@ import torch
 from grainvl.data.formats.glue import read_tsv, write_tsv
 from grainvl.data.text_corpus import load_corpora, world_english
 from grainvl.data.tokenization import train_wordpiece
+from grainvl.recipes.pretrain_text import (
+    TextPretrainConfig,
+    TextPretrainData,
+    build_text_model,
+    run_text_pretrain,
+    save_hf_bert,
+)
 from grainvl.tasks.text_classification import (
     TextFinetuneConfig,
     finetune_text_classifier,
@@ -58,13 +65,6 @@ from grainvl.tasks.text_classification import (
 )
 from grainvl.train.logging import append_result
 from grainvl.train.loop import TrainConfig
-from grainvl.train.pretrain_text import (
-    TextPretrainConfig,
-    TextPretrainData,
-    build_text_model,
-    run_text_pretrain,
-    save_hf_bert,
-)
 
 DEFAULT_TASKS = ("scene_cola", "order_shuffle", "order_swap", "word_replace")
 HELDOUT_TASKS = ("order_shuffle", "order_swap", "word_replace")  # built by heldout_tasks(), not in the world

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_transfer.py --world W [--per-kind 4] [--layers 2] [--out RUN]
 
-One run of ``grainvl.transfer.pipeline.run_evaluate`` on the packaged MiniLM: every task is
+One run of ``grainvl.recipes.transfer.run_evaluate`` on the packaged MiniLM: every task is
 PET-tuned with prompt, prefix, LoRA and BitFit (final and early-checkpoint parameters, raw / delta /
 centered variants), embedded with TextEmb and TaskEmb (Fisher), and every in-class source -> target
 transfer is really fine-tuned for the ground truth (cached under OUT/cache, so a rerun with more
@@ -42,8 +42,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from grainvl.data.tokenization import packaged_minilm_path
+    from grainvl.recipes.transfer import EvaluateConfig, discover_tasks, format_table, run_evaluate
     from grainvl.transfer.ground_truth import FinetuneSettings
-    from grainvl.transfer.pipeline import EvaluateConfig, discover_tasks, format_table, run_evaluate
 
     world = args.world
     if world is None:

@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from grainvl.bench.runner import BenchOptions, run_bench
 from grainvl.data.world.generate import WorldConfig, generate_world
 from grainvl.models.factory import get_model_config, get_tokenizer
 from grainvl.models.xvlm import XVLM
+from grainvl.recipes.bench import BenchOptions, run_bench
 
 QUIET = ["train.progress=false", "train.tensorboard=false", "train.save_final=false"]
 TASKS = ["retrieval", "nlvr2"]

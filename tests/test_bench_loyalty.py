@@ -19,8 +19,8 @@ import pytest
 import torch
 from torch import nn
 
-from grainvl.bench.loyalty import TextSideSet, loyalty_rows, probability_file
-from grainvl.bench.runner import BenchOptions, ModelEntry, run_bench
+from grainvl.compress.loyalty_bench import TextSideSet, loyalty_rows, probability_file
+from grainvl.recipes.bench import BenchOptions, ModelEntry, run_bench
 from test_bench_runner import FakeTask
 
 TESTS = Path(__file__).resolve().parent
@@ -132,7 +132,7 @@ def test_unknown_teacher_is_refused(fake_env: Path, tmp_path: Path) -> None:
 
 def test_loyalty_rows_skip_mismatched_examples(tmp_path: Path) -> None:
     classifier = BagClassifier(nn.Sequential(nn.Linear(16, 2)))
-    from grainvl.bench.loyalty import save_probabilities
+    from grainvl.compress.loyalty_bench import save_probabilities
 
     save_probabilities(probability_file(tmp_path, "a", "t"), TextSideSet(classifier, [(0, TEXTS[0])], [0]))
     save_probabilities(probability_file(tmp_path, "b", "t"), TextSideSet(classifier, [(0, TEXTS[1])], [0]))
@@ -155,8 +155,8 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("name", ["nlvr2", "vqa", "retrieval"])
 def test_real_task_text_side_and_int8_loyalty(tiny_world: Path, name: str) -> None:
     """The real tasks' text-side sets: class probabilities per example, gold labels, an int8 copy stays loyal."""
-    from grainvl.bench.loyalty import attack_metrics, task_text_side
     from grainvl.compress.loyalty import loyalty_from_probs
+    from grainvl.compress.loyalty_bench import attack_metrics, task_text_side
     from grainvl.compress.quantize import quantize_dynamic_int8
     from grainvl.models.factory import create_model, get_tokenizer
     from grainvl.tasks.registry import get_task

@@ -1,7 +1,7 @@
 """The benchmark runner on a fake task: subprocess isolation of crashes and exceptions, rows, report, resume.
 
 The worker subprocesses import this module (``PYTHONPATH`` gets the tests folder) to reach
-:class:`FakeBackend`, which stands in for :mod:`grainvl.tasks.finetune`: a "fine-tuned" model is a
+:class:`FakeBackend`, which stands in for :mod:`grainvl.recipes.finetune`: a "fine-tuned" model is a
 two-layer MLP whose width comes from the model name (``fake-8``), and its "score" is a function of
 that width, so the expected rows are known exactly.
 """
@@ -18,8 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from grainvl.bench.runner import BenchOptions, ModelEntry, ordered_record, parse_models, run_bench
 from grainvl.cli import main as cli_main
+from grainvl.recipes.bench import BenchOptions, ModelEntry, ordered_record, parse_models, run_bench
 from grainvl.train.logging import RESULT_FIELDS
 
 TESTS = Path(__file__).resolve().parent

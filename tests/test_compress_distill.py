@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grainvl.compress.distill import (
+from grainvl.models.factory import get_model_config
+from grainvl.models.xvlm import XVLM
+from grainvl.tasks.distill import (
     DistillTask,
     attention_kd,
     default_layer_map,
@@ -19,8 +21,6 @@ from grainvl.compress.distill import (
     teacher_copy,
     uniform_layers,
 )
-from grainvl.models.factory import get_model_config
-from grainvl.models.xvlm import XVLM
 
 
 def _teacher() -> XVLM:
@@ -115,7 +115,7 @@ def test_explicit_attention_equals_sdpa() -> None:
     inputs = {"image": batch["image"], "text_ids": batch["text_ids"], "text_atts": batch["text_atts"]}
     with torch.no_grad():
         fast = teacher.extract_features(inputs)
-        from grainvl.compress.distill import _attention_modules, recording
+        from grainvl.tasks.distill import _attention_modules, recording
 
         vision, self_attn, cross = _attention_modules(teacher)
         modules = [*vision, *self_attn, *cross]

@@ -23,8 +23,8 @@ from grainvl.compress.prune import (
 )
 from grainvl.compress.shrink import shrink
 from grainvl.models.factory import create_model
-from grainvl.train.distributed import detect_env
 from grainvl.train.loop import RepeatingLoader, TrainConfig, train
+from grainvl.utils.distributed import detect_env
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import torch
 
 from grainvl.cli import main
 from grainvl.compress.quantize import QUANTIZE_FILE, count_quantized_linears, load_with_quantization
-from grainvl.compress.recipes import CompressConfig
 from grainvl.models.xvlm import XVLM
+from grainvl.recipes.compress import CompressConfig
 
 QUIET = ["--quiet", "--no-energy", "--batch-size", "4"]
 
@@ -99,10 +99,10 @@ def test_distill_quantize_recipe_end_to_end(world: Path, tmp_path: Path) -> None
 @pytest.mark.slow
 def test_quantised_source_finetunes_and_loads_int8(world: Path, tmp_path: Path) -> None:
     """A quantize folder fine-tunes in fp32, the run is flagged, load_finetuned gives an int8 module."""
-    from grainvl.bench.runner import _on_device
     from grainvl.compress.quantize import save_quantized_xvlm
     from grainvl.models.factory import create_model, get_tokenizer
-    from grainvl.tasks.finetune import finetune, load_finetuned
+    from grainvl.recipes.bench import _on_device
+    from grainvl.recipes.finetune import finetune, load_finetuned
 
     model = create_model("xvlm-tiny")
     src = save_quantized_xvlm(model, tmp_path / "q", tokenizer=get_tokenizer(model.config))

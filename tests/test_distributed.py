@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from grainvl.losses.itc import itc_loss
-from grainvl.train import distributed as gdist
-from grainvl.train.distributed import DistEnv, detect_env, first_slurm_host, init_distributed
+from grainvl.utils import distributed as gdist
+from grainvl.utils.distributed import DistEnv, detect_env, first_slurm_host, init_distributed
 
 LAUNCH_VARS = [
     "RANK",

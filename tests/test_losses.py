@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from grainvl.data.region import box_patch_mask, box_target_cxcywh, region_features
 from grainvl.losses import (
     bbox_loss,
     box_cxcywh_to_xyxy,
@@ -23,7 +24,6 @@ from grainvl.losses import (
     mlm_loss,
     sample_hard_negatives,
 )
-from grainvl.models.region import box_patch_mask, box_target_cxcywh, region_features
 
 
 def _ce(logits: list[float], target: int) -> float:

@@ -187,7 +187,7 @@ def test_exported_folder_loads_in_transformers_with_identical_outputs(taco_run: 
 
     from grainvl.data.tokenization import load_tokenizer
     from grainvl.models.text import load_hf_bert
-    from grainvl.train.pretrain_text import build_text_model
+    from grainvl.recipes.pretrain_text import build_text_model
 
     folder = taco_run / "encoder"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
@@ -227,7 +227,7 @@ def test_bad_model_and_corpus_give_one_line_errors(
 @pytest.mark.parametrize("positions", ["all", "masked", "unmasked"])
 def test_taco_anchor_positions(positions: str) -> None:
     from grainvl.models.text import BertEncoderModel, MLMHead, TextConfig
-    from grainvl.train.pretrain_text import TacoSettings, TextPretrainTask
+    from grainvl.recipes.pretrain_text import TacoSettings, TextPretrainTask
 
     config = TextConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
     task = TextPretrainTask(BertEncoderModel(config), MLMHead(config), "taco", TacoSettings(positions=positions))

@@ -126,7 +126,7 @@ def test_beam_one_equals_greedy_on_the_model(module_and_tokenizer: tuple) -> Non
 
 @pytest.mark.slow
 def test_finetune_evaluate_and_reload(world: Path, tmp_path: Path) -> None:
-    from grainvl.tasks.finetune import evaluate_run, finetune, load_finetuned
+    from grainvl.recipes.finetune import evaluate_run, finetune, load_finetuned
 
     run = tmp_path / "run"
     overrides = ["train.steps=2", "data.batch_size=4", "options.meteor=false", "options.max_length=6", *QUIET]

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from grainvl.bench.results import RESULT_FIELDS
 from grainvl.cli import main
 from grainvl.data.world.generate import WorldConfig, generate_world
 from grainvl.tasks.base import DownstreamTask, gather_predictions, resolve_split, shard_indices, split_tag
 from grainvl.tasks.registry import TASKS, VLUE_TASKS, get_task
-from grainvl.train.logging import RESULT_FIELDS
 
 QUIET = ["train.progress=false", "train.tensorboard=false", "train.save_final=false"]
 MINE = ("retrieval", "video_retrieval", "nlvr2", "grounding")
@@ -109,8 +109,8 @@ WORKER = """
 import json, sys
 from pathlib import Path
 from grainvl.tasks.base import gather_predictions, shard_indices
-from grainvl.tasks.finetune import load_finetuned
-from grainvl.train.distributed import cleanup, detect_env, get_rank, init_distributed
+from grainvl.recipes.finetune import load_finetuned
+from grainvl.utils.distributed import cleanup, detect_env, get_rank, init_distributed
 
 world, out, runs = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
 init_distributed(detect_env(use_cuda=False))
@@ -131,7 +131,7 @@ cleanup()
 
 @pytest.mark.slow
 def test_two_process_evaluation_merges_on_rank0(runs: dict[str, Path], world: Path, tmp_path: Path) -> None:
-    from grainvl.tasks.finetune import evaluate_run
+    from grainvl.recipes.finetune import evaluate_run
 
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -149,7 +149,7 @@ def test_two_process_evaluation_merges_on_rank0(runs: dict[str, Path], world: Pa
 
 
 def test_model_folder_errors(tmp_path: Path) -> None:
-    from grainvl.tasks.finetune import load_finetuned, model_folder
+    from grainvl.recipes.finetune import load_finetuned, model_folder
 
     assert model_folder("xvlm-tiny") is None
     with pytest.raises(FileNotFoundError, match="neither a model folder"):

@@ -92,7 +92,7 @@ def test_training_step(world: Path) -> None:
 @pytest.mark.slow
 def test_finetune_evaluate_reload(world: Path, tmp_path: Path) -> None:
     from grainvl.metrics.scoring import score_grounding
-    from grainvl.tasks.finetune import evaluate_run, finetune
+    from grainvl.recipes.finetune import evaluate_run, finetune
 
     run = tmp_path / "run"
     report = finetune("grounding", "xvlm-tiny", world, run, overrides=["train.steps=2", "data.batch_size=4", *QUIET])

@@ -86,7 +86,7 @@ def test_training_step_reaches_the_head(world: Path) -> None:
 @pytest.mark.slow
 def test_finetune_evaluate_reload(world: Path, tmp_path: Path) -> None:
     from grainvl.metrics.scoring import score_nlvr2
-    from grainvl.tasks.finetune import evaluate_run, finetune, load_finetuned
+    from grainvl.recipes.finetune import evaluate_run, finetune, load_finetuned
 
     run = tmp_path / "run"
     report = finetune("nlvr2", "xvlm-tiny", world, run, overrides=["train.steps=2", "data.batch_size=4", *QUIET])

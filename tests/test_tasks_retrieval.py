@@ -116,7 +116,7 @@ def test_train_batch_has_ids_and_trains(world: Path) -> None:
 @pytest.mark.slow
 def test_finetune_evaluate_and_score_file(world: Path, tmp_path: Path) -> None:
     from grainvl.metrics.scoring import score_retrieval
-    from grainvl.tasks.finetune import evaluate_run, finetune
+    from grainvl.recipes.finetune import evaluate_run, finetune
 
     run = tmp_path / "run"
     report = finetune("retrieval", "xvlm-tiny", world, run, overrides=["train.steps=2", "data.batch_size=4", *QUIET])
@@ -133,7 +133,7 @@ def test_finetune_evaluate_and_score_file(world: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_video_retrieval_end_to_end(world: Path, tmp_path: Path) -> None:
-    from grainvl.tasks.finetune import finetune
+    from grainvl.recipes.finetune import finetune
 
     overrides = ["train.steps=2", "data.batch_size=3", "options.k_test=4", *QUIET]
     report = finetune("video_retrieval", "xvlm-tiny", world, tmp_path / "video", overrides=overrides)

@@ -63,7 +63,7 @@ def test_unknown_answers_are_ignored_in_training(world: Path) -> None:
 
 @pytest.mark.slow
 def test_finetune_evaluate_and_reload(world: Path, tmp_path: Path) -> None:
-    from grainvl.tasks.finetune import evaluate_run, finetune, load_finetuned
+    from grainvl.recipes.finetune import evaluate_run, finetune, load_finetuned
 
     run = tmp_path / "run"
     finetune("videoqa", "xvlm-tiny", world, run, overrides=["train.steps=2", "data.batch_size=2", *QUIET])

@@ -281,7 +281,7 @@ def test_classifier_head_targets_and_prediction(world: Path, tiny: tuple) -> Non
 # ---------------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_finetune_evaluate_and_reload(world: Path, tmp_path: Path) -> None:
-    from grainvl.tasks.finetune import evaluate_run, finetune, load_finetuned
+    from grainvl.recipes.finetune import evaluate_run, finetune, load_finetuned
 
     run = tmp_path / "run"
     overrides = ["train.steps=2", "data.batch_size=4", "data.eval_batch_size=8", *QUIET]

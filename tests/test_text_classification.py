@@ -11,6 +11,7 @@ import torch
 
 from grainvl.data.formats.glue import write_tsv
 from grainvl.errors import DataError
+from grainvl.recipes.transfer import tiny_bert_folder
 from grainvl.tasks.text_classification import (
     TextFinetuneConfig,
     TextProbeConfig,
@@ -24,7 +25,6 @@ from grainvl.tasks.text_classification import (
     text_features,
     train_rows,
 )
-from grainvl.transfer.pipeline import tiny_bert_folder
 
 
 @pytest.fixture(scope="module")

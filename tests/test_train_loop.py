@@ -16,20 +16,12 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
-from grainvl.train.checkpoint import (
-    ALIASES_KEY,
-    MODEL_FILE,
-    STATE_FILE,
-    load_checkpoint,
-    load_model_safetensors,
-    resolve_checkpoint,
-    save_checkpoint,
-    save_model_safetensors,
-)
-from grainvl.train.distributed import DistEnv
+from grainvl.train.checkpoint import MODEL_FILE, STATE_FILE, load_checkpoint, resolve_checkpoint, save_checkpoint
 from grainvl.train.logging import RESULT_FIELDS, append_result
 from grainvl.train.loop import RepeatingLoader, StatefulIterator, TrainConfig, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler, param_groups
+from grainvl.utils.distributed import DistEnv
+from grainvl.utils.fileio import ALIASES_KEY, load_model_safetensors, save_model_safetensors
 
 # ---------------------------------------------------------------------------------------------- fixtures
 
@@ -488,7 +480,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, run_dir: str) -> None:
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
-    from grainvl.train.distributed import cleanup, detect_env, init_distributed
+    from grainvl.utils.distributed import cleanup, detect_env, init_distributed
 
     torch.set_num_threads(1)
     env = init_distributed(detect_env(use_cuda=False))

@@ -9,7 +9,7 @@ import pytest
 
 from grainvl.cli import main
 from grainvl.data.world.generate import WorldConfig, _generate_text
-from grainvl.transfer.pipeline import tiny_bert_folder
+from grainvl.recipes.transfer import tiny_bert_folder
 
 
 @pytest.mark.slow

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from grainvl.data.world.generate import WorldConfig, _generate_text
+from grainvl.recipes.transfer import tiny_bert_folder
 from grainvl.tasks.text_classification import TextFinetuneConfig, finetune_text_classifier, load_glue_task
 from grainvl.tasks.text_qa import squad_scores
 from grainvl.transfer.baselines import fisher_embedding, text_embedding
 from grainvl.transfer.petl import PetlConfig, load_hf_backbone, tune_task
-from grainvl.transfer.pipeline import tiny_bert_folder
 from grainvl.transfer.task_embeddings import center, cosine_matrix, library_embeddings, pet_vector, task_vector
 
 HIDDEN, LAYERS, TOKENS, RANK = 32, 2, 4, 2

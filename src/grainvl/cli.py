@@ -153,7 +153,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from grainvl.config import load_config
-    from grainvl.train.pretrain import PretrainConfig, main_print, run_pretrain
+    from grainvl.recipes.pretrain import PretrainConfig, main_print, run_pretrain
 
     overrides = list(args.set)
     for flag, key in (("model", "model"), ("data", "data.world"), ("steps", "train.steps"), ("out", "train.run_dir")):
@@ -189,7 +189,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from grainvl.demo import run_demo
+    from grainvl.recipes.demo import run_demo
 
     return run_demo(
         args.out,

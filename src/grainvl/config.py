@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from grainvl.utils.fileio import to_plain
+
 T = TypeVar("T")
 
 
@@ -78,14 +80,4 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 def to_dict(config: Any) -> dict[str, Any]:
     """A JSON/YAML-ready dict of a config dataclass (tuples become lists)."""
-    return _plain(dataclasses.asdict(config))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    return to_plain(dataclasses.asdict(config))

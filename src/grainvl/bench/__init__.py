@@ -7,7 +7,7 @@
   sample of one (model, task) (:func:`~grainvl.bench.efficiency.measure_efficiency`).
 * ``pareto``: the score-latency Pareto frontier, per task and on the average.
 * ``runner``: ``grainvl bench``: every model in its own subprocess, fine-tune, ID/OOD evaluation, measurements
-  (:func:`~grainvl.bench.runner.run_bench`).
+  (:func:`~grainvl.recipes.bench.run_bench`).
 * ``report``: CSV, Markdown leaderboard and PNG plots from ``results.jsonl``
   (:func:`~grainvl.bench.report.write_report`).
 """

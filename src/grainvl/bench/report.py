@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from grainvl.bench.pareto import Point, average_points, frontier, pareto_optimal
-from grainvl.data.formats._io import atomic_write_bytes, atomic_write_text
+from grainvl.bench.results import RESULT_FIELDS
 from grainvl.errors import DataError
-from grainvl.train.logging import RESULT_FIELDS
+from grainvl.utils.fileio import atomic_write_bytes, atomic_write_text
 
 SPLITS = ("id", "ood")
 EFFICIENCY_COLUMNS = (

@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="do not echo the workers' output")
     p.add_argument(
         "--backend",
-        default="grainvl.bench.runner:FinetuneBackend",
+        default="grainvl.recipes.bench:FinetuneBackend",
         metavar="MODULE:CLASS",
         help="advanced: the class providing finetune/load/evaluate (default: grainvl's tasks)",
     )
@@ -97,7 +97,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         paths = write_report(args.out / "results.jsonl", args.out)
         print(f"report: {paths['report_md']}")
         return 0
-    from grainvl.bench.runner import BenchOptions, run_bench
+    from grainvl.recipes.bench import BenchOptions, run_bench
 
     if not args.models or args.world is None:
         raise ValueError("--models and --world are required (or use --report-only)")

@@ -112,7 +112,7 @@ def _student_layers(text: str | None) -> tuple[int, int, int] | None:
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
-    from grainvl.compress.recipes import CompressConfig, format_report, run_compress
+    from grainvl.recipes.compress import CompressConfig, format_report, run_compress
 
     if not args.world.is_dir():
         raise FileNotFoundError(f"{args.world}: no such world folder (make one with `grainvl world --out DIR`)")

@@ -64,8 +64,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     import json
 
-    from grainvl.data.formats._io import atomic_write_text
     from grainvl.models import convert
+    from grainvl.utils.fileio import atomic_write_text
 
     fmt = args.source_format
     if fmt.startswith("official-"):

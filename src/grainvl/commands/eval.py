@@ -25,10 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from grainvl.data.formats._io import write_json
+    from grainvl.recipes.finetune import load_finetuned
     from grainvl.tasks.base import resolve_split
-    from grainvl.tasks.finetune import load_finetuned
-    from grainvl.train.distributed import cleanup, detect_env, get_rank, init_distributed
+    from grainvl.utils.distributed import cleanup, detect_env, get_rank, init_distributed
+    from grainvl.utils.fileio import write_json
 
     meta = args.model / "task.json"
     if meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("task") != args.task:

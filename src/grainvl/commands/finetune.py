@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from grainvl.config import load_config
-    from grainvl.tasks.finetune import FinetuneConfig, finetune, main_print
+    from grainvl.recipes.finetune import FinetuneConfig, finetune, main_print
 
     overrides = list(args.set)
     if args.steps is not None:

@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_pretrain_text(args: argparse.Namespace) -> int:
     from grainvl.config import load_config
-    from grainvl.train.pretrain_text import TextPretrainConfig, main_print, run_text_pretrain
+    from grainvl.recipes.pretrain_text import TextPretrainConfig, main_print, run_text_pretrain
 
     overrides = list(args.set)
     flags = (
@@ -85,8 +85,8 @@ def _cmd_pretrain_text(args: argparse.Namespace) -> int:
 
 
 def _write_corpus(specs: tuple[str, ...], layout: str, out: Path) -> int:
-    from grainvl.data.formats._io import write_jsonl
     from grainvl.data.text_corpus import load_corpora
+    from grainvl.utils.fileio import write_jsonl
 
     documents = load_corpora(specs, layout)  # type: ignore[arg-type]
     write_jsonl(out, ({"text": d} for d in documents))

@@ -50,12 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from grainvl.data.formats import _io
     from grainvl.metrics import scoring
+    from grainvl.utils import fileio
 
     metrics: dict[str, Any] = scoring.score_files(
         args.task, args.pred, args.gt, questions=args.questions, metric=args.metric, meteor=not args.no_meteor
     )
     if args.out is not None:
-        _io.write_json(args.out, metrics)
+        fileio.write_json(args.out, metrics)
     return 0

@@ -112,7 +112,7 @@ def _model(args: argparse.Namespace) -> str:
 
 
 def _tasks(args: argparse.Namespace) -> list:
-    from grainvl.transfer.pipeline import discover_tasks
+    from grainvl.recipes.transfer import discover_tasks
 
     return discover_tasks(args.tasks, _split(args.kinds), _split(args.names) or None, args.per_kind)
 
@@ -122,8 +122,8 @@ def _tune(args: argparse.Namespace) -> int:
 
     from safetensors.torch import save_file
 
-    from grainvl.data.formats._io import atomic_write_text
     from grainvl.transfer.petl import PetlConfig, load_hf_backbone, tune_task
+    from grainvl.utils.fileio import atomic_write_text
 
     tasks = _tasks(args)
     cfg = PetlConfig(
@@ -187,7 +187,7 @@ def _load_library(run: Path, method: str, step: int | None) -> tuple[dict, dict,
 
 
 def _similarity(args: argparse.Namespace) -> tuple[dict, dict]:
-    from grainvl.transfer.pipeline import _as_similarity
+    from grainvl.recipes.transfer import _as_similarity
     from grainvl.transfer.task_embeddings import library_embeddings
 
     params, initial, _ = _load_library(args.run, args.method, getattr(args, "step", None))
@@ -200,8 +200,8 @@ def _embed(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from grainvl.data.formats._io import atomic_write_bytes
-    from grainvl.transfer.pipeline import plot_heatmap
+    from grainvl.recipes.transfer import plot_heatmap
+    from grainvl.utils.fileio import atomic_write_bytes
 
     similarity, embeddings = _similarity(args)
     tag = f"{args.method}-{args.variant}" + (f"-step{args.step}" if args.step else "")
@@ -232,9 +232,9 @@ def _rank(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from grainvl.data.formats._io import atomic_write_text
+    from grainvl.recipes.transfer import EvaluateConfig, format_table, plot_heatmap, run_evaluate
     from grainvl.transfer.ground_truth import FinetuneSettings
-    from grainvl.transfer.pipeline import EvaluateConfig, format_table, plot_heatmap, run_evaluate
+    from grainvl.utils.fileio import atomic_write_text
 
     tasks = _tasks(args)
     methods = tuple(_split(args.methods))

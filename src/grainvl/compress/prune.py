@@ -658,22 +658,3 @@ class PruneReport:
     target: float
     achieved: dict[str, float]
     kept_units: dict[str, list[int]] = field(default_factory=dict)
-
-
-class PruneTask(nn.Module):
-    """A Task that trains ``inner`` (any Task over ``model``) under the pruner's masks plus the Lagrangian.
-
-    ``forward(batch)`` -> ``(losses, metrics)`` with ``lagrangian_loss`` added. Training mode samples
-    new masks every forward; eval mode uses the deterministic ones.
-    """
-
-    def __init__(self, inner: nn.Module, pruner: ModalPruner) -> None:
-        super().__init__()
-        self.inner = inner
-        self.pruner = pruner
-
-    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, float]]:
-        self.pruner.refresh()
-        losses, metrics = self.inner(batch)
-        lagrangian, lag_metrics = self.pruner.lagrangian()
-        return {**losses, "lagrangian_loss": lagrangian}, {**metrics, **lag_metrics}

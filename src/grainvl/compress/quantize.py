@@ -187,7 +187,7 @@ def compare_quantized(
 # ------------------------------------------------------------------------------------------- storage
 def write_quantize_flag(folder: str | Path, skip: tuple[str, ...] = ()) -> Path:
     """Mark a saved fp32 model folder as "load me dynamically quantised" (``quantize.json``)."""
-    from grainvl.data.formats._io import write_json
+    from grainvl.utils.fileio import write_json
 
     path = Path(folder) / QUANTIZE_FILE
     write_json(path, {"method": METHOD, "dtype": "qint8", "modules": ["Linear"], "skip": list(skip)})

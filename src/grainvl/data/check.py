@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from grainvl.data.formats._io import read_json
 from grainvl.data.formats.registry import FORMATS, FormatSpec, load_all, sniff
 from grainvl.errors import BadRecords, DataError
+from grainvl.utils.fileio import read_json
 
 MANIFEST = "manifest.json"
 # Images are data that records point to; the readers open the ones referenced.

@@ -31,7 +31,6 @@ from typing import Any
 import torch
 from PIL import Image
 
-from grainvl.data.formats import _io as fio
 from grainvl.data.formats import albef, msrvtt
 from grainvl.data.pretrain import (
     EvalImages,
@@ -47,6 +46,7 @@ from grainvl.data.pretrain import (
 from grainvl.data.transforms import build_transform, sample_frame_ids, video_transform
 from grainvl.errors import DataError
 from grainvl.train.loop import RepeatingLoader
+from grainvl.utils import fileio
 
 Record = dict[str, Any]
 Sample = dict[str, Any]
@@ -110,7 +110,7 @@ def video_frame_sources(root: Path, name: str, annotation: Path, where: str) -> 
     json_path = folder if folder.suffix == ".json" else folder.with_name(folder.name + ".json")
     if not json_path.is_file():
         raise DataError(annotation, where, f"video not found: {folder} (neither a folder of frames nor a .json)")
-    frames = fio.read_json(json_path)
+    frames = fileio.read_json(json_path)
     if not isinstance(frames, list) or not frames or not all(isinstance(f, str) for f in frames):
         raise DataError(annotation, where, f"{json_path} should hold a non-empty list of base64 frames")
     return frames, False

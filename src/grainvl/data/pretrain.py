@@ -63,8 +63,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from grainvl.data.formats import _io, albef, xvlm_pretrain
+from grainvl.data.formats import albef, records, xvlm_pretrain
 from grainvl.data.masking import TextMaskingGenerator, pad_masks, pre_caption
+from grainvl.data.region import box_patch_mask, box_target_cxcywh
 from grainvl.data.transforms import (
     FLIP_TEXT_LANGUAGES,
     XVLM_MEAN,
@@ -82,7 +83,6 @@ from grainvl.data.transforms import (
     video_transform,
 )
 from grainvl.errors import BadRecords, DataError
-from grainvl.models.region import box_patch_mask, box_target_cxcywh
 
 Record = dict[str, Any]
 Sample = dict[str, Any]
@@ -270,7 +270,7 @@ def text_batch(texts: Sequence[EncodedText], pad_id: int, max_masks: int) -> dic
 
 
 def _read_numbered(
-    path: Path, validator: _io.Validator, bad: BadRecords | None, lines: bool = True
+    path: Path, validator: records.Validator, bad: BadRecords | None, lines: bool = True
 ) -> tuple[list[Record], list[str]]:
     """Validated records plus each one's position ("line 7" / "index 3") for error messages.
 
@@ -278,15 +278,15 @@ def _read_numbered(
     and notes the position of every record that passes.
     """
     positions: list[str] = []
-    images = _io.ImageChecker(path, None)  # images are decoded lazily, per sample
+    images = records.ImageChecker(path, None)  # images are decoded lazily, per sample
 
     def check(record: Any, where: str) -> None:
         validator(record, path, where, images)
         positions.append(where)
 
-    read = _io.read_jsonl_records if lines else _io.read_json_records
-    records = read(path, check, bad)
-    return records, positions
+    read = records.read_jsonl_records if lines else records.read_json_records
+    valid = read(path, check, bad)
+    return valid, positions
 
 
 def _decode(data: bytes | Path) -> Image.Image:
@@ -349,7 +349,7 @@ class _LineDataset(ABC):
         self.image_ids = self._image_ids()
 
     @abstractmethod
-    def _validator(self) -> _io.Validator:
+    def _validator(self) -> records.Validator:
         """The format validator of this data kind's lines."""
 
     def _image_ids(self) -> list[int]:
@@ -434,7 +434,7 @@ class ImageTextDataset(_LineDataset):
             kind, cfg.resolution, cfg.mean, cfg.std, augment=cfg.augment, hflip=False
         )
 
-    def _validator(self) -> _io.Validator:
+    def _validator(self) -> records.Validator:
         return xvlm_pretrain.check_image_text
 
     def make_sample(self, index: int, vision_rng: random.Random, text_rng: random.Random) -> Sample:
@@ -472,7 +472,7 @@ class RegionTextDataset(_LineDataset):
     kind = "region"
     has_test_mode = False
 
-    def _validator(self) -> _io.Validator:
+    def _validator(self) -> records.Validator:
         return xvlm_pretrain.check_region
 
     def make_sample(self, index: int, vision_rng: random.Random, text_rng: random.Random) -> Sample:
@@ -612,7 +612,7 @@ class VideoTextDataset(_LineDataset):
 
     kind = "video"
 
-    def _validator(self) -> _io.Validator:
+    def _validator(self) -> records.Validator:
         return xvlm_pretrain.check_video
 
     def _image_ids(self) -> list[int]:

@@ -29,8 +29,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from grainvl.data.formats import _io
 from grainvl.errors import BadRecords, DataError
+from grainvl.utils import fileio
 
 BUILTIN_ENGLISH = "builtin:english"
 TextLayout = Literal["auto", "lines", "blocks"]
@@ -53,7 +53,7 @@ def read_text_corpus(path: str | Path, layout: TextLayout = "auto", bad: BadReco
     """
     if layout not in ("auto", "lines", "blocks"):
         raise ValueError(f"layout must be 'auto', 'lines' or 'blocks', got {layout!r}")
-    lines = [text for _, text in _io.iter_text_lines(path, bad)]
+    lines = [text for _, text in fileio.iter_text_lines(path, bad)]
     if layout == "auto":
         layout = "blocks" if _has_inner_blank_line(lines) else "lines"
     documents: list[str] = []
@@ -80,7 +80,7 @@ def read_jsonl_corpus(path: str | Path, field: str = "text", bad: BadRecords | N
     """
     bad = bad or BadRecords()
     documents: list[str] = []
-    for lineno, record in _io.iter_jsonl(path, bad):
+    for lineno, record in fileio.iter_jsonl(path, bad):
         where = f"line {lineno}"
         if not isinstance(record, dict):
             bad.handle(
@@ -109,7 +109,7 @@ def world_english(world: str | Path) -> list[str]:
     documents: list[str] = []
     captions = world / "annotations" / "pretrain" / "train" / "image_text.jsonl"
     if captions.is_file():
-        for lineno, record in _io.iter_jsonl(captions):
+        for lineno, record in fileio.iter_jsonl(captions):
             caption = record.get("caption") if isinstance(record, dict) else None
             texts = [caption] if isinstance(caption, str) else caption
             if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):

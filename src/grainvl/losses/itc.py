@@ -2,7 +2,7 @@
 
 No queue and no momentum encoder: negatives are the other samples of the batch gathered from every
 rank. Each rank computes the loss over the *full* gathered ``(N, N)`` logit matrix (``N = Σ_r B_r``)
-exactly like the official code, and :func:`~grainvl.train.distributed.all_gather_with_grad` sums the
+exactly like the official code, and :func:`~grainvl.utils.distributed.all_gather_with_grad` sums the
 feature gradients over ranks, so DDP on ``W`` ranks gives the same gradients as one process on the
 concatenated batch (the official gather is off by a factor ``W`` there; see ``train/distributed.py``).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from grainvl.train.distributed import all_gather_no_grad, all_gather_with_grad
+from grainvl.utils.distributed import all_gather_no_grad, all_gather_with_grad
 
 TEMP_MIN = 0.001
 TEMP_MAX = 0.5

@@ -14,8 +14,9 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
-from grainvl.data.formats import _io
+from grainvl.data.formats import records
 from grainvl.errors import DataError
+from grainvl.utils import fileio
 
 Echo = Callable[[str], None]
 
@@ -37,12 +38,12 @@ def read_vqa_results(path: Path) -> dict[Hashable, str]:
     seen: dict[Any, str] = {}
 
     def check(record: Any, where: str) -> None:
-        _io.require_fields(record, {"answer": str}, path, where)
-        _io.require_id(record, "question_id", path, where)
-        _io.claim_unique(seen, record["question_id"], "duplicate question_id {key}", path, where)
+        records.require_fields(record, {"answer": str}, path, where)
+        records.require_id(record, "question_id", path, where)
+        records.claim_unique(seen, record["question_id"], "duplicate question_id {key}", path, where)
 
-    records = _io.read_json_records(path, check)
-    return {r["question_id"]: r["answer"] for r in records}
+    answers = records.read_json_records(path, check)
+    return {r["question_id"]: r["answer"] for r in answers}
 
 
 def _require_same_questions(predictions: dict, truth: dict, pred_path: Path) -> None:
@@ -197,7 +198,7 @@ def read_ranked_lists(path: Path, n_images: int, n_texts: int) -> tuple[list[lis
     over the whole file). Each list must hold distinct valid indices, at least
     ``min(10, gallery size)`` of them.
     """
-    doc = _io.read_json(path)
+    doc = fileio.read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("i2t"), list) or not isinstance(doc.get("t2i"), list):
         raise DataError(path, None, 'expected a JSON object {"i2t": [[...]], "t2i": [[...]]}')
     lists = []
@@ -247,7 +248,7 @@ def score_nlvr2(pred: Path, gt: Path, echo: Echo = print) -> dict[str, float]:
 
     records = read_nlvr2(gt)
     labels = [nlvr_label(r["label"], gt, f"index {i}") for i, r in enumerate(records)]
-    preds = _io.require_list(_io.read_json(pred), pred)
+    preds = records.require_list(fileio.read_json(pred), pred)
     if len(preds) != len(labels):
         raise DataError(pred, None, f"{len(preds)} predictions for {len(labels)} ground-truth pairs")
     parsed = []
@@ -285,14 +286,14 @@ def score_grounding(pred: Path, gt: Path, echo: Echo = print) -> dict[str, float
     from grainvl.metrics.grounding import denormalize_cxcywh, iou_xywh
 
     by_ref = _gt_boxes(read_refcoco(gt), gt)
-    preds = _io.require_list(_io.read_json(pred), pred)
+    preds = records.require_list(fileio.read_json(pred), pred)
     if not preds:
         raise DataError(pred, None, "no predictions")
     boxes, truth = [], []
     for i, p in enumerate(preds):
         where = f"index {i}"
-        _io.require_fields(p, {}, pred, where)
-        _io.require_id(p, "ref_id", pred, where)
+        records.require_fields(p, {}, pred, where)
+        records.require_id(p, "ref_id", pred, where)
         if p["ref_id"] not in by_ref:
             raise DataError(pred, where, f"ref_id {p['ref_id']!r} is not in the ground truth")
         ref = by_ref[p["ref_id"]]

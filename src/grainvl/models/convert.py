@@ -122,7 +122,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     Unwraps ``{'model': ...}`` (the official format, which also carries ``'config'``), ``{'state_dict': ...}``
     and ``{'module': ...}``. Raises :class:`DataError` (one line) for anything that is not a state dict.
     """
-    from grainvl.train.checkpoint import load_model_safetensors
+    from grainvl.utils.fileio import load_model_safetensors
 
     path = Path(path)
     if not path.is_file():
@@ -768,8 +768,7 @@ def save_official(model: XVLM, path: str | Path, fmt: str = "official-x2vlm", la
     (:func:`to_official_config`) next to it."""
     import yaml
 
-    from grainvl.data.formats._io import atomic_write_text
-    from grainvl.train.checkpoint import _atomic_file, save_model_safetensors
+    from grainvl.utils.fileio import atomic_file, atomic_write_text, save_model_safetensors
 
     path = Path(path)
     state = to_official(model, fmt, layout)
@@ -779,7 +778,7 @@ def save_official(model: XVLM, path: str | Path, fmt: str = "official-x2vlm", la
     if path.suffix == ".safetensors":
         save_model_safetensors(path, state)
         return path
-    with _atomic_file(path) as tmp:
+    with atomic_file(path) as tmp:
         torch.save({"model": state}, tmp)
     return path
 
@@ -1074,8 +1073,7 @@ def _to_hf_vision(module: nn.Module, config: VisionConfig, beit: bool) -> tuple[
 
 def save_hf_tower(module: nn.Module, config: TextConfig | VisionConfig, fmt: str, folder: str | Path) -> Path:
     """Write a Hugging Face folder (``config.json`` + ``model.safetensors``) that transformers loads."""
-    from grainvl.data.formats._io import atomic_write_text
-    from grainvl.train.checkpoint import save_model_safetensors
+    from grainvl.utils.fileio import atomic_write_text, save_model_safetensors
 
     folder = Path(folder)
     state, hf = to_hf_tower(module, config, fmt)
@@ -1090,8 +1088,7 @@ def save_tower(
     module: nn.Module, config: TextConfig | VisionConfig, folder: str | Path, source_format: str = ""
 ) -> Path:
     """A grainvl tower folder: ``config.json`` (``{"grainvl_tower": "text"|"vision", "config": ...}``) + weights."""
-    from grainvl.data.formats._io import atomic_write_text
-    from grainvl.train.checkpoint import save_model_safetensors
+    from grainvl.utils.fileio import atomic_write_text, save_model_safetensors
 
     folder = Path(folder)
     kind = "text" if isinstance(config, TextConfig) else "vision"
@@ -1104,7 +1101,7 @@ def save_tower(
 
 def load_tower(folder: str | Path) -> tuple[nn.Module, TextConfig | VisionConfig]:
     """Read a folder written by :func:`save_tower` (strict load)."""
-    from grainvl.train.checkpoint import load_model_safetensors
+    from grainvl.utils.fileio import load_model_safetensors
 
     folder = Path(folder)
     payload = read_json_config(folder)

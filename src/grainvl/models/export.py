@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from grainvl.data.formats._io import atomic_write_text
 from grainvl.models.xvlm import XVLM
+from grainvl.utils.fileio import atomic_write_text
 
 OPSET = 17
 TOLERANCE = 1e-4  # max abs difference accepted between onnxruntime and PyTorch

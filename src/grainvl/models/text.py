@@ -21,6 +21,8 @@ load by name; :func:`load_hf_bert` adds X²-VLM's 12 -> 18 layer expansion (xvlm
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from grainvl.models.layers import explicit_attention
+from grainvl.utils.fileio import atomic_write_text
 
 Mode = Literal["text", "fusion", "multimodal"]
 # Per-layer head multipliers: ``masks[i]`` is (H,) or (B, H) for layer i, or None (no masking).
@@ -815,3 +818,52 @@ __all__ = [
     "normalise_hf_bert_keys",
     "read_hf_state_dict",
 ]
+
+
+# ---------------------------------------------------------------------------------------------- export
+def hf_bert_config(config: TextConfig) -> dict[str, Any]:
+    """The Hugging Face ``BertConfig`` dict of a text tower without fusion layers."""
+    if config.fusion_start != config.num_layers or config.layout != "single" or config.roberta_positions:
+        raise ValueError("only a plain BERT text tower (no fusion layers, BERT positions) exports as BertForMaskedLM")
+    return {
+        "architectures": ["BertForMaskedLM"],
+        "model_type": "bert",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": config.hidden_dropout,
+        "attention_probs_dropout_prob": config.attention_dropout,
+        "max_position_embeddings": config.max_position_embeddings,
+        "type_vocab_size": config.type_vocab_size,
+        "initializer_range": config.initializer_range,
+        "layer_norm_eps": config.layer_norm_eps,
+        "pad_token_id": config.pad_token_id,
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
+    }
+
+
+def save_hf_bert(directory: str | Path, encoder: BertEncoderModel, head: MLMHead, tokenizer: Any) -> Path:
+    """Write a ``BertForMaskedLM`` folder: config.json, model.safetensors (``bert.*`` + ``cls.*``), tokenizer.
+
+    The decoder weight is tied to the word embeddings and not stored (transformers re-ties it). The
+    folder is assembled next to ``directory`` and renamed into place, so a reader never sees half of it.
+    """
+    from grainvl.utils.fileio import save_model_safetensors
+
+    directory = Path(directory)
+    state = {f"bert.{k}": v for k, v in encoder.state_dict().items()}
+    state.update({f"cls.{k}": v for k, v in head.state_dict().items() if not k.startswith("predictions.decoder.")})
+    staging = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    atomic_write_text(staging / "config.json", json.dumps(hf_bert_config(encoder.config), indent=2) + "\n")
+    save_model_safetensors(staging / "model.safetensors", {k: v.detach() for k, v in state.items()})
+    tokenizer.save_pretrained(str(staging))
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(staging, directory)
+    return directory

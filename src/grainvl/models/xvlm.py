@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grainvl.models.region import region_features
+from grainvl.data.region import region_features
 from grainvl.models.text import BertEncoderModel, CrossEncoder, MLMHead, TextConfig, load_hf_bert
 from grainvl.models.vision import VisionConfig, build_vision_tower
 
@@ -303,7 +303,7 @@ class XVLM(nn.Module):
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
         """``config.json`` + ``model.safetensors`` (+ tokenizer files), written atomically."""
-        from grainvl.train.checkpoint import save_model_safetensors
+        from grainvl.utils.fileio import save_model_safetensors
 
         directory = Path(directory)
         tmp = directory.with_name(f".{directory.name}.tmp")
@@ -321,7 +321,7 @@ class XVLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, strict: bool = True) -> XVLM:
-        from grainvl.train.checkpoint import load_model_safetensors
+        from grainvl.utils.fileio import load_model_safetensors
 
         directory = Path(directory)
         config_path = directory / "config.json"

@@ -13,7 +13,7 @@ per-rank predictions on rank 0, de-duplicated by key, so metrics are computed on
 
 A fine-tuned run folder holds ``model/`` (``XVLM.save_pretrained`` + tokenizer), ``head.safetensors``
 (every task-module parameter/buffer outside ``model.``; :meth:`DownstreamTask.save_head`) and
-``task.json`` (task name + options); :func:`grainvl.tasks.finetune.load_finetuned` rebuilds it exactly.
+``task.json`` (task name + options); :func:`grainvl.recipes.finetune.load_finetuned` rebuilds it exactly.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from torch import nn
 
 from grainvl.data.pretrain import PretrainDataConfig
 from grainvl.models.xvlm import XVLM
-from grainvl.train.distributed import get_rank, get_world_size
 from grainvl.train.loop import StatefulIterator
+from grainvl.utils.distributed import get_rank, get_world_size
 
 HEAD_FILE = "head.safetensors"
 TASK_FILE = "task.json"
@@ -166,8 +166,7 @@ class DownstreamTask(abc.ABC):
     # ------------------------------------------------------------------ persistence
     def save_head(self, module: TaskModule, directory: str | Path) -> None:
         """Write ``head.safetensors`` (task parameters outside the model) and ``task.json`` atomically."""
-        from grainvl.data.formats._io import atomic_write_text
-        from grainvl.train.checkpoint import save_model_safetensors
+        from grainvl.utils.fileio import atomic_write_text, save_model_safetensors
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -179,7 +178,7 @@ class DownstreamTask(abc.ABC):
 
     def load_head(self, module: TaskModule, directory: str | Path) -> None:
         """Load ``head.safetensors`` into ``module`` strictly (every head key present, nothing extra)."""
-        from grainvl.train.checkpoint import load_model_safetensors
+        from grainvl.utils.fileio import load_model_safetensors
 
         path = Path(directory) / HEAD_FILE
         expected = set(module.head_state_dict())
@@ -280,7 +279,7 @@ def write_json_result(out_dir: Path | None, name: str, obj: Any) -> Path | None:
     """Write ``obj`` as ``out_dir/name`` atomically (rank 0 only); returns the path or None."""
     if out_dir is None or get_rank() != 0:
         return None
-    from grainvl.data.formats._io import write_json
+    from grainvl.utils.fileio import write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -50,8 +50,8 @@ from grainvl.tasks.base import (
     shard_indices,
     write_json_result,
 )
-from grainvl.train.distributed import get_rank
 from grainvl.train.loop import StatefulIterator
+from grainvl.utils.distributed import get_rank
 
 SCORE_MODES = ("itm", "combined", "itc")
 UNSCORED = -100.0  # the official value of entries outside the top-k

@@ -18,28 +18,22 @@ each shared tensor once and records the other names in the file's metadata (``gr
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from grainvl.data.formats._io import atomic_write_text
+from grainvl.utils.fileio import atomic_write_text, load_model_safetensors, save_model_safetensors
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 LATEST_FILE = "latest"
-ALIASES_KEY = "grainvl.aliases"
 STATE_FORMAT = 1
 
 
@@ -50,72 +44,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------- safetensors
-@contextmanager
-def _atomic_file(path: Path) -> Iterator[Path]:
-    """Yield a temp path next to ``path``; on success it replaces ``path``, on error it is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _dedupe_shared(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Keep one name per identical view of shared memory; clone partial overlaps.
-
-    Returns ``(tensors, aliases)`` where ``aliases`` maps each dropped name to the kept one (the
-    alphabetically first name of the group, so the choice does not depend on dict order).
-    """
-    by_view: dict[tuple[Any, ...], list[str]] = {}
-    for name in sorted(state_dict):
-        t = state_dict[name]
-        view = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-        by_view.setdefault(view, []).append(name)
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    storages_seen: set[tuple[Any, int]] = set()
-    for (device, ptr, *_), names in by_view.items():
-        kept = names[0]
-        tensor = state_dict[kept].detach()
-        # A different view of a storage already stored (a slice of a fused weight): store a copy.
-        if tensor.numel() and (device, ptr) in storages_seen:
-            tensor = tensor.clone()
-        storages_seen.add((device, ptr))
-        tensors[kept] = tensor.contiguous().cpu()
-        aliases.update({other: kept for other in names[1:]})
-    return tensors, aliases
-
-
-def save_model_safetensors(
-    path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
-) -> None:
-    """Write ``state_dict`` to ``path`` (safetensors) atomically; tied tensors stored once (see module doc)."""
-    tensors, aliases = _dedupe_shared(state_dict)
-    meta = dict(metadata or {})
-    meta["format"] = "pt"
-    if aliases:
-        meta[ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
-    with _atomic_file(Path(path)) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-
-
-def load_model_safetensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read a file written by :func:`save_model_safetensors` (or any safetensors file); aliases restored."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such safetensors file")
-    tensors = load_file(str(path), device=str(device))
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    for alias, kept in json.loads(metadata.get(ALIASES_KEY, "{}")).items():
-        tensors[alias] = tensors[kept]
-    return tensors
-
-
 # ---------------------------------------------------------------------------------------------- RNG
 def capture_rng_state() -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA) generator states as tensors and plain containers (weights_only-safe)."""

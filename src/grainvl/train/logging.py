@@ -1,4 +1,5 @@
-"""Training metrics (``metrics.jsonl`` + TensorBoard + a progress bar) and the one results schema.
+"""Training metrics (``metrics.jsonl`` + TensorBoard + a progress bar); the results schema is in
+:mod:`grainvl.bench.results`.
 
 ``metrics.jsonl`` gets one JSON object per :meth:`MetricsLogger.log` call; TensorBoard gets the same
 numbers as scalars; the terminal gets a tqdm bar with a compact postfix. Only the process created
@@ -10,8 +11,6 @@ with ``enabled=True`` (rank 0) writes anything.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
 import time
@@ -19,51 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
-RESULT_FIELDS = (
-    "model",
-    "task",
-    "dataset",
-    "split",
-    "metric",
-    "value",
-    "params_M",
-    "gflops",
-    "latency_ms",
-    "throughput",
-    "peak_mem_MB",
-    "energy_kWh",
-    "co2_g",
-    "hardware",
-    "torch",
-    "commit",
-    "seed",
-)
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready value: tensors become numbers/lists, non-finite floats become null (strict JSON)."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().item() if value.numel() == 1 else value.detach().cpu().tolist()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _append_line(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line with a single write (O_APPEND keeps concurrent short lines whole)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(_plain(record), ensure_ascii=False, allow_nan=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
+from grainvl.utils.fileio import append_jsonl_line, to_plain
 
 
 class MetricsLogger:
@@ -107,8 +62,8 @@ class MetricsLogger:
         if not self.enabled:
             return
         record = {"step": int(step), "time": time.time(), **values}
-        _append_line(self.path, record)
-        scalars = {k: float(v) for k, v in _plain(values).items() if isinstance(v, (int, float)) and v is not None}
+        append_jsonl_line(self.path, record)
+        scalars = {k: float(v) for k, v in to_plain(values).items() if isinstance(v, (int, float)) and v is not None}
         if self._writer is not None:
             for key, value in scalars.items():
                 self._writer.add_scalar(key, value, step)
@@ -152,17 +107,3 @@ def _summary_writer(log_dir: Path) -> Any:
         warnings.warn(f"TensorBoard logging off: {error}", stacklevel=3)
         return None
     return SummaryWriter(log_dir=str(log_dir))
-
-
-def append_result(path: str | Path, record: dict[str, Any]) -> dict[str, Any]:
-    """Append one evaluation result to ``path`` (results.jsonl) with every :data:`RESULT_FIELDS` key.
-
-    Missing fields are written as null, in schema order. An unknown key is an error (a misspelt
-    ``energy_kwh`` would otherwise vanish from every table). Returns the written record.
-    """
-    unknown = sorted(set(record) - set(RESULT_FIELDS))
-    if unknown:
-        raise ValueError(f"unknown result field(s) {unknown}; the schema is {list(RESULT_FIELDS)}")
-    full = {name: record.get(name) for name in RESULT_FIELDS}
-    _append_line(Path(path), full)
-    return full

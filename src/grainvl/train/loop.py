@@ -55,8 +55,8 @@ from grainvl.train.checkpoint import (
     save_checkpoint,
     unwrap_model,
 )
-from grainvl.train.distributed import DistEnv, all_reduce_mean, barrier
 from grainvl.train.logging import MetricsLogger
+from grainvl.utils.distributed import DistEnv, all_reduce_mean, barrier
 
 AMP_MODES = ("none", "bf16", "fp16")
 

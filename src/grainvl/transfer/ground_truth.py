@@ -25,7 +25,7 @@ from typing import Any
 
 from torch import nn
 
-from grainvl.data.formats._io import atomic_write_text
+from grainvl.utils.fileio import atomic_write_text
 
 
 @dataclass

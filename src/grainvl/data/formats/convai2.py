@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grainvl.data.formats._io import atomic_write_text, iter_text_lines
 from grainvl.data.formats.registry import FormatSpec, register
 from grainvl.errors import BadRecords, DataError
+from grainvl.utils.fileio import atomic_write_text, iter_text_lines
 
 YOUR_PERSONA = "your persona: "
 PARTNER_PERSONA = "partner's persona: "

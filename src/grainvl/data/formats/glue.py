@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from grainvl.data.formats._io import atomic_write_text, iter_text_lines
 from grainvl.data.formats.registry import FormatSpec, register
 from grainvl.errors import BadRecords, DataError
+from grainvl.utils.fileio import atomic_write_text, iter_text_lines
 
 TEXT_COLUMNS = frozenset(
     {"sentence", "sentence1", "sentence2", "question", "question1", "question2", "#1 String", "#2 String"}

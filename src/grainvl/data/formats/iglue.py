@@ -35,10 +35,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from grainvl.data.formats import _io
+from grainvl.data.formats import records
 from grainvl.data.formats.albef import check_nlvr_record
 from grainvl.data.formats.registry import FormatSpec, register
 from grainvl.errors import BadRecords, DataError
+from grainvl.utils import fileio
 
 Record = dict[str, Any]
 XVNLI_LABELS = ("entailment", "neutral", "contradiction", "-")
@@ -69,28 +70,28 @@ def marvl_image_path(record: Record, name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ record checks
-def check_xvnli_record(record: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
+def check_xvnli_record(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
     fields = dict.fromkeys(("gold_label", "sentence1", "sentence2", "captionID", "pairID", "Flikr30kID"), str)
-    _io.require_fields(record, fields, path, where)
+    records.require_fields(record, fields, path, where)
     if record["gold_label"] not in XVNLI_LABELS:
         raise DataError(
             path, where, f"gold_label should be one of {', '.join(XVNLI_LABELS)}, got {record['gold_label']!r}"
         )
-    _io.require_text(record["sentence2"], "sentence2", path, where)
-    _io.require_text(record["Flikr30kID"], "Flikr30kID", path, where)
+    records.require_text(record["sentence2"], "sentence2", path, where)
+    records.require_text(record["Flikr30kID"], "Flikr30kID", path, where)
     images.check(image_file(record["Flikr30kID"]), where)
 
 
-def check_xgqa_record(record: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
+def check_xgqa_record(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
     """The LXMERT/volta layout; ``label`` maps answers to scores in [0, 1]."""
-    _io.require_fields(record, {"img_id": str, "question_id": str, "sent": str}, path, where)
-    _io.require_text(record["sent"], "sent", path, where)
-    _io.require_text(record["img_id"], "img_id", path, where)
+    records.require_fields(record, {"img_id": str, "question_id": str, "sent": str}, path, where)
+    records.require_text(record["sent"], "sent", path, where)
+    records.require_text(record["img_id"], "img_id", path, where)
     label = record.get("label", {})
     if not isinstance(label, dict) or not all(_is_score(v) for v in label.values()):
         raise DataError(path, where, f"label should map answers to scores in [0, 1], got {label!r:.80}")
     for answer in label:
-        _io.require_text(answer, "answer", path, where)
+        records.require_text(answer, "answer", path, where)
     images.check(image_file(record["img_id"]), where)
 
 
@@ -98,49 +99,49 @@ def _is_score(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
 
 
-def check_gqa_question(question: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
+def check_gqa_question(question: Any, path: Path, where: str, images: records.ImageChecker) -> None:
     """One entry of GQA's ``{question_id: {...}}`` dict (test questions may lack ``answer``)."""
-    _io.require_fields(question, {"imageId": str, "question": str}, path, where)
-    _io.require_text(question["question"], "question", path, where)
+    records.require_fields(question, {"imageId": str, "question": str}, path, where)
+    records.require_text(question["question"], "question", path, where)
     if "answer" in question:
-        _io.require_text(question["answer"], "answer", path, where)
+        records.require_text(question["answer"], "answer", path, where)
     images.check(image_file(question["imageId"]), where)
 
 
-def check_marvl_record(record: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
-    _io.require_fields(record, MARVL_FIELDS, path, where)
-    _io.require_text(record["caption"], "caption", path, where)
+def check_marvl_record(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
+    records.require_fields(record, MARVL_FIELDS, path, where)
+    records.require_text(record["caption"], "caption", path, where)
     for key in ("left_img", "right_img", "language", "concept"):
-        _io.require_text(record[key], key, path, where)
+        records.require_text(record[key], key, path, where)
     images.check(marvl_image_path(record, record["left_img"]), where)
     images.check(marvl_image_path(record, record["right_img"]), where)
 
 
-def check_xflickrco_record(record: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
-    _io.require_fields(record, {"sentences": list, "id": str, "img_path": str}, path, where)
-    _io.require_texts(record["sentences"], "sentence", path, where)
-    _io.require_text(record["img_path"], "img_path", path, where)
+def check_xflickrco_record(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
+    records.require_fields(record, {"sentences": list, "id": str, "img_path": str}, path, where)
+    records.require_texts(record["sentences"], "sentence", path, where)
+    records.require_text(record["img_path"], "img_path", path, where)
     images.check(record["img_path"], where)
 
 
 # ------------------------------------------------------------------------------------ read / write
 def read_xvnli(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return _io.read_validated_jsonl(path, check_xvnli_record, bad, image_root)
+    return records.read_validated_jsonl(path, check_xvnli_record, bad, image_root)
 
 
 def write_xvnli(path: str | Path, records: Sequence[Record]) -> None:
-    _io.validate_records(records, check_xvnli_record, path, lines=True)
-    _io.write_jsonl(path, records)
+    records.validate_records(records, check_xvnli_record, path, lines=True)
+    fileio.write_jsonl(path, records)
 
 
-def _validated_xgqa(doc: Any, path: Path, bad: BadRecords, images: _io.ImageChecker) -> list[Record] | Record:
+def _validated_xgqa(doc: Any, path: Path, bad: BadRecords, images: records.ImageChecker) -> list[Record] | Record:
     if isinstance(doc, list):
-        return _io.collect_valid(enumerate(doc), "index", lambda r, w: check_xgqa_record(r, path, w, images), bad)
+        return records.collect_valid(enumerate(doc), "index", lambda r, w: check_xgqa_record(r, path, w, images), bad)
     if not isinstance(doc, dict):
         raise DataError(
             path, None, f"expected a JSON list or a {{question_id: question}} object, got {type(doc).__name__}"
         )
-    kept = _io.collect_valid(
+    kept = records.collect_valid(
         ((qid, (qid, q)) for qid, q in doc.items()),
         "question_id",
         lambda item, w: check_gqa_question(item[1], path, w, images),
@@ -151,21 +152,21 @@ def _validated_xgqa(doc: Any, path: Path, bad: BadRecords, images: _io.ImageChec
 
 def read_xgqa(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record] | Record:
     path = Path(path)
-    return _validated_xgqa(_io.read_json(path), path, bad or BadRecords(), _io.ImageChecker(path, image_root))
+    return _validated_xgqa(fileio.read_json(path), path, bad or BadRecords(), records.ImageChecker(path, image_root))
 
 
 def write_xgqa(path: str | Path, doc: list[Record] | Record) -> None:
-    _validated_xgqa(doc, Path(path), BadRecords(), _io.ImageChecker(path, None))
-    _io.write_json(path, doc)
+    _validated_xgqa(doc, Path(path), BadRecords(), records.ImageChecker(path, None))
+    fileio.write_json(path, doc)
 
 
 def read_marvl(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return _io.read_validated_jsonl(path, check_marvl_record, bad, image_root)
+    return records.read_validated_jsonl(path, check_marvl_record, bad, image_root)
 
 
 def write_marvl(path: str | Path, records: Sequence[Record]) -> None:
-    _io.validate_records(records, check_marvl_record, path, lines=True)
-    _io.write_jsonl(path, records)
+    records.validate_records(records, check_marvl_record, path, lines=True)
+    fileio.write_jsonl(path, records)
 
 
 def marvl_to_xvlm(records: Sequence[Record]) -> list[Record]:
@@ -184,21 +185,21 @@ def marvl_to_xvlm(records: Sequence[Record]) -> list[Record]:
 
 
 def read_marvl_xvlm(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return _io.read_validated_json(path, check_nlvr_record, bad, image_root)
+    return records.read_validated_json(path, check_nlvr_record, bad, image_root)
 
 
 def write_marvl_xvlm(path: str | Path, records: Sequence[Record]) -> None:
-    _io.validate_records(records, check_nlvr_record, path)
-    _io.write_json(path, list(records))
+    records.validate_records(records, check_nlvr_record, path)
+    fileio.write_json(path, list(records))
 
 
 def read_xflickrco(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return _io.read_validated_jsonl(path, check_xflickrco_record, bad, image_root)
+    return records.read_validated_jsonl(path, check_xflickrco_record, bad, image_root)
 
 
 def write_xflickrco(path: str | Path, records: Sequence[Record]) -> None:
-    _io.validate_records(records, check_xflickrco_record, path, lines=True)
-    _io.write_jsonl(path, records)
+    records.validate_records(records, check_xflickrco_record, path, lines=True)
+    fileio.write_jsonl(path, records)
 
 
 # The official XVNLI and xFlickr&CO files are both ``{lang}/test.jsonl``: only the folder tells

@@ -31,9 +31,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from grainvl.data.formats import _io
+from grainvl.data.formats import records
 from grainvl.data.formats.registry import FormatSpec, register
 from grainvl.errors import BadRecords, DataError
+from grainvl.utils import fileio
 
 Record = dict[str, Any]
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -54,7 +55,7 @@ class VideoChecker:
 
     def __init__(self, annotation_path: Path, image_root: Path | None) -> None:
         self.annotation_path = annotation_path
-        self.frames = _io.ImageChecker(annotation_path, image_root)
+        self.frames = records.ImageChecker(annotation_path, image_root)
         self._checked: set[str] = set()
 
     def check(self, name: str, where: str) -> None:
@@ -85,33 +86,33 @@ class VideoChecker:
             self.frames.check(f"{relative}/{frame}", where)
 
     def _check_base64_frames(self, json_path: Path, where: str) -> None:
-        frames = _io.read_json(json_path)
+        frames = fileio.read_json(json_path)
         if not isinstance(frames, list) or not frames:
             raise DataError(self.annotation_path, where, f"{json_path} should hold a non-empty list of base64 frames")
         for k, frame in enumerate(frames):
-            _io.check_image_base64(frame, self.annotation_path, where, what=f"frame {k} of {json_path}")
+            records.check_image_base64(frame, self.annotation_path, where, what=f"frame {k} of {json_path}")
 
 
 # ------------------------------------------------------------------------------------ videodatainfo
-def _video_checker(path: Path, seen: dict[str, str]) -> _io.RecordCheck:
+def _video_checker(path: Path, seen: dict[str, str]) -> records.RecordCheck:
     def check(video: Any, where: str) -> None:
-        _io.require_fields(video, VIDEO_FIELDS, path, where)
-        _io.require_text(video["video_id"], "video_id", path, where)
-        _io.require_text(video["split"], "split", path, where)
+        records.require_fields(video, VIDEO_FIELDS, path, where)
+        records.require_text(video["video_id"], "video_id", path, where)
+        records.require_text(video["split"], "split", path, where)
         if video["end time"] < video["start time"]:
             raise DataError(path, where, f"end time {video['end time']} is before start time {video['start time']}")
-        _io.claim_unique(seen, video["video_id"], "duplicate video_id {key}", path, where)
+        records.claim_unique(seen, video["video_id"], "duplicate video_id {key}", path, where)
 
     return check
 
 
-def _sentence_checker(path: Path, video_ids: set[str], seen: dict[int, str]) -> _io.RecordCheck:
+def _sentence_checker(path: Path, video_ids: set[str], seen: dict[int, str]) -> records.RecordCheck:
     def check(sentence: Any, where: str) -> None:
-        _io.require_fields(sentence, {"caption": str, "video_id": str, "sen_id": int}, path, where)
-        _io.require_text(sentence["caption"], "caption", path, where)
+        records.require_fields(sentence, {"caption": str, "video_id": str, "sen_id": int}, path, where)
+        records.require_text(sentence["caption"], "caption", path, where)
         if sentence["video_id"] not in video_ids:
             raise DataError(path, where, f"video_id {sentence['video_id']} is not in 'videos'")
-        _io.claim_unique(seen, sentence["sen_id"], "duplicate sen_id {key}", path, where)
+        records.claim_unique(seen, sentence["sen_id"], "duplicate sen_id {key}", path, where)
 
     return check
 
@@ -119,61 +120,61 @@ def _sentence_checker(path: Path, video_ids: set[str], seen: dict[int, str]) -> 
 def _validated_info(doc: Any, path: Path, bad: BadRecords) -> Record:
     if not isinstance(doc, dict):
         raise DataError(path, None, f"expected a JSON object with 'videos' and 'sentences', got {type(doc).__name__}")
-    _io.require_fields(doc, {"videos": list, "sentences": list}, path, "header")
-    videos = _io.collect_valid(enumerate(doc["videos"]), "videos index", _video_checker(path, {}), bad)
+    records.require_fields(doc, {"videos": list, "sentences": list}, path, "header")
+    videos = records.collect_valid(enumerate(doc["videos"]), "videos index", _video_checker(path, {}), bad)
     video_ids = {v["video_id"] for v in videos}
     checker = _sentence_checker(path, video_ids, {})
-    sentences = _io.collect_valid(enumerate(doc["sentences"]), "sentences index", checker, bad)
+    sentences = records.collect_valid(enumerate(doc["sentences"]), "sentences index", checker, bad)
     return {**doc, "videos": videos, "sentences": sentences}
 
 
 def read_videodatainfo(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> Record:
     path = Path(path)
-    return _validated_info(_io.read_json(path), path, bad or BadRecords())
+    return _validated_info(fileio.read_json(path), path, bad or BadRecords())
 
 
 def write_videodatainfo(path: str | Path, doc: Record) -> None:
     _validated_info(doc, Path(path), BadRecords())
-    _io.write_json(path, doc)
+    fileio.write_json(path, doc)
 
 
 # ------------------------------------------------------------------------------------ retrieval, QA
 # ``videos`` is a VideoChecker when reading, the no-op ImageChecker(None) that validate_all passes when writing.
-def check_retrieval_record(record: Any, path: Path, where: str, videos: VideoChecker | _io.ImageChecker) -> None:
-    _io.require_fields(record, {"video": str, "caption": (str, list)}, path, where)
-    _io.require_text(record["video"], "video", path, where)
-    _io.require_texts(record["caption"], "caption", path, where)
+def check_retrieval_record(record: Any, path: Path, where: str, videos: VideoChecker | records.ImageChecker) -> None:
+    records.require_fields(record, {"video": str, "caption": (str, list)}, path, where)
+    records.require_text(record["video"], "video", path, where)
+    records.require_texts(record["caption"], "caption", path, where)
     videos.check(record["video"], where)
 
 
-def check_qa_record(record: Any, path: Path, where: str, videos: VideoChecker | _io.ImageChecker) -> None:
-    _io.require_fields(record, {"video_id": str, "question": str, "answer": str}, path, where)
-    _io.require_text(record["video_id"], "video_id", path, where)
-    _io.require_text(record["question"], "question", path, where)
-    _io.require_text(record["answer"], "answer", path, where)
+def check_qa_record(record: Any, path: Path, where: str, videos: VideoChecker | records.ImageChecker) -> None:
+    records.require_fields(record, {"video_id": str, "question": str, "answer": str}, path, where)
+    records.require_text(record["video_id"], "video_id", path, where)
+    records.require_text(record["question"], "question", path, where)
+    records.require_text(record["answer"], "answer", path, where)
     videos.check(record["video_id"], where)
 
 
 def read_retrieval(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
     path = Path(path)
     videos = VideoChecker(path, image_root)
-    return _io.read_json_records(path, lambda r, where: check_retrieval_record(r, path, where, videos), bad)
+    return records.read_json_records(path, lambda r, where: check_retrieval_record(r, path, where, videos), bad)
 
 
 def write_retrieval(path: str | Path, records: Sequence[Record]) -> None:
-    _io.validate_records(records, check_retrieval_record, path)
-    _io.write_json(path, list(records))
+    records.validate_records(records, check_retrieval_record, path)
+    fileio.write_json(path, list(records))
 
 
 def read_qa(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
     path = Path(path)
     videos = VideoChecker(path, image_root)
-    return _io.read_jsonl_records(path, lambda r, where: check_qa_record(r, path, where, videos), bad)
+    return records.read_jsonl_records(path, lambda r, where: check_qa_record(r, path, where, videos), bad)
 
 
 def write_qa(path: str | Path, records: Sequence[Record]) -> None:
-    _io.validate_records(records, check_qa_record, path, lines=True)
-    _io.write_jsonl(path, records)
+    records.validate_records(records, check_qa_record, path, lines=True)
+    fileio.write_jsonl(path, records)
 
 
 # ------------------------------------------------------------------------------------ ans2label
@@ -186,7 +187,7 @@ def _validated_ans2label(doc: Any, path: Path, bad: BadRecords) -> dict[str, int
     for answer, label in doc.items():
         where = f"answer {answer!r}"
         try:
-            _io.require_text(answer, "answer", path, where)
+            records.require_text(answer, "answer", path, where)
             if isinstance(label, bool) or not isinstance(label, int) or label < 0:
                 raise DataError(path, where, f"label should be a non-negative int, got {label!r}")
             if label in owner:
@@ -203,12 +204,12 @@ def _validated_ans2label(doc: Any, path: Path, bad: BadRecords) -> dict[str, int
 
 def read_ans2label(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> dict[str, int]:
     path = Path(path)
-    return _validated_ans2label(_io.read_json(path), path, bad or BadRecords())
+    return _validated_ans2label(fileio.read_json(path), path, bad or BadRecords())
 
 
 def write_ans2label(path: str | Path, ans2label: dict[str, int]) -> None:
     _validated_ans2label(ans2label, Path(path), BadRecords())
-    _io.write_json(path, ans2label)
+    fileio.write_json(path, ans2label)
 
 
 register(

@@ -18,9 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from grainvl.data.formats._io import read_json, require_fields, require_text, write_json
+from grainvl.data.formats.records import require_fields, require_text
 from grainvl.data.formats.registry import FormatSpec, register
 from grainvl.errors import BadRecords, DataError
+from grainvl.utils.fileio import read_json, write_json
 
 
 def write_squad(path: str | Path, obj: dict) -> None:

@@ -28,10 +28,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
-from grainvl.data.formats import _io
-from grainvl.data.formats._io import dumps
 from grainvl.data.formats.registry import FormatSpec, register
 from grainvl.errors import BadRecords, DataError
+from grainvl.utils import fileio
+from grainvl.utils.fileio import dumps
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp"})
 BLOCK = tarfile.BLOCKSIZE  # 512: tar headers and data are padded to whole blocks
@@ -117,7 +117,7 @@ class ShardWriter:
             return
         self._tar.close()
         self._file.close()
-        os.chmod(self._tmp_path, 0o666 & ~_io._UMASK)  # mkstemp makes 0600; shards are shared data
+        os.chmod(self._tmp_path, 0o666 & ~fileio._UMASK)  # mkstemp makes 0600; shards are shared data
         os.replace(self._tmp_path, self.shards[-1])
         self._tar = self._file = None
 

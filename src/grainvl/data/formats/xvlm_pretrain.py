@@ -35,9 +35,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from grainvl.data.formats import _io
+from grainvl.data.formats import records
 from grainvl.data.formats.registry import FormatSpec, register
 from grainvl.errors import BadRecords, DataError
+from grainvl.utils import fileio
 
 Record = dict[str, Any]
 
@@ -46,24 +47,24 @@ Record = dict[str, Any]
 def check_caption_value(value: Any, name: str, path: Path, where: str) -> None:
     """A caption: a string, a list of paraphrases, or ``{language: str | [str]}``."""
     if not isinstance(value, dict):
-        _io.require_texts(value, name, path, where)
+        records.require_texts(value, name, path, where)
         return
     if not value:
         raise DataError(path, where, f"empty {name} dict (no languages)")
     for lang, text in value.items():
-        _io.require_texts(text, f"{name}[{lang}]", path, where)
+        records.require_texts(text, f"{name}[{lang}]", path, where)
 
 
-def _image_size(record: Any, path: Path, where: str, images: _io.ImageChecker) -> tuple[int, int] | None:
+def _image_size(record: Any, path: Path, where: str, images: records.ImageChecker) -> tuple[int, int] | None:
     """Check the ``image`` path or ``binary`` base64 field; the decoded size when images are checked."""
     if not isinstance(record, dict):
         raise DataError(path, where, f"expected a JSON object, got {type(record).__name__}")
     if "image" in record:
-        _io.require_text(record["image"], "image", path, where)
+        records.require_text(record["image"], "image", path, where)
         return images.check(record["image"], where)
     if "binary" in record:
-        _io.require_text(record["binary"], "binary", path, where)
-        return _io.check_image_base64(record["binary"], path, where) if images.enabled else None
+        records.require_text(record["binary"], "binary", path, where)
+        return records.check_image_base64(record["binary"], path, where) if images.enabled else None
     raise DataError(path, where, "missing field 'image' (path) or 'binary' (base64)")
 
 
@@ -77,7 +78,7 @@ def is_frame_path(frame: str) -> bool:
     return "." in frame
 
 
-def _check_frame(frame: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
+def _check_frame(frame: Any, path: Path, where: str, images: records.ImageChecker) -> None:
     if not isinstance(frame, str) or not frame:
         raise DataError(path, where, f"video frame should be a path or base64 string, got {frame!r:.40}")
     if not images.enabled:
@@ -85,11 +86,11 @@ def _check_frame(frame: Any, path: Path, where: str, images: _io.ImageChecker) -
     if is_frame_path(frame):
         images.check(frame, where)
     else:
-        _io.check_image_base64(frame, path, where, what="base64 video frame")
+        records.check_image_base64(frame, path, where, what="base64 video frame")
 
 
 # ------------------------------------------------------------------------------------ record checks
-def check_image_text(record: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
+def check_image_text(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
     _image_size(record, path, where, images)
     key = _caption_key(record)
     if key is None:
@@ -97,14 +98,14 @@ def check_image_text(record: Any, path: Path, where: str, images: _io.ImageCheck
     check_caption_value(record[key], key, path, where)
 
 
-def check_region(record: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
+def check_region(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
     actual = _image_size(record, path, where, images)
     key = _caption_key(record)
     if key is not None:
         check_caption_value(record[key], key, path, where)
     image = record.get("image", "(binary)")
-    width, height = _io.image_bounds(record, path, where, image, actual) or (None, None)
-    _io.require_fields(record, {"elems": list}, path, where)
+    width, height = records.image_bounds(record, path, where, image, actual) or (None, None)
+    records.require_fields(record, {"elems": list}, path, where)
     if not record["elems"]:
         raise DataError(path, where, "empty 'elems' list")
     for k, elem in enumerate(record["elems"]):
@@ -112,24 +113,24 @@ def check_region(record: Any, path: Path, where: str, images: _io.ImageChecker) 
 
 
 def _check_elem(elem: Any, path: Path, where: str, width: int | None, height: int | None) -> None:
-    _io.require_fields(elem, {"caption": (str, list), "bb": list}, path, where)
-    _io.require_texts(elem["caption"], "caption", path, where)
+    records.require_fields(elem, {"caption": (str, list), "bb": list}, path, where)
+    records.require_texts(elem["caption"], "caption", path, where)
     attributes = elem.get("attributes", [])
     if not isinstance(attributes, (str, list)) or not all(isinstance(a, str) for a in _as_list(attributes)):
         raise DataError(path, where, f"attributes should be a string or a list of strings, got {attributes!r}")
-    _io.check_box(elem["bb"], path, where, width, height)
+    records.check_box(elem["bb"], path, where, width, height)
 
 
 def _as_list(value: str | list[Any]) -> list[Any]:
     return [value] if isinstance(value, str) else value
 
 
-def check_video(record: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
-    _io.require_fields(record, {"video_frames": list, "text": (str, list), "is_continuous": bool}, path, where)
+def check_video(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
+    records.require_fields(record, {"video_frames": list, "text": (str, list), "is_continuous": bool}, path, where)
     frames = record["video_frames"]
     if not frames:
         raise DataError(path, where, "empty 'video_frames' list")
-    texts = _io.require_texts(record["text"], "text", path, where)
+    texts = records.require_texts(record["text"], "text", path, where)
     grouped = all(isinstance(f, list) for f in frames)  # [[frame, ...] per clip]
     clips = frames if grouped else [frames]
     if grouped and (not isinstance(record["text"], list) or len(texts) != len(clips)):
@@ -142,23 +143,23 @@ def check_video(record: Any, path: Path, where: str, images: _io.ImageChecker) -
             _check_frame(frame, path, where, images)
 
 
-def check_para_text(record: Any, path: Path, where: str, images: _io.ImageChecker) -> None:
-    _io.require_fields(record, {"source_text": str, "target_text": str}, path, where)
-    _io.require_text(record["source_text"], "source_text", path, where)
-    _io.require_text(record["target_text"], "target_text", path, where)
+def check_para_text(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
+    records.require_fields(record, {"source_text": str, "target_text": str}, path, where)
+    records.require_text(record["source_text"], "source_text", path, where)
+    records.require_text(record["target_text"], "target_text", path, where)
     for key in ("source_lang", "target_lang"):
         if key in record:
-            _io.require_text(record[key], key, path, where)
+            records.require_text(record[key], key, path, where)
 
 
 # ------------------------------------------------------------------------------------ read / write
-def _write_lines(path: str | Path, records: Sequence[Record], validator: _io.Validator) -> None:
-    _io.validate_records(records, validator, path, lines=True)
-    _io.write_jsonl(path, records)
+def _write_lines(path: str | Path, records: Sequence[Record], validator: records.Validator) -> None:
+    records.validate_records(records, validator, path, lines=True)
+    fileio.write_jsonl(path, records)
 
 
 def read_image_text(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return _io.read_validated_jsonl(path, check_image_text, bad, image_root)
+    return records.read_validated_jsonl(path, check_image_text, bad, image_root)
 
 
 def write_image_text(path: str | Path, records: Sequence[Record]) -> None:
@@ -166,7 +167,7 @@ def write_image_text(path: str | Path, records: Sequence[Record]) -> None:
 
 
 def read_region(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return _io.read_validated_jsonl(path, check_region, bad, image_root)
+    return records.read_validated_jsonl(path, check_region, bad, image_root)
 
 
 def write_region(path: str | Path, records: Sequence[Record]) -> None:
@@ -174,7 +175,7 @@ def write_region(path: str | Path, records: Sequence[Record]) -> None:
 
 
 def read_video(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return _io.read_validated_jsonl(path, check_video, bad, image_root)
+    return records.read_validated_jsonl(path, check_video, bad, image_root)
 
 
 def write_video(path: str | Path, records: Sequence[Record]) -> None:
@@ -182,7 +183,7 @@ def write_video(path: str | Path, records: Sequence[Record]) -> None:
 
 
 def read_para_text(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return _io.read_validated_jsonl(path, check_para_text, bad, image_root)
+    return records.read_validated_jsonl(path, check_para_text, bad, image_root)
 
 
 def write_para_text(path: str | Path, records: Sequence[Record]) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from grainvl.data.formats import _io
+from grainvl.utils import fileio
 
 TILE = 224
 CAPTION_H = 60
@@ -57,7 +57,7 @@ def make_contact_sheet(world: str | Path, out_png: str | Path, n_images: int = 1
         region = world / "annotations" / "pretrain" / split / "region.jsonl"
         if region.exists():
             take = n_images // 2 if split == "train" else n_images - len(records)
-            records.extend(r for _, r in zip(range(take), (rec for _, rec in _io.iter_jsonl(region))))
+            records.extend(r for _, r in zip(range(take), (rec for _, rec in fileio.iter_jsonl(region))))
     cols = 4
     rows = (len(records) + cols - 1) // cols
     frames = _video_frames(world, n_video_frames)
@@ -84,7 +84,7 @@ def _video_frames(world: Path, n: int) -> tuple[list[str], str] | None:
     video = world / "annotations" / "pretrain" / "train" / "video.jsonl"
     if not video.exists():
         return None
-    for _, rec in _io.iter_jsonl(video):
+    for _, rec in fileio.iter_jsonl(video):
         text = rec["text"][0] if isinstance(rec["text"], list) else rec["text"]
         return rec["video_frames"][:n], text
     return None

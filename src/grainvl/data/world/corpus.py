@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from grainvl.data.formats import _io
 from grainvl.errors import DataError
+from grainvl.utils import fileio
 
 
 def world_sentences(path: str | Path) -> Iterator[str]:
@@ -31,7 +31,7 @@ def world_sentences(path: str | Path) -> Iterator[str]:
 
 def _maybe_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     if path.exists():
-        yield from _io.iter_jsonl(path)
+        yield from fileio.iter_jsonl(path)
 
 
 def _jsonl_texts(path: Path, key: str) -> Iterator[str]:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from grainvl.data.formats import _io
 from grainvl.data.world.annotations import (
     ImageAnnotations,
     NLVRItem,
@@ -24,6 +23,7 @@ from grainvl.data.world.annotations import (
     XVNLIItem,
 )
 from grainvl.data.world.ontology import SPLITS
+from grainvl.utils import fileio
 
 ID_SPLITS = ("train", "val", "test")
 IGLUE_TEST_SPLIT = "test"  # IGLUE test sets come from the ID test split; zero-shot trains on English train
@@ -51,7 +51,7 @@ class JsonlSink:
 
     def write(self, record: dict[str, Any]) -> None:
         assert self._file is not None
-        self._file.write(_io.dumps(record) + "\n")
+        self._file.write(fileio.dumps(record) + "\n")
         self.count += 1
 
     def close(self) -> None:
@@ -269,46 +269,46 @@ class WorldExporter:
             if recs.caption_gt_images:
                 self._write_image_split(ann, split, recs)
             if recs.video_retrieval:
-                _io.write_json(ann / "msrvtt" / f"msrvtt_ret_{split}.json", recs.video_retrieval)
-                _io.write_jsonl(ann / "msrvtt" / f"msrvtt_qa_{split}.jsonl", recs.video_qa)
+                fileio.write_json(ann / "msrvtt" / f"msrvtt_ret_{split}.json", recs.video_retrieval)
+                fileio.write_jsonl(ann / "msrvtt" / f"msrvtt_qa_{split}.jsonl", recs.video_qa)
             self._write_iglue(ann / "iglue", split, recs)
         answers = [a for a, _ in self.answer_counter.most_common()]
-        _io.write_json(ann / "vqa" / "answer_list.json", answers)
+        fileio.write_json(ann / "vqa" / "answer_list.json", answers)
         video_answers = [a for a, _ in self.video_answer_counter.most_common()]
-        _io.write_json(ann / "msrvtt" / "ans2label.json", {a: i for i, a in enumerate(video_answers)})
+        fileio.write_json(ann / "msrvtt" / "ans2label.json", {a: i for i, a in enumerate(video_answers)})
         if video_frames:
-            _io.write_json(ann / "msrvtt" / "train_val_videodatainfo.json", _msrvtt_info(video_frames, self.splits))
+            fileio.write_json(ann / "msrvtt" / "train_val_videodatainfo.json", _msrvtt_info(video_frames, self.splits))
         self._write_vlue(ann / "vlue", self.splits["test_ood"])
 
     def _write_image_split(self, ann: Path, split: str, recs: SplitRecords) -> None:
-        _io.write_json(ann / "retrieval" / f"coco_{split}.json", recs.retrieval)
-        _io.write_json(ann / "captioning" / f"coco_karpathy_{split}.json", recs.karpathy)
-        _io.write_json(ann / "captioning" / f"coco_karpathy_{split}_gt.json", _caption_gt(recs))
+        fileio.write_json(ann / "retrieval" / f"coco_{split}.json", recs.retrieval)
+        fileio.write_json(ann / "captioning" / f"coco_karpathy_{split}.json", recs.karpathy)
+        fileio.write_json(ann / "captioning" / f"coco_karpathy_{split}_gt.json", _caption_gt(recs))
         subtype = f"world_{split}"
-        _io.write_json(ann / "vqa" / f"v2_OpenEnded_mscoco_{split}_questions.json", _vqa_questions(recs, subtype))
-        _io.write_json(ann / "vqa" / f"v2_mscoco_{split}_annotations.json", _vqa_annotations(recs, subtype))
-        _io.write_json(ann / "vqa" / f"vqa_{split}.json", recs.vqa_xvlm)
-        _io.write_json(ann / "nlvr2" / f"nlvr_{split}.json", recs.nlvr)
-        _io.write_json(ann / "refcoco+" / f"refcoco+_{split}.json", recs.refcoco)
+        fileio.write_json(ann / "vqa" / f"v2_OpenEnded_mscoco_{split}_questions.json", _vqa_questions(recs, subtype))
+        fileio.write_json(ann / "vqa" / f"v2_mscoco_{split}_annotations.json", _vqa_annotations(recs, subtype))
+        fileio.write_json(ann / "vqa" / f"vqa_{split}.json", recs.vqa_xvlm)
+        fileio.write_json(ann / "nlvr2" / f"nlvr_{split}.json", recs.nlvr)
+        fileio.write_json(ann / "refcoco+" / f"refcoco+_{split}.json", recs.refcoco)
 
     def _write_iglue(self, root: Path, split: str, recs: SplitRecords) -> None:
         for lang, rows in sorted(recs.xvnli.items()):
-            _io.write_jsonl(root / "xvnli" / lang / f"{split}.jsonl", rows)
+            fileio.write_jsonl(root / "xvnli" / lang / f"{split}.jsonl", rows)
         for lang, rows in sorted(recs.xgqa.items()):
-            _io.write_json(root / "xgqa" / lang / f"{split}.json", rows)
+            fileio.write_json(root / "xgqa" / lang / f"{split}.json", rows)
         for lang, rows in sorted(recs.marvl.items()):
-            _io.write_jsonl(root / "marvl" / lang / f"{split}.jsonl", rows)
+            fileio.write_jsonl(root / "marvl" / lang / f"{split}.jsonl", rows)
         for lang, rows in sorted(recs.xflickrco.items()):
-            _io.write_jsonl(root / "xflickrco" / lang / f"{split}.jsonl", rows)
+            fileio.write_jsonl(root / "xflickrco" / lang / f"{split}.jsonl", rows)
 
     def _write_vlue(self, root: Path, recs: SplitRecords) -> None:
         """VLUE's OOD test files, built from test_ood exactly in VLUE's schemas (davinci_cclm_vlue.md §C.2)."""
         if not recs.caption_gt_images:
             return
-        _io.write_json(root / "itr_vlue_test.json", recs.retrieval)
-        _io.write_json(root / "caption_vlue_test.json", recs.karpathy)
-        _io.write_json(root / "caption_vlue_test_gt.json", _caption_gt(recs))
-        _io.write_json(root / "nlvr2_vlue_test.json", recs.nlvr)
+        fileio.write_json(root / "itr_vlue_test.json", recs.retrieval)
+        fileio.write_json(root / "caption_vlue_test.json", recs.karpathy)
+        fileio.write_json(root / "caption_vlue_test_gt.json", _caption_gt(recs))
+        fileio.write_json(root / "nlvr2_vlue_test.json", recs.nlvr)
         # VLUE's OOD VQA file keeps one answer per question (scored by exact match).
         vqa = [
             {
@@ -319,8 +319,8 @@ class WorldExporter:
             }
             for q, a in zip(recs.vqa_xvlm, recs.vqa_annotations)
         ]
-        _io.write_json(root / "vqa_vlue_test.json", vqa)
-        _io.write_json(root / "refcoco+_vlue_test.json", recs.refcoco)
+        fileio.write_json(root / "vqa_vlue_test.json", vqa)
+        fileio.write_json(root / "refcoco+_vlue_test.json", recs.refcoco)
 
 
 def _region_record(ann: ImageAnnotations, rel: str) -> dict[str, Any]:

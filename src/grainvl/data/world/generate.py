@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grainvl.data.formats import _io
 from grainvl.data.world import annotate, dialogue, ontology, text_tasks
 from grainvl.data.world.annotations import ImageAnnotations, ParallelPair, VideoAnnotations, XVNLIItem
 from grainvl.data.world.export import WorldExporter, frame_relpath, image_relpath
 from grainvl.data.world.language import LANGUAGES
 from grainvl.data.world.render import encode_jpeg, render_scene, render_video
 from grainvl.data.world.sampler import sample_scene, sample_video
+from grainvl.utils import fileio
 
 MANIFEST_VERSION = 1
 
@@ -105,7 +105,7 @@ def make_image(task: tuple[WorldConfig, Path, int, str]) -> ImageResult:
     rng = item_rng(cfg.seed, "image", image_id)
     scene = sample_scene(image_id, split, rng, cfg.resolution)
     jpeg = encode_jpeg(render_scene(scene), cfg.jpeg_quality)
-    _io.atomic_write_bytes(out / image_relpath(split, image_id), jpeg)
+    fileio.atomic_write_bytes(out / image_relpath(split, image_id), jpeg)
     qids, rids = iter(range(image_id * 1000, image_id * 1000 + 1000)), iter(range(image_id * 100, image_id * 100 + 100))
     ann = annotate.annotate_image(scene, rng, qids, rids, cfg.captions_per_image, cfg.questions_per_image)
     xvnli = annotate.make_xvnli(scene, rng, image_id)
@@ -118,7 +118,7 @@ def make_video(task: tuple[WorldConfig, Path, int, str]) -> VideoAnnotations:
     rng = item_rng(cfg.seed, "video", video_id)
     clip = sample_video(video_id, split, rng, cfg.resolution, cfg.frames)
     for t, frame in enumerate(render_video(clip)):
-        _io.atomic_write_bytes(out / frame_relpath(split, video_id, t), encode_jpeg(frame, cfg.jpeg_quality))
+        fileio.atomic_write_bytes(out / frame_relpath(split, video_id, t), encode_jpeg(frame, cfg.jpeg_quality))
     qids = iter(range(video_id * 100, video_id * 100 + 100))
     return annotate.annotate_video(clip, rng, qids, cfg.captions_per_image)
 
@@ -292,7 +292,7 @@ def write_manifest(cfg: WorldConfig, out: Path, summary: WorldSummary) -> int:
         "ood": ood_description(),
         "files": files,
     }
-    _io.atomic_write_text(out / "manifest.json", json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True))
+    fileio.atomic_write_text(out / "manifest.json", json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True))
     return len(files)
 
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from grainvl.compress.prune import ModalPruner
 from grainvl.losses.bbox import bbox_loss
 from grainvl.losses.itc import itc_loss
 from grainvl.losses.itm import itm_loss, sample_hard_negatives
@@ -448,3 +449,22 @@ def teacher_copy(model: XVLM) -> XVLM:
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
+
+
+class PruneTask(nn.Module):
+    """A Task that trains ``inner`` (any Task over ``model``) under the pruner's masks plus the Lagrangian.
+
+    ``forward(batch)`` -> ``(losses, metrics)`` with ``lagrangian_loss`` added. Training mode samples
+    new masks every forward; eval mode uses the deterministic ones.
+    """
+
+    def __init__(self, inner: nn.Module, pruner: ModalPruner) -> None:
+        super().__init__()
+        self.inner = inner
+        self.pruner = pruner
+
+    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, float]]:
+        self.pruner.refresh()
+        losses, metrics = self.inner(batch)
+        lagrangian, lag_metrics = self.pruner.lagrangian()
+        return {**losses, "lagrangian_loss": lagrangian}, {**metrics, **lag_metrics}

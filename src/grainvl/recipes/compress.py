@@ -36,7 +36,6 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from grainvl.compress.distill import DistillTask, LayerMap, default_layer_map, init_student_from_teacher
 from grainvl.compress.prune import (
     LOG_ALPHA_TRAVEL,
     PAPER_TASK_DEFAULTS,
@@ -48,6 +47,7 @@ from grainvl.compress.prune import (
 )
 from grainvl.compress.shrink import shrink
 from grainvl.models.xvlm import XVLM
+from grainvl.tasks.distill import DistillTask, LayerMap, default_layer_map, init_student_from_teacher
 
 STAGES = ("distill", "prune", "shrink", "theseus", "quantize")
 MASKS_FILE = "masks.safetensors"
@@ -161,7 +161,7 @@ def load_teacher(source: str) -> tuple[XVLM, dict[str, torch.Tensor] | None]:
 # ----------------------------------------------------------------------------------------- training
 def _streams(model: XVLM, tokenizer: Any, cfg: CompressConfig) -> Any:
     from grainvl.data.pretrain import build_pretrain_loaders
-    from grainvl.train.pretrain import MixedStream, PretrainData, data_config
+    from grainvl.recipes.pretrain import MixedStream, PretrainData, data_config
 
     data = PretrainData(world=cfg.world, image_batch_size=cfg.image_batch_size, region_images=cfg.region_images)
     dcfg = data_config(model, data)
@@ -196,8 +196,8 @@ def _optimizer(
 
 
 def _train(task: nn.Module, model: XVLM, state: _State, cfg: CompressConfig, stage: str, lr: float) -> dict[str, Any]:
-    from grainvl.train.distributed import detect_env
     from grainvl.train.loop import TrainConfig, train
+    from grainvl.utils.distributed import detect_env
 
     env = detect_env()
     if env.world_size > 1:
@@ -272,7 +272,7 @@ def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
     state.pruner.detach()  # the saved dense weights load unmasked; the masks travel in masks.safetensors
     folder = Path(cfg.out) / "prune"
     _save(model, state, folder)
-    from grainvl.train.checkpoint import save_model_safetensors
+    from grainvl.utils.fileio import save_model_safetensors
 
     save_model_safetensors(folder / MASKS_FILE, {k: v.contiguous() for k, v in state.masks.items()})
     report = {
@@ -461,11 +461,11 @@ def _cost(model: XVLM) -> dict[str, float]:
 def _evaluate(state: _State, cfg: CompressConfig, report: dict[str, Any]) -> dict[str, Any]:
     """Zero-shot retrieval (ITC) of the teacher and the final model; results.jsonl lines for the final model."""
     from grainvl.bench.energy import hardware_tags
-    from grainvl.train.logging import append_result
-    from grainvl.train.pretrain import PretrainData, evaluate
+    from grainvl.bench.results import append_result
+    from grainvl.recipes.pretrain import PretrainData, evaluate
 
     data = PretrainData(world=cfg.world)
-    from grainvl.train.pretrain import data_config
+    from grainvl.recipes.pretrain import data_config
 
     scores = {}
     for name, model in (("teacher", state.teacher), ("student", state.model)):

@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from grainvl.config import load_config, to_dict
-from grainvl.data.formats._io import atomic_write_text
 from grainvl.tasks.base import TASK_FILE, DataOptions, DownstreamTask, TaskModule, resolve_split, split_tag
 from grainvl.train.loop import TrainConfig
 from grainvl.train.optim import OptimConfig, SchedConfig
+from grainvl.utils.fileio import atomic_write_text
 
 MODEL_DIR = "model"
 
@@ -121,7 +121,7 @@ def finetune(
 
     Arguments other than None override ``cfg`` (itself defaults <- ``overrides``).
     """
-    from grainvl.train.distributed import run_in_process_group
+    from grainvl.utils.distributed import run_in_process_group
 
     if cfg is None:
         cfg = load_config(FinetuneConfig, None, list(overrides))
@@ -246,7 +246,7 @@ def _write_results(
     hardware: dict[str, Any],
 ) -> None:
     """One results.jsonl line per (split, metric), each carrying the run's cost."""
-    from grainvl.train.logging import append_result
+    from grainvl.bench.results import append_result
 
     for split, metrics in evaluations.items():
         for metric, value in metrics.items():

@@ -259,7 +259,7 @@ def plot_heatmap(similarity: dict[str, dict[str, float]], path: str | Path, titl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from grainvl.data.formats._io import atomic_write_bytes
+    from grainvl.utils.fileio import atomic_write_bytes
 
     names = sorted(similarity)
     matrix = np.full((len(names), len(names)), np.nan)

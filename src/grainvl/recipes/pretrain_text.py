@@ -26,27 +26,29 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 
+from grainvl.bench.results import append_result
 from grainvl.config import to_dict
-from grainvl.data.formats._io import atomic_write_text
-from grainvl.data.masking import TextMaskingGenerator, pad_masks
-from grainvl.losses.mlm import IGNORE_INDEX, gather_masked, mlm_loss
-from grainvl.losses.taco import taco_loss
-from grainvl.models.text import BertEncoderModel, MLMHead, TextConfig, load_hf_bert, read_hf_state_dict
-from grainvl.train.distributed import DistEnv, run_in_process_group
-from grainvl.train.logging import append_result
+from grainvl.models.text import (
+    BertEncoderModel,
+    MLMHead,
+    TextConfig,
+    load_hf_bert,
+    read_hf_state_dict,
+    save_hf_bert,
+)
+from grainvl.tasks.pretrain_text import MaskingCollate, TacoSettings, TextPretrainTask, chunk_corpus
 from grainvl.train.loop import RepeatingLoader, TrainConfig, TrainSummary, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
+from grainvl.utils.distributed import DistEnv, run_in_process_group
+from grainvl.utils.fileio import atomic_write_text
 
 OBJECTIVES = ("mlm", "taco")
 TACO_POSITIONS = ("all", "masked", "unmasked")
@@ -72,15 +74,6 @@ class TextPretrainData:
     seq_len: int = 128
     batch_size: int = 32
     mask_prob: float = 0.15
-
-
-@dataclass
-class TacoSettings:
-    weight: float = 1.0  # official --infonce_weight
-    temperature: float = 0.07
-    num_negatives: int = 50
-    window_size: int = 5  # positives at offsets ±1..±(window_size // 2)
-    positions: str = "all"  # anchors: all tokens (official default), only MLM-masked, or only unmasked ones
 
 
 @dataclass
@@ -154,146 +147,6 @@ def build_text_model(model: str, tokenizer: str | None = None) -> tuple[BertEnco
         raise ValueError(f"the tokenizer has {len(tok)} tokens but the model only {config.vocab_size} embeddings")
     head.tie_weights(encoder.embeddings)
     return encoder, head, tok
-
-
-class TextPretrainTask(nn.Module):
-    """Encoder + MLM head (+ TACO): ``forward(batch) -> ({"mlm_loss", ["taco_loss"]}, metrics)``.
-
-    ``batch``: ``input_ids`` (B, L), ``attention_mask`` (B, L), ``masked_pos`` (B, M) and
-    ``masked_labels`` (B, M) (−100 on padding entries).
-    """
-
-    def __init__(self, encoder: BertEncoderModel, head: MLMHead, objective: str, taco: TacoSettings) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = head
-        self.objective = objective
-        self.taco = taco
-
-    def forward(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, float]]:
-        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        # Blocks without padding need no attention mask (and SDPA is faster without one).
-        mask = None if bool(attention_mask.all()) else attention_mask
-        states = self.encoder.forward_intermediates(input_ids, mask)  # [embedding output, layer 1, ..., layer N]
-        embeddings, hidden = states[0], states[-1]  # (B, L, H) each
-        labels = batch["masked_labels"]  # (B, M)
-        logits = self.head(gather_masked(hidden, batch["masked_pos"]))  # (B, M, V)
-        losses = {"mlm_loss": mlm_loss(logits, labels)}
-        real = labels != IGNORE_INDEX
-        metrics = {"mlm_acc": float((logits.argmax(-1) == labels)[real].float().mean()) if real.any() else 0.0}
-        if self.objective == "taco":
-            anchors = self._anchor_mask(batch, hidden.shape[:2])
-            tc = taco_loss(
-                hidden,
-                embeddings,
-                mask,
-                temperature=self.taco.temperature,
-                num_negatives=self.taco.num_negatives,
-                window_size=self.taco.window_size,
-                anchor_mask=anchors,
-            )
-            losses["taco_loss"] = self.taco.weight * tc
-        return losses, metrics
-
-    def _anchor_mask(self, batch: dict[str, Tensor], shape: torch.Size) -> Tensor | None:
-        """(B, L) anchors for ``taco.positions`` "masked"/"unmasked" (the official variants); None = all."""
-        if self.taco.positions == "all":
-            return None
-        masked = torch.zeros(shape, dtype=torch.bool, device=batch["input_ids"].device)
-        real = batch["masked_labels"] != IGNORE_INDEX  # padding entries point at position 0: leave them out
-        rows = torch.arange(shape[0], device=masked.device)[:, None].expand_as(real)
-        masked[rows[real], batch["masked_pos"][real]] = True
-        return masked if self.taco.positions == "masked" else ~masked
-
-
-# ---------------------------------------------------------------------------------------------- data
-def chunk_corpus(documents: list[str], tokenizer: Any, seq_len: int) -> list[Tensor]:
-    """``[CLS] doc [SEP]`` token ids of every document, concatenated and cut into (seq_len,) blocks."""
-    encoded = tokenizer(documents, add_special_tokens=True, verbose=False)["input_ids"]
-    flat = [token for ids in encoded for token in ids]
-    blocks = len(flat) // seq_len
-    if blocks == 0:
-        raise ValueError(f"the corpus has {len(flat)} tokens, fewer than one block of seq_len={seq_len}")
-    stacked = torch.tensor(flat[: blocks * seq_len], dtype=torch.long).view(blocks, seq_len)
-    return list(stacked)
-
-
-class MaskingCollate:
-    """Blocks -> an MLM batch, masks drawn from Python's global RNG (saved in checkpoints: exact resume)."""
-
-    def __init__(self, tokenizer: Any, seq_len: int, mask_prob: float) -> None:
-        self.max_masks = max(1, round(seq_len * mask_prob))
-        # The module-level ``random`` functions are bound methods of this instance; using it keeps the
-        # masks in the RNG stream that the training loop checkpoints and restores.
-        global_rng = random._inst  # type: ignore[attr-defined]
-        self.masker = TextMaskingGenerator(
-            tokenizer, mask_prob, self.max_masks, skipgram_prb=0.0, mask_whole_word=False, rng=global_rng
-        )
-
-    def __call__(self, blocks: list[Tensor]) -> dict[str, Tensor]:
-        ids, positions, labels = [], [], []
-        for block in blocks:
-            masked_ids, pos, lab = self.masker(block.tolist())
-            pos, lab = pad_masks(pos, lab, self.max_masks)
-            ids.append(masked_ids)
-            positions.append(pos)
-            labels.append(lab)
-        input_ids = torch.tensor(ids, dtype=torch.long)  # (B, L)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            "masked_pos": torch.tensor(positions, dtype=torch.long),  # (B, M)
-            "masked_labels": torch.tensor(labels, dtype=torch.long),  # (B, M)
-        }
-
-
-# ---------------------------------------------------------------------------------------------- export
-def hf_bert_config(config: TextConfig) -> dict[str, Any]:
-    """The Hugging Face ``BertConfig`` dict of a text tower without fusion layers."""
-    if config.fusion_start != config.num_layers or config.layout != "single" or config.roberta_positions:
-        raise ValueError("only a plain BERT text tower (no fusion layers, BERT positions) exports as BertForMaskedLM")
-    return {
-        "architectures": ["BertForMaskedLM"],
-        "model_type": "bert",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.hidden_size,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
-        "intermediate_size": config.intermediate_size,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": config.hidden_dropout,
-        "attention_probs_dropout_prob": config.attention_dropout,
-        "max_position_embeddings": config.max_position_embeddings,
-        "type_vocab_size": config.type_vocab_size,
-        "initializer_range": config.initializer_range,
-        "layer_norm_eps": config.layer_norm_eps,
-        "pad_token_id": config.pad_token_id,
-        "position_embedding_type": "absolute",
-        "tie_word_embeddings": True,
-    }
-
-
-def save_hf_bert(directory: str | Path, encoder: BertEncoderModel, head: MLMHead, tokenizer: Any) -> Path:
-    """Write a ``BertForMaskedLM`` folder: config.json, model.safetensors (``bert.*`` + ``cls.*``), tokenizer.
-
-    The decoder weight is tied to the word embeddings and not stored (transformers re-ties it). The
-    folder is assembled next to ``directory`` and renamed into place, so a reader never sees half of it.
-    """
-    from grainvl.train.checkpoint import save_model_safetensors
-
-    directory = Path(directory)
-    state = {f"bert.{k}": v for k, v in encoder.state_dict().items()}
-    state.update({f"cls.{k}": v for k, v in head.state_dict().items() if not k.startswith("predictions.decoder.")})
-    staging = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    atomic_write_text(staging / "config.json", json.dumps(hf_bert_config(encoder.config), indent=2) + "\n")
-    save_model_safetensors(staging / "model.safetensors", {k: v.detach() for k, v in state.items()})
-    tokenizer.save_pretrained(str(staging))
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(staging, directory)
-    return directory
 
 
 # ---------------------------------------------------------------------------------------------- run

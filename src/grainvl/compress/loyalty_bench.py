@@ -116,7 +116,7 @@ def _most_frequent(answers: Any) -> str | None:
 # ---------------------------------------------------------------------------------------------- worker side
 def save_probabilities(path: Path, text_side: TextSideSet) -> np.ndarray:
     """Score the set and write ``probs`` (N, C), ``labels`` (N,) and the inputs (to check both sides match)."""
-    from grainvl.data.formats._io import atomic_write_bytes
+    from grainvl.utils.fileio import atomic_write_bytes
 
     probs = np.asarray(text_side.classifier.predict_proba(text_side.inputs), dtype=np.float64)
     import io

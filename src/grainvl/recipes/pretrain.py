@@ -20,16 +20,16 @@ from typing import Any
 
 import torch
 
+from grainvl.bench.results import append_result
 from grainvl.config import to_dict
 from grainvl.data.pretrain import PretrainDataConfig, build_pretrain_loaders, eval_grounding, eval_image_text
 from grainvl.models.factory import create_model, get_tokenizer
 from grainvl.models.xvlm import XVLM
 from grainvl.tasks.pretrain import PretrainTask, PretrainWeights
 from grainvl.tasks.zeroshot import chance_retrieval, zero_shot_grounding, zero_shot_retrieval
-from grainvl.train.distributed import DistEnv, run_in_process_group
-from grainvl.train.logging import append_result
 from grainvl.train.loop import TrainConfig, TrainSummary, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
+from grainvl.utils.distributed import DistEnv, run_in_process_group
 
 
 @dataclass

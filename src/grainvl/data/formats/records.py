@@ -1,5 +1,5 @@
-"""Shared helpers for format readers and writers: atomic writes, JSON/JSON-lines with record
-positions in errors, image and box validation.
+"""Record validation shared by the format readers: required fields, ids, texts, boxes and images,
+and reading whole files of validated records (file I/O itself is :mod:`grainvl.utils.fileio`).
 
 Every reader goes through these so that bad input always becomes a :class:`DataError` that names
 the file, the record and the reason.
@@ -7,113 +7,12 @@ the file, the record and the reason.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from grainvl.errors import BadRecords, DataError
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; datasets are shared, so honour the umask
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def dumps(obj: Any) -> str:
-    """Canonical JSON text: UTF-8 characters kept, key order as given (deterministic output)."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, dumps(obj))
-
-
-def write_jsonl(path: str | Path, records: Iterable[Any]) -> None:
-    atomic_write_text(path, "".join(dumps(r) + "\n" for r in records))
-
-
-def read_json(path: str | Path) -> Any:
-    """Load a whole JSON file; a missing file or a syntax error becomes a DataError."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(path, None, "file not found") from None
-    except UnicodeDecodeError as e:
-        raise DataError(path, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"line {e.lineno}", f"malformed JSON: {e.msg} (column {e.colno})") from None
-
-
-def iter_jsonl(path: str | Path, bad: BadRecords | None = None) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, object)`` for each non-empty line (1-based line numbers)."""
-    path = Path(path)
-    bad = bad or BadRecords()
-    try:
-        f = path.open(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(path, None, "file not found") from None
-    with f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                bad.handle(DataError(path, f"line {lineno}", f"malformed JSON line: {e.msg} (column {e.colno})"))
-
-
-def iter_text_lines(path: str | Path, bad: BadRecords | None = None) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, text)`` for every line of a UTF-8 text file (1-based, empty lines kept).
-
-    Lines split on ``\\n`` only, so a stray ``\\r`` inside a field stays visible to the caller; a
-    trailing ``\\r`` (CRLF files) and a leading byte-order mark are dropped. Bytes that are not
-    UTF-8 are a DataError for that line, so one bad line does not hide the rest of the file.
-    """
-    path = Path(path)
-    bad = bad or BadRecords()
-    try:
-        f = path.open("rb")
-    except FileNotFoundError:
-        raise DataError(path, None, "file not found") from None
-    with f:
-        for lineno, raw in enumerate(f, start=1):
-            raw = raw.removesuffix(b"\n").removesuffix(b"\r")
-            if lineno == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")
-            try:
-                yield lineno, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                bad.handle(DataError(path, f"line {lineno}", f"not UTF-8 text ({e.reason} at byte {e.start})"))
+from grainvl.utils.fileio import iter_jsonl, read_json
 
 
 def require_list(obj: Any, path: str | Path) -> list[Any]:

@@ -113,8 +113,8 @@ def _demo_config() -> DemoConfig:
 
 def _pretrain(out: Path, world: Path, seed: int, steps: int | None, total: int) -> Path:
     from grainvl.config import load_config
-    from grainvl.train.pretrain import PretrainConfig, run_pretrain
-    from grainvl.train.pretrain import format_report as format_pretrain
+    from grainvl.recipes.pretrain import PretrainConfig, run_pretrain
+    from grainvl.recipes.pretrain import format_report as format_pretrain
 
     overrides = [f"data.world={world}", f"train.run_dir={out / 'pretrain'}", f"train.seed={seed}"]
     if steps is not None:
@@ -132,7 +132,7 @@ def _pretrain(out: Path, world: Path, seed: int, steps: int | None, total: int) 
 
 
 def _compress(out: Path, world: Path, teacher: Path, cfg: DemoCompress, seed: int, total: int) -> Path:
-    from grainvl.compress.recipes import CompressConfig, format_report, run_compress
+    from grainvl.recipes.compress import CompressConfig, format_report, run_compress
 
     print(
         f"[5/{total}] compressing it: {' -> '.join(cfg.recipe)} ({cfg.steps} steps per training stage, "
@@ -154,7 +154,7 @@ def _compress(out: Path, world: Path, teacher: Path, cfg: DemoCompress, seed: in
 
 
 def _bench(out: Path, world: Path, model: Path, student: Path, cfg: DemoBench, seed: int, total: int) -> int:
-    from grainvl.bench.runner import BenchOptions, run_bench
+    from grainvl.recipes.bench import BenchOptions, run_bench
 
     models = [f"xvlm-small={model}", f"xvlm-small-student={student}", cfg.baseline]
     print(

@@ -1,11 +1,11 @@
 """The benchmark runner: every model in its own subprocess, every (model, task) one result group.
 
-For each model (one ``python -m grainvl.bench.runner SPEC`` worker at a time, so measurements never
+For each model (one ``python -m grainvl.recipes.bench SPEC`` worker at a time, so measurements never
 share the machine) and each task:
 
-1. fine-tune it with :func:`grainvl.tasks.finetune.finetune` (``finetune_steps`` steps), or reuse an
+1. fine-tune it with :func:`grainvl.recipes.finetune.finetune` (``finetune_steps`` steps), or reuse an
    already fine-tuned run folder given for that (model, task);
-2. reload the run with :func:`~grainvl.tasks.finetune.load_finetuned` and evaluate the ID (``test``) and
+2. reload the run with :func:`~grainvl.recipes.finetune.load_finetuned` and evaluate the ID (``test``) and
    OOD (``test_ood``) splits, each under an :class:`~grainvl.bench.energy.EnergyTracker`, writing the
    predictions in the official format under the run folder;
 3. measure inference cost on the task's own ``latency_call`` (:func:`~grainvl.bench.efficiency.measure_efficiency`);
@@ -27,7 +27,6 @@ import contextlib
 import dataclasses
 import importlib
 import json
-import math
 import os
 import signal
 import subprocess
@@ -40,10 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from grainvl.train.logging import RESULT_FIELDS
+from grainvl.bench.results import RESULT_FIELDS
+from grainvl.utils.fileio import to_plain
 
 SPLITS = {"id": "test", "ood": "test_ood"}
-DEFAULT_BACKEND = "grainvl.bench.runner:FinetuneBackend"
+DEFAULT_BACKEND = "grainvl.recipes.bench:FinetuneBackend"
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -69,7 +69,9 @@ class BenchOptions:
     backend: str = DEFAULT_BACKEND
     dataset: str | None = None  # results' ``dataset`` column; default: the world folder's name
     reuse: bool = False  # reuse out/runs/<model>/<task> when it already holds a fine-tuned run
-    teacher: str | None = None  # a benchmarked model's label: loyalty to it + robustness columns (bench/loyalty.py)
+    teacher: str | None = (
+        None  # a benchmarked model's label: loyalty to it + robustness columns (compress/loyalty_bench.py)
+    )
     loyalty_examples: int = 256  # first N ID examples scored for loyalty (per task)
     attack_examples: int = 16  # first M of those attacked (0: no robustness columns)
     attack_similarity: bool = True  # the attack's sentence-similarity constraint (packaged MiniLM)
@@ -166,10 +168,10 @@ class Backend(Protocol):
 
 
 class FinetuneBackend:
-    """The real tasks: :mod:`grainvl.tasks.finetune` and the :class:`~grainvl.tasks.base.DownstreamTask` interface."""
+    """The real tasks: :mod:`grainvl.recipes.finetune` and the :class:`~grainvl.tasks.base.DownstreamTask` interface."""
 
     def finetune(self, model: ModelEntry, task: str, world: Path, out: Path, options: BenchOptions) -> dict[str, Any]:
-        from grainvl.tasks.finetune import finetune
+        from grainvl.recipes.finetune import finetune
 
         # finetune() would evaluate ID and OOD itself; the benchmark does it once, under its own trackers.
         settings = [
@@ -186,7 +188,7 @@ class FinetuneBackend:
         return finetune(task, model.source, world, out, overrides=settings)
 
     def load(self, run_dir: Path, world: Path) -> tuple[Any, Any, Any]:
-        from grainvl.tasks.finetune import load_finetuned
+        from grainvl.recipes.finetune import load_finetuned
 
         return load_finetuned(run_dir, world)
 
@@ -196,10 +198,10 @@ class FinetuneBackend:
         return dict(task.evaluate(module, tokenizer, world, split, out_dir))
 
     def text_side(self, task: Any, module: Any, tokenizer: Any, world: Path, split: str, limit: int) -> Any:
-        """The task's :class:`~grainvl.bench.loyalty.TextSideSet` (nlvr2, vqa, retrieval) or None.
+        """The task's :class:`~grainvl.compress.loyalty_bench.TextSideSet` (nlvr2, vqa, retrieval) or None.
 
         Optional for other backends: without this method no loyalty/robustness columns are computed."""
-        from grainvl.bench.loyalty import task_text_side
+        from grainvl.compress.loyalty_bench import task_text_side
 
         return task_text_side(task, module, tokenizer, world, split, limit)
 
@@ -213,16 +215,6 @@ def load_backend(path: str) -> Backend:
 
 
 # ---------------------------------------------------------------------------------------------- result rows
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return value.item()
-    return value
-
-
 def ordered_record(record: dict[str, Any]) -> dict[str, Any]:
     """Schema fields first (null when absent, as ``append_result``), then the extra keys sorted.
 
@@ -233,8 +225,8 @@ def ordered_record(record: dict[str, Any]) -> dict[str, Any]:
     for key in record:
         if key not in RESULT_FIELDS and key.lower() in lower:
             raise ValueError(f"result key {key!r} looks like the schema field {lower[key.lower()]!r}")
-    full = {name: _plain(record.get(name)) for name in RESULT_FIELDS}
-    full.update({k: _plain(record[k]) for k in sorted(record) if k not in RESULT_FIELDS})
+    full = {name: to_plain(record.get(name)) for name in RESULT_FIELDS}
+    full.update({k: to_plain(record[k]) for k in sorted(record) if k not in RESULT_FIELDS})
     return full
 
 
@@ -313,7 +305,7 @@ def _run_dir(model: ModelEntry, task: str, out: Path, options: BenchOptions) -> 
 
 
 def _finetune_cost(summary: dict[str, Any]) -> dict[str, Any]:
-    """Fine-tuning wall time, energy and CO₂ from a :func:`~grainvl.tasks.finetune.finetune` summary's ``cost``."""
+    """Fine-tuning wall time, energy and CO₂ from a :func:`~grainvl.recipes.finetune.finetune` summary's ``cost``."""
     cost = summary.get("cost") or {}
     return {
         "finetune_wall_s": cost.get("wall_s"),
@@ -424,7 +416,7 @@ def _loyalty_and_attack(
     base: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Write this model's ID class probabilities (the parent computes loyalty from them); -> the attack rows."""
-    from grainvl.bench.loyalty import attack_metrics, probability_file, save_probabilities
+    from grainvl.compress.loyalty_bench import attack_metrics, probability_file, save_probabilities
 
     task, module, tokenizer = loaded
     text_side = backend.text_side(task, module, tokenizer, world, SPLITS["id"], options.loyalty_examples)
@@ -516,9 +508,9 @@ def _crash_reason(returncode: int, log_tail: list[str], timeout_s: float | None,
 def run_worker(
     spec_path: Path, log_path: Path, timeout_s: float | None, echo: Callable[[str], None] | None
 ) -> WorkerOutcome:
-    """Run ``python -m grainvl.bench.runner SPEC``, teeing its output to ``log_path`` (and ``echo``)."""
+    """Run ``python -m grainvl.recipes.bench SPEC``, teeing its output to ``log_path`` (and ``echo``)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "grainvl.bench.runner", str(spec_path)]
+    command = [sys.executable, "-m", "grainvl.recipes.bench", str(spec_path)]
     start = time.perf_counter()
     tail: list[str] = []
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -591,7 +583,7 @@ def run_bench(
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     kept = _kept_rows(results, entries, tasks) if resume else []
-    from grainvl.data.formats._io import atomic_write_text
+    from grainvl.utils.fileio import atomic_write_text
 
     atomic_write_text(results, "".join(json.dumps(ordered_record(r), ensure_ascii=False) + "\n" for r in kept))
     done = {(r["model"], r["task"]) for r in kept}
@@ -612,9 +604,9 @@ def run_bench(
 
 def _add_loyalty(results: Path, out: Path, teacher: str, progress: Callable[[str], None] | None) -> None:
     """Replace the loyalty rows of results.jsonl with ones computed from every model's saved probabilities."""
-    from grainvl.bench.loyalty import LOYALTY_METRICS, loyalty_rows
     from grainvl.bench.report import read_results
-    from grainvl.data.formats._io import atomic_write_text
+    from grainvl.compress.loyalty_bench import LOYALTY_METRICS, loyalty_rows
+    from grainvl.utils.fileio import atomic_write_text
 
     rows = [r for r in read_results(results) if r.get("metric") not in LOYALTY_METRICS]
     extra, warnings = loyalty_rows(rows, out, teacher, _slug)

@@ -1,0 +1,43 @@
+"""The one results schema: ``results.jsonl`` holds one JSON object per evaluation with the long schema
+of DESIGN.md (:data:`RESULT_FIELDS`); tables and plots are derived from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from grainvl.utils.fileio import append_jsonl_line
+
+RESULT_FIELDS = (
+    "model",
+    "task",
+    "dataset",
+    "split",
+    "metric",
+    "value",
+    "params_M",
+    "gflops",
+    "latency_ms",
+    "throughput",
+    "peak_mem_MB",
+    "energy_kWh",
+    "co2_g",
+    "hardware",
+    "torch",
+    "commit",
+    "seed",
+)
+
+
+def append_result(path: str | Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Append one evaluation result to ``path`` (results.jsonl) with every :data:`RESULT_FIELDS` key.
+
+    Missing fields are written as null, in schema order. An unknown key is an error (a misspelt
+    ``energy_kwh`` would otherwise vanish from every table). Returns the written record.
+    """
+    unknown = sorted(set(record) - set(RESULT_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown result field(s) {unknown}; the schema is {list(RESULT_FIELDS)}")
+    full = {name: record.get(name) for name in RESULT_FIELDS}
+    append_jsonl_line(Path(path), full)
+    return full
