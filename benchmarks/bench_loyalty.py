@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from grainvl.compress.attack import AttackConfig, SentenceSimilarity, WordSubstitutionAttack
 from grainvl.compress.loyalty import loyalty_from_probs
 from grainvl.compress.quantize import median_latency_ms, quantize_dynamic_int8, serialized_size
-from grainvl.compress.theseus import TheseusConfig, train_theseus_classifier
+from grainvl.compress.theseus import TheseusConfig
 from grainvl.models.text import BertEncoderModel
 from grainvl.tasks.text_classification import (
     GlueTask,
@@ -55,6 +55,7 @@ from grainvl.tasks.text_classification import (
     load_glue_task,
     seed_everything,
 )
+from grainvl.tasks.theseus import train_theseus_classifier
 
 
 # ------------------------------------------------------------------------------------------ data

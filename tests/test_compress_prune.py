@@ -22,8 +22,9 @@ from grainvl.compress.prune import (
     short_run_reg_lr,
 )
 from grainvl.compress.shrink import shrink
+from grainvl.data.iterators import RepeatingLoader
 from grainvl.models.factory import create_model
-from grainvl.train.loop import RepeatingLoader, TrainConfig, train
+from grainvl.train.loop import TrainConfig, train
 from grainvl.utils.distributed import detect_env
 
 

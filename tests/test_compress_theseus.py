@@ -19,11 +19,11 @@ from grainvl.compress.theseus import (
     install_theseus_xvlm,
     make_segments,
     successor_parameters,
-    train_theseus_classifier,
 )
 from grainvl.models.factory import get_model_config
 from grainvl.models.text import BertEncoderModel, TextConfig
 from grainvl.models.xvlm import XVLM
+from grainvl.tasks.theseus import train_theseus_classifier
 
 
 def _tower(layers: int = 6, fusion_start: int | None = None, vocab_size: int = 200) -> BertEncoderModel:

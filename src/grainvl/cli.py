@@ -44,6 +44,7 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
 
 
 def _world_config(args: argparse.Namespace):
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.config import load_config
     from grainvl.data.world.generate import WorldConfig
 
@@ -56,6 +57,7 @@ def _world_config(args: argparse.Namespace):
 
 
 def _cmd_world(args: argparse.Namespace) -> int:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.data.world.generate import format_world_summary, generate_world, progress_printer
 
     cfg = _world_config(args)
@@ -87,6 +89,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.data.check import check_path, format_report
     from grainvl.data.formats.registry import FORMATS, load_all
 
@@ -121,6 +124,7 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.data.tokenization import train_sentencepiece, train_wordpiece
     from grainvl.data.world.corpus import world_sentences
 
@@ -152,6 +156,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.config import load_config
     from grainvl.recipes.pretrain import PretrainConfig, main_print, run_pretrain
 
@@ -189,6 +194,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.recipes.demo import run_demo
 
     return run_demo(

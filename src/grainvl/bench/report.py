@@ -105,7 +105,8 @@ def _failed(row: dict[str, Any]) -> bool:
 
 
 def primary_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """``{task: metric}``: the metric flagged ``primary`` in the rows, else the task registry's, else the first seen."""
+    """``{task: metric}``: the metric flagged ``primary`` in the rows (``grainvl bench`` flags each task's
+    registered primary metric), else the first one seen for the task."""
     chosen: dict[str, str] = {}
     first: dict[str, str] = {}
     for row in rows:
@@ -116,19 +117,8 @@ def primary_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
             chosen.setdefault(row["task"], row["metric"])
     for task, metric in first.items():
         if task not in chosen:
-            chosen[task] = _registry_primary(task) or metric
+            chosen[task] = metric
     return chosen
-
-
-def _registry_primary(task: str) -> str | None:
-    try:
-        from grainvl.tasks.registry import get_task
-    except ImportError:
-        return None
-    try:
-        return str(get_task(task).primary_metric)
-    except (ValueError, KeyError, ImportError):  # an unknown task, or its module is not importable
-        return None
 
 
 def _extra_keys(rows: Iterable[dict[str, Any]]) -> list[str]:

@@ -91,6 +91,7 @@ def _finetuned_map(entries: list[str]) -> dict[str, str]:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.bench.report import write_report
 
     if args.report_only:

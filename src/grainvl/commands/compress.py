@@ -112,6 +112,7 @@ def _student_layers(text: str | None) -> tuple[int, int, int] | None:
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.recipes.compress import CompressConfig, format_report, run_compress
 
     if not args.world.is_dir():

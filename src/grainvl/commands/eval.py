@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.recipes.finetune import load_finetuned
     from grainvl.tasks.base import resolve_split
     from grainvl.utils.distributed import cleanup, detect_env, get_rank, init_distributed

@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     import sys
 
     from grainvl.models.export import TOLERANCE, export_onnx

@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_pretrain_text(args: argparse.Namespace) -> int:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.config import load_config
     from grainvl.recipes.pretrain_text import TextPretrainConfig, main_print, run_text_pretrain
 
@@ -85,6 +86,7 @@ def _cmd_pretrain_text(args: argparse.Namespace) -> int:
 
 
 def _write_corpus(specs: tuple[str, ...], layout: str, out: Path) -> int:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.data.text_corpus import load_corpora
     from grainvl.utils.fileio import write_jsonl
 

@@ -106,18 +106,21 @@ def _steps(text: str) -> tuple[int, ...]:
 
 
 def _model(args: argparse.Namespace) -> str:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.data.tokenization import packaged_minilm_path
 
     return str(args.model or packaged_minilm_path())
 
 
 def _tasks(args: argparse.Namespace) -> list:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.recipes.transfer import discover_tasks
 
     return discover_tasks(args.tasks, _split(args.kinds), _split(args.names) or None, args.per_kind)
 
 
 def _tune(args: argparse.Namespace) -> int:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     import json
 
     from safetensors.torch import save_file
@@ -162,6 +165,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _load_library(run: Path, method: str, step: int | None) -> tuple[dict, dict, dict]:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     import json
 
     from safetensors.torch import load_file
@@ -187,6 +191,7 @@ def _load_library(run: Path, method: str, step: int | None) -> tuple[dict, dict,
 
 
 def _similarity(args: argparse.Namespace) -> tuple[dict, dict]:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.recipes.transfer import _as_similarity
     from grainvl.transfer.task_embeddings import library_embeddings
 
@@ -196,6 +201,7 @@ def _similarity(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def _embed(args: argparse.Namespace) -> int:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     import io
 
     import numpy as np
@@ -218,6 +224,7 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _rank(args: argparse.Namespace) -> int:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.transfer.ranking import rank_sources
 
     similarity, _ = _similarity(args)
@@ -230,6 +237,7 @@ def _rank(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     import json
 
     from grainvl.recipes.transfer import EvaluateConfig, format_table, plot_heatmap, run_evaluate

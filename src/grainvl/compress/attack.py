@@ -42,7 +42,9 @@ from typing import Any
 import numpy as np
 
 from grainvl.compress.loyalty import ProbabilisticClassifier
+from grainvl.data.tokenization import load_tokenizer, packaged_minilm_path
 from grainvl.data.world.ontology import COLORS, SHAPES, SIZES, TEXTURES
+from grainvl.models.text import load_hf_bert
 
 TextInput = str | tuple[str, str]
 WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")  # a word token; digits and punctuation are never substituted
@@ -162,9 +164,6 @@ class SentenceSimilarity:
 
     def __init__(self, folder: str | Path | None = None, max_length: int = 128) -> None:
         import torch
-
-        from grainvl.data.tokenization import load_tokenizer, packaged_minilm_path
-        from grainvl.models.text import load_hf_bert
 
         folder = Path(folder) if folder is not None else packaged_minilm_path()
         _, self.tower, _ = load_hf_bert(folder)

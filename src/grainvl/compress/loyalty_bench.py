@@ -33,6 +33,16 @@ from typing import Any
 
 import numpy as np
 
+from grainvl.compress.attack import (
+    AttackConfig,
+    ImageTextClassifier,
+    WordSubstitutionAttack,
+    itm_logits_fn,
+    vqa_logits_fn,
+)
+from grainvl.compress.loyalty import loyalty_from_probs
+from grainvl.utils.fileio import atomic_write_bytes
+
 LOYALTY_METRICS = ("label_loyalty", "probability_loyalty")
 ROBUSTNESS_METRICS = ("attack_success_rate", "acc_under_attack")
 LOYALTY_DIR = "loyalty"
@@ -59,7 +69,6 @@ def _on_device(logits_fn: Callable[..., Any], module: Any) -> Callable[..., Any]
 
 def task_text_side(task: Any, module: Any, tokenizer: Any, world: Path, split: str, limit: int) -> TextSideSet | None:
     """The text-side set of a real task module (nlvr2, vqa, retrieval), or None for other tasks."""
-    from grainvl.compress.attack import ImageTextClassifier, itm_logits_fn, vqa_logits_fn
 
     name = getattr(task, "name", "")
     max_length = int(module.model.config.max_tokens)
@@ -116,7 +125,6 @@ def _most_frequent(answers: Any) -> str | None:
 # ---------------------------------------------------------------------------------------------- worker side
 def save_probabilities(path: Path, text_side: TextSideSet) -> np.ndarray:
     """Score the set and write ``probs`` (N, C), ``labels`` (N,) and the inputs (to check both sides match)."""
-    from grainvl.utils.fileio import atomic_write_bytes
 
     probs = np.asarray(text_side.classifier.predict_proba(text_side.inputs), dtype=np.float64)
     import io
@@ -135,7 +143,6 @@ def save_probabilities(path: Path, text_side: TextSideSet) -> np.ndarray:
 
 def attack_metrics(text_side: TextSideSet, examples: int, use_similarity: bool = True) -> dict[str, float]:
     """Attack success rate and accuracy under attack (both %) on the first ``examples`` of the set."""
-    from grainvl.compress.attack import AttackConfig, WordSubstitutionAttack
 
     n = min(examples, len(text_side.inputs))
     attack = WordSubstitutionAttack(text_side.classifier, cfg=AttackConfig(use_similarity=use_similarity))
@@ -167,7 +174,6 @@ def loyalty_rows(
     ``value``, ``primary = False``, ``teacher`` and ``loyalty_examples``. The teacher compares with
     itself (both loyalties 1).
     """
-    from grainvl.compress.loyalty import loyalty_from_probs
 
     anchors: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:

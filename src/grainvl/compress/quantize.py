@@ -32,6 +32,9 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from grainvl.models.layers import Attention
+from grainvl.utils.fileio import write_json
+
 QUANTIZE_FILE = "quantize.json"
 METHOD = "dynamic-int8"
 
@@ -79,7 +82,6 @@ def direct_weight_linears(model: nn.Module) -> list[str]:
     tensor, so these fused q/k/v projections stay fp32 (about a quarter of each ViT block's linear
     weights; the output projection and the MLP are quantised).
     """
-    from grainvl.models.layers import Attention
 
     return [f"{name}.qkv" if name else "qkv" for name, module in model.named_modules() if isinstance(module, Attention)]
 
@@ -187,7 +189,6 @@ def compare_quantized(
 # ------------------------------------------------------------------------------------------- storage
 def write_quantize_flag(folder: str | Path, skip: tuple[str, ...] = ()) -> Path:
     """Mark a saved fp32 model folder as "load me dynamically quantised" (``quantize.json``)."""
-    from grainvl.utils.fileio import write_json
 
     path = Path(folder) / QUANTIZE_FILE
     write_json(path, {"method": METHOD, "dtype": "qint8", "modules": ["Linear"], "skip": list(skip)})

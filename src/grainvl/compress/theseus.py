@@ -30,16 +30,13 @@ import copy
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from grainvl.models.text import BertEncoder, BertEncoderModel, LayerHeadMasks
-
-if TYPE_CHECKING:
-    from grainvl.models.xvlm import XVLM
-    from grainvl.tasks.text_classification import GlueTask, TextClassifier
+from grainvl.models.xvlm import XVLM
 
 
 @dataclass(frozen=True)
@@ -299,7 +296,6 @@ def install_theseus_xvlm(
 
 def compact_xvlm(model: XVLM) -> XVLM:
     """An :class:`XVLM` whose text stack is the successor stack; loads with ``from_pretrained`` after saving."""
-    from grainvl.models.xvlm import XVLM
 
     text = successor_config(model.bert)
     # Weights come from ``model``: never re-load pretrained towers while building (as from_pretrained).
@@ -313,43 +309,6 @@ def compact_xvlm(model: XVLM) -> XVLM:
     if missing or unexpected:
         raise ValueError(f"compacting failed: missing {missing[:5]}, unexpected {list(unexpected)[:5]}")
     return small.train(model.training)
-
-
-# ------------------------------------------------------------------------------------------ text classifiers
-def train_theseus_classifier(
-    teacher: TextClassifier, task: GlueTask, cfg: TheseusConfig | None = None
-) -> tuple[TextClassifier, dict[str, Any]]:
-    """Compress a fine-tuned :class:`TextClassifier` (the predecessor; not modified) on ``task``'s train
-    split with the task loss. -> (a classifier whose tower is the compacted successor stack, a log with
-    the replacing rate and loss per step)."""
-    from grainvl.tasks.text_classification import batch_order, seed_everything, task_loss, train_steps
-
-    cfg = cfg or TheseusConfig()
-    seed_everything(cfg.seed)
-    model = copy.deepcopy(teacher).to("cpu")
-    encoder = install_theseus(model.encoder, cfg.text_successors, cfg.fusion_successors)
-    for name, param in model.named_parameters():  # pooler and classifier stay frozen too
-        param.requires_grad_(".scc_layer." in name)
-    scheduler = make_scheduler(encoder, cfg)
-    texts, targets = task.train_texts, torch.tensor(task.train_targets, dtype=torch.float32)
-    order = batch_order(len(texts), cfg.batch_size, cfg.steps, cfg.seed)
-    rates: list[float] = []
-
-    def batches(step: int) -> tuple[dict[str, Tensor], Tensor]:
-        picked = order[step]
-        return model.encode([texts[i] for i in picked]), targets[picked]
-
-    def loss_fn(m: nn.Module, inputs: dict[str, Tensor], y: Tensor) -> Tensor:
-        return task_loss(m(**inputs), y, task.is_regression)
-
-    def on_step(step: int) -> None:
-        rates.append(scheduler.step())
-
-    losses = train_steps(model, batches, loss_fn, cfg.steps, cfg.lr, cfg.weight_decay, cfg.warmup, on_step)
-    model.encoder = compact_successor(model.encoder)
-    for param in model.parameters():
-        param.requires_grad_(True)
-    return model.eval(), {"replacing_rate": rates, "losses": losses, "sources": encoder.sources}
 
 
 __all__ = [
@@ -367,5 +326,4 @@ __all__ = [
     "successor_config",
     "successor_parameters",
     "successor_state_dict",
-    "train_theseus_classifier",
 ]

@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from grainvl.data.formats import albef, msrvtt
+from grainvl.data.iterators import RepeatingLoader
 from grainvl.data.pretrain import (
     EvalImages,
     ImageTextEval,
@@ -45,7 +46,6 @@ from grainvl.data.pretrain import (
 )
 from grainvl.data.transforms import build_transform, sample_frame_ids, video_transform
 from grainvl.errors import DataError
-from grainvl.train.loop import RepeatingLoader
 from grainvl.utils import fileio
 
 Record = dict[str, Any]

@@ -31,6 +31,7 @@ import torch
 
 from grainvl.data.downstream import RecordsDataset, open_frames
 from grainvl.data.formats import albef, msrvtt
+from grainvl.data.formats.coco_caption import read_caption_gt
 from grainvl.data.masking import TextMaskingGenerator
 from grainvl.data.pretrain import PretrainDataConfig, PretrainText, _read_numbered, mentions_left_right, open_rgb
 from grainvl.data.transforms import build_transform, video_transform
@@ -310,7 +311,6 @@ class CaptionEvalDataset(_ImageRecords):
 
 def caption_ground_truth(path: Path) -> dict[int, list[str]]:
     """COCO caption GT file -> {image_id: [captions]} (pycocoevalcap's ``gts`` before tokenisation)."""
-    from grainvl.data.formats.coco_caption import read_caption_gt
 
     gt = read_caption_gt(path)
     out: dict[int, list[str]] = {image["id"]: [] for image in gt["images"]}

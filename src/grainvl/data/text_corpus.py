@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
+from grainvl.data.formats.glue import read_tsv
+from grainvl.data.formats.squad import read_squad, squad_examples
 from grainvl.errors import BadRecords, DataError
 from grainvl.utils import fileio
 
@@ -100,8 +102,6 @@ def read_jsonl_corpus(path: str | Path, field: str = "text", bad: BadRecords | N
 
 def world_english(world: str | Path) -> list[str]:
     """English *training* text of a world folder (captions, GLUE train sentences, SQuAD train text)."""
-    from grainvl.data.formats.glue import read_tsv
-    from grainvl.data.formats.squad import read_squad, squad_examples
 
     world = Path(world)
     if not (world / "annotations" / "pretrain").is_dir() and not (world / "text").is_dir():

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from grainvl.data.formats import records
+from grainvl.data.formats.albef import nlvr_label, read_nlvr2, read_refcoco, read_retrieval, read_vqa
+from grainvl.data.formats.coco_caption import read_caption_gt, read_caption_results
+from grainvl.data.formats.vqa_v2 import join_questions_annotations, read_vqa_annotations, read_vqa_questions
 from grainvl.errors import DataError
+from grainvl.metrics.captioning import caption_scores, coco_caption_inputs
+from grainvl.metrics.classification import accuracy
+from grainvl.metrics.grounding import denormalize_cxcywh, iou_xywh
+from grainvl.metrics.retrieval import caption_index, retrieval_metrics_from_topk
+from grainvl.metrics.vqa import exact_match_accuracy, vqa_evaluate
 from grainvl.utils import fileio
 
 Echo = Callable[[str], None]
@@ -76,8 +84,6 @@ def _print_vqa(result: Any, echo: Echo, question_types: bool = True) -> None:
 
 def score_vqa_v2(pred: Path, annotations: Path, questions: Path | None = None, echo: Echo = print) -> dict[str, Any]:
     """Official accuracy of a VQA v2 result file against ``v2_mscoco_*_annotations.json``."""
-    from grainvl.data.formats.vqa_v2 import join_questions_annotations, read_vqa_annotations, read_vqa_questions
-    from grainvl.metrics.vqa import vqa_evaluate
 
     ann_doc = read_vqa_annotations(annotations)
     if questions is not None:
@@ -104,8 +110,6 @@ def score_vqa_v2(pred: Path, annotations: Path, questions: Path | None = None, e
 def score_vqa_json(pred: Path, gt: Path, metric: str = "auto", echo: Echo = print) -> dict[str, Any]:
     """An X-VLM ``vqa_{split}.json`` (answer lists: official accuracy) or VLUE ``vqa_vlue_test.json``
     (one answer string: exact match over the predictions, VLUE's ``calculate_acc``)."""
-    from grainvl.data.formats.albef import read_vqa
-    from grainvl.metrics.vqa import exact_match_accuracy, vqa_evaluate
 
     records = read_vqa(gt)
     for i, record in enumerate(records):
@@ -172,8 +176,6 @@ def _first_char(path: Path) -> str:
 # ----------------------------------------------------------------------------------------- captioning
 def score_captioning(pred: Path, gt: Path, meteor: bool = True, echo: Echo = print) -> dict[str, float]:
     """pycocoevalcap scores of a COCO caption result file, printed as ``coco_caption_eval`` does."""
-    from grainvl.data.formats.coco_caption import read_caption_gt, read_caption_results
-    from grainvl.metrics.captioning import caption_scores, coco_caption_inputs
 
     gt_doc = read_caption_gt(gt)
     results = read_caption_results(pred, gt_image_ids={image["id"] for image in gt_doc["images"]})
@@ -223,8 +225,6 @@ def read_ranked_lists(path: Path, n_images: int, n_texts: int) -> tuple[list[lis
 
 def score_retrieval(pred: Path, gt: Path, echo: Echo = print) -> dict[str, float]:
     """R@1/5/10 of ranked lists against an ALBEF/VLUE retrieval test file (``itm_eval``'s dict)."""
-    from grainvl.data.formats.albef import read_retrieval
-    from grainvl.metrics.retrieval import caption_index, retrieval_metrics_from_topk
 
     records = read_retrieval(gt)
     if not records:
@@ -243,8 +243,6 @@ _PRED_LABELS: dict[Any, bool] = {True: True, False: False, "True": True, "False"
 
 def score_nlvr2(pred: Path, gt: Path, echo: Echo = print) -> dict[str, float]:
     """Accuracy of a JSON list of labels (true/false, "True"/"False" or 1/0), one per GT pair in order."""
-    from grainvl.data.formats.albef import nlvr_label, read_nlvr2
-    from grainvl.metrics.classification import accuracy
 
     records = read_nlvr2(gt)
     labels = [nlvr_label(r["label"], gt, f"index {i}") for i, r in enumerate(records)]
@@ -281,9 +279,6 @@ def score_grounding(pred: Path, gt: Path, echo: Echo = print) -> dict[str, float
     """Accuracy at IoU >= 0.5 (inclusive-pixel IoU) over the predictions, as VLUE's
     ``grounding_eval_bbox_vlue`` counts: one prediction per sentence, looked up by ``ref_id``."""
     import numpy as np
-
-    from grainvl.data.formats.albef import read_refcoco
-    from grainvl.metrics.grounding import denormalize_cxcywh, iou_xywh
 
     by_ref = _gt_boxes(read_refcoco(gt), gt)
     preds = records.require_list(fileio.read_json(pred), pred)

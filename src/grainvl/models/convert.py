@@ -51,6 +51,7 @@ from grainvl.models.vision import (
     window_from_table,
 )
 from grainvl.models.xvlm import XVLM, XVLMConfig
+from grainvl.utils.fileio import atomic_file, atomic_write_text, load_model_safetensors, save_model_safetensors
 
 OFFICIAL_FORMATS = ("official-x2vlm", "official-xvlm", "official-cclm")
 HF_FORMATS = ("hf-bert", "hf-xlmr", "hf-vit", "hf-beit")
@@ -122,7 +123,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     Unwraps ``{'model': ...}`` (the official format, which also carries ``'config'``), ``{'state_dict': ...}``
     and ``{'module': ...}``. Raises :class:`DataError` (one line) for anything that is not a state dict.
     """
-    from grainvl.utils.fileio import load_model_safetensors
 
     path = Path(path)
     if not path.is_file():
@@ -768,8 +768,6 @@ def save_official(model: XVLM, path: str | Path, fmt: str = "official-x2vlm", la
     (:func:`to_official_config`) next to it."""
     import yaml
 
-    from grainvl.utils.fileio import atomic_file, atomic_write_text, save_model_safetensors
-
     path = Path(path)
     state = to_official(model, fmt, layout)
     yaml_config, bert = to_official_config(model.config)
@@ -1073,7 +1071,6 @@ def _to_hf_vision(module: nn.Module, config: VisionConfig, beit: bool) -> tuple[
 
 def save_hf_tower(module: nn.Module, config: TextConfig | VisionConfig, fmt: str, folder: str | Path) -> Path:
     """Write a Hugging Face folder (``config.json`` + ``model.safetensors``) that transformers loads."""
-    from grainvl.utils.fileio import atomic_write_text, save_model_safetensors
 
     folder = Path(folder)
     state, hf = to_hf_tower(module, config, fmt)
@@ -1088,7 +1085,6 @@ def save_tower(
     module: nn.Module, config: TextConfig | VisionConfig, folder: str | Path, source_format: str = ""
 ) -> Path:
     """A grainvl tower folder: ``config.json`` (``{"grainvl_tower": "text"|"vision", "config": ...}``) + weights."""
-    from grainvl.utils.fileio import atomic_write_text, save_model_safetensors
 
     folder = Path(folder)
     kind = "text" if isinstance(config, TextConfig) else "vision"
@@ -1101,7 +1097,6 @@ def save_tower(
 
 def load_tower(folder: str | Path) -> tuple[nn.Module, TextConfig | VisionConfig]:
     """Read a folder written by :func:`save_tower` (strict load)."""
-    from grainvl.utils.fileio import load_model_safetensors
 
     folder = Path(folder)
     payload = read_json_config(folder)

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from grainvl.data.tokenization import load_tokenizer, packaged_minilm_path
+from grainvl.data.transforms import build_transform
 from grainvl.models.xvlm import XVLM, XVLMConfig, init_text_from_pretrained
 
 ARCHITECTURES = Path(__file__).parent / "architectures"
@@ -45,7 +47,6 @@ def create_model(name: str | Path, pretrained: str | Path | None = None, init_un
 
 def get_tokenizer(name_or_config: str | Path | XVLMConfig) -> Any:
     """The tokenizer a model uses: the packaged MiniLM WordPiece vocabulary or a local folder."""
-    from grainvl.data.tokenization import load_tokenizer, packaged_minilm_path
 
     if isinstance(name_or_config, XVLMConfig):
         source = name_or_config.tokenizer
@@ -62,7 +63,6 @@ def get_tokenizer(name_or_config: str | Path | XVLMConfig) -> Any:
 
 def create_model_and_transforms(name: str | Path, pretrained: str | Path | None = None) -> tuple[XVLM, Any, Any]:
     """(model, train transform, eval transform); transforms use the vision tower's own normalisation."""
-    from grainvl.data.transforms import build_transform
 
     model = create_model(name, pretrained=pretrained)
     tower, resolution = model.vision_encoder, model.config.vision.resolution

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from grainvl.models.layers import explicit_attention
-from grainvl.utils.fileio import atomic_write_text
+from grainvl.utils.fileio import atomic_write_text, save_model_safetensors
 
 Mode = Literal["text", "fusion", "multimodal"]
 # Per-layer head multipliers: ``masks[i]`` is (H,) or (B, H) for layer i, or None (no masking).
@@ -852,7 +852,6 @@ def save_hf_bert(directory: str | Path, encoder: BertEncoderModel, head: MLMHead
     The decoder weight is tied to the word embeddings and not stored (transformers re-ties it). The
     folder is assembled next to ``directory`` and renamed into place, so a reader never sees half of it.
     """
-    from grainvl.utils.fileio import save_model_safetensors
 
     directory = Path(directory)
     state = {f"bert.{k}": v for k, v in encoder.state_dict().items()}

@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from grainvl.data.region import region_features
+from grainvl.data.tokenization import packaged_minilm_path
 from grainvl.models.text import BertEncoderModel, CrossEncoder, MLMHead, TextConfig, load_hf_bert
 from grainvl.models.vision import VisionConfig, build_vision_tower
+from grainvl.utils.fileio import load_model_safetensors, save_model_safetensors
 
 # Query/key size of the attention box head (``box_head="attention"``, our extension).
 BOX_ATTENTION_DIM = 128
@@ -303,7 +305,6 @@ class XVLM(nn.Module):
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
         """``config.json`` + ``model.safetensors`` (+ tokenizer files), written atomically."""
-        from grainvl.utils.fileio import save_model_safetensors
 
         directory = Path(directory)
         tmp = directory.with_name(f".{directory.name}.tmp")
@@ -321,8 +322,6 @@ class XVLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, strict: bool = True) -> XVLM:
-        from grainvl.utils.fileio import load_model_safetensors
-
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.exists():
@@ -375,7 +374,5 @@ def init_text_from_pretrained(model: XVLM) -> dict[str, list[str]]:
 
 def _resolve_hf_folder(source: str) -> Path:
     if source == "minilm":
-        from grainvl.data.tokenization import packaged_minilm_path
-
         return packaged_minilm_path()
     return Path(source)

@@ -39,8 +39,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from grainvl.bench.efficiency import PRECISIONS, measure_efficiency, precision_context
+from grainvl.bench.energy import EnergyTracker, hardware_tags
+from grainvl.bench.report import read_results, write_report
 from grainvl.bench.results import RESULT_FIELDS
-from grainvl.utils.fileio import to_plain
+from grainvl.compress.loyalty_bench import (
+    LOYALTY_METRICS,
+    attack_metrics,
+    loyalty_rows,
+    probability_file,
+    save_probabilities,
+    task_text_side,
+)
+from grainvl.compress.quantize import count_quantized_linears
+from grainvl.models.factory import list_models
+from grainvl.recipes.finetune import finetune, load_finetuned
+from grainvl.tasks.base import TASK_FILE
+from grainvl.tasks.registry import list_tasks
+from grainvl.utils.fileio import atomic_write_text, to_plain
 
 SPLITS = {"id": "test", "ood": "test_ood"}
 DEFAULT_BACKEND = "grainvl.recipes.bench:FinetuneBackend"
@@ -77,8 +93,6 @@ class BenchOptions:
     attack_similarity: bool = True  # the attack's sentence-similarity constraint (packaged MiniLM)
 
     def __post_init__(self) -> None:
-        from grainvl.bench.efficiency import PRECISIONS
-
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
         if self.finetune_steps is not None and self.finetune_steps < 1:
@@ -131,8 +145,6 @@ def _default_label(source: str) -> str:
 
 def check_names(models: Sequence[ModelEntry], tasks: Sequence[str]) -> None:
     """Fail before any fine-tuning on an unknown task, or a model that is neither registered nor on disk."""
-    from grainvl.models.factory import list_models
-    from grainvl.tasks.registry import list_tasks
 
     unknown_tasks = [t for t in tasks if t not in list_tasks()]
     if unknown_tasks:
@@ -171,8 +183,6 @@ class FinetuneBackend:
     """The real tasks: :mod:`grainvl.recipes.finetune` and the :class:`~grainvl.tasks.base.DownstreamTask` interface."""
 
     def finetune(self, model: ModelEntry, task: str, world: Path, out: Path, options: BenchOptions) -> dict[str, Any]:
-        from grainvl.recipes.finetune import finetune
-
         # finetune() would evaluate ID and OOD itself; the benchmark does it once, under its own trackers.
         settings = [
             "eval_splits=[]",
@@ -188,8 +198,6 @@ class FinetuneBackend:
         return finetune(task, model.source, world, out, overrides=settings)
 
     def load(self, run_dir: Path, world: Path) -> tuple[Any, Any, Any]:
-        from grainvl.recipes.finetune import load_finetuned
-
         return load_finetuned(run_dir, world)
 
     def evaluate(
@@ -201,7 +209,6 @@ class FinetuneBackend:
         """The task's :class:`~grainvl.compress.loyalty_bench.TextSideSet` (nlvr2, vqa, retrieval) or None.
 
         Optional for other backends: without this method no loyalty/robustness columns are computed."""
-        from grainvl.compress.loyalty_bench import task_text_side
 
         return task_text_side(task, module, tokenizer, world, split, limit)
 
@@ -281,7 +288,6 @@ def _device(name: str) -> Any:
 
 def _on_device(module: Any, device: Any, run_dir: Path) -> Any:
     """``device``, or a clear error when an int8 (dynamically quantised) module would go to an accelerator."""
-    from grainvl.compress.quantize import count_quantized_linears
 
     if device.type != "cpu" and count_quantized_linears(module):
         raise ValueError(
@@ -299,7 +305,6 @@ def _run_dir(model: ModelEntry, task: str, out: Path, options: BenchOptions) -> 
             raise FileNotFoundError(f"fine-tuned run folder for {model.label}:{task} not found: {given}")
         return Path(given), True
     run_dir = out / "runs" / _slug(model.label) / task
-    from grainvl.tasks.base import TASK_FILE
 
     return run_dir, options.reuse and (run_dir / TASK_FILE).exists()
 
@@ -328,9 +333,6 @@ def _evaluate_split(
     """(metrics, energy columns) of one split's evaluation, under its own energy tracker."""
     import torch
 
-    from grainvl.bench.efficiency import precision_context
-    from grainvl.bench.energy import EnergyTracker
-
     task, module, tokenizer = loaded
     device = next(module.parameters()).device
     tracker = EnergyTracker(country_iso_code=options.country, use_codecarbon=options.use_codecarbon)
@@ -347,8 +349,6 @@ def bench_task(
 ) -> list[dict[str, Any]]:
     """Fine-tune (or reuse), evaluate ID and OOD, and measure one (model, task); returns its result rows."""
     import torch
-
-    from grainvl.bench.efficiency import measure_efficiency
 
     label = f"{model.label} / {task_name}"
     torch.manual_seed(options.seed)
@@ -416,7 +416,6 @@ def _loyalty_and_attack(
     base: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Write this model's ID class probabilities (the parent computes loyalty from them); -> the attack rows."""
-    from grainvl.compress.loyalty_bench import attack_metrics, probability_file, save_probabilities
 
     task, module, tokenizer = loaded
     text_side = backend.text_side(task, module, tokenizer, world, SPLITS["id"], options.loyalty_examples)
@@ -436,7 +435,6 @@ def _loyalty_and_attack(
 # ---------------------------------------------------------------------------------------------- the worker
 def worker_main(spec_path: str | Path) -> int:
     """Run one model over its tasks (the subprocess side); rows are appended to the spec's ``rows`` file per task."""
-    from grainvl.bench.energy import hardware_tags
 
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     model = ModelEntry(**spec["model"])
@@ -541,7 +539,6 @@ def _kept_rows(results: Path, models: Sequence[ModelEntry], tasks: Sequence[str]
     """Rows of an earlier run of the same out folder whose (model, task) succeeded (for ``resume``)."""
     if not results.exists():
         return []
-    from grainvl.bench.report import read_results
 
     wanted = {(m.label, t) for m in models for t in tasks}
     rows = read_results(results)
@@ -583,7 +580,6 @@ def run_bench(
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     kept = _kept_rows(results, entries, tasks) if resume else []
-    from grainvl.utils.fileio import atomic_write_text
 
     atomic_write_text(results, "".join(json.dumps(ordered_record(r), ensure_ascii=False) + "\n" for r in kept))
     done = {(r["model"], r["task"]) for r in kept}
@@ -594,19 +590,13 @@ def run_bench(
     if options.teacher is not None:
         _add_loyalty(results, out, options.teacher, progress)
     if report:
-        from grainvl.bench.report import write_report
-
         write_report(results, out)
-    from grainvl.bench.report import read_results
 
     return read_results(results)
 
 
 def _add_loyalty(results: Path, out: Path, teacher: str, progress: Callable[[str], None] | None) -> None:
     """Replace the loyalty rows of results.jsonl with ones computed from every model's saved probabilities."""
-    from grainvl.bench.report import read_results
-    from grainvl.compress.loyalty_bench import LOYALTY_METRICS, loyalty_rows
-    from grainvl.utils.fileio import atomic_write_text
 
     rows = [r for r in read_results(results) if r.get("metric") not in LOYALTY_METRICS]
     extra, warnings = loyalty_rows(rows, out, teacher, _slug)
@@ -642,7 +632,6 @@ def _bench_model(
     }
     spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
     outcome = run_worker(spec_path, out / "logs" / f"{slug}.log", options.timeout_s, echo)
-    from grainvl.bench.report import read_results
 
     rows = read_results(rows_path) if rows_path.exists() and rows_path.stat().st_size else []
     reached = {r["task"] for r in rows}

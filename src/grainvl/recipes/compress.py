@@ -36,18 +36,34 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from grainvl.bench.energy import EnergyTracker, count_parameters, flops_per_sample, hardware_tags
+from grainvl.bench.results import append_result
 from grainvl.compress.prune import (
     LOG_ALPHA_TRAVEL,
     PAPER_TASK_DEFAULTS,
     ModalPruner,
     PruneConfig,
-    PruneTask,
     masks_applied,
     short_run_reg_lr,
 )
+from grainvl.compress.quantize import (
+    count_quantized_linears,
+    quantize_dynamic_int8,
+    save_quantized_xvlm,
+    serialized_size,
+)
 from grainvl.compress.shrink import shrink
+from grainvl.compress.theseus import TheseusConfig, compact_xvlm, install_theseus_xvlm, make_scheduler
+from grainvl.data.pretrain import build_pretrain_loaders
+from grainvl.models.factory import create_model, get_tokenizer, list_models
 from grainvl.models.xvlm import XVLM
-from grainvl.tasks.distill import DistillTask, LayerMap, default_layer_map, init_student_from_teacher
+from grainvl.recipes.pretrain import MixedStream, PretrainData, data_config, evaluate
+from grainvl.tasks.distill import DistillTask, LayerMap, PruneTask, default_layer_map, init_student_from_teacher
+from grainvl.tasks.pretrain import PretrainTask
+from grainvl.train.loop import TrainConfig, train
+from grainvl.train.optim import OptimConfig, lr_multiplier, param_groups, resolve_warmup
+from grainvl.utils.distributed import detect_env
+from grainvl.utils.fileio import save_model_safetensors
 
 STAGES = ("distill", "prune", "shrink", "theseus", "quantize")
 MASKS_FILE = "masks.safetensors"
@@ -143,7 +159,6 @@ class _State:
 # ----------------------------------------------------------------------------------------- loading
 def load_teacher(source: str) -> tuple[XVLM, dict[str, torch.Tensor] | None]:
     """A model folder (``from_pretrained``, plus its ``masks.safetensors`` if pruned) or a registered name."""
-    from grainvl.models.factory import create_model, list_models
 
     path = Path(source)
     if path.is_dir():
@@ -160,9 +175,6 @@ def load_teacher(source: str) -> tuple[XVLM, dict[str, torch.Tensor] | None]:
 
 # ----------------------------------------------------------------------------------------- training
 def _streams(model: XVLM, tokenizer: Any, cfg: CompressConfig) -> Any:
-    from grainvl.data.pretrain import build_pretrain_loaders
-    from grainvl.recipes.pretrain import MixedStream, PretrainData, data_config
-
     data = PretrainData(world=cfg.world, image_batch_size=cfg.image_batch_size, region_images=cfg.region_images)
     dcfg = data_config(model, data)
     streams = build_pretrain_loaders(cfg.world, "train", tokenizer, dcfg, seed=cfg.seed)
@@ -174,7 +186,6 @@ def _optimizer(
     task: nn.Module, model: XVLM, lr: float, pruner: ModalPruner | None, steps: int
 ) -> tuple[torch.optim.Optimizer, LambdaLR]:
     """X²-VLM's AdamW groups for the model (lr_mult 2 on new parameters) + constant-lr groups for log α and λ."""
-    from grainvl.train.optim import OptimConfig, lr_multiplier, param_groups, resolve_warmup
 
     ocfg = OptimConfig(lr=lr)
     groups = param_groups(model, ocfg.weight_decay, lr, lr_mult_params=model.newly_initialised(), lr_mult=ocfg.lr_mult)
@@ -196,9 +207,6 @@ def _optimizer(
 
 
 def _train(task: nn.Module, model: XVLM, state: _State, cfg: CompressConfig, stage: str, lr: float) -> dict[str, Any]:
-    from grainvl.train.loop import TrainConfig, train
-    from grainvl.utils.distributed import detect_env
-
     env = detect_env()
     if env.world_size > 1:
         raise ValueError("grainvl compress runs in one process; launch it with python, not torchrun")
@@ -272,7 +280,6 @@ def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
     state.pruner.detach()  # the saved dense weights load unmasked; the masks travel in masks.safetensors
     folder = Path(cfg.out) / "prune"
     _save(model, state, folder)
-    from grainvl.utils.fileio import save_model_safetensors
 
     save_model_safetensors(folder / MASKS_FILE, {k: v.contiguous() for k, v in state.masks.items()})
     report = {
@@ -330,9 +337,6 @@ def _half(layers: int) -> int | None:
 
 
 def _stage_theseus(state: _State, cfg: CompressConfig) -> dict[str, Any]:
-    from grainvl.compress.theseus import TheseusConfig, compact_xvlm, install_theseus_xvlm, make_scheduler
-    from grainvl.tasks.pretrain import PretrainTask
-
     model = copy.deepcopy(state.model)  # the predecessor (teacher or previous stage) stays untouched
     layers, fusion_start = model.config.text.num_layers, model.bert.fusion_start
     text = cfg.theseus_text if cfg.theseus_text is not None else _half(fusion_start)
@@ -377,13 +381,6 @@ def _stage_theseus(state: _State, cfg: CompressConfig) -> dict[str, Any]:
 
 
 def _stage_quantize(state: _State, cfg: CompressConfig) -> dict[str, Any]:
-    from grainvl.compress.quantize import (
-        count_quantized_linears,
-        quantize_dynamic_int8,
-        save_quantized_xvlm,
-        serialized_size,
-    )
-
     fp32 = state.model.to("cpu").eval()
     folder = save_quantized_xvlm(fp32, Path(cfg.out) / "quantize", tokenizer=state.tokenizer)
     int8 = quantize_dynamic_int8(fp32)
@@ -399,8 +396,6 @@ def _stage_quantize(state: _State, cfg: CompressConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------- the run
 def run_compress(cfg: CompressConfig) -> dict[str, Any]:
     """Run the recipe; returns the report (also written to ``OUT/compress.json``)."""
-    from grainvl.bench.energy import EnergyTracker
-    from grainvl.models.factory import get_tokenizer
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -435,7 +430,6 @@ def run_compress(cfg: CompressConfig) -> dict[str, Any]:
 
 def _cost(model: XVLM) -> dict[str, float]:
     """Parameters (M) and forward GFLOPs of one image-text pair through every tower (batch 1)."""
-    from grainvl.bench.energy import count_parameters, flops_per_sample
 
     res = model.config.vision.resolution
     batch = {
@@ -460,12 +454,8 @@ def _cost(model: XVLM) -> dict[str, float]:
 
 def _evaluate(state: _State, cfg: CompressConfig, report: dict[str, Any]) -> dict[str, Any]:
     """Zero-shot retrieval (ITC) of the teacher and the final model; results.jsonl lines for the final model."""
-    from grainvl.bench.energy import hardware_tags
-    from grainvl.bench.results import append_result
-    from grainvl.recipes.pretrain import PretrainData, evaluate
 
     data = PretrainData(world=cfg.world)
-    from grainvl.recipes.pretrain import data_config
 
     scores = {}
     for name, model in (("teacher", state.teacher), ("student", state.model)):

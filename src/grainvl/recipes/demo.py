@@ -22,9 +22,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grainvl.config import load_config
 from grainvl.data.check import check_path, format_report
 from grainvl.data.world.contact_sheet import make_contact_sheet
 from grainvl.data.world.generate import WorldConfig, format_world_summary, generate_world, progress_printer
+from grainvl.recipes.bench import BenchOptions, run_bench
+from grainvl.recipes.compress import CompressConfig, run_compress
+from grainvl.recipes.compress import format_report as format_compress
+from grainvl.recipes.pretrain import PretrainConfig, run_pretrain
+from grainvl.recipes.pretrain import format_report as format_pretrain
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEMO_PRETRAIN = CONFIG_DIR / "pretrain" / "demo_small.yaml"
@@ -106,16 +112,10 @@ def run_demo(
 
 
 def _demo_config() -> DemoConfig:
-    from grainvl.config import load_config
-
     return load_config(DemoConfig, DEMO_CONFIG if DEMO_CONFIG.exists() else None, [])
 
 
 def _pretrain(out: Path, world: Path, seed: int, steps: int | None, total: int) -> Path:
-    from grainvl.config import load_config
-    from grainvl.recipes.pretrain import PretrainConfig, run_pretrain
-    from grainvl.recipes.pretrain import format_report as format_pretrain
-
     overrides = [f"data.world={world}", f"train.run_dir={out / 'pretrain'}", f"train.seed={seed}"]
     if steps is not None:
         overrides.append(f"train.steps={steps}")
@@ -132,8 +132,6 @@ def _pretrain(out: Path, world: Path, seed: int, steps: int | None, total: int) 
 
 
 def _compress(out: Path, world: Path, teacher: Path, cfg: DemoCompress, seed: int, total: int) -> Path:
-    from grainvl.recipes.compress import CompressConfig, format_report, run_compress
-
     print(
         f"[5/{total}] compressing it: {' -> '.join(cfg.recipe)} ({cfg.steps} steps per training stage, "
         f"target sparsity {cfg.target_sparsity}) -> {out / 'compress'}"
@@ -149,13 +147,11 @@ def _compress(out: Path, world: Path, teacher: Path, cfg: DemoCompress, seed: in
             seed=seed,
         )
     )
-    print(format_report(report))
+    print(format_compress(report))
     return Path(report["model_dir"])
 
 
 def _bench(out: Path, world: Path, model: Path, student: Path, cfg: DemoBench, seed: int, total: int) -> int:
-    from grainvl.recipes.bench import BenchOptions, run_bench
-
     models = [f"xvlm-small={model}", f"xvlm-small-student={student}", cfg.baseline]
     print(
         f"[6/{total}] benchmarking {', '.join(m.split('=')[0] for m in models)} on {', '.join(cfg.tasks)}: "

@@ -26,10 +26,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from grainvl.bench.energy import EnergyTracker, count_parameters, flops_per_sample
+from grainvl.bench.results import append_result
+from grainvl.compress.quantize import quantize_dynamic_int8, read_quantize_flag, write_quantize_flag
 from grainvl.config import load_config, to_dict
+from grainvl.models.factory import create_model, get_tokenizer
+from grainvl.models.xvlm import XVLM
 from grainvl.tasks.base import TASK_FILE, DataOptions, DownstreamTask, TaskModule, resolve_split, split_tag
-from grainvl.train.loop import TrainConfig
-from grainvl.train.optim import OptimConfig, SchedConfig
+from grainvl.tasks.registry import get_task
+from grainvl.train.loop import TrainConfig, train
+from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
+from grainvl.utils.distributed import run_in_process_group
 from grainvl.utils.fileio import atomic_write_text
 
 MODEL_DIR = "model"
@@ -72,8 +79,6 @@ def model_folder(source: str | Path) -> Path | None:
 
 def load_model(source: str | Path) -> tuple[Any, Any, bool]:
     """``(model, tokenizer, pretrained)``: ``pretrained`` is False for a freshly built registered name."""
-    from grainvl.models.factory import create_model, get_tokenizer
-    from grainvl.models.xvlm import XVLM
 
     folder = model_folder(source)
     if folder is not None:
@@ -84,7 +89,6 @@ def load_model(source: str | Path) -> tuple[Any, Any, bool]:
 
 def quantize_flag(source: str | Path) -> dict[str, Any] | None:
     """The ``quantize.json`` of a model folder source (``grainvl compress --recipe ...,quantize``), or None."""
-    from grainvl.compress.quantize import read_quantize_flag
 
     folder = model_folder(source)
     return None if folder is None else read_quantize_flag(folder)
@@ -92,7 +96,6 @@ def quantize_flag(source: str | Path) -> dict[str, Any] | None:
 
 def _optimizer(module: TaskModule, cfg: OptimConfig, pretrained: bool) -> torch.optim.Optimizer:
     """X²-VLM groups; ``lr_mult`` for the task head and, on an un-pretrained model, its new parts too."""
-    from grainvl.train.optim import build_optimizer
 
     heads = sorted({name.split(".")[0] + "." for name, _ in module.named_parameters() if not name.startswith("model.")})
     fresh = [] if pretrained else [f"model.{p}" for p in module.model.newly_initialised()]
@@ -121,7 +124,6 @@ def finetune(
 
     Arguments other than None override ``cfg`` (itself defaults <- ``overrides``).
     """
-    from grainvl.utils.distributed import run_in_process_group
 
     if cfg is None:
         cfg = load_config(FinetuneConfig, None, list(overrides))
@@ -152,11 +154,6 @@ def _apply_overrides(cfg: FinetuneConfig, overrides: list[str]) -> FinetuneConfi
 
 
 def _run(cfg: FinetuneConfig, env: Any, resume: str | Path | None) -> dict[str, Any]:
-    from grainvl.bench.energy import EnergyTracker
-    from grainvl.tasks.registry import get_task
-    from grainvl.train.loop import train
-    from grainvl.train.optim import build_scheduler
-
     world, run_dir = Path(cfg.world), Path(cfg.train.run_dir)
     if not world.is_dir():
         raise FileNotFoundError(f"world folder not found: {world} (make one with `grainvl world --out {world}`)")
@@ -188,8 +185,6 @@ def _run(cfg: FinetuneConfig, env: Any, resume: str | Path | None) -> dict[str, 
         if env.rank == 0:
             save_finetuned(task, module, tokenizer, run_dir, world, quantize_spec)
         if quantize_spec is not None:  # evaluate what was saved: the int8 model (CPU)
-            from grainvl.compress.quantize import quantize_dynamic_int8
-
             module = quantize_dynamic_int8(module, skip=tuple(quantize_spec.get("skip", ())))
         for split in splits:
             start = time.perf_counter()
@@ -219,7 +214,6 @@ def _run_cost(
     eval_s: dict[str, float],
 ) -> dict[str, Any]:
     """Parameters, inference GFLOPs per sample (one measured batch of 2), wall, training FLOPs, energy."""
-    from grainvl.bench.energy import count_parameters, flops_per_sample
 
     call = task.latency_call(module, tokenizer, world, batch_size=2)
     return {
@@ -246,7 +240,6 @@ def _write_results(
     hardware: dict[str, Any],
 ) -> None:
     """One results.jsonl line per (split, metric), each carrying the run's cost."""
-    from grainvl.bench.results import append_result
 
     for split, metrics in evaluations.items():
         for metric, value in metrics.items():
@@ -284,8 +277,6 @@ def save_finetuned(
     ``quantize_spec`` (the source's ``quantize.json``) the run's model folder is flagged int8 too."""
     module.model.save_pretrained(run_dir / MODEL_DIR, tokenizer=tokenizer)
     if quantize_spec is not None:  # fine-tuned in fp32 from a quantised source: the run stays int8 at load
-        from grainvl.compress.quantize import write_quantize_flag
-
         write_quantize_flag(run_dir / MODEL_DIR, skip=tuple(quantize_spec.get("skip", ())))
     task.save_head(module, run_dir)
     meta = json.loads((run_dir / TASK_FILE).read_text(encoding="utf-8"))
@@ -295,9 +286,6 @@ def save_finetuned(
 
 def load_finetuned(run_dir: str | Path, world: str | Path | None = None) -> tuple[DownstreamTask, nn.Module, Any]:
     """``(task, module, tokenizer)`` of a fine-tuned run folder, weights restored exactly, in eval mode."""
-    from grainvl.models.factory import get_tokenizer
-    from grainvl.models.xvlm import XVLM
-    from grainvl.tasks.registry import get_task
 
     run_dir = Path(run_dir)
     meta_path = run_dir / TASK_FILE
@@ -305,7 +293,6 @@ def load_finetuned(run_dir: str | Path, world: str | Path | None = None) -> tupl
         raise FileNotFoundError(f"{run_dir}: no {TASK_FILE} (not a fine-tuned run; see `grainvl finetune --help`)")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     task = get_task(meta["task"], **meta.get("options", {})).with_data(DataOptions(**meta.get("data", {})))
-    from grainvl.compress.quantize import quantize_dynamic_int8, read_quantize_flag
 
     model = XVLM.from_pretrained(run_dir / MODEL_DIR)
     tokenizer = get_tokenizer(run_dir / MODEL_DIR)

@@ -23,6 +23,7 @@ import torch
 from grainvl.bench.results import append_result
 from grainvl.config import to_dict
 from grainvl.data.pretrain import PretrainDataConfig, build_pretrain_loaders, eval_grounding, eval_image_text
+from grainvl.data.world.ontology import SPLITS
 from grainvl.models.factory import create_model, get_tokenizer
 from grainvl.models.xvlm import XVLM
 from grainvl.tasks.pretrain import PretrainTask, PretrainWeights
@@ -121,7 +122,6 @@ def _optimizer(task: PretrainTask, cfg: OptimConfig) -> torch.optim.Optimizer:
 
 def evaluate(model: XVLM, tokenizer: Any, dcfg: PretrainDataConfig, world: str, split: str, k_test: int) -> dict:
     """Zero-shot retrieval and grounding on one split, with chance-level references."""
-    from grainvl.data.world.ontology import SPLITS
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; world splits are {SPLITS}")

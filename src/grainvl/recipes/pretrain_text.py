@@ -36,6 +36,9 @@ import torch
 
 from grainvl.bench.results import append_result
 from grainvl.config import to_dict
+from grainvl.data.iterators import RepeatingLoader
+from grainvl.data.text_corpus import load_corpora
+from grainvl.data.tokenization import load_tokenizer, packaged_minilm_path
 from grainvl.models.text import (
     BertEncoderModel,
     MLMHead,
@@ -45,7 +48,7 @@ from grainvl.models.text import (
     save_hf_bert,
 )
 from grainvl.tasks.pretrain_text import MaskingCollate, TacoSettings, TextPretrainTask, chunk_corpus
-from grainvl.train.loop import RepeatingLoader, TrainConfig, TrainSummary, train
+from grainvl.train.loop import TrainConfig, TrainSummary, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
 from grainvl.utils.distributed import DistEnv, run_in_process_group
 from grainvl.utils.fileio import atomic_write_text
@@ -127,7 +130,6 @@ def build_text_model(model: str, tokenizer: str | None = None) -> tuple[BertEnco
     A folder's ``cls.predictions.*`` weights (a BertForMaskedLM checkpoint) load into the head; the
     decoder is always tied to the word embeddings, as in BERT.
     """
-    from grainvl.data.tokenization import load_tokenizer, packaged_minilm_path
 
     folder = Path(model)
     if (folder / "config.json").is_file():
@@ -156,8 +158,6 @@ def run_text_pretrain(cfg: TextPretrainConfig, resume: str | None = None) -> dic
 
 
 def _run(cfg: TextPretrainConfig, env: DistEnv, resume: str | None) -> dict[str, Any]:
-    from grainvl.data.text_corpus import load_corpora
-
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     random.seed(cfg.train.seed)
     encoder, head, tokenizer = build_text_model(cfg.model, cfg.tokenizer)

@@ -21,9 +21,20 @@ from typing import Any
 
 import numpy as np
 
-from grainvl.transfer.ground_truth import FinetuneSettings, GroundTruth, TaskRef, TransferLab, compute_ground_truth
+from grainvl.data.tokenization import packaged_minilm_path
+from grainvl.transfer.baselines import data_size, fisher_embedding, text_embedding
+from grainvl.transfer.ground_truth import (
+    FinetuneSettings,
+    GroundTruth,
+    TaskRef,
+    TransferLab,
+    compute_ground_truth,
+    run_key,
+)
+from grainvl.transfer.petl import PetlConfig, load_hf_backbone, load_task, tune_task
 from grainvl.transfer.ranking import evaluate_rankings, random_baseline
 from grainvl.transfer.task_embeddings import VARIANTS, cosine_matrix, library_embeddings
+from grainvl.utils.fileio import atomic_write_bytes
 
 KINDS = ("classification", "qa")
 
@@ -115,7 +126,6 @@ def pet_similarities(
     tasks: list[TaskRef], cfg: EvaluateConfig, log: Callable[[str], None]
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """{"prompt/delta": similarities, "prompt@10/delta": ..., ...} and PET seconds per method."""
-    from grainvl.transfer.petl import PetlConfig, load_hf_backbone, tune_task
 
     backbone, tokenizer = load_hf_backbone(cfg.encoder, cfg.num_layers)
     sims: dict[str, Any] = {}
@@ -153,8 +163,6 @@ def baseline_similarities(
     tasks: list[TaskRef], lab: TransferLab, cfg: EvaluateConfig, log: Callable[[str], None]
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """TextEmb, TaskEmb (both components) and DataSize similarities, and their seconds."""
-    from grainvl.transfer.baselines import data_size, fisher_embedding, text_embedding
-    from grainvl.transfer.petl import load_task
 
     loaded = {t.name: load_task(t.path) for t in tasks}
     start = time.perf_counter()
@@ -189,8 +197,6 @@ def baseline_similarities(
 
 
 def _cached_finetune_seconds(lab: TransferLab, tasks: list[TaskRef]) -> float:
-    from grainvl.transfer.ground_truth import run_key
-
     total = 0.0
     for task in tasks:
         path = lab.cache_dir / f"{run_key(lab.settings, task)}.json"
@@ -259,8 +265,6 @@ def plot_heatmap(similarity: dict[str, dict[str, float]], path: str | Path, titl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from grainvl.utils.fileio import atomic_write_bytes
-
     names = sorted(similarity)
     matrix = np.full((len(names), len(names)), np.nan)
     for i, t in enumerate(names):
@@ -294,8 +298,6 @@ def tiny_bert_folder(out: str | Path, hidden: int = 32, layers: int = 2, seed: i
 
     import torch
     from transformers import BertConfig, BertModel
-
-    from grainvl.data.tokenization import packaged_minilm_path
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

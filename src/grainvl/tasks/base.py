@@ -30,10 +30,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from grainvl.data.iterators import StatefulIterator
 from grainvl.data.pretrain import PretrainDataConfig
+from grainvl.data.world.ontology import SPLITS
 from grainvl.models.xvlm import XVLM
-from grainvl.train.loop import StatefulIterator
 from grainvl.utils.distributed import get_rank, get_world_size
+from grainvl.utils.fileio import atomic_write_text, load_model_safetensors, save_model_safetensors, write_json
 
 HEAD_FILE = "head.safetensors"
 TASK_FILE = "task.json"
@@ -43,7 +45,6 @@ SPLIT_ALIASES = {"id": "test", "ood": "test_ood"}
 # ---------------------------------------------------------------------------------------------- splits
 def resolve_split(split: str) -> str:
     """CLI split names to world split names: ``id`` -> ``test``, ``ood`` -> ``test_ood``; others pass through."""
-    from grainvl.data.world.ontology import SPLITS
 
     name = SPLIT_ALIASES.get(split, split)
     if name not in SPLITS:
@@ -166,7 +167,6 @@ class DownstreamTask(abc.ABC):
     # ------------------------------------------------------------------ persistence
     def save_head(self, module: TaskModule, directory: str | Path) -> None:
         """Write ``head.safetensors`` (task parameters outside the model) and ``task.json`` atomically."""
-        from grainvl.utils.fileio import atomic_write_text, save_model_safetensors
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,6 @@ class DownstreamTask(abc.ABC):
 
     def load_head(self, module: TaskModule, directory: str | Path) -> None:
         """Load ``head.safetensors`` into ``module`` strictly (every head key present, nothing extra)."""
-        from grainvl.utils.fileio import load_model_safetensors
 
         path = Path(directory) / HEAD_FILE
         expected = set(module.head_state_dict())
@@ -279,7 +278,6 @@ def write_json_result(out_dir: Path | None, name: str, obj: Any) -> Path | None:
     """Write ``obj`` as ``out_dir/name`` atomically (rank 0 only); returns the path or None."""
     if out_dir is None or get_rank() != 0:
         return None
-    from grainvl.utils.fileio import write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

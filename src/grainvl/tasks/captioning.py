@@ -29,7 +29,9 @@ import torch
 from grainvl.data.downstream import make_loader
 from grainvl.data.downstream_gen import IGNORE, CaptionEvalDataset, CaptionTrainDataset
 from grainvl.data.formats.coco_caption import read_caption_gt
+from grainvl.data.iterators import StatefulIterator
 from grainvl.losses.mlm import gather_masked
+from grainvl.metrics.captioning import caption_scores, coco_caption_inputs
 from grainvl.models.decoder import SearchConfig, beam_search, greedy_search, incremental_forward
 from grainvl.models.xvlm import XVLM
 from grainvl.tasks.base import (
@@ -43,7 +45,6 @@ from grainvl.tasks.base import (
     resolve_split,
     write_json_result,
 )
-from grainvl.train.loop import StatefulIterator
 
 CAPTION_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
@@ -230,7 +231,6 @@ class CaptioningTask(DownstreamTask):
 
 def caption_metrics(results: list[dict[str, Any]], gt_path: Path, meteor: bool = True) -> dict[str, float]:
     """pycocoevalcap scores (x100) of ``results`` against the GT file, restricted to the captioned images."""
-    from grainvl.metrics.captioning import caption_scores, coco_caption_inputs
 
     gt = read_caption_gt(gt_path)
     captioned = {r["image_id"] for r in results}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from grainvl.data.downstream import GroundingTrainDataset, grounding_file, make_loader
+from grainvl.data.iterators import StatefulIterator
 from grainvl.data.pretrain import GroundingEval
 from grainvl.losses.bbox import bbox_loss
 from grainvl.metrics.grounding import IOU_THRESHOLD, denormalize_cxcywh, iou_xywh
@@ -34,7 +35,6 @@ from grainvl.tasks.base import (
     to_device,
     write_json_result,
 )
-from grainvl.train.loop import StatefulIterator
 
 
 class GroundingModule(TaskModule):

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from grainvl.data.downstream import NLVRDataset, make_loader, nlvr_file
+from grainvl.data.iterators import StatefulIterator
 from grainvl.models.xvlm import XVLM, _init_linear, build_mlp
 from grainvl.tasks.base import (
     DataOptions,
@@ -31,7 +32,6 @@ from grainvl.tasks.base import (
     to_device,
     write_json_result,
 )
-from grainvl.train.loop import StatefulIterator
 
 
 class NLVRModule(TaskModule):

@@ -35,6 +35,7 @@ import torch
 
 from grainvl.data.downstream import RetrievalEvalSet, RetrievalTrainDataset, make_loader, retrieval_eval_set
 from grainvl.data.downstream import retrieval_file as _retrieval_file
+from grainvl.data.iterators import StatefulIterator
 from grainvl.losses.itc import itc_loss
 from grainvl.losses.itm import itm_loss, sample_hard_negatives
 from grainvl.metrics.retrieval import retrieval_metrics_from_topk, topk_search
@@ -50,7 +51,6 @@ from grainvl.tasks.base import (
     shard_indices,
     write_json_result,
 )
-from grainvl.train.loop import StatefulIterator
 from grainvl.utils.distributed import get_rank
 
 SCORE_MODES = ("itm", "combined", "itc")

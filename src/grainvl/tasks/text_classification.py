@@ -38,8 +38,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from grainvl.data.formats.glue import read_tsv
+from grainvl.data.tokenization import load_tokenizer
 from grainvl.errors import DataError
 from grainvl.models.text import BertEncoderModel, load_hf_bert, read_hf_state_dict
+from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -245,7 +247,6 @@ def resolve_encoder(
     Vu et al.'s ``model_load_mode=base_model_only``). Modules are deep-copied, never modified.
     ``overrides`` go to :func:`load_hf_bert` (e.g. ``hidden_dropout``).
     """
-    from grainvl.data.tokenization import load_tokenizer
 
     if isinstance(tokenizer, (str, Path)):
         tokenizer = load_tokenizer(tokenizer)
@@ -402,7 +403,6 @@ def train_steps(
     ``on_step(step)`` runs after each optimizer step (1-based), e.g. to snapshot parameters.
     -> the loss of every step.
     """
-    from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
 
     optimizer = build_optimizer(model, OptimConfig(lr=lr, weight_decay=weight_decay, lr_mult=1.0, betas=(0.9, 0.999)))
     scheduler = build_scheduler(optimizer, SchedConfig("linear", warmup_steps=warmup, total_steps=steps))

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from grainvl.data.downstream import make_loader
 from grainvl.data.downstream_gen import IGNORE, VideoQADataset
 from grainvl.data.formats import msrvtt
+from grainvl.data.iterators import StatefulIterator
 from grainvl.models.xvlm import XVLM, _init_linear, build_mlp
 from grainvl.tasks.base import (
     DataOptions,
@@ -35,7 +36,6 @@ from grainvl.tasks.base import (
     resolve_split,
     write_json_result,
 )
-from grainvl.train.loop import StatefulIterator
 
 
 def videoqa_file(world: Path, split: str) -> Path:

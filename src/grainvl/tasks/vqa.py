@@ -35,6 +35,8 @@ import torch
 from grainvl.data.downstream import make_loader
 from grainvl.data.downstream_gen import VQADataset, tokenize
 from grainvl.data.formats import albef, vlue, vqa_v2
+from grainvl.data.iterators import StatefulIterator
+from grainvl.metrics.vqa import exact_match_accuracy, vqa_accuracy
 from grainvl.models.decoder import TextDecoder
 from grainvl.models.xvlm import XVLM, _init_linear, build_mlp
 from grainvl.tasks.base import (
@@ -48,7 +50,6 @@ from grainvl.tasks.base import (
     resolve_split,
     write_json_result,
 )
-from grainvl.train.loop import StatefulIterator
 
 HEADS = ("decoder", "classifier")
 
@@ -225,7 +226,6 @@ class VQATask(DownstreamTask):
 
 def vqa_metrics(predictions: dict[int, str], world: Path, split: str, data: VQADataset) -> dict[str, float]:
     """``vqa_acc`` from the official annotations (or the records' answer lists); ``vlue_exact_match`` on OOD."""
-    from grainvl.metrics.vqa import exact_match_accuracy, vqa_accuracy
 
     metrics: dict[str, float] = {}
     annotations = world / "annotations" / "vqa" / f"v2_mscoco_{split}_annotations.json"

@@ -25,6 +25,10 @@ from typing import Any
 
 from torch import nn
 
+from grainvl.data.tokenization import load_tokenizer
+from grainvl.models.text import load_hf_bert, read_hf_state_dict
+from grainvl.tasks.text_classification import TextClassifier, TextFinetuneConfig, finetune_text_classifier
+from grainvl.tasks.text_qa import QAFinetuneConfig, finetune_qa
 from grainvl.utils.fileio import atomic_write_text
 
 
@@ -104,10 +108,6 @@ class TransferLab:
     def pretrained(self) -> nn.Module:
         """The pretrained tower (+ checkpoint pooler) wrapped so fine-tuning functions can start from it."""
         if self._start is None:
-            from grainvl.data.tokenization import load_tokenizer
-            from grainvl.models.text import load_hf_bert, read_hf_state_dict
-            from grainvl.tasks.text_classification import TextClassifier
-
             folder = Path(self.settings.encoder)
             _, tower, _ = load_hf_bert(folder, num_layers=self.settings.num_layers)
             start = TextClassifier(tower, load_tokenizer(folder), 1)
@@ -126,13 +126,9 @@ class TransferLab:
         common = dict(steps=s.steps, batch_size=s.batch_size, lr=s.lr, max_length=s.max_length, seed=s.seed)
         common |= dict(max_train_examples=limit, max_dev_examples=s.max_dev_examples)
         if task.kind == "classification":
-            from grainvl.tasks.text_classification import TextFinetuneConfig, finetune_text_classifier
-
             result: Any = finetune_text_classifier(init, task.path, TextFinetuneConfig(**common))
             score = max(0.0, result.score)
         else:
-            from grainvl.tasks.text_qa import QAFinetuneConfig, finetune_qa
-
             result = finetune_qa(init, task.path, QAFinetuneConfig(doc_stride=s.doc_stride, **common))
             score = result.score / 100.0
         self.seconds += result.seconds

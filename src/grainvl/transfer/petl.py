@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from grainvl.data.tokenization import load_tokenizer
 from grainvl.tasks.text_classification import (
     GlueTask,
     batch_order,
@@ -94,8 +95,6 @@ def load_hf_backbone(folder: str | Path, num_layers: int | None = None) -> tuple
     """
     from transformers import BertModel
     from transformers.utils import logging as hf_logging
-
-    from grainvl.data.tokenization import load_tokenizer
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars on every call
     folder = Path(folder)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grainvl.data import formats  # noqa: F401 (formats/__init__.py imports all modules)
 from grainvl.errors import BadRecords
 
 Reader = Callable[..., Any]  # read(path, bad: BadRecords | None = None, image_root: Path | None = None)
@@ -62,7 +63,6 @@ def sniff(path: Path) -> FormatSpec | None:
 
 def load_all() -> None:
     """Import every format module so that each registers itself."""
-    from grainvl.data import formats  # noqa: F401  (formats/__init__.py imports all modules)
 
 
 __all__ = ["FORMATS", "BadRecords", "FormatSpec", "register", "sniff"]

@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grainvl.config import to_dict
+from grainvl.data.formats.convai2 import write_convai2
+from grainvl.data.formats.glue import write_tsv
+from grainvl.data.formats.squad import write_squad
+from grainvl.data.formats.webdataset import ShardWriter
 from grainvl.data.world import annotate, dialogue, ontology, text_tasks
 from grainvl.data.world.annotations import ImageAnnotations, ParallelPair, VideoAnnotations, XVNLIItem
 from grainvl.data.world.export import WorldExporter, frame_relpath, image_relpath
@@ -208,7 +213,6 @@ def _generate_videos(
 def _open_shards(out: Path, cfg: WorldConfig) -> Any:
     if not cfg.shards:
         return None
-    from grainvl.data.formats.webdataset import ShardWriter
 
     writer = ShardWriter(str(out / "shards" / "world-%06d.tar"), max_count=cfg.shard_size)
     return writer.__enter__()
@@ -229,8 +233,6 @@ def _shard_sample(ann: ImageAnnotations, jpeg: bytes | None) -> dict[str, Any]:
 
 def _generate_text(cfg: WorldConfig, out: Path) -> dict[str, str]:
     """GLUE-style TSV and SQuAD v1.1 tasks described from their own ID scenes."""
-    from grainvl.data.formats.glue import write_tsv
-    from grainvl.data.formats.squad import write_squad
 
     if cfg.text_scenes <= 0:
         return {}
@@ -252,8 +254,6 @@ def _generate_text(cfg: WorldConfig, out: Path) -> dict[str, str]:
 
 
 def _generate_dialogues(cfg: WorldConfig, out: Path) -> int:
-    from grainvl.data.formats.convai2 import write_convai2
-
     if cfg.dialogues <= 0:
         return 0
     episodes = dialogue.build_dialogues(cfg.dialogues, item_rng(cfg.seed, "dialogue", 0))
@@ -273,7 +273,6 @@ def sha256_file(path: Path) -> str:
 
 def write_manifest(cfg: WorldConfig, out: Path, summary: WorldSummary) -> int:
     """manifest.json: options, seed, counts, the OOD construction and the sha256 of every file."""
-    from grainvl.config import to_dict
 
     files = {
         p.relative_to(out).as_posix(): sha256_file(p)
