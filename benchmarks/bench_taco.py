@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from grainvl.bench.results import append_result
 from grainvl.data.formats.glue import read_tsv, write_tsv
 from grainvl.data.text_corpus import load_corpora, world_english
 from grainvl.data.tokenization import train_wordpiece
@@ -63,7 +64,6 @@ from grainvl.tasks.text_classification import (
     resolve_encoder,
     text_features,
 )
-from grainvl.train.logging import append_result
 from grainvl.train.loop import TrainConfig
 
 DEFAULT_TASKS = ("scene_cola", "order_shuffle", "order_swap", "word_replace")

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from grainvl.bench.report import format_value, read_results, task_table, write_report
+from grainvl.bench.results import RESULT_FIELDS
 from grainvl.errors import DataError
-from grainvl.train.logging import RESULT_FIELDS
 
 # (model, task, ID score, OOD score, latency ms); "small" is slower and worse than "base" on retrieval.
 CRAFTED = [

@@ -18,9 +18,9 @@ import pytest
 import torch
 from torch import nn
 
+from grainvl.bench.results import RESULT_FIELDS
 from grainvl.cli import main as cli_main
 from grainvl.recipes.bench import BenchOptions, ModelEntry, ordered_record, parse_models, run_bench
-from grainvl.train.logging import RESULT_FIELDS
 
 TESTS = Path(__file__).resolve().parent
 FAKE_BACKEND = "test_bench_runner:FakeBackend"

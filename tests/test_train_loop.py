@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
+from grainvl.bench.results import RESULT_FIELDS, append_result
 from grainvl.data.iterators import RepeatingLoader, StatefulIterator
 from grainvl.train.checkpoint import MODEL_FILE, STATE_FILE, load_checkpoint, resolve_checkpoint, save_checkpoint
-from grainvl.train.logging import RESULT_FIELDS, append_result
 from grainvl.train.loop import TrainConfig, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler, param_groups
 from grainvl.utils.distributed import DistEnv
