@@ -15,7 +15,6 @@ from grainvl.compress.prune import (
     TEMPERATURE,
     ModalPruner,
     PruneConfig,
-    PruneTask,
     deterministic_mask,
     keep_probability,
     sample_hard_concrete,
@@ -24,6 +23,7 @@ from grainvl.compress.prune import (
 from grainvl.compress.shrink import shrink
 from grainvl.data.iterators import RepeatingLoader
 from grainvl.models.factory import create_model
+from grainvl.tasks.distill import PruneTask
 from grainvl.train.loop import TrainConfig, train
 from grainvl.utils.distributed import detect_env
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertModel, RobertaConfig, RobertaModel
 
+from grainvl.models.factory import list_models, resolve_model
 from grainvl.models.text import (
     BertEncoderModel,
     CrossEncoder,
@@ -493,3 +494,29 @@ def test_x2vlm_text_part_parameter_count(hidden: int, heads: int, ffn: int, mill
         head.tie_weights(tower.embeddings)
     total = sum(p.numel() for p in torch.nn.ModuleList([tower, head]).parameters())
     assert round(total / 1e6, 1) == millions
+
+
+def _bert_parameters(c: TextConfig) -> int:
+    """BERT encoder (no pooler) parameters from its shape: embeddings + per-layer attention, FFN, 2 LayerNorms."""
+    h, f = c.hidden_size, c.intermediate_size
+    embeddings = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * h + 2 * h
+    layer = 4 * (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h
+    return embeddings + c.num_layers * layer
+
+
+@pytest.mark.parametrize("name", list_models("text"))
+def test_every_text_preset_builds_on_meta_with_its_parameter_count(name: str) -> None:
+    config = resolve_model(name).config
+    assert isinstance(config, TextConfig) and config.fusion_start == config.num_layers  # text only, no fusion
+    with torch.device("meta"):
+        encoder = BertEncoderModel(config)
+    assert len(encoder.encoder.layer) == config.num_layers
+    assert encoder.encoder.layer[0].attention.self.query.weight.shape == (config.hidden_size, config.hidden_size)
+    assert sum(p.numel() for p in encoder.parameters()) == _bert_parameters(config)
+
+
+def test_bert_base_preset_is_bert_base() -> None:
+    # 110M with BERT's pooler (768 x 768 + 768), which the encoder tower leaves to the tasks.
+    config = resolve_model("bert-base").config
+    assert isinstance(config, TextConfig)
+    assert round((_bert_parameters(config) + 768 * 768 + 768) / 1e6, 1) == 109.5

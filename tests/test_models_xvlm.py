@@ -87,8 +87,33 @@ def tiny_batch(model: XVLM, n: int = 4, length: int = 9, seed: int = 0) -> dict:
     }
 
 
-@pytest.mark.parametrize("name", ["xvlm-tiny", "xvlm-small"])
+SMALL_PRESET = 60e6  # parameters; bigger presets are only built on the meta device here
+
+
+def _on_meta(name: str) -> XVLM:
+    """The preset built on the meta device (no memory, no weight downloads or packaged-weight loads)."""
+    cfg = get_model_config(name)
+    with torch.device("meta"):
+        return XVLM(dataclasses.replace(cfg, text_init=None, vision=dataclasses.replace(cfg.vision, pretrained=False)))
+
+
+@pytest.mark.parametrize("name", list_models("vl"))
+def test_every_preset_builds_on_meta_with_its_shapes(name: str) -> None:
+    cfg, model = get_model_config(name), _on_meta(name)
+    text, layers = cfg.text, model.text_encoder.bert.encoder.layer
+    assert model.config.name == name and len(layers) == text.num_layers
+    crossed = [i for i, layer in enumerate(layers) if getattr(layer, "crossattention", None) is not None]
+    assert crossed == list(range(text.fusion_start, text.num_layers))
+    assert model.text_encoder.bert.embeddings.word_embeddings.weight.shape == (text.vocab_size, text.hidden_size)
+    assert model.vision_proj.out_features == model.text_proj.out_features == cfg.embed_dim
+    assert model.text_proj.in_features == text.hidden_size
+    assert 1e6 < _count(model) < 1e9
+
+
+@pytest.mark.parametrize("name", list_models("vl"))
 def test_presets_forward_backward(name: str) -> None:
+    if _count(_on_meta(name)) > SMALL_PRESET:
+        pytest.skip(f"{name} is big: covered on the meta device (and by the slow tiny-input test)")
     torch.manual_seed(0)
     model = create_model(name, init_unimodal=False)
     task = PretrainTask(model)

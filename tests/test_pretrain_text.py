@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from grainvl.data.text_corpus import (
     world_english,
 )
 from grainvl.errors import BadRecords, DataError
+from grainvl.models.factory import list_models, resolve_model
 
 SENTENCES = [
     "the quick brown fox jumps over the lazy dog near the river bank today.",
@@ -211,6 +213,26 @@ def test_exported_folder_loads_in_transformers_with_identical_outputs(taco_run: 
     assert not torch.equal(
         step2["encoder.layer.0.output.dense.weight"], ours.state_dict()["encoder.layer.0.output.dense.weight"]
     )
+
+
+@pytest.mark.parametrize("name", list_models("text"))
+def test_every_text_preset_builds_with_the_tokenizer_vocabulary(name: str) -> None:
+    from grainvl.recipes.pretrain_text import build_text_model
+
+    with torch.device("meta"):  # bert-base included: shapes only, no memory
+        encoder, head, tokenizer = build_text_model(name)
+    preset = resolve_model(name).config
+    assert encoder.config == dataclasses.replace(preset, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    assert head.predictions.decoder.weight is encoder.embeddings.word_embeddings.weight
+
+
+def test_pretrain_text_runs_a_registered_preset(corpus_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tiny"
+    flags = ["--model", "bert-tiny", "--corpus", str(corpus_file), "--steps", "2", "--batch-size", "2"]
+    flags += ["--seq-len", "16", "--out", str(out)]
+    quiet = ["train.track_energy=false", "train.count_flops=false", "train.progress=false", "train.tensorboard=false"]
+    assert main(["pretrain-text", *flags, "--set", *quiet]) == 0
+    assert json.loads((out / "encoder" / "config.json").read_text(encoding="utf-8"))["hidden_size"] == 128
 
 
 def test_bad_model_and_corpus_give_one_line_errors(

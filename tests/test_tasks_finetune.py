@@ -149,10 +149,11 @@ def test_two_process_evaluation_merges_on_rank0(runs: dict[str, Path], world: Pa
 
 
 def test_model_folder_errors(tmp_path: Path) -> None:
-    from grainvl.recipes.finetune import load_finetuned, model_folder
+    from grainvl.models.factory import resolve_model
+    from grainvl.recipes.finetune import load_finetuned
 
-    assert model_folder("xvlm-tiny") is None
+    assert resolve_model("xvlm-tiny").folder is None
     with pytest.raises(FileNotFoundError, match="neither a model folder"):
-        model_folder(tmp_path)
+        resolve_model(tmp_path)
     with pytest.raises(FileNotFoundError, match="not a fine-tuned run"):
         load_finetuned(tmp_path)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from grainvl.data.formats.glue import write_tsv
 from grainvl.errors import DataError
@@ -17,6 +19,7 @@ from grainvl.tasks.text_classification import (
     TextProbeConfig,
     classification_metrics,
     finetune_text_classifier,
+    fit_in_memory,
     fit_probe,
     load_glue_task,
     main_metric_name,
@@ -156,3 +159,34 @@ def test_probe_on_toy_task(tiny_bert: Path, tmp_path: Path) -> None:
     result = probe_text_classifier(tiny_bert, task, TextProbeConfig(max_length=16, max_train_examples=32))
     # "apple" vs "stone" changes the frozen features: even an untrained tower separates them linearly
     assert result.main_metric == "accuracy" and result.train_examples == 32 and result.score >= 0.9
+
+
+def test_fit_in_memory_trains_through_the_loop_with_warmup_and_nan_guard() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 2))
+    x = torch.randn(32, 3)
+    y = (x[:, 0] > 0).float()
+
+    def batches(step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        rows = torch.arange(8) + 8 * (step % 4)
+        return {"x": x[rows]}, y[rows]
+
+    def loss_fn(m: nn.Module, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(m(inputs["x"]), targets.long())
+
+    before = [p.detach().clone() for p in model.parameters()]
+    steps: list[int] = []
+    losses = fit_in_memory(model, batches, loss_fn, 40, 3e-2, 0.01, 0.1, steps.append)
+    assert len(losses) == 40 and steps == list(range(1, 41)) and not model.training
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+    # The linear warm-up starts at lr 0: the first of two steps leaves the weights where they were.
+    torch.manual_seed(0)
+    fresh = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 2))
+    after: list[list[torch.Tensor]] = []
+    fit_in_memory(
+        fresh, batches, loss_fn, 2, 3e-2, 0.01, 0.5, lambda _: after.append([p.clone() for p in fresh.parameters()])
+    )
+    assert all(torch.equal(p, q) for p, q in zip(after[0], before))
+    assert not all(torch.equal(p, q) for p, q in zip(after[1], before))
+    with pytest.raises(FloatingPointError):
+        fit_in_memory(model, lambda step: ({"x": x[:8] * float("nan")}, y[:8]), loss_fn, 3, 1e-2, 0.0, 0.0)

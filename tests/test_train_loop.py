@@ -17,7 +17,7 @@ from safetensors import safe_open
 from torch import nn
 
 from grainvl.bench.results import RESULT_FIELDS, append_result
-from grainvl.data.iterators import RepeatingLoader, StatefulIterator
+from grainvl.data.iterators import BatchSequence, RepeatingLoader, StatefulIterator, StreamDict
 from grainvl.train.checkpoint import MODEL_FILE, STATE_FILE, load_checkpoint, resolve_checkpoint, save_checkpoint
 from grainvl.train.loop import TrainConfig, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler, param_groups
@@ -314,6 +314,24 @@ def test_task_without_loss_keys_is_a_clear_error(tmp_path: Path) -> None:
         train(task, RepeatingLoader(toy_dataset(), batch_size=8), opt, None, make_cfg(tmp_path, steps=1), ENV)
 
 
+def test_in_memory_run_writes_nothing_and_keeps_the_callers_rng(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    runs = []
+    for _ in range(2):
+        task, opt, sched = build(dropout=0.3)
+        torch.manual_seed(11)  # with seed=None the loop continues this stream (dropout) instead of reseeding
+        data = RepeatingLoader(toy_dataset(), batch_size=8, seed=1)
+        cfg = make_cfg(tmp_path, run_dir=None, seed=None, save_final=True, ckpt_every=2)
+        runs.append(train(task, data, opt, sched, cfg, ENV))
+    assert runs[0].final_losses == runs[1].final_losses and runs[0].last_checkpoint is None
+    assert list(tmp_path.iterdir()) == []  # no metrics, no checkpoints
+    task, opt, sched = build(dropout=0.3)
+    torch.manual_seed(12)
+    data = RepeatingLoader(toy_dataset(), batch_size=8, seed=1)
+    other = train(task, data, opt, sched, make_cfg(tmp_path, run_dir=None, seed=None), ENV)
+    assert other.final_losses != runs[0].final_losses
+
+
 # ---------------------------------------------------------------------------------------------- data
 def test_repeating_loader_shards_reshuffles_and_resumes_mid_epoch() -> None:
     dataset = [{"i": torch.tensor(i)} for i in range(22)]
@@ -335,6 +353,28 @@ def test_repeating_loader_shards_reshuffles_and_resumes_mid_epoch() -> None:
         RepeatingLoader(dataset, batch_size=3, seed=5).load_state_dict(saved)
     with pytest.raises(ValueError, match="no full batch"):
         RepeatingLoader(dataset[:4], batch_size=3, world_size=2)
+
+
+def test_batch_sequence_and_stream_dict_resume_exactly() -> None:
+    sequence = BatchSequence(lambda step: {"step": torch.tensor([step])}, length=5)
+    assert isinstance(sequence, StatefulIterator) and [int(next(sequence)["step"]) for _ in range(2)] == [0, 1]
+    restored = BatchSequence(lambda step: {"step": torch.tensor([step])}, length=5)
+    restored.load_state_dict(sequence.state_dict())
+    assert [int(next(restored)["step"]) for _ in range(3)] == [2, 3, 4]
+    with pytest.raises(StopIteration):
+        next(restored)
+    with pytest.raises(ValueError, match="batch sequence"):
+        BatchSequence(lambda step: step, length=4).load_state_dict(sequence.state_dict())
+    dataset = [{"i": torch.tensor(i)} for i in range(10)]
+    mixed = StreamDict({"a": RepeatingLoader(dataset, 2, seed=1), "b": RepeatingLoader(dataset, 3, seed=2)})
+    for _ in range(4):
+        next(mixed)
+    saved = json.loads(json.dumps(mixed.state_dict()))
+    expected = next(mixed)
+    again = StreamDict({"a": RepeatingLoader(dataset, 2, seed=1), "b": RepeatingLoader(dataset, 3, seed=2)})
+    again.load_state_dict(saved)
+    batch = next(again)
+    assert all(torch.equal(batch[k]["i"], expected[k]["i"]) for k in ("a", "b"))
 
 
 # ---------------------------------------------------------------------------------------------- optim

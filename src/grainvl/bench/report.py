@@ -441,12 +441,17 @@ def plot_pareto(table: Sequence[dict[str, Any]], path: str | Path) -> Path:
         ax.set_title(task)
         ax.set_xlabel("latency p50, batch 1 (ms)")
         ax.set_ylabel("score")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:  # a task where every model failed has nothing to label
-            ax.legend(fontsize=7)
+        _finish_axes(ax)
     path = Path(path)
     _save_figure(fig, path)
     return path
+
+
+def _finish_axes(ax: Any) -> None:
+    """Grid, and a legend unless nothing was drawn (a task where every model failed has nothing to label)."""
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
 
 
 def plot_id_vs_ood(table: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -469,9 +474,7 @@ def plot_id_vs_ood(table: Sequence[dict[str, Any]], path: str | Path) -> Path:
         ax.set_title(task)
         ax.set_xlabel(f"ID {metric}")
         ax.set_ylabel(f"OOD {metric}")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:  # a task where every model failed has nothing to label
-            ax.legend(fontsize=7)
+        _finish_axes(ax)
     path = Path(path)
     _save_figure(fig, path)
     return path

@@ -1,10 +1,14 @@
-"""Sub-commands that live in their own modules.
+"""Sub-commands that live in their own modules, and the config arguments every command shares.
 
 Each module here defines ``register(sub: argparse._SubParsersAction) -> None`` which adds one
 top-level command (``grainvl convert``, ``grainvl finetune`` ...) and sets ``func`` on it. Modules
 are discovered by name, so adding a command never means editing a shared list. Keep module-level
 imports light (argparse, pathlib): the heavy ones belong inside the command function, so that
 ``grainvl --help`` stays fast.
+
+Every command is configured by one typed dataclass: ``add_config_args`` gives its parser ``--config
+FILE.yaml`` and ``--set a.b=c ...``, ``shortcut`` adds a flag that sets one config field, and
+``config_from_args`` builds the config (defaults <- YAML <- ``--set`` <- shortcut flags).
 """
 
 from __future__ import annotations
@@ -12,6 +16,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+SHORTCUTS = "_config_shortcuts"  # namespace attribute: flag dest -> dotted config field
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:
@@ -21,3 +31,62 @@ def register_all(sub: argparse._SubParsersAction) -> None:
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         module.register(sub)
+
+
+def add_config_args(parser: argparse.ArgumentParser, config_name: str) -> None:
+    """``--config FILE.yaml`` and ``--set KEY=VALUE ...`` for a command configured by ``config_name``."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE.yaml",
+        help=f"YAML file with {config_name} fields (--set and the shortcut flags override it)",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"dotted {config_name} overrides, e.g. a.b=1 (flags below are shortcuts for fields and win over --set)",
+    )
+    parser.set_defaults(**{SHORTCUTS: dict(parser.get_default(SHORTCUTS) or {})})
+
+
+def shortcut(
+    parser: argparse.ArgumentParser,
+    *flags: str,
+    field: str,
+    help: str,
+    parse: Callable[[Any], Any] | None = None,
+    **kwargs: Any,
+) -> None:
+    """A flag that sets config ``field``; an unset flag (None) leaves the YAML/default value alone.
+
+    ``parse`` turns the flag's text into the field's value when the command runs (its ValueError is then
+    the usual one-line error with exit status 2, which an argparse ``type`` would not give).
+    """
+    kwargs.setdefault("default", None)
+    action = parser.add_argument(*flags, help=f"{help} [config: {field}]", **kwargs)
+    # The mapping lives in the parser's defaults, so config_from_args needs nothing but the namespace.
+    mapping = dict(parser.get_default(SHORTCUTS) or {})
+    mapping[action.dest] = (field, parse)
+    parser.set_defaults(**{SHORTCUTS: mapping})
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace, default_yaml: Path | None = None) -> T:
+    """The command's config: ``cls`` defaults <- ``--config`` (or ``default_yaml``) <- ``--set`` <- shortcuts."""
+    # Deferred: the config module reads YAML; commands build configs only when they run.
+    from grainvl.config import load_config
+
+    values = {}
+    for dest, (field, parse) in getattr(args, SHORTCUTS, {}).items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            values[field] = parse(value) if parse is not None else value
+    path = args.config if args.config is not None else default_yaml
+    return load_config(cls, path, list(args.set), values)
+
+
+def comma_list(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]`` (argparse type of comma-separated shortcut flags)."""
+    return [item.strip() for item in text.split(",") if item.strip()]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from grainvl.commands import add_config_args, config_from_args, shortcut
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -15,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "measure parameters, FLOPs per sample, latency p50/p90 at batch 1 after warm-up, throughput at batch 32, "
         "peak memory, and energy/CO2 through codecarbon's offline tracker. Writes OUT/results.jsonl (long schema), "
         "OUT/results.csv, OUT/leaderboard.csv, OUT/report.md, OUT/pareto.png and OUT/id_vs_ood.png "
-        "(docs/benchmark.md).",
+        "(docs/benchmark.md). Settings: BenchOptions; fine-tuning settings of every run under finetune, e.g. "
+        "--set finetune.data.batch_size=16 finetune.optim.lr=1e-4, per task under task_finetune.",
     )
     p.add_argument(
         "--models",
@@ -24,52 +27,91 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tasks", help="comma-separated task names (default: the five VLUE tasks)")
     p.add_argument("--world", type=Path, help="world (or real data) folder in the official formats")
+    # What to run and where (models, tasks, world, out) are arguments of run_bench, not BenchOptions fields.
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--finetune-steps", type=int, help="fine-tuning steps per (model, task) (default: the task's)")
-    p.add_argument(
+    add_config_args(p, "BenchOptions")
+    shortcut(
+        p,
+        "--finetune-steps",
+        field="finetune_steps",
+        type=int,
+        help="fine-tuning steps per (model, task); default: the task's",
+    )
+    shortcut(
+        p,
         "--finetuned",
+        field="finetuned",
+        parse=_finetuned_map,
         nargs="*",
-        default=[],
         metavar="LABEL:TASK=RUN",
         help="reuse an already fine-tuned run folder for that model label and task instead of fine-tuning",
     )
-    p.add_argument("--reuse", action="store_true", help="reuse OUT/runs/<model>/<task> when already fine-tuned")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="fine-tune overrides for every run")
-    p.add_argument("--country", default="FRA", help="ISO 3166-1 alpha-3 country for carbon intensity (default FRA)")
-    p.add_argument("--no-codecarbon", action="store_true", help="energy by grainvl's fallback estimate only")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=0, help="seed of fine-tuning and evaluation (default 0)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed batch-1 calls before timing (default 10)")
-    p.add_argument("--repeats", type=int, default=50, help="timed batch-1 calls for p50/p90 (default 50)")
-    p.add_argument("--throughput-batch", type=int, default=32, help="batch size of the throughput run (default 32)")
-    p.add_argument(
-        "--budget", type=float, default=30.0, help="seconds cap of each timed measurement (default 30; >= 5 calls)"
+    shortcut(p, "--reuse", field="reuse", action="store_true", help="reuse OUT/runs/<model>/<task> if fine-tuned")
+    shortcut(p, "--country", field="country", help="ISO 3166-1 alpha-3 country for carbon intensity (default FRA)")
+    shortcut(
+        p,
+        "--no-codecarbon",
+        field="use_codecarbon",
+        action="store_false",
+        help="energy by the fallback estimate only",
     )
-    p.add_argument(
+    shortcut(p, "--precision", field="precision", choices=("fp32", "bf16", "fp16"), help="autocast precision")
+    shortcut(p, "--device", field="device", help="auto (CUDA when available, default), cpu, cuda or cuda:N")
+    shortcut(p, "--seed", field="seed", type=int, help="seed of fine-tuning and evaluation (default 0)")
+    shortcut(p, "--warmup", field="warmup", type=int, help="untimed batch-1 calls before timing (default 10)")
+    shortcut(p, "--repeats", field="repeats", type=int, help="timed batch-1 calls for p50/p90 (default 50)")
+    shortcut(
+        p,
+        "--throughput-batch",
+        field="throughput_batch",
+        type=int,
+        help="throughput batch size (default 32)",
+    )
+    shortcut(
+        p,
+        "--budget",
+        field="budget_s",
+        type=float,
+        help="time cap of each measurement (default 30 s)",
+    )
+    shortcut(
+        p,
         "--teacher",
+        field="teacher",
         metavar="LABEL",
         help=(
             "one of the benchmarked models: add label/probability loyalty to it and word-substitution robustness "
             "columns (nlvr2, vqa, retrieval; ID split)"
         ),
     )
-    p.add_argument(
-        "--loyalty-examples", type=int, default=256, help="first N ID examples scored for loyalty (default 256)"
-    )
-    p.add_argument(
-        "--attack-examples",
+    shortcut(
+        p,
+        "--loyalty-examples",
+        field="loyalty_examples",
         type=int,
-        default=16,
+        help="ID examples for loyalty (default 256)",
+    )
+    shortcut(
+        p,
+        "--attack-examples",
+        field="attack_examples",
+        type=int,
         help="first M ID examples attacked per (model, task) with --teacher; 0: no attack (default 16)",
     )
-    p.add_argument("--timeout", type=float, help="seconds per model before its worker is killed (default: none)")
+    shortcut(
+        p,
+        "--timeout",
+        field="timeout_s",
+        type=float,
+        help="seconds before a model's worker is killed",
+    )
     p.add_argument("--resume", action="store_true", help="keep successful rows of OUT/results.jsonl, run the rest")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from OUT/results.jsonl")
     p.add_argument("--quiet", action="store_true", help="do not echo the workers' output")
-    p.add_argument(
+    shortcut(
+        p,
         "--backend",
-        default="grainvl.recipes.bench:FinetuneBackend",
+        field="backend",
         metavar="MODULE:CLASS",
         help="advanced: the class providing finetune/load/evaluate (default: grainvl's tasks)",
     )
@@ -108,26 +150,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from grainvl.tasks.registry import VLUE_TASKS
 
         tasks = list(VLUE_TASKS)
-    options = BenchOptions(
-        finetune_steps=args.finetune_steps,
-        finetuned=_finetuned_map(args.finetuned),
-        overrides=list(args.set),
-        country=args.country,
-        use_codecarbon=not args.no_codecarbon,
-        precision=args.precision,
-        device=args.device,
-        seed=args.seed,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        throughput_batch=args.throughput_batch,
-        budget_s=args.budget,
-        timeout_s=args.timeout,
-        reuse=args.reuse,
-        teacher=args.teacher,
-        loyalty_examples=args.loyalty_examples,
-        attack_examples=args.attack_examples,
-        backend=args.backend,
-    )
+    options = config_from_args(BenchOptions, args)
     rows = run_bench(
         _split_list(args.models),
         tasks,

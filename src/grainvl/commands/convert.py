@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from grainvl.commands import add_config_args, config_from_args, shortcut
+
 FROM_FORMATS = ("official-x2vlm", "official-xvlm", "official-cclm", "hf-bert", "hf-xlmr", "hf-vit", "hf-beit")
 TO_FORMATS = ("official-x2vlm", "official-xvlm", "official-cclm", "hf-bert", "hf-xlmr", "hf-vit", "hf-beit")
 
@@ -16,101 +18,137 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Import: --from FORMAT --input FILE_OR_FOLDER --output DIR writes a from_pretrained folder "
         "(official-*: a full model; hf-*: a grainvl tower folder). Export: --to FORMAT --input GRAINVL_DIR --output "
         "PATH writes an official checkpoint (.th/.pth/.safetensors) or a Hugging Face folder. Strict by default: "
-        "every missing, unexpected or mis-shaped key is reported by name (docs/interop.md).",
+        "every missing, unexpected or mis-shaped key is reported by name (docs/interop.md). Settings: ConvertConfig; "
+        "the official YAML is --official-config.",
     )
-    direction = p.add_mutually_exclusive_group(required=True)
-    direction.add_argument("--from", dest="source_format", choices=FROM_FORMATS, help="format of --input (import)")
-    direction.add_argument("--to", dest="target_format", choices=TO_FORMATS, help="format to write (export)")
-    p.add_argument("--input", required=True, type=Path, help="checkpoint file (.th/.pth/.safetensors) or folder")
-    p.add_argument("--output", required=True, type=Path, help="folder (import, --to hf-*) or checkpoint file")
-    p.add_argument("--config", type=Path, help="official config YAML (image_res, text layers, text_encoder path ...)")
-    p.add_argument("--text-config", type=Path, help="BERT/RoBERTa config.json of the official text encoder")
-    p.add_argument(
+    add_config_args(p, "ConvertConfig")
+    direction = p.add_mutually_exclusive_group()
+    shortcut(
+        direction,
+        "--from",
+        dest="source_format",
+        field="source_format",
+        choices=FROM_FORMATS,
+        help="format of --input (import)",
+    )
+    shortcut(
+        direction,
+        "--to",
+        dest="target_format",
+        field="target_format",
+        choices=TO_FORMATS,
+        help="format to write (export)",
+    )
+    shortcut(p, "--input", field="input", type=Path, help="checkpoint file (.th/.pth/.safetensors) or folder")
+    shortcut(p, "--output", field="output", type=Path, help="folder (import, --to hf-*) or checkpoint file")
+    shortcut(
+        p,
+        "--official-config",
+        field="official_config",
+        type=Path,
+        help="official config YAML (image_res, text layers, text_encoder path ...); --config is grainvl's own",
+    )
+    shortcut(
+        p, "--text-config", field="text_config", type=Path, help="BERT/RoBERTa config.json of the official text encoder"
+    )
+    shortcut(
+        p,
         "--tokenizer",
+        field="tokenizer",
         type=Path,
         help="tokenizer folder copied into the output (default: MiniLM's "
         "bert-base-uncased vocabulary when the vocabulary has 30522 entries)",
     )
-    p.add_argument(
+    shortcut(
+        p,
         "--layout",
+        field="layout",
         choices=("pretrain", "finetune", "roberta"),
-        default="pretrain",
-        help="--to official-x2vlm/xvlm: text_encoder.bert.*+cls (pretrain), text_encoder.* (finetune) or "
+        help="--to official-x2vlm/xvlm: text_encoder.bert.*+cls (pretrain, default), text_encoder.* (finetune) or "
         "text_encoder.roberta.*+lm_head (roberta)",
     )
-    p.add_argument(
+    shortcut(
+        p,
         "--no-strict",
         dest="strict",
+        field="strict",
         action="store_false",
         help="convert despite missing/unexpected keys (listed in conversion_report.json); mis-shaped keys always fail",
     )
-    p.add_argument("--name", default="converted", help="model name stored in config.json")
+    shortcut(p, "--name", field="name", help="model name stored in config.json (default converted)")
     p.set_defaults(func=_cmd_convert)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.errors import DataError
+    from grainvl.models.convert import ConvertConfig
 
+    cfg = config_from_args(ConvertConfig, args)
     try:
-        if args.source_format:
-            return _import(args)
-        return _export(args)
+        if cfg.source_format:
+            return _import(cfg)
+        return _export(cfg)
     except KeyError as error:  # a required official key is absent: the file is not of the stated format
         raise DataError(
-            args.input, None, f"required key {error} not found: not a {args.source_format} checkpoint"
+            cfg.input, None, f"required key {error} not found: not a {cfg.source_format} checkpoint"
         ) from None
 
 
-def _import(args: argparse.Namespace) -> int:
+def _path(value: str | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+def _import(cfg) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     import json
 
     from grainvl.models import convert
     from grainvl.utils.fileio import atomic_write_text
 
-    fmt = args.source_format
+    fmt, source, output = cfg.source_format, Path(cfg.input), Path(cfg.output)
     if fmt.startswith("official-"):
-        model, report = convert.load_official(args.input, fmt, args.config, args.text_config, args.strict, args.name)
-        tokenizer = _tokenizer(args.tokenizer)
+        official, text = _path(cfg.official_config), _path(cfg.text_config)
+        model, report = convert.load_official(source, fmt, official, text, cfg.strict, cfg.name)
+        tokenizer = _tokenizer(_path(cfg.tokenizer))
         if tokenizer is not None:
             model.config.tokenizer = ""
-        model.save_pretrained(args.output, tokenizer=tokenizer)
+        model.save_pretrained(output, tokenizer=tokenizer)
         what = f"{model.config.text.layout} model, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters"
     else:
-        if not args.input.is_dir():
-            raise FileNotFoundError(f"{args.input}: {fmt} needs a Hugging Face folder (config.json + weights)")
-        tower, config, report = convert.load_hf_tower(fmt, args.input, args.strict)
-        convert.save_tower(tower, config, args.output, source_format=fmt)
+        if not source.is_dir():
+            raise FileNotFoundError(f"{source}: {fmt} needs a Hugging Face folder (config.json + weights)")
+        tower, config, report = convert.load_hf_tower(fmt, source, cfg.strict)
+        convert.save_tower(tower, config, output, source_format=fmt)
         what = f"{type(tower).__name__} tower, {sum(p.numel() for p in tower.parameters()) / 1e6:.1f}M parameters"
-    atomic_write_text(args.output / "conversion_report.json", json.dumps(report.to_dict(), indent=2))
-    print(f"converted {args.input} ({fmt}, {report.layout or 'tower'}) -> {args.output}: {what}")
+    atomic_write_text(output / "conversion_report.json", json.dumps(report.to_dict(), indent=2))
+    print(f"converted {source} ({fmt}, {report.layout or 'tower'}) -> {output}: {what}")
     _print_report(report)
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
+def _export(cfg) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.models import convert
     from grainvl.models.xvlm import XVLM
 
-    fmt = args.target_format
-    config_file = args.input / "config.json"
+    fmt, source, output = cfg.target_format, Path(cfg.input), Path(cfg.output)
+    config_file = source / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{args.input}: no config.json (expected a grainvl model or tower folder)")
+        raise FileNotFoundError(f"{source}: no config.json (expected a grainvl model or tower folder)")
     if convert.TOWER_FILE_KEY in convert.read_json_config(config_file):
         if not fmt.startswith("hf-"):
-            raise ValueError(f"{args.input} is a tower folder; only hf-* formats can be written from it")
-        tower, tower_config = convert.load_tower(args.input)
+            raise ValueError(f"{source} is a tower folder; only hf-* formats can be written from it")
+        tower, tower_config = convert.load_tower(source)
     else:
-        model = XVLM.from_pretrained(args.input).eval()
+        model = XVLM.from_pretrained(source).eval()
         if fmt.startswith("official-"):
-            convert.save_official(model, args.output, fmt, args.layout)
-            print(f"wrote {fmt} ({args.layout} layout) checkpoint {args.output}")
+            convert.save_official(model, output, fmt, cfg.layout)
+            print(f"wrote {fmt} ({cfg.layout} layout) checkpoint {output}")
             return 0
         tower, tower_config = convert.model_tower(model, fmt)
-    convert.save_hf_tower(tower, tower_config, fmt, args.output)
-    print(f"wrote Hugging Face {fmt} folder {args.output}")
+    convert.save_hf_tower(tower, tower_config, fmt, output)
+    print(f"wrote Hugging Face {fmt} folder {output}")
     return 0
 
 

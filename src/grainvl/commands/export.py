@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from grainvl.commands import add_config_args, config_from_args, shortcut
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -18,10 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="image encoder, text encoder and fusion+ITM head as three ONNX graphs",
         description="Write image_encoder.onnx, text_encoder.onnx and fusion.onnx (tensor inputs, dynamic batch and "
         "sequence axes, opset 17) and check each with onnxruntime against PyTorch on inputs of another batch size "
-        "and length; the max abs difference is printed and stored in export_report.json (must be <= 1e-4).",
+        "and length; the max abs difference is printed and stored in export_report.json (must be <= 1e-4). "
+        "Settings: ExportOnnxConfig.",
     )
-    o.add_argument("--model", required=True, type=Path, help="grainvl model folder (save_pretrained / grainvl convert)")
-    o.add_argument("--out", required=True, type=Path, help="output folder for the .onnx files")
+    add_config_args(o, "ExportOnnxConfig")
+    shortcut(o, "--model", field="model", type=Path, help="grainvl model folder (save_pretrained / grainvl convert)")
+    shortcut(o, "--out", field="out", type=Path, help="output folder for the .onnx files")
     o.set_defaults(func=_cmd_export_onnx)
 
 
@@ -29,12 +33,13 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     import sys
 
-    from grainvl.models.export import TOLERANCE, export_onnx
+    from grainvl.models.export import TOLERANCE, ExportOnnxConfig, export_onnx
     from grainvl.models.xvlm import XVLM
 
-    model = XVLM.from_pretrained(args.model).eval()
+    cfg = config_from_args(ExportOnnxConfig, args)
+    model = XVLM.from_pretrained(cfg.model).eval()
     try:
-        results = export_onnx(model, args.out)
+        results = export_onnx(model, Path(cfg.out))
     except RuntimeError as error:  # a graph that onnxruntime does not reproduce: say so in one line
         print(f"error: {error}", file=sys.stderr)
         return 1

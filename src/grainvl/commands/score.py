@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from grainvl.commands import add_config_args, config_from_args, shortcut
+
 TASKS = ("vqa", "captioning", "retrieval", "nlvr2", "grounding")
 
 
@@ -28,24 +30,34 @@ def register(sub: argparse._SubParsersAction) -> None:
         "grounding: [{ref_id, bbox: [x, y, w, h]} | {ref_id, pred: normalised [cx, cy, w, h]}] vs "
         "refcoco+_{split}.json / refcoco+_vlue_test.json. Formats: docs/metrics.md.",
     )
-    p.add_argument("task", choices=TASKS, help="which task the files belong to")
-    p.add_argument("--pred", required=True, type=Path, help="prediction file (official result format)")
-    p.add_argument("--gt", required=True, type=Path, help="ground-truth file (official format)")
-    p.add_argument(
+    add_config_args(p, "ScoreConfig")
+    shortcut(p, "task", field="task", nargs="?", choices=TASKS, help="which task the files belong to")
+    shortcut(p, "--pred", field="pred", type=Path, help="prediction file (official result format)")
+    shortcut(p, "--gt", field="gt", type=Path, help="ground-truth file (official format)")
+    shortcut(
+        p,
         "--questions",
+        field="questions",
         type=Path,
         help="vqa: the VQA v2 questions file (v2_OpenEnded_mscoco_*_questions.json); checks that every "
         "annotated question exists, as the official loader pairs them",
     )
-    p.add_argument(
+    shortcut(
+        p,
         "--metric",
+        field="metric",
         choices=("auto", "vqa", "exact"),
-        default="auto",
         help="vqa with an X-VLM/VLUE json: 'vqa' = official soft accuracy over the answer lists, "
         "'exact' = VLUE exact match; 'auto' picks exact when every answer is a single string (default)",
     )
-    p.add_argument("--no-meteor", action="store_true", help="captioning: skip METEOR (saves the METEOR JVM start)")
-    p.add_argument("--out", type=Path, help="also write the metrics as a JSON object to this file")
+    shortcut(
+        p,
+        "--no-meteor",
+        field="meteor",
+        action="store_false",
+        help="captioning: skip METEOR (saves the METEOR JVM start)",
+    )
+    shortcut(p, "--out", field="out", type=Path, help="also write the metrics as a JSON object to this file")
     p.set_defaults(func=_cmd_score)
 
 
@@ -54,9 +66,13 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from grainvl.metrics import scoring
     from grainvl.utils import fileio
 
+    cfg = config_from_args(scoring.ScoreConfig, args)
+    if cfg.task not in TASKS:
+        raise ValueError(f"score task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
+    questions = None if cfg.questions is None else Path(cfg.questions)
     metrics: dict[str, Any] = scoring.score_files(
-        args.task, args.pred, args.gt, questions=args.questions, metric=args.metric, meteor=not args.no_meteor
+        cfg.task, Path(cfg.pred), Path(cfg.gt), questions=questions, metric=cfg.metric, meteor=cfg.meteor
     )
-    if args.out is not None:
-        fileio.write_json(args.out, metrics)
+    if cfg.out is not None:
+        fileio.write_json(Path(cfg.out), metrics)
     return 0

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -649,12 +649,3 @@ class ModalPruner(nn.Module):
         """Remaining units per group under the deterministic masks, for reports."""
         final = self.final_masks()
         return {name: [int((row != 0).sum()) for row in m] for name, m in final.items()}
-
-
-@dataclass
-class PruneReport:
-    """What pruning ended with: achieved vs target sparsity per modality and units kept per group."""
-
-    target: float
-    achieved: dict[str, float]
-    kept_units: dict[str, list[int]] = field(default_factory=dict)

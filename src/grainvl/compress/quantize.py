@@ -21,7 +21,6 @@ import copy
 import io
 import json
 import statistics
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from grainvl.bench.efficiency import time_calls
 from grainvl.models.layers import Attention
 from grainvl.utils.fileio import write_json
 
@@ -122,16 +122,9 @@ def serialized_size(model: nn.Module) -> int:
 
 
 def median_latency_ms(run: Callable[[], Any], warmup: int = 2, repeats: int = 10) -> float:
-    """Median wall time of ``run()`` in milliseconds under ``torch.inference_mode``."""
+    """Median wall time of ``run()`` in milliseconds under ``torch.inference_mode`` (the benchmark's timer)."""
     with torch.inference_mode():
-        for _ in range(warmup):
-            run()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        return statistics.median(time_calls(run, repeats, warmup))
 
 
 @dataclass

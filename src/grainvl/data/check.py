@@ -225,3 +225,13 @@ def format_report(report: CheckReport, by_format: bool = False) -> str:
     verdict = "OK" if report.ok else "FAILED"
     lines += ["", f"{verdict}: {len(report.rows)} file(s), {records} record(s), {len(errors)} error(s)"]
     return "\n".join(line.rstrip() for line in lines)
+
+
+@dataclass
+class CheckConfig:
+    """``grainvl data check``: what to validate and how to report it."""
+
+    path: str  # a dataset file or folder (a world or real data in the official formats)
+    format: str | None = None  # force a format for a single file; None: sniff it
+    skip_bad: bool = False  # list every bad record instead of the first per file
+    by_format: bool = False  # one table row per format instead of one per file

@@ -184,16 +184,8 @@ class RecordsDataset(ABC):
 class EpochLoader(RepeatingLoader):
     """:class:`RepeatingLoader` that samples ``dataset.sample(index, epoch)``: fresh augmentation every epoch."""
 
-    def __next__(self) -> dict[str, Any]:
-        if self._order is None:
-            self._order = self._rank_indices()
-        start = self.batch_index * self.batch_size
-        epoch = self.epoch
-        batch = self.collate([self.dataset.sample(i, epoch) for i in self._order[start : start + self.batch_size]])
-        self.batch_index += 1
-        if self.batch_index == self.batches_per_epoch:
-            self.epoch, self.batch_index, self._order = self.epoch + 1, 0, None
-        return batch
+    def sample(self, index: int, epoch: int) -> Any:
+        return self.dataset.sample(index, epoch)
 
 
 def make_loader(dataset: RecordsDataset, batch_size: int, seed: int, rank: int, world_size: int) -> EpochLoader:

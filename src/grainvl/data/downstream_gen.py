@@ -31,7 +31,6 @@ import torch
 
 from grainvl.data.downstream import RecordsDataset, open_frames
 from grainvl.data.formats import albef, msrvtt
-from grainvl.data.formats.coco_caption import read_caption_gt
 from grainvl.data.masking import TextMaskingGenerator
 from grainvl.data.pretrain import PretrainDataConfig, PretrainText, _read_numbered, mentions_left_right, open_rgb
 from grainvl.data.transforms import build_transform, video_transform
@@ -307,16 +306,6 @@ class CaptionEvalDataset(_ImageRecords):
 
     def collate(self, samples: list[Sample]) -> dict[str, Any]:
         return {"image": torch.stack([s["image"] for s in samples]), "image_id": [s["image_id"] for s in samples]}
-
-
-def caption_ground_truth(path: Path) -> dict[int, list[str]]:
-    """COCO caption GT file -> {image_id: [captions]} (pycocoevalcap's ``gts`` before tokenisation)."""
-
-    gt = read_caption_gt(path)
-    out: dict[int, list[str]] = {image["id"]: [] for image in gt["images"]}
-    for ann in gt["annotations"]:
-        out[ann["image_id"]].append(ann["caption"])
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- video QA

@@ -53,7 +53,7 @@ import threading
 import zlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +63,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from grainvl.data.formats import albef, records, xvlm_pretrain
+from grainvl.data.formats import albef, validate, xvlm_pretrain
+from grainvl.data.iterators import Pick, ShardedStream
 from grainvl.data.masking import TextMaskingGenerator, pad_masks, pre_caption
 from grainvl.data.region import box_patch_mask, box_target_cxcywh
 from grainvl.data.transforms import (
@@ -87,7 +88,6 @@ from grainvl.errors import BadRecords, DataError
 Record = dict[str, Any]
 Sample = dict[str, Any]
 
-PAD_LABEL = -100  # masked_ids padding; cross-entropy ignores it
 SKIP_CLIP_CAPTIONS = frozenset({"[Music]"})  # HowTo100M clips with no speech (official skip set)
 
 
@@ -270,7 +270,7 @@ def text_batch(texts: Sequence[EncodedText], pad_id: int, max_masks: int) -> dic
 
 
 def _read_numbered(
-    path: Path, validator: records.Validator, bad: BadRecords | None, lines: bool = True
+    path: Path, validator: validate.Validator, bad: BadRecords | None, lines: bool = True
 ) -> tuple[list[Record], list[str]]:
     """Validated records plus each one's position ("line 7" / "index 3") for error messages.
 
@@ -278,13 +278,13 @@ def _read_numbered(
     and notes the position of every record that passes.
     """
     positions: list[str] = []
-    images = records.ImageChecker(path, None)  # images are decoded lazily, per sample
+    images = validate.ImageChecker(path, None)  # images are decoded lazily, per sample
 
     def check(record: Any, where: str) -> None:
         validator(record, path, where, images)
         positions.append(where)
 
-    read = records.read_jsonl_records if lines else records.read_json_records
+    read = validate.read_jsonl_records if lines else validate.read_json_records
     valid = read(path, check, bad)
     return valid, positions
 
@@ -345,11 +345,10 @@ class _LineDataset(ABC):
         self.cfg, self.train, self.seed = cfg, train, seed
         self.text = PretrainText(tokenizer, cfg)
         self.records, self.positions = _read_numbered(self.path, self._validator(), bad)
-        self.epoch = 0
         self.image_ids = self._image_ids()
 
     @abstractmethod
-    def _validator(self) -> records.Validator:
+    def _validator(self) -> validate.Validator:
         """The format validator of this data kind's lines."""
 
     def _image_ids(self) -> list[int]:
@@ -361,11 +360,7 @@ class _LineDataset(ABC):
         return len(self.records)
 
     def __getitem__(self, index: int) -> Sample:
-        return self.sample(index, self.epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """The epoch ``dataset[index]`` uses (streams pass the epoch to :meth:`sample` directly)."""
-        self.epoch = epoch
+        return self.sample(index, 0)  # evaluation and inspection: the epoch-0 sample
 
     def sample_rngs(self, index: int, epoch: int) -> tuple[random.Random, random.Random]:
         """``(vision_rng, text_rng)`` of sample ``index`` in ``epoch`` (string seeds hash with SHA-512)."""
@@ -434,7 +429,7 @@ class ImageTextDataset(_LineDataset):
             kind, cfg.resolution, cfg.mean, cfg.std, augment=cfg.augment, hflip=False
         )
 
-    def _validator(self) -> records.Validator:
+    def _validator(self) -> validate.Validator:
         return xvlm_pretrain.check_image_text
 
     def make_sample(self, index: int, vision_rng: random.Random, text_rng: random.Random) -> Sample:
@@ -472,7 +467,7 @@ class RegionTextDataset(_LineDataset):
     kind = "region"
     has_test_mode = False
 
-    def _validator(self) -> records.Validator:
+    def _validator(self) -> validate.Validator:
         return xvlm_pretrain.check_region
 
     def make_sample(self, index: int, vision_rng: random.Random, text_rng: random.Random) -> Sample:
@@ -612,7 +607,7 @@ class VideoTextDataset(_LineDataset):
 
     kind = "video"
 
-    def _validator(self) -> records.Validator:
+    def _validator(self) -> validate.Validator:
         return xvlm_pretrain.check_video
 
     def _image_ids(self) -> list[int]:
@@ -691,8 +686,8 @@ def collate_video(samples: Sequence[Sample], pad_id: int, max_masks: int) -> dic
 # Streams: endless, sharded, resumable
 
 
-class PretrainStream(Iterator[dict[str, torch.Tensor]]):
-    """Endless batches of one dataset for one rank, resumable exactly.
+class PretrainStream(ShardedStream):
+    """Endless batches of one dataset for one rank, resumable exactly (the cursor is :class:`ShardedStream`'s).
 
     Each epoch is a fresh permutation of all records (seeded by ``(seed, kind, epoch)``, identical
     on every rank); the first ``world_size · ⌊n / world_size⌋`` entries are dealt round-robin, so
@@ -701,6 +696,8 @@ class PretrainStream(Iterator[dict[str, torch.Tensor]]):
     current one ends, so every batch is full and all ranks step in lockstep. The state is
     ``(epoch, position)``; a batch depends on nothing else.
     """
+
+    name = "pre-training stream"
 
     def __init__(
         self,
@@ -717,68 +714,26 @@ class PretrainStream(Iterator[dict[str, torch.Tensor]]):
             raise ValueError(f"seed must be >= 0 and batch_size >= 1, got {seed} and {batch_size}")
         if len(dataset) < world_size:
             raise ValueError(f"{dataset.path}: {len(dataset)} record(s) cannot feed {world_size} ranks")
-        self.dataset, self.batch_size = dataset, batch_size
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.samples_per_rank = len(dataset) // world_size
-        self.epoch, self.position = 0, 0
-        self._orders: OrderedDict[int, np.ndarray] = OrderedDict()
+        super().__init__(len(dataset), batch_size, seed, rank, world_size, drop_last=False)
+        self.name = f"{dataset.kind} stream"
+        self.dataset = dataset
         self._pool = ThreadPoolExecutor(num_threads) if num_threads > 0 else None
 
-    def epoch_indices(self, epoch: int) -> np.ndarray:
-        """This rank's record indices for ``epoch``, in visiting order (``samples_per_rank`` of them)."""
-        if epoch not in self._orders:
-            kind_code = zlib.crc32(self.dataset.kind.encode())
-            generator = np.random.default_rng(np.random.SeedSequence([self.seed, kind_code, epoch]))
-            order = generator.permutation(len(self.dataset))[: self.samples_per_rank * self.world_size]
-            self._orders[epoch] = order[self.rank :: self.world_size]
-            while len(self._orders) > 2:  # a batch spans at most the current and the next epoch
-                self._orders.popitem(last=False)
-        return self._orders[epoch]
+    def identity(self) -> dict[str, int]:
+        return {**super().identity(), "num_records": self.num_items}
 
-    def _next_picks(self) -> tuple[list[tuple[int, int]], int, int]:
-        """The next batch's ``(record index, epoch)`` pairs and the state after it."""
-        picks, epoch, position = [], self.epoch, self.position
-        while len(picks) < self.batch_size:
-            if position == self.samples_per_rank:
-                epoch, position = epoch + 1, 0
-            picks.append((int(self.epoch_indices(epoch)[position]), epoch))
-            position += 1
-        return picks, epoch, position
+    def permutation(self, epoch: int) -> np.ndarray:
+        kind_code = zlib.crc32(self.dataset.kind.encode())
+        return np.random.default_rng(np.random.SeedSequence([self.seed, kind_code, epoch])).permutation(self.num_items)
 
-    def __next__(self) -> dict[str, torch.Tensor]:
-        picks, epoch, position = self._next_picks()
-
-        def load(pick: tuple[int, int]) -> Sample:
+    def make_batch(self, picks: list[Pick]) -> dict[str, torch.Tensor]:
+        def load(pick: Pick) -> Sample:
             return self.dataset.sample(*pick)
 
         samples = list(self._pool.map(load, picks) if self._pool else map(load, picks))
+        # The collate RNG is keyed by the batch's start, so it is the same after a resume.
         key = f"grainvl:pretrain:{self.dataset.kind}:{self.seed}:collate:{self.rank}:{self.epoch}:{self.position}"
-        batch = self.dataset.collate(samples, random.Random(key))
-        self.epoch, self.position = epoch, position  # advance only once the batch exists
-        return batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "num_records": len(self.dataset),
-            "batch_size": self.batch_size,
-        }
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        """Resume where :meth:`state_dict` was taken; the stream must be built the same way."""
-        mine = self.state_dict()
-        for key in ("seed", "rank", "world_size", "num_records", "batch_size"):
-            if key in state and int(state[key]) != mine[key]:
-                raise ValueError(
-                    f"cannot resume the {self.dataset.kind} stream: {key} was {state[key]}, now {mine[key]}"
-                )
-        if not 0 <= int(state["position"]) <= self.samples_per_rank or int(state["epoch"]) < 0:
-            raise ValueError(f"bad stream state {dict(state)}")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        return self.dataset.collate(samples, random.Random(key))
 
     def close(self) -> None:
         if self._pool is not None:

@@ -26,6 +26,7 @@ import math
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
@@ -479,3 +480,13 @@ def _prune(
     losses.sort(key=lambda lp: (-lp[0], lp[1]))
     survivors = required | {piece for _, piece in losses[: max(0, keep - len(required))]}
     return {piece: value for piece, value in logp.items() if piece in survivors}
+
+
+@dataclass
+class TokenizerTrainConfig:
+    """``grainvl tokenizer train``: a tokenizer trained on a world's text (or a text file)."""
+
+    corpus: str  # world folder or a text file, one sentence per line
+    out: str  # output folder (Hugging Face layout)
+    kind: str = "wordpiece"  # wordpiece or unigram (SentencePiece-style)
+    vocab_size: int = 8000

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from grainvl.models.xvlm import XVLM
+
 # Added to every softmax weight before masking so that no row is all zero even when the softmax
 # underflows (official value).
 WEIGHT_FLOOR = 1e-5
@@ -96,3 +98,26 @@ def itm_loss(logits: torch.Tensor) -> torch.Tensor:
     if logits.dim() != 2 or logits.shape[1] != 2 or logits.shape[0] % 3 != 0:
         raise ValueError(f"expected (3B, 2) ITM logits, got {tuple(logits.shape)}")
     return F.cross_entropy(logits, itm_labels(logits.shape[0] // 3, logits.device))
+
+
+def hard_negative_itm_loss(
+    model: XVLM,
+    vis: torch.Tensor,
+    vis_atts: torch.Tensor,
+    text: torch.Tensor,
+    text_atts: torch.Tensor,
+    vis_feat: torch.Tensor,
+    text_feat: torch.Tensor,
+    idx: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """ITM on ``B`` positives and ``2B`` hard negatives mined from rank-local ITC similarities.
+
+    vis (B, 1+N, D) / vis_atts (B, 1+N), text (B, L, H) / text_atts (B, L), feats (B, E); ``idx`` as
+    :func:`sample_hard_negatives`. The pairs go through the fusion encoder in :func:`itm_pairs` order.
+    """
+    with torch.no_grad():
+        sim_i2t = vis_feat @ text_feat.t() / model.temp  # (B, B), local only (as the official code)
+        neg_image, neg_text = sample_hard_negatives(sim_i2t, sim_i2t.t(), idx)
+    text_index, image_index = itm_pairs(neg_image, neg_text)  # (3B,), (3B,)
+    fused = model.fuse(text[text_index], text_atts[text_index], vis[image_index], vis_atts[image_index])
+    return itm_loss(model.itm_logits(fused))

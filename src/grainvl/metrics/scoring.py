@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grainvl.data.formats import records
+from grainvl.data.formats import validate
 from grainvl.data.formats.albef import nlvr_label, read_nlvr2, read_refcoco, read_retrieval, read_vqa
 from grainvl.data.formats.coco_caption import read_caption_gt, read_caption_results
 from grainvl.data.formats.vqa_v2 import join_questions_annotations, read_vqa_annotations, read_vqa_questions
@@ -46,11 +47,11 @@ def read_vqa_results(path: Path) -> dict[Hashable, str]:
     seen: dict[Any, str] = {}
 
     def check(record: Any, where: str) -> None:
-        records.require_fields(record, {"answer": str}, path, where)
-        records.require_id(record, "question_id", path, where)
-        records.claim_unique(seen, record["question_id"], "duplicate question_id {key}", path, where)
+        validate.require_fields(record, {"answer": str}, path, where)
+        validate.require_id(record, "question_id", path, where)
+        validate.claim_unique(seen, record["question_id"], "duplicate question_id {key}", path, where)
 
-    answers = records.read_json_records(path, check)
+    answers = validate.read_json_records(path, check)
     return {r["question_id"]: r["answer"] for r in answers}
 
 
@@ -246,7 +247,7 @@ def score_nlvr2(pred: Path, gt: Path, echo: Echo = print) -> dict[str, float]:
 
     records = read_nlvr2(gt)
     labels = [nlvr_label(r["label"], gt, f"index {i}") for i, r in enumerate(records)]
-    preds = records.require_list(fileio.read_json(pred), pred)
+    preds = validate.require_list(fileio.read_json(pred), pred)
     if len(preds) != len(labels):
         raise DataError(pred, None, f"{len(preds)} predictions for {len(labels)} ground-truth pairs")
     parsed = []
@@ -281,14 +282,14 @@ def score_grounding(pred: Path, gt: Path, echo: Echo = print) -> dict[str, float
     import numpy as np
 
     by_ref = _gt_boxes(read_refcoco(gt), gt)
-    preds = records.require_list(fileio.read_json(pred), pred)
+    preds = validate.require_list(fileio.read_json(pred), pred)
     if not preds:
         raise DataError(pred, None, "no predictions")
     boxes, truth = [], []
     for i, p in enumerate(preds):
         where = f"index {i}"
-        records.require_fields(p, {}, pred, where)
-        records.require_id(p, "ref_id", pred, where)
+        validate.require_fields(p, {}, pred, where)
+        validate.require_id(p, "ref_id", pred, where)
         if p["ref_id"] not in by_ref:
             raise DataError(pred, where, f"ref_id {p['ref_id']!r} is not in the ground truth")
         ref = by_ref[p["ref_id"]]
@@ -349,3 +350,16 @@ def score_files(
     if task == "grounding":
         return score_grounding(pred, gt, echo=echo)
     raise ValueError(f"unknown task {task!r}; choose from vqa, captioning, retrieval, nlvr2, grounding")
+
+
+@dataclass
+class ScoreConfig:
+    """``grainvl score``: an official-format prediction file scored against official ground truth."""
+
+    task: str  # vqa, captioning, retrieval, nlvr2 or grounding
+    pred: str  # prediction file (official result format)
+    gt: str  # ground-truth file (official format)
+    questions: str | None = None  # vqa: the VQA v2 questions file, to check every annotated question exists
+    metric: str = "auto"  # vqa with an X-VLM/VLUE json: vqa (soft accuracy), exact, or auto
+    meteor: bool = True  # captioning: False skips METEOR (and its JVM start)
+    out: str | None = None  # also write the metrics as a JSON object here

@@ -57,7 +57,6 @@ OFFICIAL_FORMATS = ("official-x2vlm", "official-xvlm", "official-cclm")
 HF_FORMATS = ("hf-bert", "hf-xlmr", "hf-vit", "hf-beit")
 FORMATS = OFFICIAL_FORMATS + HF_FORMATS
 OFFICIAL_VISION_KINDS = ("beit2", "vit", "swin", "clip_vit")  # towers with an official X-VLM/X²-VLM layout
-TARGET_FORMATS = FORMATS  # every format can be written back
 TOWER_FILE_KEY = "grainvl_tower"  # marks a tower folder's config.json
 # Keys the official Hugging Face-derived modules register as persistent buffers; recomputed, never copied.
 # Swin's ``attn_mask`` and CLIP-ViT's ``position_ids`` are functions of the grid, rebuilt by the towers.
@@ -1149,3 +1148,23 @@ __all__ = [
     "to_official",
     "to_official_config",
 ]
+
+
+@dataclass
+class ConvertConfig:
+    """``grainvl convert``: an import (``source_format`` set) or an export (``target_format`` set)."""
+
+    input: str  # checkpoint file (.th/.pth/.safetensors) or folder
+    output: str  # folder (import, export to hf-*) or checkpoint file (export to official-*)
+    source_format: str | None = None  # official-x2vlm, official-xvlm, official-cclm, hf-bert, hf-xlmr, hf-vit, hf-beit
+    target_format: str | None = None  # the same formats, written from a grainvl folder
+    official_config: str | None = None  # official config YAML (image_res, text layers, text_encoder path ...)
+    text_config: str | None = None  # BERT/RoBERTa config.json of the official text encoder
+    tokenizer: str | None = None  # tokenizer folder copied into the output
+    layout: str = "pretrain"  # export to official-x2vlm/xvlm: pretrain, finetune or roberta key layout
+    strict: bool = True  # fail on missing/unexpected keys (mis-shaped keys always fail)
+    name: str = "converted"  # model name stored in config.json
+
+    def __post_init__(self) -> None:
+        if (self.source_format is None) == (self.target_format is None):
+            raise ValueError("convert needs exactly one of source_format (--from) and target_format (--to)")

@@ -94,26 +94,26 @@ class TextDecoder(nn.Module):
         self, input_ids: Tensor, attention_mask: Tensor, encoder_states: Tensor, encoder_atts: Tensor
     ) -> Tensor:
         """ids (B, L) with padding mask (B, L), encoder states (B, Lq, H) with mask (B, Lq) -> logits (B, L, V)."""
-        hidden = self.bert(
+        return self.cls(self.hidden_states(input_ids, attention_mask, encoder_states, encoder_atts))
+
+    def hidden_states(
+        self, input_ids: Tensor, attention_mask: Tensor, encoder_states: Tensor, encoder_atts: Tensor
+    ) -> Tensor:
+        """Causal decoder states (B, L, H) of ``input_ids`` cross-attending to the encoder states."""
+        return self.bert(
             input_ids,
             causal_mask(attention_mask),
             mode="multimodal",
             encoder_hidden_states=encoder_states,
             encoder_attention_mask=encoder_atts,
-        )  # (B, L, H)
-        return self.cls(hidden)
+        )
 
     def sequence_logprob(
         self, input_ids: Tensor, attention_mask: Tensor, encoder_states: Tensor, encoder_atts: Tensor
     ) -> Tensor:
         """Sum over t >= 1 of log p(ids[t] | ids[<t]) on real tokens -> (B,). ``ids[:, 0]`` is the start token."""
-        hidden = self.bert(
-            input_ids,
-            causal_mask(attention_mask),
-            mode="multimodal",
-            encoder_hidden_states=encoder_states,
-            encoder_attention_mask=encoder_atts,
-        )[:, :-1]  # (B, L-1, H): state t predicts token t+1
+        # (B, L-1, H): state t predicts token t+1
+        hidden = self.hidden_states(input_ids, attention_mask, encoder_states, encoder_atts)[:, :-1]
         real = attention_mask[:, 1:].bool()  # (B, L-1)
         # The LM head (a vocabulary-wide matmul) runs on real targets only, not on padding.
         logits = self.cls(hidden[real]).float()  # (T, V)

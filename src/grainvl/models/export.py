@@ -205,3 +205,11 @@ __all__ = [
     "example_inputs",
     "export_onnx",
 ]
+
+
+@dataclass
+class ExportOnnxConfig:
+    """``grainvl export onnx``: a grainvl model folder -> three validated ONNX graphs."""
+
+    model: str  # grainvl model folder (save_pretrained / grainvl convert)
+    out: str  # output folder for the .onnx files

@@ -52,8 +52,9 @@ from grainvl.compress.loyalty_bench import (
     task_text_side,
 )
 from grainvl.compress.quantize import count_quantized_linears
-from grainvl.models.factory import list_models
-from grainvl.recipes.finetune import finetune, load_finetuned
+from grainvl.config import from_dict, with_values
+from grainvl.models.factory import default_label, resolve_model
+from grainvl.recipes.finetune import FinetuneConfig, finetune, load_finetuned
 from grainvl.tasks.base import TASK_FILE
 from grainvl.tasks.registry import list_tasks
 from grainvl.utils.fileio import atomic_write_text, to_plain
@@ -69,8 +70,10 @@ class BenchOptions:
 
     finetune_steps: int | None = None  # None: the task's default fine-tuning length
     finetuned: dict[str, str] = field(default_factory=dict)  # "model:task" -> an already fine-tuned run folder
-    overrides: list[str] = field(default_factory=list)  # dotted fine-tune overrides, e.g. data.max_train_samples=64
-    task_overrides: dict[str, list[str]] = field(default_factory=dict)  # per task, after ``overrides``
+    # Every fine-tuning run starts from ``finetune``; the runner sets task, model, world, run folder, label and seed.
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    # Per task, nested FinetuneConfig values merged onto ``finetune``, e.g. {"vqa": {"options": {"k_test": 16}}}.
+    task_finetune: dict[str, dict[str, Any]] = field(default_factory=dict)
     country: str = "FRA"  # ISO 3166-1 alpha-3 code for the carbon intensity
     use_codecarbon: bool = True  # False: grainvl's documented fallback estimate only (no codecarbon start-up)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast) for evaluation and measurements
@@ -101,6 +104,12 @@ class BenchOptions:
             raise ValueError("loyalty_examples must be >= 1 and attack_examples >= 0")
         if self.repeats < 1 or self.throughput_repeats < 1 or self.throughput_batch < 1 or self.warmup < 0:
             raise ValueError("repeats, throughput_repeats and throughput_batch must be >= 1, warmup >= 0")
+        for task in self.task_finetune:  # unknown keys fail here, before any worker starts
+            self.finetune_config(task)
+
+    def finetune_config(self, task: str) -> FinetuneConfig:
+        """``finetune`` with the task's own values merged on top (task, model and paths still unset)."""
+        return with_values(self.finetune, self.task_finetune.get(task, {}))
 
 
 @dataclass(frozen=True)
@@ -126,7 +135,7 @@ def parse_models(entries: Sequence[str]) -> list[ModelEntry]:
         source = source.strip()
         if not source:
             raise ValueError(f"empty model source in {entry!r}")
-        models.append(ModelEntry(label.strip() or _default_label(source), source))
+        models.append(ModelEntry(label.strip() or default_label(source), source))
     labels = [m.label for m in models]
     duplicates = sorted({x for x in labels if labels.count(x) > 1})
     if duplicates:
@@ -136,24 +145,14 @@ def parse_models(entries: Sequence[str]) -> list[ModelEntry]:
     return models
 
 
-def _default_label(source: str) -> str:
-    path = Path(source)
-    if path.is_dir():
-        return path.parent.name if path.name == "model" and path.parent.name else path.name
-    return source
-
-
-def check_names(models: Sequence[ModelEntry], tasks: Sequence[str]) -> None:
-    """Fail before any fine-tuning on an unknown task, or a model that is neither registered nor on disk."""
+def check_inputs(models: Sequence[ModelEntry], tasks: Sequence[str]) -> None:
+    """Fail before any fine-tuning on an unknown task, or a model that does not resolve to a vision-language model."""
 
     unknown_tasks = [t for t in tasks if t not in list_tasks()]
     if unknown_tasks:
         raise ValueError(f"unknown task(s) {unknown_tasks}; registered tasks: {', '.join(list_tasks())}")
     for model in models:
-        if not Path(model.source).exists() and model.source not in list_models():
-            raise ValueError(
-                f"model {model.source!r} is neither a folder nor a registered name ({', '.join(list_models())})"
-            )
+        resolve_model(model.source).expect("vl")
 
 
 def _slug(text: str) -> str:
@@ -184,18 +183,21 @@ class FinetuneBackend:
 
     def finetune(self, model: ModelEntry, task: str, world: Path, out: Path, options: BenchOptions) -> dict[str, Any]:
         # finetune() would evaluate ID and OOD itself; the benchmark does it once, under its own trackers.
-        settings = [
-            "eval_splits=[]",
-            f"label={json.dumps(model.label)}",
-            f"train.seed={options.seed}",
-            f"train.country_iso_code={json.dumps(options.country)}",
-            f"train.track_energy={str(options.use_codecarbon).lower()}",
-            *options.overrides,
-            *options.task_overrides.get(task, []),
-        ]
+        cfg = options.finetune_config(task)
+        run: dict[str, Any] = {
+            "task": task,
+            "model": model.source,
+            "world": str(world),
+            "label": model.label,
+            "eval_splits": (),
+            "train.run_dir": str(out),
+            "train.seed": options.seed,
+            "train.country_iso_code": options.country,
+            "train.track_energy": options.use_codecarbon and cfg.train.track_energy,
+        }
         if options.finetune_steps is not None:
-            settings.append(f"train.steps={options.finetune_steps}")
-        return finetune(task, model.source, world, out, overrides=settings)
+            run["train.steps"] = options.finetune_steps
+        return finetune(with_values(cfg, run))
 
     def load(self, run_dir: Path, world: Path) -> tuple[Any, Any, Any]:
         return load_finetuned(run_dir, world)
@@ -438,7 +440,7 @@ def worker_main(spec_path: str | Path) -> int:
 
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     model = ModelEntry(**spec["model"])
-    options = BenchOptions(**spec["options"])
+    options = from_dict(BenchOptions, spec["options"])
     world, out, rows_path = Path(spec["world"]), Path(spec["out"]), Path(spec["rows"])
     backend = load_backend(options.backend)
     tags = hardware_tags(precision=options.precision)
@@ -573,7 +575,7 @@ def run_bench(
     if not world.is_dir():
         raise FileNotFoundError(f"world folder not found: {world}")
     if options.backend == DEFAULT_BACKEND:
-        check_names(entries, tasks)
+        check_inputs(entries, tasks)
     if options.teacher is not None and options.teacher not in {m.label for m in entries}:
         labels = ", ".join(m.label for m in entries)
         raise ValueError(f"--teacher {options.teacher!r} is not one of the benchmarked models ({labels})")

@@ -55,7 +55,7 @@ from grainvl.compress.quantize import (
 from grainvl.compress.shrink import shrink
 from grainvl.compress.theseus import TheseusConfig, compact_xvlm, install_theseus_xvlm, make_scheduler
 from grainvl.data.pretrain import build_pretrain_loaders
-from grainvl.models.factory import create_model, get_tokenizer, list_models
+from grainvl.models.factory import ResolvedModel, get_tokenizer, load_model, resolve_model
 from grainvl.models.xvlm import XVLM
 from grainvl.recipes.pretrain import MixedStream, PretrainData, data_config, evaluate
 from grainvl.tasks.distill import DistillTask, LayerMap, PruneTask, default_layer_map, init_student_from_teacher
@@ -157,20 +157,17 @@ class _State:
 
 
 # ----------------------------------------------------------------------------------------- loading
-def load_teacher(source: str) -> tuple[XVLM, dict[str, torch.Tensor] | None]:
-    """A model folder (``from_pretrained``, plus its ``masks.safetensors`` if pruned) or a registered name."""
+def read_masks(source: ResolvedModel) -> dict[str, torch.Tensor] | None:
+    """The ``masks.safetensors`` saved next to a pruned model's weights (a ``prune`` stage folder), or None."""
 
-    path = Path(source)
-    if path.is_dir():
-        masks = None
-        if (path / MASKS_FILE).is_file():
-            from safetensors.torch import load_file
+    folder = source.folder
+    if folder is None or source.weights is None or source.weights.parent != folder:
+        return None  # a preset, or a training checkpoint: no masks
+    if not (folder / MASKS_FILE).is_file():
+        return None
+    from safetensors.torch import load_file
 
-            masks = load_file(path / MASKS_FILE)
-        return XVLM.from_pretrained(path), masks
-    if source in list_models() or path.suffix == ".json":
-        return create_model(source), None
-    raise FileNotFoundError(f"{source}: not a model folder (config.json + model.safetensors) nor a registered model")
+    return load_file(folder / MASKS_FILE)
 
 
 # ----------------------------------------------------------------------------------------- training
@@ -400,9 +397,9 @@ def run_compress(cfg: CompressConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    teacher, masks = load_teacher(cfg.teacher)
-    teacher.eval()
-    state = _State(model=teacher, teacher=teacher, tokenizer=get_tokenizer(teacher.config), masks=masks)
+    source = resolve_model(cfg.teacher)  # a preset, architecture file, model folder or run folder
+    teacher = load_model(source).eval()
+    state = _State(model=teacher, teacher=teacher, tokenizer=get_tokenizer(source), masks=read_masks(source))
     tracker = EnergyTracker().start() if cfg.track_energy else None
     start = time.perf_counter()
     stages = {

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from grainvl.config import load_config
 from grainvl.data.check import check_path, format_report
@@ -29,10 +30,11 @@ from grainvl.data.world.generate import WorldConfig, format_world_summary, gener
 from grainvl.recipes.bench import BenchOptions, run_bench
 from grainvl.recipes.compress import CompressConfig, run_compress
 from grainvl.recipes.compress import format_report as format_compress
+from grainvl.recipes.finetune import FinetuneConfig
 from grainvl.recipes.pretrain import PretrainConfig, run_pretrain
 from grainvl.recipes.pretrain import format_report as format_pretrain
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"  # the checkout root: src/grainvl/recipes/demo.py
 DEMO_PRETRAIN = CONFIG_DIR / "pretrain" / "demo_small.yaml"
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
 
@@ -48,8 +50,8 @@ class DemoCompress:
 class DemoBench:
     tasks: list[str] = field(default_factory=lambda: ["retrieval", "vqa", "nlvr2", "grounding", "captioning"])
     finetune_steps: int = 30
-    overrides: list[str] = field(default_factory=list)
-    task_overrides: dict[str, list[str]] = field(default_factory=dict)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # every run (bench sets task, model, paths)
+    task_finetune: dict[str, dict[str, Any]] = field(default_factory=dict)  # per task, merged onto ``finetune``
     warmup: int = 3
     repeats: int = 20
     throughput_batch: int = 16
@@ -62,30 +64,33 @@ class DemoBench:
 
 @dataclass
 class DemoConfig:
-    """Settings of ``make demo`` beyond the world and pre-training (``configs/demo.yaml``)."""
+    """``make demo`` / ``grainvl demo`` (``configs/demo.yaml``); pre-training settings: ``DEMO_PRETRAIN``."""
 
+    out: str = "runs/demo"
+    images: int = 500  # world images over all splits
+    videos: int = 40  # world video clips
+    resolution: int = 160  # world image side in pixels
+    seed: int = 0  # seed of the world and the run
+    workers: int = 2  # world generator processes (the world does not depend on it)
+    steps: int | None = None  # pre-training steps; None: configs/pretrain/demo_small.yaml's
+    skip_pretrain: bool = False  # stop after the world, the check and the contact sheet
+    skip_bench: bool = False  # stop after pre-training (no compression, no benchmark)
     compress: DemoCompress = field(default_factory=DemoCompress)
     bench: DemoBench = field(default_factory=DemoBench)
 
 
-def run_demo(
-    out: Path,
-    images: int = 500,
-    videos: int = 40,
-    seed: int = 0,
-    workers: int = 2,
-    steps: int | None = None,
-    resolution: int = 160,
-    pretrain: bool = True,
-    bench: bool = True,
-) -> int:
+def run_demo(demo: DemoConfig | None = None) -> int:
+    """The whole pipeline; ``demo`` defaults to ``configs/demo.yaml``. Returns the exit status."""
+    demo = demo if demo is not None else load_demo_config()
     start = time.perf_counter()
+    out, seed, images, videos, resolution = Path(demo.out), demo.seed, demo.images, demo.videos, demo.resolution
+    pretrain, bench = not demo.skip_pretrain, not (demo.skip_pretrain or demo.skip_bench)
     world = out / "world"
-    total = 3 + int(pretrain) + 2 * int(pretrain and bench)
+    total = 3 + int(pretrain) + 2 * int(bench)
     cfg = WorldConfig(images=images, videos=videos, seed=seed, resolution=resolution)
     print(f"[1/{total}] generating a world of {images} images and {videos} videos at {resolution} px (seed {seed})")
     t0 = time.perf_counter()
-    summary = generate_world(cfg, world, workers=workers, progress=progress_printer(True))
+    summary = generate_world(cfg, world, workers=demo.workers, progress=progress_printer(True))
     print(f"      {summary.files} files in {time.perf_counter() - t0:.1f} s -> {world}")
     print(format_world_summary(summary))
     print(f"[2/{total}] checking every file, record and image (grainvl data check)")
@@ -101,27 +106,27 @@ def run_demo(
     )
     if not pretrain:
         return 0
-    model_dir = _pretrain(out, world, seed, steps, total)
+    model_dir = _pretrain(out, world, seed, demo.steps, total)
     if not bench:
         return 0
-    demo = _demo_config()
     student_dir = _compress(out, world, model_dir, demo.compress, seed, total)
     status = _bench(out, world, model_dir, student_dir, demo.bench, seed, total)
     print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min; report: {out / 'report.md'}")
     return status
 
 
-def _demo_config() -> DemoConfig:
-    return load_config(DemoConfig, DEMO_CONFIG if DEMO_CONFIG.exists() else None, [])
+def load_demo_config() -> DemoConfig:
+    """``configs/demo.yaml`` (the defaults when run outside a checkout)."""
+    return load_config(DemoConfig, DEMO_CONFIG if DEMO_CONFIG.exists() else None)
 
 
 def _pretrain(out: Path, world: Path, seed: int, steps: int | None, total: int) -> Path:
-    overrides = [f"data.world={world}", f"train.run_dir={out / 'pretrain'}", f"train.seed={seed}"]
+    values: dict[str, Any] = {"data.world": str(world), "train.run_dir": str(out / "pretrain"), "train.seed": seed}
     if steps is not None:
-        overrides.append(f"train.steps={steps}")
+        values["train.steps"] = steps
     if not DEMO_PRETRAIN.exists():
         raise FileNotFoundError(f"demo pre-training config not found: {DEMO_PRETRAIN} (run from a grainvl checkout)")
-    cfg = load_config(PretrainConfig, DEMO_PRETRAIN, overrides)
+    cfg = load_config(PretrainConfig, DEMO_PRETRAIN, values=values)
     print(
         f"[4/{total}] pre-training {cfg.model} for {cfg.train.steps} steps (ITC, ITM, MLM on images, regions and "
         f"video; box regression) -> {cfg.train.run_dir}"
@@ -159,8 +164,8 @@ def _bench(out: Path, world: Path, model: Path, student: Path, cfg: DemoBench, s
     )
     options = BenchOptions(
         finetune_steps=cfg.finetune_steps,
-        overrides=list(cfg.overrides),
-        task_overrides={task: list(values) for task, values in cfg.task_overrides.items()},
+        finetune=cfg.finetune,
+        task_finetune=dict(cfg.task_finetune),
         seed=seed,
         warmup=cfg.warmup,
         repeats=cfg.repeats,

@@ -1,6 +1,6 @@
 """Fine-tune and evaluate any registered downstream task; reload a fine-tuned run exactly.
 
-``finetune(task, model, world, out)`` builds the task module around a model (a registered name, a
+``finetune(cfg)`` builds the task module around a model (a registered name, a
 ``save_pretrained`` folder, a pre-training run folder or another fine-tuned run), trains it with
 :func:`grainvl.train.loop.train` (one process or torchrun DDP; checkpoints, resume, FLOPs), saves
 ``out/model`` + ``out/head.safetensors`` + ``out/task.json``, evaluates the ID (``test``) and OOD
@@ -29,9 +29,8 @@ from torch import nn
 from grainvl.bench.energy import EnergyTracker, count_parameters, flops_per_sample
 from grainvl.bench.results import append_result
 from grainvl.compress.quantize import quantize_dynamic_int8, read_quantize_flag, write_quantize_flag
-from grainvl.config import load_config, to_dict
-from grainvl.models.factory import create_model, get_tokenizer
-from grainvl.models.xvlm import XVLM
+from grainvl.config import to_dict
+from grainvl.models.factory import default_label, get_tokenizer, load_model, resolve_model
 from grainvl.tasks.base import TASK_FILE, DataOptions, DownstreamTask, TaskModule, resolve_split, split_tag
 from grainvl.tasks.registry import get_task
 from grainvl.train.loop import TrainConfig, train
@@ -64,36 +63,6 @@ class FinetuneConfig:
 
 
 # ---------------------------------------------------------------------------------------------- model loading
-def model_folder(source: str | Path) -> Path | None:
-    """The ``save_pretrained`` folder behind ``source`` (itself or ``source/model``), or None for a name."""
-    path = Path(source)
-    for candidate in (path, path / MODEL_DIR):
-        if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
-            return candidate
-    if path.exists():
-        raise FileNotFoundError(
-            f"{path}: neither a model folder (config.json + model.safetensors) nor a run with model/"
-        )
-    return None
-
-
-def load_model(source: str | Path) -> tuple[Any, Any, bool]:
-    """``(model, tokenizer, pretrained)``: ``pretrained`` is False for a freshly built registered name."""
-
-    folder = model_folder(source)
-    if folder is not None:
-        return XVLM.from_pretrained(folder), get_tokenizer(folder), True
-    model = create_model(str(source))
-    return model, get_tokenizer(model.config), False
-
-
-def quantize_flag(source: str | Path) -> dict[str, Any] | None:
-    """The ``quantize.json`` of a model folder source (``grainvl compress --recipe ...,quantize``), or None."""
-
-    folder = model_folder(source)
-    return None if folder is None else read_quantize_flag(folder)
-
-
 def _optimizer(module: TaskModule, cfg: OptimConfig, pretrained: bool) -> torch.optim.Optimizer:
     """X²-VLM groups; ``lr_mult`` for the task head and, on an un-pretrained model, its new parts too."""
 
@@ -106,51 +75,16 @@ def _optimizer(module: TaskModule, cfg: OptimConfig, pretrained: bool) -> torch.
 def model_label(cfg: FinetuneConfig) -> str:
     if cfg.label:
         return cfg.label
-    path = Path(cfg.model)
-    return path.name if path.exists() else cfg.model
+    return default_label(cfg.model)
 
 
 # ---------------------------------------------------------------------------------------------- run
-def finetune(
-    task: str | None,
-    model: str | Path | None,
-    world: str | Path | None,
-    out: str | Path | None,
-    cfg: FinetuneConfig | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
-    resume: str | Path | None = None,
-) -> dict[str, Any]:
-    """Fine-tune, save, evaluate ID and OOD; returns the summary (rank 0; ``{}`` on other ranks).
+def finetune(cfg: FinetuneConfig, resume: str | Path | None = None) -> dict[str, Any]:
+    """Fine-tune ``cfg.model`` on ``cfg.task``, save, evaluate ``cfg.eval_splits``; returns the summary.
 
-    Arguments other than None override ``cfg`` (itself defaults <- ``overrides``).
+    The summary comes from rank 0 (``{}`` on other ranks). ``resume``: a run or checkpoint folder to continue.
     """
-
-    if cfg is None:
-        cfg = load_config(FinetuneConfig, None, list(overrides))
-    elif overrides:
-        cfg = _apply_overrides(cfg, list(overrides))
-    changes: dict[str, Any] = {}
-    for key, value in (("task", task), ("model", model), ("world", world)):
-        if value is not None:
-            changes[key] = str(value)
-    cfg = dataclasses.replace(cfg, **changes)
-    if out is not None:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=str(out)))
     return run_in_process_group(lambda env: _run(cfg, env, resume), cfg.torch_threads)
-
-
-def _apply_overrides(cfg: FinetuneConfig, overrides: list[str]) -> FinetuneConfig:
-    """``cfg`` with dotted ``key=value`` overrides applied (through the YAML path, so types are checked)."""
-    import tempfile
-
-    import yaml
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(to_dict(cfg), f)
-    try:
-        return load_config(FinetuneConfig, f.name, overrides)
-    finally:
-        Path(f.name).unlink()
 
 
 def _run(cfg: FinetuneConfig, env: Any, resume: str | Path | None) -> dict[str, Any]:
@@ -160,8 +94,10 @@ def _run(cfg: FinetuneConfig, env: Any, resume: str | Path | None) -> dict[str, 
     splits = [resolve_split(s) for s in cfg.eval_splits]
     task = get_task(cfg.task, **cfg.options).with_data(cfg.data)
     torch.manual_seed(cfg.train.seed)  # identical head initialisation on every rank
-    model, tokenizer, pretrained = load_model(cfg.model)
-    quantize_spec = quantize_flag(cfg.model)  # int8 models fine-tune in fp32, then re-quantise (post-training)
+    source = resolve_model(cfg.model)
+    model, tokenizer, pretrained = load_model(source), get_tokenizer(source), source.pretrained
+    # int8 models fine-tune in fp32, then re-quantise (post-training); read_quantize_flag validates the flag.
+    quantize_spec = read_quantize_flag(source.folder) if source.quantize is not None and source.folder else None
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     module = task.build(model, world, tokenizer)
     stream = task.train_stream(module, tokenizer, world, cfg.data, env.rank, env.world_size)
@@ -294,8 +230,8 @@ def load_finetuned(run_dir: str | Path, world: str | Path | None = None) -> tupl
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     task = get_task(meta["task"], **meta.get("options", {})).with_data(DataOptions(**meta.get("data", {})))
 
-    model = XVLM.from_pretrained(run_dir / MODEL_DIR)
-    tokenizer = get_tokenizer(run_dir / MODEL_DIR)
+    source = resolve_model(run_dir / MODEL_DIR)
+    model, tokenizer = load_model(source), get_tokenizer(source)
     module = task.build(model, Path(world if world is not None else meta.get("world", ".")), tokenizer)
     task.load_head(module, run_dir)
     module.eval()
@@ -303,6 +239,21 @@ def load_finetuned(run_dir: str | Path, world: str | Path | None = None) -> tupl
     if spec is not None:  # post-training dynamic int8 of the whole fine-tuned module (backbone + head), CPU
         module = quantize_dynamic_int8(module, skip=tuple(spec.get("skip", ())))
     return task, module, tokenizer
+
+
+@dataclass
+class EvalConfig:
+    """``grainvl eval``: a fine-tuned run evaluated on one split of a world."""
+
+    task: str
+    """The task the run was fine-tuned on (checked against ``RUN/task.json``)."""
+    model: str
+    """The fine-tuned run folder (``RUN`` of ``grainvl finetune``)."""
+    world: str
+    split: str = "id"
+    """``id`` (test), ``ood`` (test_ood) or a split name such as ``val``."""
+    out: str | None = None
+    """Folder for the predictions and ``metrics.json``; None: print the metrics only."""
 
 
 def evaluate_run(run_dir: str | Path, world: str | Path, split: str, out_dir: Path | None = None) -> dict[str, float]:

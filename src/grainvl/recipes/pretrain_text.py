@@ -15,11 +15,13 @@ The recipe is TACO's (compression.md §E.2, ``run_mlm_with_contrastive.py``), sc
   steps in the paper), through :func:`grainvl.train.loop.train` (DDP, accumulation, checkpoints,
   exact resume, energy accounting).
 
-Models are BERT presets built from scratch (:data:`TEXT_PRESETS`, Turc et al. 2019's compact
-BERTs; ``bert-small`` is the paper's small model), an architecture JSON file, or a local Hugging Face
-folder (continued pre-training, e.g. the packaged MiniLM). The trained encoder is written as a
-Hugging Face ``BertForMaskedLM`` folder (:func:`save_hf_bert`) that transformers' ``BertModel`` /
-``BertForMaskedLM`` and :func:`grainvl.models.text.load_hf_bert` both load.
+Models are BERT presets built from scratch (the ``"family": "text"`` architecture files of
+:func:`grainvl.models.factory.list_models`, Turc et al. 2019's compact BERTs; ``bert-small`` is the
+paper's small model), an architecture JSON file, or a local Hugging Face folder (continued
+pre-training, e.g. the packaged MiniLM), all through :func:`grainvl.models.factory.resolve_model`.
+The trained encoder is written as a Hugging Face ``BertForMaskedLM`` folder (:func:`save_hf_bert`)
+that transformers' ``BertModel`` / ``BertForMaskedLM`` and :func:`grainvl.models.text.load_hf_bert`
+both load.
 """
 
 from __future__ import annotations
@@ -38,15 +40,8 @@ from grainvl.bench.results import append_result
 from grainvl.config import to_dict
 from grainvl.data.iterators import RepeatingLoader
 from grainvl.data.text_corpus import load_corpora
-from grainvl.data.tokenization import load_tokenizer, packaged_minilm_path
-from grainvl.models.text import (
-    BertEncoderModel,
-    MLMHead,
-    TextConfig,
-    load_hf_bert,
-    read_hf_state_dict,
-    save_hf_bert,
-)
+from grainvl.models.factory import load_text_model
+from grainvl.models.text import BertEncoderModel, MLMHead, save_hf_bert
 from grainvl.tasks.pretrain_text import MaskingCollate, TacoSettings, TextPretrainTask, chunk_corpus
 from grainvl.train.loop import TrainConfig, TrainSummary, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
@@ -55,16 +50,6 @@ from grainvl.utils.fileio import atomic_write_text
 
 OBJECTIVES = ("mlm", "taco")
 TACO_POSITIONS = ("all", "masked", "unmasked")
-
-# Compact BERTs (Turc et al. 2019, "Well-Read Students Learn Better"): layers, hidden, heads, FFN.
-TEXT_PRESETS: dict[str, dict[str, int]] = {
-    "bert-tiny": {"num_layers": 2, "hidden_size": 128, "num_heads": 2, "intermediate_size": 512},
-    "bert-mini": {"num_layers": 4, "hidden_size": 256, "num_heads": 4, "intermediate_size": 1024},
-    "bert-small": {"num_layers": 4, "hidden_size": 512, "num_heads": 8, "intermediate_size": 2048},
-    "bert-medium": {"num_layers": 8, "hidden_size": 512, "num_heads": 8, "intermediate_size": 2048},
-    "bert-base": {"num_layers": 12, "hidden_size": 768, "num_heads": 12, "intermediate_size": 3072},
-}
-_ARCH_KEYS = frozenset(f.name for f in dataclasses.fields(TextConfig)) - {"vocab_size", "pad_token_id"}
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -82,7 +67,7 @@ class TextPretrainData:
 @dataclass
 class TextPretrainConfig:
     model: str = "bert-mini"
-    """A preset (:data:`TEXT_PRESETS`), an architecture JSON file (TextConfig fields), or a Hugging Face folder."""
+    """A text preset (``list_models("text")``), an architecture JSON file (TextConfig fields), or a HF folder."""
     tokenizer: str | None = None
     """Tokenizer folder; None: the model folder's, or the packaged MiniLM's (bert-base-uncased WordPiece)."""
     objective: str = "mlm"
@@ -105,50 +90,10 @@ class TextPretrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- model
-def preset_architecture(model: str) -> dict[str, Any]:
-    """TextConfig fields (without vocabulary) of a preset name or an architecture JSON file."""
-    if model in TEXT_PRESETS:
-        return dict(TEXT_PRESETS[model])
-    path = Path(model)
-    if path.suffix == ".json" and path.is_file():
-        arch = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(arch, dict):
-            raise ValueError(f"{path}: expected a JSON object of TextConfig fields")
-        unknown = sorted(set(arch) - _ARCH_KEYS)
-        if unknown:
-            raise ValueError(f"{path}: unknown TextConfig field(s) {unknown}; known: {sorted(_ARCH_KEYS)}")
-        return arch
-    raise ValueError(
-        f"model {model!r} is not a preset ({', '.join(TEXT_PRESETS)}), an architecture .json file or a "
-        "Hugging Face folder with config.json"
-    )
-
-
 def build_text_model(model: str, tokenizer: str | None = None) -> tuple[BertEncoderModel, MLMHead, Any]:
-    """-> (encoder, tied MLM head, tokenizer) from a preset / JSON (random init) or a Hugging Face folder.
-
-    A folder's ``cls.predictions.*`` weights (a BertForMaskedLM checkpoint) load into the head; the
-    decoder is always tied to the word embeddings, as in BERT.
-    """
-
-    folder = Path(model)
-    if (folder / "config.json").is_file():
-        tok = load_tokenizer(tokenizer or folder)
-        config, encoder, _ = load_hf_bert(folder)
-        head = MLMHead(config)
-        state = read_hf_state_dict(folder)
-        head_state = {k.removeprefix("cls."): v for k, v in state.items() if k.startswith("cls.predictions.")}
-        head_state = {k: v for k, v in head_state.items() if not k.startswith("predictions.decoder.")}
-        if head_state:
-            head.load_state_dict(head_state, strict=False)
-    else:
-        tok = load_tokenizer(tokenizer or packaged_minilm_path())
-        config = TextConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id or 0, **preset_architecture(model))
-        encoder, head = BertEncoderModel(config), MLMHead(config)
-    if len(tok) > config.vocab_size:
-        raise ValueError(f"the tokenizer has {len(tok)} tokens but the model only {config.vocab_size} embeddings")
-    head.tie_weights(encoder.embeddings)
-    return encoder, head, tok
+    """-> (encoder, tied MLM head, tokenizer): :func:`grainvl.models.factory.load_text_model` of a text
+    preset / architecture JSON (random init), a Hugging Face folder or a pretrain-text run (``RUN/encoder``)."""
+    return load_text_model(model, tokenizer)
 
 
 # ---------------------------------------------------------------------------------------------- run

@@ -328,3 +328,69 @@ __all__ = [
     "run_evaluate",
     "tiny_bert_folder",
 ]
+
+
+# ---------------------------------------------------------------------------------------------- command configs
+@dataclass
+class TransferTasksConfig:
+    """Which tasks and backbone ``grainvl transfer tune|evaluate`` use."""
+
+    tasks: str  # task root: a world folder, W/text, or folders with glue/ and squad/ tasks
+    out: str  # output folder
+    model: str | None = None  # Hugging Face BERT folder; None: the packaged MiniLM
+    layers: int | None = None  # keep only the first N encoder layers (cheaper)
+    names: list[str] = field(default_factory=list)  # task names to use; empty: all found
+    per_kind: int | None = None  # use the first N classification and N QA tasks
+    kinds: list[str] = field(default_factory=lambda: ["classification", "qa"])
+    batch_size: int = 16
+    max_length: int = 128  # max tokens per example
+    max_train: int | None = None  # at most this many training examples per task
+    seed: int = 0  # data order and heads
+
+
+@dataclass
+class TransferTuneConfig(TransferTasksConfig):
+    """``grainvl transfer tune``: PET-tune every task and save its tuned parameters."""
+
+    method: str = "prompt"  # prompt, prefix, lora or bitfit
+    steps: int = 60  # PET optimizer steps per task
+    snapshot_steps: tuple[int, ...] = ()  # early-checkpoint steps to keep too
+
+
+@dataclass
+class TransferEvaluateConfig(TransferTasksConfig):
+    """``grainvl transfer evaluate``: PET embeddings vs TextEmb/TaskEmb against real transfer."""
+
+    methods: list[str] = field(default_factory=lambda: ["prompt", "prefix", "lora", "bitfit"])
+    pet_steps: int = 60  # PET steps per task
+    snapshot_steps: tuple[int, ...] = ()  # early-checkpoint steps to evaluate too
+    ft_steps: int = 60  # fine-tuning steps of each ground-truth run
+    ft_lr: float = 1e-4  # fine-tuning learning rate
+    baseline_examples: int = 200  # examples per task for TextEmb/TaskEmb
+    max_dev: int | None = None  # score at most this many dev examples per task
+    target_train: int | None = None  # full -> limited regime: targets train on only this many examples
+    k: int = 3  # k of regret@k
+    gain: str = "exp"  # NDCG gain: exp (Vu et al.) or linear
+    cache: str | None = None  # ground-truth cache folder; None: OUT/cache
+
+
+@dataclass
+class TransferEmbedConfig:
+    """``grainvl transfer embed``: task embeddings and similarities from a ``tune`` run."""
+
+    run: str  # the out folder of ``transfer tune``
+    method: str = "prompt"
+    variant: str = "delta"  # raw, delta (minus init) or centered
+    step: int | None = None  # the snapshot at this step instead of the final parameters
+
+
+@dataclass
+class TransferRankConfig:
+    """``grainvl transfer rank``: source tasks ranked for each target by embedding similarity."""
+
+    run: str  # the out folder of ``transfer tune``
+    method: str = "prompt"
+    variant: str = "delta"
+    target: str | None = None  # only this target task; None: every task
+    top: int = 5  # sources printed per target
+    step: int | None = None  # the snapshot at this step instead of the final parameters

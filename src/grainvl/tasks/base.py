@@ -164,6 +164,33 @@ class DownstreamTask(abc.ABC):
     def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
         """A zero-argument callable running one inference on ``batch_size`` real test samples."""
 
+    # ------------------------------------------------------------------ evaluation helpers
+    def eval_batches(self, module: nn.Module, data: EvalData) -> Iterator[tuple[list[int], list[Any], dict[str, Any]]]:
+        """This rank's share of ``data`` in ``eval_batch_size`` batches on the module's device."""
+        return iter_shard_batches(data, self.data.eval_batch_size, module_device(module))
+
+    def publish(
+        self,
+        predictions: Sequence[dict[str, Any]],
+        key: str,
+        out_dir: Path | None,
+        file_name: str,
+        view: Callable[[list[dict[str, Any]]], Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Merge every rank's predictions (:func:`gather_predictions`) and write them as ``out_dir/file_name``.
+
+        ``view`` turns the merged list into what the file holds when the official format is not the
+        list itself. Collective; rank 0 gets the merged list (written only when non-empty), the others ``[]``.
+        """
+        merged = gather_predictions(predictions, key)
+        if merged:
+            write_json_result(out_dir, file_name, merged if view is None else view(merged))
+        return merged
+
+    def latency_batch(self, module: nn.Module, data: EvalData, batch_size: int) -> dict[str, Any]:
+        """``batch_size`` real items (cycling through a smaller split), collated on the module's device."""
+        return to_device(data.collate([data[i % len(data)] for i in range(batch_size)]), module_device(module))
+
     # ------------------------------------------------------------------ persistence
     def save_head(self, module: TaskModule, directory: str | Path) -> None:
         """Write ``head.safetensors`` (task parameters outside the model) and ``task.json`` atomically."""
@@ -190,6 +217,17 @@ class DownstreamTask(abc.ABC):
         if missing or unexpected:
             raise ValueError(f"{path}: missing head keys {missing[:10]}, unexpected {unexpected[:10]}")
         module.load_state_dict(state, strict=False)
+
+
+def inference_call(module: nn.Module, run: Callable[[], Any]) -> Callable[[], Any]:
+    """``run`` as a latency call: the module in eval mode, no autograd (what every task's inference does)."""
+
+    @torch.no_grad()
+    def call() -> Any:
+        module.eval()
+        return run()
+
+    return call
 
 
 def module_device(module: nn.Module) -> torch.device:

@@ -34,17 +34,7 @@ from grainvl.losses.mlm import gather_masked
 from grainvl.metrics.captioning import caption_scores, coco_caption_inputs
 from grainvl.models.decoder import SearchConfig, beam_search, greedy_search, incremental_forward
 from grainvl.models.xvlm import XVLM
-from grainvl.tasks.base import (
-    DataOptions,
-    DownstreamTask,
-    TaskModule,
-    gather_predictions,
-    iter_shard_batches,
-    model_data_config,
-    module_device,
-    resolve_split,
-    write_json_result,
-)
+from grainvl.tasks.base import DataOptions, DownstreamTask, TaskModule, inference_call, model_data_config, resolve_split
 
 CAPTION_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
@@ -207,26 +197,19 @@ class CaptioningTask(DownstreamTask):
         split = resolve_split(split)
         data = self._eval_data(module, tokenizer, world, split)
         predictions = []
-        for _, _, batch in iter_shard_batches(data, self.data.eval_batch_size, module_device(module)):
+        for _, _, batch in self.eval_batches(module, data):
             captions = module.generate(batch["image"])
             predictions += [{"image_id": i, "caption": c} for i, c in zip(batch["image_id"], captions)]
-        merged = gather_predictions(predictions, "image_id")
+        merged = self.publish(predictions, "image_id", out_dir, f"caption_result_{split}.json")
         if not merged:
             return {}
-        write_json_result(out_dir, f"caption_result_{split}.json", merged)
         return caption_metrics(merged, caption_file(world, split, gt=True), self.options["meteor"])
 
     def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
         assert isinstance(module, CaptionModule)
         data = self._eval_data(module, tokenizer, world, "test")
-        image = torch.stack([data.sample(i % len(data), 0)["image"] for i in range(batch_size)])
-
-        @torch.no_grad()
-        def call() -> list[str]:
-            module.eval()
-            return module.generate(image)
-
-        return call
+        image = self.latency_batch(module, data, batch_size)["image"]
+        return inference_call(module, lambda: module.generate(image))
 
 
 def caption_metrics(results: list[dict[str, Any]], gt_path: Path, meteor: bool = True) -> dict[str, float]:

@@ -23,18 +23,7 @@ from grainvl.data.pretrain import GroundingEval
 from grainvl.losses.bbox import bbox_loss
 from grainvl.metrics.grounding import IOU_THRESHOLD, denormalize_cxcywh, iou_xywh
 from grainvl.models.xvlm import XVLM
-from grainvl.tasks.base import (
-    DataOptions,
-    DownstreamTask,
-    TaskModule,
-    gather_predictions,
-    iter_shard_batches,
-    model_data_config,
-    module_device,
-    resolve_split,
-    to_device,
-    write_json_result,
-)
+from grainvl.tasks.base import DataOptions, DownstreamTask, TaskModule, inference_call, model_data_config, resolve_split
 
 
 class GroundingModule(TaskModule):
@@ -96,38 +85,33 @@ class GroundingTask(DownstreamTask):
         module.eval()
         data = self.eval_data(module, tokenizer, world, split)
         predictions = []
-        for chunk, items, batch in iter_shard_batches(data, self.data.eval_batch_size, module_device(module)):
+        for chunk, items, batch in self.eval_batches(module, data):
             pred = module.predict(batch["image"], batch["text_ids"], batch["text_atts"])  # (B, 4) normalised
             width = [item["orig_size"][0] for item in items]
             height = [item["orig_size"][1] for item in items]
             boxes = denormalize_cxcywh(pred.cpu(), width, height)  # (B, 4) [x, y, w, h] original pixels
-            for i, item, box in zip(chunk, items, boxes):
+            pred_xywh = np.array([box.tolist() for box in boxes])
+            gt_xywh = np.array([item["orig_box"].tolist() for item in items])
+            ious = np.atleast_1d(iou_xywh(pred_xywh, gt_xywh))
+            for i, item, pb, gb, iou in zip(chunk, items, pred_xywh, gt_xywh, ious):
                 predictions.append(
                     {
                         "index": i,
                         "ref_id": item["ref_id"],
-                        "bbox": box.tolist(),
-                        "gt_box": item["orig_box"].tolist(),
+                        "bbox": pb.tolist(),
+                        "gt_box": gb.tolist(),
+                        "iou": float(iou),
                     }
                 )
-        merged = gather_predictions(predictions, "index")
+        merged = self.publish(predictions, "index", out_dir, f"{self.name}_{resolve_split(split)}.json")
         if not merged:
             return {}
         pred_boxes = np.array([p["bbox"] for p in merged])
         gt_boxes = np.array([p["gt_box"] for p in merged])
-        for p, iou in zip(merged, np.atleast_1d(iou_xywh(pred_boxes, gt_boxes))):
-            p["iou"] = float(iou)
-        write_json_result(out_dir, f"{self.name}_{resolve_split(split)}.json", merged)
         return grounding_metrics(pred_boxes, gt_boxes)
 
     def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
         assert isinstance(module, GroundingModule)
         data = self.eval_data(module, tokenizer, world, "test")
-        batch = to_device(data.collate([data[i % len(data)] for i in range(batch_size)]), module_device(module))
-
-        @torch.no_grad()
-        def call() -> torch.Tensor:
-            module.eval()
-            return module.predict(batch["image"], batch["text_ids"], batch["text_atts"])
-
-        return call
+        batch = self.latency_batch(module, data, batch_size)
+        return inference_call(module, lambda: module.predict(batch["image"], batch["text_ids"], batch["text_atts"]))

@@ -20,18 +20,7 @@ import torch.nn.functional as F
 from grainvl.data.downstream import NLVRDataset, make_loader, nlvr_file
 from grainvl.data.iterators import StatefulIterator
 from grainvl.models.xvlm import XVLM, _init_linear, build_mlp
-from grainvl.tasks.base import (
-    DataOptions,
-    DownstreamTask,
-    TaskModule,
-    gather_predictions,
-    iter_shard_batches,
-    model_data_config,
-    module_device,
-    resolve_split,
-    to_device,
-    write_json_result,
-)
+from grainvl.tasks.base import DataOptions, DownstreamTask, TaskModule, inference_call, model_data_config, resolve_split
 
 
 class NLVRModule(TaskModule):
@@ -91,28 +80,19 @@ class NLVR2Task(DownstreamTask):
         module.eval()
         data = self.eval_data(module, tokenizer, world, split)
         predictions = []
-        for indices, _, batch in iter_shard_batches(data, self.data.eval_batch_size, module_device(module)):
+        for indices, _, batch in self.eval_batches(module, data):
             pred = module.logits(batch["image"], batch["text_ids"], batch["text_atts"]).argmax(-1)
             for i, p, y in zip(indices, pred.tolist(), batch["label"].tolist()):
                 predictions.append({"index": i, "pred": bool(p), "label": bool(y)})
-        merged = gather_predictions(predictions, "index")
+        # ``grainvl score nlvr2``'s format: one label per ground-truth pair, in file order.
+        name = f"{self.name}_{resolve_split(split)}.json"
+        merged = self.publish(predictions, "index", out_dir, name, view=lambda rows: [p["pred"] for p in rows])
         if not merged:
             return {}
-        acc = 100.0 * sum(p["pred"] == p["label"] for p in merged) / len(merged)
-        # ``grainvl score nlvr2``'s format: one label per ground-truth pair, in file order.
-        write_json_result(out_dir, f"{self.name}_{resolve_split(split)}.json", [p["pred"] for p in merged])
-        return {"acc": acc}
+        return {"acc": 100.0 * sum(p["pred"] == p["label"] for p in merged) / len(merged)}
 
     def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
         assert isinstance(module, NLVRModule)
         data = self.eval_data(module, tokenizer, world, "test")
-        batch = to_device(
-            data.collate([data.sample(i % len(data), 0) for i in range(batch_size)]), module_device(module)
-        )
-
-        @torch.no_grad()
-        def call() -> torch.Tensor:
-            module.eval()
-            return module.logits(batch["image"], batch["text_ids"], batch["text_atts"])
-
-        return call
+        batch = self.latency_batch(module, data, batch_size)
+        return inference_call(module, lambda: module.logits(batch["image"], batch["text_ids"], batch["text_atts"]))

@@ -16,7 +16,7 @@ from torch import nn
 
 from grainvl.losses.bbox import bbox_loss
 from grainvl.losses.itc import itc_loss
-from grainvl.losses.itm import itm_loss, sample_hard_negatives
+from grainvl.losses.itm import hard_negative_itm_loss
 from grainvl.losses.mlm import gather_masked, mlm_loss
 from grainvl.models.xvlm import XVLM
 
@@ -65,8 +65,8 @@ class PretrainTask(nn.Module):
         vis_feat, text_feat = m.image_feat(vis), m.text_feat(text)
         losses[f"{kind}_itc_loss"] = weight * itc_loss(vis_feat, text_feat, m.temp, idx=idx)
         if self.weights.itm:
-            losses[f"{kind}_itm_loss"] = weight * self._itm(
-                vis, vis_atts, text, b["text_atts"], vis_feat, text_feat, idx
+            losses[f"{kind}_itm_loss"] = weight * hard_negative_itm_loss(
+                m, vis, vis_atts, text, b["text_atts"], vis_feat, text_feat, idx
             )
         losses[f"{kind}_mlm_loss"] = weight * self._mlm(b, vis, vis_atts)
 
@@ -81,7 +81,9 @@ class PretrainTask(nn.Module):
         # Different regions of one image are different targets, so no idx here (as the official code).
         losses["region_itc_loss"] = weight * itc_loss(region_feat, text_feat, m.temp, idx=None)
         if self.weights.itm:
-            itm = self._itm(region_seq, region_atts, text, b["text_atts"], region_feat, text_feat, None)
+            itm = hard_negative_itm_loss(
+                self.model, region_seq, region_atts, text, b["text_atts"], region_feat, text_feat, None
+            )
             losses["region_itm_loss"] = weight * itm
         losses["region_mlm_loss"] = weight * self._mlm(b, region_seq, region_atts)
         if self.weights.bbox:
@@ -94,29 +96,6 @@ class PretrainTask(nn.Module):
             losses["region_giou_loss"] = weight * giou
 
     # ------------------------------------------------------------------ shared pieces
-    def _itm(
-        self,
-        vis: torch.Tensor,
-        vis_atts: torch.Tensor,
-        text: torch.Tensor,
-        text_atts: torch.Tensor,
-        vis_feat: torch.Tensor,
-        text_feat: torch.Tensor,
-        idx: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """ITM on B positives and 2B hard negatives mined from local ITC similarities."""
-        m = self.model
-        with torch.no_grad():
-            sim_i2t = vis_feat @ text_feat.t() / m.temp  # (B, B), local only (as the official code)
-            neg_image, neg_text = sample_hard_negatives(sim_i2t, sim_i2t.t(), idx)
-        # Official order: positives, then (text, hard negative image), then (hard negative text, image).
-        all_text = torch.cat([text, text, text[neg_text]])
-        all_text_atts = torch.cat([text_atts, text_atts, text_atts[neg_text]])
-        all_vis = torch.cat([vis, vis[neg_image], vis])
-        all_vis_atts = torch.cat([vis_atts, vis_atts[neg_image], vis_atts])
-        fused = m.fuse(all_text, all_text_atts, all_vis, all_vis_atts)  # (3B, L, H)
-        return itm_loss(m.itm_logits(fused))
-
     def _mlm(self, b: dict[str, torch.Tensor], vis: torch.Tensor, vis_atts: torch.Tensor) -> torch.Tensor:
         m = self.model
         hidden = m.encode_multimodal(b["text_ids_masked"], b["text_atts"], vis, vis_atts)  # (B, L, H)

@@ -37,7 +37,7 @@ from grainvl.data.downstream import RetrievalEvalSet, RetrievalTrainDataset, mak
 from grainvl.data.downstream import retrieval_file as _retrieval_file
 from grainvl.data.iterators import StatefulIterator
 from grainvl.losses.itc import itc_loss
-from grainvl.losses.itm import itm_loss, sample_hard_negatives
+from grainvl.losses.itm import hard_negative_itm_loss
 from grainvl.metrics.retrieval import retrieval_metrics_from_topk, topk_search
 from grainvl.models.xvlm import XVLM
 from grainvl.tasks.base import (
@@ -54,7 +54,6 @@ from grainvl.tasks.base import (
 from grainvl.utils.distributed import get_rank
 
 SCORE_MODES = ("itm", "combined", "itc")
-UNSCORED = -100.0  # the official value of entries outside the top-k
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -73,29 +72,10 @@ class RetrievalModule(TaskModule):
         idx = batch["idx"]  # (B,)
         losses = {"itc_loss": itc_loss(vis_feat, text_feat, m.temp, idx=idx)}
         if self.itm:
-            losses["itm_loss"] = self._itm(vis, vis_atts, text, batch["text_atts"], vis_feat, text_feat, idx)
+            losses["itm_loss"] = hard_negative_itm_loss(
+                m, vis, vis_atts, text, batch["text_atts"], vis_feat, text_feat, idx
+            )
         return losses, {"temp": float(m.temp.detach())}
-
-    def _itm(
-        self,
-        vis: torch.Tensor,
-        vis_atts: torch.Tensor,
-        text: torch.Tensor,
-        text_atts: torch.Tensor,
-        vis_feat: torch.Tensor,
-        text_feat: torch.Tensor,
-        idx: torch.Tensor,
-    ) -> torch.Tensor:
-        """B positives + 2B hard negatives (rank-local, as the official code), never sharing an id."""
-        m = self.model
-        with torch.no_grad():
-            sim = vis_feat @ text_feat.t() / m.temp  # (B, B)
-            neg_image, neg_text = sample_hard_negatives(sim, sim.t(), idx)
-        all_text = torch.cat([text, text, text[neg_text]])  # (3B, L, H)
-        all_text_atts = torch.cat([text_atts, text_atts, text_atts[neg_text]])
-        all_vis = torch.cat([vis, vis[neg_image], vis])  # (3B, 1+N, D)
-        all_vis_atts = torch.cat([vis_atts, vis_atts[neg_image], vis_atts])
-        return itm_loss(m.itm_logits(m.fuse(all_text, all_text_atts, all_vis, all_vis_atts)))
 
 
 # ---------------------------------------------------------------------------------------------- evaluation core

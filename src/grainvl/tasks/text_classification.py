@@ -3,7 +3,8 @@
 The model is BERT's ``BertForSequenceClassification`` recipe on our own text tower
 (:class:`~grainvl.models.text.BertEncoderModel`): ``[CLS]`` state -> pooler (``Linear(H, H)`` + tanh,
 loaded from the checkpoint's ``pooler.dense`` when it has one) -> dropout -> ``Linear(H, C)``.
-Training is AdamW with a linear warm-up/decay schedule and gradient clipping at 1.0, as in the
+Training is AdamW with a linear warm-up/decay schedule and gradient clipping at 1.0, run by the one
+training loop (:func:`grainvl.train.loop.train`, in memory through :func:`fit_in_memory`), as in the
 Hugging Face GLUE example and Vu et al. 2020 (their defaults: lr 2e-5, batch 32, 3 epochs, length 128;
 ours count *steps* so that small benchmarks stay cheap).
 
@@ -24,7 +25,6 @@ instead of the first N. :func:`probe_text_classifier` is the cheap alternative r
 from __future__ import annotations
 
 import copy
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -38,10 +38,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from grainvl.data.formats.glue import read_tsv
+from grainvl.data.iterators import BatchSequence
 from grainvl.data.tokenization import load_tokenizer
 from grainvl.errors import DataError
 from grainvl.models.text import BertEncoderModel, load_hf_bert, read_hf_state_dict
+from grainvl.train.loop import TrainConfig, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
+from grainvl.utils.distributed import DistEnv
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -387,41 +390,69 @@ def task_loss(logits: Tensor, targets: Tensor, regression: bool) -> Tensor:
     return F.cross_entropy(logits, targets.long())
 
 
-def train_steps(
+Batch = tuple[dict[str, Tensor], Tensor]  # (model inputs, targets)
+LossFn = Callable[[nn.Module, dict[str, Tensor], Tensor], Tensor]
+
+
+class SupervisedTask(nn.Module):
+    """The training loop's Task for a plain supervised model: ``{"inputs", "targets"}`` -> the task loss."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, float]]:
+        return {"task_loss": self.loss_fn(self.model, batch["inputs"], batch["targets"])}, {}
+
+
+def fit_in_memory(
     model: nn.Module,
-    batches: Callable[[int], tuple[dict[str, Tensor], Tensor]],
-    loss_fn: Callable[[nn.Module, dict[str, Tensor], Tensor], Tensor],
+    batches: Callable[[int], Batch],
+    loss_fn: LossFn,
     steps: int,
     lr: float,
     weight_decay: float,
     warmup: float,
     on_step: Callable[[int], None] | None = None,
 ) -> list[float]:
-    """AdamW (betas 0.9/0.999, eps 1e-8, no decay on biases/LayerNorm) + linear warm-up/decay, clip 1.0.
+    """Train ``model`` for ``steps`` steps with :func:`grainvl.train.loop.train`, writing nothing to disk.
 
-    ``batches(step)`` -> (inputs, targets); only parameters with ``requires_grad`` are trained.
+    AdamW (betas 0.9/0.999, eps 1e-8, no decay on biases/LayerNorm) + linear warm-up/decay, clip 1.0;
+    a non-finite loss stops the run (``FloatingPointError``). ``batches(step)`` -> (inputs, targets)
+    for 0-based ``step``; only parameters with ``requires_grad`` are trained. The RNGs are not
+    reseeded: the caller seeded them before building the head, so dropout continues that stream.
     ``on_step(step)`` runs after each optimizer step (1-based), e.g. to snapshot parameters.
-    -> the loss of every step.
+    -> the loss of every step; the model is left in eval mode.
     """
-
     optimizer = build_optimizer(model, OptimConfig(lr=lr, weight_decay=weight_decay, lr_mult=1.0, betas=(0.9, 0.999)))
     scheduler = build_scheduler(optimizer, SchedConfig("linear", warmup_steps=warmup, total_steps=steps))
-    params = [p for p in model.parameters() if p.requires_grad]
-    model.train()
-    losses = []
-    for step in range(steps):
-        inputs, targets = batches(step)
-        loss = loss_fn(model, inputs, targets)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
+    cfg = TrainConfig(
+        steps=steps,
+        clip_grad=1.0,
+        log_every=steps,
+        seed=None,
+        run_dir=None,
+        max_bad_steps=1,
+        save_final=False,
+        track_energy=False,
+        count_flops=False,
+        progress=False,
+        tensorboard=False,
+    )
+    losses: list[float] = []
+
+    def record(step: int, step_losses: dict[str, float], _metrics: dict[str, float]) -> None:
+        losses.append(step_losses["loss"])
         if on_step is not None:
-            on_step(step + 1)
+            on_step(step)
+
+    def batch(step: int) -> dict[str, Any]:
+        inputs, targets = batches(step)
+        return {"inputs": inputs, "targets": targets}
+
+    env = DistEnv(device=next(model.parameters()).device)
+    train(SupervisedTask(model, loss_fn), BatchSequence(batch, steps), optimizer, scheduler, cfg, env, on_step=record)
     model.eval()
     return losses
 
@@ -459,7 +490,7 @@ def finetune_text_classifier(
     def loss_fn(m: nn.Module, inputs: dict[str, Tensor], y: Tensor) -> Tensor:
         return task_loss(m(**inputs), y, task.is_regression)
 
-    losses = train_steps(model, batches, loss_fn, cfg.steps, cfg.lr, cfg.weight_decay, cfg.warmup)
+    losses = fit_in_memory(model, batches, loss_fn, cfg.steps, cfg.lr, cfg.weight_decay, cfg.warmup)
     metrics = evaluate_classifier(model, task, cfg.max_dev_examples)
     return TextFinetuneResult(
         model=model,
@@ -570,6 +601,7 @@ def probe_text_classifier(
 
 __all__ = [
     "GlueTask",
+    "SupervisedTask",
     "TextClassifier",
     "TextFinetuneConfig",
     "TextFinetuneResult",
@@ -579,6 +611,7 @@ __all__ = [
     "encode_texts",
     "evaluate_classifier",
     "finetune_text_classifier",
+    "fit_in_memory",
     "fit_probe",
     "load_glue_task",
     "main_metric_name",
@@ -587,5 +620,4 @@ __all__ = [
     "resolve_encoder",
     "text_features",
     "train_rows",
-    "train_steps",
 ]

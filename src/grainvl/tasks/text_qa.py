@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from grainvl.data.formats.squad import read_squad, squad_examples
 from grainvl.models.text import BertEncoderModel
-from grainvl.tasks.text_classification import batch_order, resolve_encoder, seed_everything, train_steps
+from grainvl.tasks.text_classification import batch_order, fit_in_memory, resolve_encoder, seed_everything
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -292,7 +292,7 @@ def finetune_qa(
         picked = torch.tensor(order[step])
         return {k: v[picked].to(cfg.device) for k, v in features.items()}, targets[picked].to(cfg.device)
 
-    losses = train_steps(model, batches, qa_loss, cfg.steps, cfg.lr, cfg.weight_decay, cfg.warmup)
+    losses = fit_in_memory(model, batches, qa_loss, cfg.steps, cfg.lr, cfg.weight_decay, cfg.warmup)
     dev = task.dev[: cfg.max_dev_examples]
     metrics = squad_scores(dev, model.answer(dev))
     return QAFinetuneResult(model, metrics, cfg.steps, time.perf_counter() - start, len(examples), losses=losses)

@@ -14,9 +14,9 @@ from grainvl.tasks.text_classification import (
     GlueTask,
     TextClassifier,
     batch_order,
+    fit_in_memory,
     seed_everything,
     task_loss,
-    train_steps,
 )
 
 
@@ -49,7 +49,7 @@ def train_theseus_classifier(
     def on_step(step: int) -> None:
         rates.append(scheduler.step())
 
-    losses = train_steps(model, batches, loss_fn, cfg.steps, cfg.lr, cfg.weight_decay, cfg.warmup, on_step)
+    losses = fit_in_memory(model, batches, loss_fn, cfg.steps, cfg.lr, cfg.weight_decay, cfg.warmup, on_step)
     model.encoder = compact_successor(model.encoder)
     for param in model.parameters():
         param.requires_grad_(True)

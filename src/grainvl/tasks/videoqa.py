@@ -25,17 +25,7 @@ from grainvl.data.downstream_gen import IGNORE, VideoQADataset
 from grainvl.data.formats import msrvtt
 from grainvl.data.iterators import StatefulIterator
 from grainvl.models.xvlm import XVLM, _init_linear, build_mlp
-from grainvl.tasks.base import (
-    DataOptions,
-    DownstreamTask,
-    TaskModule,
-    gather_predictions,
-    iter_shard_batches,
-    model_data_config,
-    module_device,
-    resolve_split,
-    write_json_result,
-)
+from grainvl.tasks.base import DataOptions, DownstreamTask, TaskModule, inference_call, model_data_config, resolve_split
 
 
 def videoqa_file(world: Path, split: str) -> Path:
@@ -110,7 +100,7 @@ class VideoQATask(DownstreamTask):
         data = self._dataset(module, tokenizer, world, split, False)
         labels = {label: answer for answer, label in self.options["ans2label"].items()}
         predictions = []
-        for indices, _, batch in iter_shard_batches(data, self.data.eval_batch_size, module_device(module)):
+        for indices, _, batch in self.eval_batches(module, data):
             best = module.logits(batch["video"], batch["question_ids"], batch["question_atts"]).argmax(-1)
             for i, label in zip(indices, best.tolist()):
                 record = data.records[i]
@@ -123,21 +113,16 @@ class VideoQATask(DownstreamTask):
                         "pred": labels[label],
                     }
                 )
-        merged = gather_predictions(predictions, "index")
+        merged = self.publish(predictions, "index", out_dir, f"videoqa_result_{split}.json")
         if not merged:
             return {}
-        write_json_result(out_dir, f"videoqa_result_{split}.json", merged)
         correct = sum(p["pred"] == p["answer"] for p in merged)
         return {"acc": 100.0 * correct / len(merged)}
 
     def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
         assert isinstance(module, VideoQAModule)
         data = self._dataset(module, tokenizer, world, "test", False)
-        batch = data.collate([data.sample(i % len(data), 0) for i in range(batch_size)])
-
-        @torch.no_grad()
-        def call() -> torch.Tensor:
-            module.eval()
-            return module.logits(batch["video"], batch["question_ids"], batch["question_atts"])
-
-        return call
+        batch = self.latency_batch(module, data, batch_size)
+        return inference_call(
+            module, lambda: module.logits(batch["video"], batch["question_ids"], batch["question_atts"])
+        )

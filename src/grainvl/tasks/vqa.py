@@ -39,17 +39,7 @@ from grainvl.data.iterators import StatefulIterator
 from grainvl.metrics.vqa import exact_match_accuracy, vqa_accuracy
 from grainvl.models.decoder import TextDecoder
 from grainvl.models.xvlm import XVLM, _init_linear, build_mlp
-from grainvl.tasks.base import (
-    DataOptions,
-    DownstreamTask,
-    TaskModule,
-    gather_predictions,
-    iter_shard_batches,
-    model_data_config,
-    module_device,
-    resolve_split,
-    write_json_result,
-)
+from grainvl.tasks.base import DataOptions, DownstreamTask, TaskModule, inference_call, model_data_config, resolve_split
 
 HEADS = ("decoder", "classifier")
 
@@ -202,26 +192,21 @@ class VQATask(DownstreamTask):
         split = resolve_split(split)
         data = self._dataset(module, tokenizer, world, split, False)
         predictions = []
-        for _, _, batch in iter_shard_batches(data, self.data.eval_batch_size, module_device(module)):
+        for _, _, batch in self.eval_batches(module, data):
             answers = module.predict(batch["image"], batch["question_ids"], batch["question_atts"])
             predictions += [{"question_id": q, "answer": a} for q, a in zip(batch["question_id"], answers)]
-        merged = gather_predictions(predictions, "question_id")
+        merged = self.publish(predictions, "question_id", out_dir, f"vqa_result_{split}.json")
         if not merged:
             return {}
-        write_json_result(out_dir, f"vqa_result_{split}.json", merged)
         return vqa_metrics({p["question_id"]: p["answer"] for p in merged}, Path(world), split, data)
 
     def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
         assert isinstance(module, VQAModule)
         data = self._dataset(module, tokenizer, world, "test", False)
-        batch = data.collate([data.sample(i % len(data), 0) for i in range(batch_size)])
-
-        @torch.no_grad()
-        def call() -> list[str]:
-            module.eval()
-            return module.predict(batch["image"], batch["question_ids"], batch["question_atts"])
-
-        return call
+        batch = self.latency_batch(module, data, batch_size)
+        return inference_call(
+            module, lambda: module.predict(batch["image"], batch["question_ids"], batch["question_atts"])
+        )
 
 
 def vqa_metrics(predictions: dict[int, str], world: Path, split: str, data: VQADataset) -> dict[str, float]:

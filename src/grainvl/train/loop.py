@@ -23,6 +23,9 @@ What one step does (and why):
    saved and restored, so it never changes the training stream: a run with evaluation and one
    resumed from a checkpoint reproduce the uninterrupted losses exactly.
 
+``run_dir=None`` runs in memory (no metrics, no checkpoints) and ``seed=None`` leaves the RNGs as the
+caller set them: that is how short fine-tunes (text classification, QA, Theseus, PET) use this loop.
+
 Energy (codecarbon, rank 0, whole machine), parameters and the measured FLOPs of one training step
 (``FlopCounterMode`` around the first micro-batch's forward *and* backward) go into the summary.
 """
@@ -73,12 +76,14 @@ class TrainConfig:
     ckpt_every: int = 0
     """Checkpoint period in steps; 0 = only the final checkpoint (when ``save_final``)."""
     keep_ckpts: int = 3
-    seed: int = 42
-    """A fresh run seeds python/numpy/torch with ``seed + rank``; a resumed run restores the saved states."""
+    seed: int | None = 42
+    """A fresh run seeds python/numpy/torch with ``seed + rank``; a resumed run restores the saved states.
+    None leaves the RNGs as the caller set them (an in-memory fine-tune seeded before building its head)."""
     amp: str = "none"
     """``none`` | ``bf16`` | ``fp16`` autocast, CUDA only (CPU warns and runs fp32)."""
     eval_every: int = 0
-    run_dir: str = "runs/train"
+    run_dir: str | None = "runs/train"
+    """Where metrics, TensorBoard events and checkpoints go; None writes nothing (short in-memory fine-tunes)."""
     max_bad_steps: int = 10
     find_unused_parameters: bool = True
     """DDP option; True because not every head receives a gradient every step."""
@@ -236,7 +241,9 @@ def train(
     ``optimizer``/``scheduler`` must be built on ``task``'s parameters (before this call).
     ``resume`` (a checkpoint folder or a run folder) restores model, optimizer, scheduler, GradScaler,
     every rank's RNG and data position, and the step counter, and continues from there.
-    ``on_step(step, losses, metrics)`` runs on every rank after each step with this rank's values.
+    ``on_step(step, losses, metrics)`` runs on every rank after each step with this rank's values
+    (``losses["loss"]`` is the step's total loss), e.g. to record a loss curve or snapshot parameters.
+    With ``cfg.run_dir=None`` nothing is written: no metrics, no checkpoints.
     """
     main = env.rank == 0
     task.to(env.device)
@@ -245,7 +252,7 @@ def train(
     state = _RunState()
     if resume is not None:
         _resume(resume, task, optimizer, scheduler, data, scaler, env, state)
-    else:
+    elif cfg.seed is not None:
         _seed_everything(cfg.seed + env.rank)
     model: nn.Module = task
     if env.world_size > 1:
@@ -253,8 +260,8 @@ def train(
         model = DistributedDataParallel(task, device_ids=device_ids, find_unused_parameters=cfg.find_unused_parameters)
     start_step = state.step
     logger = MetricsLogger(
-        cfg.run_dir,
-        enabled=main,
+        cfg.run_dir or ".",
+        enabled=main and cfg.run_dir is not None,
         total_steps=cfg.steps,
         initial_step=start_step,
         tensorboard=cfg.tensorboard,
@@ -278,7 +285,7 @@ def train(
             _accumulate_window(state, losses, metrics)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 _log_window(logger, state, env)
-            if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or (cfg.save_final and step == cfg.steps):
+            if _checkpoint_due(cfg, step):
                 _checkpoint(task, optimizer, scheduler, data, scaler, cfg, env, state)
             if eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
                 _evaluate(eval_fn, task, logger, state)
@@ -392,6 +399,10 @@ def _optimizer_step(
         scaler.update()
 
 
+def _checkpoint_due(cfg: TrainConfig, step: int) -> bool:
+    return bool(cfg.ckpt_every and step % cfg.ckpt_every == 0) or (cfg.save_final and step == cfg.steps)
+
+
 def _accumulate_window(state: _RunState, losses: dict[str, float], metrics: dict[str, float]) -> None:
     for key, value in {**losses, **metrics}.items():
         state.window[key] = state.window.get(key, 0.0) + value
@@ -428,6 +439,8 @@ def _checkpoint(
     state: _RunState,
 ) -> None:
     """Gather every rank's RNG and data position; rank 0 writes the checkpoint; all ranks wait for it."""
+    if cfg.run_dir is None:
+        return  # an in-memory run: nowhere to write
     rng_states = _gather(capture_rng_state(), env.world_size)
     data_states = _gather(data.state_dict(), env.world_size)
     if env.rank == 0:

@@ -43,10 +43,10 @@ from grainvl.tasks.text_classification import (
     GlueTask,
     batch_order,
     encode_texts,
+    fit_in_memory,
     load_glue_task,
     seed_everything,
     task_loss,
-    train_steps,
 )
 from grainvl.tasks.text_qa import SquadTask, load_squad_task, qa_loss, train_features
 
@@ -267,7 +267,7 @@ def tune_task(
             snapshots[step] = model.task_parameters()
 
     # Dropout inside the frozen backbone stays on in train mode, as in the official PET scripts.
-    losses = train_steps(model, batches, loss_fn, cfg.steps, cfg.learning_rate, cfg.weight_decay, cfg.warmup, on_step)
+    losses = fit_in_memory(model, batches, loss_fn, cfg.steps, cfg.learning_rate, cfg.weight_decay, cfg.warmup, on_step)
     params = model.task_parameters()
     return PetlResult(
         method=cfg.method,

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from grainvl.data.formats import records
+from grainvl.data.formats import validate
 from grainvl.data.formats.registry import FormatSpec, register
 from grainvl.errors import BadRecords, DataError
 from grainvl.utils import fileio
@@ -44,31 +44,31 @@ def nlvr_label(value: Any, path: Path, where: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------ record checks
-def check_caption_record(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
+def check_caption_record(record: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
     """Retrieval and Karpathy captioning: one caption (train) or a list of captions (val/test)."""
-    records.require_fields(record, {"image": str, "caption": (str, list)}, path, where)
-    records.require_texts(record["caption"], "caption", path, where)
-    records.require_id(record, "image_id", path, where, required=False)
-    records.check_image_field(record, "image", path, where, images)
+    validate.require_fields(record, {"image": str, "caption": (str, list)}, path, where)
+    validate.require_texts(record["caption"], "caption", path, where)
+    validate.require_id(record, "image_id", path, where, required=False)
+    validate.check_image_field(record, "image", path, where, images)
 
 
-def check_vqa_record(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
-    records.require_fields(record, {"question": str, "image": str}, path, where)
-    records.require_id(record, "question_id", path, where)
-    records.require_text(record["question"], "question", path, where)
+def check_vqa_record(record: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
+    validate.require_fields(record, {"question": str, "image": str}, path, where)
+    validate.require_id(record, "question_id", path, where)
+    validate.require_text(record["question"], "question", path, where)
     if "answer" in record:
-        records.require_texts(record["answer"], "answer", path, where)
+        validate.require_texts(record["answer"], "answer", path, where)
     if "dataset" in record and record["dataset"] not in VQA_SOURCES:
         raise DataError(path, where, f"dataset should be one of {', '.join(VQA_SOURCES)}, got {record['dataset']!r}")
-    records.check_image_field(record, "image", path, where, images)
+    validate.check_image_field(record, "image", path, where, images)
 
 
-def check_nlvr_record(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
-    records.require_fields(record, {"images": list, "sentence": str}, path, where)
+def check_nlvr_record(record: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
+    validate.require_fields(record, {"images": list, "sentence": str}, path, where)
     if "label" not in record:
         raise DataError(path, where, "missing field 'label'")
     nlvr_label(record["label"], path, where)
-    records.require_text(record["sentence"], "sentence", path, where)
+    validate.require_text(record["sentence"], "sentence", path, where)
     pair = record["images"]
     if len(pair) != 2 or not all(isinstance(p, str) and p for p in pair):
         raise DataError(path, where, f"images should be two paths [left, right], got {pair!r}")
@@ -76,21 +76,21 @@ def check_nlvr_record(record: Any, path: Path, where: str, images: records.Image
         images.check(image, where)
 
 
-def check_refcoco_record(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
+def check_refcoco_record(record: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
     """RefCOCO+ expression; the box (and candidate ``dets``) must lie inside the image.
 
     The image size comes from ``width``/``height`` when the record has them (and must then agree
     with the decoded image), else from the decoded image when images are checked.
     """
-    records.require_fields(record, {"image": str, "text": str}, path, where)
-    records.require_id(record, "ref_id", path, where)
-    records.require_text(record["text"], "text", path, where)
-    actual = records.check_image_field(record, "image", path, where, images)
-    width, height = records.image_bounds(record, path, where, record["image"], actual) or (None, None)
+    validate.require_fields(record, {"image": str, "text": str}, path, where)
+    validate.require_id(record, "ref_id", path, where)
+    validate.require_text(record["text"], "text", path, where)
+    actual = validate.check_image_field(record, "image", path, where, images)
+    width, height = validate.image_bounds(record, path, where, record["image"], actual) or (None, None)
     if "bbox" in record:
-        records.check_box(record["bbox"], path, where, width, height)
+        validate.check_box(record["bbox"], path, where, width, height)
     for det in _dets(record, path, where):
-        records.check_box(det, path, where, width, height)
+        validate.check_box(det, path, where, width, height)
 
 
 def _dets(record: Record, path: Path, where: str) -> list[Any]:
@@ -100,71 +100,66 @@ def _dets(record: Record, path: Path, where: str) -> list[Any]:
     return dets
 
 
-def answer_checker(path: Path) -> records.RecordCheck:
+def answer_checker(path: Path) -> validate.RecordCheck:
     """Candidate answers are non-empty, unique strings (a duplicate would split one answer's score)."""
     seen: dict[str, str] = {}
 
     def check(answer: Any, where: str) -> None:
-        records.require_text(answer, "answer", path, where)
-        records.claim_unique(seen, answer, "duplicate answer {key!r}", path, where)
+        validate.require_text(answer, "answer", path, where)
+        validate.claim_unique(seen, answer, "duplicate answer {key!r}", path, where)
 
     return check
 
 
 # ------------------------------------------------------------------------------------ read / write
 def read_retrieval(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return records.read_validated_json(path, check_caption_record, bad, image_root)
+    return validate.read_validated_json(path, check_caption_record, bad, image_root)
 
 
-def write_retrieval(path: str | Path, records: Sequence[Record]) -> None:
-    records.validate_records(records, check_caption_record, path)
-    fileio.write_json(path, list(records))
+def write_retrieval(path: str | Path, rows: Sequence[Record]) -> None:
+    validate.write_validated_json(path, rows, check_caption_record)
 
 
 def read_karpathy(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return records.read_validated_json(path, check_caption_record, bad, image_root)
+    return validate.read_validated_json(path, check_caption_record, bad, image_root)
 
 
-def write_karpathy(path: str | Path, records: Sequence[Record]) -> None:
-    records.validate_records(records, check_caption_record, path)
-    fileio.write_json(path, list(records))
+def write_karpathy(path: str | Path, rows: Sequence[Record]) -> None:
+    validate.write_validated_json(path, rows, check_caption_record)
 
 
 def read_vqa(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return records.read_validated_json(path, check_vqa_record, bad, image_root)
+    return validate.read_validated_json(path, check_vqa_record, bad, image_root)
 
 
-def write_vqa(path: str | Path, records: Sequence[Record]) -> None:
-    records.validate_records(records, check_vqa_record, path)
-    fileio.write_json(path, list(records))
+def write_vqa(path: str | Path, rows: Sequence[Record]) -> None:
+    validate.write_validated_json(path, rows, check_vqa_record)
 
 
 def read_answer_list(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[str]:
     """The candidate answers; with skip-bad a duplicate or empty entry is dropped (first one kept)."""
-    return records.read_json_records(path, answer_checker(Path(path)), bad)
+    return validate.read_json_records(path, answer_checker(Path(path)), bad)
 
 
 def write_answer_list(path: str | Path, answers: Sequence[str]) -> None:
-    records.collect_valid(enumerate(answers), "index", answer_checker(Path(path)), BadRecords())
+    validate.collect_valid(enumerate(answers), "index", answer_checker(Path(path)), BadRecords())
     fileio.write_json(path, list(answers))
 
 
 def read_nlvr2(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return records.read_validated_json(path, check_nlvr_record, bad, image_root)
+    return validate.read_validated_json(path, check_nlvr_record, bad, image_root)
 
 
-def write_nlvr2(path: str | Path, records: Sequence[Record]) -> None:
-    records.validate_records(records, check_nlvr_record, path)
-    fileio.write_json(path, list(records))
+def write_nlvr2(path: str | Path, rows: Sequence[Record]) -> None:
+    validate.write_validated_json(path, rows, check_nlvr_record)
 
 
 def read_refcoco(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return records.read_validated_json(path, check_refcoco_record, bad, image_root)
+    return validate.read_validated_json(path, check_refcoco_record, bad, image_root)
 
 
-def write_refcoco(path: str | Path, records: Sequence[Record]) -> None:
-    records.validate_records(records, check_refcoco_record, path)
-    fileio.write_json(path, list(records))
+def write_refcoco(path: str | Path, rows: Sequence[Record]) -> None:
+    validate.write_validated_json(path, rows, check_refcoco_record)
 
 
 # Patterns name the splits explicitly: a bare "coco_*.json" would also catch coco_karpathy_*.json,

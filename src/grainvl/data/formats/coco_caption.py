@@ -22,11 +22,11 @@ generated caption is allowed: it is a model output that should score zero, not a
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from grainvl.data.formats import records
+from grainvl.data.formats import validate
 from grainvl.data.formats.registry import FormatSpec, register
 from grainvl.errors import BadRecords, DataError
 from grainvl.utils import fileio
@@ -44,38 +44,38 @@ def _check_gt_header(gt: Any, path: Path) -> None:
         raise DataError(path, None, f"'type' should be \"captions\", got {gt['type']!r}")
 
 
-def _gt_image_checker(path: Path, images: records.ImageChecker, seen: dict[int, str]) -> records.RecordCheck:
+def _gt_image_checker(path: Path, images: validate.ImageChecker, seen: dict[int, str]) -> validate.RecordCheck:
     def check(image: Any, where: str) -> None:
-        records.require_fields(image, {"id": int}, path, where)
+        validate.require_fields(image, {"id": int}, path, where)
         if image["id"] in seen:  # checked first, recorded last: a skipped bad image does not claim its id
-            records.claim_unique(seen, image["id"], "duplicate image id {key}", path, where)
-        actual = records.check_image_field(image, "file_name", path, where, images) if "file_name" in image else None
-        records.image_bounds(image, path, where, image.get("file_name", f"id {image['id']}"), actual)
+            validate.claim_unique(seen, image["id"], "duplicate image id {key}", path, where)
+        actual = validate.check_image_field(image, "file_name", path, where, images) if "file_name" in image else None
+        validate.image_bounds(image, path, where, image.get("file_name", f"id {image['id']}"), actual)
         seen[image["id"]] = where
 
     return check
 
 
-def _gt_annotation_checker(path: Path, image_ids: Collection[int], seen: dict[int, str]) -> records.RecordCheck:
+def _gt_annotation_checker(path: Path, image_ids: Collection[int], seen: dict[int, str]) -> validate.RecordCheck:
     def check(ann: Any, where: str) -> None:
-        records.require_fields(ann, {"image_id": int, "id": int, "caption": str}, path, where)
-        records.require_text(ann["caption"], "caption", path, where)
+        validate.require_fields(ann, {"image_id": int, "id": int, "caption": str}, path, where)
+        validate.require_text(ann["caption"], "caption", path, where)
         if ann["image_id"] not in image_ids:
             raise DataError(path, where, f"image_id {ann['image_id']} is not in 'images'")
-        records.claim_unique(seen, ann["id"], "duplicate annotation id {key}", path, where)
+        validate.claim_unique(seen, ann["id"], "duplicate annotation id {key}", path, where)
 
     return check
 
 
-def _validated_gt(gt: Any, path: Path, bad: BadRecords, images: records.ImageChecker) -> Record:
+def _validated_gt(gt: Any, path: Path, bad: BadRecords, images: validate.ImageChecker) -> Record:
     """The GT with bad images/annotations handed to ``bad`` (and dropped when skipping)."""
     _check_gt_header(gt, path)
     image_positions: dict[int, str] = {}
-    kept_images = records.collect_valid(
+    kept_images = validate.collect_valid(
         enumerate(gt["images"]), "images index", _gt_image_checker(path, images, image_positions), bad
     )
     kept_ids = {image["id"] for image in kept_images}
-    kept_anns = records.collect_valid(
+    kept_anns = validate.collect_valid(
         enumerate(gt["annotations"]), "annotations index", _gt_annotation_checker(path, kept_ids, {}), bad
     )
     return {**gt, "images": kept_images, "annotations": kept_anns}
@@ -83,19 +83,19 @@ def _validated_gt(gt: Any, path: Path, bad: BadRecords, images: records.ImageChe
 
 def read_caption_gt(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> Record:
     path = Path(path)
-    return _validated_gt(fileio.read_json(path), path, bad or BadRecords(), records.ImageChecker(path, image_root))
+    return _validated_gt(fileio.read_json(path), path, bad or BadRecords(), validate.ImageChecker(path, image_root))
 
 
 def write_caption_gt(path: str | Path, gt: Record) -> None:
-    _validated_gt(gt, Path(path), BadRecords(), records.ImageChecker(path, None))
+    _validated_gt(gt, Path(path), BadRecords(), validate.ImageChecker(path, None))
     fileio.write_json(path, gt)
 
 
-def _result_checker(path: Path, gt_image_ids: Collection[int] | None) -> records.RecordCheck:
+def _result_checker(path: Path, gt_image_ids: Collection[int] | None) -> validate.RecordCheck:
     seen: dict[int, str] = {}
 
     def check(result: Any, where: str) -> None:
-        records.require_fields(result, {"image_id": int, "caption": str}, path, where)
+        validate.require_fields(result, {"image_id": int, "caption": str}, path, where)
         image_id = result["image_id"]
         if image_id in seen:
             raise DataError(path, where, f"second caption for image_id {image_id} (first at {seen[image_id]})")
@@ -115,12 +115,7 @@ def read_caption_results(
     """Generated captions; with ``gt_image_ids`` every result must name a ground-truth image
     (pycocotools' ``loadRes`` would otherwise stop on a bare assertion)."""
     path = Path(path)
-    return records.read_json_records(path, _result_checker(path, gt_image_ids), bad)
-
-
-def write_caption_results(path: str | Path, results: Sequence[Record]) -> None:
-    records.collect_valid(enumerate(results), "index", _result_checker(Path(path), None), BadRecords())
-    fileio.write_json(path, list(results))
+    return validate.read_json_records(path, _result_checker(path, gt_image_ids), bad)
 
 
 register(

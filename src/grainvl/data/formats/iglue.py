@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from grainvl.data.formats import records
+from grainvl.data.formats import validate
 from grainvl.data.formats.albef import check_nlvr_record
 from grainvl.data.formats.registry import FormatSpec, register
 from grainvl.errors import BadRecords, DataError
@@ -70,28 +70,28 @@ def marvl_image_path(record: Record, name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ record checks
-def check_xvnli_record(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
+def check_xvnli_record(record: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
     fields = dict.fromkeys(("gold_label", "sentence1", "sentence2", "captionID", "pairID", "Flikr30kID"), str)
-    records.require_fields(record, fields, path, where)
+    validate.require_fields(record, fields, path, where)
     if record["gold_label"] not in XVNLI_LABELS:
         raise DataError(
             path, where, f"gold_label should be one of {', '.join(XVNLI_LABELS)}, got {record['gold_label']!r}"
         )
-    records.require_text(record["sentence2"], "sentence2", path, where)
-    records.require_text(record["Flikr30kID"], "Flikr30kID", path, where)
+    validate.require_text(record["sentence2"], "sentence2", path, where)
+    validate.require_text(record["Flikr30kID"], "Flikr30kID", path, where)
     images.check(image_file(record["Flikr30kID"]), where)
 
 
-def check_xgqa_record(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
+def check_xgqa_record(record: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
     """The LXMERT/volta layout; ``label`` maps answers to scores in [0, 1]."""
-    records.require_fields(record, {"img_id": str, "question_id": str, "sent": str}, path, where)
-    records.require_text(record["sent"], "sent", path, where)
-    records.require_text(record["img_id"], "img_id", path, where)
+    validate.require_fields(record, {"img_id": str, "question_id": str, "sent": str}, path, where)
+    validate.require_text(record["sent"], "sent", path, where)
+    validate.require_text(record["img_id"], "img_id", path, where)
     label = record.get("label", {})
     if not isinstance(label, dict) or not all(_is_score(v) for v in label.values()):
         raise DataError(path, where, f"label should map answers to scores in [0, 1], got {label!r:.80}")
     for answer in label:
-        records.require_text(answer, "answer", path, where)
+        validate.require_text(answer, "answer", path, where)
     images.check(image_file(record["img_id"]), where)
 
 
@@ -99,49 +99,48 @@ def _is_score(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
 
 
-def check_gqa_question(question: Any, path: Path, where: str, images: records.ImageChecker) -> None:
+def check_gqa_question(question: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
     """One entry of GQA's ``{question_id: {...}}`` dict (test questions may lack ``answer``)."""
-    records.require_fields(question, {"imageId": str, "question": str}, path, where)
-    records.require_text(question["question"], "question", path, where)
+    validate.require_fields(question, {"imageId": str, "question": str}, path, where)
+    validate.require_text(question["question"], "question", path, where)
     if "answer" in question:
-        records.require_text(question["answer"], "answer", path, where)
+        validate.require_text(question["answer"], "answer", path, where)
     images.check(image_file(question["imageId"]), where)
 
 
-def check_marvl_record(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
-    records.require_fields(record, MARVL_FIELDS, path, where)
-    records.require_text(record["caption"], "caption", path, where)
+def check_marvl_record(record: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
+    validate.require_fields(record, MARVL_FIELDS, path, where)
+    validate.require_text(record["caption"], "caption", path, where)
     for key in ("left_img", "right_img", "language", "concept"):
-        records.require_text(record[key], key, path, where)
+        validate.require_text(record[key], key, path, where)
     images.check(marvl_image_path(record, record["left_img"]), where)
     images.check(marvl_image_path(record, record["right_img"]), where)
 
 
-def check_xflickrco_record(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
-    records.require_fields(record, {"sentences": list, "id": str, "img_path": str}, path, where)
-    records.require_texts(record["sentences"], "sentence", path, where)
-    records.require_text(record["img_path"], "img_path", path, where)
+def check_xflickrco_record(record: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
+    validate.require_fields(record, {"sentences": list, "id": str, "img_path": str}, path, where)
+    validate.require_texts(record["sentences"], "sentence", path, where)
+    validate.require_text(record["img_path"], "img_path", path, where)
     images.check(record["img_path"], where)
 
 
 # ------------------------------------------------------------------------------------ read / write
 def read_xvnli(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return records.read_validated_jsonl(path, check_xvnli_record, bad, image_root)
+    return validate.read_validated_jsonl(path, check_xvnli_record, bad, image_root)
 
 
-def write_xvnli(path: str | Path, records: Sequence[Record]) -> None:
-    records.validate_records(records, check_xvnli_record, path, lines=True)
-    fileio.write_jsonl(path, records)
+def write_xvnli(path: str | Path, rows: Sequence[Record]) -> None:
+    validate.write_validated_jsonl(path, rows, check_xvnli_record)
 
 
-def _validated_xgqa(doc: Any, path: Path, bad: BadRecords, images: records.ImageChecker) -> list[Record] | Record:
+def _validated_xgqa(doc: Any, path: Path, bad: BadRecords, images: validate.ImageChecker) -> list[Record] | Record:
     if isinstance(doc, list):
-        return records.collect_valid(enumerate(doc), "index", lambda r, w: check_xgqa_record(r, path, w, images), bad)
+        return validate.collect_valid(enumerate(doc), "index", lambda r, w: check_xgqa_record(r, path, w, images), bad)
     if not isinstance(doc, dict):
         raise DataError(
             path, None, f"expected a JSON list or a {{question_id: question}} object, got {type(doc).__name__}"
         )
-    kept = records.collect_valid(
+    kept = validate.collect_valid(
         ((qid, (qid, q)) for qid, q in doc.items()),
         "question_id",
         lambda item, w: check_gqa_question(item[1], path, w, images),
@@ -152,21 +151,20 @@ def _validated_xgqa(doc: Any, path: Path, bad: BadRecords, images: records.Image
 
 def read_xgqa(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record] | Record:
     path = Path(path)
-    return _validated_xgqa(fileio.read_json(path), path, bad or BadRecords(), records.ImageChecker(path, image_root))
+    return _validated_xgqa(fileio.read_json(path), path, bad or BadRecords(), validate.ImageChecker(path, image_root))
 
 
 def write_xgqa(path: str | Path, doc: list[Record] | Record) -> None:
-    _validated_xgqa(doc, Path(path), BadRecords(), records.ImageChecker(path, None))
+    _validated_xgqa(doc, Path(path), BadRecords(), validate.ImageChecker(path, None))
     fileio.write_json(path, doc)
 
 
 def read_marvl(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return records.read_validated_jsonl(path, check_marvl_record, bad, image_root)
+    return validate.read_validated_jsonl(path, check_marvl_record, bad, image_root)
 
 
-def write_marvl(path: str | Path, records: Sequence[Record]) -> None:
-    records.validate_records(records, check_marvl_record, path, lines=True)
-    fileio.write_jsonl(path, records)
+def write_marvl(path: str | Path, rows: Sequence[Record]) -> None:
+    validate.write_validated_jsonl(path, rows, check_marvl_record)
 
 
 def marvl_to_xvlm(records: Sequence[Record]) -> list[Record]:
@@ -185,21 +183,15 @@ def marvl_to_xvlm(records: Sequence[Record]) -> list[Record]:
 
 
 def read_marvl_xvlm(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return records.read_validated_json(path, check_nlvr_record, bad, image_root)
-
-
-def write_marvl_xvlm(path: str | Path, records: Sequence[Record]) -> None:
-    records.validate_records(records, check_nlvr_record, path)
-    fileio.write_json(path, list(records))
+    return validate.read_validated_json(path, check_nlvr_record, bad, image_root)
 
 
 def read_xflickrco(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return records.read_validated_jsonl(path, check_xflickrco_record, bad, image_root)
+    return validate.read_validated_jsonl(path, check_xflickrco_record, bad, image_root)
 
 
-def write_xflickrco(path: str | Path, records: Sequence[Record]) -> None:
-    records.validate_records(records, check_xflickrco_record, path, lines=True)
-    fileio.write_jsonl(path, records)
+def write_xflickrco(path: str | Path, rows: Sequence[Record]) -> None:
+    validate.write_validated_jsonl(path, rows, check_xflickrco_record)
 
 
 # The official XVNLI and xFlickr&CO files are both ``{lang}/test.jsonl``: only the folder tells

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from grainvl.data.formats import records
+from grainvl.data.formats import validate
 from grainvl.data.formats.registry import FormatSpec, register
 from grainvl.errors import BadRecords, DataError
 from grainvl.utils import fileio
@@ -55,7 +55,7 @@ class VideoChecker:
 
     def __init__(self, annotation_path: Path, image_root: Path | None) -> None:
         self.annotation_path = annotation_path
-        self.frames = records.ImageChecker(annotation_path, image_root)
+        self.frames = validate.ImageChecker(annotation_path, image_root)
         self._checked: set[str] = set()
 
     def check(self, name: str, where: str) -> None:
@@ -90,29 +90,29 @@ class VideoChecker:
         if not isinstance(frames, list) or not frames:
             raise DataError(self.annotation_path, where, f"{json_path} should hold a non-empty list of base64 frames")
         for k, frame in enumerate(frames):
-            records.check_image_base64(frame, self.annotation_path, where, what=f"frame {k} of {json_path}")
+            validate.check_image_base64(frame, self.annotation_path, where, what=f"frame {k} of {json_path}")
 
 
 # ------------------------------------------------------------------------------------ videodatainfo
-def _video_checker(path: Path, seen: dict[str, str]) -> records.RecordCheck:
+def _video_checker(path: Path, seen: dict[str, str]) -> validate.RecordCheck:
     def check(video: Any, where: str) -> None:
-        records.require_fields(video, VIDEO_FIELDS, path, where)
-        records.require_text(video["video_id"], "video_id", path, where)
-        records.require_text(video["split"], "split", path, where)
+        validate.require_fields(video, VIDEO_FIELDS, path, where)
+        validate.require_text(video["video_id"], "video_id", path, where)
+        validate.require_text(video["split"], "split", path, where)
         if video["end time"] < video["start time"]:
             raise DataError(path, where, f"end time {video['end time']} is before start time {video['start time']}")
-        records.claim_unique(seen, video["video_id"], "duplicate video_id {key}", path, where)
+        validate.claim_unique(seen, video["video_id"], "duplicate video_id {key}", path, where)
 
     return check
 
 
-def _sentence_checker(path: Path, video_ids: set[str], seen: dict[int, str]) -> records.RecordCheck:
+def _sentence_checker(path: Path, video_ids: set[str], seen: dict[int, str]) -> validate.RecordCheck:
     def check(sentence: Any, where: str) -> None:
-        records.require_fields(sentence, {"caption": str, "video_id": str, "sen_id": int}, path, where)
-        records.require_text(sentence["caption"], "caption", path, where)
+        validate.require_fields(sentence, {"caption": str, "video_id": str, "sen_id": int}, path, where)
+        validate.require_text(sentence["caption"], "caption", path, where)
         if sentence["video_id"] not in video_ids:
             raise DataError(path, where, f"video_id {sentence['video_id']} is not in 'videos'")
-        records.claim_unique(seen, sentence["sen_id"], "duplicate sen_id {key}", path, where)
+        validate.claim_unique(seen, sentence["sen_id"], "duplicate sen_id {key}", path, where)
 
     return check
 
@@ -120,11 +120,11 @@ def _sentence_checker(path: Path, video_ids: set[str], seen: dict[int, str]) -> 
 def _validated_info(doc: Any, path: Path, bad: BadRecords) -> Record:
     if not isinstance(doc, dict):
         raise DataError(path, None, f"expected a JSON object with 'videos' and 'sentences', got {type(doc).__name__}")
-    records.require_fields(doc, {"videos": list, "sentences": list}, path, "header")
-    videos = records.collect_valid(enumerate(doc["videos"]), "videos index", _video_checker(path, {}), bad)
+    validate.require_fields(doc, {"videos": list, "sentences": list}, path, "header")
+    videos = validate.collect_valid(enumerate(doc["videos"]), "videos index", _video_checker(path, {}), bad)
     video_ids = {v["video_id"] for v in videos}
     checker = _sentence_checker(path, video_ids, {})
-    sentences = records.collect_valid(enumerate(doc["sentences"]), "sentences index", checker, bad)
+    sentences = validate.collect_valid(enumerate(doc["sentences"]), "sentences index", checker, bad)
     return {**doc, "videos": videos, "sentences": sentences}
 
 
@@ -140,41 +140,39 @@ def write_videodatainfo(path: str | Path, doc: Record) -> None:
 
 # ------------------------------------------------------------------------------------ retrieval, QA
 # ``videos`` is a VideoChecker when reading, the no-op ImageChecker(None) that validate_all passes when writing.
-def check_retrieval_record(record: Any, path: Path, where: str, videos: VideoChecker | records.ImageChecker) -> None:
-    records.require_fields(record, {"video": str, "caption": (str, list)}, path, where)
-    records.require_text(record["video"], "video", path, where)
-    records.require_texts(record["caption"], "caption", path, where)
+def check_retrieval_record(record: Any, path: Path, where: str, videos: VideoChecker | validate.ImageChecker) -> None:
+    validate.require_fields(record, {"video": str, "caption": (str, list)}, path, where)
+    validate.require_text(record["video"], "video", path, where)
+    validate.require_texts(record["caption"], "caption", path, where)
     videos.check(record["video"], where)
 
 
-def check_qa_record(record: Any, path: Path, where: str, videos: VideoChecker | records.ImageChecker) -> None:
-    records.require_fields(record, {"video_id": str, "question": str, "answer": str}, path, where)
-    records.require_text(record["video_id"], "video_id", path, where)
-    records.require_text(record["question"], "question", path, where)
-    records.require_text(record["answer"], "answer", path, where)
+def check_qa_record(record: Any, path: Path, where: str, videos: VideoChecker | validate.ImageChecker) -> None:
+    validate.require_fields(record, {"video_id": str, "question": str, "answer": str}, path, where)
+    validate.require_text(record["video_id"], "video_id", path, where)
+    validate.require_text(record["question"], "question", path, where)
+    validate.require_text(record["answer"], "answer", path, where)
     videos.check(record["video_id"], where)
 
 
 def read_retrieval(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
     path = Path(path)
     videos = VideoChecker(path, image_root)
-    return records.read_json_records(path, lambda r, where: check_retrieval_record(r, path, where, videos), bad)
+    return validate.read_json_records(path, lambda r, where: check_retrieval_record(r, path, where, videos), bad)
 
 
-def write_retrieval(path: str | Path, records: Sequence[Record]) -> None:
-    records.validate_records(records, check_retrieval_record, path)
-    fileio.write_json(path, list(records))
+def write_retrieval(path: str | Path, rows: Sequence[Record]) -> None:
+    validate.write_validated_json(path, rows, check_retrieval_record)
 
 
 def read_qa(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
     path = Path(path)
     videos = VideoChecker(path, image_root)
-    return records.read_jsonl_records(path, lambda r, where: check_qa_record(r, path, where, videos), bad)
+    return validate.read_jsonl_records(path, lambda r, where: check_qa_record(r, path, where, videos), bad)
 
 
-def write_qa(path: str | Path, records: Sequence[Record]) -> None:
-    records.validate_records(records, check_qa_record, path, lines=True)
-    fileio.write_jsonl(path, records)
+def write_qa(path: str | Path, rows: Sequence[Record]) -> None:
+    validate.write_validated_jsonl(path, rows, check_qa_record)
 
 
 # ------------------------------------------------------------------------------------ ans2label
@@ -187,7 +185,7 @@ def _validated_ans2label(doc: Any, path: Path, bad: BadRecords) -> dict[str, int
     for answer, label in doc.items():
         where = f"answer {answer!r}"
         try:
-            records.require_text(answer, "answer", path, where)
+            validate.require_text(answer, "answer", path, where)
             if isinstance(label, bool) or not isinstance(label, int) or label < 0:
                 raise DataError(path, where, f"label should be a non-negative int, got {label!r}")
             if label in owner:

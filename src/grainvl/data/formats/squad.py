@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from grainvl.data.formats.records import require_fields, require_text
 from grainvl.data.formats.registry import FormatSpec, register
+from grainvl.data.formats.validate import require_fields, require_text
 from grainvl.errors import BadRecords, DataError
 from grainvl.utils.fileio import read_json, write_json
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from grainvl.data.formats import records
+from grainvl.data.formats import validate
 from grainvl.data.formats.albef import (
     check_caption_record,
     check_nlvr_record,
@@ -29,97 +29,86 @@ from grainvl.data.formats.albef import (
 )
 from grainvl.data.formats.registry import FormatSpec, register
 from grainvl.errors import BadRecords, DataError
-from grainvl.utils import fileio
 
 Record = dict[str, Any]
 
 
-def check_itr_record(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
-    records.require_fields(record, {"image": str, "caption": list}, path, where)
+def check_itr_record(record: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
+    validate.require_fields(record, {"image": str, "caption": list}, path, where)
     check_caption_record(record, path, where, images)
 
 
-def check_caption_test_record(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
-    records.require_fields(record, {"image": str, "caption": list, "image_id": int}, path, where)
+def check_caption_test_record(record: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
+    validate.require_fields(record, {"image": str, "caption": list, "image_id": int}, path, where)
     check_caption_record(record, path, where, images)
 
 
-def check_nlvr2_record(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
+def check_nlvr2_record(record: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
     if isinstance(record, dict) and "label" in record and record["label"] not in ("True", "False"):
         raise DataError(path, where, f'label should be the string "True" or "False", got {record["label"]!r}')
     check_nlvr_record(record, path, where, images)
 
 
-def check_vqa_test_record(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
-    records.require_fields(record, {"question_id": int, "question": str, "image": str, "answer": str}, path, where)
+def check_vqa_test_record(record: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
+    validate.require_fields(record, {"question_id": int, "question": str, "image": str, "answer": str}, path, where)
     check_vqa_record(record, path, where, images)
 
 
-def check_refcoco_test_record(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
+def check_refcoco_test_record(record: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
     fields = {"ref_id": (int, str), "image": str, "text": str, "bbox": list, "height": int, "width": int}
-    records.require_fields(record, fields, path, where)
+    validate.require_fields(record, fields, path, where)
     check_refcoco_record(record, path, where, images)
 
 
-def check_refcoco_bbox100_record(record: Any, path: Path, where: str, images: records.ImageChecker) -> None:
-    records.require_fields(record, {"dets": list}, path, where)
+def check_refcoco_bbox100_record(record: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
+    validate.require_fields(record, {"dets": list}, path, where)
     check_refcoco_test_record(record, path, where, images)
 
 
 def read_vlue_itr(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return records.read_validated_json(path, check_itr_record, bad, image_root)
+    return validate.read_validated_json(path, check_itr_record, bad, image_root)
 
 
-def write_vlue_itr(path: str | Path, records: Sequence[Record]) -> None:
-    records.validate_records(records, check_itr_record, path)
-    fileio.write_json(path, list(records))
+def write_vlue_itr(path: str | Path, rows: Sequence[Record]) -> None:
+    validate.write_validated_json(path, rows, check_itr_record)
 
 
 def read_vlue_caption(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return records.read_validated_json(path, check_caption_test_record, bad, image_root)
+    return validate.read_validated_json(path, check_caption_test_record, bad, image_root)
 
 
-def write_vlue_caption(path: str | Path, records: Sequence[Record]) -> None:
-    records.validate_records(records, check_caption_test_record, path)
-    fileio.write_json(path, list(records))
+def write_vlue_caption(path: str | Path, rows: Sequence[Record]) -> None:
+    validate.write_validated_json(path, rows, check_caption_test_record)
 
 
 def read_vlue_nlvr2(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return records.read_validated_json(path, check_nlvr2_record, bad, image_root)
+    return validate.read_validated_json(path, check_nlvr2_record, bad, image_root)
 
 
-def write_vlue_nlvr2(path: str | Path, records: Sequence[Record]) -> None:
-    records.validate_records(records, check_nlvr2_record, path)
-    fileio.write_json(path, list(records))
+def write_vlue_nlvr2(path: str | Path, rows: Sequence[Record]) -> None:
+    validate.write_validated_json(path, rows, check_nlvr2_record)
 
 
 def read_vlue_vqa(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return records.read_validated_json(path, check_vqa_test_record, bad, image_root)
+    return validate.read_validated_json(path, check_vqa_test_record, bad, image_root)
 
 
-def write_vlue_vqa(path: str | Path, records: Sequence[Record]) -> None:
-    records.validate_records(records, check_vqa_test_record, path)
-    fileio.write_json(path, list(records))
+def write_vlue_vqa(path: str | Path, rows: Sequence[Record]) -> None:
+    validate.write_validated_json(path, rows, check_vqa_test_record)
 
 
 def read_vlue_refcoco(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return records.read_validated_json(path, check_refcoco_test_record, bad, image_root)
+    return validate.read_validated_json(path, check_refcoco_test_record, bad, image_root)
 
 
-def write_vlue_refcoco(path: str | Path, records: Sequence[Record]) -> None:
-    records.validate_records(records, check_refcoco_test_record, path)
-    fileio.write_json(path, list(records))
+def write_vlue_refcoco(path: str | Path, rows: Sequence[Record]) -> None:
+    validate.write_validated_json(path, rows, check_refcoco_test_record)
 
 
 def read_vlue_refcoco_bbox100(
     path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None
 ) -> list[Record]:
-    return records.read_validated_json(path, check_refcoco_bbox100_record, bad, image_root)
-
-
-def write_vlue_refcoco_bbox100(path: str | Path, records: Sequence[Record]) -> None:
-    records.validate_records(records, check_refcoco_bbox100_record, path)
-    fileio.write_json(path, list(records))
+    return validate.read_validated_json(path, check_refcoco_bbox100_record, bad, image_root)
 
 
 register(FormatSpec("vlue-itr", "VLUE OOD image-text retrieval test", ("itr_vlue_test.json",), read_vlue_itr))

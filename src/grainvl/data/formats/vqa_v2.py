@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from grainvl.data.formats import records
+from grainvl.data.formats import validate
 from grainvl.data.formats.registry import FormatSpec, register
 from grainvl.errors import BadRecords, DataError
 from grainvl.utils import fileio
@@ -48,19 +48,19 @@ ANNOTATIONS_HEADER: dict[str, type] = {"info": dict, "data_type": str, "data_sub
 def _check_header(doc: Any, header: dict[str, type], list_key: str, path: Path) -> None:
     if not isinstance(doc, dict):
         raise DataError(path, None, f"expected a JSON object with '{list_key}', got {type(doc).__name__}")
-    records.require_fields(doc, {**header, list_key: list}, path, "header")
+    validate.require_fields(doc, {**header, list_key: list}, path, "header")
 
 
 def _unique_question_id(path: Path, seen: dict[int, str], record: Record, where: str) -> None:
-    records.claim_unique(seen, record["question_id"], "duplicate question_id {key}", path, where)
+    validate.claim_unique(seen, record["question_id"], "duplicate question_id {key}", path, where)
 
 
-def _question_checker(path: Path) -> records.RecordCheck:
+def _question_checker(path: Path) -> validate.RecordCheck:
     seen: dict[int, str] = {}
 
     def check(question: Any, where: str) -> None:
-        records.require_fields(question, {"image_id": int, "question": str, "question_id": int}, path, where)
-        records.require_text(question["question"], "question", path, where)
+        validate.require_fields(question, {"image_id": int, "question": str, "question_id": int}, path, where)
+        validate.require_text(question["question"], "question", path, where)
         _unique_question_id(path, seen, question, where)
 
     return check
@@ -70,13 +70,13 @@ def _check_answers(answers: list[Any], path: Path, where: str) -> None:
     if not answers:
         raise DataError(path, where, "empty 'answers' list")
     for k, answer in enumerate(answers):
-        records.require_fields(answer, {"answer": str, "answer_confidence": str, "answer_id": int}, path, where)
+        validate.require_fields(answer, {"answer": str, "answer_confidence": str, "answer_id": int}, path, where)
         if answer["answer_confidence"] not in ANSWER_CONFIDENCES:
             conf = answer["answer_confidence"]
             raise DataError(path, where, f"answers[{k}]: answer_confidence should be yes/maybe/no, got {conf!r}")
 
 
-def _annotation_checker(path: Path) -> records.RecordCheck:
+def _annotation_checker(path: Path) -> validate.RecordCheck:
     seen: dict[int, str] = {}
     fields = {
         "question_type": str,
@@ -88,7 +88,7 @@ def _annotation_checker(path: Path) -> records.RecordCheck:
     }
 
     def check(ann: Any, where: str) -> None:
-        records.require_fields(ann, fields, path, where)
+        validate.require_fields(ann, fields, path, where)
         if ann["answer_type"] not in ANSWER_TYPES:
             raise DataError(path, where, f"answer_type should be one of {ANSWER_TYPES}, got {ann['answer_type']!r}")
         _check_answers(ann["answers"], path, where)
@@ -101,7 +101,7 @@ def _validated(doc: Any, path: Path, kind: str, bad: BadRecords) -> Record:
     """``kind`` is "questions" or "annotations": the list key, checked record by record."""
     header, make_checker = _KINDS[kind]
     _check_header(doc, header, kind, path)
-    return {**doc, kind: records.collect_valid(enumerate(doc[kind]), f"{kind} index", make_checker(path), bad)}
+    return {**doc, kind: validate.collect_valid(enumerate(doc[kind]), f"{kind} index", make_checker(path), bad)}
 
 
 _KINDS = {"questions": (QUESTIONS_HEADER, _question_checker), "annotations": (ANNOTATIONS_HEADER, _annotation_checker)}

@@ -9,12 +9,13 @@ validate exactly these dicts. Layout: docs/world_layout.md.
 
 from __future__ import annotations
 
-import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from grainvl.data.formats import albef, coco_caption, iglue, msrvtt, vlue, vqa_v2
+from grainvl.data.formats.xvlm_pretrain import LineWriter
 from grainvl.data.world.annotations import (
     ImageAnnotations,
     NLVRItem,
@@ -23,7 +24,6 @@ from grainvl.data.world.annotations import (
     XVNLIItem,
 )
 from grainvl.data.world.ontology import SPLITS
-from grainvl.utils import fileio
 
 ID_SPLITS = ("train", "val", "test")
 IGLUE_TEST_SPLIT = "test"  # IGLUE test sets come from the ID test split; zero-shot trains on English train
@@ -37,28 +37,6 @@ def frame_relpath(split: str, video_id: int, t: int) -> str:
     """Video ids are unique across splits, so frames live in one flat ``videos/video{id}`` folder as MSR-VTT's do."""
     del split
     return f"videos/video{video_id}/{t:02d}.jpg"
-
-
-class JsonlSink:
-    """A JSON-lines file written line by line into a temp file, renamed into place on close."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._tmp = path.with_name(f".{path.name}.tmp")
-        self._file: IO[str] | None = self._tmp.open("w", encoding="utf-8")
-        self.count = 0
-
-    def write(self, record: dict[str, Any]) -> None:
-        assert self._file is not None
-        self._file.write(fileio.dumps(record) + "\n")
-        self.count += 1
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            os.replace(self._tmp, self.path)
 
 
 @dataclass
@@ -92,14 +70,16 @@ class WorldExporter:
         self.counts: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
         self.answer_counter: Counter[str] = Counter()
         self.video_answer_counter: Counter[str] = Counter()
-        self._sinks: dict[tuple[str, str], JsonlSink] = {}
+        self._sinks: dict[tuple[str, str], LineWriter] = {}
         self._caption_ann_id = 0
 
     # ------------------------------------------------------------------ streaming pre-training files
-    def _sink(self, split: str, name: str) -> JsonlSink:
+    def _sink(self, split: str, name: str, kind: str | None = None) -> LineWriter:
+        """The pre-training file ``name`` of ``split``; ``kind`` (default: ``name``) picks its record checks."""
         key = (split, name)
         if key not in self._sinks:
-            self._sinks[key] = JsonlSink(self.out / "annotations" / "pretrain" / split / f"{name}.jsonl")
+            path = self.out / "annotations" / "pretrain" / split / f"{name}.jsonl"
+            self._sinks[key] = LineWriter(path, kind or name)
         return self._sinks[key]
 
     def add_image(self, ann: ImageAnnotations, xvnli: XVNLIItem, pairs: list[ParallelPair]) -> None:
@@ -108,7 +88,7 @@ class WorldExporter:
         en = ann.captions["en"]
         self._sink(split, "image_text").write({"image": rel, "caption": en, "image_id": scene.image_id})
         pick = scene.image_id % len(en)  # one paraphrase per language per line, aligned across languages
-        self._sink(split, "image_text_multilingual").write(
+        self._sink(split, "image_text_multilingual", "image_text").write(
             {"image": rel, "caption": {lang: ann.captions[lang][pick] for lang in self.languages}}
         )
         self._sink(split, "region").write(_region_record(ann, rel))
@@ -269,46 +249,52 @@ class WorldExporter:
             if recs.caption_gt_images:
                 self._write_image_split(ann, split, recs)
             if recs.video_retrieval:
-                fileio.write_json(ann / "msrvtt" / f"msrvtt_ret_{split}.json", recs.video_retrieval)
-                fileio.write_jsonl(ann / "msrvtt" / f"msrvtt_qa_{split}.jsonl", recs.video_qa)
+                msrvtt.write_retrieval(ann / "msrvtt" / f"msrvtt_ret_{split}.json", recs.video_retrieval)
+                msrvtt.write_qa(ann / "msrvtt" / f"msrvtt_qa_{split}.jsonl", recs.video_qa)
             self._write_iglue(ann / "iglue", split, recs)
         answers = [a for a, _ in self.answer_counter.most_common()]
-        fileio.write_json(ann / "vqa" / "answer_list.json", answers)
+        albef.write_answer_list(ann / "vqa" / "answer_list.json", answers)
         video_answers = [a for a, _ in self.video_answer_counter.most_common()]
-        fileio.write_json(ann / "msrvtt" / "ans2label.json", {a: i for i, a in enumerate(video_answers)})
+        msrvtt.write_ans2label(ann / "msrvtt" / "ans2label.json", {a: i for i, a in enumerate(video_answers)})
         if video_frames:
-            fileio.write_json(ann / "msrvtt" / "train_val_videodatainfo.json", _msrvtt_info(video_frames, self.splits))
+            msrvtt.write_videodatainfo(
+                ann / "msrvtt" / "train_val_videodatainfo.json", _msrvtt_info(video_frames, self.splits)
+            )
         self._write_vlue(ann / "vlue", self.splits["test_ood"])
 
     def _write_image_split(self, ann: Path, split: str, recs: SplitRecords) -> None:
-        fileio.write_json(ann / "retrieval" / f"coco_{split}.json", recs.retrieval)
-        fileio.write_json(ann / "captioning" / f"coco_karpathy_{split}.json", recs.karpathy)
-        fileio.write_json(ann / "captioning" / f"coco_karpathy_{split}_gt.json", _caption_gt(recs))
+        albef.write_retrieval(ann / "retrieval" / f"coco_{split}.json", recs.retrieval)
+        albef.write_karpathy(ann / "captioning" / f"coco_karpathy_{split}.json", recs.karpathy)
+        coco_caption.write_caption_gt(ann / "captioning" / f"coco_karpathy_{split}_gt.json", _caption_gt(recs))
         subtype = f"world_{split}"
-        fileio.write_json(ann / "vqa" / f"v2_OpenEnded_mscoco_{split}_questions.json", _vqa_questions(recs, subtype))
-        fileio.write_json(ann / "vqa" / f"v2_mscoco_{split}_annotations.json", _vqa_annotations(recs, subtype))
-        fileio.write_json(ann / "vqa" / f"vqa_{split}.json", recs.vqa_xvlm)
-        fileio.write_json(ann / "nlvr2" / f"nlvr_{split}.json", recs.nlvr)
-        fileio.write_json(ann / "refcoco+" / f"refcoco+_{split}.json", recs.refcoco)
+        vqa_v2.write_vqa_questions(
+            ann / "vqa" / f"v2_OpenEnded_mscoco_{split}_questions.json", _vqa_questions(recs, subtype)
+        )
+        vqa_v2.write_vqa_annotations(
+            ann / "vqa" / f"v2_mscoco_{split}_annotations.json", _vqa_annotations(recs, subtype)
+        )
+        albef.write_vqa(ann / "vqa" / f"vqa_{split}.json", recs.vqa_xvlm)
+        albef.write_nlvr2(ann / "nlvr2" / f"nlvr_{split}.json", recs.nlvr)
+        albef.write_refcoco(ann / "refcoco+" / f"refcoco+_{split}.json", recs.refcoco)
 
     def _write_iglue(self, root: Path, split: str, recs: SplitRecords) -> None:
         for lang, rows in sorted(recs.xvnli.items()):
-            fileio.write_jsonl(root / "xvnli" / lang / f"{split}.jsonl", rows)
+            iglue.write_xvnli(root / "xvnli" / lang / f"{split}.jsonl", rows)
         for lang, rows in sorted(recs.xgqa.items()):
-            fileio.write_json(root / "xgqa" / lang / f"{split}.json", rows)
+            iglue.write_xgqa(root / "xgqa" / lang / f"{split}.json", rows)
         for lang, rows in sorted(recs.marvl.items()):
-            fileio.write_jsonl(root / "marvl" / lang / f"{split}.jsonl", rows)
+            iglue.write_marvl(root / "marvl" / lang / f"{split}.jsonl", rows)
         for lang, rows in sorted(recs.xflickrco.items()):
-            fileio.write_jsonl(root / "xflickrco" / lang / f"{split}.jsonl", rows)
+            iglue.write_xflickrco(root / "xflickrco" / lang / f"{split}.jsonl", rows)
 
     def _write_vlue(self, root: Path, recs: SplitRecords) -> None:
         """VLUE's OOD test files, built from test_ood exactly in VLUE's schemas (davinci_cclm_vlue.md §C.2)."""
         if not recs.caption_gt_images:
             return
-        fileio.write_json(root / "itr_vlue_test.json", recs.retrieval)
-        fileio.write_json(root / "caption_vlue_test.json", recs.karpathy)
-        fileio.write_json(root / "caption_vlue_test_gt.json", _caption_gt(recs))
-        fileio.write_json(root / "nlvr2_vlue_test.json", recs.nlvr)
+        vlue.write_vlue_itr(root / "itr_vlue_test.json", recs.retrieval)
+        vlue.write_vlue_caption(root / "caption_vlue_test.json", recs.karpathy)
+        coco_caption.write_caption_gt(root / "caption_vlue_test_gt.json", _caption_gt(recs))
+        vlue.write_vlue_nlvr2(root / "nlvr2_vlue_test.json", recs.nlvr)
         # VLUE's OOD VQA file keeps one answer per question (scored by exact match).
         vqa = [
             {
@@ -319,8 +305,8 @@ class WorldExporter:
             }
             for q, a in zip(recs.vqa_xvlm, recs.vqa_annotations)
         ]
-        fileio.write_json(root / "vqa_vlue_test.json", vqa)
-        fileio.write_json(root / "refcoco+_vlue_test.json", recs.refcoco)
+        vlue.write_vlue_vqa(root / "vqa_vlue_test.json", vqa)
+        vlue.write_vlue_refcoco(root / "refcoco+_vlue_test.json", recs.refcoco)
 
 
 def _region_record(ann: ImageAnnotations, rel: str) -> dict[str, Any]:

@@ -7,12 +7,12 @@ the file, the record and the reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from grainvl.errors import BadRecords, DataError
-from grainvl.utils.fileio import iter_jsonl, read_json
+from grainvl.utils.fileio import iter_jsonl, read_json, write_json, write_jsonl
 
 
 def require_list(obj: Any, path: str | Path) -> list[Any]:
@@ -218,34 +218,46 @@ def check_image_field(
 Validator = Callable[[Any, Path, str, ImageChecker], object]
 
 
+def bound_validator(path: Path, validator: Validator, image_root: str | Path | None) -> RecordCheck:
+    """``validator`` as a :data:`RecordCheck` of one file (its images checked when ``image_root`` is set)."""
+    images = ImageChecker(path, image_root)
+    return lambda record, where: validator(record, path, where, images)
+
+
 def read_validated_json(
     path: str | Path, validator: Validator, bad: BadRecords | None = None, image_root: str | Path | None = None
 ) -> list[Any]:
     """A JSON list checked record by record (and each record's images when ``image_root`` is set)."""
-    path = Path(path)
-    images = ImageChecker(path, image_root)
-    return read_json_records(path, lambda record, where: validator(record, path, where, images), bad)
+    return read_json_records(path, bound_validator(Path(path), validator, image_root), bad)
 
 
 def read_validated_jsonl(
     path: str | Path, validator: Validator, bad: BadRecords | None = None, image_root: str | Path | None = None
 ) -> list[Any]:
     """A JSON-lines file checked line by line (and each line's images when ``image_root`` is set)."""
-    path = Path(path)
-    images = ImageChecker(path, image_root)
-    return read_jsonl_records(path, lambda record, where: validator(record, path, where, images), bad)
+    return read_jsonl_records(path, bound_validator(Path(path), validator, image_root), bad)
 
 
-def validate_records(records: Iterable[Any], validator: Validator, path: str | Path, lines: bool = False) -> None:
+def validate_records(rows: Iterable[Any], validator: Validator, path: str | Path, lines: bool = False) -> None:
     """Check records before a writer writes them, so no writer produces a file its reader rejects.
 
     Raises the first DataError; positions are "line N" (1-based) for JSON lines, else "index N".
     """
-    path = Path(path)
-    no_images = ImageChecker(path, None)
-    numbered = enumerate(records, 1) if lines else enumerate(records)
+    numbered = enumerate(rows, 1) if lines else enumerate(rows)
     label = "line" if lines else "index"
-    collect_valid(numbered, label, lambda record, where: validator(record, path, where, no_images), BadRecords())
+    collect_valid(numbered, label, bound_validator(Path(path), validator, None), BadRecords())
+
+
+def write_validated_json(path: str | Path, rows: Sequence[Any], validator: Validator) -> None:
+    """The JSON-list writer of every record format: checked as its reader checks, then written atomically."""
+    validate_records(rows, validator, path)
+    write_json(path, list(rows))
+
+
+def write_validated_jsonl(path: str | Path, rows: Sequence[Any], validator: Validator) -> None:
+    """The JSON-lines writer of every record format: checked line by line, then written atomically."""
+    validate_records(rows, validator, path, lines=True)
+    write_jsonl(path, rows)
 
 
 def image_bounds(

@@ -1,0 +1,125 @@
+"""The run scaffold every recipe stands on: one process group, one run folder, one results schema.
+
+A recipe is ``run_recipe(cfg, body)``: :func:`run_recipe` enters the process group (plain ``python``
+gives a single process without one; ``torchrun`` gives DDP), and ``body(run)`` builds the model and
+the Task, trains with :func:`grainvl.train.loop.train`, evaluates and returns a JSON-ready report.
+The scaffold owns what every job repeats around that:
+
+* the run folder: ``config.json`` (the resolved config) when the run starts, ``summary.json`` (the
+  report) when it ends, both written atomically and only on rank 0;
+* ``results.jsonl``: one line per metric in the long schema, with the run's cost on every line
+  (:func:`result_row` turns a :class:`~grainvl.train.loop.TrainSummary` into the cost columns);
+* the end-of-run cost line of every report (:func:`format_cost`) and printing on rank 0 only
+  (:func:`print_report`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from grainvl.bench.results import append_result
+from grainvl.config import to_dict
+from grainvl.train.loop import TrainSummary
+from grainvl.utils.distributed import DistEnv, run_in_process_group
+from grainvl.utils.fileio import atomic_write_text
+
+T = TypeVar("T")
+
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+RESULTS_FILE = "results.jsonl"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One recipe invocation on one rank: where it writes and which process it is."""
+
+    dir: Path
+    env: DistEnv
+
+    @property
+    def is_main(self) -> bool:
+        return self.env.rank == 0
+
+    @property
+    def results(self) -> Path:
+        return self.dir / RESULTS_FILE
+
+    def write_config(self, cfg: Any) -> None:
+        """``config.json``: the run's resolved config (dataclass), so a run folder says how it was made."""
+        if self.is_main:
+            atomic_write_text(self.dir / CONFIG_FILE, json.dumps(to_dict(cfg), indent=2) + "\n")
+
+    def write_summary(self, report: dict[str, Any]) -> None:
+        if self.is_main:
+            atomic_write_text(self.dir / SUMMARY_FILE, json.dumps(report, indent=2, default=str) + "\n")
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        """Append result rows (long schema) to ``results.jsonl``; rank 0 only."""
+        if self.is_main:
+            for row in rows:
+                append_result(self.results, row)
+
+
+def run_recipe(run_dir: str | Path, body: Callable[[Run], T], torch_threads: int = 0) -> T:
+    """Run ``body`` on every rank of the process group (none for one process) with the run folder made.
+
+    Returns ``body``'s value (by convention the report on rank 0 and ``{}`` elsewhere).
+    """
+
+    def on_rank(env: DistEnv) -> T:
+        run = Run(Path(run_dir), env)
+        if run.is_main:
+            run.dir.mkdir(parents=True, exist_ok=True)
+        return body(run)
+
+    return run_in_process_group(on_rank, torch_threads)
+
+
+def result_row(
+    summary: TrainSummary, *, model: str, task: str, dataset: str, seed: int, gflops: float | None = None
+) -> dict[str, Any]:
+    """The columns of a results row that describe the run rather than the metric (schema in bench/results.py).
+
+    ``gflops`` is the per-sample cost to report; without it the training FLOPs per sample are used
+    (one optimizer step's measured forward + backward FLOPs over the samples of that step).
+    """
+    energy, hw = summary.energy, summary.hardware
+    if gflops is None and summary.flops_per_step and summary.steps_run:
+        samples_per_step = summary.samples / summary.steps_run
+        gflops = summary.flops_per_step / samples_per_step / 1e9 if samples_per_step else None
+    return {
+        "model": model,
+        "task": task,
+        "dataset": dataset,
+        "params_M": summary.params / 1e6,
+        "gflops": gflops,
+        "throughput": summary.samples / summary.wall_s if summary.wall_s else None,
+        "energy_kWh": energy.energy_kWh if energy else None,
+        "co2_g": energy.co2_g if energy else None,
+        "hardware": hw.get("cpu") or hw.get("gpu"),
+        "torch": hw.get("torch"),
+        "commit": hw.get("commit"),
+        "seed": seed,
+    }
+
+
+def format_cost(summary: dict[str, Any]) -> str:
+    """The last line of every training report: steps, time, size, compute, energy and CO₂ of the run."""
+    energy = summary.get("energy") or {}
+    return (
+        f"run: {summary['steps']} steps, {summary['samples']} samples, {summary['wall_s']:.0f} s, "
+        f"{summary['params'] / 1e6:.1f}M params, {(summary.get('total_flops') or 0) / 1e12:.2f} TFLOPs, "
+        f"energy {energy.get('energy_kWh', float('nan')):.2e} kWh, {energy.get('co2_g', float('nan')):.2e} g CO2-eq "
+        f"({energy.get('method', 'not tracked')})"
+    )
+
+
+def print_report(report: dict[str, Any], formatter: Callable[[dict[str, Any]], str]) -> None:
+    """Print a recipe's report; ranks other than 0 return ``{}`` and print nothing."""
+    if report:
+        print(formatter(report))
