@@ -15,7 +15,7 @@ generated first. Then ``grainvl compress --recipe distill,prune,shrink`` runs on
   its own worker one after the other, so its per-task latencies are reported too but the ratio is
   taken from this alternating measurement;
 * **scores**: teacher and student are fine-tuned with the same settings (``--finetune-steps``, the
-  demo's overrides) and evaluated by :func:`grainvl.recipes.bench.run_bench` on the five VLUE tasks
+  demo's fine-tuning settings) and evaluated by :func:`grainvl.recipes.bench.run_bench` on the five VLUE tasks
   (retrieval, vqa, nlvr2, grounding, captioning), ID (``test``) and OOD (``test_ood``);
   **retention = student average / teacher average of the primary ID metrics**;
 * parameter and FLOP ratios, and target vs achieved sparsity per modality (plus where the
@@ -133,14 +133,8 @@ def side_by_side_latency(models: dict[str, XVLM], repeats: int) -> dict[str, lis
 
 
 VLUE_TASKS = ("retrieval", "vqa", "nlvr2", "grounding", "captioning")
-# The demo's fine-tuning settings (configs/demo.yaml, bench): tens of steps, lr 1e-4, ITC retrieval ranking,
-# short decoding. Teacher and student get exactly the same ones.
-FINETUNE_OVERRIDES = ["optim.lr=1.0e-4", "data.batch_size=16", "train.progress=false", "train.tensorboard=false"]
-TASK_OVERRIDES = {
-    "retrieval": ["options.score=itc"],
-    "vqa": ["options.k_test=16"],
-    "captioning": ["options.num_beams=2", "options.max_length=16"],
-}
+# Fine-tuning settings: the demo's (configs/demo.yaml, bench.finetune and bench.task_finetune): lr 1e-4, ITC
+# retrieval ranking, short decoding. Teacher and student get exactly the same ones.
 
 
 def parse_layers(text: str | None) -> tuple[int, int, int] | None:
@@ -262,12 +256,14 @@ def main() -> None:
 
     # 2. The five VLUE tasks: both models fine-tuned with the same settings, evaluated ID and OOD.
     from grainvl.recipes.bench import BenchOptions, run_bench
+    from grainvl.recipes.demo import load_demo_config
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    demo = load_demo_config().bench
     options = BenchOptions(
         finetune_steps=args.finetune_steps,
-        overrides=list(FINETUNE_OVERRIDES),
-        task_overrides={t: list(v) for t, v in TASK_OVERRIDES.items() if t in tasks},
+        finetune=demo.finetune,
+        task_finetune={t: v for t, v in demo.task_finetune.items() if t in tasks},
         use_codecarbon=False,
         device="cpu",
         warmup=3,

@@ -137,7 +137,7 @@ def test_no_private_module_is_imported_across_packages() -> None:
 
 def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     """The walker must find imports inside functions and classes, or every test above passes vacuously."""
-    fake = SRC / "data" / "formats" / "records.py"
+    fake = SRC / "data" / "formats" / "validate.py"
     imports = _imports(fake)
     assert any(m == "grainvl.errors" for m, _, _ in imports)
     sample = tmp_path / "sample.py"

@@ -15,10 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
+from grainvl.config import load_config
 from grainvl.data.world.generate import WorldConfig, generate_world
 from grainvl.models.factory import get_model_config, get_tokenizer
 from grainvl.models.xvlm import XVLM
 from grainvl.recipes.bench import BenchOptions, run_bench
+from grainvl.recipes.finetune import FinetuneConfig
 
 QUIET = ["train.progress=false", "train.tensorboard=false", "train.save_final=false"]
 TASKS = ["retrieval", "nlvr2"]
@@ -37,7 +39,7 @@ def test_bench_two_tiny_models_two_tasks(tmp_path: Path) -> None:
 
     options = BenchOptions(
         finetune_steps=2,
-        overrides=[*QUIET, "data.batch_size=4", "data.eval_batch_size=8"],
+        finetune=load_config(FinetuneConfig, None, [*QUIET, "data.batch_size=4", "data.eval_batch_size=8"]),
         country="DEU",
         warmup=1,
         repeats=5,

@@ -100,15 +100,23 @@ def test_distill_quantize_recipe_end_to_end(world: Path, tmp_path: Path) -> None
 def test_quantised_source_finetunes_and_loads_int8(world: Path, tmp_path: Path) -> None:
     """A quantize folder fine-tunes in fp32, the run is flagged, load_finetuned gives an int8 module."""
     from grainvl.compress.quantize import save_quantized_xvlm
+    from grainvl.config import load_config
     from grainvl.models.factory import create_model, get_tokenizer
     from grainvl.recipes.bench import _on_device
-    from grainvl.recipes.finetune import finetune, load_finetuned
+    from grainvl.recipes.finetune import FinetuneConfig, finetune, load_finetuned
 
     model = create_model("xvlm-tiny")
     src = save_quantized_xvlm(model, tmp_path / "q", tokenizer=get_tokenizer(model.config))
     quiet = ["train.progress=false", "train.tensorboard=false", "train.save_final=false", "train.track_energy=false"]
     over = [*quiet, "train.steps=1", "data.batch_size=4", "data.eval_batch_size=8", "eval_splits=[]"]
-    finetune("nlvr2", src, world, tmp_path / "run", overrides=over)
+    finetune(
+        load_config(
+            FinetuneConfig,
+            None,
+            over,
+            {"task": "nlvr2", "model": src, "world": world, "train.run_dir": tmp_path / "run"},
+        )
+    )
     assert (tmp_path / "run" / "model" / QUANTIZE_FILE).is_file()
     _, module, _ = load_finetuned(tmp_path / "run", world)
     assert count_quantized_linears(module) > 0

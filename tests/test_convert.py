@@ -683,7 +683,7 @@ def test_cli_official_to_grainvl_and_back(tmp_path: Path, capsys: pytest.Capture
                 "official-x2vlm",
                 "--input",
                 str(ckpt),
-                "--config",
+                "--official-config",
                 str(FIXTURES / "x2vlm_tiny_pretrain.yaml"),
                 "--text-config",
                 str(FIXTURES / "bert_tiny_config.json"),

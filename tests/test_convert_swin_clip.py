@@ -217,7 +217,7 @@ def test_cli_swin_and_clip_vit_official_to_grainvl_and_back(tmp_path: Path, make
     ckpt = tmp_path / "xvlm_tiny.th"
     torch.save({"model": sd, "config": {}}, ckpt)
     out = tmp_path / "converted"
-    args = ["convert", "--from", "official-xvlm", "--input", str(ckpt), "--config", str(FIXTURES / yaml_name)]
+    args = ["convert", "--from", "official-xvlm", "--input", str(ckpt), "--official-config", str(FIXTURES / yaml_name)]
     assert main([*args, "--text-config", str(FIXTURES / "bert_tiny_config.json"), "--output", str(out)]) == 0
     model = XVLM.from_pretrained(out).eval()  # the config.json carries the new vision kind
     direct = convert.load_official(sd, "official-xvlm", FIXTURES / yaml_name, FIXTURES / "bert_tiny_config.json")[0]

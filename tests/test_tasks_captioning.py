@@ -126,11 +126,19 @@ def test_beam_one_equals_greedy_on_the_model(module_and_tokenizer: tuple) -> Non
 
 @pytest.mark.slow
 def test_finetune_evaluate_and_reload(world: Path, tmp_path: Path) -> None:
-    from grainvl.recipes.finetune import evaluate_run, finetune, load_finetuned
+    from grainvl.config import load_config
+    from grainvl.recipes.finetune import FinetuneConfig, evaluate_run, finetune, load_finetuned
 
     run = tmp_path / "run"
     overrides = ["train.steps=2", "data.batch_size=4", "options.meteor=false", "options.max_length=6", *QUIET]
-    finetune("captioning", "xvlm-tiny", world, run, overrides=overrides)
+    finetune(
+        load_config(
+            FinetuneConfig,
+            None,
+            overrides,
+            {"task": "captioning", "model": "xvlm-tiny", "world": world, "train.run_dir": run},
+        )
+    )
     results = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
     assert {(r["split"], r["metric"]) for r in results} >= {("id", "CIDEr"), ("ood", "CIDEr"), ("ood", "Bleu_4")}
     task, module, tokenizer = load_finetuned(run, world)

@@ -91,11 +91,19 @@ def test_training_step(world: Path) -> None:
 
 @pytest.mark.slow
 def test_finetune_evaluate_reload(world: Path, tmp_path: Path) -> None:
+    from grainvl.config import load_config
     from grainvl.metrics.scoring import score_grounding
-    from grainvl.recipes.finetune import evaluate_run, finetune
+    from grainvl.recipes.finetune import FinetuneConfig, evaluate_run, finetune
 
     run = tmp_path / "run"
-    report = finetune("grounding", "xvlm-tiny", world, run, overrides=["train.steps=2", "data.batch_size=4", *QUIET])
+    report = finetune(
+        load_config(
+            FinetuneConfig,
+            None,
+            ["train.steps=2", "data.batch_size=4", *QUIET],
+            {"task": "grounding", "model": "xvlm-tiny", "world": world, "train.run_dir": run},
+        )
+    )
     for split in ("test", "test_ood"):
         pred = run / "predictions" / f"grounding_{split}.json"
         scored = score_grounding(pred, grounding_file(world, split), echo=lambda _: None)

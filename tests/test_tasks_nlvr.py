@@ -85,11 +85,19 @@ def test_training_step_reaches_the_head(world: Path) -> None:
 
 @pytest.mark.slow
 def test_finetune_evaluate_reload(world: Path, tmp_path: Path) -> None:
+    from grainvl.config import load_config
     from grainvl.metrics.scoring import score_nlvr2
-    from grainvl.recipes.finetune import evaluate_run, finetune, load_finetuned
+    from grainvl.recipes.finetune import FinetuneConfig, evaluate_run, finetune, load_finetuned
 
     run = tmp_path / "run"
-    report = finetune("nlvr2", "xvlm-tiny", world, run, overrides=["train.steps=2", "data.batch_size=4", *QUIET])
+    report = finetune(
+        load_config(
+            FinetuneConfig,
+            None,
+            ["train.steps=2", "data.batch_size=4", *QUIET],
+            {"task": "nlvr2", "model": "xvlm-tiny", "world": world, "train.run_dir": run},
+        )
+    )
     for split in ("test", "test_ood"):
         acc = report["evaluations"][split]["acc"]
         gt = nlvr_file(world, split)

@@ -115,11 +115,19 @@ def test_train_batch_has_ids_and_trains(world: Path) -> None:
 
 @pytest.mark.slow
 def test_finetune_evaluate_and_score_file(world: Path, tmp_path: Path) -> None:
+    from grainvl.config import load_config
     from grainvl.metrics.scoring import score_retrieval
-    from grainvl.recipes.finetune import evaluate_run, finetune
+    from grainvl.recipes.finetune import FinetuneConfig, evaluate_run, finetune
 
     run = tmp_path / "run"
-    report = finetune("retrieval", "xvlm-tiny", world, run, overrides=["train.steps=2", "data.batch_size=4", *QUIET])
+    report = finetune(
+        load_config(
+            FinetuneConfig,
+            None,
+            ["train.steps=2", "data.batch_size=4", *QUIET],
+            {"task": "retrieval", "model": "xvlm-tiny", "world": world, "train.run_dir": run},
+        )
+    )
     assert set(report["evaluations"]) == {"test", "test_ood"}
     for metrics in report["evaluations"].values():
         assert {"txt_r1", "img_r10", "r_mean"} <= set(metrics)
@@ -133,10 +141,18 @@ def test_finetune_evaluate_and_score_file(world: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_video_retrieval_end_to_end(world: Path, tmp_path: Path) -> None:
-    from grainvl.recipes.finetune import finetune
+    from grainvl.config import load_config
+    from grainvl.recipes.finetune import FinetuneConfig, finetune
 
     overrides = ["train.steps=2", "data.batch_size=3", "options.k_test=4", *QUIET]
-    report = finetune("video_retrieval", "xvlm-tiny", world, tmp_path / "video", overrides=overrides)
+    report = finetune(
+        load_config(
+            FinetuneConfig,
+            None,
+            overrides,
+            {"task": "video_retrieval", "model": "xvlm-tiny", "world": world, "train.run_dir": tmp_path / "video"},
+        )
+    )
     assert set(report["evaluations"]) == {"test", "test_ood"}
     assert all(0 <= v <= 100 for m in report["evaluations"].values() for v in m.values())
     assert np.isfinite(report["train"]["final_losses"]["itc_loss"])

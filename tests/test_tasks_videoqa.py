@@ -63,10 +63,18 @@ def test_unknown_answers_are_ignored_in_training(world: Path) -> None:
 
 @pytest.mark.slow
 def test_finetune_evaluate_and_reload(world: Path, tmp_path: Path) -> None:
-    from grainvl.recipes.finetune import evaluate_run, finetune, load_finetuned
+    from grainvl.config import load_config
+    from grainvl.recipes.finetune import FinetuneConfig, evaluate_run, finetune, load_finetuned
 
     run = tmp_path / "run"
-    finetune("videoqa", "xvlm-tiny", world, run, overrides=["train.steps=2", "data.batch_size=2", *QUIET])
+    finetune(
+        load_config(
+            FinetuneConfig,
+            None,
+            ["train.steps=2", "data.batch_size=2", *QUIET],
+            {"task": "videoqa", "model": "xvlm-tiny", "world": world, "train.run_dir": run},
+        )
+    )
     results = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
     assert {(r["split"], r["metric"]) for r in results} >= {("id", "acc"), ("ood", "acc")}
     task, module, tokenizer = load_finetuned(run, world)

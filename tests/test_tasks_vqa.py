@@ -281,11 +281,16 @@ def test_classifier_head_targets_and_prediction(world: Path, tiny: tuple) -> Non
 # ---------------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_finetune_evaluate_and_reload(world: Path, tmp_path: Path) -> None:
-    from grainvl.recipes.finetune import evaluate_run, finetune, load_finetuned
+    from grainvl.config import load_config
+    from grainvl.recipes.finetune import FinetuneConfig, evaluate_run, finetune, load_finetuned
 
     run = tmp_path / "run"
     overrides = ["train.steps=2", "data.batch_size=4", "data.eval_batch_size=8", *QUIET]
-    report = finetune("vqa", "xvlm-tiny", world, run, overrides=overrides)
+    report = finetune(
+        load_config(
+            FinetuneConfig, None, overrides, {"task": "vqa", "model": "xvlm-tiny", "world": world, "train.run_dir": run}
+        )
+    )
     assert report, "rank 0 returns a summary"
     results = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
     assert {(r["split"], r["metric"]) for r in results} >= {

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
+
+from grainvl.commands import add_config_args, comma_list, config_from_args, shortcut
 
 METHODS = ("prompt", "prefix", "lora", "bitfit")
 VARIANTS = ("raw", "delta", "centered")
@@ -19,104 +22,116 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     tune = actions.add_parser("tune", help="PET-tune every task and save its tuned parameters")
+    add_config_args(tune, "TransferTuneConfig")
     _common(tune)
-    tune.add_argument("--method", choices=METHODS, default="prompt", help="PET method (default: prompt)")
-    tune.add_argument("--steps", type=int, default=60, help="PET optimizer steps per task (default: 60)")
-    tune.add_argument("--snapshot-steps", default="", help="comma-separated early-checkpoint steps to keep too")
+    shortcut(tune, "--method", field="method", choices=METHODS, help="PET method (default: prompt)")
+    shortcut(tune, "--steps", field="steps", type=int, help="PET optimizer steps per task (default: 60)")
+    shortcut(tune, "--snapshot-steps", field="snapshot_steps", parse=_steps, help="early-checkpoint steps to keep too")
     tune.set_defaults(func=_tune)
 
     embed = actions.add_parser(
         "embed", help="task embeddings and similarities from a 'tune' run; writes a heat-map PNG"
     )
-    embed.add_argument("--run", type=Path, required=True, help="the --out folder of 'transfer tune'")
-    embed.add_argument("--method", choices=METHODS, default="prompt", help="which tuned method to embed")
-    embed.add_argument("--variant", choices=VARIANTS, default="delta", help="raw, delta (minus init) or centered")
-    embed.add_argument(
-        "--step", type=int, default=None, help="use the snapshot at this step instead of the final parameters"
-    )
+    add_config_args(embed, "TransferEmbedConfig")
+    _library(embed)
     embed.set_defaults(func=_embed)
 
     rank = actions.add_parser("rank", help="rank source tasks for each target by embedding similarity")
-    rank.add_argument("--run", type=Path, required=True, help="the --out folder of 'transfer tune'")
-    rank.add_argument("--method", choices=METHODS, default="prompt", help="which tuned method to use")
-    rank.add_argument("--variant", choices=VARIANTS, default="delta", help="embedding variant")
-    rank.add_argument("--target", default=None, help="only this target task (default: every task)")
-    rank.add_argument("--top", type=int, default=5, help="sources to print per target (default: 5)")
+    add_config_args(rank, "TransferRankConfig")
+    _library(rank)
+    shortcut(rank, "--target", field="target", help="only this target task (default: every task)")
+    shortcut(rank, "--top", field="top", type=int, help="sources to print per target (default: 5)")
     rank.set_defaults(func=_rank)
 
     evaluate = actions.add_parser(
         "evaluate", help="full experiment: PET embeddings vs TextEmb/TaskEmb against real transfer"
     )
+    add_config_args(evaluate, "TransferEvaluateConfig")
     _common(evaluate)
-    evaluate.add_argument(
-        "--methods", default=",".join(METHODS), help="comma-separated PET methods (default: all four)"
+    shortcut(
+        evaluate, "--methods", field="methods", parse=comma_list, help="comma-separated PET methods (default: all)"
     )
-    evaluate.add_argument("--pet-steps", type=int, default=60, help="PET steps per task (default: 60)")
-    evaluate.add_argument("--snapshot-steps", default="", help="comma-separated early-checkpoint steps to evaluate too")
-    evaluate.add_argument(
-        "--ft-steps", type=int, default=60, help="fine-tuning steps of each ground-truth run (default: 60)"
+    shortcut(evaluate, "--pet-steps", field="pet_steps", type=int, help="PET steps per task (default: 60)")
+    shortcut(
+        evaluate,
+        "--snapshot-steps",
+        field="snapshot_steps",
+        parse=_steps,
+        help="early-checkpoint steps to evaluate too",
     )
-    evaluate.add_argument("--ft-lr", type=float, default=1e-4, help="fine-tuning learning rate (default: 1e-4)")
-    evaluate.add_argument("--baseline-examples", type=int, default=200, help="examples per task for TextEmb/TaskEmb")
-    evaluate.add_argument("--max-dev", type=int, default=None, help="score at most this many dev examples per task")
-    evaluate.add_argument(
-        "--target-train",
+    shortcut(evaluate, "--ft-steps", field="ft_steps", type=int, help="steps of each ground-truth run (default: 60)")
+    shortcut(evaluate, "--ft-lr", field="ft_lr", type=float, help="fine-tuning learning rate (default: 1e-4)")
+    shortcut(
+        evaluate,
+        "--baseline-examples",
+        field="baseline_examples",
         type=int,
-        default=None,
+        help="examples per task for TextEmb/TaskEmb",
+    )
+    shortcut(evaluate, "--max-dev", field="max_dev", type=int, help="score at most this many dev examples per task")
+    shortcut(
+        evaluate,
+        "--target-train",
+        field="target_train",
+        type=int,
         help="full -> limited regime (Vu et al.): targets train on only this many examples (default: all)",
     )
-    evaluate.add_argument("--k", type=int, default=3, help="k of regret@k (default: 3)")
-    evaluate.add_argument(
-        "--gain", choices=("exp", "linear"), default="exp", help="NDCG gain (default: exp, as Vu et al.)"
-    )
-    evaluate.add_argument("--cache", type=Path, default=None, help="ground-truth cache folder (default: OUT/cache)")
+    shortcut(evaluate, "--k", field="k", type=int, help="k of regret@k (default: 3)")
+    shortcut(evaluate, "--gain", field="gain", choices=("exp", "linear"), help="NDCG gain (default: exp, as Vu et al.)")
+    shortcut(evaluate, "--cache", field="cache", type=Path, help="ground-truth cache folder (default: OUT/cache)")
     evaluate.set_defaults(func=_evaluate)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    shortcut(
+        parser,
         "--tasks",
+        field="tasks",
         type=Path,
-        required=True,
         help="task root: a world folder, W/text, or folders with glue/ and squad/ tasks",
     )
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument(
-        "--model", type=Path, default=None, help="Hugging Face BERT folder (default: the packaged MiniLM)"
+    shortcut(parser, "--out", field="out", type=Path, help="output folder")
+    shortcut(
+        parser, "--model", field="model", type=Path, help="Hugging Face BERT folder (default: the packaged MiniLM)"
     )
-    parser.add_argument("--layers", type=int, default=None, help="keep only the first N encoder layers (cheaper)")
-    parser.add_argument("--names", default="", help="comma-separated task names to use (default: all found)")
-    parser.add_argument("--per-kind", type=int, default=None, help="use the first N classification and N QA tasks")
-    parser.add_argument("--kinds", default="classification,qa", help="task kinds to use (default: classification,qa)")
-    parser.add_argument("--batch-size", type=int, default=16, help="batch size (default: 16)")
-    parser.add_argument("--max-length", type=int, default=128, help="max tokens per example (default: 128)")
-    parser.add_argument("--max-train", type=int, default=None, help="use at most this many training examples per task")
-    parser.add_argument("--seed", type=int, default=0, help="seed for data order and heads (default: 0)")
+    shortcut(parser, "--layers", field="layers", type=int, help="keep only the first N encoder layers (cheaper)")
+    shortcut(parser, "--names", field="names", parse=comma_list, help="comma-separated task names (default: all found)")
+    shortcut(parser, "--per-kind", field="per_kind", type=int, help="use the first N classification and N QA tasks")
+    shortcut(parser, "--kinds", field="kinds", parse=comma_list, help="task kinds (default: classification,qa)")
+    shortcut(parser, "--batch-size", field="batch_size", type=int, help="batch size (default: 16)")
+    shortcut(parser, "--max-length", field="max_length", type=int, help="max tokens per example (default: 128)")
+    shortcut(parser, "--max-train", field="max_train", type=int, help="at most this many training examples per task")
+    shortcut(parser, "--seed", field="seed", type=int, help="seed for data order and heads (default: 0)")
 
 
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+def _library(parser: argparse.ArgumentParser) -> None:
+    shortcut(parser, "--run", field="run", type=Path, help="the --out folder of 'transfer tune'")
+    shortcut(parser, "--method", field="method", choices=METHODS, help="which tuned method (default: prompt)")
+    shortcut(
+        parser, "--variant", field="variant", choices=VARIANTS, help="raw, delta (minus init, default) or centered"
+    )
+    shortcut(parser, "--step", field="step", type=int, help="use the snapshot at this step instead of the final one")
 
 
 def _steps(text: str) -> tuple[int, ...]:
     try:
-        return tuple(sorted({int(part) for part in _split(text)}))
+        return tuple(sorted({int(part) for part in comma_list(text)}))
     except ValueError:
         raise ValueError(f"--snapshot-steps must be comma-separated integers, got {text!r}") from None
 
 
-def _model(args: argparse.Namespace) -> str:
+def _model(cfg: Any) -> str:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.data.tokenization import packaged_minilm_path
 
-    return str(args.model or packaged_minilm_path())
+    return str(cfg.model or packaged_minilm_path())
 
 
-def _tasks(args: argparse.Namespace) -> list:
+def _tasks(cfg: Any) -> list:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.recipes.transfer import discover_tasks
 
-    return discover_tasks(args.tasks, _split(args.kinds), _split(args.names) or None, args.per_kind)
+    return discover_tasks(Path(cfg.tasks), list(cfg.kinds), list(cfg.names) or None, cfg.per_kind)
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -125,23 +140,25 @@ def _tune(args: argparse.Namespace) -> int:
 
     from safetensors.torch import save_file
 
+    from grainvl.recipes.transfer import TransferTuneConfig
     from grainvl.transfer.petl import PetlConfig, load_hf_backbone, tune_task
     from grainvl.utils.fileio import atomic_write_text
 
-    tasks = _tasks(args)
+    run = config_from_args(TransferTuneConfig, args)
+    tasks = _tasks(run)
     cfg = PetlConfig(
-        method=args.method,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        snapshot_steps=_steps(args.snapshot_steps),
-        max_train_examples=args.max_train,
-        seed=args.seed,
+        method=run.method,
+        steps=run.steps,
+        batch_size=run.batch_size,
+        max_length=run.max_length,
+        snapshot_steps=tuple(run.snapshot_steps),
+        max_train_examples=run.max_train,
+        seed=run.seed,
     )
-    backbone, tokenizer = load_hf_backbone(_model(args), args.layers)
-    folder = args.out / "pet" / args.method
+    backbone, tokenizer = load_hf_backbone(_model(run), run.layers)
+    folder = Path(run.out) / "pet" / run.method
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"model": _model(args), "layers": args.layers, "config": {k: v for k, v in vars(cfg).items()}, "tasks": {}}
+    meta = {"model": _model(run), "layers": run.layers, "config": {k: v for k, v in vars(cfg).items()}, "tasks": {}}
     for task in tasks:
         result = tune_task(backbone, tokenizer, task.path, cfg)
         tensors = {f"final.{n}": v.contiguous() for n, v in result.params.items()}
@@ -190,13 +207,13 @@ def _load_library(run: Path, method: str, step: int | None) -> tuple[dict, dict,
     return params, initial, meta
 
 
-def _similarity(args: argparse.Namespace) -> tuple[dict, dict]:
+def _similarity(cfg: Any) -> tuple[dict, dict]:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.recipes.transfer import _as_similarity
     from grainvl.transfer.task_embeddings import library_embeddings
 
-    params, initial, _ = _load_library(args.run, args.method, getattr(args, "step", None))
-    embeddings = library_embeddings(args.method, params, initial, args.variant)
+    params, initial, _ = _load_library(Path(cfg.run), cfg.method, cfg.step)
+    embeddings = library_embeddings(cfg.method, params, initial, cfg.variant)
     return _as_similarity(embeddings), embeddings
 
 
@@ -206,32 +223,36 @@ def _embed(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from grainvl.recipes.transfer import plot_heatmap
+    from grainvl.recipes.transfer import TransferEmbedConfig, plot_heatmap
     from grainvl.utils.fileio import atomic_write_bytes
 
-    similarity, embeddings = _similarity(args)
-    tag = f"{args.method}-{args.variant}" + (f"-step{args.step}" if args.step else "")
+    cfg = config_from_args(TransferEmbedConfig, args)
+    run = Path(cfg.run)
+    similarity, embeddings = _similarity(cfg)
+    tag = f"{cfg.method}-{cfg.variant}" + (f"-step{cfg.step}" if cfg.step else "")
     buffer = io.BytesIO()
     np.savez(buffer, **{name: vec.astype(np.float32) for name, vec in embeddings.items()})
-    atomic_write_bytes(args.run / "embeddings" / f"{tag}.npz", buffer.getvalue())
+    atomic_write_bytes(run / "embeddings" / f"{tag}.npz", buffer.getvalue())
     names = sorted(similarity)
     print(f"{'':<20}" + "".join(f"{n[:8]:>9}" for n in names))
     for t in names:
         print(f"{t:<20}" + "".join(f"{similarity[t].get(s, 1.0):>9.3f}" for s in names))
-    png = plot_heatmap(similarity, args.run / "embeddings" / f"{tag}.png", f"task similarity: {tag}")
-    print(f"wrote {args.run / 'embeddings' / (tag + '.npz')} and {png}")
+    png = plot_heatmap(similarity, run / "embeddings" / f"{tag}.png", f"task similarity: {tag}")
+    print(f"wrote {run / 'embeddings' / (tag + '.npz')} and {png}")
     return 0
 
 
 def _rank(args: argparse.Namespace) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
+    from grainvl.recipes.transfer import TransferRankConfig
     from grainvl.transfer.ranking import rank_sources
 
-    similarity, _ = _similarity(args)
-    if args.target is not None and args.target not in similarity:
-        raise ValueError(f"--target {args.target!r} is not among the tuned tasks {sorted(similarity)}")
-    for target in [args.target] if args.target else sorted(similarity):
-        ranked = rank_sources(similarity[target])[: args.top]
+    cfg = config_from_args(TransferRankConfig, args)
+    similarity, _ = _similarity(cfg)
+    if cfg.target is not None and cfg.target not in similarity:
+        raise ValueError(f"--target {cfg.target!r} is not among the tuned tasks {sorted(similarity)}")
+    for target in [cfg.target] if cfg.target else sorted(similarity):
+        ranked = rank_sources(similarity[target])[: cfg.top]
         print(f"{target}: " + ", ".join(f"{s} ({v:.3f})" for s, v in ranked))
     return 0
 
@@ -240,52 +261,60 @@ def _evaluate(args: argparse.Namespace) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     import json
 
-    from grainvl.recipes.transfer import EvaluateConfig, format_table, plot_heatmap, run_evaluate
+    from grainvl.recipes.transfer import (
+        EvaluateConfig,
+        TransferEvaluateConfig,
+        format_table,
+        plot_heatmap,
+        run_evaluate,
+    )
     from grainvl.transfer.ground_truth import FinetuneSettings
     from grainvl.utils.fileio import atomic_write_text
 
-    tasks = _tasks(args)
-    methods = tuple(_split(args.methods))
+    run = config_from_args(TransferEvaluateConfig, args)
+    tasks = _tasks(run)
+    methods = tuple(run.methods)
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ValueError(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
     settings = FinetuneSettings(
-        encoder=_model(args),
-        num_layers=args.layers,
-        steps=args.ft_steps,
-        batch_size=args.batch_size,
-        lr=args.ft_lr,
-        max_length=args.max_length,
-        seed=args.seed,
-        max_train_examples=args.max_train,
-        max_dev_examples=args.max_dev,
-        target_train_examples=args.target_train,
+        encoder=_model(run),
+        num_layers=run.layers,
+        steps=run.ft_steps,
+        batch_size=run.batch_size,
+        lr=run.ft_lr,
+        max_length=run.max_length,
+        seed=run.seed,
+        max_train_examples=run.max_train,
+        max_dev_examples=run.max_dev,
+        target_train_examples=run.target_train,
     )
     cfg = EvaluateConfig(
-        encoder=_model(args),
-        num_layers=args.layers,
+        encoder=_model(run),
+        num_layers=run.layers,
         methods=methods,
-        pet_steps=args.pet_steps,
-        pet_batch_size=args.batch_size,
-        snapshot_steps=_steps(args.snapshot_steps),
+        pet_steps=run.pet_steps,
+        pet_batch_size=run.batch_size,
+        snapshot_steps=tuple(run.snapshot_steps),
         finetune=settings,
-        baseline_examples=args.baseline_examples,
-        max_length=args.max_length,
-        k=args.k,
-        gain=args.gain,
-        seed=args.seed,
+        baseline_examples=run.baseline_examples,
+        max_length=run.max_length,
+        k=run.k,
+        gain=run.gain,
+        seed=run.seed,
     )
-    report = run_evaluate(tasks, cfg, args.cache or args.out / "cache")
-    table = format_table(report, args.k)
+    out = Path(run.out)
+    report = run_evaluate(tasks, cfg, Path(run.cache) if run.cache else out / "cache")
+    table = format_table(report, run.k)
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "results.json", json.dumps(report.to_json(), indent=1) + "\n")
-    atomic_write_text(args.out / "results.txt", table + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps(report.to_json(), indent=1) + "\n")
+    atomic_write_text(out / "results.txt", table + "\n")
     pngs = []
     for label in [f"{m}/delta" for m in methods] + ["textemb", "taskemb/cls_output"]:
         if label in report.similarities:
             pngs.append(
-                plot_heatmap(report.similarities[label], args.out / f"similarity_{label.replace('/', '_')}.png", label)
+                plot_heatmap(report.similarities[label], out / f"similarity_{label.replace('/', '_')}.png", label)
             )
-    print(f"wrote {args.out / 'results.json'}, {args.out / 'results.txt'} and {len(pngs)} heat-maps")
+    print(f"wrote {out / 'results.json'}, {out / 'results.txt'} and {len(pngs)} heat-maps")
     return 0
