@@ -163,10 +163,11 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
-    from grainvl.recipes.pretrain import PretrainConfig, main_print, run_pretrain
+    from grainvl.recipes.pretrain import PretrainConfig, format_report, run_pretrain
+    from grainvl.recipes.scaffold import print_report
 
     cfg = config_from_args(PretrainConfig, args)
-    main_print(run_pretrain(cfg, resume=args.resume))
+    print_report(run_pretrain(cfg, resume=args.resume), format_report)
     return 0
 
 

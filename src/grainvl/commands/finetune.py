@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
-    from grainvl.recipes.finetune import FinetuneConfig, finetune, main_print
+    from grainvl.recipes.finetune import FinetuneConfig, finetune, format_report
+    from grainvl.recipes.scaffold import print_report
 
-    main_print(finetune(config_from_args(FinetuneConfig, args), resume=args.resume))
+    print_report(finetune(config_from_args(FinetuneConfig, args), resume=args.resume), format_report)
     return 0

@@ -60,12 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_pretrain_text(args: argparse.Namespace) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
-    from grainvl.recipes.pretrain_text import TextPretrainConfig, main_print, run_text_pretrain
+    from grainvl.recipes.pretrain_text import TextPretrainConfig, format_report, run_text_pretrain
+    from grainvl.recipes.scaffold import print_report
 
     cfg = config_from_args(TextPretrainConfig, args)
     if args.write_corpus is not None:
         return _write_corpus(cfg.data.corpus, cfg.data.layout, args.write_corpus)
-    main_print(run_text_pretrain(cfg, resume=args.resume))
+    print_report(run_text_pretrain(cfg, resume=args.resume), format_report)
     return 0
 
 

@@ -41,6 +41,7 @@ from grainvl.data.pretrain import (
     _pad_rows,
     _read_numbered,
     all_captions,
+    flip_transforms,
     may_flip,
     open_rgb,
 )
@@ -140,6 +141,7 @@ class RecordsDataset(ABC):
     """Validated records of one official-format JSON file, with per-(epoch, index) random streams."""
 
     kind = "records"
+    json_lines = False  # the file is one JSON list; True: JSON lines (MSRVTT-QA)
 
     def __init__(
         self,
@@ -153,12 +155,22 @@ class RecordsDataset(ABC):
         max_records: int = 0,
     ) -> None:
         self.path, self.root, self.cfg, self.train, self.seed = Path(path), Path(root), cfg, train, seed
-        self.records, self.positions = _read_numbered(require_file(self.path, self.kind), validator, None, lines=False)
+        self.records, self.positions = _read_numbered(self._checked_path(), validator, None, lines=self.json_lines)
         if max_records > 0:
             self.records, self.positions = self.records[:max_records], self.positions[:max_records]
         if not self.records:
             raise DataError(self.path, "file", "no records")
         self.text = PretrainText(tokenizer, cfg)
+        self.tokenizer = tokenizer
+        self._setup()
+
+    def _checked_path(self) -> Path:
+        """The annotation file, or FileNotFoundError with a hint when it is missing."""
+        return require_file(self.path, self.kind)
+
+    def _setup(self) -> None:
+        """Per-task state built once the records are read (a hook, so no subclass repeats ``__init__``)."""
+        return None  # most kinds need nothing more
 
     def __len__(self) -> int:
         return len(self.records)
@@ -179,6 +191,11 @@ class RecordsDataset(ABC):
 
     def _ids(self, caption: str, index: int) -> list[int]:
         return tokenise(self.text, caption, self.path, self.positions[index])
+
+    def _text_batch(self, samples: list[Sample], key: str = "image") -> dict[str, Any]:
+        """The part every picture-text batch shares: ``key`` stacked (B, ...) and ``text_ids``/``text_atts`` (B, L)."""
+        text_ids, text_atts = pad_texts([s["text_ids"] for s in samples], self.text.pad_id)
+        return {key: torch.stack([s[key] for s in samples]), "text_ids": text_ids, "text_atts": text_atts}
 
 
 class EpochLoader(RepeatingLoader):
@@ -223,10 +240,7 @@ class RetrievalTrainDataset(RecordsDataset):
         self.idx = [
             int(r["image_id"]) if "image_id" in r else distinct.setdefault(r[key], len(distinct)) for r in self.records
         ]
-        self.transform = build_transform("finetune", cfg.resolution, cfg.mean, cfg.std, augment=cfg.augment)
-        self.transform_no_flip = build_transform(
-            "finetune", cfg.resolution, cfg.mean, cfg.std, augment=cfg.augment, hflip=False
-        )
+        self.transform, self.transform_no_flip = flip_transforms("finetune", cfg)
 
     def sample(self, index: int, epoch: int) -> Sample:
         record, where, rng = self.records[index], self.positions[index], self.rng(index, epoch)
@@ -255,14 +269,8 @@ class RetrievalTrainDataset(RecordsDataset):
         return {**visual, "text_ids": self._ids(caption, index), "idx": self.idx[index]}
 
     def collate(self, samples: list[Sample]) -> dict[str, Any]:
-        key = "video" if self.video else "image"
-        text_ids, text_atts = pad_texts([s["text_ids"] for s in samples], self.text.pad_id)
-        return {
-            key: torch.stack([s[key] for s in samples]),  # (B, 3, R, R) or (B, F, 3, R, R)
-            "text_ids": text_ids,  # (B, L)
-            "text_atts": text_atts,  # (B, L)
-            "idx": torch.tensor([s["idx"] for s in samples], dtype=torch.long),  # (B,)
-        }
+        batch = self._text_batch(samples, "video" if self.video else "image")  # (B, 3, R, R) or (B, F, 3, R, R)
+        return {**batch, "idx": torch.tensor([s["idx"] for s in samples], dtype=torch.long)}  # idx (B,)
 
 
 class EvalVideos:
@@ -367,11 +375,8 @@ class NLVRDataset(RecordsDataset):
         }
 
     def collate(self, samples: list[Sample]) -> dict[str, Any]:
-        text_ids, text_atts = pad_texts([s["text_ids"] for s in samples], self.text.pad_id)
         return {
-            "image": torch.stack([s["image"] for s in samples]),  # (B, 2, 3, R, R)
-            "text_ids": text_ids,
-            "text_atts": text_atts,
+            **self._text_batch(samples),  # image (B, 2, 3, R, R)
             "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),  # (B,)
             "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),  # (B,)
         }
@@ -395,10 +400,7 @@ class GroundingTrainDataset(RecordsDataset):
         for record, where in zip(self.records, self.positions):
             if "bbox" not in record:
                 raise DataError(self.path, where, "grounding training needs a 'bbox' on every refexp")
-        self.transform = build_transform("finetune", cfg.resolution, cfg.mean, cfg.std, augment=cfg.augment)
-        self.transform_no_flip = build_transform(
-            "finetune", cfg.resolution, cfg.mean, cfg.std, augment=cfg.augment, hflip=False
-        )
+        self.transform, self.transform_no_flip = flip_transforms("finetune", cfg)
 
     def sample(self, index: int, epoch: int) -> Sample:
         record, where, rng = self.records[index], self.positions[index], self.rng(index, epoch)
@@ -415,10 +417,4 @@ class GroundingTrainDataset(RecordsDataset):
         }
 
     def collate(self, samples: list[Sample]) -> dict[str, Any]:
-        text_ids, text_atts = pad_texts([s["text_ids"] for s in samples], self.text.pad_id)
-        return {
-            "image": torch.stack([s["image"] for s in samples]),
-            "text_ids": text_ids,
-            "text_atts": text_atts,
-            "target_box": torch.stack([s["target_box"] for s in samples]),  # (B, 4)
-        }
+        return {**self._text_batch(samples), "target_box": torch.stack([s["target_box"] for s in samples])}  # (B, 4)

@@ -32,8 +32,8 @@ import torch
 from grainvl.data.downstream import RecordsDataset, open_frames
 from grainvl.data.formats import albef, msrvtt
 from grainvl.data.masking import TextMaskingGenerator
-from grainvl.data.pretrain import PretrainDataConfig, PretrainText, _read_numbered, mentions_left_right, open_rgb
-from grainvl.data.transforms import build_transform, video_transform
+from grainvl.data.pretrain import PretrainDataConfig, flip_transforms, mentions_left_right, open_rgb
+from grainvl.data.transforms import video_transform
 from grainvl.errors import DataError
 
 IGNORE = -100
@@ -66,24 +66,8 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_tokens: int | None) -> tu
 class _ImageRecords(RecordsDataset):
     """A :class:`RecordsDataset` of single-image records with a flipping and a non-flipping transform."""
 
-    def __init__(
-        self,
-        path: Path,
-        root: Path,
-        tokenizer: Any,
-        cfg: PretrainDataConfig,
-        validator: Any,
-        train: bool,
-        seed: int,
-        max_records: int,
-    ) -> None:
-        super().__init__(path, root, tokenizer, cfg, validator, train, seed, max_records)
-        self.tokenizer = tokenizer
-        kind = "finetune" if train else "test"
-        self.transform = build_transform(kind, cfg.resolution, cfg.mean, cfg.std, augment=cfg.augment)
-        self.transform_no_flip = build_transform(
-            kind, cfg.resolution, cfg.mean, cfg.std, augment=cfg.augment, hflip=False
-        )
+    def _setup(self) -> None:
+        self.transform, self.transform_no_flip = flip_transforms("finetune" if self.train else "test", self.cfg)
 
     def image(self, index: int, epoch: int, flip: bool, text: str | None = None) -> tuple[torch.Tensor, str | None]:
         """The record's image (3, R, R) under the split's transform; ``text`` has left/right swapped on a flip."""
@@ -313,6 +297,7 @@ class VideoQADataset(RecordsDataset):
     """MSRVTT-QA lines ``{video_id, question, answer}`` -> ``{"video" (F, 3, R, R), "question", "label", "index"}``."""
 
     kind = "videoqa"
+    json_lines = True
 
     def __init__(
         self,
@@ -325,17 +310,13 @@ class VideoQADataset(RecordsDataset):
         seed: int = 0,
         max_records: int = 0,
     ) -> None:
-        # RecordsDataset reads JSON lists; MSRVTT-QA is JSON lines, so the fields are set here.
-        self.path, self.root, self.cfg, self.train, self.seed = Path(path), Path(root), cfg, train, seed
+        super().__init__(path, root, tokenizer, cfg, msrvtt.check_qa_record, train, seed, max_records)
+        self.ans2label = ans2label
+
+    def _checked_path(self) -> Path:
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no video-QA file here")
-        self.records, self.positions = _read_numbered(self.path, msrvtt.check_qa_record, None, lines=True)
-        if max_records > 0:
-            self.records, self.positions = self.records[:max_records], self.positions[:max_records]
-        if not self.records:
-            raise DataError(self.path, "file", "no records")
-        self.text = PretrainText(tokenizer, cfg)
-        self.tokenizer, self.ans2label = tokenizer, ans2label
+        return self.path
 
     def sample(self, index: int, epoch: int) -> Sample:
         record, where = self.records[index], self.positions[index]

@@ -308,6 +308,14 @@ def open_rgb(value: str, root: Path, is_path: bool, annotation: Path, where: str
         raise DataError(annotation, where, f"corrupt {what} {label}: {e}") from None
 
 
+def flip_transforms(kind: str, cfg: PretrainDataConfig) -> tuple[ImageTransform, ImageTransform]:
+    """``(transform, transform_no_flip)`` of ``kind``: the second never mirrors, for text that says left/right."""
+    return (
+        build_transform(kind, cfg.resolution, cfg.mean, cfg.std, augment=cfg.augment),
+        build_transform(kind, cfg.resolution, cfg.mean, cfg.std, augment=cfg.augment, hflip=False),
+    )
+
+
 def _caption_key(record: Record) -> str | None:
     return next((key for key in ("caption", "desc") if key in record), None)
 
@@ -346,6 +354,11 @@ class _LineDataset(ABC):
         self.text = PretrainText(tokenizer, cfg)
         self.records, self.positions = _read_numbered(self.path, self._validator(), bad)
         self.image_ids = self._image_ids()
+        self._setup()
+
+    def _setup(self) -> None:
+        """Per-kind state built once the records are read (a hook, so no subclass repeats ``__init__``)."""
+        return None  # most kinds need nothing more
 
     @abstractmethod
     def _validator(self) -> validate.Validator:
@@ -412,22 +425,8 @@ class ImageTextDataset(_LineDataset):
 
     kind = "image"
 
-    def __init__(
-        self,
-        jsonl_path: str | Path,
-        root: str | Path,
-        tokenizer: Any,
-        cfg: PretrainDataConfig,
-        train: bool = True,
-        seed: int = 0,
-        bad: BadRecords | None = None,
-    ) -> None:
-        super().__init__(jsonl_path, root, tokenizer, cfg, train, seed, bad)
-        kind = "pretrain" if train else "test"
-        self.transform = build_transform(kind, cfg.resolution, cfg.mean, cfg.std, augment=cfg.augment)
-        self.transform_no_flip = build_transform(
-            kind, cfg.resolution, cfg.mean, cfg.std, augment=cfg.augment, hflip=False
-        )
+    def _setup(self) -> None:
+        self.transform, self.transform_no_flip = flip_transforms("pretrain" if self.train else "test", self.cfg)
 
     def _validator(self) -> validate.Validator:
         return xvlm_pretrain.check_image_text

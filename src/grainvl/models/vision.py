@@ -558,12 +558,8 @@ def _check_images(images: Tensor, patch_size: int) -> None:
         raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {patch_size}")
 
 
-def _init_transformer(tower: nn.Module, blocks: nn.ModuleList, rescale_by_depth: bool) -> None:
-    """timm/BEiT init: truncated-normal(0.02) Linear weights, zero biases, unit LayerNorms.
-
-    BEiT additionally divides each block's output projections (``attn.proj``, ``mlp.fc2``) by
-    ``sqrt(2·layer)`` (``fix_init_weight``) so deep residual streams start small.
-    """
+def _init_linear_and_norm(tower: nn.Module) -> None:
+    """Truncated-normal(0.02) Linear weights, zero biases, unit LayerNorms (timm's and Swin's ``_init_weights``)."""
     for module in tower.modules():
         if isinstance(module, nn.Linear):
             nn.init.trunc_normal_(module.weight, std=0.02)
@@ -572,6 +568,15 @@ def _init_transformer(tower: nn.Module, blocks: nn.ModuleList, rescale_by_depth:
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+
+def _init_transformer(tower: nn.Module, blocks: nn.ModuleList, rescale_by_depth: bool) -> None:
+    """timm/BEiT init: truncated-normal(0.02) Linear weights, zero biases, unit LayerNorms.
+
+    BEiT additionally divides each block's output projections (``attn.proj``, ``mlp.fc2``) by
+    ``sqrt(2·layer)`` (``fix_init_weight``) so deep residual streams start small.
+    """
+    _init_linear_and_norm(tower)
     if rescale_by_depth:
         with torch.no_grad():
             for layer, block in enumerate(blocks, start=1):
@@ -587,11 +592,8 @@ def _stochastic_depth_rates(max_rate: float, depth: int) -> list[float]:
     return [max_rate * i / (depth - 1) for i in range(depth)]
 
 
-class _TransformerTower(nn.Module):
-    """What the two ViT towers share: patch size, grid, checkpointed block loop."""
-
-    input_mean: tuple[float, float, float] = CLIP_MEAN  # X²-VLM normalises with CLIP's statistics
-    input_std: tuple[float, float, float] = CLIP_STD
+class _Tower(nn.Module):
+    """What every vision tower carries: its config, output width, token stride and checkpointing switch."""
 
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
@@ -599,6 +601,13 @@ class _TransformerTower(nn.Module):
         self.width = cfg.width
         self.patch_size = cfg.patch_size
         self.grad_checkpointing = False
+
+
+class _TransformerTower(_Tower):
+    """What the ViT-style towers share: patch size, grid, block construction, checkpointed block loop."""
+
+    input_mean: tuple[float, float, float] = CLIP_MEAN  # X²-VLM normalises with CLIP's statistics
+    input_std: tuple[float, float, float] = CLIP_STD
 
     def grid(self, resolution: int) -> Grid:
         """Patch grid ``(rows, cols)`` of a square ``resolution`` input."""
@@ -614,6 +623,26 @@ class _TransformerTower(nn.Module):
             return checkpoint(block, x, use_reentrant=False, **kwargs)
         return block(x, **kwargs)
 
+    @staticmethod
+    def _pre_ln_blocks(cfg: VisionConfig, attention: Callable[[int, int], nn.Module]) -> nn.ModuleList:
+        """``cfg.depth`` pre-LN :class:`Block` s; ``attention(heads, head_dim)`` builds each one's attention.
+
+        ``head_dim`` stays ``width // heads`` in a pruned tower, whose blocks only have fewer heads.
+        """
+        head_dim = cfg.width // cfg.heads
+        return nn.ModuleList(
+            Block(
+                cfg.width,
+                attention(cfg.block_heads(i), head_dim),
+                cfg.mlp_ratio,
+                rate,
+                cfg.init_values,
+                mlp_hidden=cfg.block_mlp(i),
+                eps=cfg.layer_norm_eps,
+            )
+            for i, rate in enumerate(_stochastic_depth_rates(cfg.drop_path_rate, cfg.depth))
+        )
+
 
 class BeitV2(_TransformerTower):
     """BEiT-v2 ViT as X²-VLM's vision encoder (``models/beit2.py``, xvlm.md §1.2).
@@ -628,20 +657,7 @@ class BeitV2(_TransformerTower):
         grid = self.grid(cfg.resolution)
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
-        drop_rates = _stochastic_depth_rates(cfg.drop_path_rate, cfg.depth)
-        head_dim = cfg.width // cfg.heads
-        self.blocks = nn.ModuleList(
-            Block(
-                cfg.width,
-                BeitAttention(cfg.width, cfg.block_heads(i), grid, head_dim=head_dim),
-                cfg.mlp_ratio,
-                rate,
-                cfg.init_values,
-                mlp_hidden=cfg.block_mlp(i),
-                eps=cfg.layer_norm_eps,
-            )
-            for i, rate in enumerate(drop_rates)
-        )
+        self.blocks = self._pre_ln_blocks(cfg, lambda heads, dim: BeitAttention(cfg.width, heads, grid, head_dim=dim))
         self.fc_norm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
         _init_transformer(self, self.blocks, rescale_by_depth=True)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -685,19 +701,8 @@ class PlainViT(_TransformerTower):
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + rows * cols, cfg.width))
-        drop_rates = _stochastic_depth_rates(cfg.drop_path_rate, cfg.depth)
-        head_dim = cfg.width // cfg.heads
-        self.blocks = nn.ModuleList(
-            Block(
-                cfg.width,
-                Attention(cfg.width, cfg.block_heads(i), qkv_bias="full", head_dim=head_dim),
-                cfg.mlp_ratio,
-                rate,
-                cfg.init_values,
-                mlp_hidden=cfg.block_mlp(i),
-                eps=cfg.layer_norm_eps,
-            )
-            for i, rate in enumerate(drop_rates)
+        self.blocks = self._pre_ln_blocks(
+            cfg, lambda heads, dim: Attention(cfg.width, heads, qkv_bias="full", head_dim=dim)
         )
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
         _init_transformer(self, self.blocks, rescale_by_depth=False)
@@ -774,7 +779,7 @@ def _block_stride(block: nn.Module) -> int:
     return int(stride[0] if isinstance(stride, (list, tuple)) else stride)
 
 
-class EfficientNetLiteTower(nn.Module):
+class EfficientNetLiteTower(_Tower):
     """EfficientNet-Lite0 grid features as tokens: ``(B, 3, H, W) -> (B, 1 + ⌈H/s⌉·⌈W/s⌉, width)``.
 
     Stride ``s = patch_size = 32``: the final feature map (1280 channels, 7×7 at 224, before pooling
@@ -798,11 +803,7 @@ class EfficientNetLiteTower(nn.Module):
     input_std: tuple[float, float, float] = EFFICIENTNET_LITE_STD
 
     def __init__(self, cfg: VisionConfig) -> None:
-        super().__init__()
-        self.config = cfg
-        self.width = cfg.width
-        self.patch_size = cfg.patch_size
-        self.grad_checkpointing = False
+        super().__init__(cfg)
         self.backbone = load_efficientnet_lite0(cfg.pretrained, cfg.resolution, cfg.drop_path_rate)
         self.backbone._fc = nn.Identity()  # unused classifier; backbone.forward now returns pooled features
         if cfg.layer_mlp is not None:  # a shrunk tower (compress.shrink): narrower MBConv expansion channels
@@ -1327,14 +1328,7 @@ class SwinTransformer(_TransformerTower):
             layers.append(SwinStage(blocks, PatchMerging(dim, eps) if s < stages - 1 else None))
         self.layers = nn.ModuleList(layers)
         self.norm = nn.LayerNorm(cfg.width, eps=eps)
-        for module in self.modules():  # official _init_weights: trunc-normal Linear, zero bias, unit LayerNorm
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        _init_linear_and_norm(self)  # the official Swin _init_weights
 
     def no_weight_decay(self) -> set[str]:
         """The official ``no_weight_decay_keywords``: every relative position table."""

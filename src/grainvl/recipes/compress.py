@@ -54,10 +54,13 @@ from grainvl.compress.quantize import (
 )
 from grainvl.compress.shrink import shrink
 from grainvl.compress.theseus import TheseusConfig, compact_xvlm, install_theseus_xvlm, make_scheduler
+from grainvl.data.iterators import StreamDict
 from grainvl.data.pretrain import build_pretrain_loaders
 from grainvl.models.factory import ResolvedModel, get_tokenizer, load_model, resolve_model
 from grainvl.models.xvlm import XVLM
-from grainvl.recipes.pretrain import MixedStream, PretrainData, data_config, evaluate
+from grainvl.recipes.pretrain import PretrainData, data_config, evaluate, zeroshot_tasks
+from grainvl.recipes.scaffold import cost_columns, metric_rows
+from grainvl.tasks.base import split_tag
 from grainvl.tasks.distill import DistillTask, LayerMap, PruneTask, default_layer_map, init_student_from_teacher
 from grainvl.tasks.pretrain import PretrainTask
 from grainvl.train.loop import TrainConfig, train
@@ -176,7 +179,7 @@ def _streams(model: XVLM, tokenizer: Any, cfg: CompressConfig) -> Any:
     dcfg = data_config(model, data)
     streams = build_pretrain_loaders(cfg.world, "train", tokenizer, dcfg, seed=cfg.seed)
     streams.pop("video", None)  # distillation runs on image-text (+ region) batches, as GeneralDistill.py
-    return MixedStream(streams)
+    return StreamDict(streams)
 
 
 def _optimizer(
@@ -420,7 +423,7 @@ def run_compress(cfg: CompressConfig) -> dict[str, Any]:
         "energy": energy.to_dict() if energy is not None else None,
         "model_dir": str(out / cfg.recipe[-1]),
     }
-    report["evaluation"] = _evaluate(state, cfg, report)
+    report["evaluation"] = _evaluate(state, cfg, {**report, "energy_report": energy})
     (out / "compress.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     return report
 
@@ -463,33 +466,18 @@ def _evaluate(state: _State, cfg: CompressConfig, report: dict[str, Any]) -> dic
     chance = dict(result["chance"])
     ranks = [chance[f"{side}_r{k}"] for side in ("txt", "img") for k in (1, 5, 10)]
     scores["chance"] = {**chance, "r_mean": sum(ranks) / len(ranks)}
-    hw = hardware_tags()
-    energy = report.get("energy") or {}
     final = scores["student"]
-    lines = {k: v for k, v in final.items() if k not in ("params_M", "gflops", "latency_ms")}
-    lines["compress_wall_s"] = report["wall_s"]  # the cost of the compression run itself
-    for metric, value in lines.items():
-        task = "compress" if metric == "compress_wall_s" else "zeroshot_retrieval"
-        append_result(
-            Path(cfg.out) / "results.jsonl",
-            {
-                "model": f"{state.teacher.config.name}+{'+'.join(cfg.recipe)}",
-                "task": "zeroshot_grounding" if metric.startswith("grounding") else task,
-                "dataset": "world",
-                "split": "ood" if cfg.eval_split == "test_ood" else "id",
-                "metric": metric,
-                "value": value,
-                "params_M": final["params_M"],
-                "gflops": final["gflops"],
-                "latency_ms": final["latency_ms"],
-                "energy_kWh": energy.get("energy_kWh"),
-                "co2_g": energy.get("co2_g"),
-                "hardware": hw.get("cpu") or hw.get("gpu"),
-                "torch": hw.get("torch"),
-                "commit": hw.get("commit"),
-                "seed": cfg.seed,
-            },
-        )
+    energy = report.get("energy_report")
+    costs = cost_columns(params=int(final["params_M"] * 1e6), seed=cfg.seed, hardware=hardware_tags(),
+                         gflops=final["gflops"], energy=energy, latency_ms=final["latency_ms"])  # fmt: skip
+    metrics = {k: v for k, v in final.items() if k not in ("params_M", "gflops", "latency_ms")}
+    grouped = {**zeroshot_tasks(metrics), "compress": {"compress_wall_s": report["wall_s"]}}  # + the run's own cost
+    model = f"{state.teacher.config.name}+{'+'.join(cfg.recipe)}"
+    for task, values in grouped.items():
+        for row in metric_rows(
+            values, model=model, task=task, dataset="world", split=split_tag(cfg.eval_split), costs=costs
+        ):
+            append_result(Path(cfg.out) / "results.jsonl", row)
     return scores
 
 

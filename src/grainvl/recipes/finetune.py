@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,15 +26,13 @@ import torch
 from torch import nn
 
 from grainvl.bench.energy import EnergyTracker, count_parameters, flops_per_sample
-from grainvl.bench.results import append_result
 from grainvl.compress.quantize import quantize_dynamic_int8, read_quantize_flag, write_quantize_flag
-from grainvl.config import to_dict
 from grainvl.models.factory import default_label, get_tokenizer, load_model, resolve_model
+from grainvl.recipes.scaffold import Run, cost_columns, metric_rows, run_recipe
 from grainvl.tasks.base import TASK_FILE, DataOptions, DownstreamTask, TaskModule, resolve_split, split_tag
 from grainvl.tasks.registry import get_task
 from grainvl.train.loop import TrainConfig, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
-from grainvl.utils.distributed import run_in_process_group
 from grainvl.utils.fileio import atomic_write_text
 
 MODEL_DIR = "model"
@@ -84,11 +81,11 @@ def finetune(cfg: FinetuneConfig, resume: str | Path | None = None) -> dict[str,
 
     The summary comes from rank 0 (``{}`` on other ranks). ``resume``: a run or checkpoint folder to continue.
     """
-    return run_in_process_group(lambda env: _run(cfg, env, resume), cfg.torch_threads)
+    return run_recipe(cfg.train.run_dir, lambda run: _run(cfg, run, resume), cfg.torch_threads)
 
 
-def _run(cfg: FinetuneConfig, env: Any, resume: str | Path | None) -> dict[str, Any]:
-    world, run_dir = Path(cfg.world), Path(cfg.train.run_dir)
+def _run(cfg: FinetuneConfig, run: Run, resume: str | Path | None) -> dict[str, Any]:
+    env, world, run_dir = run.env, Path(cfg.world), run.dir
     if not world.is_dir():
         raise FileNotFoundError(f"world folder not found: {world} (make one with `grainvl world --out {world}`)")
     splits = [resolve_split(s) for s in cfg.eval_splits]
@@ -103,9 +100,7 @@ def _run(cfg: FinetuneConfig, env: Any, resume: str | Path | None) -> dict[str, 
     stream = task.train_stream(module, tokenizer, world, cfg.data, env.rank, env.world_size)
     optimizer = _optimizer(module, cfg.optim, pretrained)
     scheduler = build_scheduler(optimizer, dataclasses.replace(cfg.sched, total_steps=cfg.train.steps))
-    if env.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2))
+    run.write_config(cfg)
     tracker = EnergyTracker(country_iso_code=cfg.train.country_iso_code) if cfg.train.track_energy else None
     tracker = tracker if env.rank == 0 else None
     if tracker is not None:
@@ -131,10 +126,18 @@ def _run(cfg: FinetuneConfig, env: Any, resume: str | Path | None) -> dict[str, 
     if env.rank != 0:
         return {}
     cost = _run_cost(task, module, tokenizer, world, summary, energy, time.perf_counter() - t0, train_s, eval_s)
-    _write_results(run_dir, cfg, task, evaluations, cost, summary.hardware)
+    hardware, gflops = summary.hardware, cost["gflops_per_sample"]
+    costs = cost_columns(params=cost["params"], seed=cfg.train.seed, hardware=hardware, gflops=gflops, energy=energy)
+    dataset = "world" if (world / "manifest.json").exists() else str(cfg.world)
+    for split, metrics in evaluations.items():
+        run.append(
+            metric_rows(
+                metrics, model=model_label(cfg), task=task.name, dataset=dataset, split=split_tag(split), costs=costs
+            )
+        )
     report = {"task": task.name, "model": model_label(cfg), "evaluations": evaluations, "cost": cost,
               "train": summary.to_dict(), "run_dir": str(run_dir)}  # fmt: skip
-    atomic_write_text(run_dir / "summary.json", json.dumps(report, indent=2, default=str))
+    run.write_summary(report)
     return report
 
 
@@ -165,39 +168,6 @@ def _run_cost(
         "co2_g": energy.co2_g if energy else None,
         "energy_method": energy.method if energy else "not tracked",
     }
-
-
-def _write_results(
-    run_dir: Path,
-    cfg: FinetuneConfig,
-    task: DownstreamTask,
-    evaluations: dict[str, dict[str, float]],
-    cost: dict[str, Any],
-    hardware: dict[str, Any],
-) -> None:
-    """One results.jsonl line per (split, metric), each carrying the run's cost."""
-
-    for split, metrics in evaluations.items():
-        for metric, value in metrics.items():
-            append_result(
-                run_dir / "results.jsonl",
-                {
-                    "model": model_label(cfg),
-                    "task": task.name,
-                    "dataset": "world" if (Path(cfg.world) / "manifest.json").exists() else str(cfg.world),
-                    "split": split_tag(split),
-                    "metric": metric,
-                    "value": value,
-                    "params_M": cost["params"] / 1e6,
-                    "gflops": cost["gflops_per_sample"],
-                    "energy_kWh": cost["energy_kWh"],
-                    "co2_g": cost["co2_g"],
-                    "hardware": hardware.get("hardware"),
-                    "torch": hardware.get("torch"),
-                    "commit": hardware.get("commit"),
-                    "seed": cfg.train.seed,
-                },
-            )
 
 
 # ---------------------------------------------------------------------------------------------- save / load
@@ -279,8 +249,3 @@ def format_report(report: dict[str, Any]) -> str:
     )
     lines.append(f"saved to {report['run_dir']} (model/, head.safetensors, task.json, results.jsonl)")
     return "\n".join(lines)
-
-
-def main_print(report: dict[str, Any]) -> None:
-    if report:
-        print(format_report(report), file=sys.stdout)

@@ -11,26 +11,23 @@ grounding on the ID test split and the OOD split next to chance level, the model
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from grainvl.bench.results import append_result
-from grainvl.config import to_dict
+from grainvl.data.iterators import StreamDict
 from grainvl.data.pretrain import PretrainDataConfig, build_pretrain_loaders, eval_grounding, eval_image_text
 from grainvl.data.world.ontology import SPLITS
 from grainvl.models.factory import create_model, get_tokenizer
 from grainvl.models.xvlm import XVLM
+from grainvl.recipes.scaffold import Run, format_cost, metric_rows, run_recipe, summary_costs
+from grainvl.tasks.base import split_tag
 from grainvl.tasks.pretrain import PretrainTask, PretrainWeights
 from grainvl.tasks.zeroshot import chance_retrieval, zero_shot_grounding, zero_shot_retrieval
-from grainvl.train.loop import TrainConfig, TrainSummary, train
+from grainvl.train.loop import TrainConfig, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
-from grainvl.utils.distributed import DistEnv, run_in_process_group
 
 
 @dataclass
@@ -70,26 +67,6 @@ class PretrainConfig:
     eval: PretrainEval = field(default_factory=PretrainEval)
     grad_checkpointing: bool = False
     torch_threads: int = 0  # 0: torch's default
-
-
-class MixedStream:
-    """One step's batches from every stream: ``{"image": ..., "region": ..., "video": ...}``, resumable."""
-
-    def __init__(self, streams: dict[str, Any]) -> None:
-        self.streams = streams
-
-    def __iter__(self) -> MixedStream:
-        return self
-
-    def __next__(self) -> dict[str, Any]:
-        return {kind: next(stream) for kind, stream in self.streams.items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {kind: stream.state_dict() for kind, stream in self.streams.items()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for kind, stream in self.streams.items():
-            stream.load_state_dict(state[kind])
 
 
 def data_config(model: XVLM, data: PretrainData) -> PretrainDataConfig:
@@ -145,10 +122,11 @@ def evaluate(model: XVLM, tokenizer: Any, dcfg: PretrainDataConfig, world: str, 
 
 def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict[str, Any]:
     """Build everything from ``cfg``, train, evaluate on rank 0; returns the run summary (rank 0)."""
-    return run_in_process_group(lambda env: _run(cfg, env, resume), cfg.torch_threads)
+    return run_recipe(cfg.train.run_dir, lambda run: _run(cfg, run, resume), cfg.torch_threads)
 
 
-def _run(cfg: PretrainConfig, env: DistEnv, resume: str | None) -> dict[str, Any]:
+def _run(cfg: PretrainConfig, run: Run, resume: str | None) -> dict[str, Any]:
+    env = run.env
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     random.seed(cfg.train.seed)
     model = create_model(cfg.model)
@@ -168,59 +146,39 @@ def _run(cfg: PretrainConfig, env: DistEnv, resume: str | None) -> dict[str, Any
     task = PretrainTask(model, cfg.weights)
     optimizer = _optimizer(task, cfg.optim)
     scheduler = build_scheduler(optimizer, dataclasses.replace(cfg.sched, total_steps=cfg.train.steps))
-    run_dir = Path(cfg.train.run_dir)
-    if env.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2), encoding="utf-8")
+    run.write_config(cfg)
 
     def eval_fn(step: int) -> dict[str, float]:
-        if env.rank != 0 or step == cfg.train.steps:  # the final evaluation runs below, on every split
+        if not run.is_main or step == cfg.train.steps:  # the final evaluation runs below, on every split
             return {}
         out = evaluate(model, tokenizer, dcfg, cfg.data.world, cfg.eval.interval_split, cfg.eval.k_test)
         return {f"{cfg.eval.interval_split}/{k}": v for k, v in out["metrics"].items()}
 
-    summary = train(task, MixedStream(streams), optimizer, scheduler, cfg.train, env, eval_fn=eval_fn, resume=resume)
-    if env.rank != 0:
+    summary = train(task, StreamDict(streams), optimizer, scheduler, cfg.train, env, eval_fn=eval_fn, resume=resume)
+    if not run.is_main:
         return {}
-    model.save_pretrained(run_dir / "model", tokenizer=tokenizer)
+    model.save_pretrained(run.dir / "model", tokenizer=tokenizer)
     evaluations = {s: evaluate(model, tokenizer, dcfg, cfg.data.world, s, cfg.eval.k_test) for s in cfg.eval.splits}
-    _write_results(run_dir, cfg, summary, evaluations)
-    report = {"summary": summary.to_dict(), "evaluations": evaluations, "model_dir": str(run_dir / "model")}
-    (run_dir / "summary.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    costs = summary_costs(summary, cfg.train.seed)
+    for split, result in evaluations.items():
+        for task_name, values in zeroshot_tasks(result["metrics"]).items():
+            run.append(
+                metric_rows(
+                    values, model=cfg.model, task=task_name, dataset="world", split=split_tag(split), costs=costs
+                )
+            )
+    report = {"summary": summary.to_dict(), "evaluations": evaluations, "model_dir": str(run.dir / "model")}
+    run.write_summary(report)
     return report
 
 
-def _write_results(run_dir: Path, cfg: PretrainConfig, summary: TrainSummary, evaluations: dict) -> None:
-    """One results.jsonl line per metric in the long schema, with the run's cost on every line."""
-    energy = summary.energy
-    hw = summary.hardware
-    # Training FLOPs (forward + backward) per sample: one step's counted FLOPs over its samples.
-    samples_per_step = summary.samples / summary.steps_run if summary.steps_run else 0
-    gflops_per_sample = (
-        summary.flops_per_step / samples_per_step / 1e9 if summary.flops_per_step and samples_per_step else None
-    )
-    for split, result in evaluations.items():
-        for metric, value in result["metrics"].items():
-            append_result(
-                run_dir / "results.jsonl",
-                {
-                    "model": cfg.model,
-                    "task": "zeroshot_retrieval" if not metric.startswith("grounding") else "zeroshot_grounding",
-                    "dataset": "world",
-                    "split": "ood" if split == "test_ood" else "id",
-                    "metric": metric,
-                    "value": value,
-                    "params_M": summary.params / 1e6,
-                    "gflops": gflops_per_sample,
-                    "throughput": summary.samples / summary.wall_s if summary.wall_s else None,
-                    "energy_kWh": energy.energy_kWh if energy else None,
-                    "co2_g": energy.co2_g if energy else None,
-                    "hardware": hw.get("cpu") or hw.get("gpu"),
-                    "torch": hw.get("torch"),
-                    "commit": hw.get("commit"),
-                    "seed": cfg.train.seed,
-                },
-            )
+def zeroshot_tasks(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Zero-shot metrics split by task: ``grounding*`` metrics belong to grounding, the rest to retrieval."""
+    grouped: dict[str, dict[str, float]] = {}
+    for metric, value in metrics.items():
+        task = "zeroshot_grounding" if metric.startswith("grounding") else "zeroshot_retrieval"
+        grouped.setdefault(task, {})[metric] = value
+    return grouped
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -235,17 +193,6 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {'metric':<16}{'model':>10}{'chance':>10}")
         for key in ("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "grounding_acc"):
             lines.append(f"  {key:<16}{m[key]:>10.1f}{c.get(key, float('nan')):>10.1f}")
-    s = report["summary"]
-    energy = s.get("energy") or {}
-    lines.append(
-        f"run: {s['steps']} steps, {s['samples']} samples, {s['wall_s']:.0f} s, {s['params'] / 1e6:.1f}M params, "
-        f"{(s.get('total_flops') or 0) / 1e12:.2f} TFLOPs, energy {energy.get('energy_kWh', float('nan')):.2e} kWh, "
-        f"{energy.get('co2_g', float('nan')):.2e} g CO2-eq ({energy.get('method', 'not tracked')})"
-    )
+    lines.append(format_cost(report["summary"]))
     lines.append(f"model saved to {report['model_dir']}")
     return "\n".join(lines)
-
-
-def main_print(report: dict[str, Any]) -> None:
-    if report:
-        print(format_report(report), file=sys.stdout)

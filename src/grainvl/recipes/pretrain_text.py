@@ -27,26 +27,20 @@ both load.
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from grainvl.bench.results import append_result
-from grainvl.config import to_dict
 from grainvl.data.iterators import RepeatingLoader
 from grainvl.data.text_corpus import load_corpora
 from grainvl.models.factory import load_text_model
 from grainvl.models.text import BertEncoderModel, MLMHead, save_hf_bert
+from grainvl.recipes.scaffold import Run, format_cost, metric_rows, run_recipe, summary_costs
 from grainvl.tasks.pretrain_text import MaskingCollate, TacoSettings, TextPretrainTask, chunk_corpus
-from grainvl.train.loop import TrainConfig, TrainSummary, train
+from grainvl.train.loop import TrainConfig, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
-from grainvl.utils.distributed import DistEnv, run_in_process_group
-from grainvl.utils.fileio import atomic_write_text
 
 OBJECTIVES = ("mlm", "taco")
 TACO_POSITIONS = ("all", "masked", "unmasked")
@@ -99,10 +93,11 @@ def build_text_model(model: str, tokenizer: str | None = None) -> tuple[BertEnco
 # ---------------------------------------------------------------------------------------------- run
 def run_text_pretrain(cfg: TextPretrainConfig, resume: str | None = None) -> dict[str, Any]:
     """Build everything from ``cfg``, train, export the encoder on rank 0; returns the run report (rank 0)."""
-    return run_in_process_group(lambda env: _run(cfg, env, resume), cfg.torch_threads)
+    return run_recipe(cfg.train.run_dir, lambda run: _run(cfg, run, resume), cfg.torch_threads)
 
 
-def _run(cfg: TextPretrainConfig, env: DistEnv, resume: str | None) -> dict[str, Any]:
+def _run(cfg: TextPretrainConfig, run: Run, resume: str | None) -> dict[str, Any]:
+    env = run.env
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     random.seed(cfg.train.seed)
     encoder, head, tokenizer = build_text_model(cfg.model, cfg.tokenizer)
@@ -117,68 +112,43 @@ def _run(cfg: TextPretrainConfig, env: DistEnv, resume: str | None) -> dict[str,
     task = TextPretrainTask(encoder, head, cfg.objective, cfg.taco)
     optimizer = build_optimizer(task, cfg.optim)
     scheduler = build_scheduler(optimizer, dataclasses.replace(cfg.sched, total_steps=cfg.train.steps))
-    run_dir = Path(cfg.train.run_dir)
-    if env.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2))
+    run.write_config(cfg)
 
     def on_step(step: int, losses: dict[str, float], metrics: dict[str, float]) -> None:
-        if env.rank == 0 and cfg.export_every and step % cfg.export_every == 0:
-            save_hf_bert(run_dir / "encoders" / f"step_{step:07d}", encoder, head, tokenizer)
+        if run.is_main and cfg.export_every and step % cfg.export_every == 0:
+            save_hf_bert(run.dir / "encoders" / f"step_{step:07d}", encoder, head, tokenizer)
 
     summary = train(task, loader, optimizer, scheduler, cfg.train, env, on_step=on_step, resume=resume)
-    if env.rank != 0:
+    if not run.is_main:
         return {}
-    model_dir = save_hf_bert(run_dir / "encoder", encoder, head, tokenizer)
+    model_dir = save_hf_bert(run.dir / "encoder", encoder, head, tokenizer)
     corpus = {"documents": len(documents), "blocks": len(blocks), "tokens": len(blocks) * cfg.data.seq_len}
     report = {"summary": summary.to_dict(), "corpus": corpus, "model_dir": str(model_dir), "objective": cfg.objective}
-    _write_results(run_dir, cfg, summary)
-    atomic_write_text(run_dir / "summary.json", json.dumps(report, indent=2, default=str))
-    return report
-
-
-def _write_results(run_dir: Path, cfg: TextPretrainConfig, summary: TrainSummary) -> None:
-    """One results.jsonl line per final training loss, with the run's cost."""
-    energy, hw = summary.energy, summary.hardware
-    for name, value in summary.final_losses.items():
-        append_result(
-            run_dir / "results.jsonl",
-            {
-                "model": cfg.model,
-                "task": f"pretrain_text_{cfg.objective}",
-                "dataset": "+".join(cfg.data.corpus),
-                "split": "id",
-                "metric": f"train/{name}",
-                "value": value,
-                "params_M": summary.params / 1e6,
-                "throughput": summary.samples / summary.wall_s if summary.wall_s else None,
-                "energy_kWh": energy.energy_kWh if energy else None,
-                "co2_g": energy.co2_g if energy else None,
-                "hardware": hw.get("cpu") or hw.get("gpu"),
-                "torch": hw.get("torch"),
-                "commit": hw.get("commit"),
-                "seed": cfg.train.seed,
-            },
+    losses = {f"train/{name}": value for name, value in summary.final_losses.items()}
+    task, dataset = f"pretrain_text_{cfg.objective}", "+".join(cfg.data.corpus)
+    run.append(
+        metric_rows(
+            losses,
+            model=cfg.model,
+            task=task,
+            dataset=dataset,
+            split="id",
+            costs=summary_costs(summary, cfg.train.seed),
         )
+    )
+    run.write_summary(report)
+    return report
 
 
 def format_report(report: dict[str, Any]) -> str:
     s, c = report["summary"], report["corpus"]
-    energy = s.get("energy") or {}
     losses = ", ".join(f"{k} {v:.4f}" for k, v in s["final_losses"].items())
     return "\n".join(
         [
             f"objective {report['objective']}: {s['steps']} steps on {c['blocks']} blocks "
             f"({c['tokens']} tokens from {c['documents']} documents)",
             f"final losses: {losses}",
-            f"run: {s['wall_s']:.0f} s, {s['params'] / 1e6:.1f}M params, {(s.get('total_flops') or 0) / 1e12:.2f} "
-            f"TFLOPs, energy {energy.get('energy_kWh', float('nan')):.2e} kWh "
-            f"({energy.get('method', 'not tracked')})",
+            format_cost(s),
             f"encoder saved to {report['model_dir']} (Hugging Face BertForMaskedLM folder)",
         ]
     )
-
-
-def main_print(report: dict[str, Any]) -> None:
-    if report:
-        print(format_report(report), file=sys.stdout)

@@ -7,8 +7,9 @@ The scaffold owns what every job repeats around that:
 
 * the run folder: ``config.json`` (the resolved config) when the run starts, ``summary.json`` (the
   report) when it ends, both written atomically and only on rank 0;
-* ``results.jsonl``: one line per metric in the long schema, with the run's cost on every line
-  (:func:`result_row` turns a :class:`~grainvl.train.loop.TrainSummary` into the cost columns);
+* ``results.jsonl``: one line per metric in the long schema (:func:`metric_rows`), with the run's
+  cost on every line (:func:`cost_columns`; :func:`summary_costs` for a
+  :class:`~grainvl.train.loop.TrainSummary`);
 * the end-of-run cost line of every report (:func:`format_cost`) and printing on rank 0 only
   (:func:`print_report`).
 """
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from grainvl.bench.energy import EnergyReport
 from grainvl.bench.results import append_result
 from grainvl.config import to_dict
 from grainvl.train.loop import TrainSummary
@@ -80,32 +82,62 @@ def run_recipe(run_dir: str | Path, body: Callable[[Run], T], torch_threads: int
     return run_in_process_group(on_rank, torch_threads)
 
 
-def result_row(
-    summary: TrainSummary, *, model: str, task: str, dataset: str, seed: int, gflops: float | None = None
-) -> dict[str, Any]:
-    """The columns of a results row that describe the run rather than the metric (schema in bench/results.py).
+def training_gflops(summary: TrainSummary) -> float | None:
+    """Training GFLOPs per sample: one optimizer step's measured forward + backward FLOPs over its samples."""
+    samples_per_step = summary.samples / summary.steps_run if summary.steps_run else 0
+    if not summary.flops_per_step or not samples_per_step:
+        return None
+    return summary.flops_per_step / samples_per_step / 1e9
 
-    ``gflops`` is the per-sample cost to report; without it the training FLOPs per sample are used
-    (one optimizer step's measured forward + backward FLOPs over the samples of that step).
+
+def cost_columns(
+    *,
+    params: int,
+    seed: int,
+    hardware: dict[str, Any],
+    gflops: float | None = None,
+    energy: EnergyReport | None = None,
+    throughput: float | None = None,
+    latency_ms: float | None = None,
+) -> dict[str, Any]:
+    """The columns of a results row that describe the run rather than the metric (bench/results.py).
+
+    ``hardware`` is :func:`~grainvl.bench.energy.hardware_tags` (a training summary carries it).
     """
-    energy, hw = summary.energy, summary.hardware
-    if gflops is None and summary.flops_per_step and summary.steps_run:
-        samples_per_step = summary.samples / summary.steps_run
-        gflops = summary.flops_per_step / samples_per_step / 1e9 if samples_per_step else None
     return {
-        "model": model,
-        "task": task,
-        "dataset": dataset,
-        "params_M": summary.params / 1e6,
+        "params_M": params / 1e6,
         "gflops": gflops,
-        "throughput": summary.samples / summary.wall_s if summary.wall_s else None,
+        "latency_ms": latency_ms,
+        "throughput": throughput,
         "energy_kWh": energy.energy_kWh if energy else None,
         "co2_g": energy.co2_g if energy else None,
-        "hardware": hw.get("cpu") or hw.get("gpu"),
-        "torch": hw.get("torch"),
-        "commit": hw.get("commit"),
+        "hardware": hardware.get("hardware"),
+        "torch": hardware.get("torch"),
+        "commit": hardware.get("commit"),
         "seed": seed,
     }
+
+
+def summary_costs(summary: TrainSummary, seed: int) -> dict[str, Any]:
+    """:func:`cost_columns` of a training run: its parameters, training GFLOPs per sample, throughput, energy."""
+    return cost_columns(
+        params=summary.params,
+        seed=seed,
+        hardware=summary.hardware,
+        gflops=training_gflops(summary),
+        energy=summary.energy,
+        throughput=summary.samples / summary.wall_s if summary.wall_s else None,
+    )
+
+
+def metric_rows(
+    values: dict[str, float], *, model: str, task: str, dataset: str, split: str, costs: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One long-schema row per metric of one evaluation, each carrying the run's cost columns."""
+    return [
+        {"model": model, "task": task, "dataset": dataset, "split": split, "metric": metric, "value": value, **costs}
+        for metric, value in values.items()
+    ]
 
 
 def format_cost(summary: dict[str, Any]) -> str:
