@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from grainvl.config import load_config
-from grainvl.data.world.generate import WorldConfig, generate_world
 from grainvl.models.factory import get_model_config, get_tokenizer
 from grainvl.models.xvlm import XVLM
 from grainvl.recipes.bench import BenchOptions, run_bench
@@ -28,10 +27,8 @@ PRIMARY = {"retrieval": "r_mean", "nlvr2": "acc"}
 
 
 @pytest.mark.slow
-def test_bench_two_tiny_models_two_tasks(tmp_path: Path) -> None:
-    world = tmp_path / "world"
-    cfg = WorldConfig(images=40, videos=0, resolution=64, split_fractions=(24, 4, 6, 6), text_scenes=0, dialogues=0)
-    generate_world(cfg, world)
+def test_bench_two_tiny_models_two_tasks(tmp_path: Path, vlue_world: Path) -> None:
+    world = vlue_world
     tiny = get_model_config("xvlm-tiny")
     shallow = dataclasses.replace(tiny, name="xvlm-tiny-shallow", vision=dataclasses.replace(tiny.vision, depth=1))
     torch.manual_seed(0)

@@ -59,6 +59,7 @@ def test_pretrain_runs_end_to_end_and_reports(world: Path, tmp_path: Path, capsy
     assert model.config.name == "xvlm-tiny"
 
 
+@pytest.mark.slow
 def test_resumed_run_matches_uninterrupted(world: Path, tmp_path: Path) -> None:
     # A run interrupted after its step-3 checkpoint and resumed from it continues exactly:
     # same weights, optimizer, schedule, RNG streams and data position.

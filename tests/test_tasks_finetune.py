@@ -13,7 +13,6 @@ import pytest
 
 from grainvl.bench.results import RESULT_FIELDS
 from grainvl.cli import main
-from grainvl.data.world.generate import WorldConfig, generate_world
 from grainvl.tasks.base import DownstreamTask, gather_predictions, resolve_split, shard_indices, split_tag
 from grainvl.tasks.registry import TASKS, VLUE_TASKS, get_task
 
@@ -22,11 +21,8 @@ MINE = ("retrieval", "video_retrieval", "nlvr2", "grounding")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("world")
-    cfg = WorldConfig(images=40, videos=0, resolution=64, split_fractions=(24, 4, 6, 6), text_scenes=0, dialogues=0)
-    generate_world(cfg, out)
-    return out
+def world(vlue_world: Path) -> Path:
+    return vlue_world  # the shared session world (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import torch
 from grainvl.data.downstream import NLVRDataset, nlvr_file
 from grainvl.data.pretrain import open_rgb
 from grainvl.data.transforms import build_transform
-from grainvl.data.world.generate import WorldConfig, generate_world
 from grainvl.models.factory import create_model, get_tokenizer
 from grainvl.tasks.base import DataOptions, model_data_config
 from grainvl.tasks.nlvr import NLVRModule
@@ -21,11 +20,8 @@ QUIET = ["train.progress=false", "train.tensorboard=false", "train.track_energy=
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("world")
-    cfg = WorldConfig(images=40, videos=0, resolution=64, split_fractions=(24, 4, 6, 6), text_scenes=0, dialogues=0)
-    generate_world(cfg, out)
-    return out
+def world(vlue_world: Path) -> Path:
+    return vlue_world  # the shared session world (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -538,6 +538,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, run_dir: str) -> None:
     cleanup()
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_matches_one_process_with_the_global_batch(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 

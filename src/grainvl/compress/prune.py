@@ -182,6 +182,11 @@ class MaskSite:
 
 
 # ----------------------------------------------------------------------------------------- sites of an XVLM
+def _layer_site(name: str, modality: str, kind: str, modules: list[nn.Module], parent: str) -> MaskSite:
+    """A CoFi layer mask: one scalar per row gating the ``parent`` group; it owns no parameters of its own."""
+    return MaskSite(name, modality, kind, modules, 1, [0.0] * len(modules), parent=parent)
+
+
 def _vision_sites(model: XVLM, layers: bool) -> list[MaskSite]:
     tower = model.vision_encoder
     blocks = getattr(tower, "blocks", None)
@@ -203,28 +208,9 @@ def _vision_sites(model: XVLM, layers: bool) -> list[MaskSite]:
         MaskSite("vision_ffn", "vision", "ffn", [b.mlp.act for b in blocks], width, [ffn_cost] * len(blocks)),
     ]
     if layers:
-        sites.append(
-            MaskSite(
-                "vision_attn_layer",
-                "vision",
-                "attn_layer",
-                [b.attn.proj for b in blocks],
-                1,
-                [0.0] * len(blocks),
-                parent="vision_head",
-            )
-        )
-        sites.append(
-            MaskSite(
-                "vision_ffn_layer",
-                "vision",
-                "ffn_layer",
-                [b.mlp.fc2 for b in blocks],
-                1,
-                [0.0] * len(blocks),
-                parent="vision_ffn",
-            )
-        )
+        proj, fc2 = [b.attn.proj for b in blocks], [b.mlp.fc2 for b in blocks]
+        sites.append(_layer_site("vision_attn_layer", "vision", "attn_layer", proj, "vision_head"))
+        sites.append(_layer_site("vision_ffn_layer", "vision", "ffn_layer", fc2, "vision_ffn"))
     return sites
 
 
@@ -291,40 +277,13 @@ def _text_sites(model: XVLM, modality: str, layers: bool) -> list[MaskSite]:
         dense = [lay.crossattention.output.dense for lay in stack]
         sites.insert(1, MaskSite("fusion_cross_head", modality, "head", dense, heads, [cross_cost] * rows, hd))
     if layers:
-        sites.append(
-            MaskSite(
-                f"{modality}_attn_layer",
-                modality,
-                "attn_layer",
-                [lay.attention.output.dense for lay in stack],
-                1,
-                [0.0] * rows,
-                parent=f"{modality}_head",
-            )
-        )
+        attn = [lay.attention.output.dense for lay in stack]
+        sites.append(_layer_site(f"{modality}_attn_layer", modality, "attn_layer", attn, f"{modality}_head"))
         if modality == "fusion":
-            sites.append(
-                MaskSite(
-                    "fusion_cross_layer",
-                    modality,
-                    "attn_layer",
-                    [lay.crossattention.output.dense for lay in stack],
-                    1,
-                    [0.0] * rows,
-                    parent="fusion_cross_head",
-                )
-            )
-        sites.append(
-            MaskSite(
-                f"{modality}_ffn_layer",
-                modality,
-                "ffn_layer",
-                [lay.output.dense for lay in stack],
-                1,
-                [0.0] * rows,
-                parent=f"{modality}_ffn",
-            )
-        )
+            cross = [lay.crossattention.output.dense for lay in stack]
+            sites.append(_layer_site("fusion_cross_layer", modality, "attn_layer", cross, "fusion_cross_head"))
+        out = [lay.output.dense for lay in stack]
+        sites.append(_layer_site(f"{modality}_ffn_layer", modality, "ffn_layer", out, f"{modality}_ffn"))
     return sites
 
 

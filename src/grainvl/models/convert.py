@@ -40,7 +40,13 @@ import torch
 from torch import Tensor, nn
 
 from grainvl.errors import DataError
-from grainvl.models.text import BertEncoderModel, TextConfig, normalise_hf_bert_keys, read_hf_state_dict
+from grainvl.models.text import (
+    BertEncoderModel,
+    TextConfig,
+    hf_bert_dims,
+    normalise_hf_bert_keys,
+    read_hf_state_dict,
+)
 from grainvl.models.vision import (
     VisionConfig,
     build_vision_tower,
@@ -334,6 +340,20 @@ def official_config(
     )
 
 
+def _vit_dims(
+    state: Mapping[str, Tensor], yaml_config: dict[str, Any], problems: list[str], patch_key: str, blocks: str
+) -> tuple[int, int, int, float]:
+    """``(width, patch, depth, mlp_ratio)`` of a ViT-style tower, read off its patch embedding ``patch_key``
+    and its numbered ``blocks`` prefix; a YAML ``patch_size`` that disagrees is a problem."""
+    patch_weight = state[patch_key]  # (D, 3, P, P)
+    width, patch = int(patch_weight.shape[0]), int(patch_weight.shape[-1])
+    depth = len(_layer_numbers(state, blocks))
+    mlp_ratio = state[f"{blocks}0.mlp.fc1.weight"].shape[0] / width
+    if "patch_size" in yaml_config and yaml_config["patch_size"] != patch:
+        problems.append(f"config patch_size {yaml_config['patch_size']} != checkpoint patch size {patch}")
+    return width, patch, depth, mlp_ratio
+
+
 def _vision_config_from_state(
     state: Mapping[str, Tensor], yaml_config: dict[str, Any], problems: list[str], notes: list[str]
 ) -> VisionConfig:
@@ -341,12 +361,9 @@ def _vision_config_from_state(
         return _swin_config_from_state(state, yaml_config, problems, notes)
     if "vision_encoder.class_embedding" in state:
         return _clip_config_from_state(state, yaml_config, problems, notes)
-    patch_weight = state["vision_encoder.patch_embed.proj.weight"]  # (D, 3, P, P)
-    width, patch = int(patch_weight.shape[0]), int(patch_weight.shape[-1])
-    depth = len(_layer_numbers(state, "vision_encoder.blocks."))
-    mlp_ratio = state["vision_encoder.blocks.0.mlp.fc1.weight"].shape[0] / width
-    if "patch_size" in yaml_config and yaml_config["patch_size"] != patch:
-        problems.append(f"config patch_size {yaml_config['patch_size']} != checkpoint patch size {patch}")
+    width, patch, depth, mlp_ratio = _vit_dims(
+        state, yaml_config, problems, "vision_encoder.patch_embed.proj.weight", "vision_encoder.blocks."
+    )
     table = state.get("vision_encoder.blocks.0.attn.relative_position_bias_table")
     if table is not None:  # BEiT-v2: heads and the trained grid are in the relative position table
         heads = int(table.shape[1])
@@ -437,12 +454,9 @@ def _clip_config_from_state(
 ) -> VisionConfig:
     """CLIP-ViT: width/patch from ``patch_embed.weight``, grid from ``pos_embed.weight``; heads are
     ``num_attention_heads`` of the YAML when given, else ``width // 64`` (CLIP ViT-B/16: 12)."""
-    patch_weight = state["vision_encoder.patch_embed.weight"]  # (D, 3, P, P)
-    width, patch = int(patch_weight.shape[0]), int(patch_weight.shape[-1])
-    depth = len(_layer_numbers(state, "vision_encoder.encoder.layers."))
-    mlp_ratio = state["vision_encoder.encoder.layers.0.mlp.fc1.weight"].shape[0] / width
-    if "patch_size" in yaml_config and yaml_config["patch_size"] != patch:
-        problems.append(f"config patch_size {yaml_config['patch_size']} != checkpoint patch size {patch}")
+    width, patch, depth, mlp_ratio = _vit_dims(
+        state, yaml_config, problems, "vision_encoder.patch_embed.weight", "vision_encoder.encoder.layers."
+    )
     heads = int(yaml_config.get("num_attention_heads", width // 64))
     if "num_attention_heads" not in yaml_config:
         notes.append(f"CLIP-ViT heads inferred as width/64 = {heads}")
@@ -987,20 +1001,7 @@ def _to_hf_text(module: nn.Module, config: TextConfig, fmt: str) -> tuple[dict[s
     hf = {
         "architectures": ["XLMRobertaModel" if fmt == "hf-xlmr" else "BertModel"],
         "model_type": "xlm-roberta" if fmt == "hf-xlmr" else "bert",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.hidden_size,
-        "num_hidden_layers": layers,
-        "num_attention_heads": config.num_heads,
-        "intermediate_size": config.intermediate_size,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": config.hidden_dropout,
-        "attention_probs_dropout_prob": config.attention_dropout,
-        "max_position_embeddings": config.max_position_embeddings,
-        "type_vocab_size": config.type_vocab_size,
-        "initializer_range": config.initializer_range,
-        "layer_norm_eps": config.layer_norm_eps,
-        "pad_token_id": config.pad_token_id,
-        "position_embedding_type": "absolute",
+        **hf_bert_dims(config, layers),
     }
     return state, hf
 

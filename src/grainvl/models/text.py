@@ -813,6 +813,7 @@ __all__ = [
     "TextConfig",
     "additive_attention_mask",
     "expand_layers",
+    "hf_bert_dims",
     "init_bert_weights",
     "load_hf_bert",
     "normalise_hf_bert_keys",
@@ -821,16 +822,15 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------- export
-def hf_bert_config(config: TextConfig) -> dict[str, Any]:
-    """The Hugging Face ``BertConfig`` dict of a text tower without fusion layers."""
-    if config.fusion_start != config.num_layers or config.layout != "single" or config.roberta_positions:
-        raise ValueError("only a plain BERT text tower (no fusion layers, BERT positions) exports as BertForMaskedLM")
+def hf_bert_dims(config: TextConfig, layers: int) -> dict[str, Any]:
+    """The size and regularisation fields of a Hugging Face BERT config, for a tower of ``layers`` layers.
+
+    Key order is that of the written ``config.json``: callers put ``architectures``/``model_type`` first.
+    """
     return {
-        "architectures": ["BertForMaskedLM"],
-        "model_type": "bert",
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
-        "num_hidden_layers": config.num_layers,
+        "num_hidden_layers": layers,
         "num_attention_heads": config.num_heads,
         "intermediate_size": config.intermediate_size,
         "hidden_act": "gelu",
@@ -842,6 +842,17 @@ def hf_bert_config(config: TextConfig) -> dict[str, Any]:
         "layer_norm_eps": config.layer_norm_eps,
         "pad_token_id": config.pad_token_id,
         "position_embedding_type": "absolute",
+    }
+
+
+def hf_bert_config(config: TextConfig) -> dict[str, Any]:
+    """The Hugging Face ``BertConfig`` dict of a text tower without fusion layers."""
+    if config.fusion_start != config.num_layers or config.layout != "single" or config.roberta_positions:
+        raise ValueError("only a plain BERT text tower (no fusion layers, BERT positions) exports as BertForMaskedLM")
+    return {
+        "architectures": ["BertForMaskedLM"],
+        "model_type": "bert",
+        **hf_bert_dims(config, config.num_layers),
         "tie_word_embeddings": True,
     }
 
