@@ -148,3 +148,29 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
             tree_imports.append(node.module)
     assert tree_imports == ["grainvl.recipes"]
     assert RANK["recipes"] > RANK["data"]
+
+
+def _calls(attribute: str) -> list[str]:
+    """``file:line`` of every ``<something>.<attribute>(...)`` call in src/grainvl."""
+    found = []
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == attribute:
+                found.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    return found
+
+
+def test_one_training_loop() -> None:
+    """Only train/loop.py runs backward passes and optimizer steps; every trainer goes through it."""
+    outside = [place for place in _calls("backward") if not place.startswith("train/loop.py")]
+    assert not outside, f"backward() outside the one loop (use grainvl.train.loop.train): {outside}"
+    assert any(place.startswith("train/loop.py") for place in _calls("backward"))
+
+
+def test_one_model_resolver() -> None:
+    definitions = []
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef) and node.name in ("resolve_model", "load_teacher", "model_folder"):
+                definitions.append(f"{path.relative_to(SRC)}: {node.name}")
+    assert definitions == ["models/factory.py: resolve_model"]

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from grainvl.models.text import BertEncoder, BertEncoderModel, LayerHeadMasks
+from grainvl.models.text import BertEncoder, BertEncoderModel, LayerHeadMasks, LayerStack, LayerStep
 from grainvl.models.xvlm import XVLM
 
 
@@ -74,12 +74,14 @@ def make_segments(
     return segments
 
 
-class TheseusEncoder(nn.Module):
+class TheseusEncoder(LayerStack):
     """Drop-in replacement of a :class:`BertEncoder`: frozen predecessor ``layer`` + trainable ``scc_layer``.
 
-    ``forward`` keeps :class:`BertEncoder`'s signature; ``layers`` is a range of *predecessor* indices
-    (from :meth:`BertEncoderModel.layer_range`), so the text, fusion and multimodal modes still work.
+    ``forward`` is :class:`LayerStack`'s, as for :class:`BertEncoder`; ``layers`` is a range of *predecessor*
+    indices (from :meth:`BertEncoderModel.layer_range`), so the text, fusion and multimodal modes still work.
     """
+
+    checkpointable = False
 
     def __init__(self, predecessor: BertEncoder, segments: Sequence[Segment]) -> None:
         super().__init__()
@@ -94,7 +96,7 @@ class TheseusEncoder(nn.Module):
                 self.modules_map.append((range(first, first + segment.ratio), len(self.sources)))
                 self.sources.append(segment.start + i)
         self.scc_layer = nn.ModuleList(copy.deepcopy(self.layer[s]) for s in self.sources)
-        self.grad_checkpointing = False  # BertEncoder's attribute; not supported here
+        self.grad_checkpointing = False  # BertEncoder's attribute; ignored here (checkpointable = False)
         self.replacing_rate = 1.0
 
     def set_replacing_rate(self, replacing_rate: float) -> None:
@@ -121,26 +123,12 @@ class TheseusEncoder(nn.Module):
                 plan.extend(self.layer[i] for i in block)
         return plan
 
-    def forward(
-        self,
-        hidden_states: Tensor,
-        mask: Tensor | None,
-        layers: range,
-        encoder_hidden_states: Tensor | None = None,
-        encoder_mask: Tensor | None = None,
-        head_mask: LayerHeadMasks | None = None,
-        cross_head_mask: LayerHeadMasks | None = None,
-        collect: bool = False,
-    ) -> list[Tensor]:
-        """(B, L, H) -> [final states] or, with ``collect``, [input, output of each layer run]."""
+    def _steps(
+        self, layers: range, head_mask: LayerHeadMasks | None, cross_head_mask: LayerHeadMasks | None
+    ) -> list[LayerStep]:
         if head_mask is not None or cross_head_mask is not None:
             raise ValueError("head masks are not supported while modules are being replaced (prune after compacting)")
-        states = [hidden_states]
-        for layer in self._plan(layers):
-            hidden_states = layer(hidden_states, mask, encoder_hidden_states, encoder_mask)  # (B, L, H)
-            if collect:
-                states.append(hidden_states)
-        return states if collect else [hidden_states]
+        return [(layer, None, None) for layer in self._plan(layers)]
 
 
 # ------------------------------------------------------------------------------------------ schedulers

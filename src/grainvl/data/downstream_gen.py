@@ -31,12 +31,11 @@ import torch
 
 from grainvl.data.downstream import RecordsDataset, open_frames
 from grainvl.data.formats import albef, msrvtt
-from grainvl.data.masking import TextMaskingGenerator
+from grainvl.data.masking import IGNORE_INDEX, TextMaskingGenerator
 from grainvl.data.pretrain import PretrainDataConfig, flip_transforms, mentions_left_right, open_rgb
 from grainvl.data.transforms import video_transform
 from grainvl.errors import DataError
 
-IGNORE = -100
 Sample = dict[str, Any]
 
 
@@ -256,7 +255,7 @@ def collate_caption_train(samples: Sequence[Sample], pad_id: int, max_masks: int
     positions = torch.zeros(b, length, dtype=torch.long)
     atts = torch.zeros(b, length, length, dtype=torch.bool)
     masked_pos = torch.zeros(b, max_masks, dtype=torch.long)
-    masked_ids = torch.full((b, max_masks), IGNORE, dtype=torch.long)
+    masked_ids = torch.full((b, max_masks), IGNORE_INDEX, dtype=torch.long)
     for row, s in enumerate(samples):
         n = len(s["ids"])
         ids[row, :n] = torch.tensor(s["ids"])
@@ -334,7 +333,7 @@ class VideoQADataset(RecordsDataset):
             augment=self.cfg.augment,
         )
         question = pre_question(record["question"], self.cfg.max_words)
-        label = self.ans2label.get(record["answer"], IGNORE)  # official: -100 for an answer outside ans2label
+        label = self.ans2label.get(record["answer"], IGNORE_INDEX)  # official: -100 for an answer outside ans2label
         return {"video": video, "question": question, "label": label, "index": index}
 
     def collate(self, samples: list[Sample]) -> dict[str, Any]:

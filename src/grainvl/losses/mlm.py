@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from grainvl.data.masking import IGNORE_INDEX  # the one label that losses skip, defined where labels are made
 
 
 def gather_masked(hidden: torch.Tensor, masked_pos: torch.Tensor) -> torch.Tensor:

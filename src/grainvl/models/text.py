@@ -399,7 +399,48 @@ class BertLayer(nn.Module):
         return self.output(self.intermediate(x), x)
 
 
-class BertEncoder(nn.Module):
+LayerStep = tuple[nn.Module, Tensor | None, Tensor | None]  # a layer module and its (self, cross) head mask
+
+
+class LayerStack(nn.Module):
+    """Runs the layers of a :class:`BertEncoderModel`; :class:`BertEncoder` and its drop-in replacements
+    (``compress.theseus``) share this ``forward`` and differ only in which modules a range runs."""
+
+    checkpointable = True  # False: ``grad_checkpointing`` is ignored (a replacement that cannot replay)
+    grad_checkpointing: bool
+
+    def _steps(
+        self, layers: range, head_mask: LayerHeadMasks | None, cross_head_mask: LayerHeadMasks | None
+    ) -> list[LayerStep]:
+        """The modules that run predecessor range ``layers``, in order, each with its head masks."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        mask: Tensor | None,
+        layers: range,
+        encoder_hidden_states: Tensor | None = None,
+        encoder_mask: Tensor | None = None,
+        head_mask: LayerHeadMasks | None = None,
+        cross_head_mask: LayerHeadMasks | None = None,
+        collect: bool = False,
+    ) -> list[Tensor]:
+        """Run ``layers`` in order: (B, L, H) -> [final states] or, with ``collect``, [input, output of each run]."""
+        states = [hidden_states]
+        for layer, self_mask, cross_mask in self._steps(layers, head_mask, cross_head_mask):
+            args = (hidden_states, mask, encoder_hidden_states, encoder_mask, self_mask, cross_mask)
+            if self.checkpointable and self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                # Recompute the layer in backward; the RNG state is replayed, so dropout matches.
+                hidden_states = checkpoint(layer, *args, use_reentrant=False)
+            else:
+                hidden_states = layer(*args)
+            if collect:
+                states.append(hidden_states)
+        return states if collect else [hidden_states]
+
+
+class BertEncoder(LayerStack):
     """``layer``: the list of :class:`BertLayer`; runs any contiguous range of them."""
 
     def __init__(self, config: TextConfig, num_layers: int, fusion_start: int) -> None:
@@ -415,30 +456,10 @@ class BertEncoder(nn.Module):
         )
         self.grad_checkpointing = False
 
-    def forward(
-        self,
-        hidden_states: Tensor,
-        mask: Tensor | None,
-        layers: range,
-        encoder_hidden_states: Tensor | None = None,
-        encoder_mask: Tensor | None = None,
-        head_mask: LayerHeadMasks | None = None,
-        cross_head_mask: LayerHeadMasks | None = None,
-        collect: bool = False,
-    ) -> list[Tensor]:
-        """Run ``layers`` in order; -> [final states] or, with ``collect``, [input, output of each layer run]."""
-        states = [hidden_states]
-        for i in layers:
-            args = (hidden_states, mask, encoder_hidden_states, encoder_mask)
-            masks = (_layer_entry(head_mask, i), _layer_entry(cross_head_mask, i))
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                # Recompute the layer in backward; the RNG state is replayed, so dropout matches.
-                hidden_states = checkpoint(self.layer[i], *args, *masks, use_reentrant=False)
-            else:
-                hidden_states = self.layer[i](*args, *masks)
-            if collect:
-                states.append(hidden_states)
-        return states if collect else [hidden_states]
+    def _steps(
+        self, layers: range, head_mask: LayerHeadMasks | None, cross_head_mask: LayerHeadMasks | None
+    ) -> list[LayerStep]:
+        return [(self.layer[i], _layer_entry(head_mask, i), _layer_entry(cross_head_mask, i)) for i in layers]
 
 
 def _linspace(end: float, count: int) -> list[float]:

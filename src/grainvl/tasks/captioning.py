@@ -27,9 +27,10 @@ from typing import Any, ClassVar
 import torch
 
 from grainvl.data.downstream import make_loader
-from grainvl.data.downstream_gen import IGNORE, CaptionEvalDataset, CaptionTrainDataset
+from grainvl.data.downstream_gen import CaptionEvalDataset, CaptionTrainDataset
 from grainvl.data.formats.coco_caption import read_caption_gt
 from grainvl.data.iterators import StatefulIterator
+from grainvl.data.masking import IGNORE_INDEX
 from grainvl.losses.mlm import gather_masked
 from grainvl.metrics.captioning import caption_scores, coco_caption_inputs
 from grainvl.models.decoder import SearchConfig, beam_search, greedy_search, incremental_forward
@@ -49,7 +50,7 @@ def label_smoothed_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: f
     logits (B, M, V), labels (B, M) with -100 for padding. The smoothed target puts ``1 - smoothing``
     on the label and ``smoothing / (V - 2)`` on every other token except ``ignore_id`` (``[CLS]``), 0.
     """
-    real = labels.ne(IGNORE)  # (B, M)
+    real = labels.ne(IGNORE_INDEX)  # (B, M)
     logp = torch.log_softmax(logits[real].float(), dim=-1)  # (T, V)
     target = labels[real]  # (T,)
     if smoothing == 0:

@@ -42,7 +42,7 @@ from grainvl.data.iterators import BatchSequence
 from grainvl.data.tokenization import load_tokenizer
 from grainvl.errors import DataError
 from grainvl.models.text import BertEncoderModel, load_hf_bert, read_hf_state_dict
-from grainvl.train.loop import TrainConfig, train
+from grainvl.train.loop import TrainConfig, seed_everything, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
 from grainvl.utils.distributed import DistEnv
 
@@ -353,12 +353,6 @@ class TextFinetuneResult:
     @property
     def score(self) -> float:
         return self.metrics[self.main_metric]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def batch_order(num_examples: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:

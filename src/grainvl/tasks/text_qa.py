@@ -33,7 +33,8 @@ from torch import Tensor, nn
 
 from grainvl.data.formats.squad import read_squad, squad_examples
 from grainvl.models.text import BertEncoderModel
-from grainvl.tasks.text_classification import batch_order, fit_in_memory, resolve_encoder, seed_everything
+from grainvl.tasks.text_classification import batch_order, fit_in_memory, resolve_encoder
+from grainvl.train.loop import seed_everything
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -15,9 +15,9 @@ from grainvl.tasks.text_classification import (
     TextClassifier,
     batch_order,
     fit_in_memory,
-    seed_everything,
     task_loss,
 )
+from grainvl.train.loop import seed_everything
 
 
 # ------------------------------------------------------------------------------------------ text classifiers

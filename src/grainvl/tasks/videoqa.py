@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from grainvl.data.downstream import make_loader
-from grainvl.data.downstream_gen import IGNORE, VideoQADataset
+from grainvl.data.downstream_gen import VideoQADataset
 from grainvl.data.formats import msrvtt
 from grainvl.data.iterators import StatefulIterator
+from grainvl.data.masking import IGNORE_INDEX
 from grainvl.models.xvlm import XVLM, _init_linear, build_mlp
 from grainvl.tasks.base import DataOptions, DownstreamTask, TaskModule, inference_call, model_data_config, resolve_split
 
@@ -55,9 +56,9 @@ class VideoQAModule(TaskModule):
     def forward(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         logits = self.logits(batch["video"], batch["question_ids"], batch["question_atts"])
         labels = batch["labels"]
-        if bool(labels.eq(IGNORE).all()):  # no answer of this batch is in ans2label: a zero loss, still a graph
+        if bool(labels.eq(IGNORE_INDEX).all()):  # no answer of this batch is in ans2label: a zero loss, still a graph
             return {"videoqa_loss": logits.sum() * 0.0}, {}
-        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
+        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
         return {"videoqa_loss": loss}, {"train_acc": float((logits.argmax(-1) == labels).float().mean())}
 
 

@@ -201,7 +201,8 @@ def _rng_preserved() -> Iterator[None]:
         restore_rng_state(state)
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch at once: the loop's fresh runs and the in-memory fine-tunes share it."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -253,7 +254,7 @@ def train(
     if resume is not None:
         _resume(resume, task, optimizer, scheduler, data, scaler, env, state)
     elif cfg.seed is not None:
-        _seed_everything(cfg.seed + env.rank)
+        seed_everything(cfg.seed + env.rank)
     model: nn.Module = task
     if env.world_size > 1:
         device_ids = [env.device.index] if env.device.type == "cuda" else None

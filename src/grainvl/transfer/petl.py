@@ -45,10 +45,10 @@ from grainvl.tasks.text_classification import (
     encode_texts,
     fit_in_memory,
     load_glue_task,
-    seed_everything,
     task_loss,
 )
 from grainvl.tasks.text_qa import SquadTask, load_squad_task, qa_loss, train_features
+from grainvl.train.loop import seed_everything
 
 PETL_METHODS: tuple[str, ...] = ("prompt", "prefix", "lora", "bitfit")
 # Learning rates that move each method's few parameters within ~100 steps (ours; the TuPaTE scripts
