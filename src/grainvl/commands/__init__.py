@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -90,3 +90,17 @@ def config_from_args(cls: type[T], args: argparse.Namespace, default_yaml: Path 
 def comma_list(text: str) -> list[str]:
     """``"a, b,,c"`` -> ``["a", "b", "c"]`` (argparse type of comma-separated shortcut flags)."""
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def key_values(entries: Iterable[str], flag: str, form: str) -> list[tuple[str, str]]:
+    """``["k=v", ...]`` -> ``[("k", "v"), ...]``; an entry without ``=`` is the one-line error ``flag expects form``.
+
+    Flags that map names to values (``--per-modality``, ``--finetuned``) share it, so they fail alike.
+    """
+    pairs = []
+    for entry in entries:
+        key, sep, value = entry.partition("=")
+        if not sep:
+            raise ValueError(f"{flag} expects {form}, got {entry!r}")
+        pairs.append((key, value))
+    return pairs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from grainvl.commands import add_config_args, config_from_args, shortcut
+from grainvl.commands import add_config_args, comma_list, config_from_args, key_values, shortcut
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -118,16 +118,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
-def _split_list(text: str | None) -> list[str]:
-    return [item.strip() for item in (text or "").split(",") if item.strip()]
-
-
 def _finetuned_map(entries: list[str]) -> dict[str, str]:
     mapping = {}
-    for entry in entries:
-        key, sep, run = entry.partition("=")
-        if not sep or ":" not in key or not run:
-            raise ValueError(f"--finetuned expects LABEL:TASK=RUN, got {entry!r}")
+    for key, run in key_values(entries, "--finetuned", "LABEL:TASK=RUN"):
+        if ":" not in key or not run:
+            raise ValueError(f"--finetuned expects LABEL:TASK=RUN, got {key + '=' + run!r}")
         mapping[key] = run
     return mapping
 
@@ -145,14 +140,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if not args.models or args.world is None:
         raise ValueError("--models and --world are required (or use --report-only)")
     if args.tasks:
-        tasks = _split_list(args.tasks)
+        tasks = comma_list(args.tasks)
     else:
         from grainvl.tasks.registry import VLUE_TASKS
 
         tasks = list(VLUE_TASKS)
     options = config_from_args(BenchOptions, args)
     rows = run_bench(
-        _split_list(args.models),
+        comma_list(args.models),
         tasks,
         args.world,
         args.out,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from grainvl.commands import add_config_args, comma_list, config_from_args, shortcut
+from grainvl.commands import add_config_args, comma_list, config_from_args, key_values, shortcut
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -127,10 +127,7 @@ def parse_per_modality(text: str | None) -> dict[str, float] | None:
     if not text:
         return None
     out = {}
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        if not sep:
-            raise ValueError(f"--per-modality expects M=S pairs, got {part!r}")
+    for name, value in key_values(text.split(","), "--per-modality", "M=S pairs"):
         try:
             out[name.strip()] = float(value)
         except ValueError as error:

@@ -130,7 +130,7 @@ def _import(cfg) -> int:
 def _export(cfg) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.models import convert
-    from grainvl.models.xvlm import XVLM
+    from grainvl.models.factory import load_model
 
     fmt, source, output = cfg.target_format, Path(cfg.input), Path(cfg.output)
     config_file = source / "config.json"
@@ -141,7 +141,8 @@ def _export(cfg) -> int:
             raise ValueError(f"{source} is a tower folder; only hf-* formats can be written from it")
         tower, tower_config = convert.load_tower(source)
     else:
-        model = XVLM.from_pretrained(source).eval()
+        # The one resolver: a save_pretrained folder, or a run folder (its config.json names no tower).
+        model = load_model(source).eval()
         if fmt.startswith("official-"):
             convert.save_official(model, output, fmt, cfg.layout)
             print(f"wrote {fmt} ({cfg.layout} layout) checkpoint {output}")

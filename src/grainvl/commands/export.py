@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="export a model for deployment (onnx)",
-        description="Export a grainvl model folder for deployment.",
+        description="Export a grainvl model (a registered name, a model folder or a run folder) for deployment.",
     )
     esub = p.add_subparsers(dest="export_format", required=True, metavar="{onnx}")
     o = esub.add_parser(
@@ -24,7 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Settings: ExportOnnxConfig.",
     )
     add_config_args(o, "ExportOnnxConfig")
-    shortcut(o, "--model", field="model", type=Path, help="grainvl model folder (save_pretrained / grainvl convert)")
+    shortcut(
+        o,
+        "--model",
+        field="model",
+        help="registered model name, model folder (save_pretrained / grainvl convert) or run folder",
+    )
     shortcut(o, "--out", field="out", type=Path, help="output folder for the .onnx files")
     o.set_defaults(func=_cmd_export_onnx)
 
@@ -34,10 +39,11 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     import sys
 
     from grainvl.models.export import TOLERANCE, ExportOnnxConfig, export_onnx
-    from grainvl.models.xvlm import XVLM
+    from grainvl.models.factory import load_model
 
     cfg = config_from_args(ExportOnnxConfig, args)
-    model = XVLM.from_pretrained(cfg.model).eval()
+    # The one resolver: a preset, a save_pretrained folder or a run folder, as every other command takes.
+    model = load_model(cfg.model).eval()
     try:
         results = export_onnx(model, Path(cfg.out))
     except RuntimeError as error:  # a graph that onnxruntime does not reproduce: say so in one line

@@ -558,32 +558,27 @@ class BertEncoderModel(nn.Module):
         input_ids: Tensor | None,
         attention_mask: Tensor | None = None,
         mode: Mode = "text",
-        encoder_hidden_states: Tensor | None = None,
-        encoder_attention_mask: Tensor | None = None,
-        inputs_embeds_for_fusion: Tensor | None = None,
-        token_type_ids: Tensor | None = None,
+        **inputs: Tensor | None,
     ) -> list[Tensor]:
-        """Like :meth:`forward` but -> [input states, output of every layer run], each (B, L, H) (distillation)."""
-        hidden, mask, encoder_mask, layers = self._prepare(
-            input_ids,
-            attention_mask,
-            mode,
-            encoder_hidden_states,
-            encoder_attention_mask,
-            inputs_embeds_for_fusion,
-            token_type_ids,
-        )
-        return self.encoder(hidden, mask, layers, encoder_hidden_states, encoder_mask, collect=True)
+        """Like :meth:`forward` but -> [input states, output of every layer run], each (B, L, H) (distillation).
+
+        ``inputs``: the other tensors of :meth:`forward` that shape the states, by name
+        (``encoder_hidden_states``, ``encoder_attention_mask``, ``inputs_embeds_for_fusion``, ``token_type_ids``,
+        ``position_ids``).
+        """
+        hidden, mask, encoder_mask, layers = self._prepare(input_ids, attention_mask, mode, **inputs)
+        vision = inputs.get("encoder_hidden_states")
+        return self.encoder(hidden, mask, layers, vision, encoder_mask, collect=True)
 
     def _prepare(
         self,
         input_ids: Tensor | None,
         attention_mask: Tensor | None,
         mode: Mode,
-        encoder_hidden_states: Tensor | None,
-        encoder_attention_mask: Tensor | None,
-        inputs_embeds_for_fusion: Tensor | None,
-        token_type_ids: Tensor | None,
+        encoder_hidden_states: Tensor | None = None,
+        encoder_attention_mask: Tensor | None = None,
+        inputs_embeds_for_fusion: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
         position_ids: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None, range]:
         """-> (first states (B, L, H), additive text mask, additive vision mask, layers to run)."""

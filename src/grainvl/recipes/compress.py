@@ -59,7 +59,7 @@ from grainvl.data.pretrain import build_pretrain_loaders
 from grainvl.models.factory import ResolvedModel, get_tokenizer, load_model, resolve_model
 from grainvl.models.xvlm import XVLM
 from grainvl.recipes.pretrain import PretrainData, data_config, evaluate, zeroshot_tasks
-from grainvl.recipes.scaffold import cost_columns, metric_rows
+from grainvl.recipes.scaffold import cost_columns, format_energy, metric_rows
 from grainvl.tasks.base import split_tag
 from grainvl.tasks.distill import DistillTask, LayerMap, PruneTask, default_layer_map, init_student_from_teacher
 from grainvl.tasks.pretrain import PretrainTask
@@ -524,9 +524,5 @@ def format_report(report: dict[str, Any]) -> str:
     if "chance" in ev:
         c = ev["chance"]
         lines.append(f"  {'chance':<10}{'':>20}{c['txt_r1']:>8.1f}{c['img_r1']:>8.1f}{c['r_mean']:>8.1f}")
-    energy = report.get("energy") or {}
-    lines.append(
-        f"  energy {energy.get('energy_kWh', float('nan')):.2e} kWh, {energy.get('co2_g', float('nan')):.2e} g CO2-eq "
-        f"({energy.get('method', 'not tracked')}); model saved to {report['model_dir']}"
-    )
+    lines.append(f"  {format_energy(report.get('energy'))}; model saved to {report['model_dir']}")
     return "\n".join(lines)

@@ -11,7 +11,6 @@ grounding on the ID test split and the OOD split next to chance level, the model
 from __future__ import annotations
 
 import dataclasses
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +21,7 @@ from grainvl.data.pretrain import PretrainDataConfig, build_pretrain_loaders, ev
 from grainvl.data.world.ontology import SPLITS
 from grainvl.models.factory import create_model, get_tokenizer
 from grainvl.models.xvlm import XVLM
-from grainvl.recipes.scaffold import Run, format_cost, metric_rows, run_recipe, summary_costs
+from grainvl.recipes.scaffold import Run, format_cost, metric_rows, run_recipe, seed_model_init, summary_costs
 from grainvl.tasks.base import split_tag
 from grainvl.tasks.pretrain import PretrainTask, PretrainWeights
 from grainvl.tasks.zeroshot import chance_retrieval, zero_shot_grounding, zero_shot_retrieval
@@ -127,8 +126,7 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict[str, An
 
 def _run(cfg: PretrainConfig, run: Run, resume: str | None) -> dict[str, Any]:
     env = run.env
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (DDP also broadcasts them)
-    random.seed(cfg.train.seed)
+    seed_model_init(cfg.train.seed)
     model = create_model(cfg.model)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     tokenizer = get_tokenizer(model.config)

@@ -27,17 +27,14 @@ both load.
 from __future__ import annotations
 
 import dataclasses
-import random
 from dataclasses import dataclass, field
 from typing import Any
-
-import torch
 
 from grainvl.data.iterators import RepeatingLoader
 from grainvl.data.text_corpus import load_corpora
 from grainvl.models.factory import load_text_model
 from grainvl.models.text import BertEncoderModel, MLMHead, save_hf_bert
-from grainvl.recipes.scaffold import Run, format_cost, metric_rows, run_recipe, summary_costs
+from grainvl.recipes.scaffold import Run, format_cost, metric_rows, run_recipe, seed_model_init, summary_costs
 from grainvl.tasks.pretrain_text import MaskingCollate, TacoSettings, TextPretrainTask, chunk_corpus
 from grainvl.train.loop import TrainConfig, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
@@ -98,8 +95,7 @@ def run_text_pretrain(cfg: TextPretrainConfig, resume: str | None = None) -> dic
 
 def _run(cfg: TextPretrainConfig, run: Run, resume: str | None) -> dict[str, Any]:
     env = run.env
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (DDP also broadcasts them)
-    random.seed(cfg.train.seed)
+    seed_model_init(cfg.train.seed)
     encoder, head, tokenizer = build_text_model(cfg.model, cfg.tokenizer)
     if cfg.data.seq_len > encoder.config.max_position_embeddings:
         raise ValueError(

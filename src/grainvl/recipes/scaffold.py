@@ -10,6 +10,7 @@ The scaffold owns what every job repeats around that:
 * ``results.jsonl``: one line per metric in the long schema (:func:`metric_rows`), with the run's
   cost on every line (:func:`cost_columns`; :func:`summary_costs` for a
   :class:`~grainvl.train.loop.TrainSummary`);
+* the initial weights' seed (:func:`seed_model_init`);
 * the end-of-run cost line of every report (:func:`format_cost`) and printing on rank 0 only
   (:func:`print_report`).
 """
@@ -17,10 +18,13 @@ The scaffold owns what every job repeats around that:
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+import torch
 
 from grainvl.bench.energy import EnergyReport
 from grainvl.bench.results import append_result
@@ -80,6 +84,13 @@ def run_recipe(run_dir: str | Path, body: Callable[[Run], T], torch_threads: int
         return body(run)
 
     return run_in_process_group(on_rank, torch_threads)
+
+
+def seed_model_init(seed: int) -> None:
+    """Seed python and torch before the model is built: identical initial weights on every rank (DDP also
+    broadcasts them); the loop then seeds the data stream per rank (``seed + rank``) or restores a resume."""
+    torch.manual_seed(seed)
+    random.seed(seed)
 
 
 def training_gflops(summary: TrainSummary) -> float | None:
@@ -142,10 +153,17 @@ def metric_rows(
 
 def format_cost(summary: dict[str, Any]) -> str:
     """The last line of every training report: steps, time, size, compute, energy and CO₂ of the run."""
-    energy = summary.get("energy") or {}
     return (
         f"run: {summary['steps']} steps, {summary['samples']} samples, {summary['wall_s']:.0f} s, "
         f"{summary['params'] / 1e6:.1f}M params, {(summary.get('total_flops') or 0) / 1e12:.2f} TFLOPs, "
+        f"{format_energy(summary.get('energy'))}"
+    )
+
+
+def format_energy(energy: dict[str, Any] | None) -> str:
+    """``energy … kWh, … g CO2-eq (method)`` of a report's energy dict; NaN and 'not tracked' when absent."""
+    energy = energy or {}
+    return (
         f"energy {energy.get('energy_kWh', float('nan')):.2e} kWh, {energy.get('co2_g', float('nan')):.2e} g CO2-eq "
         f"({energy.get('method', 'not tracked')})"
     )

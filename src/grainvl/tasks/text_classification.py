@@ -320,8 +320,9 @@ def evaluate_classifier(model: TextClassifier, task: GlueTask, max_examples: int
 
 # ---------------------------------------------------------------------------------------------- training
 @dataclass
-class TextFinetuneConfig:
-    """Fine-tuning recipe. ``steps`` optimizer steps of ``batch_size`` examples (epochs wrap around)."""
+class TextFinetuneRecipe:
+    """What every in-memory text fine-tune shares (classification here, extractive QA in text_qa):
+    ``steps`` optimizer steps of ``batch_size`` examples (epochs wrap around)."""
 
     steps: int = 300
     batch_size: int = 32
@@ -335,6 +336,12 @@ class TextFinetuneConfig:
     max_dev_examples: int | None = None
     tokenizer: str | Path | None = None  # needed when ``encoder`` is a bare BertEncoderModel
     device: str = "cpu"
+
+
+@dataclass
+class TextFinetuneConfig(TextFinetuneRecipe):
+    """Fine-tuning recipe of a text classifier."""
+
     train_sample_seed: int | None = None  # with max_train_examples: N random rows drawn with this seed, not the first N
 
 
@@ -598,6 +605,7 @@ __all__ = [
     "SupervisedTask",
     "TextClassifier",
     "TextFinetuneConfig",
+    "TextFinetuneRecipe",
     "TextFinetuneResult",
     "TextProbeConfig",
     "TextProbeResult",

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from grainvl.data.formats.squad import read_squad, squad_examples
 from grainvl.models.text import BertEncoderModel
-from grainvl.tasks.text_classification import batch_order, fit_in_memory, resolve_encoder
+from grainvl.tasks.text_classification import TextFinetuneRecipe, batch_order, fit_in_memory, resolve_encoder
 from grainvl.train.loop import seed_everything
 
 if TYPE_CHECKING:
@@ -236,22 +236,12 @@ def best_spans(
 
 # ---------------------------------------------------------------------------------------------- training
 @dataclass
-class QAFinetuneConfig:
+class QAFinetuneConfig(TextFinetuneRecipe):
     """Fine-tuning recipe (Vu et al.: lr 3e-5, batch 12, 3 epochs, length 384, stride 128; ours counts steps)."""
 
-    steps: int = 300
-    batch_size: int = 16
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup: float = 0.1
+    batch_size: int = 16  # contexts are longer than classification inputs: smaller batches, longer windows
     max_length: int = 256
     doc_stride: int = 64
-    dropout: float | None = None
-    seed: int = 0
-    max_train_examples: int | None = None
-    max_dev_examples: int | None = None
-    tokenizer: str | Path | None = None
-    device: str = "cpu"
 
 
 @dataclass

@@ -93,16 +93,7 @@ def sample_scene(image_id: int, split: str, rng: random.Random, resolution: int 
     background = _sample_background(ood, rng)
     specs = _sample_specs(count, ood, rng)
     objects = _place_objects(specs, resolution, rng)
-    return Scene(
-        image_id=image_id,
-        split=split,
-        width=resolution,
-        height=resolution,
-        background=background,
-        objects=objects,
-        seed=seed,
-        relations=compute_relations(objects),
-    )
+    return _square_scene(image_id, split, resolution, background, objects, seed)
 
 
 def sample_video(
@@ -127,19 +118,24 @@ def sample_video(
     frames = []
     for t in range(num_frames):
         frame_objects = _objects_at_frame(objects, events, end_boxes, t, num_frames, resolution)
-        frames.append(
-            Scene(
-                image_id=video_id,
-                split=split,
-                width=resolution,
-                height=resolution,
-                background=background,
-                objects=frame_objects,
-                seed=seed,
-                relations=compute_relations(frame_objects),
-            )
-        )
+        frames.append(_square_scene(video_id, split, resolution, background, frame_objects, seed))
     return VideoClip(video_id=video_id, split=split, frames=frames, events=events, seed=seed)
+
+
+def _square_scene(
+    image_id: int, split: str, resolution: int, background: str, objects: list[WorldObject], seed: int
+) -> Scene:
+    """A ``resolution``² Scene of ``objects`` with their relations computed (an image or one clip frame)."""
+    return Scene(
+        image_id=image_id,
+        split=split,
+        width=resolution,
+        height=resolution,
+        background=background,
+        objects=objects,
+        seed=seed,
+        relations=compute_relations(objects),
+    )
 
 
 def _check_arguments(split: str, resolution: int) -> None:
