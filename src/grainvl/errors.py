@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+EXIT_BAD_INPUT = 2  # exit status of every command that stops on bad input or a bad configuration
+
 
 class DataError(Exception):
     """Bad input: ``<path>: record <record>: <reason>``.
