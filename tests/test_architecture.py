@@ -174,3 +174,45 @@ def test_one_model_resolver() -> None:
             if isinstance(node, ast.FunctionDef) and node.name in ("resolve_model", "load_teacher", "model_folder"):
                 definitions.append(f"{path.relative_to(SRC)}: {node.name}")
     assert definitions == ["models/factory.py: resolve_model"]
+
+
+def _deferred_without_reason(path: Path) -> list[str]:
+    """Imports inside functions whose group has no comment saying why (a ``try``/``except ImportError`` is a reason)."""
+    source = path.read_text(encoding="utf-8")
+    lines = source.splitlines()
+    tree = ast.parse(source)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    import_rows = {
+        row
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for row in range(node.lineno - 1, (node.end_lineno or node.lineno))
+    }
+    missing = []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)) or isinstance(parents[node], ast.Try):
+            continue
+        owner = parents[node]
+        while owner in parents and not isinstance(owner, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            owner = parents[owner]
+        if not isinstance(owner, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        row = node.lineno - 1
+        if "#" in lines[row]:
+            continue
+        above = row - 1
+        while above >= 0 and (above in import_rows or not lines[above].strip()):  # the rest of the group
+            if above in import_rows and "#" in lines[above]:
+                break  # an import of the group carries the reason
+            above -= 1
+        if above < 0 or not lines[above].strip().startswith("#"):
+            missing.append(f"line {node.lineno}: {lines[row].strip()}")
+    return missing
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(SRC)))
+def test_every_deferred_import_says_why(path: Path) -> None:
+    missing = _deferred_without_reason(path)
+    assert not missing, "imports inside functions need a comment saying why (or move them to the top):\n" + "\n".join(
+        missing
+    )

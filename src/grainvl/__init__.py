@@ -29,8 +29,8 @@ __all__ = [*_FACTORY, "load_model_and_preprocess"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy so that `grainvl world` and `grainvl data check` do not pay for importing torch.
     if name in _FACTORY:
+        # Deferred: `grainvl world` and `grainvl data check` import this package and must not pay for torch.
         from grainvl.models import factory
 
         return getattr(factory, name)
@@ -42,6 +42,7 @@ def load_model_and_preprocess(source: str) -> tuple[Any, Any, Any]:
 
     A folder flagged int8 (``quantize.json`` of ``grainvl compress … quantize``) loads dynamically quantised.
     """
+    # Deferred: the public API loads torch and the models only when asked, so `import grainvl` stays light.
     from grainvl.compress.quantize import quantize_dynamic_int8, read_quantize_flag
     from grainvl.models.factory import get_tokenizer, load_model, model_transforms, resolve_model
 

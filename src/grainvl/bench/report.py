@@ -388,9 +388,11 @@ def markdown_report(rows: Sequence[dict[str, Any]], figures: Sequence[str] = ())
 
 # ---------------------------------------------------------------------------------------------- plots
 def _plot_grid(n: int) -> tuple[Any, list[Any]]:
+    # Imported here: matplotlib is heavy and only plotting needs it.
     import matplotlib
 
     matplotlib.use("Agg")
+    # Imported here: matplotlib is heavy and only plotting needs it.
     import matplotlib.pyplot as plt
 
     columns = min(3, max(1, n))
@@ -403,6 +405,7 @@ def _plot_grid(n: int) -> tuple[Any, list[Any]]:
 
 
 def _save_figure(fig: Any, path: Path) -> None:
+    # Imported here: matplotlib is heavy and only plotting needs it.
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -456,6 +459,7 @@ def _finish_axes(ax: Any) -> None:
 
 def plot_id_vs_ood(table: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """OOD score against ID score per task (one colour per model, shared legend); under the diagonal = OOD drop."""
+    # Imported here: matplotlib is heavy and only plotting needs it.
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(e["task"] for e in table))

@@ -135,6 +135,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         paths = write_report(args.out / "results.jsonl", args.out)
         print(f"report: {paths['report_md']}")
         return 0
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.recipes.bench import BenchOptions, run_bench
 
     if not args.models or args.world is None:
@@ -142,6 +143,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.tasks:
         tasks = comma_list(args.tasks)
     else:
+        # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
         from grainvl.tasks.registry import VLUE_TASKS
 
         tasks = list(VLUE_TASKS)

@@ -156,6 +156,7 @@ def _export(cfg) -> int:
 def _tokenizer(folder: Path | None):
     if folder is None:
         return None
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.data.tokenization import load_tokenizer
 
     return load_tokenizer(folder)

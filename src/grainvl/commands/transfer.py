@@ -138,8 +138,9 @@ def _tune(args: argparse.Namespace) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     import json
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # deferred with the recipe: it loads torch
 
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.recipes.transfer import TransferTuneConfig
     from grainvl.transfer.petl import PetlConfig, load_hf_backbone, tune_task
     from grainvl.utils.fileio import atomic_write_text
@@ -185,7 +186,7 @@ def _load_library(run: Path, method: str, step: int | None) -> tuple[dict, dict,
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     import json
 
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # deferred with the recipe: it loads torch
 
     folder = run / "pet" / method
     meta_path = folder / "meta.json"
@@ -221,8 +222,9 @@ def _embed(args: argparse.Namespace) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     import io
 
-    import numpy as np
+    import numpy as np  # deferred with the recipe: `grainvl --help` stays fast
 
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.recipes.transfer import TransferEmbedConfig, plot_heatmap
     from grainvl.utils.fileio import atomic_write_bytes
 

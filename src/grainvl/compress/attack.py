@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from grainvl.compress.loyalty import ProbabilisticClassifier
 from grainvl.data.tokenization import load_tokenizer, packaged_minilm_path
@@ -163,8 +164,6 @@ class SentenceSimilarity:
     """
 
     def __init__(self, folder: str | Path | None = None, max_length: int = 128) -> None:
-        import torch
-
         folder = Path(folder) if folder is not None else packaged_minilm_path()
         _, self.tower, _ = load_hf_bert(folder)
         self.tower.eval()
@@ -416,8 +415,6 @@ class ImageTextClassifier:
         self.batch_size = batch_size
 
     def predict_proba(self, inputs: Sequence[tuple[Any, str]]) -> np.ndarray:
-        import torch
-
         chunks = []
         for start in range(0, len(inputs), self.batch_size):
             part = inputs[start : start + self.batch_size]

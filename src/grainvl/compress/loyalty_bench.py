@@ -25,6 +25,7 @@ Robustness (:func:`attack_metrics`) runs the TextFooler-style
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -127,7 +128,6 @@ def save_probabilities(path: Path, text_side: TextSideSet) -> np.ndarray:
     """Score the set and write ``probs`` (N, C), ``labels`` (N,) and the inputs (to check both sides match)."""
 
     probs = np.asarray(text_side.classifier.predict_proba(text_side.inputs), dtype=np.float64)
-    import io
 
     buffer = io.BytesIO()
     np.savez(

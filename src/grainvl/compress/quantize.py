@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+from torch.ao.quantization import quantize_dynamic
 
 from grainvl.bench.efficiency import time_calls
 from grainvl.models.layers import Attention
@@ -69,8 +71,6 @@ def quantize_dynamic_int8(model: M, skip: tuple[str, ...] = ()) -> M:
     if not names:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layers to quantise")
     with _quiet_torch_ao():
-        from torch.ao.quantization import quantize_dynamic
-
         return quantize_dynamic(fp32, qconfig_spec=names, dtype=torch.qint8)  # type: ignore[return-value]
 
 
@@ -108,7 +108,6 @@ def tied_linears(model: nn.Module) -> list[str]:
 
 def count_quantized_linears(model: nn.Module) -> int:
     """Number of dynamically quantised linear layers in ``model``."""
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
     return sum(isinstance(m, DynamicLinear) for m in model.modules())
 

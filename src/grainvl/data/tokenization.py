@@ -55,6 +55,7 @@ def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
     is inferred from the vocabulary when no ``tokenizer_config.json`` says otherwise). A missing
     folder or file raises FileNotFoundError naming both; an unreadable file raises DataError.
     """
+    # Imported here: transformers takes seconds to import; only this path needs it.
     from transformers import AutoTokenizer, BertTokenizerFast
 
     folder = Path(folder)
@@ -108,6 +109,7 @@ def _save(
     tokenizer: Tokenizer, special: dict[str, str], input_names: list[str], out_dir: str | Path
 ) -> PreTrainedTokenizerFast:
     """Write ``tokenizer.json`` + ``tokenizer_config.json`` into ``out_dir``; return the wrapper."""
+    # Imported here: transformers takes seconds to import; only this path needs it.
     from transformers import PreTrainedTokenizerFast
 
     wrapped = PreTrainedTokenizerFast(

@@ -74,6 +74,7 @@ class CaptionScorer:
 
     def _get_meteor(self) -> Any:
         if self._meteor is None:
+            # Imported here: pycocoevalcap scorers start Java helpers; only captioning scoring needs them.
             from pycocoevalcap.meteor.meteor import Meteor
 
             self._meteor = Meteor()
@@ -90,6 +91,7 @@ class CaptionScorer:
 
     def tokenize(self, captions: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, list[str]]:
         """pycocoevalcap's PTB tokenisation of ``{id: [caption, ...]}`` (one JVM run for all)."""
+        # Imported here: pycocoevalcap scorers start Java helpers; only captioning scoring needs them.
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
         records = {key: [{"caption": c} for c in caps] for key, caps in captions.items()}
@@ -100,6 +102,7 @@ class CaptionScorer:
         self, gts: Mapping[Hashable, list[str]], res: Mapping[Hashable, list[str]], meteor: bool = True
     ) -> dict[str, float]:
         """BLEU-1..4, METEOR, ROUGE-L and CIDEr(-D) of already tokenised captions (fractions)."""
+        # Imported here: pycocoevalcap scorers start Java helpers; only captioning scoring needs them.
         from pycocoevalcap.bleu.bleu import Bleu
         from pycocoevalcap.cider.cider import Cider
         from pycocoevalcap.rouge.rouge import Rouge

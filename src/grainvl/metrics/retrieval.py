@@ -145,6 +145,7 @@ def faiss_topk(
     Use normalised embeddings for cosine similarity. Returns ``(scores, indices)``, both (Q, k)
     numpy arrays, best first. Queries are searched ``batch`` at a time to bound memory.
     """
+    # Imported here: faiss is an optional backend of the retrieval search.
     import faiss
 
     q = np.ascontiguousarray(torch.as_tensor(query).detach().cpu().float().numpy())

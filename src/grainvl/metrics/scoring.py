@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from grainvl.data.formats import validate
 from grainvl.data.formats.albef import nlvr_label, read_nlvr2, read_refcoco, read_retrieval, read_vqa
 from grainvl.data.formats.coco_caption import read_caption_gt, read_caption_results
@@ -279,7 +281,6 @@ def _gt_boxes(records: list[dict], gt: Path) -> dict[Any, dict]:
 def score_grounding(pred: Path, gt: Path, echo: Echo = print) -> dict[str, float]:
     """Accuracy at IoU >= 0.5 (inclusive-pixel IoU) over the predictions, as VLUE's
     ``grounding_eval_bbox_vlue`` counts: one prediction per sentence, looked up by ``ref_id``."""
-    import numpy as np
 
     by_ref = _gt_boxes(read_refcoco(gt), gt)
     preds = validate.require_list(fileio.read_json(pred), pred)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import Tensor, nn
 
 from grainvl.errors import DataError
@@ -169,7 +170,6 @@ def _first_line(error: BaseException) -> str:
 
 def read_official_config(path: str | Path) -> dict[str, Any]:
     """An official ``configs/*.yaml`` (pre-training or fine-tuning) as a dict."""
-    import yaml
 
     path = Path(path)
     if not path.is_file():
@@ -779,7 +779,6 @@ def save_official(model: XVLM, path: str | Path, fmt: str = "official-x2vlm", la
     """Write ``{'model': state_dict}`` (``.th``/``.pth``: what ``torch.load`` + the official loader read) or a
     safetensors file (by suffix), atomically, plus ``<stem>.yaml`` and ``<stem>_config_bert.json``
     (:func:`to_official_config`) next to it."""
-    import yaml
 
     path = Path(path)
     state = to_official(model, fmt, layout)

@@ -186,6 +186,7 @@ def _export_one(tower: nn.Module, inputs: dict[str, Tensor], path: Path, outputs
 
 def _max_abs_diff(tower: nn.Module, path: Path, inputs: dict[str, Tensor]) -> float:
     """Run the graph in onnxruntime (CPU) and PyTorch on the same inputs -> max abs difference."""
+    # Imported here: onnxruntime is only needed to validate an export.
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -209,7 +210,7 @@ __all__ = [
 
 @dataclass
 class ExportOnnxConfig:
-    """``grainvl export onnx``: a grainvl model folder -> three validated ONNX graphs."""
+    """``grainvl export onnx``: a model (registered name, model folder or run folder) -> three validated ONNX graphs."""
 
-    model: str  # grainvl model folder (save_pretrained / grainvl convert)
+    model: str  # anything resolve_model takes: a registered name, a save_pretrained folder, a run folder
     out: str  # output folder for the .onnx files

@@ -30,6 +30,7 @@ from typing import Any, Literal, TypedDict
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -695,7 +696,6 @@ _HF_PREFIXES = ("bert.", "roberta.")
 
 def read_hf_state_dict(folder: str | Path) -> dict[str, Tensor]:
     """All tensors of a local Hugging Face folder: model.safetensors (single or sharded) or pytorch_model.bin."""
-    from safetensors.torch import load_file
 
     folder = Path(folder)
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"

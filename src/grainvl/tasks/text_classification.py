@@ -291,6 +291,7 @@ def classification_metrics(predictions: np.ndarray, targets: np.ndarray, labels:
     The positive class is label ``"1"`` when the labels are {"0", "1"} (GLUE), else the second
     sorted label.
     """
+    # Imported here: scikit-learn is heavy and only these metrics need it.
     from sklearn.metrics import f1_score, matthews_corrcoef
 
     metrics = {"accuracy": float((predictions == targets).mean())}
@@ -302,6 +303,7 @@ def classification_metrics(predictions: np.ndarray, targets: np.ndarray, labels:
 
 
 def regression_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    # Imported here: scipy.stats is heavy and only these metrics need it.
     from scipy.stats import pearsonr, spearmanr
 
     if np.std(predictions) == 0 or np.std(targets) == 0:
@@ -564,6 +566,7 @@ def fit_probe(
     train_x: np.ndarray, train_y: np.ndarray, dev_x: np.ndarray, dev_y: np.ndarray, labels: Sequence[str], c: float
 ) -> dict[str, float]:
     """Standardise with the train statistics, fit a logistic regression (ridge for regression), dev metrics."""
+    # Imported here: scikit-learn is heavy and only these metrics need it.
     from sklearn.linear_model import LogisticRegression, Ridge
 
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6  # why: states of untrained encoders differ in scale

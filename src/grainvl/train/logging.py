@@ -18,6 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from grainvl.utils.fileio import append_jsonl_line, to_plain
 
 
@@ -48,8 +50,6 @@ class MetricsLogger:
         if tensorboard:
             self._writer = _summary_writer(self.run_dir / "tensorboard")
         if progress:
-            from tqdm.auto import tqdm
-
             self._bar = tqdm(total=total_steps, initial=initial_step, desc="train", dynamic_ncols=True, file=sys.stderr)
 
     def advance(self, step: int) -> None:

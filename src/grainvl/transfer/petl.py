@@ -93,6 +93,7 @@ def load_hf_backbone(folder: str | Path, num_layers: int | None = None) -> tuple
 
     ``num_layers`` keeps only the first layers (a cheaper backbone, same as ``load_hf_bert``'s shrinking).
     """
+    # Imported here: transformers takes seconds to import; only this path needs it.
     from transformers import BertModel
     from transformers.utils import logging as hf_logging
 
@@ -114,6 +115,7 @@ def load_hf_backbone(folder: str | Path, num_layers: int | None = None) -> tuple
 
 def wrap_backbone(backbone: nn.Module, cfg: PetlConfig) -> nn.Module:
     """Freeze ``backbone`` and add the PET parameters of ``cfg.method`` (initialised from ``cfg.init_seed``)."""
+    # Imported here: peft (and the transformers it loads) is needed only for parameter-efficient tuning.
     from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 
     backbone = copy.deepcopy(backbone)

@@ -190,7 +190,7 @@ def load_model_safetensors(path: str | Path, device: str | torch.device = "cpu")
         raise FileNotFoundError(f"{path}: no such safetensors file")
     # Imported here: safetensors loads torch, which world generation and `data check` never need.
     from safetensors import safe_open
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # safetensors.torch imports torch: see above
 
     tensors = load_file(str(path), device=str(device))
     with safe_open(str(path), framework="pt") as f:

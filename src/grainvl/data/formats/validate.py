@@ -7,9 +7,14 @@ the file, the record and the reason.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from PIL import Image, UnidentifiedImageError
 
 from grainvl.errors import BadRecords, DataError
 from grainvl.utils.fileio import iter_jsonl, read_json, write_json, write_jsonl
@@ -83,7 +88,6 @@ def check_image(image_path: str | Path, record_file: str | Path, where: str) -> 
     A missing file, truncated bytes or an undecodable file is a DataError naming the annotation
     file and record that refer to it, and the image path.
     """
-    from PIL import Image, UnidentifiedImageError
 
     image_path = Path(image_path)
     if not image_path.exists():
@@ -139,11 +143,6 @@ def require_texts(value: Any, name: str, path: str | Path, where: str) -> list[s
 
 def check_image_base64(text: Any, record_file: str | Path, where: str, what: str = "base64 image") -> tuple[int, int]:
     """Decode a base64-encoded image (X-VLM's ``binary`` field) and return ``(width, height)``."""
-    import base64
-    import binascii
-    import io
-
-    from PIL import Image, UnidentifiedImageError
 
     if not isinstance(text, str) or not text:
         raise DataError(record_file, where, f"{what} should be a non-empty base64 string")

@@ -28,6 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
+from PIL import Image, UnidentifiedImageError
+
 from grainvl.data.formats.registry import FormatSpec, register
 from grainvl.errors import BadRecords, DataError
 from grainvl.utils import fileio
@@ -266,8 +268,6 @@ def _decode_sample(key: str, members: list[tuple[str, bytes]], path: Path, where
 
 
 def _check_image_bytes(data: bytes, path: Path, where: str, name: str) -> None:
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # a full decode: truncated data fails here, not at training time
