@@ -46,7 +46,6 @@ QUANTIZE_FLAG_FILE = "quantize.json"
 # Run folders: the final model (finetune / pretrain: ``model/``; pretrain-text: ``encoder/``).
 RUN_MODEL_DIRS = ("model", "encoder")
 _CHECKPOINT_PREFIX = "model."  # training modules (PretrainTask, TaskModule) hold the XVLM as ``.model``
-_REGISTRY_KEYS = frozenset({"name", "family"})
 _TEXT_KEYS = frozenset(f.name for f in dataclasses.fields(TextConfig)) - {"vocab_size", "pad_token_id"}
 
 
