@@ -115,3 +115,12 @@ def test_format_value() -> None:
     assert format_value(None) == "" and format_value(True) == "✓" and format_value(False) == ""
     assert format_value(12.345) == "12.35" and format_value(1234.5) == "1234.5"
     assert format_value(3.9e-08) == "3.9e-08" and format_value(0.0123) == "0.0123" and format_value("a|b") == "a\\|b"
+
+
+def test_report_names_the_measured_throughput_batch() -> None:
+    from grainvl.bench.report import markdown_report
+
+    rows = [{**row, "throughput_batch": 8} for row in crafted_rows()]
+    text = " ".join(markdown_report(rows).split())
+    assert "throughput is at batch 8 (--throughput-batch)" in text and "batch 32" not in text
+    assert "a batch size that was not recorded" in markdown_report(crafted_rows())

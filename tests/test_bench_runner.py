@@ -189,3 +189,29 @@ def test_unknown_names_fail_before_any_work(tmp_path: Path, capsys: pytest.Captu
     assert cli_main([*base[:2], str(tmp_path / "missing"), *base[3:], "--models", "xvlm-tiny"]) == 2
     assert "world folder not found" in capsys.readouterr().err
     assert not (tmp_path / "out" / "workers").exists()
+
+
+def test_bad_finetune_options_fail_once_before_any_worker(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    world = tmp_path / "world"
+    world.mkdir()
+    base = ["bench", "--world", str(world), "--out", str(tmp_path / "out"), "--models", "xvlm-tiny"]
+    cases = {
+        "finetune.optim.lr=abc": "OptimConfig.lr should be a number",
+        "finetune.nope=1": "unknown config key(s) ['nope']",
+        "task_finetune.nlvr2.nope=1": "unknown config key(s) ['nope']",
+        "task_finetune.nlvr.optim.lr=0.1": "task_finetune: unknown task(s) ['nlvr']",
+        "finetune.options.bogus=1": "finetune.options / task_finetune.nlvr2.options: nlvr2: unknown option(s)",
+        "task_finetune.nlvr2.options.k_test=4": "unknown option(s) ['k_test']",
+    }
+    for override, message in cases.items():
+        assert cli_main([*base, "--tasks", "nlvr2", "--set", override]) == 2, override
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, (override, err)
+    assert not (tmp_path / "out" / "workers").exists()
+    # An option of another task is fine when that task is not benchmarked... and checked when it is.
+    with pytest.raises(ValueError, match=r"retrieval\.options"):
+        from grainvl.recipes.bench import check_inputs
+
+        options = BenchOptions(task_finetune={"retrieval": {"options": {"nope": 1}}})
+        check_inputs(parse_models(["xvlm-tiny"]), ["nlvr2"], options)
+        check_inputs(parse_models(["xvlm-tiny"]), ["retrieval"], options)

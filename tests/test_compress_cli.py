@@ -84,3 +84,18 @@ def test_compress_input_errors(world: Path, tmp_path: Path, capsys) -> None:
     assert "config.json" in capsys.readouterr().err
     assert main([*base, "--recipe", "distill", "--student-layers", "2,1"]) == 2
     assert "--student-layers expects three positive integers" in capsys.readouterr().err
+
+
+def test_compress_task_is_nlvr2_with_nlvr_as_alias(world: Path, tmp_path: Path, capsys) -> None:
+    from grainvl.recipes.compress import COMPRESS_TASKS, CompressConfig
+
+    assert "nlvr2" in COMPRESS_TASKS and "nlvr" not in COMPRESS_TASKS
+    for name in ("nlvr2", "nlvr"):
+        cfg = CompressConfig(teacher="xvlm-tiny", recipe=["prune"], world=str(world), out="o", task=name)
+        assert cfg.task == "nlvr2" and cfg.paper("reg_lr") == 0.1  # EfficientVLM's NLVR stage-2 setting
+    base = ["compress", "--teacher", "xvlm-tiny", "--world", str(world), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_info:  # argparse's choices name the accepted values
+        main([*base, "--recipe", "prune", "--task", "nlvr3"])
+    assert exit_info.value.code == 2 and "'nlvr2'" in capsys.readouterr().err
+    assert main([*base, "--recipe", "prune", "--set", "task=nlvr3"]) == 2
+    assert "unknown task 'nlvr3'; expected one of retrieval, vqa, nlvr2, captioning" in capsys.readouterr().err

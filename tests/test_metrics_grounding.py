@@ -62,3 +62,16 @@ def test_classification_metrics_by_hand() -> None:
     assert f1_score([0, 0], [0, 0], positive=1) == 0.0  # never predicted nor present (zero_division=0)
     with pytest.raises(ValueError, match="predictions"):
         accuracy([1], [1, 0])
+
+
+def test_official_conversion_then_inclusive_iou_threshold() -> None:
+    # grounding_eval_bbox: coord[0::2] *= width; coord[1::2] *= height; then centre -> corner.
+    # (0.5, 0.5, 0.5, 0.5) on a 200 x 100 image -> [50, 25, 100, 50].
+    box = denormalize_cxcywh([0.5, 0.5, 0.5, 0.5], 200, 100)
+    assert box.tolist() == [50.0, 25.0, 100.0, 50.0]
+    # computeIoU(ref, pred): last pixel x + w - 1; strict x0 < x1; union of plain areas.
+    # [0,0,10,10] vs [5,0,10,10]: inter x 5..9 (5 px) x y 0..9 (10 px) = 50; union 150 -> 1/3.
+    assert iou_xywh([0, 0, 10, 10], [5, 0, 10, 10]) == pytest.approx(1 / 3)
+    # [0,0,10,10] vs [0,0,10,5]: inter 10 x 5 = 50; union 100 + 50 - 50 = 100 -> exactly 0.5: correct.
+    assert iou_xywh([0, 0, 10, 10], [0, 0, 10, 5]) == 0.5
+    assert grounding_accuracy([[0, 0, 10, 5], [5, 0, 10, 10]], [[0, 0, 10, 10], [0, 0, 10, 10]]) == 50.0

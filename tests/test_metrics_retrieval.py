@@ -94,3 +94,85 @@ def test_zeroshot_reexport_is_the_same_function() -> None:
     from grainvl.tasks import zeroshot
 
     assert zeroshot.retrieval_metrics is R.retrieval_metrics
+
+
+def _official_rank(row: np.ndarray, targets: list[int]) -> int:
+    """itm_eval's rank, written from its statement: min over gt of np.where(argsort(row)[::-1] == t)."""
+    inds = np.argsort(row)[::-1]
+    return min(int(np.where(inds == t)[0][0]) for t in targets)
+
+
+def test_hand_ranks_best_ground_truth_and_means() -> None:
+    # 2 images x 4 captions; image 0 owns captions 0, 1; image 1 owns 2, 3. No ties.
+    s_i2t = np.array([[0.1, 0.9, 0.5, 0.3], [0.8, 0.7, 0.2, 0.1]])
+    # image 0: order 1,2,3,0 -> best gt (caption 1) at 0; image 1: order 0,1,2,3 -> best gt at 2.
+    s_t2i = np.array([[0.9, 0.1], [0.2, 0.3], [0.5, 0.6], [0.7, 0.4]])
+    # captions: 0 -> image 0 first (rank 0); 1 -> image 1 first (rank 1); 2 -> rank 0; 3 -> rank 1.
+    m = R.retrieval_metrics(s_i2t, s_t2i, [[0, 1], [2, 3]], [0, 0, 1, 1])
+    assert m["txt_r1"] == 50.0 and m["txt_r5"] == 100.0 and m["txt_r10"] == 100.0
+    assert m["img_r1"] == 50.0 and m["img_r5"] == 100.0
+    assert m["txt_r_mean"] == pytest.approx(250 / 3) and m["img_r_mean"] == pytest.approx(250 / 3)
+    assert m["r_mean"] == pytest.approx(250 / 3)
+    assert list(m) == [
+        "txt_r1",
+        "txt_r5",
+        "txt_r10",
+        "txt_r_mean",
+        "img_r1",
+        "img_r5",
+        "img_r10",
+        "img_r_mean",
+        "r_mean",
+    ]
+
+
+@pytest.mark.parametrize("k_test", [1, 3, 5, 12])
+def test_candidates_with_minus_100_fill_match_the_dense_official_rows(k_test: int) -> None:
+    # Ties among the -100 fills decide R@10 when k_test < 10: whatever order numpy's default sort
+    # gives them, the rebuilt rows must give the ranks the official dense matrix gives.
+    rng = np.random.default_rng(k_test)
+    n_img, n_txt = 30, 60
+    img2txt = [[2 * i, 2 * i + 1] for i in range(n_img)]
+    txt2img = [t // 2 for t in range(n_txt)]
+    sims = rng.normal(size=(n_img, n_txt)).astype(np.float32)
+    itm = rng.normal(size=(n_img, n_txt)).astype(np.float32)
+    i2t_idx = np.argsort(-sims, axis=1)[:, :k_test]
+    t2i_idx = np.argsort(-sims.T, axis=1)[:, :k_test]
+    dense_i2t = np.full((n_img, n_txt), -100.0, dtype=np.float32)
+    dense_t2i = np.full((n_txt, n_img), -100.0, dtype=np.float32)
+    for i, cand in enumerate(i2t_idx):
+        dense_i2t[i, cand] = itm[i, cand]
+    for t, cand in enumerate(t2i_idx):
+        dense_t2i[t, cand] = itm[cand, t]
+    expected = R.retrieval_metrics(dense_i2t, dense_t2i, img2txt, txt2img)
+    ours = R.retrieval_metrics_from_candidates(
+        i2t_idx.tolist(),
+        [itm[i, c].tolist() for i, c in enumerate(i2t_idx)],
+        t2i_idx.tolist(),
+        [itm[c, t].tolist() for t, c in enumerate(t2i_idx)],
+        img2txt,
+        txt2img,
+    )
+    assert ours == expected
+    # ... and the ranks are the official statement's.
+    tr = [_official_rank(row, img2txt[i]) for i, row in enumerate(dense_i2t)]
+    assert expected["txt_r10"] == 100.0 * sum(r < 10 for r in tr) / n_img
+    if k_test < 10:  # a gt outside the candidates can still score at R@10 among the ties
+        assert expected["txt_r10"] >= R.retrieval_metrics_from_topk(i2t_idx, t2i_idx, img2txt, txt2img)["txt_r10"]
+
+
+def test_all_tied_row_uses_argsort_order() -> None:
+    # Every caption at -100 (no candidate): the rank is the gt's place in argsort(row)[::-1].
+    row = np.full(12, -100.0, dtype=np.float32)
+    for gt in range(12):
+        m = R.retrieval_metrics_from_candidates([[]], [[]], [[0]] * 12, [[1.0]] * 12, [[gt]], [0] * 12)
+        assert m["txt_r1"] == (100.0 if _official_rank(row, [gt]) == 0 else 0.0)
+        assert m["txt_r10"] == (100.0 if _official_rank(row, [gt]) < 10 else 0.0)
+
+
+def test_candidates_below_minus_100_rank_after_the_fill() -> None:
+    # A candidate scored under the fill ranks after every non-candidate, as in the dense matrix.
+    m = R.retrieval_metrics_from_candidates([[0]], [[-150.0]], [[0]], [[1.0]], [[0]], [0])
+    assert m["txt_r1"] == 100.0  # a gallery of one: rank 0 whatever the score
+    m = R.retrieval_metrics_from_candidates([[0]], [[-150.0]], [[0]] * 12, [[1.0]] * 12, [[0]], [0] * 12)
+    assert m["txt_r10"] == 0.0  # caption 0 is last of 12

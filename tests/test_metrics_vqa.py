@@ -66,22 +66,65 @@ def test_punctuation_conditions_look_at_the_input() -> None:
 
 @pytest.mark.parametrize(
     ("n_matching", "expected"),
-    [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (10, 1.0)],
+    [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (9, 1.0)],
 )
 def test_leave_one_out_accuracy(n_matching: int, expected: float) -> None:
-    # 10 annotators; leaving out a matching one leaves n-1 matches, a non-matching one n.
+    # Branch: min(1, matches / 3) averaged over the 10 leave-one-out subsets. The GT answers
+    # disagree ("2" and "3"), so both sides are normalised and "two" becomes "2".
     # 3 matches: (3 * 2/3 + 7 * 1) / 10 = 0.9; 1 match: (1 * 0 + 9 * 1/3) / 10 = 0.3.
     answers = ["2"] * n_matching + ["3"] * (10 - n_matching)
     assert question_accuracy("two", answers) == pytest.approx(expected)
 
 
-def test_ground_truth_is_only_punctuation_processed_and_only_on_disagreement() -> None:
-    # Official: GT answers are never lower-cased / digit-mapped ...
+def test_unanimous_ground_truth_means_no_normalisation() -> None:
+    # Branch: len(set(gtAnswers)) == 1 -> neither side is punctuation/digit/article processed.
+    assert question_accuracy("yes", ["yes"] * 10) == 1.0
+    assert question_accuracy("Yes", ["yes"] * 10) == 0.0  # not lower-cased
+    assert question_accuracy("yes.", ["yes"] * 10) == 0.0  # period kept
+    assert question_accuracy("two", ["2"] * 10) == 0.0  # number word kept
+    assert question_accuracy("a dog", ["dog"] * 10) == 0.0  # article kept
     assert question_accuracy("yes", ["Yes"] * 10) == 0.0
-    assert question_accuracy("two", ["two"] * 5 + ["2"] * 5) == 1.0  # only the "2"s match
-    # ... and get processPunctuation only when the annotators disagree.
-    assert question_accuracy("yes.", ["yes."] * 10) == 0.0  # all equal: "yes." stays, prediction is "yes"
-    assert question_accuracy("yes.", ["yes."] * 9 + ["no"]) == 1.0  # "yes." -> "yes"
+    assert question_accuracy("Yes", ["Yes"] * 10) == 1.0
+    # A single annotator is unanimous too, and leaving it out leaves no match: 0 either way.
+    assert question_accuracy("yes", ["yes"]) == 0.0
+
+
+def test_disagreeing_ground_truth_normalises_both_sides() -> None:
+    # Branch: len(set(gtAnswers)) > 1 -> processPunctuation + processDigitArticle on every GT
+    # answer and on the prediction. 9 "yes" + 1 "no": every subset keeps >= 8 matches -> 1.0.
+    assert question_accuracy("Yes", ["yes"] * 9 + ["no"]) == 1.0
+    assert question_accuracy("yes.", ["yes."] * 9 + ["no"]) == 1.0
+    # GT "Two" / "two" / "2" all become "2" (digit map after lower-casing): 5 matches -> 1.0.
+    assert question_accuracy("2", ["Two"] * 3 + ["2"] * 2 + ["3"] * 5) == 1.0
+    # GT "the dog" -> "dog", prediction "A Dog!" -> "dog": 3 matches of 10 -> 0.9.
+    assert question_accuracy("A Dog!", ["the dog"] * 3 + ["cat"] * 7) == pytest.approx(0.9)
+    # Contractions expand on both sides: "dont" -> "don't".
+    assert question_accuracy("dont", ["dont"] * 4 + ["no"] * 6) == 1.0
+
+
+def test_newlines_tabs_and_spaces_are_always_cleaned_first() -> None:
+    # Branch: replace("\n", " "), replace("\t", " "), strip() on both sides, before the set test.
+    assert question_accuracy(" yes\n", ["yes"] * 10) == 1.0
+    assert question_accuracy("yes", [" yes", "yes\t"] * 5) == 1.0  # cleaned GT is unanimous ...
+    assert question_accuracy("Yes", [" yes", "yes\t"] * 5) == 0.0  # ... so "Yes" is not lower-cased
+    # An inner tab becomes a space: "red\tcar" -> "red car".
+    assert question_accuracy("red\tcar", ["red car"] * 10) == 1.0
+
+
+def test_other_revisions() -> None:
+    # "xvlm" (X-VLM's vqaTools copy): the prediction is always normalised, the GT only
+    # punctuation-processed on disagreement and never lower-cased / digit-mapped / stripped.
+    assert question_accuracy("Yes", ["yes"] * 10, revision="xvlm") == 1.0
+    assert question_accuracy("two", ["2"] * 10, revision="xvlm") == 1.0
+    assert question_accuracy("yes", ["Yes"] * 10, revision="xvlm") == 0.0
+    assert question_accuracy("two", ["two"] * 5 + ["2"] * 5, revision="xvlm") == 1.0  # only the "2"s match
+    assert question_accuracy("yes.", ["yes."] * 10, revision="xvlm") == 0.0  # GT keeps its period
+    assert question_accuracy("yes", [" yes"] * 10, revision="xvlm") == 0.0  # GT never stripped
+    # "normalized": both sides always fully normalised.
+    assert question_accuracy("yes", ["Yes"] * 10, revision="normalized") == 1.0
+    assert question_accuracy("Two.", ["2"] * 10, revision="normalized") == 1.0
+    with pytest.raises(ValueError, match="revision"):
+        question_accuracy("yes", ["yes"], revision="lenient")
 
 
 def test_annotator_identity_follows_record_equality() -> None:
@@ -95,26 +138,46 @@ def test_annotator_identity_follows_record_equality() -> None:
 
 
 def test_vqa_accuracy_and_breakdown() -> None:
-    annotations = {1: ["2"] * 10, 2: ["dog"] * 3 + ["cat"] * 7, 3: ["yes"] * 10}
-    predictions = {1: "two", 2: "a dog", 3: "no"}
-    assert vqa_accuracy(predictions, annotations) == pytest.approx(100 * (1 + 0.9 + 0) / 3)
+    annotations = {
+        1: ["2"] * 10,  # unanimous: "two" is not mapped -> 0
+        2: ["dog"] * 3 + ["cat"] * 7,  # "a dog" -> "dog": 0.9
+        3: ["yes"] * 10,  # "no" -> 0
+        4: ["2"] * 9 + ["3"],  # disagree: "two" -> "2": 1.0
+    }
+    predictions = {1: "two", 2: "a dog", 3: "no", 4: "two"}
+    # round(100 * 1.9 / 4, 2) = 47.5
+    assert vqa_accuracy(predictions, annotations) == 47.5
+    assert vqa_accuracy(predictions, annotations, revision="xvlm") == 72.5  # round(100 * 2.9 / 4, 2)
     result = vqa_evaluate(
         predictions,
         annotations,
-        answer_types={1: "number", 2: "other", 3: "yes/no"},
-        question_types={1: "how many", 2: "what is", 3: "is the"},
+        answer_types={1: "number", 2: "other", 3: "yes/no", 4: "number"},
+        question_types={1: "how many", 2: "what is", 3: "is the", 4: "how many"},
     )
-    assert result.overall == 63.33  # round(100 * 1.9 / 3, 2)
-    assert result.per_answer_type == {"number": 100.0, "other": 90.0, "yes/no": 0.0}
-    assert result.per_question_type["what is"] == 90.0
-    assert result.per_question == {1: 1.0, 2: pytest.approx(0.9), 3: 0.0}
+    assert result.overall == 47.5
+    assert result.per_answer_type == {"number": 50.0, "other": 90.0, "yes/no": 0.0}
+    assert list(result.per_answer_type) == ["number", "other", "yes/no"]  # first-appearance order
+    assert result.per_question_type == {"how many": 50.0, "what is": 90.0, "is the": 0.0}
+    assert result.per_question == {1: 0.0, 2: pytest.approx(0.9), 3: 0.0, 4: 1.0}
+
+
+def test_rounding_is_round_of_100_times_mean() -> None:
+    # 100 * (0.9 + 0 + 0) / 3 = 30.000000000000004 -> 30.0; 100 * 1.9 / 3 = 63.333... -> 63.33.
+    gt = {1: ["dog"] * 3 + ["cat"] * 7, 2: ["yes"] * 10, 3: ["yes"] * 10}
+    assert vqa_accuracy({1: "dog", 2: "no", 3: "no"}, gt) == 30.0
+    assert vqa_accuracy({1: "dog", 2: "yes", 3: "no"}, gt) == 63.33
+    assert vqa_accuracy({1: "dog", 2: "yes", 3: "no"}, gt, digits=None) == pytest.approx(190 / 3)
+    assert vqa_evaluate({1: "dog", 2: "yes", 3: "no"}, gt, digits=1).overall == 63.3
 
 
 def test_vqa_accuracy_needs_the_same_questions() -> None:
+    # Branch: the official loadRes asserts the result ids are the annotation ids.
     with pytest.raises(ValueError, match="1 question"):
         vqa_accuracy({1: "yes"}, {1: ["yes"], 2: ["no"]})
     with pytest.raises(ValueError, match="unknown question"):
         vqa_accuracy({1: "yes", 3: "no"}, {1: ["yes"]})
+    with pytest.raises(ValueError, match="1 question"):
+        vqa_evaluate({1: "yes"}, {1: ["yes"], 2: ["no"]})
 
 
 def test_exact_match_is_vlue_calculate_acc() -> None:

@@ -13,6 +13,7 @@ from grainvl.compress.quantize import QUANTIZE_FILE, count_quantized_linears, sa
 from grainvl.models import factory
 from grainvl.models.factory import (
     ResolvedModel,
+    create_model_and_transforms,
     get_tokenizer,
     list_models,
     load_model,
@@ -170,3 +171,61 @@ def test_paths_without_a_model_are_one_line_errors(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"family": "audio"}), encoding="utf-8")
     with pytest.raises(ValueError, match="family must be one of"):
         resolve_model(bad)
+
+
+# ---------------------------------------------------------------------------------------------- typed errors
+def test_bad_inputs_raise_one_line_typed_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'x2vlm-bsae' is neither a folder nor a registered name") as info:
+        create_model_and_transforms("x2vlm-bsae")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="neither a folder nor a registered name"):
+        get_tokenizer("nope")
+    arch = tmp_path / "a.json"
+    for content, message in [
+        ({"family": "vl", "vision": {}}, "a.json: an XVLMConfig needs 'text' section"),
+        ({"family": "vl"}, "needs 'vision' and 'text' section"),
+        ({"family": "vl", "vision": {"bogus": 1}, "text": {}}, "a.json: .*unexpected keyword argument 'bogus'"),
+    ]:
+        arch.write_text(json.dumps(content), encoding="utf-8")
+        with pytest.raises(ValueError, match=message):
+            resolve_model(arch)
+    arch.write_text("{broken", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"a\.json: not valid JSON"):
+        resolve_model(arch)
+    broken = tmp_path / "folder"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"vision": {"bogus": 1}, "text": {}}), encoding="utf-8")
+    (broken / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"config\.json: .*'bogus'"):
+        resolve_model(broken)
+    with pytest.raises(FileNotFoundError, match="neither a model folder"):
+        resolve_model(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- public API
+def test_package_root_exports_the_public_classes_lazily() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, grainvl; assert 'torch' not in sys.modules, 'import grainvl loaded torch'\n"
+        "from grainvl import XVLM, XVLMConfig, TextConfig, VisionConfig, Features, ResolvedModel, DataError\n"
+        "from grainvl.models.xvlm import XVLM as X; assert XVLM is X and 'XVLM' in dir(grainvl)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_extract_features_takes_the_tokenizer_output() -> None:
+    torch.manual_seed(0)
+    model = load_model("xvlm-tiny", init_unimodal=False).eval()
+    tokenizer = get_tokenizer("xvlm-tiny")
+    text = tokenizer(["a red circle", "two blue squares"], padding=True, return_tensors="pt")
+    image = torch.randn(2, 3, model.config.vision.resolution, model.config.vision.resolution)
+    with torch.no_grad():
+        hf = model.extract_features({"image": image, **text})
+        ours = model.extract_features({"image": image, "text_ids": text.input_ids, "text_atts": text.attention_mask})
+        only_text = model.extract_features({"input_ids": text.input_ids}, mode="text")
+    assert torch.equal(hf.fused, ours.fused) and torch.equal(hf.text_feat, ours.text_feat)
+    assert only_text.text_feat.shape == ours.text_feat.shape
+    with pytest.raises(ValueError, match="no text: expected 'text_ids'"):
+        model.extract_features({"image": image}, mode="multimodal")

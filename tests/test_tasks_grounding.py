@@ -57,7 +57,7 @@ def test_metric_uses_inclusive_pixels() -> None:
     # The official computeIoU: last pixel x + w - 1, intersection only when x0 < x1 strictly.
     assert grounding_metrics([[0, 0, 10, 10]], [[0, 0, 10, 10]])["acc@0.5"] == 100.0
     half = grounding_metrics([[0, 0, 10, 10]], [[5, 0, 10, 10]])  # columns 5..9 shared: 50 / 150
-    assert half["acc@0.5"] == 0.0 and half["miou"] == pytest.approx(1 / 3)
+    assert half["acc@0.5"] == 0.0 and half["miou"] == pytest.approx(100 / 3)
     assert grounding_metrics([[0, 0, 10, 10]], [[9, 0, 10, 10]])["miou"] == 0.0  # one shared column: 0
 
 

@@ -7,11 +7,19 @@ Public API::
     model, eval_transform, tokenizer = load_model_and_preprocess("runs/finetune/model")
 
 Every function takes what ``--model`` takes (:func:`resolve_model`): a registered preset, an
-architecture JSON file, a ``save_pretrained`` folder or a run folder.
+architecture JSON file, a ``save_pretrained`` folder or a run folder. The public classes are here too
+(``from grainvl import XVLM, XVLMConfig``). Every name loads lazily: ``import grainvl`` imports no torch.
+
+A tokenizer's output goes straight into :meth:`XVLM.extract_features` (``input_ids`` / ``attention_mask``
+are accepted as aliases of the datasets' ``text_ids`` / ``text_atts``)::
+
+    text = tokenizer(["a red circle"], padding=True, return_tensors="pt")
+    features = model.extract_features({"image": images, **text})
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
@@ -25,7 +33,18 @@ _FACTORY = (
     "load_text_model",
     "resolve_model",
 )
-__all__ = [*_FACTORY, "load_model_and_preprocess"]
+# Public classes: name -> the module that defines it (imported on first use).
+_CLASSES = {
+    "XVLM": "grainvl.models.xvlm",
+    "XVLMConfig": "grainvl.models.xvlm",
+    "Features": "grainvl.models.xvlm",
+    "VisionConfig": "grainvl.models.vision",
+    "TextConfig": "grainvl.models.text",
+    "BertEncoderModel": "grainvl.models.text",
+    "ResolvedModel": "grainvl.models.factory",
+    "DataError": "grainvl.errors",
+}
+__all__ = [*_FACTORY, "load_model_and_preprocess", *_CLASSES]
 
 
 def __getattr__(name: str) -> Any:
@@ -34,7 +53,14 @@ def __getattr__(name: str) -> Any:
         from grainvl.models import factory
 
         return getattr(factory, name)
+    if name in _CLASSES:
+        # Deferred: the classes' modules load torch; `import grainvl` must not.
+        return getattr(importlib.import_module(_CLASSES[name]), name)
     raise AttributeError(f"module 'grainvl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
 
 
 def load_model_and_preprocess(source: str) -> tuple[Any, Any, Any]:

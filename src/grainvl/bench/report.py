@@ -42,7 +42,8 @@ EFFICIENCY_COLUMNS = (
     "energy_kWh",
     "co2_g",
 )
-"""Efficiency columns of the tables: latency p50/p90 (ms, batch 1), throughput (samples/s, batch 32)."""
+"""Efficiency columns of the tables: latency p50/p90 (ms, batch 1), throughput (samples/s, at the rows'
+``throughput_batch``)."""
 SIDE_METRICS = ("label_loyalty", "probability_loyalty", "acc_before_attack", "acc_under_attack", "attack_success_rate")
 """Per-task ID columns added when present (``grainvl bench --teacher``): loyalty to the teacher in [0, 1],
 robustness under the word-substitution attack in %."""
@@ -329,15 +330,18 @@ def markdown_report(rows: Sequence[dict[str, Any]], figures: Sequence[str] = ())
     side = present_side_metrics(rows)
     task_keys = [k for k, _ in TASK_COLUMNS] + side + extras
     task_headers = [h for _, h in TASK_COLUMNS] + side + extras
+    batches = sorted({int(r["throughput_batch"]) for r in rows if r.get("throughput_batch") is not None})
+    throughput_at = f"batch {' / '.join(map(str, batches))}" if batches else "a batch size that was not recorded"
     parts = [
         "# Benchmark report",
         "",
         "Scores are each task's primary metric (higher is better) on the in-distribution test split (ID) and "
         "the out-of-distribution split (OOD); diff = OOD - ID. Latency is the wall-clock time of one inference "
-        "at batch 1 after warm-up (VLUE's protocol), p50 and p90; throughput is at batch 32; GFLOPs are forward "
-        "FLOPs per sample counted by torch.utils.flop_counter; energy and CO2 are those of the ID + OOD "
-        "evaluations. A model is Pareto-optimal when no other model is at least as fast and at least as good "
-        "and strictly one of them (p50 latency vs. score; identical models are both optimal).",
+        "at batch 1 after warm-up (VLUE's protocol), p50 and p90; throughput is at "
+        f"{throughput_at} (--throughput-batch); GFLOPs are forward FLOPs per sample counted by "
+        "torch.utils.flop_counter; energy and CO2 are those of the ID + OOD evaluations. A model is Pareto-optimal "
+        "when no other model is at least as fast and at least as good and strictly one of them (p50 latency vs. "
+        "score; identical models are both optimal).",
         "",
         "## Leaderboard (averages over tasks)",
         "",

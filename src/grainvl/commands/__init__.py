@@ -14,6 +14,8 @@ FILE.yaml`` and ``--set a.b=c ...``, ``shortcut`` adds a flag that sets one conf
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import importlib
 import pkgutil
 from collections.abc import Callable, Iterable
@@ -33,13 +35,20 @@ def register_all(sub: argparse._SubParsersAction) -> None:
         module.register(sub)
 
 
-def add_config_args(parser: argparse.ArgumentParser, config_name: str) -> None:
-    """``--config FILE.yaml`` and ``--set KEY=VALUE ...`` for a command configured by ``config_name``."""
+def add_config_args(parser: argparse.ArgumentParser, config: str) -> None:
+    """``--config FILE.yaml`` and ``--set KEY=VALUE ...`` for a command configured by ``config``.
+
+    ``config`` is the dataclass as ``"module:Class"`` (e.g. ``"grainvl.recipes.bench:BenchOptions"``): ``--help``
+    then states every shortcut flag's default, read from the dataclass when the help is printed (the module is
+    imported only then, so building the parser stays light). A bare class name only names it in the help.
+    """
+    module, _, config_name = config.rpartition(":")
     parser.add_argument(
         "--config",
         type=Path,
         metavar="FILE.yaml",
-        help=f"YAML file with {config_name} fields (--set and the shortcut flags override it)",
+        help=f"YAML file with {config_name} fields (--set and the shortcut flags override it) (default: none, "
+        "the built-in defaults)",
     )
     parser.add_argument(
         "--set",
@@ -47,9 +56,74 @@ def add_config_args(parser: argparse.ArgumentParser, config_name: str) -> None:
         action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help=f"dotted {config_name} overrides, e.g. a.b=1 (flags below are shortcuts for fields and win over --set)",
+        help=f"dotted {config_name} overrides, e.g. a.b=1 (flags below are shortcuts for fields and win over --set) "
+        "(default: none)",
     )
     parser.set_defaults(**{SHORTCUTS: dict(parser.get_default(SHORTCUTS) or {})})
+    parser.formatter_class = functools.partial(DefaultsHelpFormatter, parser=parser, config=module and config)
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that states every option's default.
+
+    A shortcut flag's ``[config: field]`` becomes ``[config: field, default: VALUE]`` with the config
+    dataclass's own default (unless its help already says ``default``); another option with a value default
+    gets ``(default: VALUE)``, a switch ``(default: off)``.
+    """
+
+    def __init__(self, prog: str, parser: argparse.ArgumentParser, config: str | None, **kwargs: Any) -> None:
+        super().__init__(prog, **kwargs)
+        self._shortcuts = parser.get_default(SHORTCUTS) or {}
+        self._config = config
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if not action.option_strings or text == argparse.SUPPRESS or "default" in text or action.required:
+            return text
+        if action.dest in self._shortcuts:
+            field = self._shortcuts[action.dest][0]
+            if self._config:
+                shown = format_default(config_default(self._config, field)).replace("%", "%%")
+                return text.replace(f"[config: {field}]", f"[config: {field}, default: {shown}]")
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: {'off' if isinstance(action, argparse._StoreTrueAction) else 'on'})"
+        if action.default is not None and not isinstance(action, argparse._VersionAction):
+            return f"{text} (default: {format_default(action.default).replace('%', '%%')})"
+        return text
+
+
+def config_default(config: str, field: str) -> Any:
+    """The default of dotted ``field`` in the dataclass ``"module:Class"`` (no instance is built)."""
+    module, _, name = config.rpartition(":")
+    # Deferred: only --help reads config defaults; importing the config's module may load torch.
+    cls = getattr(importlib.import_module(module), name)
+    value: Any = cls
+    for part in field.split("."):
+        fields = {f.name: f for f in dataclasses.fields(value)}
+        if part not in fields:
+            raise ValueError(f"{config} has no field {field!r}")
+        spec = fields[part]
+        if spec.default is not dataclasses.MISSING:
+            value = spec.default
+        elif spec.default_factory is not dataclasses.MISSING:
+            value = spec.default_factory()
+        else:
+            return None
+    return value
+
+
+def format_default(value: Any) -> str:
+    """A default as a user would type it: ``none``, ``true``, ``a,b`` for sequences, ``k=v`` for mappings."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) if value else "none"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) if value else "none"
+    return str(value)
 
 
 def shortcut(

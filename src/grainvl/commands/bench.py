@@ -14,8 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fine-tune and evaluate models on tasks (ID and OOD) with latency, FLOPs, memory, energy; Pareto report",
         description="For every model (each in its own subprocess, so a crash or out-of-memory fails one row) and "
         "every task: fine-tune (or reuse a fine-tuned run), evaluate the ID (test) and OOD (test_ood) splits, and "
-        "measure parameters, FLOPs per sample, latency p50/p90 at batch 1 after warm-up, throughput at batch 32, "
-        "peak memory, and energy/CO2 through codecarbon's offline tracker. Writes OUT/results.jsonl (long schema), "
+        "measure parameters, FLOPs per sample, latency p50/p90 at batch 1 after warm-up, throughput at "
+        "--throughput-batch, peak memory, and energy/CO2 through codecarbon's offline tracker. Writes "
+        "OUT/results.jsonl (long schema), "
         "OUT/results.csv, OUT/leaderboard.csv, OUT/report.md, OUT/pareto.png and OUT/id_vs_ood.png "
         "(docs/benchmark.md). Settings: BenchOptions; fine-tuning settings of every run under finetune, e.g. "
         "--set finetune.data.batch_size=16 finetune.optim.lr=1e-4, per task under task_finetune.",
@@ -23,13 +24,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--models",
         help="comma-separated [LABEL=]SOURCE entries; SOURCE is a registered name (xvlm-tiny), a save_pretrained "
-        "folder, a run folder holding model/, or a compressed-model folder",
+        "folder, a run folder holding model/, or a compressed-model folder (required unless --report-only; no default)",
     )
     p.add_argument("--tasks", help="comma-separated task names (default: the five VLUE tasks)")
-    p.add_argument("--world", type=Path, help="world (or real data) folder in the official formats")
+    p.add_argument(
+        "--world",
+        type=Path,
+        help="world (or real data) folder in the official formats (required unless --report-only; no default)",
+    )
     # What to run and where (models, tasks, world, out) are arguments of run_bench, not BenchOptions fields.
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    add_config_args(p, "BenchOptions")
+    add_config_args(p, "grainvl.recipes.bench:BenchOptions")
     shortcut(
         p,
         "--finetune-steps",

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Settings: CompressConfig (--config, --set; the flags below are shortcuts)."
         ),
     )
-    add_config_args(p, "CompressConfig")
+    add_config_args(p, "grainvl.recipes.compress:CompressConfig")
     shortcut(p, "--teacher", field="teacher", help="model folder (save_pretrained layout) or a registered model name")
     shortcut(
         p,
@@ -46,8 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p,
         "--task",
         field="task",
-        choices=("retrieval", "vqa", "nlvr", "captioning"),
-        help="whose paper settings (target sparsity, lr, reg lr) to default to (default retrieval)",
+        choices=("retrieval", "vqa", "nlvr2", "captioning", "nlvr"),
+        help="whose paper settings (target sparsity, lr, reg lr) to default to; nlvr is an alias of nlvr2 "
+        "(EfficientVLM's config name)",
     )
     shortcut(
         p,

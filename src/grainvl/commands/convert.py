@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "every missing, unexpected or mis-shaped key is reported by name (docs/interop.md). Settings: ConvertConfig; "
         "the official YAML is --official-config.",
     )
-    add_config_args(p, "ConvertConfig")
+    add_config_args(p, "grainvl.models.convert:ConvertConfig")
     direction = p.add_mutually_exclusive_group()
     shortcut(
         direction,

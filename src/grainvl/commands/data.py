@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from grainvl.commands import add_config_args, config_from_args, shortcut
 from grainvl.errors import EXIT_BAD_INPUT
@@ -20,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_config_args(c, "CheckConfig")
     shortcut(c, "path", field="path", nargs="?", help="file or folder")
+    shortcut(c, "--image-root", field="image_root", help="folder image paths are relative to (default: the data root)")
     shortcut(c, "--format", field="format", help="force a format for a single file (see --list-formats)")
     shortcut(
         c, "--skip-bad", field="skip_bad", action="store_true", help="list every bad record, not the first per file"
@@ -31,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
-    from grainvl.data.check import CheckConfig, check_path, format_report
+    from grainvl.data.check import CheckConfig, check_layout, check_path, format_report, layout_from_config
     from grainvl.data.formats.registry import FORMATS, load_all
 
     if args.list_formats:
@@ -39,10 +41,36 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
         for spec in FORMATS.values():
             print(f"{spec.name:<28} {', '.join(spec.patterns):<44} {spec.description}")
         return 0
+    data_config = _data_config(args.config)
+    if data_config is not None:  # a fine-tuning config (grainvl's or an official one): check what it reads
+        layout, task = layout_from_config(data_config)
+        if args.image_root:
+            layout.files.image_root = args.image_root
+        if args.path:
+            layout.root = Path(args.path)
+        report = check_layout(layout, task, skip_bad=bool(args.skip_bad))
+        print(format_report(report, by_format=bool(args.by_format)))
+        for error in report.errors:
+            print(f"error: {error}", file=sys.stderr)
+        return 0 if report.ok else EXIT_BAD_INPUT
     cfg = config_from_args(CheckConfig, args)
-    report = check_path(cfg.path, fmt=cfg.format, skip_bad=cfg.skip_bad)
+    if not cfg.path:
+        raise ValueError("data check: give a PATH (a file or folder) or --config with a fine-tuning config")
+    report = check_path(cfg.path, fmt=cfg.format, skip_bad=cfg.skip_bad, image_root=cfg.image_root)
     print(format_report(report, by_format=cfg.by_format))
     if not report.ok:
         for error in report.errors:
             print(f"error: {error}", file=sys.stderr)
     return 0 if report.ok else EXIT_BAD_INPUT
+
+
+def _data_config(path: Path | None) -> dict | None:
+    """The mapping of ``--config`` when it is a fine-tuning config (it names a task, a data root or files)."""
+    if path is None:
+        return None
+    # Deferred: YAML is read only when the command runs.
+    import yaml
+
+    tree = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    keys = {"task", "world", "files", "train_file", "test_file", "val_file"}
+    return tree if isinstance(tree, dict) and keys & set(tree) else None

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "OUT/pareto.png. Settings: DemoConfig (configs/demo.yaml, the default --config) and "
         "configs/pretrain/demo_small.yaml.",
     )
-    add_config_args(p, "DemoConfig")
+    add_config_args(p, "grainvl.recipes.demo:DemoConfig")
     shortcut(p, "--out", field="out", type=Path, help="output folder (default runs/demo)")
     shortcut(p, "--images", field="images", type=int, help="world images over all splits (default 500)")
     shortcut(p, "--videos", field="videos", type=int, help="world video clips (default 40)")

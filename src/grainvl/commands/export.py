@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and length; the max abs difference is printed and stored in export_report.json (must be <= 1e-4). "
         "Settings: ExportOnnxConfig.",
     )
-    add_config_args(o, "ExportOnnxConfig")
+    add_config_args(o, "grainvl.models.export:ExportOnnxConfig")
     shortcut(
         o,
         "--model",

@@ -21,9 +21,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(configs/finetune/TASK.yaml), e.g. --set optim.lr=1e-4 options.k_test=32.",
     )
     add_config_args(p, "FinetuneConfig")
+    p.epilog = (
+        "--config also takes an official X-VLM / X2-VLM fine-tuning config as it ships (train_file, val_file, "
+        "test_file, image_root, vqa_root, vg_root, answer_list, batch sizes, optimizer): see docs/formats.md."
+    )
     shortcut(p, "task", field="task", nargs="?", help=f"task name: {', '.join(TASK_NAMES)}")
     shortcut(p, "--model", field="model", help="registered architecture, save_pretrained folder, or a run folder")
-    shortcut(p, "--world", field="world", help="world (or dataset) root with the task's official-format files")
+    shortcut(
+        p,
+        "--world",
+        "--data-root",
+        field="world",
+        help="data root: a world, or a dataset with the task's files under their official names and folders",
+    )
+    shortcut(p, "--image-root", field="files.image_root", help="folder the image paths in the files are relative to")
     shortcut(p, "--out", field="train.run_dir", help="run folder")
     shortcut(p, "--steps", field="train.steps", type=int, help="optimizer steps")
     p.add_argument("--resume", help="run folder or checkpoint folder to continue training from")
@@ -32,8 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
-    from grainvl.recipes.finetune import FinetuneConfig, finetune, format_report
+    from grainvl.recipes.finetune import FinetuneConfig, finetune, format_report, official_config_args
     from grainvl.recipes.scaffold import print_report
 
-    print_report(finetune(config_from_args(FinetuneConfig, args), resume=args.resume), format_report)
+    with official_config_args(args, args.task) as translated:
+        cfg = config_from_args(FinetuneConfig, translated)
+    print_report(finetune(cfg, resume=args.resume), format_report)
     return 0

@@ -16,14 +16,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the ID test and OOD splits next to chance, the model in RUN/model, metrics in RUN/metrics.jsonl and "
         "RUN/results.jsonl. Settings: PretrainConfig (configs/pretrain/).",
     )
-    add_config_args(p, "PretrainConfig")
+    add_config_args(p, "grainvl.recipes.pretrain:PretrainConfig")
     shortcut(
         p, "--model", field="model", help="registered architecture (grainvl.list_models()) or an architecture JSON"
     )
     shortcut(p, "--data", field="data.world", help="world folder (annotations/pretrain/{split}/*.jsonl)")
     shortcut(p, "--steps", field="train.steps", type=int, help="optimizer steps")
     shortcut(p, "--out", field="train.run_dir", help="run folder (checkpoints, metrics, model)")
-    p.add_argument("--resume", help="run folder or checkpoint folder to continue from")
+    p.add_argument("--resume", help="run folder or checkpoint folder to continue from (default: none, a fresh run)")
     p.set_defaults(func=_cmd_pretrain)
 
 

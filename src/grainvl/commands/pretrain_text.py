@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Writes RUN/encoder (a Hugging Face BertForMaskedLM folder with tokenizer), checkpoints, RUN/metrics.jsonl "
         "and RUN/results.jsonl. See docs/taco.md.",
     )
-    add_config_args(p, "TextPretrainConfig")
+    add_config_args(p, "grainvl.recipes.pretrain_text:TextPretrainConfig")
     shortcut(p, "--objective", field="objective", choices=("mlm", "taco"), help="pre-training objective (default mlm)")
     shortcut(
         p,
@@ -47,13 +47,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also save the encoder as a HF folder every N steps (RUN/encoders/)",
     )
     shortcut(p, "--out", field="train.run_dir", help="run folder (default runs/pretrain_text)")
-    p.add_argument("--resume", help="run folder or checkpoint folder to continue from")
+    p.add_argument("--resume", help="run folder or checkpoint folder to continue from (default: none, a fresh run)")
     shortcut(p, "--seed", field="train.seed", type=int, help="seed of the weights, data order and masks (default 42)")
     p.add_argument(
         "--write-corpus",
         type=Path,
         metavar="FILE.jsonl",
-        help='write the documents read from --corpus as {"text": ...} JSON lines to FILE and exit (no training)',
+        help='write the documents read from --corpus as {"text": ...} JSON lines to FILE and exit (no training; '
+        "default: none, train)",
     )
     p.set_defaults(func=_cmd_pretrain_text)
 

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "grounding: [{ref_id, bbox: [x, y, w, h]} | {ref_id, pred: normalised [cx, cy, w, h]}] vs "
         "refcoco+_{split}.json / refcoco+_vlue_test.json. Formats: docs/metrics.md.",
     )
-    add_config_args(p, "ScoreConfig")
+    add_config_args(p, "grainvl.metrics.scoring:ScoreConfig")
     shortcut(p, "task", field="task", nargs="?", choices=TASKS, help="which task the files belong to")
     shortcut(p, "--pred", field="pred", type=Path, help="prediction file (official result format)")
     shortcut(p, "--gt", field="gt", type=Path, help="ground-truth file (official format)")

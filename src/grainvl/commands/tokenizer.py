@@ -17,11 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a tokenizer for from-scratch or multilingual models on the captions, questions and "
         "parallel text of a world folder (or any text file, one sentence per line); saves a Hugging Face folder.",
     )
-    add_config_args(t, "TokenizerTrainConfig")
-    shortcut(t, "--corpus", field="corpus", type=Path, help="world folder or a text file")
-    shortcut(t, "--kind", field="kind", choices=("wordpiece", "unigram"), help="tokenizer kind (default wordpiece)")
-    shortcut(t, "--vocab-size", field="vocab_size", type=int, help="vocabulary size (default 8000)")
-    shortcut(t, "--out", field="out", type=Path, help="output folder")
+    add_config_args(t, "grainvl.data.tokenization:TokenizerTrainConfig")
+    shortcut(t, "--corpus", field="corpus", type=Path, help="world folder or a text file (required)")
+    shortcut(t, "--kind", field="kind", choices=("wordpiece", "unigram"), help="tokenizer kind")
+    shortcut(t, "--vocab-size", field="vocab_size", type=int, help="vocabulary size")
+    shortcut(t, "--out", field="out", type=Path, help="output folder (required)")
     t.set_defaults(func=_cmd_tokenizer_train)
 
 

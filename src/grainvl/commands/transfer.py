@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     tune = actions.add_parser("tune", help="PET-tune every task and save its tuned parameters")
-    add_config_args(tune, "TransferTuneConfig")
+    add_config_args(tune, "grainvl.recipes.transfer:TransferTuneConfig")
     _common(tune)
     shortcut(tune, "--method", field="method", choices=METHODS, help="PET method (default: prompt)")
     shortcut(tune, "--steps", field="steps", type=int, help="PET optimizer steps per task (default: 60)")
@@ -32,12 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     embed = actions.add_parser(
         "embed", help="task embeddings and similarities from a 'tune' run; writes a heat-map PNG"
     )
-    add_config_args(embed, "TransferEmbedConfig")
+    add_config_args(embed, "grainvl.recipes.transfer:TransferEmbedConfig")
     _library(embed)
     embed.set_defaults(func=_embed)
 
     rank = actions.add_parser("rank", help="rank source tasks for each target by embedding similarity")
-    add_config_args(rank, "TransferRankConfig")
+    add_config_args(rank, "grainvl.recipes.transfer:TransferRankConfig")
     _library(rank)
     shortcut(rank, "--target", field="target", help="only this target task (default: every task)")
     shortcut(rank, "--top", field="top", type=int, help="sources to print per target (default: 5)")
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate = actions.add_parser(
         "evaluate", help="full experiment: PET embeddings vs TextEmb/TaskEmb against real transfer"
     )
-    add_config_args(evaluate, "TransferEvaluateConfig")
+    add_config_args(evaluate, "grainvl.recipes.transfer:TransferEvaluateConfig")
     _common(evaluate)
     shortcut(
         evaluate, "--methods", field="methods", parse=comma_list, help="comma-separated PET methods (default: all)"

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     # --out, --workers and --quiet say where and how fast, not what: they are not WorldConfig fields.
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    add_config_args(p, "WorldConfig")
+    add_config_args(p, "grainvl.data.world.generate:WorldConfig")
     shortcut(p, "--images", field="images", type=int, help="still images over all splits (default 200)")
     shortcut(p, "--videos", field="videos", type=int, help="video clips over all splits (default 10)")
     shortcut(p, "--seed", field="seed", type=int, help="world seed (default 0)")

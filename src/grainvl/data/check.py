@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from grainvl.data.formats.registry import FORMATS, FormatSpec, load_all, sniff
+from grainvl.data.layout import FILE_NAMES, DataFiles, DataLayout, as_list
 from grainvl.errors import BadRecords, DataError
 from grainvl.utils.fileio import read_json
 
@@ -51,7 +52,21 @@ class CheckReport:
         return not self.errors
 
 
-def check_path(path: str | Path, fmt: str | None = None, skip_bad: bool = False) -> CheckReport:
+# The task whose image root a format's records use (the same root the trainer opens them from).
+FORMAT_TASKS = {
+    "albef-retrieval": "retrieval",
+    "albef-karpathy": "captioning",
+    "albef-vqa": "vqa",
+    "albef-nlvr2": "nlvr2",
+    "albef-refcoco": "grounding",
+    "msrvtt-retrieval": "video_retrieval",
+    "msrvtt-qa": "videoqa",
+}
+
+
+def check_path(
+    path: str | Path, fmt: str | None = None, skip_bad: bool = False, image_root: str | Path | None = None
+) -> CheckReport:
     """Check one file or every recognised file below a folder; see the module docstring.
 
     For a file, ``fmt`` names its format (else it is sniffed from the file name; an unknown one is
@@ -62,10 +77,60 @@ def check_path(path: str | Path, fmt: str | None = None, skip_bad: bool = False)
     if not path.exists():
         raise DataError(path, None, "not found")
     load_all()
+    files = DataFiles(image_root=str(image_root) if image_root else "")
     if path.is_dir():
-        return _check_directory(path, fmt, skip_bad)
+        return _check_directory(path, fmt, skip_bad, DataLayout(path, files))
     spec = _format_for(path, fmt)
-    return CheckReport(root=path.parent, rows=[_check_file(path, path.name, spec, skip_bad)])
+    layout = DataLayout(data_root_of(path), files)
+    return CheckReport(root=path.parent, rows=[_check_file(path, path.name, spec, skip_bad, layout)])
+
+
+def check_layout(layout: DataLayout, task: str | None = None, skip_bad: bool = False) -> CheckReport:
+    """Check every file a run on ``layout`` reads (a fine-tuning config's files, or what the official names
+    find below its root), each with the image root the trainer uses."""
+    load_all()
+    report = CheckReport(root=layout.root)
+    seen: set[Path] = set()
+    for name in [task] if task else list(FILE_NAMES):
+        splits = list(layout.explicit_splits()) or ["train", "val", "test", "test_ood", "dev", "testA", "testB"]
+        for split in splits:
+            for file in layout.split_files(name, split):
+                if file in seen:
+                    continue
+                seen.add(file)
+                spec = sniff(file) or (FORMATS.get(f"albef-{name}") if name != "task" else None)
+                if spec is None:
+                    report.unrecognised.append(str(file))
+                    continue
+                report.rows.append(_check_file(file, str(file), spec, skip_bad, layout, name))
+    answers = layout.answer_list() if task in (None, "vqa") else None
+    if answers is not None and answers not in seen:
+        report.rows.append(_check_file(answers, str(answers), FORMATS["albef-answer-list"], skip_bad, layout))
+    if not report.rows:
+        raise DataError(layout.root, None, f"no {task or 'task'} files found (see docs/formats.md for the names)")
+    return report
+
+
+def layout_from_config(tree: dict[str, Any]) -> tuple[DataLayout, str | None]:
+    """The layout and task of a fine-tuning config mapping: grainvl's (``task``, ``world``, ``files``) or an
+    official X-VLM / X²-VLM one (``train_file``, ``image_root``, ...: relative to the working directory)."""
+    if "files" in tree or "world" in tree:
+        files = DataFiles(**(tree.get("files") or {}))
+        return DataLayout(Path(tree.get("world", ".")), files), tree.get("task")
+    files = DataFiles(**{k: tree[k] for k in ("train_file", "val_file", "test_file", "image_root", "vqa_root",
+                                                 "vg_root", "answer_list") if tree.get(k)})  # fmt: skip
+    names = " ".join(as_list(files.train_file) + as_list(files.test_file))
+    task = next((t for t, pats in FILE_NAMES.items() if any(p.split("{")[0] in names for p in pats)), None)
+    return DataLayout(Path("."), files), task
+
+
+def data_root_of(file: Path) -> Path:
+    """The data root of a lone annotation file: the folder of the nearest ``manifest.json`` above it (a
+    world), else the file's own folder."""
+    for folder in file.resolve().parents:
+        if (folder / MANIFEST).is_file():
+            return folder
+    return file.parent
 
 
 def _format_for(path: Path, fmt: str | None) -> FormatSpec:
@@ -76,7 +141,7 @@ def _format_for(path: Path, fmt: str | None) -> FormatSpec:
     return spec
 
 
-def _check_directory(root: Path, fmt: str | None, skip_bad: bool) -> CheckReport:
+def _check_directory(root: Path, fmt: str | None, skip_bad: bool, layout: DataLayout) -> CheckReport:
     only = _format_for(root, fmt) if fmt is not None else None
     report = CheckReport(root=root)
     if (root / MANIFEST).is_file():
@@ -88,7 +153,7 @@ def _check_directory(root: Path, fmt: str | None, skip_bad: bool) -> CheckReport
             if only is None:
                 report.unrecognised.append(shown)
             continue
-        report.rows.append(_check_file(file, shown, spec, skip_bad))
+        report.rows.append(_check_file(file, shown, spec, skip_bad, layout))
     return report
 
 
@@ -105,20 +170,18 @@ def _data_files(root: Path) -> list[Path]:
     return sorted(files, key=lambda f: f.relative_to(root).parts)
 
 
-def image_root_for(file: Path) -> Path:
-    """The folder holding the nearest ``manifest.json`` above ``file`` (a world root, which image
-    paths in records are relative to), else the file's own folder."""
-    for folder in file.resolve().parents:
-        if (folder / MANIFEST).is_file():
-            return folder
-    return file.parent
+image_root_for = data_root_of  # the name earlier releases used
 
 
-def _check_file(file: Path, shown: str, spec: FormatSpec, skip_bad: bool) -> FileCheck:
+def _check_file(
+    file: Path, shown: str, spec: FormatSpec, skip_bad: bool, layout: DataLayout, task: str | None = None
+) -> FileCheck:
+    """Read ``file`` with its images opened from the root the trainer opens them from (``layout.image_root``)."""
     bad = BadRecords(skip_bad=skip_bad)
     row = FileCheck(file=shown, format=spec.name, records=0)
     try:
-        row.records = count_records(spec.read(file, bad=bad, image_root=image_root_for(file)))
+        image_root = layout.image_root(task or FORMAT_TASKS.get(spec.name, ""))
+        row.records = count_records(spec.read(file, bad=bad, image_root=image_root))
     except DataError as error:
         row.errors.append(error)
     except Exception as error:  # a reader bug must not hide the files after it; report it as this file's error
@@ -231,7 +294,8 @@ def format_report(report: CheckReport, by_format: bool = False) -> str:
 class CheckConfig:
     """``grainvl data check``: what to validate and how to report it."""
 
-    path: str  # a dataset file or folder (a world or real data in the official formats)
+    path: str = ""  # a dataset file or folder (a world or real data in the official formats)
+    image_root: str | None = None  # image paths are relative to this (default: the checked folder / data root)
     format: str | None = None  # force a format for a single file; None: sniff it
     skip_bad: bool = False  # list every bad record instead of the first per file
     by_format: bool = False  # one table row per format instead of one per file

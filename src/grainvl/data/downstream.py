@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import io
 import random
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,8 +32,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from grainvl.data.formats import albef, msrvtt
+from grainvl.data.formats import albef, msrvtt, validate
 from grainvl.data.iterators import RepeatingLoader
+from grainvl.data.layout import vqa_v2_records
 from grainvl.data.pretrain import (
     EvalImages,
     ImageTextEval,
@@ -53,6 +55,7 @@ Record = dict[str, Any]
 Sample = dict[str, Any]
 
 FRAME_SUFFIXES = msrvtt.FRAME_SUFFIXES
+_NO_IMAGES = validate.ImageChecker("", None)  # images are decoded lazily, per sample
 
 
 # ---------------------------------------------------------------------------------------------- paths
@@ -73,9 +76,49 @@ def grounding_file(world: Path, split: str) -> Path:
 def require_file(path: Path, task: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(
-            f"{path}: no {task} file (generate a world with `grainvl world` or point --world at one)"
+            f"{path}: no {task} file (generate a world with `grainvl world`, or point --data-root / --config at "
+            "a dataset in the official layout)"
         )
     return path
+
+
+Paths = Path | str | Sequence[Path | str]
+
+
+def as_paths(paths: Paths) -> list[Path]:
+    """One annotation file or several (an official ``train_file`` list) as a list of paths."""
+    return [Path(p) for p in paths] if isinstance(paths, (list, tuple)) else [Path(paths)]
+
+
+def is_json_lines(path: Path) -> bool:
+    """Whether a ``.json`` file is JSON lines (NLVR2 as shipped) rather than one JSON list."""
+    with Path(path).open("rb") as f:
+        head = f.read(4096).lstrip()
+    return not head.startswith(b"[")
+
+
+def read_records(
+    paths: Paths, validator: Callable[..., None], task: str, lines: bool | None = None
+) -> tuple[list[Record], list[str]]:
+    """Validated records of one or several files, and each one's position for error messages.
+
+    A file is a JSON list or JSON lines (``lines=None``: told by its first character); a VQA v2
+    ``*_questions.json`` (with its ``*_annotations.json`` after it) becomes X-VLM VQA records. With
+    several files a position names its file too (``vqa_val.json index 3``).
+    """
+    files = [require_file(p, task) for p in as_paths(paths)]
+    if files and files[0].name.endswith("_questions.json"):
+        records = vqa_v2_records(files[0], files[1] if len(files) > 1 else None)
+        positions = [f"question {i}" for i in range(len(records))]
+        for record, where in zip(records, positions):
+            validator(record, files[0], where, _NO_IMAGES)
+        return records, positions
+    records, positions = [], []
+    for file in files:
+        found, where = _read_numbered(file, validator, None, lines=is_json_lines(file) if lines is None else lines)
+        records += found
+        positions += [f"{file.name} {w}" for w in where] if len(files) > 1 else where
+    return records, positions
 
 
 # ---------------------------------------------------------------------------------------------- text
@@ -145,7 +188,7 @@ class RecordsDataset(ABC):
 
     def __init__(
         self,
-        path: Path,
+        path: Paths,
         root: Path,
         tokenizer: Any,
         cfg: PretrainDataConfig,
@@ -154,8 +197,10 @@ class RecordsDataset(ABC):
         seed: int = 0,
         max_records: int = 0,
     ) -> None:
-        self.path, self.root, self.cfg, self.train, self.seed = Path(path), Path(root), cfg, train, seed
-        self.records, self.positions = _read_numbered(self._checked_path(), validator, None, lines=self.json_lines)
+        self.paths = as_paths(path)
+        self.path, self.root, self.cfg, self.train, self.seed = self.paths[0], Path(root), cfg, train, seed
+        lines = True if self.json_lines else None
+        self.records, self.positions = read_records(self.paths, validator, self.kind, lines)
         if max_records > 0:
             self.records, self.positions = self.records[:max_records], self.positions[:max_records]
         if not self.records:
@@ -163,10 +208,6 @@ class RecordsDataset(ABC):
         self.text = PretrainText(tokenizer, cfg)
         self.tokenizer = tokenizer
         self._setup()
-
-    def _checked_path(self) -> Path:
-        """The annotation file, or FileNotFoundError with a hint when it is missing."""
-        return require_file(self.path, self.kind)
 
     def _setup(self) -> None:
         """Per-task state built once the records are read (a hook, so no subclass repeats ``__init__``)."""
@@ -224,7 +265,7 @@ class RetrievalTrainDataset(RecordsDataset):
 
     def __init__(
         self,
-        path: Path,
+        path: Paths,
         root: Path,
         tokenizer: Any,
         cfg: PretrainDataConfig,
@@ -236,9 +277,11 @@ class RetrievalTrainDataset(RecordsDataset):
         validator = msrvtt.check_retrieval_record if video else albef.check_caption_record
         super().__init__(path, root, tokenizer, cfg, validator, True, seed, max_records)
         key = "video" if video else "image"
-        distinct: dict[str, int] = {}
+        # Ids are ints or ALBEF's strings ("coco_9"); equal ids are one image, so a dense index serves ITC/ITM.
+        distinct: dict[tuple[str, Any], int] = {}
         self.idx = [
-            int(r["image_id"]) if "image_id" in r else distinct.setdefault(r[key], len(distinct)) for r in self.records
+            distinct.setdefault(("id", r["image_id"]) if "image_id" in r else ("item", r[key]), len(distinct))
+            for r in self.records
         ]
         self.transform, self.transform_no_flip = flip_transforms("finetune", cfg)
 
@@ -303,11 +346,12 @@ class RetrievalEvalSet:
 
 
 def retrieval_eval_set(
-    path: Path, root: Path, tokenizer: Any, cfg: PretrainDataConfig, video: bool = False, max_records: int = 0
+    path: Paths, root: Path, tokenizer: Any, cfg: PretrainDataConfig, video: bool = False, max_records: int = 0
 ) -> RetrievalEvalSet:
     """Every caption of every image (video) of an ALBEF (MSR-VTT) retrieval test file."""
     validator = msrvtt.check_retrieval_record if video else albef.check_caption_record
-    records, positions = _read_numbered(require_file(path, "retrieval"), validator, None, lines=False)
+    records, positions = read_records(path, validator, "retrieval")
+    path = as_paths(path)[0]
     if max_records > 0:
         records, positions = records[:max_records], positions[:max_records]
     text = PretrainText(tokenizer, cfg)
@@ -333,7 +377,17 @@ def retrieval_eval_set(
         else EvalImages([(name, True, where) for name, where in sources], root, path, cfg)
     )
     data = ImageTextEval(gallery, captions, text_ids, text_atts, torch.tensor(text_item), item_texts)
+    warn_small_split(path, len(sources), "videos" if video else "images")
     return RetrievalEvalSet(data, [name for name, _ in sources], video)
+
+
+SMALL_SPLIT = 10  # R@10 of a gallery this small is 100 whatever the model does
+
+
+def warn_small_split(path: Path, n: int, what: str, minimum: int = SMALL_SPLIT) -> None:
+    """One warning line when an evaluation split is too small for its metrics to mean anything."""
+    if n < minimum:
+        print(f"warning: {path}: only {n} {what}; metrics on fewer than {minimum} are not meaningful", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------- NLVR2
@@ -349,7 +403,7 @@ class NLVRDataset(RecordsDataset):
 
     def __init__(
         self,
-        path: Path,
+        path: Paths,
         root: Path,
         tokenizer: Any,
         cfg: PretrainDataConfig,
@@ -394,7 +448,7 @@ class GroundingTrainDataset(RecordsDataset):
     kind = "grounding"
 
     def __init__(
-        self, path: Path, root: Path, tokenizer: Any, cfg: PretrainDataConfig, seed: int = 0, max_records: int = 0
+        self, path: Paths, root: Path, tokenizer: Any, cfg: PretrainDataConfig, seed: int = 0, max_records: int = 0
     ) -> None:
         super().__init__(path, root, tokenizer, cfg, albef.check_refcoco_record, True, seed, max_records)
         for record, where in zip(self.records, self.positions):

@@ -25,7 +25,7 @@ import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -65,12 +65,16 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_tokens: int | None) -> tu
 class _ImageRecords(RecordsDataset):
     """A :class:`RecordsDataset` of single-image records with a flipping and a non-flipping transform."""
 
+    roots: ClassVar[dict[str, Path]] = {}  # image roots by a record's "dataset" (VQA's Visual Genome records: vg_root)
+
     def _setup(self) -> None:
         self.transform, self.transform_no_flip = flip_transforms("finetune" if self.train else "test", self.cfg)
 
     def image(self, index: int, epoch: int, flip: bool, text: str | None = None) -> tuple[torch.Tensor, str | None]:
         """The record's image (3, R, R) under the split's transform; ``text`` has left/right swapped on a flip."""
-        picture = open_rgb(self.records[index]["image"], self.root, True, self.path, self.positions[index])
+        record = self.records[index]
+        root = self.roots.get(record.get("dataset", ""), self.root)
+        picture = open_rgb(record["image"], root, True, self.path, self.positions[index])
         transform = self.transform if flip else self.transform_no_flip
         tensor, _, text, _ = transform(picture, None, text, rng=self.rng(index, epoch))
         return tensor, text
@@ -106,7 +110,9 @@ class VQADataset(_ImageRecords):
         seed: int = 0,
         max_records: int = 0,
         answer_index: dict[str, int] | None = None,
+        roots: dict[str, Path] | None = None,
     ) -> None:
+        self.roots = dict(roots or {})
         super().__init__(path, root, tokenizer, cfg, albef.check_vqa_record, train, seed, max_records)
         if train:
             for record, where in zip(self.records, self.positions):
@@ -311,11 +317,6 @@ class VideoQADataset(RecordsDataset):
     ) -> None:
         super().__init__(path, root, tokenizer, cfg, msrvtt.check_qa_record, train, seed, max_records)
         self.ans2label = ans2label
-
-    def _checked_path(self) -> Path:
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no video-QA file here")
-        return self.path
 
     def sample(self, index: int, epoch: int) -> Sample:
         record, where = self.records[index], self.positions[index]

@@ -291,7 +291,22 @@ def _read_numbered(
 
 def _decode(data: bytes | Path) -> Image.Image:
     with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
-        return image.convert("RGB")  # convert() forces the full decode: a truncated file fails here
+        return to_rgb(image)  # convert() forces the full decode: a truncated file fails here
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB of any PIL image; 16- and 32-bit greyscale (PNG mode I;16, I) is scaled to 8 bits first.
+
+    PIL's ``convert("RGB")`` clips such pixels at 255, so a 16-bit PNG would come out pure white.
+    """
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        peak = float(values.max()) if values.size else 0.0
+        # 16-bit data (PNG I;16, or mode I holding 16-bit values) spans 0..65535; 8-bit values pass unscaled.
+        top = 65535.0 if image.mode.startswith("I;16") or 255 < peak <= 65535 else max(peak, 255.0)
+        eight = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(eight, mode="L").convert("RGB")
+    return image.convert("RGB")
 
 
 def open_rgb(value: str, root: Path, is_path: bool, annotation: Path, where: str, what: str = "image") -> Image.Image:

@@ -6,9 +6,9 @@
 * :mod:`~grainvl.metrics.grounding`: inclusive-pixel IoU and accuracy at IoU >= 0.5.
 * :mod:`~grainvl.metrics.classification`: accuracy and F1 (NLVR2, video QA).
 
-Every metric is a percentage (0-100) except the captioning scores, which stay the fractions
-pycocoevalcap returns. ``grainvl score`` applies them to official-format prediction files
-(docs/metrics.md).
+One scale everywhere (the table in docs/metrics.md): accuracies, recalls and mIoU in percent
+(0-100; VQA rounded to 2 decimals as ``vqaEval`` rounds), captioning scores as the fractions
+pycocoevalcap returns. ``grainvl score`` applies them to official-format prediction files.
 """
 
 from grainvl.metrics.captioning import CAPTION_METRICS, CaptionScorer, caption_scores
@@ -20,6 +20,7 @@ from grainvl.metrics.retrieval import (
     embedding_retrieval_metrics,
     faiss_topk,
     retrieval_metrics,
+    retrieval_metrics_from_candidates,
     retrieval_metrics_from_topk,
     topk_search,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "macro_f1",
     "normalize_answer",
     "retrieval_metrics",
+    "retrieval_metrics_from_candidates",
     "retrieval_metrics_from_topk",
     "topk_search",
     "vqa_accuracy",

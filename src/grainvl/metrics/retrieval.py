@@ -57,15 +57,56 @@ def retrieval_metrics(
             f"score rows ({len(scores_i2t)} images, {len(scores_t2i)} texts) do not match "
             f"img2txt ({len(img2txt)}) / txt2img ({len(txt2img)})"
         )
-    tr_ranks = np.zeros(len(img2txt))
-    for i, row in enumerate(scores_i2t):
-        order = np.argsort(row)[::-1]
-        tr_ranks[i] = min(int(np.where(order == t)[0][0]) for t in img2txt[i])
-    ir_ranks = np.zeros(len(txt2img))
-    for t, row in enumerate(scores_t2i):
-        order = np.argsort(row)[::-1]
-        ir_ranks[t] = int(np.where(order == txt2img[t])[0][0])
+    tr_ranks = np.array([_best_rank(row, img2txt[i]) for i, row in enumerate(scores_i2t)], dtype=float)
+    ir_ranks = np.array([_best_rank(row, [txt2img[t]]) for t, row in enumerate(scores_t2i)], dtype=float)
     return _summarise(tr_ranks, ir_ranks)
+
+
+def _best_rank(row: np.ndarray, targets: Sequence[int]) -> int:
+    """``itm_eval``'s rank: position in ``np.argsort(row)[::-1]`` (numpy's default sort, so exact ties
+    come out as the official code's do), the smallest over the ground-truth indices."""
+    order = np.argsort(row)[::-1]
+    return min(int(np.where(order == t)[0][0]) for t in targets)
+
+
+FILL_SCORE = -100.0  # the official score matrices start as torch.full(..., -100.0)
+
+
+def dense_rows(
+    index: Sequence[Sequence[int]], scores: Sequence[Sequence[float]], gallery: int, fill: float = FILL_SCORE
+):
+    """Yield, one row at a time, the official float32 score row: ``fill`` everywhere except each
+    query's candidates (``index``), which get their ``scores``."""
+    if len(index) != len(scores):
+        raise ValueError(f"{len(index)} candidate lists for {len(scores)} score lists")
+    for cand, vals in zip(index, scores):
+        if len(cand) != len(vals):
+            raise ValueError(f"{len(cand)} candidates with {len(vals)} scores")
+        row = np.full(gallery, fill, dtype=np.float32)
+        row[np.asarray(cand, dtype=np.int64)] = np.asarray(vals, dtype=np.float32)
+        yield row
+
+
+def retrieval_metrics_from_candidates(
+    i2t_index: Sequence[Sequence[int]],
+    i2t_scores: Sequence[Sequence[float]],
+    t2i_index: Sequence[Sequence[int]],
+    t2i_scores: Sequence[Sequence[float]],
+    img2txt: Sequence[Sequence[int]],
+    txt2img: Sequence[int],
+    fill: float = FILL_SCORE,
+) -> dict[str, float]:
+    """The official X-VLM evaluation from each query's re-ranked candidates: the (N_img, N_txt) and
+    (N_txt, N_img) float32 matrices filled with -100 outside the ITC top-``k_test`` are rebuilt one
+    row at a time and ranked by :func:`retrieval_metrics`'s ``np.argsort(row)[::-1]``. So a ground
+    truth outside the candidates still gets the rank the official code gives it among the -100 ties
+    (it matters for ``k_test < 10``), and ties among candidates break the official way too."""
+    n_img, n_txt = len(img2txt), len(txt2img)
+    if len(i2t_index) != n_img or len(t2i_index) != n_txt:
+        raise ValueError(f"{len(i2t_index)}/{len(t2i_index)} candidate lists for {n_img} images/{n_txt} texts")
+    tr = [_best_rank(row, img2txt[i]) for i, row in enumerate(dense_rows(i2t_index, i2t_scores, n_txt, fill))]
+    ir = [_best_rank(row, [txt2img[t]]) for t, row in enumerate(dense_rows(t2i_index, t2i_scores, n_img, fill))]
+    return _summarise(np.array(tr, dtype=float), np.array(ir, dtype=float))
 
 
 def first_hit_ranks(ranked: np.ndarray | Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> np.ndarray:

@@ -235,8 +235,19 @@ def score_retrieval(pred: Path, gt: Path, echo: Echo = print) -> dict[str, float
     texts, img2txt, txt2img = caption_index(records)
     i2t, t2i = read_ranked_lists(pred, len(records), len(texts))
     metrics = retrieval_metrics_from_topk(i2t, t2i, img2txt, txt2img)
-    echo(str(metrics))
+    for line in retrieval_table(metrics):
+        echo(line)
     return metrics
+
+
+def retrieval_table(metrics: dict[str, float]) -> list[str]:
+    """``itm_eval``'s numbers (percent) as a small table: one row per direction, then ``r_mean``."""
+    lines = [f"{'':<16}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'mean':>8}"]
+    for name, prefix in (("text retrieval", "txt"), ("image retrieval", "img")):
+        values = [metrics[f"{prefix}_r{k}"] for k in (1, 5, 10)] + [metrics[f"{prefix}_r_mean"]]
+        lines.append(f"{name:<16}" + "".join(f"{v:>8.2f}" for v in values))
+    lines.append(f"{'r_mean':<16}{metrics['r_mean']:>32.2f}")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------- NLVR2
@@ -260,7 +271,7 @@ def score_nlvr2(pred: Path, gt: Path, echo: Echo = print) -> dict[str, float]:
     if not labels:
         raise DataError(gt, None, "no pairs")
     acc = accuracy(parsed, labels)
-    echo(f"Averaged stats: acc: {acc / 100:.4f}")
+    echo(f"acc: {acc:.2f}")  # percent (X-VLM's NLVR.py prints the fraction: "acc: 0.xxxx")
     return {"acc": acc}
 
 
@@ -301,8 +312,11 @@ def score_grounding(pred: Path, gt: Path, echo: Echo = print) -> dict[str, float
         _warn(f"{len(missing)} ref_id(s) have no prediction; like VLUE's evaluation they are not counted")
     iou = np.atleast_1d(iou_xywh(np.array(boxes), np.array(truth)))
     correct = int(np.sum(iou >= 0.5))
-    echo(f"score: {correct / len(preds):.3f}")
-    return {"acc@0.5": 100.0 * correct / len(preds), "miou": float(iou.mean())}
+    metrics = {"acc@0.5": 100.0 * correct / len(preds), "miou": 100.0 * float(iou.mean())}
+    # Percent (X-VLM's grounding_eval_bbox prints the fraction: "score: 0.xxx").
+    echo(f"acc@0.5: {metrics['acc@0.5']:.2f}")
+    echo(f"miou: {metrics['miou']:.2f}")
+    return metrics
 
 
 def _pred_box(p: dict, ref: dict, path: Path, where: str, denormalize: Callable) -> list[float]:

@@ -1,18 +1,23 @@
 """VQA accuracy: the official VQA v2 evaluation and VLUE's exact-match variant.
 
-Official (GT-Vision-Lab/VQA ``PythonEvaluationTools/vqaEvaluation/vqaEval.py``, the Python 3 master
-revision, which X-VLM and VLUE ship unchanged as ``vqaTools/vqaEval.py``):
+Official (GT-Vision-Lab/VQA master, ``PythonEvaluationTools/vqaEvaluation/vqaEval.py``
+``VQAEval.evaluate``), per question, in this order:
 
-* The predicted answer has ``\\n``/``\\t`` replaced by spaces, is stripped, then goes through
-  :func:`process_punctuation` and :func:`process_digit_article` (:func:`normalize_answer`).
-* The ground-truth answers of a question get **only** :func:`process_punctuation`, and only when
-  the annotators disagree (more than one distinct string). They are never lower-cased, and number
-  words and articles stay. The official annotation files are normalised already, so this rarely
-  matters, but it is what the evaluation server does and we follow it.
-* Per question: for each of the n annotators, leave that one out and score
-  ``min(#other annotators giving the prediction / 3, 1)``; the question's accuracy is the mean of
-  the n values (so 3 matching annotators of 10 give 0.9, not 1.0). Overall, per answer type and
-  per question type: ``round(100 * sum / count, 2)``.
+1. Every GT answer and the predicted answer have ``\\n``/``\\t`` replaced by spaces and are stripped.
+2. **Only if the cleaned GT answers are not all identical** (``len(set(gtAnswers)) > 1``), every GT
+   answer and the prediction go through :func:`process_punctuation` then
+   :func:`process_digit_article`. When all annotators agree, nothing is normalised (``"Yes"`` or
+   ``"two"`` against ten ``"yes"``/``"2"`` scores 0): this is why yes/no and number questions,
+   which are often unanimous, differ most from an always-normalising evaluator.
+3. For each of the n annotators, leave that one out and score
+   ``min(#other annotators giving the prediction / 3, 1)``; the question's accuracy is the mean of
+   the n values (3 matching annotators of 10 give 0.9, not 1.0).
+4. Overall, per answer type and per question type: ``round(100 * sum / count, 2)``.
+
+``revision="xvlm"`` reproduces the older revision that X-VLM and VLUE ship as
+``vqaTools/vqaEval.py`` (prediction always normalised, GT answers only punctuation-processed when
+they disagree, never stripped); ``revision="normalized"`` always normalises both sides (our
+corrected option). See docs/metrics.md.
 
 VLUE's OOD file has one answer per question and VLUE's ``VQA.py::calculate_acc`` scores it by exact
 string match after ``strip()``, over the questions that have a prediction (see
@@ -114,25 +119,61 @@ def normalize_answer(answer: str) -> str:
     return process_digit_article(process_punctuation(answer))
 
 
+REVISIONS = ("official", "xvlm", "normalized")
+
+
+def _clean(text: str) -> str:
+    """``\\n`` and ``\\t`` to spaces, then strip: applied to every answer, on both sides, always."""
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+def compared_answers(prediction: str, gt_answers: Sequence[str], revision: str = "official") -> tuple[str, list[str]]:
+    """The prediction and the GT answers exactly as the chosen revision compares them.
+
+    * ``"official"`` (GT-Vision-Lab master ``VQAEval.evaluate``, the evaluation server's number):
+      both sides are cleaned (:func:`_clean`); then, **only when the cleaned GT answers are not all
+      equal** (``len(set(gtAnswers)) > 1``), every GT answer *and* the prediction go through
+      :func:`process_punctuation` then :func:`process_digit_article`. When the annotators agree,
+      nothing is normalised: ``"Yes"`` or ``"two"`` against ten ``"yes"`` / ``"2"`` scores 0.
+    * ``"xvlm"`` (the older revision that X-VLM / VLUE ship as ``vqaTools/vqaEval.py``): the
+      prediction is always cleaned and fully normalised; the GT answers get only
+      :func:`process_punctuation`, only when they disagree, and are never cleaned.
+    * ``"normalized"`` (our corrected option): both sides always cleaned and fully normalised.
+    """
+    if revision not in REVISIONS:
+        raise ValueError(f"revision should be one of {REVISIONS}, got {revision!r}")
+    if revision == "xvlm":
+        answers = list(gt_answers)
+        if len(set(answers)) > 1:
+            answers = [process_punctuation(a) for a in answers]
+        return normalize_answer(prediction), answers
+    pred, answers = _clean(prediction), [_clean(a) for a in gt_answers]
+    if revision == "normalized" or len(set(answers)) > 1:
+        pred = process_digit_article(process_punctuation(pred))
+        answers = [process_digit_article(process_punctuation(a)) for a in answers]
+    return pred, answers
+
+
 def question_accuracy(
-    prediction: str, gt_answers: Sequence[str], annotators: Sequence[Hashable] | None = None
+    prediction: str,
+    gt_answers: Sequence[str],
+    annotators: Sequence[Hashable] | None = None,
+    revision: str = "official",
 ) -> float:
     """Official accuracy of one question, in [0, 1].
 
     Args:
-        prediction: the raw predicted answer (normalised here with :func:`normalize_answer`).
+        prediction: the raw predicted answer.
         gt_answers: the annotators' raw answers (usually 10).
         annotators: one identity per answer used to leave "this annotator" out. The official code
             removes every answer *record equal to* the left-out one (``item != gtAnsDatum`` on the
             ``{answer, answer_confidence, answer_id}`` dicts), which is one record when answer ids
             are unique. None means the list positions (always exactly one).
+        revision: which evaluator's normalisation (:func:`compared_answers`); "official" by default.
     """
     if not gt_answers:
         raise ValueError("a question needs at least one ground-truth answer")
-    pred = normalize_answer(prediction)
-    answers = list(gt_answers)
-    if len(set(answers)) > 1:  # only then are the GT answers punctuation-processed (official)
-        answers = [process_punctuation(a) for a in answers]
+    pred, answers = compared_answers(prediction, gt_answers, revision)
     ids = list(range(len(answers))) if annotators is None else list(annotators)
     if len(ids) != len(answers):
         raise ValueError(f"{len(ids)} annotator ids for {len(answers)} answers")
@@ -153,19 +194,27 @@ def _check_same_questions(predictions: Mapping, truth: Mapping, what: str) -> No
         )
 
 
-def vqa_accuracy(predictions: Mapping[Hashable, str], annotations: Mapping[Hashable, Sequence[str]]) -> float:
-    """Official VQA accuracy in percent (0-100, not rounded) over all annotated questions.
+def vqa_accuracy(
+    predictions: Mapping[Hashable, str],
+    annotations: Mapping[Hashable, Sequence[str]],
+    revision: str = "official",
+    digits: int | None = 2,
+) -> float:
+    """Official VQA accuracy in percent over all annotated questions, rounded as ``VQAEval`` rounds
+    (``round(100 * sum / n, 2)``; ``digits=None`` leaves it unrounded).
 
     Args:
         predictions: question id → predicted answer (raw model output).
         annotations: question id → the annotators' answers. The two key sets must be equal, as
             the official ``loadRes`` asserts; otherwise ValueError.
+        revision: "official" (default), "xvlm" or "normalized" (:func:`compared_answers`).
     """
     _check_same_questions(predictions, annotations, "annotations")
     if not annotations:
         raise ValueError("no questions to score")
-    accs = [question_accuracy(predictions[qid], answers) for qid, answers in annotations.items()]
-    return 100 * float(sum(accs)) / len(accs)
+    accs = [question_accuracy(predictions[qid], answers, revision=revision) for qid, answers in annotations.items()]
+    value = 100 * float(sum(accs)) / len(accs)
+    return value if digits is None else round(value, digits)
 
 
 @dataclass
@@ -185,11 +234,13 @@ def vqa_evaluate(
     question_types: Mapping[Hashable, str] | None = None,
     annotators: Mapping[Hashable, Sequence[Hashable]] | None = None,
     digits: int = 2,
+    revision: str = "official",
 ) -> VQAEvalResult:
     """The official ``VQAEval.evaluate`` with its breakdowns, rounded as the official ``n=2`` does.
 
     ``answers`` fixes the question order (the official order is the annotation file's); types and
-    annotator ids are optional per-question extras (see :func:`question_accuracy`).
+    annotator ids are optional per-question extras (see :func:`question_accuracy`); ``revision``
+    picks the normalisation (:func:`compared_answers`, "official" by default).
     """
     _check_same_questions(predictions, answers, "annotations")
     if not answers:
@@ -198,7 +249,7 @@ def vqa_evaluate(
     by_answer_type: dict[str, list[float]] = {}
     by_question_type: dict[str, list[float]] = {}
     for qid, gt in answers.items():
-        acc = question_accuracy(predictions[qid], gt, None if annotators is None else annotators[qid])
+        acc = question_accuracy(predictions[qid], gt, None if annotators is None else annotators[qid], revision)
         per_question[qid] = acc
         if answer_types is not None:
             by_answer_type.setdefault(answer_types[qid], []).append(acc)

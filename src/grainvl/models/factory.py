@@ -90,7 +90,10 @@ def _registry() -> dict[str, Path]:
 
 
 def _read_architecture(path: Path) -> dict[str, Any]:
-    arch = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        arch = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON: {error}") from None
     if not isinstance(arch, dict):
         raise ValueError(f"{path}: expected a JSON object (an architecture)")
     return arch
@@ -121,12 +124,23 @@ def architecture_config(path: str | Path) -> tuple[Family, XVLMConfig | TextConf
     family = _family_of(arch, path)
     fields = {k: v for k, v in arch.items() if k != "family"}
     if family == "vl":
-        return family, XVLMConfig.from_dict(fields)
+        return family, xvlm_config(fields, path)
     fields.pop("name", None)
     unknown = sorted(set(fields) - _TEXT_KEYS)
     if unknown:
         raise ValueError(f"{path}: unknown TextConfig field(s) {unknown}; known: {sorted(_TEXT_KEYS)}")
     return family, TextConfig(**fields)
+
+
+def xvlm_config(fields: dict[str, Any], source: str | Path) -> XVLMConfig:
+    """``XVLMConfig.from_dict`` with one-line ValueErrors naming ``source`` (a missing section, a misspelt field)."""
+    missing = [section for section in ("vision", "text") if not isinstance(fields.get(section), dict)]
+    if missing:
+        raise ValueError(f"{source}: an XVLMConfig needs {' and '.join(repr(m) for m in missing)} section(s)")
+    try:
+        return XVLMConfig.from_dict(fields)
+    except TypeError as error:  # a dataclass's unexpected or missing keyword argument
+        raise ValueError(f"{source}: {error}") from None
 
 
 # ---------------------------------------------------------------------------------------------- resolver
@@ -189,7 +203,7 @@ def _model_folder(source: str, label: str, folder: Path, kind: Kind) -> Resolved
     if "vision" in raw and "text" in raw:
         if weights.name != WEIGHTS_FILE:
             return None
-        config: XVLMConfig | TextConfig = XVLMConfig.from_dict({k: v for k, v in raw.items() if k != "family"})
+        config: XVLMConfig | TextConfig = xvlm_config({k: v for k, v in raw.items() if k != "family"}, config_file)
         family: Family = "vl"
     elif "num_hidden_layers" in raw:
         config, family = TextConfig.from_hf_config(raw), "text"

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,8 +267,13 @@ class XVLM(nn.Module):
         self.temp.clamp_(0.001, 0.5)
 
     # ------------------------------------------------------------------ public feature API
-    def extract_features(self, batch: dict[str, torch.Tensor], mode: str = "multimodal") -> Features:
-        """``mode``: "image" (needs batch["image"] or batch["video"]), "text" (text_ids/text_atts) or "multimodal"."""
+    def extract_features(self, batch: Mapping[str, torch.Tensor], mode: str = "multimodal") -> Features:
+        """``mode``: "image" (needs batch["image"] or batch["video"]), "text" (text ids and mask) or "multimodal".
+
+        The text may come as ``text_ids`` / ``text_atts`` (the datasets' keys) or as a Hugging Face tokenizer's
+        ``input_ids`` / ``attention_mask``, so ``{"image": images, **tokenizer(texts, padding=True,
+        return_tensors="pt")}`` works as it is; other tokenizer keys (``token_type_ids``) are ignored.
+        """
         if mode not in ("image", "text", "multimodal"):
             raise ValueError(f"mode must be image, text or multimodal, got {mode!r}")
         out = Features()
@@ -278,10 +284,11 @@ class XVLM(nn.Module):
                 out.image_embeds, out.image_atts = self.encode_image(batch["image"])
             out.image_feat = self.image_feat(out.image_embeds)
         if mode in ("text", "multimodal"):
-            out.text_embeds = self.encode_text(batch["text_ids"], batch["text_atts"])
+            text_ids, text_atts = text_inputs(batch)
+            out.text_embeds = self.encode_text(text_ids, text_atts)
             out.text_feat = self.text_feat(out.text_embeds)
-        if mode == "multimodal":
-            out.fused = self.fuse(out.text_embeds, batch["text_atts"], out.image_embeds, out.image_atts)
+            if mode == "multimodal":
+                out.fused = self.fuse(out.text_embeds, text_atts, out.image_embeds, out.image_atts)
         return out
 
     def no_weight_decay(self) -> set[str]:
@@ -337,6 +344,21 @@ class XVLM(nn.Module):
         if strict and (missing or unexpected):
             raise ValueError(f"{directory}: missing keys {missing[:10]}, unexpected keys {list(unexpected)[:10]}")
         return model
+
+
+def text_inputs(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids, attention mask) of a batch keyed ``text_ids`` / ``text_atts`` or ``input_ids`` / ``attention_mask``.
+
+    The dataset keys win when both are present. A missing mask means every token counts; missing ids raise
+    a one-line ValueError naming both accepted keys.
+    """
+    ids = next((batch[k] for k in ("text_ids", "input_ids") if k in batch), None)
+    if ids is None:
+        raise ValueError(
+            f"the batch has no text: expected 'text_ids' (or a tokenizer's 'input_ids'), got keys {sorted(batch)}"
+        )
+    atts = next((batch[k] for k in ("text_atts", "attention_mask") if k in batch), None)
+    return ids, torch.ones_like(ids) if atts is None else atts
 
 
 def _is_tied_alias(key: str) -> bool:

@@ -59,7 +59,7 @@ from grainvl.config import from_dict, with_values
 from grainvl.models.factory import default_label, resolve_model
 from grainvl.recipes.finetune import FinetuneConfig, finetune, load_finetuned
 from grainvl.tasks.base import TASK_FILE
-from grainvl.tasks.registry import list_tasks
+from grainvl.tasks.registry import get_task, list_tasks
 from grainvl.utils.fileio import atomic_write_text, to_plain
 
 SPLITS = {"id": "test", "ood": "test_ood"}
@@ -148,12 +148,26 @@ def parse_models(entries: Sequence[str]) -> list[ModelEntry]:
     return models
 
 
-def check_inputs(models: Sequence[ModelEntry], tasks: Sequence[str]) -> None:
-    """Fail before any fine-tuning on an unknown task, or a model that does not resolve to a vision-language model."""
+def check_inputs(models: Sequence[ModelEntry], tasks: Sequence[str], options: BenchOptions | None = None) -> None:
+    """Fail before any worker starts: an unknown task (also as a ``task_finetune`` key), task options that
+    task does not take (``finetune.options`` / ``task_finetune.<task>.options``), or a model that does not
+    resolve to a vision-language model. Every failure is a one-line ValueError / FileNotFoundError."""
 
     unknown_tasks = [t for t in tasks if t not in list_tasks()]
     if unknown_tasks:
         raise ValueError(f"unknown task(s) {unknown_tasks}; registered tasks: {', '.join(list_tasks())}")
+    if options is not None:
+        unknown_tasks = sorted(set(options.task_finetune) - set(list_tasks()))
+        if unknown_tasks:
+            raise ValueError(
+                f"task_finetune: unknown task(s) {unknown_tasks}; registered tasks: {', '.join(list_tasks())}"
+            )
+        for task in tasks:
+            try:
+                get_task(task, **options.finetune_config(task).options)
+            except ValueError as error:
+                where = f"finetune.options / task_finetune.{task}.options"
+                raise ValueError(f"{where}: {error}") from None
     for model in models:
         resolve_model(model.source).expect("vl")
 
@@ -572,7 +586,7 @@ def run_bench(
     if not world.is_dir():
         raise FileNotFoundError(f"world folder not found: {world}")
     if options.backend == DEFAULT_BACKEND:
-        check_inputs(entries, tasks)
+        check_inputs(entries, tasks, options)
     if options.teacher is not None and options.teacher not in {m.label for m in entries}:
         labels = ", ".join(m.label for m in entries)
         raise ValueError(f"--teacher {options.teacher!r} is not one of the benchmarked models ({labels})")

@@ -73,6 +73,13 @@ STAGES = ("distill", "prune", "shrink", "theseus", "quantize")
 MASKS_FILE = "masks.safetensors"
 
 
+# Task names as everywhere else in grainvl (``grainvl finetune nlvr2``) -> the keys of the paper's stage-2 settings,
+# which follow EfficientVLM's config files (``nlvr``). ``nlvr`` stays accepted as an alias of ``nlvr2``.
+PAPER_TASK_KEYS = {"nlvr2": "nlvr"}
+TASK_ALIASES = {paper: ours for ours, paper in PAPER_TASK_KEYS.items()}
+COMPRESS_TASKS = tuple(next((t for t, k in PAPER_TASK_KEYS.items() if k == key), key) for key in PAPER_TASK_DEFAULTS)
+
+
 @dataclass
 class CompressConfig:
     """One ``grainvl compress`` run. ``steps`` is per training stage (distill, prune)."""
@@ -83,7 +90,7 @@ class CompressConfig:
     out: str
     steps: int = 100
     target_sparsity: float | None = None  # None: the paper's value for ``task``
-    task: str = "retrieval"  # which of the paper's stage-2 settings (sparsity, lrs) to default to
+    task: str = "retrieval"  # which of the paper's stage-2 settings (sparsity, lrs) to default to (COMPRESS_TASKS)
     per_modality: dict[str, float] | None = None
     student: str = "half"  # layer-map preset: "half" (every other layer) or "efficientvlm" (6/3/3)
     student_layers: tuple[int, int, int] | None = None  # (vision, text, fusion) layer counts; overrides ``student``
@@ -119,8 +126,9 @@ class CompressConfig:
             raise ValueError(f"unknown recipe stage(s) {unknown}; available: {', '.join(STAGES)}")
         if len(set(self.recipe)) != len(self.recipe):
             raise ValueError(f"recipe {self.recipe} repeats a stage")
-        if self.task not in PAPER_TASK_DEFAULTS:
-            raise ValueError(f"unknown task {self.task!r}; expected one of {sorted(PAPER_TASK_DEFAULTS)}")
+        self.task = TASK_ALIASES.get(self.task, self.task)
+        if self.task not in COMPRESS_TASKS:
+            raise ValueError(f"unknown task {self.task!r}; expected one of {', '.join(COMPRESS_TASKS)}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if (
@@ -143,7 +151,7 @@ class CompressConfig:
             raise ValueError(f"theseus_scheduler must be 'constant' or 'linear', got {self.theseus_scheduler!r}")
 
     def paper(self, key: str) -> float:
-        return PAPER_TASK_DEFAULTS[self.task][key]
+        return PAPER_TASK_DEFAULTS[PAPER_TASK_KEYS.get(self.task, self.task)][key]
 
 
 @dataclass

@@ -15,21 +15,46 @@ linear decay, and no gradient clipping (``train.clip_grad = 0``).
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
 import json
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from grainvl.bench.energy import EnergyTracker, count_parameters, flops_per_sample
 from grainvl.compress.quantize import quantize_dynamic_int8, read_quantize_flag, write_quantize_flag
+from grainvl.data.layout import (
+    OFFICIAL_KEYS,
+    DataFiles,
+    DataLayout,
+    files_from_official,
+    is_official_config,
+    layout_for,
+    register_layout,
+    split_of,
+)
 from grainvl.models.factory import default_label, get_tokenizer, load_model, resolve_model
 from grainvl.recipes.scaffold import Run, cost_columns, metric_rows, run_recipe
-from grainvl.tasks.base import TASK_FILE, DataOptions, DownstreamTask, TaskModule, resolve_split, split_tag
+from grainvl.tasks.base import (
+    TASK_FILE,
+    DataOptions,
+    DownstreamTask,
+    TaskModule,
+    data_files,
+    has_split,
+    resolve_split,
+    split_tag,
+)
 from grainvl.tasks.registry import get_task
 from grainvl.train.loop import TrainConfig, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
@@ -46,6 +71,9 @@ class FinetuneConfig:
     model: str = "xvlm-tiny"
     """Registered architecture, a ``save_pretrained`` folder, or a run folder holding ``model/``."""
     world: str = "runs/world"
+    """The data root: a world, or a dataset in the official layout (``--data-root``)."""
+    files: DataFiles = field(default_factory=DataFiles)
+    """Explicit files and image folders, by the official config keys (``train_file``, ``image_root``, ...)."""
     label: str = ""
     """Model name in results.jsonl; empty: the model argument (folder name for folders)."""
     options: dict[str, Any] = field(default_factory=dict)
@@ -84,11 +112,34 @@ def finetune(cfg: FinetuneConfig, resume: str | Path | None = None) -> dict[str,
     return run_recipe(cfg.train.run_dir, lambda run: _run(cfg, run, resume), cfg.torch_threads)
 
 
+def preflight(cfg: FinetuneConfig) -> list[str]:
+    """Check, before step 1, that every file the run reads is there; returns the evaluation splits to run.
+
+    The train split must exist (FileNotFoundError otherwise). An evaluation split that does not exist
+    is skipped with one line; when none is left and a ``val`` split exists, ``val`` is evaluated.
+    """
+    world = Path(cfg.world)
+    if not world.is_dir():
+        raise FileNotFoundError(f"data root not found: {world} (make a world with `grainvl world --out {world}`)")
+    register_layout(DataLayout(world, cfg.files))
+    task = cfg.task
+    data_files(world, task, "train")  # a missing train split stops here, with where it was looked for
+    splits = []
+    for split in dict.fromkeys(resolve_split(s) for s in cfg.eval_splits):
+        if has_split(world, task, split):
+            data_files(world, task, split)
+            splits.append(split)
+        else:
+            print(f"finetune: skipping evaluation split {split!r}: it does not exist for {task}", file=sys.stderr)
+    if not splits and has_split(world, task, "val"):
+        print(f"finetune: evaluating {task} on 'val' instead", file=sys.stderr)
+        splits = ["val"]
+    return splits
+
+
 def _run(cfg: FinetuneConfig, run: Run, resume: str | Path | None) -> dict[str, Any]:
     env, world, run_dir = run.env, Path(cfg.world), run.dir
-    if not world.is_dir():
-        raise FileNotFoundError(f"world folder not found: {world} (make one with `grainvl world --out {world}`)")
-    splits = [resolve_split(s) for s in cfg.eval_splits]
+    splits = preflight(cfg)
     task = get_task(cfg.task, **cfg.options).with_data(cfg.data)
     torch.manual_seed(cfg.train.seed)  # identical head initialisation on every rank
     source = resolve_model(cfg.model)
@@ -120,6 +171,8 @@ def _run(cfg: FinetuneConfig, run: Run, resume: str | Path | None) -> dict[str, 
         for split in splits:
             start = time.perf_counter()
             evaluations[split] = task.evaluate(module, tokenizer, world, split, out_dir=run_dir / "predictions")
+            if env.rank == 0 and not evaluations[split]:
+                print(f"finetune: {split!r} has no ground truth: predictions written, nothing scored", file=sys.stderr)
             eval_s[split] = time.perf_counter() - start
     finally:
         energy = tracker.stop() if tracker is not None else None
@@ -187,6 +240,7 @@ def save_finetuned(
     task.save_head(module, run_dir)
     meta = json.loads((run_dir / TASK_FILE).read_text(encoding="utf-8"))
     meta["world"] = str(world)  # heads sized from the world's files (answer lists) rebuild from it
+    meta["files"] = dataclasses.asdict(layout_files(world))  # explicit files (official config keys), if any
     atomic_write_text(run_dir / TASK_FILE, json.dumps(meta, indent=2))
 
 
@@ -202,7 +256,11 @@ def load_finetuned(run_dir: str | Path, world: str | Path | None = None) -> tupl
 
     source = resolve_model(run_dir / MODEL_DIR)
     model, tokenizer = load_model(source), get_tokenizer(source)
-    module = task.build(model, Path(world if world is not None else meta.get("world", ".")), tokenizer)
+    root = Path(world if world is not None else meta.get("world", "."))
+    same_root = world is None or Path(world).resolve() == Path(meta.get("world", ".")).resolve()
+    if same_root and meta.get("files") and DataFiles(**meta["files"]) != DataFiles():  # the run's explicit files
+        register_layout(DataLayout(root, DataFiles(**meta["files"])))
+    module = task.build(model, root, tokenizer)
     task.load_head(module, run_dir)
     module.eval()
     spec = read_quantize_flag(run_dir / MODEL_DIR)
@@ -220,6 +278,9 @@ class EvalConfig:
     model: str
     """The fine-tuned run folder (``RUN`` of ``grainvl finetune``)."""
     world: str
+    """The data root: a world, or a dataset in the official layout (``--data-root``)."""
+    files: DataFiles = field(default_factory=DataFiles)
+    """Explicit files and image folders by the official config keys, as in :class:`FinetuneConfig`."""
     split: str = "id"
     """``id`` (test), ``ood`` (test_ood) or a split name such as ``val``."""
     out: str | None = None
@@ -230,6 +291,86 @@ def evaluate_run(run_dir: str | Path, world: str | Path, split: str, out_dir: Pa
     """Metrics of a fine-tuned run on a world split (``id``/``ood`` or a split name)."""
     task, module, tokenizer = load_finetuned(run_dir, world)
     return task.evaluate(module, tokenizer, Path(world), resolve_split(split), out_dir=out_dir)
+
+
+# ---------------------------------------------------------------------------------------------- official configs
+def layout_files(world: Path) -> DataFiles:
+    """The explicit files registered for a data root (empty for a world or an official-layout folder)."""
+    return layout_for(world).files
+
+
+def config_tree(tree: dict[str, Any], task: str | None = None) -> dict[str, Any]:
+    """A config mapping for :class:`FinetuneConfig` / :class:`EvalConfig`: an official X-VLM / X²-VLM
+    config (``train_file``, ``test_file``, ``image_root``, ``batch_size_train``, ``optimizer``, ...) is
+    translated, grainvl's own keys pass through; official keys grainvl has no use for are listed on one line.
+
+    Mapped: the file keys → ``files``; ``test_file`` → ``eval_splits`` (one split per file);
+    ``batch_size`` / ``batch_size_train`` → ``data.batch_size``; ``batch_size_test`` →
+    ``data.eval_batch_size``; ``optimizer.lr`` / ``weight_decay`` / ``lr_mult`` → ``optim``;
+    ``schedular.num_warmup_steps`` → ``sched.warmup_steps``; ``k_test`` (retrieval, VQA),
+    ``careful_hflip`` (grounding), ``num_dec_layers`` (VQA) → ``options``.
+    """
+    if not is_official_config(tree):
+        return tree
+    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    out: dict[str, Any] = {k: v for k, v in tree.items() if k in known and k not in ("train",)}
+    files = files_from_official(tree)
+    out["files"] = dataclasses.asdict(files)
+    out.setdefault("world", ".")  # official paths are relative to where the official code runs
+    tests = [str(p) for p in ([files.test_file] if isinstance(files.test_file, str) else files.test_file or [])]
+    if tests and "eval_splits" not in tree:
+        out["eval_splits"] = ["test"] if len(tests) == 1 else list(dict.fromkeys(split_of(p) for p in tests))
+    used = set(OFFICIAL_KEYS) | set(out)
+    data = dict(out.get("data") or {})
+    for key, target in (("batch_size", "batch_size"), ("batch_size_train", "batch_size"),
+                        ("batch_size_test", "eval_batch_size")):  # fmt: skip
+        if isinstance(tree.get(key), int):
+            data[target] = tree[key]
+            used.add(key)
+    if data:
+        out["data"] = data
+    optimizer = tree.get("optimizer") if isinstance(tree.get("optimizer"), dict) else {}
+    optim = {k: optimizer[k] for k in ("lr", "weight_decay", "lr_mult") if k in optimizer}
+    if optim:
+        out["optim"] = {**optim, **(out.get("optim") or {})}
+        used.add("optimizer")
+    schedular = tree.get("schedular") if isinstance(tree.get("schedular"), dict) else {}
+    if "num_warmup_steps" in schedular:
+        out["sched"] = {"warmup_steps": schedular["num_warmup_steps"], **(out.get("sched") or {})}
+        used.add("schedular")
+    options = dict(out.get("options") or {})
+    task = task or out.get("task")
+    option_keys = {"retrieval": ("k_test",), "video_retrieval": ("k_test",), "vqa": ("k_test", "num_dec_layers"),
+                   "grounding": ("careful_hflip",)}.get(task or "", ())  # fmt: skip
+    for key in option_keys:
+        if key in tree:
+            options[key] = tree[key]
+            used.add(key)
+    if options:
+        out["options"] = options
+    ignored = sorted(k for k in tree if k not in used)
+    if ignored:
+        shown = ", ".join(ignored)
+        print(f"official config: not used by grainvl (the model comes from --model): {shown}", file=sys.stderr)
+    return out
+
+
+@contextlib.contextmanager
+def official_config_args(args: argparse.Namespace, task: str | None = None) -> Iterator[argparse.Namespace]:
+    """``args`` whose ``--config`` is an official config translated by :func:`config_tree` (a temporary
+    YAML file for the duration), so that ``--set`` and the flags still override it; other configs pass as they are."""
+    path = getattr(args, "config", None)
+    tree = yaml.safe_load(Path(path).read_text(encoding="utf-8")) if path is not None else None
+    if not isinstance(tree, dict) or not is_official_config(tree):
+        yield args
+        return
+    tree = config_tree(tree, task)
+    if task is None and "task" not in tree:
+        tree.pop("options", None)
+    with tempfile.TemporaryDirectory(prefix="grainvl-official-") as folder:
+        translated = Path(folder) / "config.yaml"
+        translated.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
+        yield argparse.Namespace(**{**vars(args), "config": translated})
 
 
 # ---------------------------------------------------------------------------------------------- report

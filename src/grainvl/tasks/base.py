@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+import re
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from grainvl.data.iterators import StatefulIterator
+from grainvl.data.layout import layout_for
 from grainvl.data.pretrain import PretrainDataConfig
 from grainvl.data.world.ontology import SPLITS
 from grainvl.models.xvlm import XVLM
@@ -47,9 +49,40 @@ def resolve_split(split: str) -> str:
     """CLI split names to world split names: ``id`` -> ``test``, ``ood`` -> ``test_ood``; others pass through."""
 
     name = SPLIT_ALIASES.get(split, split)
-    if name not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; use id, ood or a world split {SPLITS}")
+    if name not in SPLITS and not SPLIT_NAME.fullmatch(name):
+        raise ValueError(f"unknown split {split!r}; use id, ood, a world split {SPLITS} or an official name (testA)")
     return name
+
+
+SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]*")
+
+
+# ---------------------------------------------------------------------------------------------- data files
+def data_files(world: Path, task: str, split: str) -> list[Path]:
+    """The annotation files of ``task``'s ``split`` under a data root (:mod:`grainvl.data.layout`).
+
+    A split that does not exist is FileNotFoundError naming where it was looked for.
+    """
+    layout = layout_for(world)
+    files = layout.split_files(task, resolve_split(split))
+    if not files:
+        raise FileNotFoundError(layout.describe_missing(task, resolve_split(split)))
+    return files
+
+
+def has_split(world: Path, task: str, split: str) -> bool:
+    """Whether ``task``'s ``split`` exists under the data root (the recipes check every split before step 1)."""
+    return bool(layout_for(world).split_files(task, resolve_split(split)))
+
+
+def latency_split(world: Path, task: str) -> str:
+    """The split latency and FLOPs are measured on: ``test``, else ``val``, else ``train`` (real data may lack test)."""
+    return next((s for s in ("test", "val") if has_split(world, task, s)), "train")
+
+
+def image_root(world: Path, task: str, source: str = "") -> Path:
+    """The folder image paths of ``task``'s records are relative to: one answer for training, eval and check."""
+    return layout_for(world).image_root(task, source)
 
 
 def split_tag(split: str) -> str:

@@ -12,8 +12,9 @@ chosen token, repeat, with the per-layer history states of earlier tokens cached
 trigram blocking, GNMT length penalty; :func:`~grainvl.models.decoder.beam_search`).
 
 Metrics: pycocoevalcap BLEU-1..4, METEOR, ROUGE-L, CIDEr (PTB tokenizer) through
-``grainvl.metrics.captioning.caption_scores``, reported **in percent** (x100, as papers print
-CIDEr 133.1), on ``coco_karpathy_{split}.json`` against ``coco_karpathy_{split}_gt.json``;
+``grainvl.metrics.captioning.caption_scores``, reported as pycocoevalcap's fractions
+(CIDEr 1.331 = the "133.1" papers print; the one scale of docs/metrics.md),
+on ``coco_karpathy_{split}.json`` against ``coco_karpathy_{split}_gt.json``;
 predictions are the COCO results file ``[{"image_id", "caption"}]`` (``caption_result_{split}.json``).
 """
 
@@ -35,13 +36,25 @@ from grainvl.losses.mlm import gather_masked
 from grainvl.metrics.captioning import caption_scores, coco_caption_inputs
 from grainvl.models.decoder import SearchConfig, beam_search, greedy_search, incremental_forward
 from grainvl.models.xvlm import XVLM
-from grainvl.tasks.base import DataOptions, DownstreamTask, TaskModule, inference_call, model_data_config, resolve_split
+from grainvl.tasks.base import (
+    DataOptions,
+    DownstreamTask,
+    TaskModule,
+    data_files,
+    image_root,
+    inference_call,
+    latency_split,
+    model_data_config,
+    resolve_split,
+)
 
 CAPTION_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
 
 def caption_file(world: Path, split: str, gt: bool = False) -> Path:
-    return Path(world) / "annotations" / "captioning" / f"coco_karpathy_{split}{'_gt' if gt else ''}.json"
+    """``coco_karpathy_{split}.json`` (world, official folders or a config's file); ``gt``: its ``_gt`` COCO file."""
+    path = data_files(world, "captioning", split)[0]
+    return path.with_name(f"{path.name.removesuffix('.json')}_gt.json") if gt else path
 
 
 def label_smoothed_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float, ignore_id: int) -> torch.Tensor:
@@ -174,7 +187,7 @@ class CaptioningTask(DownstreamTask):
         dcfg = model_data_config(module.model, augment=cfg.augment)
         data = CaptionTrainDataset(
             caption_file(world, "train"),
-            Path(world),
+            image_root(world, "captioning"),
             tokenizer,
             dcfg,
             o["prompt"],
@@ -187,7 +200,8 @@ class CaptioningTask(DownstreamTask):
 
     def _eval_data(self, module: TaskModule, tokenizer: Any, world: Path, split: str) -> CaptionEvalDataset:
         dcfg = model_data_config(module.model, augment=False)
-        return CaptionEvalDataset(caption_file(world, split), Path(world), tokenizer, dcfg, self.data.max_eval_samples)
+        path, root = caption_file(world, split), image_root(world, "captioning")
+        return CaptionEvalDataset(path, root, tokenizer, dcfg, self.data.max_eval_samples)
 
     @torch.no_grad()
     def evaluate(
@@ -208,13 +222,13 @@ class CaptioningTask(DownstreamTask):
 
     def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
         assert isinstance(module, CaptionModule)
-        data = self._eval_data(module, tokenizer, world, "test")
+        data = self._eval_data(module, tokenizer, world, latency_split(world, self.name))
         image = self.latency_batch(module, data, batch_size)["image"]
         return inference_call(module, lambda: module.generate(image))
 
 
 def caption_metrics(results: list[dict[str, Any]], gt_path: Path, meteor: bool = True) -> dict[str, float]:
-    """pycocoevalcap scores (x100) of ``results`` against the GT file, restricted to the captioned images."""
+    """pycocoevalcap scores (fractions) of ``results`` against the GT file, restricted to the captioned images."""
 
     gt = read_caption_gt(gt_path)
     captioned = {r["image_id"] for r in results}
@@ -222,4 +236,4 @@ def caption_metrics(results: list[dict[str, Any]], gt_path: Path, meteor: bool =
     gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in captioned]
     gts, res = coco_caption_inputs(gt, results)
     scores = caption_scores(gts, res, meteor=meteor)
-    return {k: 100.0 * v for k, v in scores.items()}
+    return scores  # pycocoevalcap fractions, the one scale of docs/metrics.md

@@ -17,13 +17,23 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from grainvl.data.downstream import GroundingTrainDataset, grounding_file, make_loader
+from grainvl.data.downstream import GroundingTrainDataset, make_loader
 from grainvl.data.iterators import StatefulIterator
 from grainvl.data.pretrain import GroundingEval
 from grainvl.losses.bbox import bbox_loss
 from grainvl.metrics.grounding import IOU_THRESHOLD, denormalize_cxcywh, iou_xywh
 from grainvl.models.xvlm import XVLM
-from grainvl.tasks.base import DataOptions, DownstreamTask, TaskModule, inference_call, model_data_config, resolve_split
+from grainvl.tasks.base import (
+    DataOptions,
+    DownstreamTask,
+    TaskModule,
+    data_files,
+    image_root,
+    inference_call,
+    latency_split,
+    model_data_config,
+    resolve_split,
+)
 
 
 class GroundingModule(TaskModule):
@@ -41,9 +51,9 @@ class GroundingModule(TaskModule):
 
 
 def grounding_metrics(pred_xywh: np.ndarray, gt_xywh: np.ndarray) -> dict[str, float]:
-    """``acc@0.5`` (percent, inclusive-pixel IoU) and the mean IoU of (N, 4) ``[x, y, w, h]`` boxes."""
+    """``acc@0.5`` and the mean IoU ``miou`` (both percent, inclusive-pixel IoU) of (N, 4) xywh boxes."""
     iou = np.atleast_1d(iou_xywh(pred_xywh, gt_xywh))
-    return {"acc@0.5": 100.0 * float(np.mean(iou >= IOU_THRESHOLD)), "miou": float(np.mean(iou))}
+    return {"acc@0.5": 100.0 * float(np.mean(iou >= IOU_THRESHOLD)), "miou": 100.0 * float(np.mean(iou))}
 
 
 class GroundingTask(DownstreamTask):
@@ -65,13 +75,16 @@ class GroundingTask(DownstreamTask):
         self, module: TaskModule, tokenizer: Any, world: Path, cfg: DataOptions, rank: int, world_size: int
     ) -> StatefulIterator:
         dcfg = model_data_config(module.model, augment=cfg.augment, careful_hflip=bool(self.options["careful_hflip"]))
-        path = grounding_file(world, "train")
-        data = GroundingTrainDataset(path, Path(world), tokenizer, dcfg, cfg.seed, cfg.max_train_samples)
+        path, root = data_files(world, self.name, "train"), image_root(world, self.name)
+        data = GroundingTrainDataset(path, root, tokenizer, dcfg, cfg.seed, cfg.max_train_samples)
         return make_loader(data, cfg.batch_size, cfg.seed, rank, world_size)
 
     def eval_data(self, module: TaskModule, tokenizer: Any, world: Path, split: str) -> GroundingEval:
         dcfg = model_data_config(module.model, augment=False)
-        data = GroundingEval(grounding_file(world, resolve_split(split)), Path(world), tokenizer, dcfg)
+        files = data_files(world, self.name, split)
+        if len(files) > 1:
+            raise ValueError(f"grounding: give one file per evaluation split, got {[str(f) for f in files]}")
+        data = GroundingEval(files[0], image_root(world, self.name), tokenizer, dcfg)
         if self.data.max_eval_samples > 0:
             data.records = data.records[: self.data.max_eval_samples]
             data.positions = data.positions[: self.data.max_eval_samples]
@@ -112,6 +125,6 @@ class GroundingTask(DownstreamTask):
 
     def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
         assert isinstance(module, GroundingModule)
-        data = self.eval_data(module, tokenizer, world, "test")
+        data = self.eval_data(module, tokenizer, world, latency_split(world, self.name))
         batch = self.latency_batch(module, data, batch_size)
         return inference_call(module, lambda: module.predict(batch["image"], batch["text_ids"], batch["text_atts"]))

@@ -17,10 +17,20 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from grainvl.data.downstream import NLVRDataset, make_loader, nlvr_file
+from grainvl.data.downstream import NLVRDataset, make_loader
 from grainvl.data.iterators import StatefulIterator
 from grainvl.models.xvlm import XVLM, _init_linear, build_mlp
-from grainvl.tasks.base import DataOptions, DownstreamTask, TaskModule, inference_call, model_data_config, resolve_split
+from grainvl.tasks.base import (
+    DataOptions,
+    DownstreamTask,
+    TaskModule,
+    data_files,
+    image_root,
+    inference_call,
+    latency_split,
+    model_data_config,
+    resolve_split,
+)
 
 
 class NLVRModule(TaskModule):
@@ -63,14 +73,20 @@ class NLVR2Task(DownstreamTask):
     ) -> StatefulIterator:
         dcfg = model_data_config(module.model, augment=cfg.augment)
         data = NLVRDataset(
-            nlvr_file(world, "train"), Path(world), tokenizer, dcfg, True, cfg.seed, cfg.max_train_samples
+            data_files(world, self.name, "train"),
+            image_root(world, self.name),
+            tokenizer,
+            dcfg,
+            True,
+            cfg.seed,
+            cfg.max_train_samples,
         )
         return make_loader(data, cfg.batch_size, cfg.seed, rank, world_size)
 
     def eval_data(self, module: TaskModule, tokenizer: Any, world: Path, split: str) -> NLVRDataset:
         dcfg = model_data_config(module.model, augment=False)
-        path = nlvr_file(world, resolve_split(split))
-        return NLVRDataset(path, Path(world), tokenizer, dcfg, False, 0, self.data.max_eval_samples)
+        path, root = data_files(world, self.name, split), image_root(world, self.name)
+        return NLVRDataset(path, root, tokenizer, dcfg, False, 0, self.data.max_eval_samples)
 
     @torch.no_grad()
     def evaluate(
@@ -93,6 +109,6 @@ class NLVR2Task(DownstreamTask):
 
     def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
         assert isinstance(module, NLVRModule)
-        data = self.eval_data(module, tokenizer, world, "test")
+        data = self.eval_data(module, tokenizer, world, latency_split(world, self.name))
         batch = self.latency_batch(module, data, batch_size)
         return inference_call(module, lambda: module.logits(batch["image"], batch["text_ids"], batch["text_atts"]))

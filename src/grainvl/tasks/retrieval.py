@@ -16,11 +16,11 @@ Evaluation (official ``evaluation`` + ``itm_eval``, davinci_cclm_vlue.md §C.3):
 4. Text retrieval ranks an image's best ground-truth caption; image retrieval a caption's image.
    R@1/5/10 both ways, ``txt_r_mean``, ``img_r_mean``, ``r_mean`` (percent).
 
-Ranks come from the re-ranked top-k lists (:func:`grainvl.metrics.retrieval.retrieval_metrics_from_topk`;
-a ground truth outside the top-k is a miss), and ITC top-k is a chunked search (FAISS from 100k
-items on), so the full ``N × T`` score matrix is never built. With ``k_test >= 10`` (or the whole
-gallery) this equals the dense official computation (tested); with ``k_test < 10`` the official
-code may still count a ground truth among its -100 ties, we never do. Under a process group each
+Ranks come from each row's re-scored candidates through
+:func:`grainvl.metrics.retrieval.retrieval_metrics_from_candidates`: the official -100-filled row is
+rebuilt one row at a time and ranked with ``np.argsort(row)[::-1]``, so ties (the -100 fills when
+``k_test < 10`` included) fall as in the official code; ITC top-k is a chunked search (FAISS from
+100k items on), so the full ``N × T`` score matrix is never built. Under a process group each
 rank re-ranks its share of the rows (:func:`~grainvl.tasks.base.shard_indices`) and rank 0 merges them.
 """
 
@@ -34,17 +34,19 @@ import numpy as np
 import torch
 
 from grainvl.data.downstream import RetrievalEvalSet, RetrievalTrainDataset, make_loader, retrieval_eval_set
-from grainvl.data.downstream import retrieval_file as _retrieval_file
 from grainvl.data.iterators import StatefulIterator
 from grainvl.losses.itc import itc_loss
 from grainvl.losses.itm import hard_negative_itm_loss
-from grainvl.metrics.retrieval import retrieval_metrics_from_topk, topk_search
+from grainvl.metrics.retrieval import retrieval_metrics_from_candidates, topk_search
 from grainvl.models.xvlm import XVLM
 from grainvl.tasks.base import (
     DataOptions,
     DownstreamTask,
     TaskModule,
+    data_files,
     gather_predictions,
+    image_root,
+    latency_split,
     model_data_config,
     module_device,
     resolve_split,
@@ -179,7 +181,15 @@ def evaluate_retrieval(
     if get_rank() != 0:
         return {}, {}
     ranked_i2t, ranked_t2i = _ranked(i2t), _ranked(t2i)
-    metrics = retrieval_metrics_from_topk(ranked_i2t, ranked_t2i, img2txt, txt2img)
+    # The official ranking: -100 outside each row's candidates, np.argsort ties included.
+    metrics = retrieval_metrics_from_candidates(
+        [r["index"] for r in i2t],
+        [r["score"] for r in i2t],
+        [r["index"] for r in t2i],
+        [r["score"] for r in t2i],
+        img2txt,
+        txt2img,
+    )
     return metrics, _prediction_file(ranked_i2t, ranked_t2i, k_test, score)
 
 
@@ -206,8 +216,9 @@ class RetrievalTask(DownstreamTask):
         if self.options["score"] not in SCORE_MODES:
             raise ValueError(f"score must be one of {SCORE_MODES}, got {self.options['score']!r}")
 
-    def file(self, world: Path, split: str) -> Path:
-        return _retrieval_file(world, split, self.video)
+    def file(self, world: Path, split: str) -> list[Path]:
+        """The split's annotation files (world layout, official names, or a config's explicit files)."""
+        return data_files(world, self.name, split)
 
     def build(self, model: XVLM, world: Path, tokenizer: Any) -> RetrievalModule:
         return RetrievalModule(model, itm=bool(self.options["itm"]))
@@ -217,14 +228,21 @@ class RetrievalTask(DownstreamTask):
     ) -> StatefulIterator:
         dcfg = model_data_config(module.model, augment=cfg.augment)
         dataset = RetrievalTrainDataset(
-            self.file(world, "train"), Path(world), tokenizer, dcfg, self.video, cfg.seed, cfg.max_train_samples
+            self.file(world, "train"),
+            image_root(world, self.name),
+            tokenizer,
+            dcfg,
+            self.video,
+            cfg.seed,
+            cfg.max_train_samples,
         )
         return make_loader(dataset, cfg.batch_size, cfg.seed, rank, world_size)
 
     def eval_set(self, module: TaskModule, tokenizer: Any, world: Path, split: str) -> RetrievalEvalSet:
         dcfg = model_data_config(module.model, augment=False)
         path = self.file(world, resolve_split(split))
-        return retrieval_eval_set(path, Path(world), tokenizer, dcfg, self.video, self.data.max_eval_samples)
+        root = image_root(world, self.name)
+        return retrieval_eval_set(path, root, tokenizer, dcfg, self.video, self.data.max_eval_samples)
 
     def evaluate(
         self, module: TaskModule, tokenizer: Any, world: Path, split: str, out_dir: Path | None = None
@@ -243,7 +261,7 @@ class RetrievalTask(DownstreamTask):
 
     def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
         """One query batch: encode ``batch_size`` items and captions, ITC similarities, ITM on the pairs."""
-        data = self.eval_set(module, tokenizer, world, "test")
+        data = self.eval_set(module, tokenizer, world, latency_split(world, self.name))
         n = len(data.data.images)
         device = module_device(module)
         items = torch.stack([data.data.images[i % n] for i in range(batch_size)]).to(device)

@@ -26,6 +26,8 @@ the answer's log-likelihood (``rank_first_token_twice=True`` restores the offici
 
 from __future__ import annotations
 
+import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,20 +38,56 @@ from grainvl.data.downstream import make_loader
 from grainvl.data.downstream_gen import VQADataset, tokenize
 from grainvl.data.formats import albef, vlue, vqa_v2
 from grainvl.data.iterators import StatefulIterator
+from grainvl.data.layout import derived_answer_list, layout_for
 from grainvl.metrics.vqa import exact_match_accuracy, vqa_accuracy
 from grainvl.models.decoder import TextDecoder
 from grainvl.models.xvlm import XVLM, _init_linear, build_mlp
-from grainvl.tasks.base import DataOptions, DownstreamTask, TaskModule, inference_call, model_data_config, resolve_split
+from grainvl.tasks.base import (
+    DataOptions,
+    DownstreamTask,
+    TaskModule,
+    data_files,
+    image_root,
+    inference_call,
+    latency_split,
+    model_data_config,
+    resolve_split,
+)
 
 HEADS = ("decoder", "classifier")
 
 
-def vqa_file(world: Path, split: str) -> Path:
-    return Path(world) / "annotations" / "vqa" / f"vqa_{split}.json"
+def vqa_file(world: Path, split: str) -> list[Path]:
+    """The split's files: X-VLM ``vqa_{split}.json`` (or a config's list), else a VQA v2 questions/annotations pair."""
+    return data_files(world, "vqa", split)
 
 
-def answer_list_file(world: Path) -> Path:
-    return Path(world) / "annotations" / "vqa" / "answer_list.json"
+def answer_list_file(world: Path) -> Path | None:
+    """``answer_list.json`` (configured, the world's or an official folder's); None: derived from the answers."""
+    return layout_for(world).answer_list()
+
+
+def answer_list(world: Path) -> list[str]:
+    """The candidate answers: ``answer_list.json``, else (as the official list was made) the 3,129 most
+    frequent answers of the training annotations, or of the training records' answers."""
+    path = answer_list_file(world)
+    if path is not None:
+        return albef.read_answer_list(path)
+    train = vqa_file(world, "train")
+    annotations = [p for p in train if p.name.endswith("_annotations.json")]
+    if annotations:
+        answers = derived_answer_list(annotations)
+    else:
+        counts: Counter[str] = Counter()
+        for path in train:
+            for record in albef.read_vqa(path):
+                given = record.get("answer")
+                given = [given] if isinstance(given, str) else list(given or [])
+                if given:
+                    counts[Counter(given).most_common(1)[0][0]] += 1
+        answers = sorted(counts, key=lambda a: (-counts[a], a))[:3129]
+    print(f"vqa: no answer_list.json; using the {len(answers)} most frequent training answers", file=sys.stderr)
+    return answers
 
 
 class VQAModule(TaskModule):
@@ -156,7 +194,7 @@ class VQATask(DownstreamTask):
 
     def build(self, model: XVLM, world: Path, tokenizer: Any) -> VQAModule:
         if self.options["answers"] is None:
-            self.options["answers"] = albef.read_answer_list(answer_list_file(world))
+            self.options["answers"] = answer_list(world)
         o = self.options
         return VQAModule(
             model,
@@ -173,7 +211,9 @@ class VQATask(DownstreamTask):
         dcfg = model_data_config(module.model, augment=self.data.augment and train)
         index = module.answer_index if module.head == "classifier" else None
         limit = self.data.max_train_samples if train else self.data.max_eval_samples
-        return VQADataset(vqa_file(world, split), Path(world), tokenizer, dcfg, train, self.data.seed, limit, index)
+        roots = {"vg": image_root(world, "vqa", "vg")}
+        root = image_root(world, "vqa")
+        return VQADataset(vqa_file(world, split), root, tokenizer, dcfg, train, self.data.seed, limit, index, roots)
 
     def train_stream(
         self, module: TaskModule, tokenizer: Any, world: Path, cfg: DataOptions, rank: int, world_size: int
@@ -202,7 +242,7 @@ class VQATask(DownstreamTask):
 
     def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
         assert isinstance(module, VQAModule)
-        data = self._dataset(module, tokenizer, world, "test", False)
+        data = self._dataset(module, tokenizer, world, latency_split(world, self.name), False)
         batch = self.latency_batch(module, data, batch_size)
         return inference_call(
             module, lambda: module.predict(batch["image"], batch["question_ids"], batch["question_atts"])
@@ -213,8 +253,8 @@ def vqa_metrics(predictions: dict[int, str], world: Path, split: str, data: VQAD
     """``vqa_acc`` from the official annotations (or the records' answer lists); ``vlue_exact_match`` on OOD."""
 
     metrics: dict[str, float] = {}
-    annotations = world / "annotations" / "vqa" / f"v2_mscoco_{split}_annotations.json"
-    if annotations.is_file():
+    annotations = layout_for(world).vqa_annotations(split)
+    if annotations is not None:
         truth = {
             a["question_id"]: [x["answer"] for x in a["answers"]]
             for a in vqa_v2.read_vqa_annotations(annotations)["annotations"]

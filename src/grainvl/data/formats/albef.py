@@ -147,7 +147,11 @@ def write_answer_list(path: str | Path, answers: Sequence[str]) -> None:
 
 
 def read_nlvr2(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
-    return validate.read_validated_json(path, check_nlvr_record, bad, image_root)
+    """A JSON list, or JSON lines (positions ``line N``) as NLVR2's own ``{split}.json`` files come."""
+    with Path(path).open("rb") as f:
+        lines = not f.read(4096).lstrip().startswith(b"[")
+    read = validate.read_validated_jsonl if lines else validate.read_validated_json
+    return read(path, check_nlvr_record, bad, image_root)
 
 
 def write_nlvr2(path: str | Path, rows: Sequence[Record]) -> None:

@@ -1,0 +1,256 @@
+"""Where a task's files and images are: the world's layout, the official layouts, or explicit files.
+
+One :class:`DataLayout` answers, for a task and a split, which annotation files to read
+(:meth:`DataLayout.split_files`) and which folder image paths are relative to
+(:meth:`DataLayout.image_root`). Fine-tuning, evaluation and ``grainvl data check`` all ask it, so
+a file found by one is found by the others and an image resolves the same way everywhere.
+
+Files are found, in this order:
+
+1. explicit files (:class:`DataFiles`, the keys of the official X-VLM / X²-VLM configs:
+   ``train_file``, ``val_file``, ``test_file``, ``answer_list``, ``image_root``, ``vqa_root``,
+   ``vg_root``); a relative path is tried under the data root, then under the working directory;
+2. the world's layout, ``annotations/<task>/<official name>``;
+3. the official names in the official folders: ``data/finetune/``, ``finetune/``, the root itself,
+   ``<task folder>/`` and, for VQA v2 question/annotation pairs, any folder one level below the root.
+
+Split names: ``val`` also finds ``dev`` files (NLVR2 ships ``nlvr_dev.json``) and VQA v2's
+``val2014``; ``train`` finds ``train2014``; ``test`` finds ``test2015`` / ``test-dev2015``.
+
+Tasks get the layout of a data root with :func:`layout_for`; a recipe that has explicit files
+registers them first with :func:`register_layout`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grainvl.data.formats import vqa_v2
+
+TASK_FOLDERS = {
+    "retrieval": "retrieval",
+    "video_retrieval": "msrvtt",
+    "vqa": "vqa",
+    "nlvr2": "nlvr2",
+    "grounding": "refcoco+",
+    "captioning": "captioning",
+    "videoqa": "msrvtt",
+}
+FILE_NAMES = {
+    "retrieval": ("coco_{s}.json", "flickr30k_{s}.json"),
+    "video_retrieval": ("msrvtt_ret_{s}.json",),
+    "vqa": ("vqa_{s}.json",),
+    "nlvr2": ("nlvr_{s}.json",),
+    "grounding": ("refcoco+_{s}.json",),
+    "captioning": ("coco_karpathy_{s}.json",),
+    "videoqa": ("msrvtt_qa_{s}.jsonl",),
+}
+SPLIT_SYNONYMS = {"val": ("val", "dev"), "dev": ("dev", "val")}
+VQA_SUBTYPES = {"train": ("train2014",), "val": ("val2014",), "test": ("test2015", "test-dev2015")}
+OFFICIAL_FOLDERS = ("data/finetune", "finetune", ".")
+OFFICIAL_KEYS = ("train_file", "val_file", "test_file", "image_root", "vqa_root", "vg_root", "answer_list")
+
+
+@dataclass
+class DataFiles:
+    """Explicit data files, named by the official X-VLM / X²-VLM config keys (one path or a list)."""
+
+    train_file: list[str] | str | None = None
+    val_file: list[str] | str | None = None
+    test_file: list[str] | str | None = None  # several files: one split each, named by the file (refcoco+_val → val)
+    image_root: str = ""  # image paths in the files are relative to this ("" : the data root)
+    vqa_root: str = ""  # VQA images ("" : image_root)
+    vg_root: str = ""  # Visual Genome QA images (records with "dataset": "vg")
+    answer_list: str = ""  # VQA candidate answers ("" : answer_list.json, else the most frequent answers)
+
+    def empty(self) -> bool:
+        return not any(getattr(self, k) for k in OFFICIAL_KEYS)
+
+
+def as_list(value: list[str] | str | None) -> list[str]:
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def split_of(path: str | Path) -> str:
+    """The split an official file name names (``refcoco+_testA.json`` → ``testA``; ``*_test_ood`` → ``test_ood``)."""
+    stem = Path(path).name.split(".")[0]
+    if stem.endswith("_test_ood"):
+        return "test_ood"
+    return stem.rsplit("_", 1)[-1]
+
+
+def _vqa_subtype(split: str) -> tuple[str, ...]:
+    return (*VQA_SUBTYPES.get(split, ()), split)
+
+
+@dataclass
+class DataLayout:
+    """The files and image folders of one data root (see the module docstring)."""
+
+    root: Path
+    files: DataFiles = field(default_factory=DataFiles)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    # ------------------------------------------------------------------ paths
+    def resolve(self, value: str) -> Path:
+        """An official config path: absolute, else under the data root, else under the working directory."""
+        path = Path(value)
+        if path.is_absolute():
+            return path
+        under_root = self.root / path
+        return under_root if under_root.exists() or not path.exists() else path
+
+    def image_root(self, task: str = "", source: str = "") -> Path:
+        """The folder image paths of ``task``'s records are relative to (``source`` "vg": Visual Genome)."""
+        f = self.files
+        if source == "vg" and f.vg_root:
+            return self.resolve(f.vg_root)
+        if task == "vqa" and f.vqa_root:
+            return self.resolve(f.vqa_root)
+        return self.resolve(f.image_root) if f.image_root else self.root
+
+    # ------------------------------------------------------------------ splits
+    def explicit_splits(self) -> dict[str, list[Path]]:
+        """Splits named by the explicit files: ``train``, ``val`` and one per ``test_file`` entry."""
+        out: dict[str, list[Path]] = {}
+        if as_list(self.files.train_file):
+            out["train"] = [self.resolve(p) for p in as_list(self.files.train_file)]
+        if as_list(self.files.val_file):
+            out["val"] = [self.resolve(p) for p in as_list(self.files.val_file)]
+        tests = as_list(self.files.test_file)
+        for value in tests:
+            name = "test" if len(tests) == 1 else split_of(value)
+            out.setdefault(name, []).append(self.resolve(value))
+        return out
+
+    def search_folders(self, task: str) -> list[Path]:
+        folders = [self.root / "annotations" / TASK_FOLDERS.get(task, task)]
+        folders += [self.root / f for f in OFFICIAL_FOLDERS] + [self.root / TASK_FOLDERS.get(task, task)]
+        return [f for f in dict.fromkeys(folders) if f.is_dir()]
+
+    def split_files(self, task: str, split: str) -> list[Path]:
+        """The files of ``task``'s ``split`` ([] when the split does not exist).
+
+        VQA may answer with a VQA v2 pair ``[questions, annotations]`` (annotations absent on test).
+        """
+        explicit = self.explicit_splits()
+        if explicit:
+            return explicit.get(split, [])
+        names = FILE_NAMES.get(task, ())
+        for s in SPLIT_SYNONYMS.get(split, (split,)):
+            for folder in self.search_folders(task):
+                for name in names:
+                    if (folder / name.format(s=s)).is_file():
+                        return [folder / name.format(s=s)]
+        return self.vqa_v2_pair(split) if task == "vqa" else []
+
+    def vqa_v2_pair(self, split: str) -> list[Path]:
+        """``[questions, annotations?]`` of a VQA v2 split below the root (one folder level deep)."""
+        folders = self.search_folders("vqa") + sorted(p for p in self.root.iterdir() if p.is_dir())
+        for sub in _vqa_subtype(split):
+            for folder in dict.fromkeys(folders):
+                questions = folder / f"v2_OpenEnded_mscoco_{sub}_questions.json"
+                if questions.is_file():
+                    annotations = folder / f"v2_mscoco_{sub}_annotations.json"
+                    return [questions, annotations] if annotations.is_file() else [questions]
+        return []
+
+    def vqa_annotations(self, split: str) -> Path | None:
+        """The official annotation file that scores VQA ``split`` (None: score from the records' answers)."""
+        for path in self.split_files("vqa", split):
+            if path.name.endswith("_annotations.json"):
+                return path
+        world = self.root / "annotations" / "vqa" / f"v2_mscoco_{split}_annotations.json"
+        return world if world.is_file() else None
+
+    def answer_list(self) -> Path | None:
+        """``answer_list.json`` (explicit, the world's, or an official folder's); None: derive it."""
+        if self.files.answer_list:
+            return self.resolve(self.files.answer_list)
+        for folder in self.search_folders("vqa"):
+            if (folder / "answer_list.json").is_file():
+                return folder / "answer_list.json"
+        return None
+
+    def describe_missing(self, task: str, split: str) -> str:
+        """One line saying where ``split`` was looked for."""
+        if self.explicit_splits():
+            return f"{task}: no {split!r} split among the configured files"
+        names = ", ".join(n.format(s=split) for n in FILE_NAMES.get(task, ()))
+        return f"{task}: no {split!r} split under {self.root} ({names})"
+
+
+# ---------------------------------------------------------------------------------------------- registry
+_LAYOUTS: dict[str, DataLayout] = {}
+
+
+def _key(root: str | Path) -> str:
+    return str(Path(root).resolve())
+
+
+def register_layout(layout: DataLayout) -> DataLayout:
+    """Make ``layout_for(layout.root)`` return ``layout`` (explicit files of a config) in this process."""
+    _LAYOUTS[_key(layout.root)] = layout
+    return layout
+
+
+def layout_for(root: str | Path) -> DataLayout:
+    """The registered layout of a data root, else the default one (world and official names)."""
+    return _LAYOUTS.get(_key(root)) or DataLayout(Path(root))
+
+
+# ---------------------------------------------------------------------------------------------- official configs
+def is_official_config(tree: dict[str, Any]) -> bool:
+    """Whether a YAML mapping is an official X-VLM / X²-VLM config (it names files by the official keys)."""
+    return any(k in tree for k in ("train_file", "test_file", "val_file"))
+
+
+def files_from_official(tree: dict[str, Any]) -> DataFiles:
+    """The :class:`DataFiles` of an official config mapping (other keys ignored)."""
+    return DataFiles(**{k: tree[k] for k in OFFICIAL_KEYS if k in tree and tree[k] is not None})
+
+
+# ---------------------------------------------------------------------------------------------- VQA v2 pairs
+_SUBTYPE = re.compile(r"mscoco_(.+)_questions\.json$")
+
+
+def vqa_v2_records(questions_path: Path, annotations_path: Path | None) -> list[dict[str, Any]]:
+    """X-VLM ``vqa_{split}.json`` records from an official VQA v2 pair.
+
+    Images follow COCO's names, ``{subtype}/COCO_{subtype}_{image_id:012d}.jpg`` relative to the
+    VQA image root (test-dev questions use the test2015 images); ``answer`` is the ten annotators'
+    answers when the annotations are there.
+    """
+    questions = vqa_v2.read_vqa_questions(questions_path)
+    match = _SUBTYPE.search(questions_path.name)
+    sub = questions.get("data_subtype") or (match.group(1) if match else "")
+    image_sub = "test2015" if sub == "test-dev2015" else sub
+    answers: dict[Any, list[str]] = {}
+    if annotations_path is not None:
+        for ann in vqa_v2.join_questions_annotations(
+            questions, vqa_v2.read_vqa_annotations(annotations_path), annotations_path
+        ):
+            answers[ann["question_id"]] = [a["answer"] for a in ann["answers"]]
+    records = []
+    for q in questions["questions"]:
+        image = f"{image_sub}/COCO_{image_sub}_{int(q['image_id']):012d}.jpg"
+        record = {"question_id": q["question_id"], "question": q["question"], "image": image, "dataset": "vqa"}
+        if q["question_id"] in answers:
+            record["answer"] = answers[q["question_id"]]
+        records.append(record)
+    return records
+
+
+def derived_answer_list(annotation_files: list[Path], size: int = 3129) -> list[str]:
+    """The ``size`` most frequent answers of the annotation files (X-VLM's ``answer_list.json``: 3,129)."""
+    anns: list[dict[str, Any]] = []
+    for path in annotation_files:
+        anns += vqa_v2.read_vqa_annotations(path)["annotations"]
+    return vqa_v2.vqa_answer_list(anns, size)
