@@ -180,7 +180,8 @@ def test_bad_files_give_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["score", "vqa", "--pred", str(broken), "--gt", str(a_path)]) == 2
     assert "malformed JSON" in capsys.readouterr().err
     not_list = _write(tmp_path / "obj.json", {"question_id": 10})
-    assert main(["score", "nlvr2", "--pred", str(not_list), "--gt", str(a_path)]) == 2
+    nlvr_gt = _write(tmp_path / "nlvr_test.json", [{"images": ["l.jpg", "r.jpg"], "sentence": "a", "label": True}])
+    assert main(["score", "nlvr2", "--pred", str(not_list), "--gt", str(nlvr_gt)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "expected a JSON list" in err
     caption_gt = _write(tmp_path / "gt.json", {"images": [{"id": 1}, {"id": 2}], "annotations": [

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Validate a dataset file or a folder (a world or real data in official formats): every record, "
         "every referenced image, and the manifest checksums when there is one. Exit 0 when clean, 2 otherwise.",
     )
-    add_config_args(c, "CheckConfig")
+    add_config_args(c, "grainvl.data.check:CheckConfig")
     shortcut(c, "path", field="path", nargs="?", help="file or folder")
     shortcut(c, "--image-root", field="image_root", help="folder image paths are relative to (default: the data root)")
     shortcut(c, "--format", field="format", help="force a format for a single file (see --list-formats)")

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "in the official result format and metrics.json there. Works under torchrun: ranks share the split and "
         "rank 0 merges the predictions. Settings: EvalConfig.",
     )
-    add_config_args(p, "EvalConfig")
+    add_config_args(p, "grainvl.recipes.finetune:EvalConfig")
     shortcut(p, "task", field="task", nargs="?", help="the task the run was fine-tuned on (checked against task.json)")
     shortcut(p, "--model", field="model", type=Path, help="fine-tuned run folder (RUN of `grainvl finetune`)")
     shortcut(p, "--world", field="world", type=Path, help="world (or dataset) root with the annotation files")

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "params, GFLOPs, energy and CO2 of the run) and RUN/summary.json. Settings: FinetuneConfig "
         "(configs/finetune/TASK.yaml), e.g. --set optim.lr=1e-4 options.k_test=32.",
     )
-    add_config_args(p, "FinetuneConfig")
+    add_config_args(p, "grainvl.recipes.finetune:FinetuneConfig")
     p.epilog = (
         "--config also takes an official X-VLM / X2-VLM fine-tuning config as it ships (train_file, val_file, "
         "test_file, image_root, vqa_root, vg_root, answer_list, batch sizes, optimizer): see docs/formats.md."
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     shortcut(p, "--image-root", field="files.image_root", help="folder the image paths in the files are relative to")
     shortcut(p, "--out", field="train.run_dir", help="run folder")
     shortcut(p, "--steps", field="train.steps", type=int, help="optimizer steps")
-    p.add_argument("--resume", help="run folder or checkpoint folder to continue training from")
+    p.add_argument("--resume", help="run or checkpoint folder to continue training from (default: none, a fresh run)")
     p.set_defaults(func=_cmd_finetune)
 
 
