@@ -106,6 +106,27 @@ def test_vqa_xvlm_answer_lists_use_the_official_accuracy(tmp_path: Path, capsys:
     assert "one answer string per question" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("revision", "line"), [(None, "45.00"), ("official", "45.00"), ("xvlm", "95.00"),
+                                               ("normalized", "95.00")])  # fmt: skip
+def test_vqa_revision_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], revision: str | None, line: str
+) -> None:
+    gt = _write(tmp_path / "vqa_test.json", [
+        {"question_id": 1, "question": "What?", "image": "a.jpg", "answer": ["dog"] * 3 + ["cat"] * 7},
+        {"question_id": 2, "question": "How many?", "image": "a.jpg", "answer": ["2"] * 10},
+    ])  # fmt: skip
+    pred = _write(tmp_path / "res.json", [{"question_id": 1, "answer": "dog"}, {"question_id": 2, "answer": "two"}])
+    extra = [] if revision is None else ["--revision", revision]
+    assert main(["score", "vqa", "--pred", str(pred), "--gt", str(gt), *extra]) == 0
+    assert f"Overall Accuracy is: {line}\n" in capsys.readouterr().out  # only official leaves unanimous GT raw
+    _, a_path = _vqa_v2_files(tmp_path)
+    answers = [{"question_id": 10, "answer": "two"}, {"question_id": 11, "answer": "dog"}]
+    v2_pred = _write(tmp_path / "v2_res.json", [*answers, {"question_id": 20, "answer": "yes"}])
+    assert main(["score", "vqa", "--pred", str(v2_pred), "--gt", str(a_path), *extra]) == 0
+    expected = "63.33" if revision in (None, "official") else "96.67"  # (0 + 0.9 + 1) / 3 vs (1 + 0.9 + 1) / 3
+    assert f"Overall Accuracy is: {expected}\n" in capsys.readouterr().out
+
+
 def test_nlvr2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pair = {"images": ["l.jpg", "r.jpg"], "sentence": "two dogs"}
     gt = _write(
@@ -190,4 +211,4 @@ def test_bad_files_give_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["score", "captioning", "--pred", str(one), "--gt", str(caption_gt)]) == 2
     assert "1 ground-truth image(s) have no caption (2)" in capsys.readouterr().err
     assert main(["score", "nlvr2", "--pred", str(one), "--gt", str(caption_gt), "--metric", "exact"]) == 2
-    assert "--metric apply to the vqa task only" in capsys.readouterr().err
+    assert "--revision apply to the vqa task only" in capsys.readouterr().err

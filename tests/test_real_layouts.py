@@ -193,4 +193,113 @@ def test_official_retrieval_config(real: Path, tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["evaluations"]) == ["test"]
     assert main(["data", "check", "--config", str(path)]) == 0
-    assert main(["eval", "retrieval", "--model", str(out), "--world", str(Path.cwd()), "--split", "test"]) in (0, 2)
+    assert main(["eval", "retrieval", "--model", str(out), "--world", str(Path.cwd()), "--split", "test"]) == 0
+
+
+# ---------------------------------------------------------------------------------------------- official configs
+def _official_config(real: Path, task: str) -> dict:
+    """The data keys of the official X-VLM / X²-VLM configs (configs/finetune/*.yaml) for ``task``."""
+    finetune, coco = real / "data/finetune", str(real / "images/coco/")
+    if task == "retrieval":  # Retrieval_coco.yaml
+        return {"train_file": [str(finetune / "coco_train.json")], "val_file": str(finetune / "coco_val.json"),
+                "test_file": str(finetune / "coco_test.json"), "image_root": coco, "k_test": 4}  # fmt: skip
+    if task == "vqa":  # VQA.yaml: X-VLM json with answer lists, vqa_root / vg_root, answer_list
+        for split, sub, ids in (("train", "train2014", range(1, 5)), ("val", "val2014", range(11, 15))):
+            records = [
+                {"question_id": i * 10, "question": "what color is the square?", "image": _coco(sub, i),
+                 "answer": [list(COLOURS)[(i - 1) % 10 % 4]] * 10, "dataset": "vqa"}
+                for i in ids
+            ]  # fmt: skip
+            _json(finetune / f"vqa_{split}.json", records)
+        _json(finetune / "answer_list.json", list(COLOURS))
+        answers = str(finetune / "answer_list.json")
+        return {"train_file": [str(finetune / "vqa_train.json")], "test_file": [str(finetune / "vqa_val.json")],
+                "answer_list": answers, "vqa_root": coco, "vg_root": coco, "k_test": 4}  # fmt: skip
+    if task == "nlvr2":  # NLVR.yaml
+        return {"train_file": [str(finetune / "nlvr_train.json")], "val_file": [str(finetune / "nlvr_dev.json")],
+                "test_file": [str(finetune / "nlvr_test.json")], "image_root": str(real / "images/nlvr2/")}  # fmt: skip
+    # Grounding_bbox.yaml (RefCOCO+): two test files, one split each
+    return {"train_file": [str(finetune / "refcoco+_train.json")],
+            "test_file": [str(finetune / "refcoco+_val.json"), str(finetune / "refcoco+_test.json")],
+            "image_root": coco, "careful_hflip": True}  # fmt: skip
+
+
+@pytest.mark.parametrize("task", ["nlvr2", "retrieval", "vqa", "grounding"])  # each well under a second
+def test_official_config_finetunes_and_evaluates(
+    real: Path, tmp_path: Path, task: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = {**_official_config(real, task), "batch_size_train": 2, "batch_size_test": 4,
+              "optimizer": {"opt": "adamW", "lr": 3e-5, "weight_decay": 0.01, "lr_mult": 2},
+              "schedular": {"sched": "linear", "lr": 3e-5, "epochs": 1, "num_warmup_steps": 0.1}}  # fmt: skip
+    path = tmp_path / "official.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    argv = ["finetune", task, "--config", str(path), "--model", "xvlm-tiny", "--out", str(out), "--steps", "2"]
+    assert main([*argv, "--set", *QUIET]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["evaluations"] and all(summary["evaluations"].values())
+    assert "only" in capsys.readouterr().err  # the small-split warning, one line per evaluated split
+    assert main(["data", "check", "--config", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["eval", task, "--model", str(out), "--world", str(Path.cwd()), "--split", "test"]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["metrics"], printed
+    assert "not meaningful" in printed.err
+
+
+# ---------------------------------------------------------------------------------------------- data check gaps
+def test_check_walks_up_to_the_data_root(real: Path, tmp_path: Path) -> None:
+    world = tmp_path / "W"
+    _image(world / "images/val/a.jpg", COLOURS["red"])
+    _json(world / "annotations/retrieval/coco_val.json", [{"image": "images/val/a.jpg", "caption": ["a red square"]}])
+    assert check_path(world / "annotations/retrieval").ok  # no manifest: W holds the images
+    report = check_path(real / "data/finetune", fmt="albef-retrieval")
+    assert not report.ok and "--image-root" in report.hint  # images/coco is not above: one line says what to pass
+
+
+def test_check_opens_vqa_v2_images(real: Path, tmp_path: Path) -> None:
+    assert check_path(real / "vqav2", image_root=real / "images/coco").ok
+    bad = tmp_path / "vqav2"
+    bad.mkdir()
+    doc = json.loads((real / "vqav2/v2_OpenEnded_mscoco_val2014_questions.json").read_text())
+    doc["questions"][1]["image_id"] = 999
+    _json(bad / "v2_OpenEnded_mscoco_val2014_questions.json", doc)
+    report = check_path(bad, image_root=real / "images/coco", skip_bad=True)
+    assert [str(e).split(": ")[1] for e in report.errors] == ["question 1"]
+    assert "COCO_val2014_000000000999.jpg" in str(report.errors[0])
+
+
+@pytest.mark.parametrize("task", ["vqa", "nlvr2", "grounding"])
+def test_check_names_each_bad_record_of_every_task(real: Path, tmp_path: Path, task: str) -> None:
+    finetune = real / "data/finetune"
+    if task == "nlvr2":
+        lines = [json.loads(x) for x in (finetune / "nlvr_train.json").read_text().splitlines()]
+        lines[1]["images"] = ["red.png", "missing.png"]
+        lines[3]["label"] = "maybe"
+        bad = tmp_path / "nlvr_train.json"
+        bad.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+        images = real / "images/nlvr2"
+    else:
+        _official_config(real, "vqa")  # writes vqa_train.json
+        name = "vqa_train.json" if task == "vqa" else "refcoco+_train.json"
+        records = json.loads((finetune / name).read_text())
+        records[1]["image"] = "train2014/missing.jpg"
+        records[3]["question" if task == "vqa" else "text"] = ""
+        bad = tmp_path / name
+        bad.write_text(json.dumps(records))
+        images = real / "images/coco"
+    layout = DataLayout(tmp_path, DataFiles(train_file=[str(bad)], image_root=str(images), vqa_root=str(images)))
+    report = check_layout(layout, task, skip_bad=True)
+    expected = ["line 2", "line 4"] if task == "nlvr2" else ["index 1", "index 3"]  # JSON lines: 1-based lines
+    assert [str(e).split(": ")[1] for e in report.errors] == expected, report.errors
+
+
+def test_msrvtt_official_names(tmp_path: Path) -> None:
+    folder = tmp_path / "data/finetune"
+    for name in ("msrvtt_ret_train7k.json", "msrvtt_ret_test1k.json", "msrvtt_qa_train.json", "train_ans2label.json"):
+        _json(folder / name, [])
+    layout = DataLayout(tmp_path)
+    assert layout.split_files("video_retrieval", "train") == [folder / "msrvtt_ret_train7k.json"]
+    assert layout.split_files("video_retrieval", "test") == [folder / "msrvtt_ret_test1k.json"]
+    assert layout.split_files("videoqa", "train") == [folder / "msrvtt_qa_train.json"]
+    assert layout.ans2label() == folder / "train_ans2label.json"

@@ -17,10 +17,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "RUN/results.jsonl. Settings: PretrainConfig (configs/pretrain/).",
     )
     add_config_args(p, "grainvl.recipes.pretrain:PretrainConfig")
+    p.epilog = (
+        "--config also takes an official X-VLM / X2-VLM pre-training config as it ships (train_file, "
+        "train_file_regions, train_file_videos: JSON-lines files or folders of them; images / regions / videos "
+        "batch settings, optimizer, schedular): see docs/formats.md. Every file is looked up before step 1."
+    )
     shortcut(
         p, "--model", field="model", help="registered architecture (grainvl.list_models()) or an architecture JSON"
     )
-    shortcut(p, "--data", field="data.world", help="world folder (annotations/pretrain/{split}/*.jsonl)")
+    shortcut(
+        p,
+        "--data",
+        "--data-root",
+        field="data.world",
+        help="data root: a world (annotations/pretrain/{split}/*.jsonl), a folder with image_text*.jsonl, "
+        "region*.jsonl, video*.jsonl (also under data/pretrain/ or pretrain/), or the folder the config's "
+        "train_file paths are relative to",
+    )
+    shortcut(
+        p,
+        "--image-root",
+        field="files.image_root",
+        help="folder the image and frame paths in the files are relative to (default: the data root)",
+    )
     shortcut(p, "--steps", field="train.steps", type=int, help="optimizer steps")
     shortcut(p, "--out", field="train.run_dir", help="run folder (checkpoints, metrics, model)")
     p.add_argument("--resume", help="run folder or checkpoint folder to continue from (default: none, a fresh run)")
@@ -29,9 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
-    from grainvl.recipes.pretrain import PretrainConfig, format_report, run_pretrain
+    from grainvl.recipes.pretrain import PretrainConfig, format_report, official_config_args, run_pretrain
     from grainvl.recipes.scaffold import print_report
 
-    cfg = config_from_args(PretrainConfig, args)
+    with official_config_args(args) as translated:
+        cfg = config_from_args(PretrainConfig, translated)
     print_report(run_pretrain(cfg, resume=args.resume), format_report)
     return 0

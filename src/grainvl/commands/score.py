@@ -52,6 +52,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     shortcut(
         p,
+        "--revision",
+        field="revision",
+        choices=("official", "xvlm", "normalized"),
+        help="vqa: whose answer normalisation: 'official' (GT-Vision-Lab master, the evaluation server; default), "
+        "'xvlm' (the older vqaEval.py X-VLM and VLUE ship), 'normalized' (both sides always normalised)",
+    )
+    shortcut(
+        p,
         "--no-meteor",
         field="meteor",
         action="store_false",
@@ -71,7 +79,13 @@ def _cmd_score(args: argparse.Namespace) -> int:
         raise ValueError(f"score task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
     questions = None if cfg.questions is None else Path(cfg.questions)
     metrics: dict[str, Any] = scoring.score_files(
-        cfg.task, Path(cfg.pred), Path(cfg.gt), questions=questions, metric=cfg.metric, meteor=cfg.meteor
+        cfg.task,
+        Path(cfg.pred),
+        Path(cfg.gt),
+        questions=questions,
+        metric=cfg.metric,
+        meteor=cfg.meteor,
+        revision=cfg.revision,
     )
     if cfg.out is not None:
         fileio.write_json(Path(cfg.out), metrics)

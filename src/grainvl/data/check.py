@@ -10,13 +10,15 @@ of each file, or every bad record with ``skip_bad``. When the folder has a ``man
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from grainvl.data.formats.registry import FORMATS, FormatSpec, load_all, sniff
-from grainvl.data.layout import FILE_NAMES, DataFiles, DataLayout, as_list
+from grainvl.data.formats.validate import ImageChecker
+from grainvl.data.layout import FILE_NAMES, DataFiles, DataLayout, as_list, files_from_official, vqa_v2_records
 from grainvl.errors import BadRecords, DataError
 from grainvl.utils.fileio import read_json
 
@@ -24,6 +26,7 @@ MANIFEST = "manifest.json"
 # Images are data that records point to; the readers open the ones referenced.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+COCO_SUBTYPE = re.compile(r"[a-z-]+20\d\d/")  # train2014/, val2014/, test2015/: COCO image folders
 
 
 @dataclass
@@ -42,6 +45,7 @@ class CheckReport:
     root: Path  # the folder that shown file names are relative to
     rows: list[FileCheck] = field(default_factory=list)
     unrecognised: list[str] = field(default_factory=list)  # files below the folder no format claims
+    hint: str = ""  # one line on how to make the images resolve (they were not found from the data root)
 
     @property
     def errors(self) -> list[DataError]:
@@ -78,11 +82,69 @@ def check_path(
         raise DataError(path, None, "not found")
     load_all()
     files = DataFiles(image_root=str(image_root) if image_root else "")
+    start = path if path.is_dir() else path.parent
+    root, hint = (start, "") if image_root else find_data_root(start, [path] if path.is_file() else _data_files(path))
     if path.is_dir():
-        return _check_directory(path, fmt, skip_bad, DataLayout(path, files))
-    spec = _format_for(path, fmt)
-    layout = DataLayout(data_root_of(path), files)
-    return CheckReport(root=path.parent, rows=[_check_file(path, path.name, spec, skip_bad, layout)])
+        report = _check_directory(path, fmt, skip_bad, DataLayout(root, files))
+    else:
+        spec = _format_for(path, fmt)
+        report = CheckReport(
+            root=path.parent, rows=[_check_file(path, path.name, spec, skip_bad, DataLayout(root, files))]
+        )
+    report.hint = hint if not report.ok else ""
+    return report
+
+
+def find_data_root(start: Path, files: list[Path]) -> tuple[Path, str]:
+    """The folder the image paths of ``files`` resolve from, as the trainer's data root, and a hint line.
+
+    The nearest folder at or above ``start`` holding ``manifest.json`` (a world); else the nearest one
+    (``start`` itself, then up to five folders above it) under which the first records' images exist,
+    so that ``W/annotations/retrieval`` or ``D/data/finetune`` checks against ``W`` / ``D``. When no
+    folder resolves them: ``start`` and a line saying to pass ``--image-root``.
+    """
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if (folder / MANIFEST).is_file():
+            return folder, ""
+    refs = [ref for ref in (_first_reference(f) for f in files[:20]) if ref]
+    if not refs:
+        return start, ""
+    for folder in (start, *start.parents)[:6]:
+        if any(_resolves(folder, ref) for ref in refs):
+            return folder, ""
+    return start, (
+        f"images such as {refs[0]!r} are not under {start} or the folders above it: pass --image-root FOLDER "
+        "(the folder the image paths in the files are relative to, as the official image_root / vqa_root)"
+    )
+
+
+def _first_reference(file: Path) -> str:
+    """The image (or video) the first record of an annotation file names; "" when there is none to read."""
+    try:
+        if file.name.endswith("_questions.json"):
+            records = vqa_v2_records(file, None)
+            return records[0]["image"] if records else ""
+        with file.open(encoding="utf-8") as f:
+            head = f.read(1 << 16).lstrip()
+        if head.startswith("["):
+            doc = read_json(file)
+            record = doc[0] if isinstance(doc, list) and doc else None
+        else:
+            record = json.loads(head.splitlines()[0]) if head else None
+    except (DataError, ValueError, OSError, KeyError, TypeError, IndexError):
+        return ""
+    if not isinstance(record, dict):
+        return ""
+    images = record.get("images")
+    value = record.get("image") or (images[0] if isinstance(images, list) and images else None)
+    value = value or record.get("video") or record.get("video_id")
+    return value if isinstance(value, str) else ""
+
+
+def _resolves(folder: Path, ref: str) -> bool:
+    path = folder / ref
+    return path.exists() or path.with_name(path.name + ".json").exists() or (folder / "videos" / ref).exists()
 
 
 def check_layout(layout: DataLayout, task: str | None = None, skip_bad: bool = False) -> CheckReport:
@@ -117,8 +179,7 @@ def layout_from_config(tree: dict[str, Any]) -> tuple[DataLayout, str | None]:
     if "files" in tree or "world" in tree:
         files = DataFiles(**(tree.get("files") or {}))
         return DataLayout(Path(tree.get("world", ".")), files), tree.get("task")
-    files = DataFiles(**{k: tree[k] for k in ("train_file", "val_file", "test_file", "image_root", "vqa_root",
-                                                 "vg_root", "answer_list") if tree.get(k)})  # fmt: skip
+    files = files_from_official({k: v for k, v in tree.items() if v})
     names = " ".join(as_list(files.train_file) + as_list(files.test_file))
     task = next((t for t, pats in FILE_NAMES.items() if any(p.split("{")[0] in names for p in pats)), None)
     return DataLayout(Path("."), files), task
@@ -182,12 +243,30 @@ def _check_file(
     try:
         image_root = layout.image_root(task or FORMAT_TASKS.get(spec.name, ""))
         row.records = count_records(spec.read(file, bad=bad, image_root=image_root))
+        if spec.name == "vqa-v2-questions":  # the pair names images by COCO id: open them like the trainer
+            _check_vqa_v2_images(file, layout.image_root("vqa"), bad)
     except DataError as error:
         row.errors.append(error)
     except Exception as error:  # a reader bug must not hide the files after it; report it as this file's error
         row.errors.append(DataError(file, None, f"reader failed: {type(error).__name__}: {error}"))
     row.errors[:0] = bad.errors  # skipped records came before whatever stopped the read
     return row
+
+
+def _check_vqa_v2_images(questions: Path, image_root: Path, bad: BadRecords) -> None:
+    """Open every image a VQA v2 questions file names (``{subtype}/COCO_{subtype}_{image_id:012d}.jpg``).
+
+    Only COCO subtypes (``train2014``, ``val2014``, ``test2015``, ...) name images; the world's pair
+    (``world_val``) mirrors its ``vqa_{split}.json``, whose own image paths are checked there.
+    """
+    images = ImageChecker(questions, image_root)
+    for i, record in enumerate(vqa_v2_records(questions, None)):
+        if not COCO_SUBTYPE.match(record["image"]):
+            return
+        try:
+            images.check(record["image"], f"question {i}")
+        except DataError as error:
+            bad.handle(error)
 
 
 def count_records(result: Any) -> int:
@@ -285,6 +364,8 @@ def format_report(report: CheckReport, by_format: bool = False) -> str:
         shown = ", ".join(report.unrecognised[:5]) + (", ..." if len(report.unrecognised) > 5 else "")
         lines += ["", f"{len(report.unrecognised)} file(s) in no known format, not checked: {shown}"]
     records = sum(r.records for r in report.rows if r.format != "manifest")  # manifest rows count files, not records
+    if report.hint:
+        lines += ["", f"hint: {report.hint}"]
     verdict = "OK" if report.ok else "FAILED"
     lines += ["", f"{verdict}: {len(report.rows)} file(s), {records} record(s), {len(errors)} error(s)"]
     return "\n".join(line.rstrip() for line in lines)

@@ -384,8 +384,9 @@ def retrieval_eval_set(
 SMALL_SPLIT = 10  # R@10 of a gallery this small is 100 whatever the model does
 
 
-def warn_small_split(path: Path, n: int, what: str, minimum: int = SMALL_SPLIT) -> None:
-    """One warning line when an evaluation split is too small for its metrics to mean anything."""
+def warn_small_split(path: Path | str, n: int, what: str, minimum: int = SMALL_SPLIT) -> None:
+    """One warning line when an evaluation split is too small for its metrics to mean anything (``path``:
+    the split's file, or any words naming it)."""
     if n < minimum:
         print(f"warning: {path}: only {n} {what}; metrics on fewer than {minimum} are not meaningful", file=sys.stderr)
 

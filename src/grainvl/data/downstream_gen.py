@@ -302,7 +302,7 @@ class VideoQADataset(RecordsDataset):
     """MSRVTT-QA lines ``{video_id, question, answer}`` -> ``{"video" (F, 3, R, R), "question", "label", "index"}``."""
 
     kind = "videoqa"
-    json_lines = True
+    json_lines = False  # JSON lines (msrvtt_qa_*.jsonl) or one JSON list (msrvtt_qa_*.json): sniffed
 
     def __init__(
         self,

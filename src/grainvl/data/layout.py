@@ -9,7 +9,8 @@ Files are found, in this order:
 
 1. explicit files (:class:`DataFiles`, the keys of the official X-VLM / X²-VLM configs:
    ``train_file``, ``val_file``, ``test_file``, ``answer_list``, ``image_root``, ``vqa_root``,
-   ``vg_root``); a relative path is tried under the data root, then under the working directory;
+   ``vg_root``, ``ans2label_file``; X²-VLM's video-QA ``valid_file`` / ``img_rdir`` too); a relative
+   path is tried under the data root, then under the working directory;
 2. the world's layout, ``annotations/<task>/<official name>``;
 3. the official names in the official folders: ``data/finetune/``, ``finetune/``, the root itself,
    ``<task folder>/`` and, for VQA v2 question/annotation pairs, any folder one level below the root.
@@ -46,12 +47,26 @@ FILE_NAMES = {
     "nlvr2": ("nlvr_{s}.json",),
     "grounding": ("refcoco+_{s}.json",),
     "captioning": ("coco_karpathy_{s}.json",),
-    "videoqa": ("msrvtt_qa_{s}.jsonl",),
+    "videoqa": ("msrvtt_qa_{s}.jsonl", "msrvtt_qa_{s}.json"),
 }
+# Official names that carry more than the split: MSR-VTT retrieval ships the 7k / 9k training splits
+# and the 1k-A test split (``msrvtt_ret_train7k.json``, ``msrvtt_ret_test1k.json``).
+SPLIT_NAMES = {
+    "video_retrieval": {
+        "train": ("msrvtt_ret_train7k.json", "msrvtt_ret_train9k.json"),
+        "test": ("msrvtt_ret_test1k.json",),
+    },
+}
+# The video-QA answer vocabulary {answer: label}: the world's, X²-VLM's (ClipBERT's) and a prefixed one.
+ANS2LABEL_NAMES = ("ans2label.json", "train_ans2label.json", "msrvtt_qa_ans2label.json")
 SPLIT_SYNONYMS = {"val": ("val", "dev"), "dev": ("dev", "val")}
 VQA_SUBTYPES = {"train": ("train2014",), "val": ("val2014",), "test": ("test2015", "test-dev2015")}
 OFFICIAL_FOLDERS = ("data/finetune", "finetune", ".")
-OFFICIAL_KEYS = ("train_file", "val_file", "test_file", "image_root", "vqa_root", "vg_root", "answer_list")
+OFFICIAL_KEYS = (
+    "train_file", "val_file", "test_file", "image_root", "vqa_root", "vg_root", "answer_list", "ans2label_file"
+)  # fmt: skip
+# X²-VLM's video-QA configs name two of them differently (``VQA_msrvtt.py``).
+OFFICIAL_ALIASES = {"valid_file": "val_file", "img_rdir": "image_root"}
 
 
 @dataclass
@@ -65,6 +80,7 @@ class DataFiles:
     vqa_root: str = ""  # VQA images ("" : image_root)
     vg_root: str = ""  # Visual Genome QA images (records with "dataset": "vg")
     answer_list: str = ""  # VQA candidate answers ("" : answer_list.json, else the most frequent answers)
+    ans2label_file: str = ""  # video-QA answer vocabulary ("" : ans2label.json / train_ans2label.json)
 
     def empty(self) -> bool:
         return not any(getattr(self, k) for k in OFFICIAL_KEYS)
@@ -143,12 +159,12 @@ class DataLayout:
         explicit = self.explicit_splits()
         if explicit:
             return explicit.get(split, [])
-        names = FILE_NAMES.get(task, ())
         for s in SPLIT_SYNONYMS.get(split, (split,)):
+            names = [n.format(s=s) for n in FILE_NAMES.get(task, ())] + list(SPLIT_NAMES.get(task, {}).get(s, ()))
             for folder in self.search_folders(task):
                 for name in names:
-                    if (folder / name.format(s=s)).is_file():
-                        return [folder / name.format(s=s)]
+                    if (folder / name).is_file():
+                        return [folder / name]
         return self.vqa_v2_pair(split) if task == "vqa" else []
 
     def vqa_v2_pair(self, split: str) -> list[Path]:
@@ -179,11 +195,23 @@ class DataLayout:
                 return folder / "answer_list.json"
         return None
 
+    def ans2label(self) -> Path | None:
+        """The video-QA ``{answer: label}`` file (explicit ``ans2label_file``, else an official name); None: none."""
+        if self.files.ans2label_file:
+            return self.resolve(self.files.ans2label_file)
+        for folder in self.search_folders("videoqa"):
+            for name in ANS2LABEL_NAMES:
+                if (folder / name).is_file():
+                    return folder / name
+        return None
+
     def describe_missing(self, task: str, split: str) -> str:
         """One line saying where ``split`` was looked for."""
         if self.explicit_splits():
             return f"{task}: no {split!r} split among the configured files"
-        names = ", ".join(n.format(s=split) for n in FILE_NAMES.get(task, ()))
+        names = ", ".join(
+            [n.format(s=split) for n in FILE_NAMES.get(task, ())] + list(SPLIT_NAMES.get(task, {}).get(split, ()))
+        )
         return f"{task}: no {split!r} split under {self.root} ({names})"
 
 
@@ -209,12 +237,14 @@ def layout_for(root: str | Path) -> DataLayout:
 # ---------------------------------------------------------------------------------------------- official configs
 def is_official_config(tree: dict[str, Any]) -> bool:
     """Whether a YAML mapping is an official X-VLM / X²-VLM config (it names files by the official keys)."""
-    return any(k in tree for k in ("train_file", "test_file", "val_file"))
+    return any(k in tree for k in ("train_file", "test_file", "val_file", "valid_file"))
 
 
 def files_from_official(tree: dict[str, Any]) -> DataFiles:
-    """The :class:`DataFiles` of an official config mapping (other keys ignored)."""
-    return DataFiles(**{k: tree[k] for k in OFFICIAL_KEYS if k in tree and tree[k] is not None})
+    """The :class:`DataFiles` of an official config mapping (other keys ignored; X²-VLM's ``valid_file`` and
+    ``img_rdir`` are ``val_file`` and ``image_root``)."""
+    values = {OFFICIAL_ALIASES.get(k, k): v for k, v in tree.items() if v is not None}
+    return DataFiles(**{k: values[k] for k in OFFICIAL_KEYS if k in values})
 
 
 # ---------------------------------------------------------------------------------------------- VQA v2 pairs

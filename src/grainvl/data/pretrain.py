@@ -339,8 +339,9 @@ class _LineDataset(ABC):
     """Shared part of the three pre-training datasets: records, image ids, rngs, text, images.
 
     Args:
-        jsonl_path: the JSON-lines file, validated line by line at construction.
-        root: the folder image and frame paths are relative to (a world's root).
+        jsonl_path: the JSON-lines file, or several (the shards of an official ``train_file`` list),
+            validated line by line at construction; their records are concatenated in order.
+        root: the folder image and frame paths are relative to (a world's root, or ``image_root``).
         tokenizer: a Hugging Face tokenizer with [CLS]/[SEP]/[PAD]/[MASK] (or their RoBERTa forms).
         cfg: the data settings.
         train: random augmentation; False gives the deterministic "test" pictures.
@@ -354,7 +355,7 @@ class _LineDataset(ABC):
 
     def __init__(
         self,
-        jsonl_path: str | Path,
+        jsonl_path: str | Path | Sequence[str | Path],
         root: str | Path,
         tokenizer: Any,
         cfg: PretrainDataConfig,
@@ -364,10 +365,19 @@ class _LineDataset(ABC):
     ) -> None:
         if not train and not self.has_test_mode:
             raise ValueError(f"{type(self).__name__} is training data only (its recipe is random by design)")
-        self.path, self.root = Path(jsonl_path), Path(root)
+        paths = [jsonl_path] if isinstance(jsonl_path, (str, Path)) else list(jsonl_path)
+        if not paths:
+            raise ValueError(f"{type(self).__name__}: no files given")
+        self.paths = [Path(p) for p in paths]
+        self.path, self.root = self.paths[0], Path(root)
         self.cfg, self.train, self.seed = cfg, train, seed
         self.text = PretrainText(tokenizer, cfg)
-        self.records, self.positions = _read_numbered(self.path, self._validator(), bad)
+        self.records, self.positions, self.file_of = [], [], []
+        for k, path in enumerate(self.paths):
+            records, positions = _read_numbered(path, self._validator(), bad)
+            self.records += records
+            self.positions += positions
+            self.file_of += [k] * len(records)
         self.image_ids = self._image_ids()
         self._setup()
 
@@ -386,6 +396,10 @@ class _LineDataset(ABC):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def at(self, index: int) -> tuple[Path, str]:
+        """``(file, position)`` of record ``index``, for error messages."""
+        return self.paths[self.file_of[index]], self.positions[index]
 
     def __getitem__(self, index: int) -> Sample:
         return self.sample(index, 0)  # evaluation and inspection: the epoch-0 sample
@@ -412,19 +426,19 @@ class _LineDataset(ABC):
         try:
             return self.text.encode(text, rng)
         except ValueError as e:  # pre_caption rejects captions that clean to nothing
-            raise DataError(self.path, self.positions[index], f"bad caption {text!r}: {e}") from None
+            raise DataError(*self.at(index), f"bad caption {text!r}: {e}") from None
 
     def _open_image(self, index: int) -> Image.Image:
-        record, where = self.records[index], self.positions[index]
+        record, (path, where) = self.records[index], self.at(index)
         if "image" in record:
-            return open_rgb(record["image"], self.root, True, self.path, where)
-        return open_rgb(record["binary"], self.root, False, self.path, where)
+            return open_rgb(record["image"], self.root, True, path, where)
+        return open_rgb(record["binary"], self.root, False, path, where)
 
     def _choose(self, value: Any, rng: random.Random, index: int) -> tuple[str, str]:
         try:
             return choose_caption(value, rng, self.cfg.language, self.cfg.caption_language)
         except KeyError as e:  # a {lang: caption} dict without the configured language
-            raise DataError(self.path, self.positions[index], str(e.args[0])) from None
+            raise DataError(*self.at(index), str(e.args[0])) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -633,8 +647,8 @@ class VideoTextDataset(_LineDataset):
         frames, clip_text = self._clip_frames(index, rng)
         text, lang = clip_text if clip_text is not None else self._choose(record["text"], text_rng, index)
         chosen = [frames[i] for i in sample_frame_ids(len(frames), self.cfg.frame_len, rng)]
-        where = self.positions[index]
-        pictures = [open_rgb(f, self.root, xvlm_pretrain.is_frame_path(f), self.path, where, "frame") for f in chosen]
+        path, where = self.at(index)
+        pictures = [open_rgb(f, self.root, xvlm_pretrain.is_frame_path(f), path, where, "frame") for f in chosen]
         video, text = video_transform(
             pictures,
             self.cfg.resolution,
@@ -658,7 +672,7 @@ class VideoTextDataset(_LineDataset):
         texts = _as_list(record["text"])
         usable = [i for i, text in enumerate(texts) if text.strip() not in SKIP_CLIP_CAPTIONS]
         if not usable:
-            raise DataError(self.path, self.positions[index], "every clip caption is in the skip set ([Music])")
+            raise DataError(*self.at(index), "every clip caption is in the skip set ([Music])")
         start = rng.choice(usable) if rng is not None else usable[0]
         ids = [start]
         if record["is_continuous"]:
@@ -755,14 +769,77 @@ class PretrainStream(ShardedStream):
             self._pool = None
 
 
+PathSet = Path | tuple[Path, ...]  # one JSON-lines file, or the shards of one stream
+
+
+@dataclass
+class PretrainDataFiles:
+    """Explicit pre-training files, by the keys of the official X-VLM / X²-VLM pre-training configs.
+
+    Each ``train_file*`` value is a list (or a comma-separated string) of JSON-lines files and folders;
+    a folder stands for every file in it except hidden ones and markers such as ``_SUCCESS`` (the
+    official reader lists a folder's shards the same way). A relative path is looked up under the
+    data root, then under the working directory.
+    """
+
+    train_file: list[str] | str | None = None  # image–caption lines ({"image" | "binary", "caption" | "desc"})
+    train_file_regions: list[str] | str | None = None  # region lines ({"image" | "binary", "elems": [...]})
+    train_file_videos: list[str] | str | None = None  # video lines ({"video_frames", "text", "is_continuous"})
+    image_root: str = ""  # image and frame paths are relative to this ("": the data root)
+    test_file: list[str] | str | None = None
+    """Zero-shot evaluation files, one split each, named by the file (``coco_test.json`` → ``test``; a lone
+    file is ``test``): image–caption JSON lines or an ALBEF retrieval JSON list; ``refcoco+_*.json``
+    files are the grounding files of their split."""
+
+    def has_training(self) -> bool:
+        return any(entries(getattr(self, key)) for key in TRAIN_KEYS.values())
+
+
+TRAIN_KEYS = {"image": "train_file", "region": "train_file_regions", "video": "train_file_videos"}
+OFFICIAL_PRETRAIN_FOLDERS = ("data/pretrain", "pretrain", ".")
+
+
+def entries(value: list[str] | str | None) -> list[str]:
+    """The entries of an official path value: a list, or one string with comma-separated paths."""
+    if not value:
+        return []
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    return [item.strip() for item in items if item.strip()]
+
+
+def resolve_under(root: Path, value: str) -> Path:
+    """An official config path: absolute, else under the data root, else under the working directory."""
+    path = Path(value)
+    if path.is_absolute():
+        return path
+    return root / path if (root / path).exists() or not path.exists() else path
+
+
+def shard_files(path: Path) -> list[Path]:
+    """A file, or the files of a folder in name order (no hidden files, no ``_SUCCESS``-style markers)."""
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
+
+
 @dataclass(frozen=True)
 class PretrainFiles:
-    """Where the pre-training lines are: an image root and up to three JSON-lines files."""
+    """Where the pre-training lines are: an image root and up to three streams of JSON-lines files."""
 
     root: Path
-    image: Path | None = None
-    region: Path | None = None
-    video: Path | None = None
+    image: PathSet | None = None
+    region: PathSet | None = None
+    video: PathSet | None = None
+
+    def empty(self) -> bool:
+        return self.image is None and self.region is None and self.video is None
+
+    def all_files(self) -> list[Path]:
+        out: list[Path] = []
+        for kind in TRAIN_KEYS:
+            value = getattr(self, kind)
+            out += [] if value is None else [value] if isinstance(value, Path) else list(value)
+        return out
 
     @classmethod
     def from_world(cls, world: str | Path, split: str) -> PretrainFiles:
@@ -771,6 +848,60 @@ class PretrainFiles:
         folder = world / "annotations" / "pretrain" / split
         found = {kind: folder / f"{name}.jsonl" for kind, name in _FILE_NAMES.items()}
         return cls(world, **{kind: path for kind, path in found.items() if path.is_file()})
+
+    @classmethod
+    def find(cls, root: str | Path, split: str, image_root: Path | None = None) -> PretrainFiles:
+        """The files of ``split`` under a data root by their registered names (``image_text*.jsonl``,
+        ``region*.jsonl``, ``video*.jsonl``): the world's ``annotations/pretrain/{split}/``, then
+        ``data/pretrain/{split}/``, ``pretrain/{split}/`` and, for ``train``, ``data/pretrain/``,
+        ``pretrain/`` and the root itself. The first folder holding any of them wins."""
+        root = Path(root)
+        for folder in search_folders(root, split):
+            found = {kind: tuple(sorted(folder.glob(f"{name}*.jsonl"))) for kind, name in _FILE_NAMES.items()}
+            if any(found.values()):
+                streams = {kind: paths[0] if len(paths) == 1 else paths for kind, paths in found.items() if paths}
+                return cls(image_root or root, **streams)
+        return cls(image_root or root)
+
+    @classmethod
+    def from_sources(cls, root: str | Path, sources: PretrainDataFiles) -> PretrainFiles:
+        """The streams named by explicit files; a path that does not exist (or an empty folder) is a
+        FileNotFoundError naming the key and where the path was looked for."""
+        root = Path(root)
+        streams: dict[str, tuple[Path, ...]] = {}
+        for kind, key in TRAIN_KEYS.items():
+            paths: list[Path] = []
+            for value in entries(getattr(sources, key)):
+                path = resolve_under(root, value)
+                if not path.exists():
+                    where = str(path) if Path(value).is_absolute() else f"{root / value} or {Path.cwd() / value}"
+                    raise FileNotFoundError(f"pretrain: {key} entry {value!r} not found (looked for {where})")
+                shards = shard_files(path)
+                if not shards:
+                    raise FileNotFoundError(f"pretrain: {key} entry {value!r}: {path} holds no files")
+                paths += shards
+            if paths:
+                streams[kind] = tuple(paths)
+        image_root = resolve_under(root, sources.image_root) if sources.image_root else root
+        return cls(image_root, **streams)
+
+
+def search_folders(root: Path, split: str) -> list[Path]:
+    """Folders that may hold a split's pre-training lines, in the order :meth:`PretrainFiles.find` tries them."""
+    folders = [root / "annotations" / "pretrain" / split]
+    folders += [root / f / split for f in OFFICIAL_PRETRAIN_FOLDERS if f != "."]
+    if split == "train":
+        folders += [root / f for f in OFFICIAL_PRETRAIN_FOLDERS]
+    return [f for f in dict.fromkeys(folders) if f.is_dir()]
+
+
+def describe_search(root: Path, split: str) -> str:
+    """Where :meth:`PretrainFiles.find` looks, in words (for the error when nothing is found)."""
+    names = ", ".join(f"{n}*.jsonl" for n in _FILE_NAMES.values())
+    folders = [f"annotations/pretrain/{split}"] + [f"{f}/{split}" for f in OFFICIAL_PRETRAIN_FOLDERS if f != "."]
+    if split == "train":
+        folders += [f for f in OFFICIAL_PRETRAIN_FOLDERS if f != "."] + ["the root"]
+    return f"{names} in {', '.join(folders)} under {root}"
 
 
 _FILE_NAMES = {"image": "image_text", "region": "region", "video": "video"}
@@ -795,13 +926,14 @@ def build_pretrain_loaders(
     """Training streams ``{"image", "region", "video"}`` for the files that exist.
 
     ``world_or_paths`` is a world folder (files under ``annotations/pretrain/{split}``) or a
-    :class:`PretrainFiles`. Region streams draw ``max_images_per_region_batch`` images per batch.
+    :class:`PretrainFiles` (several files per stream are read as one dataset).
+    Region streams draw ``max_images_per_region_batch`` images per batch.
     """
     if isinstance(world_or_paths, PretrainFiles):
         files = world_or_paths
     else:
         files = PretrainFiles.from_world(world_or_paths, split)
-        if files.image is None and files.region is None and files.video is None:
+        if files.empty():
             raise FileNotFoundError(
                 f"no pre-training files under {Path(world_or_paths) / 'annotations/pretrain' / split}"
             )
@@ -841,6 +973,12 @@ class EvalImages:
         value, is_path, where = self.sources[index]
         return self.transform(open_rgb(value, self.root, is_path, self.annotation, where))[0]
 
+    def check_paths(self) -> None:
+        """The one-line DataError of the first image path that is not a file (one stat each, nothing decoded)."""
+        for value, is_path, where in self.sources:
+            if is_path and not (self.root / value).is_file():
+                raise DataError(self.annotation, where, f"image not found: {self.root / value}")
+
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """``(b, 3, R, R)`` tensors over all images in order."""
         for start in range(0, len(self), batch_size):
@@ -860,12 +998,21 @@ class ImageTextEval:
 
 
 def eval_image_text(
-    world: str | Path, split: str, tokenizer: Any, cfg: PretrainDataConfig, jsonl_path: str | Path | None = None
+    world: str | Path,
+    split: str,
+    tokenizer: Any,
+    cfg: PretrainDataConfig,
+    jsonl_path: str | Path | None = None,
+    image_root: str | Path | None = None,
 ) -> ImageTextEval:
-    """Every caption of every image of ``annotations/pretrain/{split}/image_text.jsonl`` (or ``jsonl_path``)."""
+    """Every caption of every image of ``annotations/pretrain/{split}/image_text.jsonl`` (or ``jsonl_path``).
+
+    ``jsonl_path`` may also be an ALBEF retrieval JSON list (``coco_test.json``: ``image`` and a
+    ``caption`` list per image). Image paths are relative to ``image_root`` (default: ``world``).
+    """
     world = Path(world)
     path = Path(jsonl_path) if jsonl_path else world / "annotations" / "pretrain" / split / "image_text.jsonl"
-    records, positions = _read_numbered(path, xvlm_pretrain.check_image_text, None)
+    records, positions = _read_numbered(path, xvlm_pretrain.check_image_text, None, lines=not is_json_list(path))
     text = PretrainText(tokenizer, cfg)
     image_of: dict[str, int] = {}
     sources, raw, caption_positions, text_image = [], [], [], []
@@ -884,7 +1031,7 @@ def eval_image_text(
     for t, i in enumerate(text_image):
         image_texts[i].append(t)
     return ImageTextEval(
-        images=EvalImages(sources, world, path, cfg),
+        images=EvalImages(sources, Path(image_root) if image_root else world, path, cfg),
         captions=list(cleaned),
         text_ids=_pad_rows(ids, length, text.pad_id),
         text_atts=_pad_rows([[1] * len(row) for row in ids], length, 0),
@@ -914,6 +1061,12 @@ class GroundingEval:
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def check_paths(self) -> None:
+        """The one-line DataError of the first image that is not a file (one stat each, nothing decoded)."""
+        for record, where in zip(self.records, self.positions):
+            if not (self.root / record["image"]).is_file():
+                raise DataError(self.path, where, f"image not found: {self.root / record['image']}")
 
     def _image(self, index: int) -> tuple[torch.Tensor, tuple[int, int]]:
         name = self.records[index]["image"]
@@ -962,9 +1115,25 @@ def _tokenised_one(text: PretrainText, caption: str, path: Path, where: str) -> 
 
 
 def eval_grounding(
-    world: str | Path, split: str, tokenizer: Any, cfg: PretrainDataConfig, json_path: str | Path | None = None
+    world: str | Path,
+    split: str,
+    tokenizer: Any,
+    cfg: PretrainDataConfig,
+    json_path: str | Path | None = None,
+    image_root: str | Path | None = None,
 ) -> GroundingEval:
-    """The refexps of ``annotations/refcoco+/refcoco+_{split}.json`` (or ``json_path``)."""
+    """The refexps of ``annotations/refcoco+/refcoco+_{split}.json`` (or ``json_path``); images under
+    ``image_root`` (default: ``world``)."""
     world = Path(world)
     path = Path(json_path) if json_path else world / "annotations" / "refcoco+" / f"refcoco+_{split}.json"
-    return GroundingEval(path, world, tokenizer, cfg)
+    return GroundingEval(path, Path(image_root) if image_root else world, tokenizer, cfg)
+
+
+def is_json_list(path: Path) -> bool:
+    """Whether a file holds one JSON list (its first non-blank character is ``[``) rather than JSON lines."""
+    with open(path, encoding="utf-8") as f:
+        while chunk := f.read(4096):
+            stripped = chunk.lstrip()
+            if stripped:
+                return stripped.startswith("[")
+    return False

@@ -26,7 +26,7 @@ from grainvl.metrics.captioning import caption_scores, coco_caption_inputs
 from grainvl.metrics.classification import accuracy
 from grainvl.metrics.grounding import denormalize_cxcywh, iou_xywh
 from grainvl.metrics.retrieval import caption_index, retrieval_metrics_from_topk
-from grainvl.metrics.vqa import exact_match_accuracy, vqa_evaluate
+from grainvl.metrics.vqa import REVISIONS, exact_match_accuracy, vqa_evaluate
 from grainvl.utils import fileio
 
 Echo = Callable[[str], None]
@@ -85,8 +85,14 @@ def _print_vqa(result: Any, echo: Echo, question_types: bool = True) -> None:
         echo("\n")
 
 
-def score_vqa_v2(pred: Path, annotations: Path, questions: Path | None = None, echo: Echo = print) -> dict[str, Any]:
-    """Official accuracy of a VQA v2 result file against ``v2_mscoco_*_annotations.json``."""
+def score_vqa_v2(
+    pred: Path, annotations: Path, questions: Path | None = None, echo: Echo = print, revision: str = "official"
+) -> dict[str, Any]:
+    """Official accuracy of a VQA v2 result file against ``v2_mscoco_*_annotations.json``.
+
+    ``revision``: whose answer normalisation (``official``, ``xvlm``, ``normalized``; see
+    :func:`grainvl.metrics.vqa.compared_answers`).
+    """
 
     ann_doc = read_vqa_annotations(annotations)
     if questions is not None:
@@ -105,12 +111,15 @@ def score_vqa_v2(pred: Path, annotations: Path, questions: Path | None = None, e
             a["question_id"]: [(x["answer"], x["answer_confidence"], x["answer_id"]) for x in a["answers"]]
             for a in anns
         },
+        revision=revision,
     )
     _print_vqa(result, echo)
     return {"vqa_acc": result.overall, "answer_type": result.per_answer_type, "question_type": result.per_question_type}
 
 
-def score_vqa_json(pred: Path, gt: Path, metric: str = "auto", echo: Echo = print) -> dict[str, Any]:
+def score_vqa_json(
+    pred: Path, gt: Path, metric: str = "auto", echo: Echo = print, revision: str = "official"
+) -> dict[str, Any]:
     """An X-VLM ``vqa_{split}.json`` (answer lists: official accuracy) or VLUE ``vqa_vlue_test.json``
     (one answer string: exact match over the predictions, VLUE's ``calculate_acc``)."""
 
@@ -143,22 +152,27 @@ def score_vqa_json(pred: Path, gt: Path, metric: str = "auto", echo: Echo = prin
     if single:
         _warn(f"{len(single)} question(s) have one answer: the official leave-one-out accuracy is 0 for them")
     _require_same_questions(predictions, answers, pred)
-    result = vqa_evaluate(predictions, answers)
+    result = vqa_evaluate(predictions, answers, revision=revision)
     _print_vqa(result, echo)
     return {"vqa_acc": result.overall}
 
 
 def score_vqa(
-    pred: Path, gt: Path, questions: Path | None = None, metric: str = "auto", echo: Echo = print
+    pred: Path,
+    gt: Path,
+    questions: Path | None = None,
+    metric: str = "auto",
+    echo: Echo = print,
+    revision: str = "official",
 ) -> dict[str, Any]:
     """VQA v2 annotations (a JSON object) or an X-VLM/VLUE list (a JSON array), told apart by the file."""
     if _first_char(gt) == "{":
         if metric == "exact":
             raise ValueError("--metric exact applies to VLUE's single-answer json, not to VQA v2 annotations")
-        return score_vqa_v2(pred, gt, questions, echo=echo)
+        return score_vqa_v2(pred, gt, questions, echo=echo, revision=revision)
     if questions is not None:
         raise ValueError("--questions goes with VQA v2 annotation files, not with an X-VLM/VLUE vqa json")
-    return score_vqa_json(pred, gt, metric=metric, echo=echo)
+    return score_vqa_json(pred, gt, metric=metric, echo=echo, revision=revision)
 
 
 def _first_char(path: Path) -> str:
@@ -348,14 +362,21 @@ def score_files(
     metric: str = "auto",
     meteor: bool = True,
     echo: Echo = print,
+    revision: str = "official",
 ) -> dict[str, Any]:
-    """Score ``pred`` against ``gt`` for ``task`` (vqa, captioning, retrieval, nlvr2, grounding)."""
+    """Score ``pred`` against ``gt`` for ``task`` (vqa, captioning, retrieval, nlvr2, grounding).
+
+    ``revision`` (vqa): the answer normalisation of the ``official`` evaluator, of the ``xvlm`` copy
+    X-VLM / VLUE ship, or ``normalized`` (both sides always normalised).
+    """
     pred, gt = Path(pred), Path(gt)
     questions = None if questions is None else Path(questions)
-    if task != "vqa" and (questions is not None or metric != "auto"):
-        raise ValueError("--questions and --metric apply to the vqa task only")
+    if task != "vqa" and (questions is not None or metric != "auto" or revision != "official"):
+        raise ValueError("--questions, --metric and --revision apply to the vqa task only")
+    if revision not in REVISIONS:
+        raise ValueError(f"--revision should be one of {', '.join(REVISIONS)}, got {revision!r}")
     if task == "vqa":
-        return score_vqa(pred, gt, questions, metric=metric, echo=echo)
+        return score_vqa(pred, gt, questions, metric=metric, echo=echo, revision=revision)
     if task == "captioning":
         return score_captioning(pred, gt, meteor=meteor, echo=echo)
     if task == "retrieval":
@@ -376,5 +397,6 @@ class ScoreConfig:
     gt: str  # ground-truth file (official format)
     questions: str | None = None  # vqa: the VQA v2 questions file, to check every annotated question exists
     metric: str = "auto"  # vqa with an X-VLM/VLUE json: vqa (soft accuracy), exact, or auto
+    revision: str = "official"  # vqa accuracy: official (GT-Vision-Lab master), xvlm (X-VLM/VLUE copy), normalized
     meteor: bool = True  # captioning: False skips METEOR (and its JVM start)
     out: str | None = None  # also write the metrics as a JSON object here

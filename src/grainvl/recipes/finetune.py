@@ -34,6 +34,7 @@ from torch import nn
 from grainvl.bench.energy import EnergyTracker, count_parameters, flops_per_sample
 from grainvl.compress.quantize import quantize_dynamic_int8, read_quantize_flag, write_quantize_flag
 from grainvl.data.layout import (
+    OFFICIAL_ALIASES,
     OFFICIAL_KEYS,
     DataFiles,
     DataLayout,
@@ -320,7 +321,7 @@ def config_tree(tree: dict[str, Any], task: str | None = None) -> dict[str, Any]
     tests = [str(p) for p in ([files.test_file] if isinstance(files.test_file, str) else files.test_file or [])]
     if tests and "eval_splits" not in tree:
         out["eval_splits"] = ["test"] if len(tests) == 1 else list(dict.fromkeys(split_of(p) for p in tests))
-    used = set(OFFICIAL_KEYS) | set(out)
+    used = set(OFFICIAL_KEYS) | set(OFFICIAL_ALIASES) | set(out)
     data = dict(out.get("data") or {})
     for key, target in (("batch_size", "batch_size"), ("batch_size_train", "batch_size"),
                         ("batch_size_test", "eval_batch_size")):  # fmt: skip

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from grainvl.data.downstream import warn_small_split
 from grainvl.data.iterators import StatefulIterator
 from grainvl.data.layout import layout_for
 from grainvl.data.pretrain import PretrainDataConfig
@@ -213,11 +214,13 @@ class DownstreamTask(abc.ABC):
         """Merge every rank's predictions (:func:`gather_predictions`) and write them as ``out_dir/file_name``.
 
         ``view`` turns the merged list into what the file holds when the official format is not the
-        list itself. Collective; rank 0 gets the merged list (written only when non-empty), the others ``[]``.
+        list itself. Collective; rank 0 gets the merged list (written only when non-empty; one warning line when
+        it has fewer than ``SMALL_SPLIT`` examples), the others ``[]``.
         """
         merged = gather_predictions(predictions, key)
         if merged:
             write_json_result(out_dir, file_name, merged if view is None else view(merged))
+            warn_small_split(f"{self.name} ({Path(file_name).stem})", len(merged), "examples")  # one line, rank 0
         return merged
 
     def latency_batch(self, module: nn.Module, data: EvalData, batch_size: int) -> dict[str, Any]:

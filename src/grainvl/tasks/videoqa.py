@@ -6,7 +6,10 @@ question is fused with them by the text + fusion layers, and ``build_mlp(H, num_
 fusion ``[CLS]`` is trained with cross-entropy; answers outside ``ans2label`` get label -100 in
 training (ignored) and count as wrong at test time. Metric: accuracy (``acc``, percent).
 
-World files: ``annotations/msrvtt/msrvtt_qa_{split}.jsonl`` and ``ans2label.json``; videos are
+Files come from :mod:`grainvl.data.layout` like every task's: the world's
+``annotations/msrvtt/msrvtt_qa_{split}.jsonl`` and ``ans2label.json``, the official names
+(``msrvtt_qa_{split}.json[l]``, ``train_ans2label.json``) or an X²-VLM config (``train_file``,
+``valid_file``, ``test_file``, ``ans2label_file``, ``img_rdir``); videos are
 folders of frames (``videos/video{id}/``) or X²-VLM's JSON lists of base64 frames. Predictions:
 ``videoqa_result_{split}.json`` ``[{"index", "video_id", "question", "answer", "pred"}]``.
 """
@@ -24,17 +27,33 @@ from grainvl.data.downstream import make_loader
 from grainvl.data.downstream_gen import VideoQADataset
 from grainvl.data.formats import msrvtt
 from grainvl.data.iterators import StatefulIterator
+from grainvl.data.layout import layout_for
 from grainvl.data.masking import IGNORE_INDEX
 from grainvl.models.xvlm import XVLM, _init_linear, build_mlp
-from grainvl.tasks.base import DataOptions, DownstreamTask, TaskModule, inference_call, model_data_config, resolve_split
+from grainvl.tasks.base import (
+    DataOptions,
+    DownstreamTask,
+    TaskModule,
+    data_files,
+    image_root,
+    inference_call,
+    latency_split,
+    model_data_config,
+    resolve_split,
+)
 
 
-def videoqa_file(world: Path, split: str) -> Path:
-    return Path(world) / "annotations" / "msrvtt" / f"msrvtt_qa_{split}.jsonl"
+def videoqa_file(world: Path, split: str) -> list[Path]:
+    """The files of a video-QA split (:mod:`grainvl.data.layout`; FileNotFoundError saying where it looked)."""
+    return data_files(world, "videoqa", split)
 
 
 def ans2label_file(world: Path) -> Path:
-    return Path(world) / "annotations" / "msrvtt" / "ans2label.json"
+    """The ``{answer: label}`` file of a data root (FileNotFoundError when there is none)."""
+    path = layout_for(world).ans2label()
+    if path is None:
+        raise FileNotFoundError(f"videoqa: no ans2label.json / train_ans2label.json under {world} (or ans2label_file)")
+    return path
 
 
 class VideoQAModule(TaskModule):
@@ -81,7 +100,7 @@ class VideoQATask(DownstreamTask):
         limit = self.data.max_train_samples if train else self.data.max_eval_samples
         path = videoqa_file(world, split)
         return VideoQADataset(
-            path, Path(world), tokenizer, dcfg, self.options["ans2label"], train, self.data.seed, limit
+            path, image_root(world, "videoqa"), tokenizer, dcfg, self.options["ans2label"], train, self.data.seed, limit
         )
 
     def train_stream(
@@ -122,7 +141,7 @@ class VideoQATask(DownstreamTask):
 
     def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
         assert isinstance(module, VideoQAModule)
-        data = self._dataset(module, tokenizer, world, "test", False)
+        data = self._dataset(module, tokenizer, world, latency_split(world, "videoqa"), False)
         batch = self.latency_batch(module, data, batch_size)
         return inference_call(
             module, lambda: module.logits(batch["video"], batch["question_ids"], batch["question_atts"])

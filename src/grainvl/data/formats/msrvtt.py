@@ -9,11 +9,12 @@
 
   (the official splits are train/validate/test; the world writes its own split names). Videos are
   referred to by id only (the release ships mp4 files), so ``image_root`` is not used.
-* retrieval ``msrvtt_ret_{split}.json`` (ALBEF/X²-VLM style)::
+* retrieval ``msrvtt_ret_{split}.json`` (ALBEF/X²-VLM style; ``msrvtt_ret_train7k`` / ``train9k`` / ``test1k``
+  as the official splits ship)::
 
       [{"video": name, "caption": str (train) | [str] (val/test), ...}, ...]
 
-* QA ``msrvtt_qa_{split}.jsonl`` (ClipBERT / X²-VLM)::
+* QA ``msrvtt_qa_{split}.jsonl`` (ClipBERT / X²-VLM; ``msrvtt_qa_{split}.json``: the same records as one JSON list)::
 
       {"video_id": "video7010", "question": str, "answer": str, "answer_type"?: str}
 
@@ -168,7 +169,10 @@ def write_retrieval(path: str | Path, rows: Sequence[Record]) -> None:
 def read_qa(path: str | Path, bad: BadRecords | None = None, image_root: Path | None = None) -> list[Record]:
     path = Path(path)
     videos = VideoChecker(path, image_root)
-    return validate.read_jsonl_records(path, lambda r, where: check_qa_record(r, path, where, videos), bad)
+    check = lambda r, where: check_qa_record(r, path, where, videos)  # noqa: E731
+    with path.open("rb") as f:
+        is_list = f.read(4096).lstrip().startswith(b"[")  # msrvtt_qa_*.json: one JSON list
+    return validate.read_json_records(path, check, bad) if is_list else validate.read_jsonl_records(path, check, bad)
 
 
 def write_qa(path: str | Path, rows: Sequence[Record]) -> None:
@@ -219,7 +223,14 @@ register(
     )
 )
 register(FormatSpec("msrvtt-retrieval", "MSR-VTT video-text retrieval json", ("msrvtt_ret_*.json",), read_retrieval))
-register(FormatSpec("msrvtt-qa", "MSRVTT-QA JSON lines {video_id, question, answer}", ("msrvtt_qa_*.jsonl",), read_qa))
+register(
+    FormatSpec(
+        "msrvtt-qa",
+        "MSRVTT-QA JSON lines {video_id, question, answer}",
+        ("msrvtt_qa_*.jsonl", "msrvtt_qa_*.json"),
+        read_qa,
+    )
+)
 register(
     FormatSpec("msrvtt-ans2label", "video-QA answer vocabulary {answer: label}", ("*ans2label.json",), read_ans2label)
 )
