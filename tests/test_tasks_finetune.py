@@ -51,8 +51,10 @@ def test_registry_lists_and_resolves_tasks() -> None:
 def test_splits() -> None:
     assert (resolve_split("id"), resolve_split("ood"), resolve_split("val")) == ("test", "test_ood", "val")
     assert (split_tag("test"), split_tag("ood"), split_tag("val")) == ("id", "ood", "val")
-    with pytest.raises(ValueError, match="unknown split"):
-        resolve_split("dev")
+    assert resolve_split("testA") == "testA"  # official split names pass through (RefCOCO+, MSR-VTT test1k)
+    for bad in ("../test", "a b", ""):
+        with pytest.raises(ValueError, match="unknown split"):
+            resolve_split(bad)
 
 
 def test_shards_cover_every_item_with_equal_counts() -> None:
