@@ -159,8 +159,8 @@ def vlue_scores(rows: list[dict]) -> dict[str, dict]:
             continue
         model["tasks"][entry["task"]] = {
             "metric": entry["metric"],
-            "id": entry["id"],
-            "ood": entry["ood"],
+            "id": entry["id_points"],  # percent points: captioning fractions x100, as every other task
+            "ood": entry["ood_points"],
             "latency_ms": entry.get("latency_ms"),
         }
     for model in out.values():

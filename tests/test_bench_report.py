@@ -124,3 +124,18 @@ def test_report_names_the_measured_throughput_batch() -> None:
     text = " ".join(markdown_report(rows).split())
     assert "throughput is at batch 8 (--throughput-batch)" in text and "batch 32" not in text
     assert "a batch size that was not recorded" in markdown_report(crafted_rows())
+
+
+def test_captioning_fractions_average_as_percent_points() -> None:
+    """CIDEr is a pycocoevalcap fraction; the cross-task average puts it on the percent scale of the rest."""
+    from grainvl.bench.report import model_table
+
+    rows = []
+    for task, metric, value in (("retrieval", "r_mean", 60.0), ("captioning", "CIDEr", 1.2)):
+        for split in ("id", "ood"):
+            rows.append({"model": "m", "task": task, "split": split, "metric": metric, "value": value,
+                         "primary": True, "latency_ms": 1.0, "status": "ok"})  # fmt: skip
+    table = task_table(rows)
+    captioning = next(e for e in table if e["task"] == "captioning")
+    assert (captioning["id"], captioning["id_points"]) == (1.2, pytest.approx(120.0))  # shown as is, averaged x100
+    assert model_table(table)[0]["avg_id"] == pytest.approx(90.0)

@@ -29,6 +29,7 @@ from typing import Any
 from grainvl.bench.pareto import Point, average_points, frontier, pareto_optimal
 from grainvl.bench.results import RESULT_FIELDS
 from grainvl.errors import DataError
+from grainvl.metrics.captioning import percent_points
 from grainvl.utils.fileio import atomic_write_bytes, atomic_write_text
 
 SPLITS = ("id", "ood")
@@ -156,6 +157,9 @@ def task_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         entry["id"] = _value(ok, metric, "id") if metric else None
         entry["ood"] = _value(ok, metric, "ood") if metric else None
         entry["diff"] = entry["ood"] - entry["id"] if entry["id"] is not None and entry["ood"] is not None else None
+        for split in SPLITS:  # the score averaged across tasks: one percent scale (captioning fractions x100)
+            value = entry[split]
+            entry[f"{split}_points"] = percent_points(metric, value) if metric and value is not None else None
         source = ok[0] if ok else group[0]
         for column in EFFICIENCY_COLUMNS:
             entry[column] = source.get(column)
@@ -190,10 +194,10 @@ def _mark_pareto(table: list[dict[str, Any]]) -> None:
 
 
 def task_points(table: Sequence[dict[str, Any]], split: str) -> dict[str, list[Point]]:
-    """``{task: [Point(model, p50 latency, primary score on split)]}``."""
+    """``{task: [Point(model, p50 latency, primary score on split in percent points)]}``."""
     points: dict[str, list[Point]] = {}
     for e in table:
-        points.setdefault(e["task"], []).append(Point(e["model"], e["latency_ms"], e[split]))
+        points.setdefault(e["task"], []).append(Point(e["model"], e["latency_ms"], e[f"{split}_points"]))
     return points
 
 

@@ -11,7 +11,7 @@ One scale everywhere (the table in docs/metrics.md): accuracies, recalls and mIo
 pycocoevalcap returns. ``grainvl score`` applies them to official-format prediction files.
 """
 
-from grainvl.metrics.captioning import CAPTION_METRICS, CaptionScorer, caption_scores
+from grainvl.metrics.captioning import CAPTION_METRICS, CaptionScorer, caption_scores, percent_points
 from grainvl.metrics.classification import accuracy, f1_score, macro_f1
 from grainvl.metrics.grounding import denormalize_cxcywh, grounding_accuracy, iou_xywh
 from grainvl.metrics.retrieval import (
@@ -42,6 +42,7 @@ __all__ = [
     "iou_xywh",
     "macro_f1",
     "normalize_answer",
+    "percent_points",
     "retrieval_metrics",
     "retrieval_metrics_from_candidates",
     "retrieval_metrics_from_topk",

@@ -32,6 +32,13 @@ from typing import Any
 CAPTION_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
 
+def percent_points(metric: str, value: float) -> float:
+    """``value`` on the percent scale of every other metric, for averaging across tasks (a benchmark's
+    average, Pareto frontiers, retention): captioning fractions x100 (CIDEr 1.331 -> 133.1, as papers
+    print it); every other metric is already in percent (docs/metrics.md)."""
+    return 100.0 * value if metric in CAPTION_METRICS else value
+
+
 @contextlib.contextmanager
 def _silenced() -> Iterator[None]:
     """Silence Python prints and the stdout/stderr of child processes (the Java tokenizer).
