@@ -852,12 +852,18 @@ class PretrainFiles:
     @classmethod
     def find(cls, root: str | Path, split: str, image_root: Path | None = None) -> PretrainFiles:
         """The files of ``split`` under a data root by their registered names (``image_text*.jsonl``,
-        ``region*.jsonl``, ``video*.jsonl``): the world's ``annotations/pretrain/{split}/``, then
+        ``region*.jsonl``, ``video*.jsonl``; in the world's ``annotations/pretrain/{split}/`` exactly
+        ``image_text.jsonl``, ``region.jsonl``, ``video.jsonl``, as :meth:`from_world`), then
         ``data/pretrain/{split}/``, ``pretrain/{split}/`` and, for ``train``, ``data/pretrain/``,
         ``pretrain/`` and the root itself. The first folder holding any of them wins."""
         root = Path(root)
+        world_folder = root / "annotations" / "pretrain" / split
         for folder in search_folders(root, split):
-            found = {kind: tuple(sorted(folder.glob(f"{name}*.jsonl"))) for kind, name in _FILE_NAMES.items()}
+            if folder == world_folder:  # the world's own names only: its image_text_multilingual.jsonl is CCLM's
+                world = cls.from_world(root, split)
+                found = {kind: (getattr(world, kind),) if getattr(world, kind) else () for kind in _FILE_NAMES}
+            else:
+                found = {kind: tuple(sorted(folder.glob(f"{name}*.jsonl"))) for kind, name in _FILE_NAMES.items()}
             if any(found.values()):
                 streams = {kind: paths[0] if len(paths) == 1 else paths for kind, paths in found.items() if paths}
                 return cls(image_root or root, **streams)

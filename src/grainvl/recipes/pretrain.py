@@ -53,6 +53,7 @@ from grainvl.recipes.scaffold import Run, format_cost, metric_rows, run_recipe, 
 from grainvl.tasks.base import split_tag
 from grainvl.tasks.pretrain import PretrainTask, PretrainWeights
 from grainvl.tasks.zeroshot import chance_retrieval, zero_shot_grounding, zero_shot_retrieval
+from grainvl.train.checkpoint import capture_rng_state, restore_rng_state
 from grainvl.train.loop import TrainConfig, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
 
@@ -296,9 +297,12 @@ def _run(cfg: PretrainConfig, run: Run, resume: str | None) -> dict[str, Any]:
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     tokenizer = get_tokenizer(model.config)
     dcfg = data_config(model, cfg.data)
-    # Every evaluation file is read (and its texts tokenised) now: a bad file fails before step 1.
+    # Every evaluation file is read (and its texts tokenised) now: a bad file fails before step 1. The RNG
+    # state is put back afterwards, so reading them changes nothing in training (same draws as without).
+    rng = capture_rng_state()
     eval_sets = {s: f.load(plan.root, plan.image_root, tokenizer, dcfg) for s, f in plan.evals.items()}
     interval = plan.interval.load(plan.root, plan.image_root, tokenizer, dcfg) if plan.interval else None
+    restore_rng_state(rng)
     streams = build_pretrain_loaders(
         plan.files,
         cfg.data.split,
