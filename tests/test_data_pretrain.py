@@ -455,3 +455,12 @@ def test_continuous_clips_are_joined_without_skipped_captions(tmp_path: Path, to
     # Usable frames: clip 0 and clip 2 (the [Music] clip is dropped); segment middles pick 0, 2, 3.
     pixels = [_pixels(frame, cfg)[:, 16, 16] for frame in sample["video"]]
     assert [int(p.argmax()) for p in pixels] == [0, 2, 2]
+
+
+def test_world_streams_are_the_english_files_only(image_world: Path) -> None:
+    """The world's training streams by name: its image_text_multilingual.jsonl is for CCLM, never X²-VLM's stream."""
+    from grainvl.data.pretrain import PretrainFiles
+
+    found = PretrainFiles.find(image_world, "train")
+    assert found == PretrainFiles.from_world(image_world, "train")
+    assert found.image == image_world / "annotations" / "pretrain" / "train" / "image_text.jsonl"
