@@ -20,6 +20,7 @@ load by name; :func:`load_hf_bert` adds X²-VLM's 12 -> 18 layer expansion (xvlm
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import shutil
@@ -403,18 +404,18 @@ class BertLayer(nn.Module):
 LayerStep = tuple[nn.Module, Tensor | None, Tensor | None]  # a layer module and its (self, cross) head mask
 
 
-class LayerStack(nn.Module):
+class LayerStack(nn.Module, abc.ABC):
     """Runs the layers of a :class:`BertEncoderModel`; :class:`BertEncoder` and its drop-in replacements
     (``compress.theseus``) share this ``forward`` and differ only in which modules a range runs."""
 
     checkpointable = True  # False: ``grad_checkpointing`` is ignored (a replacement that cannot replay)
     grad_checkpointing: bool
 
+    @abc.abstractmethod
     def _steps(
         self, layers: range, head_mask: LayerHeadMasks | None, cross_head_mask: LayerHeadMasks | None
     ) -> list[LayerStep]:
         """The modules that run predecessor range ``layers``, in order, each with its head masks."""
-        raise NotImplementedError
 
     def forward(
         self,
