@@ -13,7 +13,7 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,15 +29,20 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     values: Mapping[str, Any] | None = None,
+    translate: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> T:
-    """Build ``cls`` from defaults <- YAML file <- ``["a.b=1", ...]`` <- ``{"a.b": 1}``; unknown keys are errors."""
+    """Build ``cls`` from defaults <- YAML file <- ``["a.b=1", ...]`` <- ``{"a.b": 1}``; unknown keys are errors.
+
+    ``translate`` maps the YAML file's tree before the overrides apply (an official X-VLM config becomes
+    grainvl's keys, so ``--set`` and the flags still win over it).
+    """
     tree: dict[str, Any] = {}
     if path is not None:
         with open(path, encoding="utf-8") as f:
             loaded = yaml.safe_load(f) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at top level")
-        tree = loaded
+        tree = translate(loaded) if translate is not None else loaded
     for key, value in parse_overrides(overrides or []).items():
         _set_dotted(tree, key, value)
     for key, value in (values or {}).items():

@@ -147,8 +147,14 @@ def shortcut(
     parser.set_defaults(**{SHORTCUTS: mapping})
 
 
-def config_from_args(cls: type[T], args: argparse.Namespace, default_yaml: Path | None = None) -> T:
-    """The command's config: ``cls`` defaults <- ``--config`` (or ``default_yaml``) <- ``--set`` <- shortcuts."""
+def config_from_args(
+    cls: type[T],
+    args: argparse.Namespace,
+    default_yaml: Path | None = None,
+    translate: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> T:
+    """The command's config: ``cls`` defaults <- ``--config`` (or ``default_yaml``, through ``translate``) <-
+    ``--set`` <- shortcuts."""
     # Deferred: the config module reads YAML; commands build configs only when they run.
     from grainvl.config import load_config
 
@@ -158,7 +164,7 @@ def config_from_args(cls: type[T], args: argparse.Namespace, default_yaml: Path 
         if value is not None:
             values[field] = parse(value) if parse is not None else value
     path = args.config if args.config is not None else default_yaml
-    return load_config(cls, path, list(args.set), values)
+    return load_config(cls, path, list(args.set), values, translate)
 
 
 def comma_list(text: str) -> list[str]:

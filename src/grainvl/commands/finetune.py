@@ -43,10 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
-    from grainvl.recipes.finetune import FinetuneConfig, finetune, format_report, official_config_args
+    from grainvl.recipes.finetune import FinetuneConfig, config_tree, finetune, format_report
     from grainvl.recipes.scaffold import print_report
 
-    with official_config_args(args, args.task) as translated:
-        cfg = config_from_args(FinetuneConfig, translated)
+    cfg = config_from_args(FinetuneConfig, args, translate=lambda tree: config_tree(tree, args.task))
     print_report(finetune(cfg, resume=args.resume), format_report)
     return 0

@@ -48,10 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
-    from grainvl.recipes.pretrain import PretrainConfig, format_report, official_config_args, run_pretrain
+    from grainvl.recipes.pretrain import PretrainConfig, config_tree, format_report, run_pretrain
     from grainvl.recipes.scaffold import print_report
 
-    with official_config_args(args) as translated:
-        cfg = config_from_args(PretrainConfig, translated)
+    cfg = config_from_args(PretrainConfig, args, translate=config_tree)
     print_report(run_pretrain(cfg, resume=args.resume), format_report)
     return 0

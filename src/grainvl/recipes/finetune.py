@@ -15,20 +15,15 @@ linear decay, and no gradient clipping (``train.clip_grad = 0``).
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import json
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from grainvl.bench.energy import EnergyTracker, count_parameters, flops_per_sample
@@ -45,7 +40,15 @@ from grainvl.data.layout import (
     split_of,
 )
 from grainvl.models.factory import default_label, get_tokenizer, load_model, resolve_model
-from grainvl.recipes.scaffold import Run, cost_columns, metric_rows, run_recipe
+from grainvl.recipes.scaffold import (
+    OFFICIAL_OPTIM_SECTIONS,
+    Run,
+    announce_unused,
+    cost_columns,
+    map_official_sections,
+    metric_rows,
+    run_recipe,
+)
 from grainvl.tasks.base import (
     TASK_FILE,
     DataOptions,
@@ -330,15 +333,7 @@ def config_tree(tree: dict[str, Any], task: str | None = None) -> dict[str, Any]
             used.add(key)
     if data:
         out["data"] = data
-    optimizer = tree.get("optimizer") if isinstance(tree.get("optimizer"), dict) else {}
-    optim = {k: optimizer[k] for k in ("lr", "weight_decay", "lr_mult") if k in optimizer}
-    if optim:
-        out["optim"] = {**optim, **(out.get("optim") or {})}
-        used.add("optimizer")
-    schedular = tree.get("schedular") if isinstance(tree.get("schedular"), dict) else {}
-    if "num_warmup_steps" in schedular:
-        out["sched"] = {"warmup_steps": schedular["num_warmup_steps"], **(out.get("sched") or {})}
-        used.add("schedular")
+    used |= map_official_sections(tree, out, OFFICIAL_OPTIM_SECTIONS)[0]
     options = dict(out.get("options") or {})
     task = task or out.get("task")
     option_keys = {"retrieval": ("k_test",), "video_retrieval": ("k_test",), "vqa": ("k_test", "num_dec_layers"),
@@ -349,29 +344,10 @@ def config_tree(tree: dict[str, Any], task: str | None = None) -> dict[str, Any]
             used.add(key)
     if options:
         out["options"] = options
-    ignored = sorted(k for k in tree if k not in used)
-    if ignored:
-        shown = ", ".join(ignored)
-        print(f"official config: not used by grainvl (the model comes from --model): {shown}", file=sys.stderr)
+    if task is None:  # task options are per task: without one, none apply
+        out.pop("options", None)
+    announce_unused(sorted(k for k in tree if k not in used))
     return out
-
-
-@contextlib.contextmanager
-def official_config_args(args: argparse.Namespace, task: str | None = None) -> Iterator[argparse.Namespace]:
-    """``args`` whose ``--config`` is an official config translated by :func:`config_tree` (a temporary
-    YAML file for the duration), so that ``--set`` and the flags still override it; other configs pass as they are."""
-    path = getattr(args, "config", None)
-    tree = yaml.safe_load(Path(path).read_text(encoding="utf-8")) if path is not None else None
-    if not isinstance(tree, dict) or not is_official_config(tree):
-        yield args
-        return
-    tree = config_tree(tree, task)
-    if task is None and "task" not in tree:
-        tree.pop("options", None)
-    with tempfile.TemporaryDirectory(prefix="grainvl-official-") as folder:
-        translated = Path(folder) / "config.yaml"
-        translated.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
-        yield argparse.Namespace(**{**vars(args), "config": translated})
 
 
 # ---------------------------------------------------------------------------------------------- report

@@ -16,18 +16,13 @@ by :func:`config_tree`.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from grainvl.data.iterators import StreamDict
 from grainvl.data.layout import DataLayout, split_of
@@ -49,7 +44,17 @@ from grainvl.data.pretrain import (
 from grainvl.data.world.ontology import SPLITS
 from grainvl.models.factory import create_model, get_tokenizer
 from grainvl.models.xvlm import XVLM
-from grainvl.recipes.scaffold import Run, format_cost, metric_rows, run_recipe, seed_model_init, summary_costs
+from grainvl.recipes.scaffold import (
+    OFFICIAL_OPTIM_SECTIONS,
+    Run,
+    announce_unused,
+    format_cost,
+    map_official_sections,
+    metric_rows,
+    run_recipe,
+    seed_model_init,
+    summary_costs,
+)
 from grainvl.tasks.base import split_tag
 from grainvl.tasks.pretrain import PretrainTask, PretrainWeights
 from grainvl.tasks.zeroshot import chance_retrieval, zero_shot_grounding, zero_shot_retrieval
@@ -386,6 +391,9 @@ READ_KEYS = {
     "regions": (("image", "binary"), ("caption",)),
     "videos": (("video_frames",), ("text",)),
 }
+ACCELERATOR = {
+    "accelerator": ("train", {"CLIP_GRAD_NORM": "clip_grad", "GRAD_ACCUMULATE_STEPS": "grad_accum", "RNG_SEED": "seed"})
+}
 # settings of the official code that grainvl's readers already follow (not "ignored")
 HONOURED = {"image_key", "is_image_rpath", "caption_key", "tokenized"}
 
@@ -451,40 +459,11 @@ def config_tree(tree: dict[str, Any]) -> dict[str, Any]:
         if key in tree:
             data.setdefault(key, tree[key])
             used.add(key)
-    nested = {
-        "optimizer": ("optim", {"lr": "lr", "weight_decay": "weight_decay", "lr_mult": "lr_mult"}),
-        "schedular": ("sched", {"num_warmup_steps": "warmup_steps"}),
-        "accelerator": ("train", {"CLIP_GRAD_NORM": "clip_grad", "GRAD_ACCUMULATE_STEPS": "grad_accum",
-                                  "RNG_SEED": "seed"}),
-    }  # fmt: skip
-    for name, (target, mapping) in nested.items():
-        section = tree.get(name)
-        if not isinstance(section, dict):
-            continue
-        used.add(name)
-        values = {mapping[k]: v for k, v in section.items() if k in mapping}
-        out[target] = {**values, **(out.get(target) or {})}
-        ignored += [f"{name}.{k}" for k in section if k not in mapping]
+    consumed, unmapped = map_official_sections(tree, out, {**OFFICIAL_OPTIM_SECTIONS, **ACCELERATOR})
+    used |= consumed
+    ignored += unmapped
     tests = explicit_eval_files(Path("."), PretrainDataFiles(test_file=files.get("test_file")))
     if tests:
         out.setdefault("eval", {}).setdefault("splits", list(tests))
-    ignored = sorted(k for k in tree if k not in used) + ignored
-    if ignored:
-        shown = ", ".join(ignored)
-        print(f"official config: not used by grainvl (the model comes from --model): {shown}", file=sys.stderr)
+    announce_unused(sorted(k for k in tree if k not in used) + ignored)
     return out
-
-
-@contextlib.contextmanager
-def official_config_args(args: argparse.Namespace) -> Iterator[argparse.Namespace]:
-    """``args`` whose ``--config`` is an official pre-training config translated by :func:`config_tree` (a
-    temporary YAML file for the duration), so that ``--set`` and the flags still override it."""
-    path = getattr(args, "config", None)
-    tree = yaml.safe_load(Path(path).read_text(encoding="utf-8")) if path is not None else None
-    if not is_official_config(tree):
-        yield args
-        return
-    with tempfile.TemporaryDirectory(prefix="grainvl-official-") as folder:
-        translated = Path(folder) / "config.yaml"
-        translated.write_text(yaml.safe_dump(config_tree(tree), sort_keys=False), encoding="utf-8")
-        yield argparse.Namespace(**{**vars(args), "config": translated})

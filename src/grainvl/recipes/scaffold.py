@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,3 +174,37 @@ def print_report(report: dict[str, Any], formatter: Callable[[dict[str, Any]], s
     """Print a recipe's report; ranks other than 0 return ``{}`` and print nothing."""
     if report:
         print(formatter(report))
+
+
+# ---------------------------------------------------------------------------------------------- official configs
+# Optimisation sections of the official X-VLM / X²-VLM YAMLs -> (grainvl config section, {official key: field}).
+OFFICIAL_OPTIM_SECTIONS: dict[str, tuple[str, dict[str, str]]] = {
+    "optimizer": ("optim", {"lr": "lr", "weight_decay": "weight_decay", "lr_mult": "lr_mult"}),
+    "schedular": ("sched", {"num_warmup_steps": "warmup_steps"}),
+}
+
+
+def map_official_sections(
+    tree: dict[str, Any], out: dict[str, Any], sections: dict[str, tuple[str, dict[str, str]]]
+) -> tuple[set[str], list[str]]:
+    """Copy the mapped keys of each official section of ``tree`` into ``out[target]`` (grainvl's own values in
+    ``out`` win). Returns (the sections consumed, their keys grainvl has no field for, as ``section.key``)."""
+    used: set[str] = set()
+    unmapped: list[str] = []
+    for name, (target, mapping) in sections.items():
+        section = tree.get(name)
+        if not isinstance(section, dict):
+            continue
+        used.add(name)
+        values = {mapping[k]: v for k, v in section.items() if k in mapping}
+        out[target] = {**values, **(out.get(target) or {})}
+        unmapped += [f"{name}.{k}" for k in section if k not in mapping]
+    return used, unmapped
+
+
+def announce_unused(keys: list[str]) -> None:
+    """One stderr line listing the official config keys a translation did not use (nothing when none)."""
+    if keys:
+        print(
+            f"official config: not used by grainvl (the model comes from --model): {', '.join(keys)}", file=sys.stderr
+        )
