@@ -49,6 +49,7 @@ from grainvl.compress.prune import (
 )
 from grainvl.compress.quantize import (
     count_quantized_linears,
+    median_latency_ms,
     quantize_dynamic_int8,
     save_quantized_xvlm,
     serialized_size,
@@ -446,17 +447,11 @@ def _cost(model: XVLM) -> dict[str, float]:
         "text_atts": torch.ones(1, model.config.max_tokens, dtype=torch.long),
     }
     model.eval()
-    with torch.no_grad():
-        model.extract_features(batch)  # warm-up
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            model.extract_features(batch)
-            times.append(time.perf_counter() - start)
     return {
         "params_M": count_parameters(model) / 1e6,
         "gflops": flops_per_sample(lambda b: model.extract_features(b), batch, batch_size=1) / 1e9,
-        "latency_ms": sorted(times)[len(times) // 2] * 1e3,  # batch 1, median of 5 (see benchmarks/ for ratios)
+        # batch 1, median of 5 after one warm-up call (see benchmarks/ for ratios)
+        "latency_ms": median_latency_ms(lambda: model.extract_features(batch), warmup=1, repeats=5),
     }
 
 

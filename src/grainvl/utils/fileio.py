@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from grainvl.errors import BadRecords, DataError
 
@@ -70,6 +70,14 @@ def write_jsonl(path: str | Path, records: Iterable[Any]) -> None:
     atomic_write_text(path, "".join(dumps(r) + "\n" for r in records))
 
 
+def open_input(path: Path, mode: str = "r") -> IO[Any]:
+    """``path`` opened for reading (UTF-8 in text mode); a missing file is the DataError "file not found"."""
+    try:
+        return path.open(mode, encoding=None if "b" in mode else "utf-8")
+    except FileNotFoundError:
+        raise DataError(path, None, "file not found") from None
+
+
 def read_json(path: str | Path) -> Any:
     """Load a whole JSON file; a missing file or a syntax error becomes a DataError."""
     path = Path(path)
@@ -89,11 +97,7 @@ def iter_jsonl(path: str | Path, bad: BadRecords | None = None) -> Iterator[tupl
     """Yield ``(line_number, object)`` for each non-empty line (1-based line numbers)."""
     path = Path(path)
     bad = bad or BadRecords()
-    try:
-        f = path.open(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(path, None, "file not found") from None
-    with f:
+    with open_input(path) as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -112,11 +116,7 @@ def iter_text_lines(path: str | Path, bad: BadRecords | None = None) -> Iterator
     """
     path = Path(path)
     bad = bad or BadRecords()
-    try:
-        f = path.open("rb")
-    except FileNotFoundError:
-        raise DataError(path, None, "file not found") from None
-    with f:
+    with open_input(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             raw = raw.removesuffix(b"\n").removesuffix(b"\r")
             if lineno == 1:

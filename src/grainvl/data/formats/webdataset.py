@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from grainvl.data.formats.registry import FormatSpec, register
 from grainvl.errors import BadRecords, DataError
 from grainvl.utils import fileio
-from grainvl.utils.fileio import dumps
+from grainvl.utils.fileio import dumps, open_input
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp"})
 BLOCK = tarfile.BLOCKSIZE  # 512: tar headers and data are padded to whole blocks
@@ -224,11 +224,7 @@ def iter_shard(path: str | Path, bad: BadRecords | None = None, image_root: Path
     """
     path = Path(path)
     bad = bad or BadRecords()
-    try:
-        shard = path.open("rb")
-    except FileNotFoundError:
-        raise DataError(path, None, "file not found") from None
-    with shard:
+    with open_input(path, "rb") as shard:
         seen: set[str] = set()
         for sample_index, key, members in _iter_runs(path, shard, bad):
             where = f"sample {sample_index} (key {key!r})"
