@@ -39,7 +39,6 @@ from grainvl.data.pretrain import (
     eval_grounding,
     eval_image_text,
     resolve_under,
-    search_folders,
 )
 from grainvl.data.world.ontology import SPLITS
 from grainvl.models.factory import create_model, get_tokenizer
@@ -229,11 +228,8 @@ def find_eval_files(root: Path, split: str, files: PretrainDataFiles) -> EvalFil
         found = explicit.get(split, EvalFiles())
     else:
         found = EvalFiles()
-        for folder in search_folders(root, split):
-            lines = sorted(folder.glob("image_text*.jsonl"))
-            if lines:
-                found.retrieval = lines[0]
-                break
+        image = PretrainFiles.find(root, split).image  # the training streams' own discovery, for this split
+        found.retrieval = image[0] if isinstance(image, tuple) else image
         if found.retrieval is None and root.is_dir():
             found.retrieval = next(iter(DataLayout(root).split_files("retrieval", split)), None)
     if found.grounding is None and root.is_dir():
