@@ -34,10 +34,11 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from torch.ao.quantization import quantize_dynamic
 
 from grainvl.bench.efficiency import time_calls
+from grainvl.models.factory import QUANTIZE_FLAG_FILE
 from grainvl.models.layers import Attention
 from grainvl.utils.fileio import write_json
 
-QUANTIZE_FILE = "quantize.json"
+QUANTIZE_FILE = QUANTIZE_FLAG_FILE  # defined with the resolver, which reports the flag
 METHOD = "dynamic-int8"
 
 M = TypeVar("M", bound=nn.Module)

@@ -40,8 +40,8 @@ Kind = Literal["preset", "file", "folder", "run"]
 
 WEIGHTS_FILE = "model.safetensors"
 HF_WEIGHTS = (WEIGHTS_FILE, "pytorch_model.bin")
-# Same name as grainvl.compress.quantize.QUANTIZE_FILE (a higher layer; a test keeps them equal). The
-# resolver only reports the flag; compress validates and applies it.
+# The int8 flag file that ``grainvl compress`` writes (compress.quantize uses this name); the resolver only
+# reports the flag, compress validates and applies it.
 QUANTIZE_FLAG_FILE = "quantize.json"
 # Run folders: the final model (finetune / pretrain: ``model/``; pretrain-text: ``encoder/``).
 RUN_MODEL_DIRS = ("model", "encoder")
