@@ -18,7 +18,15 @@ from torch import nn
 
 from grainvl.bench.results import RESULT_FIELDS, append_result
 from grainvl.data.iterators import BatchSequence, RepeatingLoader, StatefulIterator, StreamDict
-from grainvl.train.checkpoint import MODEL_FILE, STATE_FILE, load_checkpoint, resolve_checkpoint, save_checkpoint
+from grainvl.errors import DataError
+from grainvl.train.checkpoint import (
+    CHECKSUM_FILE,
+    MODEL_FILE,
+    STATE_FILE,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from grainvl.train.loop import TrainConfig, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler, param_groups
 from grainvl.utils.distributed import DistEnv
@@ -199,7 +207,7 @@ def test_checkpoint_folder_contents_pruning_and_weights_only_state(tmp_path: Pat
     assert (root / "latest").read_text().strip() == "step_00000005"
     assert summary.last_checkpoint == str(root / "step_00000005")
     folder = root / "step_00000005"
-    assert sorted(p.name for p in folder.iterdir()) == [MODEL_FILE, STATE_FILE]
+    assert sorted(p.name for p in folder.iterdir()) == [CHECKSUM_FILE, MODEL_FILE, STATE_FILE]
     state = torch.load(folder / STATE_FILE, weights_only=True)
     assert state["step"] == 5 and state["extra"]["data"][0]["batch_index"] == 5
     assert set(state) >= {"optimizer", "scheduler", "rng", "extra"}
@@ -210,11 +218,11 @@ def test_checkpoint_folder_contents_pruning_and_weights_only_state(tmp_path: Pat
 
 
 def test_resolve_checkpoint_errors_are_clear(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no checkpoints/latest"):
+    with pytest.raises(FileNotFoundError, match="not a checkpoint folder and no checkpoints inside"):
         resolve_checkpoint(tmp_path)
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints/latest").write_text("step_00000009\n")
-    with pytest.raises(FileNotFoundError, match="step_00000009, which is missing"):
+    with pytest.raises(DataError, match=r"no intact checkpoint to resume from: step_00000009 \(folder missing\)"):
         resolve_checkpoint(tmp_path)
 
 

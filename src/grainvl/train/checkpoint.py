@@ -4,12 +4,21 @@ Layout of a run folder::
 
     run_dir/checkpoints/step_00000500/model.safetensors   # the model's state dict (tied tensors once)
     run_dir/checkpoints/step_00000500/state.pt            # optimizer, scheduler, RNG states, step, extra
+    run_dir/checkpoints/step_00000500/checksums.json      # size and sha256 of the two files above
     run_dir/checkpoints/latest                            # text: "step_00000500"
 
-A checkpoint folder is written under a hidden temporary name and renamed into place, and ``latest``
-is replaced atomically, so a crash leaves either the previous or the new checkpoint, never half of
-one. ``state.pt`` holds only tensors and plain containers (RNG states are converted) so that it loads
-with ``torch.load(..., weights_only=True)``.
+A checkpoint folder is written under a hidden temporary name (``.tmp_step_00000500_*``) and renamed
+into place, and ``latest`` is replaced atomically, so a crash leaves either the previous or the new
+checkpoint, never half of one. ``state.pt`` holds only tensors and plain containers (RNG states are
+converted) so that it loads with ``torch.load(..., weights_only=True)``. Folders and files follow the
+umask like every other file grainvl writes.
+
+Damage after the fact (a truncated copy, a deleted folder, overwritten bytes) is caught by
+``checksums.json``, written last: :func:`find_checkpoint` verifies it, falls back from a damaged
+``latest`` to the newest intact checkpoint of a run folder, and refuses a damaged checkpoint named
+exactly. Checkpoints written before checksums existed load unverified. Damaged folders are never
+deleted (rotation skips them; rewriting their step moves them aside to ``step_*.damaged``), so the
+user can inspect them.
 
 Tied weights: safetensors refuses tensors that share memory. :func:`save_model_safetensors` stores
 each shared tensor once and records the other names in the file's metadata (``grainvl.aliases``);
@@ -18,10 +27,15 @@ each shared tensor once and records the other names in the file's metadata (``gr
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
+import re
+import secrets
 import shutil
-import tempfile
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +43,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from grainvl.utils.fileio import atomic_write_text, load_model_safetensors, save_model_safetensors
+from grainvl.errors import DataError
+from grainvl.utils.fileio import atomic_write_text, load_model_safetensors, save_model_safetensors, write_json
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
+CHECKSUM_FILE = "checksums.json"
 LATEST_FILE = "latest"
 STATE_FORMAT = 1
+CHECKSUM_FORMAT = 1
+STEP_DIR = re.compile(r"step_(\d+)")
+TEMP_DIR = re.compile(r"\.tmp_step_\d+_.+")
+"""Hidden folders a checkpoint is written in before its rename; one left behind is a crashed save."""
+DAMAGED_SUFFIX = ".damaged"
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -82,13 +103,124 @@ def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoint folders of a run, oldest step first (temporary folders are ignored)."""
-    root = Path(run_dir) / "checkpoints"
+def _step_folders(root: Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every ``step_N`` folder under ``root``, oldest first (temp and damaged ones excluded)."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("_", 1)[1]))
+    found = [(int(m[1]), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.fullmatch(p.name))]
+    return sorted(found)
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest step first (temporary folders are ignored)."""
+    return [p for _, p in _step_folders(Path(run_dir) / "checkpoints") if (p / STATE_FILE).is_file()]
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _write_checksums(folder: Path) -> None:
+    """Record the size and sha256 of every file in ``folder`` in ``checksums.json`` (call it last)."""
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != CHECKSUM_FILE
+    }
+    write_json(folder / CHECKSUM_FILE, {"format": CHECKSUM_FORMAT, "algorithm": "sha256", "files": files})
+
+
+def _read_checksums(folder: Path) -> dict[str, dict[str, Any]] | str:
+    """The manifest's ``{file: {"bytes", "sha256"}}``, or why it cannot be used."""
+    try:
+        manifest = json.loads((folder / CHECKSUM_FILE).read_text(encoding="utf-8"))
+        files = manifest["files"]
+        ok = all(isinstance(e["bytes"], int) and isinstance(e["sha256"], str) for e in files.values())
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{CHECKSUM_FILE}: unreadable"
+    # A name with a folder in it would point outside the checkpoint; both data files must be listed.
+    if not ok or any(Path(name).name != name for name in files) or not {MODEL_FILE, STATE_FILE} <= set(files):
+        return f"{CHECKSUM_FILE}: unreadable"
+    return files
+
+
+def checkpoint_problem(folder: str | Path, *, hash_files: bool = True) -> str | None:
+    """Why ``folder`` is not an intact checkpoint (``"model.safetensors: sha256 mismatch"``), or None.
+
+    Missing files and sizes are checked first (cheap), then every file's sha256 (``hash_files=False``
+    skips that: rotation uses the cheap check). A folder without ``checksums.json`` predates checksums:
+    it only needs its two files (unverified, as before).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "folder missing"
+    if not (folder / CHECKSUM_FILE).is_file():
+        missing = [name for name in (MODEL_FILE, STATE_FILE) if not (folder / name).is_file()]
+        return f"{missing[0]}: missing" if missing else None
+    files = _read_checksums(folder)
+    if isinstance(files, str):
+        return files
+    for name, entry in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name}: missing"
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            kind = "truncated" if size < entry["bytes"] else "wrong size"
+            return f"{name}: {kind} ({size} bytes, {entry['bytes']} written)"
+    if hash_files:
+        for name, entry in files.items():
+            if _sha256(folder / name) != entry["sha256"]:
+                return f"{name}: sha256 mismatch"
+    return None
+
+
+def _make_temp_dir(root: Path, name: str) -> Path:
+    """A fresh hidden folder for a checkpoint in the making.
+
+    ``os.mkdir``'s default mode (0o777 less the umask) is the point: ``tempfile.mkdtemp`` makes 0o700,
+    which left checkpoints unreadable to the group that can read every other file of the run.
+    """
+    path = root / f".tmp_{name}_{os.getpid()}_{secrets.token_hex(6)}"
+    path.mkdir()
+    return path
+
+
+def remove_stale_temp_dirs(run_dir: str | Path) -> list[Path]:
+    """Delete ``checkpoints/.tmp_step_*`` folders a killed save left behind; returns them.
+
+    Only names of the checkpoint temp pattern, only in this run's checkpoint folder. Call it on one
+    rank before training starts, while nothing else writes checkpoints into this run folder.
+    """
+    root = Path(run_dir) / "checkpoints"
+    stale = sorted(p for p in root.iterdir() if p.is_dir() and TEMP_DIR.fullmatch(p.name)) if root.is_dir() else []
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
+
+
+def _move_aside(folder: Path) -> Path:
+    """Rename a damaged checkpoint to ``step_N.damaged`` (``.damaged2``, ... if taken): kept for the user."""
+    target, n = folder.with_name(folder.name + DAMAGED_SUFFIX), 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{folder.name}{DAMAGED_SUFFIX}{n}")
+    os.rename(folder, target)
+    return target
+
+
+def _rotate(root: Path, newest: int, keep: int) -> None:
+    """Delete intact checkpoints older than the ``keep - 1`` newest ones before step ``newest``.
+
+    Only folders of an older step that pass the cheap check (files present, sizes as written) count
+    and are deleted; a damaged folder is neither counted nor deleted, and a folder of a later step (an
+    abandoned trajectory after resuming from an older checkpoint) is left to be overwritten.
+    """
+    older = [folder for step, folder in reversed(_step_folders(root)) if step < newest]
+    intact = [folder for folder in older if checkpoint_problem(folder, hash_files=False) is None]
+    for folder in intact[keep - 1 :]:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -112,7 +244,7 @@ def save_checkpoint(
     final = checkpoint_dir(run_dir, step)
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp_{final.name}_"))
+    tmp = _make_temp_dir(root, final.name)
     try:
         save_model_safetensors(tmp / MODEL_FILE, unwrap_model(model).state_dict(), metadata={"step": str(step)})
         state = {
@@ -124,33 +256,96 @@ def save_checkpoint(
             "extra": extra_state or {},
         }
         torch.save(state, tmp / STATE_FILE)
+        _write_checksums(tmp)  # last: a folder with a manifest was written completely
         if final.exists():  # the same step saved again (e.g. after a resume): replace it
-            shutil.rmtree(final)
+            if checkpoint_problem(final) is None:
+                shutil.rmtree(final)
+            else:
+                _move_aside(final)  # damaged: never deleted, kept for the user to inspect
         os.rename(tmp, final)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves no temp folder (no-op after the rename)
     atomic_write_text(root / LATEST_FILE, final.name + "\n")
     if keep is not None and keep > 0:
-        for old in list_checkpoints(run_dir)[:-keep]:
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+        _rotate(root, step, keep)
     return final
 
 
-def resolve_checkpoint(path_or_run_dir: str | Path) -> Path:
-    """A checkpoint folder from itself, a ``checkpoints`` folder, or a run folder (through ``latest``)."""
+@dataclass(frozen=True)
+class CheckpointChoice:
+    """The checkpoint to resume from and the newer ones passed over as damaged (newest first)."""
+
+    folder: Path
+    damaged: tuple[tuple[Path, str], ...] = ()
+
+    def notice(self) -> str | None:
+        """One line for stderr when it fell back, e.g. ``checkpoint R/step_40 is damaged (...); resuming from
+        step_38``; None when it did not."""
+        if not self.damaged:
+            return None
+        parts = [f"checkpoint {folder} is {_damage(reason)}" for folder, reason in self.damaged]
+        return "; ".join(parts) + f"; resuming from {self.folder.name}"
+
+
+def _damage(reason: str) -> str:
+    return "missing" if reason == "folder missing" else f"damaged ({reason})"
+
+
+def _latest_step(root: Path) -> int | None:
+    """The step the ``latest`` pointer names, or None when there is no readable pointer."""
+    try:
+        match = STEP_DIR.fullmatch((root / LATEST_FILE).read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(match[1]) if match else None
+
+
+def _is_checkpoint_folder(path: Path) -> bool:
+    """A path naming one checkpoint (``step_N``, or any folder holding checkpoint files), not a run folder."""
+    named = STEP_DIR.fullmatch(path.name) is not None
+    return named or (path / STATE_FILE).is_file() or (path / CHECKSUM_FILE).is_file()
+
+
+def find_checkpoint(path_or_run_dir: str | Path) -> CheckpointChoice:
+    """The verified checkpoint to resume from: a checkpoint folder itself, or a run / ``checkpoints`` folder's newest.
+
+    A checkpoint folder named exactly must be intact (else a one-line DataError naming the file and the
+    reason; no fallback). A run folder starts at the step ``latest`` names (every step folder when the
+    pointer is gone; later folders belong to an abandoned trajectory) and falls back to the newest
+    intact older one; when none is intact, a DataError names the checkpoints folder and each problem.
+    """
     path = Path(path_or_run_dir)
-    if (path / STATE_FILE).is_file():
-        return path
-    for root in (path / "checkpoints", path):
-        latest = root / LATEST_FILE
-        if latest.is_file():
-            target = root / latest.read_text(encoding="utf-8").strip()
-            if (target / STATE_FILE).is_file():
-                return target
-            raise FileNotFoundError(f"{latest}: points at {target.name}, which is missing or incomplete")
-    raise FileNotFoundError(f"{path}: not a checkpoint folder and no checkpoints/latest inside")
+    if _is_checkpoint_folder(path):
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            hint = "name another checkpoint, or the run folder to resume from its newest intact one"
+            raise DataError(path, None, f"checkpoint is {_damage(problem)}; {hint}")
+        return CheckpointChoice(path)
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    folders = dict(_step_folders(root))
+    latest = _latest_step(root)
+    if latest is not None:
+        folders = {step: folder for step, folder in folders.items() if step <= latest}
+        folders.setdefault(latest, root / f"step_{latest:08d}")  # a deleted latest folder: "missing"
+    if not folders:
+        raise FileNotFoundError(f"{path}: not a checkpoint folder and no checkpoints inside")
+    damaged: list[tuple[Path, str]] = []
+    for _, folder in sorted(folders.items(), reverse=True):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return CheckpointChoice(folder, tuple(damaged))
+        damaged.append((folder, problem))
+    listed = ", ".join(f"{folder.name} ({reason})" for folder, reason in damaged)
+    raise DataError(root, None, f"no intact checkpoint to resume from: {listed}")
+
+
+def resolve_checkpoint(path_or_run_dir: str | Path) -> Path:
+    """:func:`find_checkpoint`'s folder; a fallback past damaged checkpoints is said in one line on stderr."""
+    choice = find_checkpoint(path_or_run_dir)
+    notice = choice.notice()
+    if notice is not None:
+        print(notice, file=sys.stderr, flush=True)
+    return choice.folder
 
 
 def load_checkpoint(
@@ -162,14 +357,17 @@ def load_checkpoint(
     restore_rng: bool = True,
     rank: int = 0,
     strict: bool = True,
+    verify: bool = True,
 ) -> dict[str, Any]:
     """Restore model (and optimizer, scheduler, this rank's RNG) from a checkpoint; return its extra state.
 
     The returned dict is the ``extra_state`` given to :func:`save_checkpoint` plus ``step``,
     ``checkpoint`` (the folder) and ``num_rng_states``. When the checkpoint holds fewer RNG states
     than ``rank + 1`` (resuming on more processes), this rank takes state ``rank % n``.
+    ``verify=False`` loads ``path_or_run_dir`` as the checkpoint folder already chosen and verified
+    (the training loop's rank 0 verifies once and tells every rank which folder to load).
     """
-    folder = resolve_checkpoint(path_or_run_dir)
+    folder = resolve_checkpoint(path_or_run_dir) if verify else Path(path_or_run_dir)
     target = unwrap_model(model)
     device = next((p.device for p in target.parameters()), torch.device("cpu"))
     target.load_state_dict(load_model_safetensors(folder / MODEL_FILE, device=device), strict=strict)

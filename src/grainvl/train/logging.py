@@ -3,7 +3,8 @@
 
 ``metrics.jsonl`` gets one JSON object per :meth:`MetricsLogger.log` call; TensorBoard gets the same
 numbers as scalars; the terminal gets a tqdm bar with a compact postfix. Only the process created
-with ``enabled=True`` (rank 0) writes anything.
+with ``enabled=True`` (rank 0) writes anything. A run resumed from step S first drops what the
+interrupted run logged after S (``rewind_to``), so every step appears once.
 
 ``results.jsonl`` holds one object per evaluation with the long schema of DESIGN.md
 (:data:`RESULT_FIELDS`); tables and plots are derived from it.
@@ -11,6 +12,7 @@ with ``enabled=True`` (rank 0) writes anything.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -20,7 +22,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from grainvl.utils.fileio import append_jsonl_line, to_plain
+from grainvl.utils.fileio import append_jsonl_line, atomic_write_text, to_plain
 
 
 class MetricsLogger:
@@ -28,6 +30,9 @@ class MetricsLogger:
 
     ``total_steps``/``initial_step`` size the bar (``initial_step`` > 0 when resuming). Use
     :meth:`advance` every step (moves the bar) and :meth:`log` every ``log_every`` steps.
+    ``rewind_to=S`` (a resume from step S) drops the metrics.jsonl lines of steps after S and makes
+    TensorBoard discard events from step S + 1 on: the interrupted run logged them past its checkpoint
+    and the resumed run logs those steps again.
     """
 
     def __init__(
@@ -36,6 +41,7 @@ class MetricsLogger:
         enabled: bool = True,
         total_steps: int | None = None,
         initial_step: int = 0,
+        rewind_to: int | None = None,
         tensorboard: bool = True,
         progress: bool = True,
     ) -> None:
@@ -47,8 +53,11 @@ class MetricsLogger:
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if rewind_to is not None:
+            drop_lines_after(self.path, rewind_to)
         if tensorboard:
-            self._writer = _summary_writer(self.run_dir / "tensorboard")
+            purge_step = rewind_to + 1 if rewind_to is not None else None
+            self._writer = _summary_writer(self.run_dir / "tensorboard", purge_step)
         if progress:
             self._bar = tqdm(total=total_steps, initial=initial_step, desc="train", dynamic_ncols=True, file=sys.stderr)
 
@@ -98,7 +107,40 @@ class MetricsLogger:
         self.close()
 
 
-def _summary_writer(log_dir: Path) -> Any:
+def drop_lines_after(path: Path, step: int) -> None:
+    """Rewrite ``path`` (JSON lines) atomically without the records whose ``"step"`` is after ``step``.
+
+    Lines without a step, or that are not JSON, are kept, except an unterminated last line that is not
+    JSON: an append cut short by the crash that interrupted the run. A missing file is left alone.
+    """
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8")
+    *lines, tail = text.split("\n")  # not splitlines(): U+2028 inside a JSON string is no line break
+    kept = [line + "\n" for line in lines if not _after(line, step)]
+    if tail and _is_json(tail) and not _after(tail, step):
+        kept.append(tail + "\n")
+    if "".join(kept) != text:
+        atomic_write_text(path, "".join(kept))
+
+
+def _after(line: str, step: int) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
+def _summary_writer(log_dir: Path, purge_step: int | None = None) -> Any:
     """A TensorBoard SummaryWriter, or None (with one warning) when tensorboard cannot be imported."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep an installed TensorFlow quiet
     try:
@@ -106,4 +148,4 @@ def _summary_writer(log_dir: Path) -> Any:
     except ImportError as error:
         warnings.warn(f"TensorBoard logging off: {error}", stacklevel=3)
         return None
-    return SummaryWriter(log_dir=str(log_dir))
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)

@@ -33,6 +33,7 @@ Energy (codecarbon, rank 0, whole machine), parameters and the measured FLOPs of
 from __future__ import annotations
 
 import random
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -51,9 +52,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from grainvl.bench.energy import EnergyReport, EnergyTracker, count_parameters, hardware_tags
 from grainvl.config import to_dict
 from grainvl.data.iterators import StatefulIterator
+from grainvl.errors import DataError
 from grainvl.train.checkpoint import (
     capture_rng_state,
+    find_checkpoint,
     load_checkpoint,
+    remove_stale_temp_dirs,
     restore_rng_state,
     save_checkpoint,
     unwrap_model,
@@ -185,6 +189,15 @@ def _gather(obj: Any, world_size: int) -> list[Any]:
     return out
 
 
+def _broadcast_from_main(obj: Any, world_size: int) -> Any:
+    """Rank 0's ``obj`` on every rank (a collective: call on all ranks)."""
+    if world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _mean_over_ranks(values: dict[str, float], world_size: int) -> dict[str, float]:
     """Per-key mean over the ranks that report the key (tasks may log a key on some batches only)."""
     gathered = _gather(values, world_size)
@@ -241,7 +254,9 @@ def train(
 
     ``optimizer``/``scheduler`` must be built on ``task``'s parameters (before this call).
     ``resume`` (a checkpoint folder or a run folder) restores model, optimizer, scheduler, GradScaler,
-    every rank's RNG and data position, and the step counter, and continues from there.
+    every rank's RNG and data position, and the step counter, and continues from there; a run folder
+    whose newest checkpoint is damaged resumes from its newest intact one (one line on stderr), and
+    ``cfg.run_dir``'s metrics lines after the resumed step are dropped (the interrupted run wrote them).
     ``on_step(step, losses, metrics)`` runs on every rank after each step with this rank's values
     (``losses["loss"]`` is the step's total loss), e.g. to record a loss curve or snapshot parameters.
     With ``cfg.run_dir=None`` nothing is written: no metrics, no checkpoints.
@@ -251,6 +266,8 @@ def train(
     task.train()
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and env.device.type == "cuda" else None
     state = _RunState()
+    if main and cfg.run_dir is not None:
+        remove_stale_temp_dirs(cfg.run_dir)  # temp folders of a save that was killed (e.g. out of memory)
     if resume is not None:
         _resume(resume, task, optimizer, scheduler, data, scaler, env, state)
     elif cfg.seed is not None:
@@ -265,6 +282,7 @@ def train(
         enabled=main and cfg.run_dir is not None,
         total_steps=cfg.steps,
         initial_step=start_step,
+        rewind_to=start_step if resume is not None else None,
         tensorboard=cfg.tensorboard,
         progress=cfg.progress,
     )
@@ -469,7 +487,8 @@ def _resume(
     env: DistEnv,
     state: _RunState,
 ) -> None:
-    extra = load_checkpoint(resume, task, optimizer, scheduler, rank=env.rank)
+    folder = _choose_checkpoint(resume, env)
+    extra = load_checkpoint(folder, task, optimizer, scheduler, rank=env.rank, verify=False)
     saved_world = extra.get("world_size", 1)
     if saved_world != env.world_size:
         raise ValueError(
@@ -482,6 +501,38 @@ def _resume(
     state.step = int(extra["step"])
     state.skipped = int(extra.get("skipped_steps", 0))
     state.last_checkpoint = extra["checkpoint"]
+
+
+def _choose_checkpoint(resume: str | Path, env: DistEnv) -> Path:
+    """Rank 0 verifies and picks the checkpoint (announcing a fallback); every rank gets the same folder or error.
+
+    Rank 0 alone, then a broadcast: hashing a multi-GB checkpoint on every rank multiplies the reads,
+    and ranks verifying on their own could disagree (a file changing under them, a lagging network file
+    system), then resume different weights without noticing. An error is re-raised on every rank, so
+    no rank waits for a broadcast that never comes.
+    """
+    outcome = ("", "", "")  # (kind, folder or error path/message, DataError reason)
+    failure: Exception | None = None
+    if env.rank == 0:
+        try:
+            choice = find_checkpoint(resume)
+        except DataError as error:
+            failure, outcome = error, ("data_error", error.path, error.reason)
+        except FileNotFoundError as error:
+            failure, outcome = error, ("not_found", str(error), "")
+        else:
+            notice = choice.notice()
+            if notice is not None:
+                print(notice, file=sys.stderr, flush=True)
+            outcome = ("folder", str(choice.folder), "")
+    kind, where, reason = _broadcast_from_main(outcome, env.world_size)
+    if failure is not None:
+        raise failure
+    if kind == "data_error":
+        raise DataError(where, None, reason)
+    if kind == "not_found":
+        raise FileNotFoundError(where)
+    return Path(where)
 
 
 def _evaluate(
