@@ -24,6 +24,7 @@ from grainvl.losses import (
     mlm_loss,
     sample_hard_negatives,
 )
+from grainvl.losses.taco import sample_negative_index, sample_positive_index, taco_loss
 
 
 def _ce(logits: list[float], target: int) -> float:
@@ -197,6 +198,29 @@ def test_mlm_loss_without_targets_is_zero_not_nan() -> None:
     loss = mlm_loss(logits, torch.full((2, 3), -100))
     loss.backward()
     assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_global_mean_losses_are_unchanged_in_one_process() -> None:
+    # Without a process group the DDP global mean must give today's value and gradient bit for bit.
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 4, 6, generator=generator, requires_grad=True)
+    labels = torch.tensor([[1, 5, -100, -100], [0, -100, -100, -100], [2, 3, 4, -100]])
+    reference = F.cross_entropy(logits.reshape(-1, 6), labels.reshape(-1), ignore_index=-100)
+    (reference_grad,) = torch.autograd.grad(reference, logits)
+    for global_mean in (False, True):
+        loss = mlm_loss(logits, labels, global_mean=global_mean)
+        (grad,) = torch.autograd.grad(loss, logits)
+        assert torch.equal(loss, reference) and torch.equal(grad, reference_grad)
+
+    hidden = torch.randn(3, 5, 4, generator=generator, requires_grad=True)
+    embeddings = torch.randn(3, 5, 4, generator=generator)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    lengths = mask.sum(1)
+    positive = sample_positive_index(lengths, 5, generator=generator)
+    negative = sample_negative_index(lengths, 5, 3, generator=generator)
+    kwargs = {"positive_index": positive, "negative_index": negative, "num_negatives": 3}
+    local = taco_loss(hidden, embeddings, mask, **kwargs)
+    assert torch.equal(taco_loss(hidden, embeddings, mask, global_mean=True, **kwargs), local)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,10 @@ The masked text runs through all text + fusion layers with cross-attention to th
 or video) sequence; only the hidden states at the masked positions go through the MLM head, which
 saves the ``(B, L, V)`` vocabulary projection for the ``L − M`` unmasked tokens. Masked positions
 come from :class:`grainvl.data.masking.TextMaskingGenerator`, padded with position 0 and label −100.
+
+Under DDP the number of masked tokens differs per rank; ``mlm_loss(..., global_mean=True)`` (what the
+pre-training Tasks use) weights each rank's mean by its share of the global token count, so the
+averaged gradient is that of the mean over the whole global batch (:func:`grainvl.utils.distributed.to_global_mean`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from grainvl.data.masking import IGNORE_INDEX  # the one label that losses skip, defined where labels are made
+from grainvl.utils.distributed import to_global_mean
 
 
 def gather_masked(hidden: torch.Tensor, masked_pos: torch.Tensor) -> torch.Tensor:
@@ -31,7 +36,7 @@ def gather_masked(hidden: torch.Tensor, masked_pos: torch.Tensor) -> torch.Tenso
     return torch.gather(hidden, 1, index)
 
 
-def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor, global_mean: bool = False) -> torch.Tensor:
     """Cross-entropy over real masked tokens, ignoring label −100.
 
     Args:
@@ -39,6 +44,10 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             (B, L, V) over every position.
         labels: (B, M) or (B, L) original token ids at those positions, −100 where nothing is
             predicted (padding of ``masked_ids``).
+        global_mean: under a process group, return this rank's share ``mean · n_r · W / N`` of the
+            mean over every rank's ``N`` masked tokens (a collective: every rank must call it); its
+            rank average, and DDP's averaged gradient, are the global-batch mean's. Without a
+            process group it changes nothing.
 
     Returns:
         Scalar mean over the non-ignored tokens of the whole batch (0 with a zero gradient path
@@ -48,6 +57,10 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
     flat_logits = logits.reshape(-1, logits.shape[-1])  # (B·M, V)
     flat_labels = labels.reshape(-1)  # (B·M,)
-    if not (flat_labels != IGNORE_INDEX).any():
-        return flat_logits.sum() * 0.0
-    return F.cross_entropy(flat_logits.float(), flat_labels, ignore_index=IGNORE_INDEX)
+    real = flat_labels != IGNORE_INDEX  # (B·M,)
+    if real.any():
+        loss = F.cross_entropy(flat_logits.float(), flat_labels, ignore_index=IGNORE_INDEX)
+    else:
+        loss = flat_logits.sum() * 0.0
+    # A rank without masked tokens still joins the count's all-reduce (and contributes 0).
+    return to_global_mean(loss, real.sum()) if global_mean else loss

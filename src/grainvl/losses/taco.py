@@ -14,7 +14,9 @@ and the InfoNCE loss ``−log softmax([cos(g, g⁺), cos(g, g⁻₁..K)] / τ)[0
 and negatives are detached (MoCo-style stop-gradient): the gradient reaches the model only through
 the anchors. The loss is the mean over every valid anchor of the batch (the official
 ``CrossEntropyLoss`` over all ``B·L`` positions; its chunks have no padding, so that is also the
-paper's ``(1/N)Σ_i (1/L)Σ_l``). ``L_TACO = L_MLM + L_TC``.
+paper's ``(1/N)Σ_i (1/L)Σ_l``). ``L_TACO = L_MLM + L_TC``. Under DDP, ``global_mean=True`` makes it the mean
+over every rank's anchors (:func:`grainvl.utils.distributed.to_global_mean`), as the MLM term; the
+negatives stay those of the rank's own batch, as the official per-device batches.
 
 Deviations from the official ``run_mlm_with_contrastive.py`` / ``sampler.py`` (all documented in
 docs/taco.md): padding is supported (pads are never anchors, positives or negatives; the official
@@ -29,6 +31,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from grainvl.utils.distributed import to_global_mean
 
 TAU = 0.07
 NUM_NEGATIVES = 50
@@ -109,7 +113,14 @@ def sample_negative_index(
     return rows, cols
 
 
-def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor, temperature: float, valid: Tensor | None) -> Tensor:
+def info_nce(
+    anchor: Tensor,
+    positive: Tensor,
+    negatives: Tensor,
+    temperature: float,
+    valid: Tensor | None,
+    global_mean: bool = False,
+) -> Tensor:
     """Mean InfoNCE over valid anchors, positive at logit index 0; positives/negatives are detached.
 
     Args:
@@ -118,6 +129,8 @@ def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor, temperature: f
         negatives: (B, L, K, H) K negatives per anchor.
         temperature: τ; the cosine similarities are divided by it.
         valid: (B, L) bool, True where the anchor counts (None: all).
+        global_mean: under a process group, this rank's share of the mean over every rank's anchors
+            (a collective; see :func:`grainvl.utils.distributed.to_global_mean`).
 
     Returns:
         Scalar: mean over the valid anchors (0 with a zero gradient path when there is none).
@@ -130,11 +143,14 @@ def info_nce(anchor: Tensor, positive: Tensor, negatives: Tensor, temperature: f
     logits = torch.cat([positive_logit, negative_logits], dim=-1) / temperature  # (B, L, 1 + K)
     if valid is not None:
         logits = logits[valid]  # (N, 1 + K)
-    logits = logits.reshape(-1, logits.shape[-1])
+    logits = logits.reshape(-1, logits.shape[-1])  # (N, 1 + K)
     if logits.shape[0] == 0:
-        return anchor.sum() * 0.0
-    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-    return F.cross_entropy(logits, target)
+        loss = anchor.sum() * 0.0
+    else:
+        target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        loss = F.cross_entropy(logits, target)
+    # A rank without anchors still joins the count's all-reduce (and contributes 0).
+    return to_global_mean(loss, logits.shape[0]) if global_mean else loss
 
 
 def taco_loss(
@@ -148,6 +164,7 @@ def taco_loss(
     positive_index: Tensor | None = None,
     negative_index: tuple[Tensor, Tensor] | None = None,
     generator: torch.Generator | None = None,
+    global_mean: bool = False,
 ) -> Tensor:
     """The token-alignment contrastive loss ``L_TC`` of one batch (see the module docstring).
 
@@ -161,6 +178,8 @@ def taco_loss(
         positive_index: (B, L) explicit positive positions (tests); None = :func:`sample_positive_index`.
         negative_index: explicit ``(rows, cols)``, each (B, L, K); None = :func:`sample_negative_index`.
         generator: torch generator for the sampling (None: the global RNG of the tensors' device).
+        global_mean: under a process group, this rank's share of the mean over every rank's anchors
+            (a collective: every rank must call it); nothing changes without one.
 
     Returns:
         Scalar mean InfoNCE over the anchors (real tokens of sequences with >= 2 real tokens).
@@ -181,7 +200,7 @@ def taco_loss(
     valid = (position < lengths[:, None]) & (lengths[:, None] >= 2)  # (B, L)
     if anchor_mask is not None:
         valid = valid & anchor_mask.bool()
-    return info_nce(semantics, positive, negatives, temperature, valid)
+    return info_nce(semantics, positive, negatives, temperature, valid, global_mean)
 
 
 __all__ = [

@@ -5,6 +5,13 @@ shapes in ``grainvl.data.pretrain``) and returns ``(losses, metrics)``; each los
 multiplied by its data type's ``iter_perc`` weight, so the training loss is their plain sum.
 Deviation: the official code back-propagates the video loss separately before the image+region
 loss (to save memory); summing them gives the same gradient.
+
+Under DDP, losses that are means over a per-rank *varying* number of items (MLM over masked tokens,
+region ITM over the rank's region texts, box L1/GIoU over its non-whole-image boxes) go through
+:func:`grainvl.utils.distributed.to_global_mean`, so that DDP's averaged gradient is the one of the
+global batch (docs/models.md, "What DDP averages"). ITC is computed on the gathered global batch, and
+image/video ITM is a mean over ``3B`` pairs with the same ``B`` on every rank (the streams always
+yield full batches), so both are already global means.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from grainvl.losses.itc import itc_loss
 from grainvl.losses.itm import hard_negative_itm_loss
 from grainvl.losses.mlm import gather_masked, mlm_loss
 from grainvl.models.xvlm import XVLM
+from grainvl.utils.distributed import to_global_mean
 
 
 @dataclass
@@ -84,7 +92,8 @@ class PretrainTask(nn.Module):
             itm = hard_negative_itm_loss(
                 self.model, region_seq, region_atts, text, b["text_atts"], region_feat, text_feat, None
             )
-            losses["region_itm_loss"] = weight * itm
+            # A region batch holds up to region_batch_size texts, so its 3T pairs differ per rank.
+            losses["region_itm_loss"] = weight * to_global_mean(itm, 3 * text.shape[0])
         losses["region_mlm_loss"] = weight * self._mlm(b, region_seq, region_atts)
         if self.weights.bbox:
             # Box regression: the region text against the *whole* image (all-ones mask), xvlm.md §2.4.
@@ -92,12 +101,13 @@ class PretrainTask(nn.Module):
             full_atts = torch.ones(full.shape[:2], dtype=torch.long, device=full.device)
             fused = m.fuse(text, b["text_atts"], full, full_atts)
             l1, giou = bbox_loss(m.predict_box(fused, full), b["region_boxes"], b["is_image"])
-            losses["region_bbox_loss"] = weight * l1
-            losses["region_giou_loss"] = weight * giou
+            num_boxes = (~b["is_image"].bool()).sum()  # the boxes bbox_loss averages over
+            losses["region_bbox_loss"] = weight * to_global_mean(l1, num_boxes)
+            losses["region_giou_loss"] = weight * to_global_mean(giou, num_boxes)
 
     # ------------------------------------------------------------------ shared pieces
     def _mlm(self, b: dict[str, torch.Tensor], vis: torch.Tensor, vis_atts: torch.Tensor) -> torch.Tensor:
         m = self.model
         hidden = m.encode_multimodal(b["text_ids_masked"], b["text_atts"], vis, vis_atts)  # (B, L, H)
         logits = m.mlm_logits(gather_masked(hidden, b["masked_pos"]))  # (B, M, V)
-        return mlm_loss(logits, b["masked_ids"])
+        return mlm_loss(logits, b["masked_ids"], global_mean=True)

@@ -18,13 +18,16 @@ from grainvl.models.text import (
     BertEncoderModel,
     MLMHead,
 )
+from grainvl.utils.distributed import to_global_mean
 
 
 class TextPretrainTask(nn.Module):
     """Encoder + MLM head (+ TACO): ``forward(batch) -> ({"mlm_loss", ["taco_loss"]}, metrics)``.
 
     ``batch``: ``input_ids`` (B, L), ``attention_mask`` (B, L), ``masked_pos`` (B, M) and
-    ``masked_labels`` (B, M) (−100 on padding entries).
+    ``masked_labels`` (B, M) (−100 on padding entries). Under DDP the MLM and TACO losses and the
+    MLM accuracy are shares of the means over the global batch's tokens (``global_mean=True``): their
+    rank averages, which the training loop logs, are the global means.
     """
 
     def __init__(self, encoder: BertEncoderModel, head: MLMHead, objective: str, taco: TacoSettings) -> None:
@@ -42,9 +45,11 @@ class TextPretrainTask(nn.Module):
         embeddings, hidden = states[0], states[-1]  # (B, L, H) each
         labels = batch["masked_labels"]  # (B, M)
         logits = self.head(gather_masked(hidden, batch["masked_pos"]))  # (B, M, V)
-        losses = {"mlm_loss": mlm_loss(logits, labels)}
-        real = labels != IGNORE_INDEX
-        metrics = {"mlm_acc": float((logits.argmax(-1) == labels)[real].float().mean()) if real.any() else 0.0}
+        losses = {"mlm_loss": mlm_loss(logits, labels, global_mean=True)}
+        real = labels != IGNORE_INDEX  # (B, M)
+        hits = (logits.detach().argmax(-1) == labels)[real].float()  # (N_r,)
+        accuracy = hits.mean() if real.any() else hits.new_zeros(())
+        metrics = {"mlm_acc": float(to_global_mean(accuracy, real.sum()))}
         if self.objective == "taco":
             anchors = self._anchor_mask(batch, hidden.shape[:2])
             tc = taco_loss(
@@ -55,6 +60,7 @@ class TextPretrainTask(nn.Module):
                 num_negatives=self.taco.num_negatives,
                 window_size=self.taco.window_size,
                 anchor_mask=anchors,
+                global_mean=True,
             )
             losses["taco_loss"] = self.taco.weight * tc
         return losses, metrics

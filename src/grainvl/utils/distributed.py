@@ -39,12 +39,34 @@ its encoders with an ITC weight of effectively ``1/W`` relative to the other los
 
 Unequal per-rank batch sizes (for example the last batch of an epoch) are supported: sizes are
 exchanged first, every rank pads to the largest, and the padding is dropped after the gather.
+
+Means over items whose number differs per rank
+----------------------------------------------
+A loss that is a mean over a *varying* number of items (MLM over masked tokens, TACO over anchors,
+box losses over region boxes) is, per rank, ``m_r = s_r / n_r``. DDP's average of gradients then
+gives the gradient of ``(1/W) Σ_r s_r / n_r``, not of the single-process mean ``Σ_r s_r / N`` over
+the global batch (``N = Σ_r n_r``): ranks with few items weigh too much. :func:`to_global_mean`
+all-reduces the count (no gradient flows through it) and returns ``m_r · n_r · W / N``, whose
+rank average is exactly ``Σ_r s_r / N``; so DDP's averaged gradient, and the rank-averaged value the
+training loop logs, are those of the global mean. With one process it returns ``m_r`` itself.
+
+Workers die with their launcher
+-------------------------------
+torchrun starts its workers in their own sessions, so ``kill -9`` on the launcher used to leave them
+running (holding GPUs, or waiting in a collective). Under torchrun, :func:`init_distributed` calls
+:func:`exit_with_parent`: on Linux ``prctl(PR_SET_PDEATHSIG, SIGTERM)``, elsewhere a watchdog thread
+that polls the parent's pid every second.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -57,6 +79,10 @@ T = TypeVar("T")
 
 DEFAULT_PORT = 29500
 _CPU = torch.device("cpu")
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# The parent at import: the launcher, unless it died even before this (then nothing can tell).
+_PARENT_AT_IMPORT = os.getppid()
+_parent_watch_armed = False
 
 
 @dataclass(frozen=True)
@@ -179,6 +205,8 @@ def init_distributed(env: DistEnv | None = None, timeout: timedelta = timedelta(
     Returns the (possibly detected) environment.
     """
     env = detect_env() if env is None else env
+    if env.launcher == "torchrun" and started_by_torchelastic():
+        exit_with_parent()
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
     if not env.is_distributed:
@@ -200,6 +228,45 @@ def init_distributed(env: DistEnv | None = None, timeout: timedelta = timedelta(
         env.backend, init_method=init_method, rank=env.rank, world_size=env.world_size, timeout=timeout
     )
     return env
+
+
+def started_by_torchelastic(environ: Mapping[str, str] | None = None) -> bool:
+    """True in a worker that torchrun's elastic agent started (its parent is then the launcher)."""
+    return "TORCHELASTIC_RUN_ID" in (os.environ if environ is None else environ)
+
+
+def exit_with_parent(poll_s: float = 1.0) -> None:
+    """Arrange for this process to get SIGTERM when its parent (the torchrun launcher) dies.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` through libc; elsewhere, or if that call fails, a
+    daemon thread that polls ``os.getppid()`` every ``poll_s`` seconds. A parent that died before the
+    signal was armed is caught by comparing ``os.getppid()`` with the parent recorded at import (an
+    orphan has been re-parented to init or a subreaper). Idempotent.
+    """
+    global _parent_watch_armed
+    if _parent_watch_armed:
+        return
+    _parent_watch_armed = True
+    parent = _PARENT_AT_IMPORT
+    if not (sys.platform.startswith("linux") and _set_parent_death_signal(signal.SIGTERM)):
+        threading.Thread(target=_watch_parent, args=(parent, poll_s), name="grainvl-parent-watch", daemon=True).start()
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)  # the launcher is already gone: nothing else would signal us
+
+
+def _set_parent_death_signal(sig: int) -> bool:
+    """``prctl(PR_SET_PDEATHSIG, sig)``; False when libc or the call is unavailable."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # the symbols already loaded: libc's among them
+        return libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), ctypes.c_ulong(0), ctypes.c_ulong(0), 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int, poll_s: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _group_active() -> bool:
@@ -323,3 +390,39 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         out /= get_world_size()
     return out
+
+
+@torch.no_grad()
+def all_reduce_sum_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over ranks (a new tensor, outside autograd); a detached copy without a process group."""
+    out = x.detach().clone()
+    if get_world_size() > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def global_mean_share(
+    local_mean: torch.Tensor, local_count: torch.Tensor, global_count: torch.Tensor, world_size: int
+) -> torch.Tensor:
+    """``local_mean · n_r · W / N``: rank r's share of the mean over all ranks' items (see the module docstring).
+
+    ``local_count`` ``n_r`` and ``global_count`` ``N = Σ_r n_r`` carry no gradient; ``N = 0`` (no item
+    anywhere, so every ``local_mean`` is 0) gives 0 rather than NaN.
+    """
+    weight = local_count.double() * world_size / global_count.double().clamp(min=1)  # float64: counts stay exact
+    return local_mean * weight.float()  # at least fp32: a bf16 weight would be off by up to 0.4%
+
+
+def to_global_mean(local_mean: torch.Tensor, local_count: torch.Tensor | int) -> torch.Tensor:
+    """This rank's mean over its ``local_count`` items → its share of the mean over every rank's items.
+
+    Under DDP (gradients averaged over W ranks) the averaged gradient, and the rank average of the
+    returned value, are those of the global-batch mean ``Σ_r s_r / Σ_r n_r``. Returns ``local_mean``
+    itself (bit for bit) without a process group. A collective: every rank must call it, also with
+    ``local_count = 0``.
+    """
+    world_size = get_world_size()
+    if world_size == 1:
+        return local_mean
+    count = torch.as_tensor(local_count, device=local_mean.device).reshape(()).long()
+    return global_mean_share(local_mean, count, all_reduce_sum_no_grad(count), world_size)
