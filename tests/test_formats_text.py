@@ -217,7 +217,7 @@ def test_convai2_bad_lines_name_file_line_and_reason(tmp_path: Path, text: str, 
 
 
 def test_convai2_skip_bad_drops_only_bad_lines(tmp_path: Path) -> None:
-    text = CONVAI2_GOOD + "3 no tab here\n4 and you ?\tfine\t\tfine|bad\n1 new\tepisode\n"
+    text = CONVAI2_GOOD + "3 no tab here\n4 and you ?\tfine\t\tfine|bad\n1 your persona: i run.\n2 new\tepisode\n"
     bad = BadRecords(skip_bad=True)
     episodes = convai2.read_convai2(write_text(tmp_path / "train_self_original.txt", text), bad)
     assert [[t["text"] for t in e["turns"]] for e in episodes] == [["hi", "and you ?"], ["new"]]
