@@ -5,6 +5,8 @@ from grainvl.data.formats import (  # noqa: F401  (imported for registration)
     albef,
     coco_caption,
     convai2,
+    dailydialog,
+    dialogue_nli,
     glue,
     iglue,
     msrvtt,

@@ -274,6 +274,21 @@ _TOPIC_QUESTIONS: dict[str, tuple[str, ...]] = {
     "family": ("tell me about your family.", "do you have any siblings or kids?"),
     "hobby": ("what do you do for fun?", "any hobbies?"),
 }
+# What a speaker says back when the partner has just revealed a fact of that topic. Free of every
+# hint and persona sentence (tests check), so a follow-up never reveals the responder's own persona.
+FOLLOW_UPS: dict[str, tuple[str, ...]] = {
+    "color": ("that is such a bold color choice.", "you clearly know what shade you like."),
+    "drawing": ("you should show me your art sometime.", "how long have you been into art?"),
+    "pet": ("aww, animals make a home so much happier.", "how old is your little buddy?"),
+    "job": ("that sounds like a demanding job.", "do you enjoy your line of work?"),
+    "food": ("now you are making me hungry.", "that sounds delicious, what is the recipe?"),
+    "place": ("that sounds like a nice place to live.", "how long have you been living there?"),
+    "music": ("music makes everything better.", "you should play me a tune sometime."),
+    "sport": ("you must be in great shape.", "how often do you train?"),
+    "family": ("family is everything.", "sounds like a lively household."),
+    "hobby": ("that is a great way to spend free time.", "how did you get into that?"),
+}
+FOLLOW_UP_PROBABILITY = 0.5  # chance a response follows up on the fact the partner just revealed
 _GENERIC_QUESTIONS = (
     "how was your day?",
     "what are you up to tonight?",
@@ -312,7 +327,9 @@ def build_dialogues(
     partner utterance, "labels": [response], "candidates": n_candidates strings, response last}``,
     distractors drawn from other episodes' responses. ``annotations["revealed"][t]`` lists the
     indices into ``your_persona`` that turn t's response reveals; ``annotations["partner_revealed"]
-    [t]`` the indices into ``partner_persona`` that turn t's partner utterance reveals.
+    [t]`` the indices into ``partner_persona`` that turn t's partner utterance reveals;
+    ``annotations["follow_up"][t]`` is the ``partner_persona`` index whose topic the response
+    follows up on (with probability ``FOLLOW_UP_PROBABILITY`` when the partner revealed one), else None.
     """
     if n_episodes < 0 or n_candidates < 2 or not 1 <= min_turns <= max_turns:
         raise ValueError(
@@ -353,21 +370,24 @@ def _episode(rng: random.Random, n_turns: int) -> dict:
     mine = _sample_persona(rng, partner)
     my_slots = _reveal_schedule(len(mine), n_turns, rng)
     partner_slots = _reveal_schedule(len(partner), n_turns, rng)
-    turns, revealed, partner_revealed = [], [], []
+    turns, revealed, partner_revealed, follow_up = [], [], [], []
     for t in range(n_turns):
         mine_fact = mine[my_slots[t]] if my_slots[t] is not None else None
         partner_fact = partner[partner_slots[t]] if partner_slots[t] is not None else None
         reacted = t > 0 and my_slots[t - 1] is not None  # partner reacts to what self just revealed
         text = _partner_utterance(t, reacted, partner_fact, mine_fact, rng)
-        response = _self_response(t, partner_fact is not None, mine_fact, rng)
+        # The follow-up is what the partner persona predicts about the response (issue 18's "their persona").
+        follows = partner_fact if partner_fact is not None and rng.random() < FOLLOW_UP_PROBABILITY else None
+        response = _self_response(t, partner_fact is not None, follows, mine_fact, rng)
         turns.append({"text": text, "labels": [response], "candidates": []})
         revealed.append([my_slots[t]] if my_slots[t] is not None else [])
         partner_revealed.append([partner_slots[t]] if partner_slots[t] is not None else [])
+        follow_up.append(partner_slots[t] if follows is not None else None)
     return {
         "your_persona": [f.text for f in mine],
         "partner_persona": [f.text for f in partner],
         "turns": turns,
-        "annotations": {"revealed": revealed, "partner_revealed": partner_revealed},
+        "annotations": {"revealed": revealed, "partner_revealed": partner_revealed, "follow_up": follow_up},
     }
 
 
@@ -385,8 +405,14 @@ def _partner_utterance(
     return convai2_tokenize(" ".join(parts))
 
 
-def _self_response(t: int, partner_revealed: bool, reveal: PersonaFact | None, rng: random.Random) -> str:
-    parts = [rng.choice(_GREETING_REPLIES)] if t == 0 else [rng.choice(_REACTIONS)] if partner_revealed else []
+def _self_response(
+    t: int, partner_revealed: bool, follows: PersonaFact | None, reveal: PersonaFact | None, rng: random.Random
+) -> str:
+    """Greeting reply, follow-up on ``follows``' topic or a plain reaction, then a hint of ``reveal`` (or a filler)."""
+    if follows is not None:
+        parts = [rng.choice(FOLLOW_UPS[follows.topic])]
+    else:
+        parts = [rng.choice(_GREETING_REPLIES)] if t == 0 else [rng.choice(_REACTIONS)] if partner_revealed else []
     parts.append(rng.choice(reveal.hints) if reveal is not None else rng.choice(_FILLERS))
     return convai2_tokenize(" ".join(parts))
 
@@ -429,4 +455,110 @@ def _distractors(
     return chosen
 
 
-__all__ = ["CLASHING_FACTS", "PERSONA_BANK", "PERSONA_TOPICS", "PersonaFact", "build_dialogues", "convai2_tokenize"]
+def revealed_records(episodes: list[dict]) -> list[dict]:
+    """The ``{split}_revealed.jsonl`` side-file records of episodes from :func:`build_dialogues`, in order."""
+    return [
+        {
+            "episode": i,
+            "your_persona": episode["your_persona"],
+            "partner_persona": episode["partner_persona"],
+            **{name: episode["annotations"][name] for name in ("revealed", "partner_revealed", "follow_up")},
+        }
+        for i, episode in enumerate(episodes)
+    ]
+
+
+# --- Dialogue NLI (Welleck et al. 2019) from the persona bank ------------------------------------
+
+# DNLI's relation for each topic (its triples are (subject, relation, object)); the objects are ours.
+_RELATIONS = {
+    "color": "favorite_color",
+    "drawing": "like_activity",
+    "pet": "have_pet",
+    "job": "has_profession",
+    "food": "like_food",
+    "place": "live_in_general",
+    "music": "like_music",
+    "sport": "like_sports",
+    "family": "have_family",
+    "hobby": "has_hobby",
+}
+_NO_TRIPLE = ["<none>", "<none>", "<none>"]  # DNLI's triple for an utterance that states no fact
+_CLASH_SET = frozenset(CLASHING_FACTS) | frozenset((b, a) for a, b in CLASHING_FACTS)
+
+
+def contradicts(a: PersonaFact, b: PersonaFact) -> bool:
+    """Whether no persona may hold both: two facts of one topic (one favourite colour, one job) or a clash."""
+    return a != b and (a.topic == b.topic or (a.text, b.text) in _CLASH_SET)
+
+
+def fact_triple(fact: PersonaFact) -> list[str]:
+    """``["i", relation, object]``; the object is the sentence without its subject ("have a cat")."""
+    words = fact.text.rstrip(".").split()
+    return ["i", _RELATIONS[fact.topic], " ".join(words[1:] if words[0] in ("i", "my") else words)]
+
+
+def build_dialogue_nli(n_pairs: int, rng: random.Random) -> list[dict]:
+    """``n_pairs`` distinct (utterance, persona sentence) pairs with balanced labels, for a consistency classifier.
+
+    The utterance is a hint of fact f (sometimes after a reaction, greeting reply or follow-up, as
+    responses in the dialogues open) or, for some neutral pairs, small talk that states no fact.
+    The persona sentence is f itself (``entail``), a fact that contradicts f (``contradict``, see
+    :func:`contradicts`) or one unrelated to it (``neutral``). Pairs are the dicts
+    ``data.formats.dialogue_nli`` reads and writes, without ``id`` (the writer numbers them).
+    """
+    if n_pairs < 0:
+        raise ValueError(f"n_pairs must be >= 0, got {n_pairs}")
+    openers = ["", *_REACTIONS, *_GREETING_REPLIES, *(f for phrases in FOLLOW_UPS.values() for f in phrases)]
+    seen: set[tuple[str, str]] = set()
+    pairs = []
+    for k in range(n_pairs):
+        for _ in range(200):  # redraw duplicates; the bank holds thousands of distinct pairs per label
+            pair = _nli_pair(("entail", "contradict", "neutral")[k % 3], openers, rng)
+            if (pair["utterance"], pair["persona"]) not in seen:
+                break
+        else:
+            raise ValueError(f"cannot draw {n_pairs} distinct NLI pairs from the persona bank")
+        seen.add((pair["utterance"], pair["persona"]))
+        pairs.append(pair)
+    rng.shuffle(pairs)
+    return pairs
+
+
+def _nli_pair(label: str, openers: list[str], rng: random.Random) -> dict:
+    fact = rng.choice(PERSONA_BANK)
+    if label == "neutral" and rng.random() < 0.25:  # small talk entails and contradicts nothing
+        utterance, triple1, dtype = rng.choice(_FILLERS + _GENERIC_QUESTIONS), _NO_TRIPLE, "miscutterance_up"
+    else:
+        utterance, triple1 = f"{rng.choice(openers)} {rng.choice(fact.hints)}", fact_triple(fact)
+        dtype = {"entail": "matchingtriple_up", "contradict": "contradiction_up", "neutral": "unrelated_up"}[label]
+    if label == "entail":
+        persona = fact
+    elif label == "contradict":
+        persona = rng.choice([f for f in PERSONA_BANK if contradicts(fact, f)])
+    else:
+        persona = rng.choice([f for f in PERSONA_BANK if f.topic != fact.topic and not contradicts(fact, f)])
+    return {
+        "utterance": convai2_tokenize(utterance),
+        "persona": convai2_tokenize(persona.text),
+        "label": label,
+        "triple1": list(triple1),
+        "triple2": fact_triple(persona),
+        "dtype": dtype,
+    }
+
+
+__all__ = [
+    "CLASHING_FACTS",
+    "FOLLOW_UPS",
+    "FOLLOW_UP_PROBABILITY",
+    "PERSONA_BANK",
+    "PERSONA_TOPICS",
+    "PersonaFact",
+    "build_dialogue_nli",
+    "build_dialogues",
+    "contradicts",
+    "convai2_tokenize",
+    "fact_triple",
+    "revealed_records",
+]

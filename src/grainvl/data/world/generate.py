@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from grainvl.config import to_dict
-from grainvl.data.formats.convai2 import write_convai2
+from grainvl.data.formats.convai2 import VARIANTS, as_variant, write_convai2, write_revealed
+from grainvl.data.formats.dailydialog import write_dailydialog
+from grainvl.data.formats.dialogue_nli import write_dialogue_nli
 from grainvl.data.formats.glue import write_tsv
 from grainvl.data.formats.squad import write_squad
 from grainvl.data.formats.webdataset import ShardWriter
-from grainvl.data.world import annotate, dialogue, ontology, text_tasks
+from grainvl.data.world import annotate, daily_dialogue, dialogue, ontology, text_tasks
 from grainvl.data.world.annotations import ImageAnnotations, ParallelPair, VideoAnnotations, XVNLIItem
 from grainvl.data.world.export import WorldExporter, frame_relpath, image_relpath
 from grainvl.data.world.language import LANGUAGES
@@ -51,7 +53,10 @@ class WorldConfig:
     text_scenes: int = 400  # scenes described by the text-only task suite (0: no text suite)
     text_train: int = 200  # examples per text task (train)
     text_dev: int = 100  # examples per text task (dev)
-    dialogues: int = 60  # ConvAI2-style episodes (split 80/20 into train/valid)
+    dialogues: int = 60  # ConvAI2-style persona episodes over train/valid/test (0: no dialogue data at all)
+    dialogue_split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, valid, test of every dialogue set
+    daily_dialogues: int = 60  # persona-free DailyDialog-style dialogues (written when dialogues > 0)
+    nli_pairs: int = 600  # Dialogue NLI utterance-persona pairs (written when dialogues > 0)
     shards: bool = False  # also write WebDataset tar shards of images + annotations
     shard_size: int = 1000  # samples per shard
     jpeg_quality: int = 90
@@ -70,7 +75,8 @@ class WorldSummary:
     out: Path
     counts: dict[str, dict[str, int]]
     text_tasks: dict[str, str] = field(default_factory=dict)  # name -> kind
-    dialogues: int = 0
+    dialogues: int = 0  # ConvAI2 episodes
+    dialogue_sets: dict[str, int] = field(default_factory=dict)  # dialogue set -> dialogues (or NLI pairs)
     files: int = 0
 
 
@@ -155,7 +161,8 @@ def generate_world(
     exporter.finish(video_info)
     summary = WorldSummary(out, {s: dict(c) for s, c in exporter.counts.items()})
     summary.text_tasks = _generate_text(cfg, out)
-    summary.dialogues = _generate_dialogues(cfg, out)
+    summary.dialogue_sets = _generate_dialogues(cfg, out)
+    summary.dialogues = summary.dialogue_sets.get("convai2", 0)
     summary.files = write_manifest(cfg, out, summary)
     return summary
 
@@ -253,14 +260,55 @@ def _generate_text(cfg: WorldConfig, out: Path) -> dict[str, str]:
     return kinds
 
 
-def _generate_dialogues(cfg: WorldConfig, out: Path) -> int:
+# Each dialogue set's split names, as its official release spells them (train, valid/validation/dev, test).
+DIALOGUE_SPLITS = {
+    "convai2": ("train", "valid", "test"),
+    "dailydialog": ("train", "validation", "test"),
+    "dnli": ("train", "dev", "test"),
+}
+
+
+def _generate_dialogues(cfg: WorldConfig, out: Path) -> dict[str, int]:
+    """ConvAI2 persona dialogues (+ reveal side files), DailyDialog-style dialogues and Dialogue NLI pairs.
+
+    Every split is drawn from its own seeded stream, so candidates and distractors never cross splits.
+    A split with no items gets no files.
+    """
     if cfg.dialogues <= 0:
-        return 0
-    episodes = dialogue.build_dialogues(cfg.dialogues, item_rng(cfg.seed, "dialogue", 0))
-    n_train = max(1, int(len(episodes) * 0.8))
-    write_convai2(out / "dialogue" / "convai2" / "train_both_original.txt", episodes[:n_train])
-    write_convai2(out / "dialogue" / "convai2" / "valid_both_original.txt", episodes[n_train:])
-    return len(episodes)
+        return {}
+    if len(cfg.dialogue_split_fractions) != 3:
+        raise ValueError(
+            f"dialogue_split_fractions must be 3 numbers (train, valid, test), got {cfg.dialogue_split_fractions}"
+        )
+    root = out / "dialogue"
+    for k, n in enumerate(_dialogue_counts(cfg.dialogues, cfg)):
+        if n == 0:
+            continue
+        split = DIALOGUE_SPLITS["convai2"][k]
+        episodes = dialogue.build_dialogues(n, item_rng(cfg.seed, "dialogue", k))
+        for variant in VARIANTS:  # the same episodes in each of ParlAI's persona variants
+            write_convai2(root / "convai2" / f"{split}_{variant}_original.txt", as_variant(episodes, variant))
+        write_revealed(root / "convai2" / f"{split}_revealed.jsonl", dialogue.revealed_records(episodes))
+    for k, n in enumerate(_dialogue_counts(cfg.daily_dialogues, cfg)):
+        if n == 0:
+            continue
+        split = DIALOGUE_SPLITS["dailydialog"][k]
+        dialogues = daily_dialogue.build_daily_dialogues(n, item_rng(cfg.seed, "daily-dialogue", k))
+        write_dailydialog(root / "dailydialog" / split / f"dialogues_{split}.txt", dialogues)
+    # One draw of distinct pairs split afterwards, so no pair is in two splits.
+    pairs = iter(dialogue.build_dialogue_nli(cfg.nli_pairs, item_rng(cfg.seed, "dialogue-nli", 0)))
+    for k, n in enumerate(_dialogue_counts(cfg.nli_pairs, cfg)):
+        if n == 0:
+            continue
+        split = DIALOGUE_SPLITS["dnli"][k]
+        chunk = [{**next(pairs), "id": f"dialogue_nli_{split}_{i}"} for i in range(n)]
+        write_dialogue_nli(root / "dnli" / f"dialogue_nli_{split}.jsonl", chunk)
+    return {"convai2": cfg.dialogues, "dailydialog": max(cfg.daily_dialogues, 0), "dnli": max(cfg.nli_pairs, 0)}
+
+
+def _dialogue_counts(total: int, cfg: WorldConfig) -> list[int]:
+    """Items per train / valid / test split: ``split_plan``'s rounding, with no test_ood share."""
+    return [n for _, n in split_plan(max(total, 0), (*cfg.dialogue_split_fractions, 0.0))][:3]
 
 
 def sha256_file(path: Path) -> str:
@@ -345,8 +393,10 @@ def format_world_summary(summary: WorldSummary) -> str:
         lines.append(f"{split:<10}" + "".join(f"{counts.get(k, 0):>16}" for k in keys))
     n_cls = sum(1 for k in summary.text_tasks.values() if k == "classification")
     n_qa = sum(1 for k in summary.text_tasks.values() if k == "qa")
+    sets = summary.dialogue_sets
     lines.append(
         f"text tasks: {n_cls} classification (GLUE TSV), {n_qa} extractive QA (SQuAD v1.1); "
-        f"dialogues: {summary.dialogues} (ConvAI2)"
+        f"dialogues: {summary.dialogues} ConvAI2, {sets.get('dailydialog', 0)} DailyDialog, "
+        f"{sets.get('dnli', 0)} Dialogue NLI pairs"
     )
     return "\n".join(lines)
