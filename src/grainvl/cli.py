@@ -3,7 +3,10 @@
 Every command has ``--help`` and is configured by one typed dataclass: ``--config FILE.yaml`` and
 ``--set a.b=c`` on every command, its other flags are shortcuts for fields (grainvl.commands). Bad
 input ends with one line on stderr naming the file, the record and the reason, and exit status 2;
-nothing is half-written (files are written atomically).
+so does an output that cannot be written (``error: PATH: reason``: permission denied, a file where a
+folder goes, no space left on device, a folder in use by another run), and any other ``OSError``.
+Nothing is half-written (files are written atomically). ``GRAINVL_DEBUG=1`` re-raises configuration and
+file-system errors with their traceback; an unexpected exception always keeps its traceback (a bug to see).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Sequence
 
 from grainvl import __version__
 from grainvl.commands import register_all
-from grainvl.errors import EXIT_BAD_INPUT, DataError
+from grainvl.errors import EXIT_BAD_INPUT, DataError, describe_os_error
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -39,11 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         if os.environ.get("GRAINVL_DEBUG"):
             raise
-        # Configuration mistakes (bad option values, missing files) get one line, not a traceback.
-        print(f"error: {e}", file=sys.stderr)
+        # Configuration mistakes (bad option values, missing files) and file-system faults (a read-only or full
+        # disk, a folder where a file goes) get one line naming the path, not a traceback.
+        print(f"error: {describe_os_error(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

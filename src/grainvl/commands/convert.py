@@ -76,6 +76,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="convert despite missing/unexpected keys (listed in conversion_report.json); mis-shaped keys always fail",
     )
     shortcut(p, "--name", field="name", help="model name stored in config.json (default converted)")
+    shortcut(
+        p,
+        "--overwrite",
+        field="overwrite",
+        action="store_true",
+        help="replace an --output folder that is not empty and not a model folder (its contents are deleted)",
+    )
     p.set_defaults(func=_cmd_convert)
 
 
@@ -85,6 +92,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from grainvl.models.convert import ConvertConfig
 
     cfg = config_from_args(ConvertConfig, args)
+    _check_output(cfg)  # before the (slow) load: a bad --output fails in one line, and nothing is destroyed
     try:
         if cfg.source_format:
             return _import(cfg)
@@ -93,6 +101,20 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise DataError(
             cfg.input, None, f"required key {error} not found: not a {cfg.source_format} checkpoint"
         ) from None
+
+
+def _check_output(cfg) -> None:
+    """An official checkpoint is a file (plus its YAML and BERT JSON); every other output is a model folder, and a
+    non-empty folder that is not one is replaced only with --overwrite."""
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
+    from grainvl.utils.fileio import check_output_dir, is_weights_folder, require_writable_file
+
+    output = Path(cfg.output)
+    if cfg.target_format and cfg.target_format.startswith("official-"):
+        for path in (output, output.with_suffix(".yaml"), output.with_name(output.stem + "_config_bert.json")):
+            require_writable_file(path)
+    else:
+        check_output_dir(output, cfg.overwrite, replaceable=is_weights_folder)
 
 
 def _path(value: str | None) -> Path | None:
@@ -113,13 +135,13 @@ def _import(cfg) -> int:
         tokenizer = _tokenizer(_path(cfg.tokenizer))
         if tokenizer is not None:
             model.config.tokenizer = ""
-        model.save_pretrained(output, tokenizer=tokenizer)
+        model.save_pretrained(output, tokenizer=tokenizer, overwrite=cfg.overwrite)
         what = f"{model.config.text.layout} model, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters"
     else:
         if not source.is_dir():
             raise FileNotFoundError(f"{source}: {fmt} needs a Hugging Face folder (config.json + weights)")
         tower, config, report = convert.load_hf_tower(fmt, source, cfg.strict)
-        convert.save_tower(tower, config, output, source_format=fmt)
+        convert.save_tower(tower, config, output, source_format=fmt, overwrite=cfg.overwrite)
         what = f"{type(tower).__name__} tower, {sum(p.numel() for p in tower.parameters()) / 1e6:.1f}M parameters"
     atomic_write_text(output / "conversion_report.json", json.dumps(report.to_dict(), indent=2))
     print(f"converted {source} ({fmt}, {report.layout or 'tower'}) -> {output}: {what}")
@@ -148,7 +170,7 @@ def _export(cfg) -> int:
             print(f"wrote {fmt} ({cfg.layout} layout) checkpoint {output}")
             return 0
         tower, tower_config = convert.model_tower(model, fmt)
-    convert.save_hf_tower(tower, tower_config, fmt, output)
+    convert.save_hf_tower(tower, tower_config, fmt, output, overwrite=cfg.overwrite)
     print(f"wrote Hugging Face {fmt} folder {output}")
     return 0
 

@@ -31,6 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="registered model name, model folder (save_pretrained / grainvl convert) or run folder",
     )
     shortcut(o, "--out", field="out", type=Path, help="output folder for the .onnx files")
+    shortcut(
+        o,
+        "--overwrite",
+        field="overwrite",
+        action="store_true",
+        help="replace an --out folder that is not empty and not an earlier export (its contents are deleted)",
+    )
     o.set_defaults(func=_cmd_export_onnx)
 
 
@@ -38,14 +45,16 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     import sys
 
-    from grainvl.models.export import TOLERANCE, ExportOnnxConfig, export_onnx
+    from grainvl.models.export import TOLERANCE, ExportOnnxConfig, export_onnx, is_onnx_export
     from grainvl.models.factory import load_model
+    from grainvl.utils.fileio import check_output_dir
 
     cfg = config_from_args(ExportOnnxConfig, args)
+    check_output_dir(Path(cfg.out), cfg.overwrite, replaceable=is_onnx_export)  # before the load: fail fast
     # The one resolver: a preset, a save_pretrained folder or a run folder, as every other command takes.
     model = load_model(cfg.model).eval()
     try:
-        results = export_onnx(model, Path(cfg.out))
+        results = export_onnx(model, Path(cfg.out), overwrite=cfg.overwrite)
     except RuntimeError as error:  # a graph that onnxruntime does not reproduce: say so in one line
         print(f"error: {error}", file=sys.stderr)
         return 1

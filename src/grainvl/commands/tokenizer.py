@@ -22,19 +22,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     shortcut(t, "--kind", field="kind", choices=("wordpiece", "unigram"), help="tokenizer kind")
     shortcut(t, "--vocab-size", field="vocab_size", type=int, help="vocabulary size")
     shortcut(t, "--out", field="out", type=Path, help="output folder (required)")
+    # Not a TokenizerTrainConfig field: it says what may be replaced, not what is trained.
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an --out folder that is not empty and not a tokenizer folder (its contents are deleted)",
+    )
     t.set_defaults(func=_cmd_tokenizer_train)
+
+
+def is_tokenizer_folder(path: Path) -> bool:
+    """A Hugging Face tokenizer folder (what ``tokenizer train`` writes): replaced by the next training."""
+    return (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()
 
 
 def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     from grainvl.data.tokenization import TokenizerTrainConfig, train_sentencepiece, train_wordpiece
     from grainvl.data.world.corpus import world_sentences
+    from grainvl.utils.fileio import check_output_dir, staged_dir
 
     cfg = config_from_args(TokenizerTrainConfig, args)
     if cfg.kind not in ("wordpiece", "unigram"):
         raise ValueError(f"tokenizer kind must be wordpiece or unigram, got {cfg.kind!r}")
+    out = Path(cfg.out)
+    check_output_dir(out, args.overwrite, replaceable=is_tokenizer_folder)  # before reading the corpus: fail fast
     texts = list(world_sentences(cfg.corpus))
     trainer = train_wordpiece if cfg.kind == "wordpiece" else train_sentencepiece
-    tok = trainer(texts, cfg.vocab_size, Path(cfg.out))
+    with staged_dir(out, overwrite=args.overwrite, replaceable=is_tokenizer_folder) as staged:
+        tok = trainer(texts, cfg.vocab_size, staged)
     print(f"trained a {cfg.kind} tokenizer with {len(tok)} tokens on {len(texts)} sentences -> {cfg.out}")
     return 0

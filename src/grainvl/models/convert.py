@@ -58,7 +58,14 @@ from grainvl.models.vision import (
     window_from_table,
 )
 from grainvl.models.xvlm import XVLM, XVLMConfig
-from grainvl.utils.fileio import atomic_file, atomic_write_text, load_model_safetensors, save_model_safetensors
+from grainvl.utils.fileio import (
+    atomic_file,
+    atomic_write_text,
+    is_grainvl_folder,
+    load_model_safetensors,
+    save_model_safetensors,
+    staged_dir,
+)
 
 OFFICIAL_FORMATS = ("official-x2vlm", "official-xvlm", "official-cclm")
 HF_FORMATS = ("hf-bert", "hf-xlmr", "hf-vit", "hf-beit")
@@ -134,10 +141,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
-        try:
-            loaded: Any = load_model_safetensors(path)
-        except Exception as error:  # safetensors raises its own error types for corrupt headers
-            raise DataError(path, None, f"not a safetensors file ({_first_line(error)})") from None
+        loaded: Any = load_model_safetensors(path)  # a corrupt or truncated file is a DataError naming it
     else:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -1068,29 +1072,38 @@ def _to_hf_vision(module: nn.Module, config: VisionConfig, beit: bool) -> tuple[
     return state, hf
 
 
-def save_hf_tower(module: nn.Module, config: TextConfig | VisionConfig, fmt: str, folder: str | Path) -> Path:
-    """Write a Hugging Face folder (``config.json`` + ``model.safetensors``) that transformers loads."""
+def save_hf_tower(
+    module: nn.Module, config: TextConfig | VisionConfig, fmt: str, folder: str | Path, overwrite: bool = False
+) -> Path:
+    """Write a Hugging Face folder (``config.json`` + ``model.safetensors``) that transformers loads; assembled
+    beside ``folder`` and swapped in (a non-empty folder that is not a model folder only with ``overwrite``)."""
 
     folder = Path(folder)
     state, hf = to_hf_tower(module, config, fmt)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_model_safetensors(folder / "model.safetensors", state)
-    atomic_write_text(folder / "config.json", json.dumps(hf, indent=2))
+    with staged_dir(folder, overwrite=overwrite, replaceable=is_grainvl_folder) as staged:
+        save_model_safetensors(staged / "model.safetensors", state)
+        atomic_write_text(staged / "config.json", json.dumps(hf, indent=2))
     return folder
 
 
 # =============================================================================================== grainvl tower folders
 def save_tower(
-    module: nn.Module, config: TextConfig | VisionConfig, folder: str | Path, source_format: str = ""
+    module: nn.Module,
+    config: TextConfig | VisionConfig,
+    folder: str | Path,
+    source_format: str = "",
+    overwrite: bool = False,
 ) -> Path:
-    """A grainvl tower folder: ``config.json`` (``{"grainvl_tower": "text"|"vision", "config": ...}``) + weights."""
+    """A grainvl tower folder: ``config.json`` (``{"grainvl_tower": "text"|"vision", "config": ...}``) + weights,
+    assembled beside ``folder`` and swapped in (a non-empty folder that is not a model folder only with
+    ``overwrite``)."""
 
     folder = Path(folder)
     kind = "text" if isinstance(config, TextConfig) else "vision"
-    folder.mkdir(parents=True, exist_ok=True)
-    save_model_safetensors(folder / "model.safetensors", module.state_dict())
     payload = {TOWER_FILE_KEY: kind, "source_format": source_format, "config": dataclasses.asdict(config)}
-    atomic_write_text(folder / "config.json", json.dumps(payload, indent=2))
+    with staged_dir(folder, overwrite=overwrite, replaceable=is_grainvl_folder) as staged:
+        save_model_safetensors(staged / "model.safetensors", module.state_dict())
+        atomic_write_text(staged / "config.json", json.dumps(payload, indent=2))
     return folder
 
 
@@ -1164,6 +1177,7 @@ class ConvertConfig:
     layout: str = "pretrain"  # export to official-x2vlm/xvlm: pretrain, finetune or roberta key layout
     strict: bool = True  # fail on missing/unexpected keys (mis-shaped keys always fail)
     name: str = "converted"  # model name stored in config.json
+    overwrite: bool = False  # replace an output folder that is not empty and not a model folder
 
     def __post_init__(self) -> None:
         if (self.source_format is None) == (self.target_format is None):

@@ -28,10 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from grainvl.models.xvlm import XVLM
-from grainvl.utils.fileio import atomic_write_text
+from grainvl.utils.fileio import atomic_write_text, staged_dir
 
 OPSET = 17
 TOLERANCE = 1e-4  # max abs difference accepted between onnxruntime and PyTorch
+REPORT_FILE = "export_report.json"
 
 
 class ImageTower(nn.Module):
@@ -131,15 +132,18 @@ _DYNAMIC = {
 }
 
 
-def export_onnx(model: XVLM, out_dir: str | Path, check_batch: int = 3, check_length: int = 9) -> list[ExportResult]:
+def export_onnx(
+    model: XVLM, out_dir: str | Path, check_batch: int = 3, check_length: int = 9, overwrite: bool = False
+) -> list[ExportResult]:
     """Export the three graphs to ``out_dir`` and validate each with onnxruntime.
 
     The graphs are traced at batch 2 / length 7 and checked at ``check_batch`` / ``check_length``
-    (different sizes, so the dynamic axes are really exercised). Writes ``export_report.json``.
-    Raises ``RuntimeError`` when an output differs from PyTorch by more than :data:`TOLERANCE`.
+    (different sizes, so the dynamic axes are really exercised). Writes ``export_report.json``. The folder is
+    assembled beside ``out_dir`` and swapped in: an earlier export is replaced, any other non-empty folder
+    only with ``overwrite``. Raises ``RuntimeError`` when an output differs from PyTorch by more than
+    :data:`TOLERANCE` (the graphs and the report are kept for inspection).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     # The wrappers must be in eval mode too: the exporter restores each wrapper's mode recursively
     # afterwards, so a wrapper left in training mode would switch dropout back on in the model.
@@ -151,29 +155,36 @@ def export_onnx(model: XVLM, out_dir: str | Path, check_batch: int = 3, check_le
     trace = example_inputs(model)
     check = example_inputs(model, batch=check_batch, length=check_length, seed=1)
     results = []
-    for name, tower in towers.items():
-        path = out_dir / f"{name}.onnx"
-        inputs = trace[name]
-        _export_one(tower, inputs, path, _OUTPUTS[name])
-        diff = _max_abs_diff(tower, path, check[name])
-        results.append(ExportResult(name, path, list(inputs), _OUTPUTS[name], diff, diff <= TOLERANCE))
-    report = {"opset": OPSET, "tolerance": TOLERANCE, "towers": [r.to_dict() for r in results]}
-    atomic_write_text(out_dir / "export_report.json", json.dumps(report, indent=2))
+    with staged_dir(out_dir, overwrite=overwrite, replaceable=is_onnx_export) as staged:
+        for name, tower in towers.items():
+            staged_path = staged / f"{name}.onnx"
+            inputs = trace[name]
+            _export_one(tower, inputs, staged_path, _OUTPUTS[name])
+            diff = _max_abs_diff(tower, staged_path, check[name])
+            results.append(
+                ExportResult(name, out_dir / staged_path.name, list(inputs), _OUTPUTS[name], diff, diff <= TOLERANCE)
+            )
+        report = {"opset": OPSET, "tolerance": TOLERANCE, "towers": [r.to_dict() for r in results]}
+        atomic_write_text(staged / REPORT_FILE, json.dumps(report, indent=2))
     bad = [f"{r.tower} ({r.max_abs_diff:.2e})" for r in results if not r.ok]
     if bad:
         raise RuntimeError(f"onnxruntime differs from PyTorch by more than {TOLERANCE}: {', '.join(bad)}")
     return results
 
 
+def is_onnx_export(path: Path) -> bool:
+    """A folder :func:`export_onnx` wrote (it holds ``export_report.json``): replaced by the next export."""
+    return (path / REPORT_FILE).is_file()
+
+
 def _export_one(tower: nn.Module, inputs: dict[str, Tensor], path: Path, outputs: list[str]) -> None:
     names = list(inputs) + outputs
-    tmp = path.with_name(f".{path.name}.tmp")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer warnings
         torch.onnx.export(
             tower,
             tuple(inputs.values()),
-            str(tmp),
+            str(path),  # inside the staged folder: the folder, not each file, is swapped in whole
             input_names=list(inputs),
             output_names=outputs,
             dynamic_axes={n: _DYNAMIC[n] for n in names},
@@ -181,7 +192,6 @@ def _export_one(tower: nn.Module, inputs: dict[str, Tensor], path: Path, outputs
             do_constant_folding=True,
             dynamo=False,
         )
-    tmp.replace(path)
 
 
 def _max_abs_diff(tower: nn.Module, path: Path, inputs: dict[str, Tensor]) -> float:
@@ -198,6 +208,7 @@ def _max_abs_diff(tower: nn.Module, path: Path, inputs: dict[str, Tensor]) -> fl
 
 __all__ = [
     "OPSET",
+    "REPORT_FILE",
     "TOLERANCE",
     "ExportResult",
     "FusionTower",
@@ -205,6 +216,7 @@ __all__ = [
     "TextTower",
     "example_inputs",
     "export_onnx",
+    "is_onnx_export",
 ]
 
 
@@ -214,3 +226,4 @@ class ExportOnnxConfig:
 
     model: str  # anything resolve_model takes: a registered name, a save_pretrained folder, a run folder
     out: str  # output folder for the .onnx files
+    overwrite: bool = False  # replace an output folder that is not empty and not an earlier export

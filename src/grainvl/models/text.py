@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import abc
 import json
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from grainvl.models.layers import explicit_attention
-from grainvl.utils.fileio import atomic_write_text, save_model_safetensors
+from grainvl.utils.fileio import atomic_write_text, is_grainvl_folder, save_model_safetensors, staged_dir
 
 Mode = Literal["text", "fusion", "multimodal"]
 # Per-layer head multipliers: ``masks[i]`` is (H,) or (B, H) for layer i, or None (no masking).
@@ -874,23 +872,21 @@ def hf_bert_config(config: TextConfig) -> dict[str, Any]:
     }
 
 
-def save_hf_bert(directory: str | Path, encoder: BertEncoderModel, head: MLMHead, tokenizer: Any) -> Path:
+def save_hf_bert(
+    directory: str | Path, encoder: BertEncoderModel, head: MLMHead, tokenizer: Any, overwrite: bool = False
+) -> Path:
     """Write a ``BertForMaskedLM`` folder: config.json, model.safetensors (``bert.*`` + ``cls.*``), tokenizer.
 
     The decoder weight is tied to the word embeddings and not stored (transformers re-ties it). The
-    folder is assembled next to ``directory`` and renamed into place, so a reader never sees half of it.
+    folder is assembled next to ``directory`` and swapped in, so a reader never sees half of it; a folder grainvl
+    wrote (``fileio.is_grainvl_folder``) is replaced, any other non-empty folder only with ``overwrite``.
     """
 
     directory = Path(directory)
     state = {f"bert.{k}": v for k, v in encoder.state_dict().items()}
     state.update({f"cls.{k}": v for k, v in head.state_dict().items() if not k.startswith("predictions.decoder.")})
-    staging = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    atomic_write_text(staging / "config.json", json.dumps(hf_bert_config(encoder.config), indent=2) + "\n")
-    save_model_safetensors(staging / "model.safetensors", {k: v.detach() for k, v in state.items()})
-    tokenizer.save_pretrained(str(staging))
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(staging, directory)
+    with staged_dir(directory, overwrite=overwrite, replaceable=is_grainvl_folder) as staging:
+        atomic_write_text(staging / "config.json", json.dumps(hf_bert_config(encoder.config), indent=2) + "\n")
+        save_model_safetensors(staging / "model.safetensors", {k: v.detach() for k, v in state.items()})
+        tokenizer.save_pretrained(str(staging))
     return directory

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,13 @@ from grainvl.data.region import region_features
 from grainvl.data.tokenization import packaged_minilm_path
 from grainvl.models.text import BertEncoderModel, CrossEncoder, MLMHead, TextConfig, load_hf_bert
 from grainvl.models.vision import VisionConfig, build_vision_tower
-from grainvl.utils.fileio import load_model_safetensors, save_model_safetensors
+from grainvl.utils.fileio import (
+    atomic_write_text,
+    is_grainvl_folder,
+    load_model_safetensors,
+    save_model_safetensors,
+    staged_dir,
+)
 
 # Query/key size of the attention box head (``box_head="attention"``, our extension).
 BOX_ATTENTION_DIM = 128
@@ -310,21 +315,18 @@ class XVLM(nn.Module):
             self.cross_encoder.set_grad_checkpointing(enable)
 
     # ------------------------------------------------------------------ save / load
-    def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
-        """``config.json`` + ``model.safetensors`` (+ tokenizer files), written atomically."""
+    def save_pretrained(self, directory: str | Path, tokenizer: Any = None, overwrite: bool = False) -> Path:
+        """``config.json`` + ``model.safetensors`` (+ tokenizer files), assembled beside ``directory`` and swapped in.
 
+        A folder grainvl wrote (a model or run folder: ``fileio.is_grainvl_folder``) is replaced; any other non-empty
+        folder only with ``overwrite``, since it was not ours to delete.
+        """
         directory = Path(directory)
-        tmp = directory.with_name(f".{directory.name}.tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        (tmp / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2), encoding="utf-8")
-        save_model_safetensors(tmp / "model.safetensors", self.state_dict())
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
+        with staged_dir(directory, overwrite=overwrite, replaceable=is_grainvl_folder) as staged:
+            atomic_write_text(staged / "config.json", json.dumps(self.config.to_dict(), indent=2))
+            save_model_safetensors(staged / "model.safetensors", self.state_dict())
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staged)
         return directory
 
     @classmethod
