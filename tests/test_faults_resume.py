@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from grainvl.data.iterators import RepeatingLoader
-from grainvl.errors import DataError
+from grainvl.errors import DataError, OutputError
 from grainvl.train.checkpoint import (
     CHECKSUM_FILE,
     LATEST_FILE,
@@ -31,6 +31,7 @@ from grainvl.train.checkpoint import (
 )
 from grainvl.train.loop import TrainConfig, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
+from grainvl.utils import fileio
 from grainvl.utils.distributed import DistEnv
 
 ENV = DistEnv()
@@ -259,9 +260,24 @@ def test_a_failed_save_leaves_no_temp_folder_and_no_checkpoint(tmp_path: Path, m
 
     monkeypatch.setattr(torch, "save", fail)
     model = nn.Linear(2, 2)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError) as error:
         save_checkpoint(tmp_path, 1, model, None, None)
+    # One line naming the checkpoint folder (not the temp folder) and the disk.
+    assert str(error.value) == f"{tmp_path / 'checkpoints' / 'step_00000001'}: no space left on device"
     assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+def test_torch_save_unexpected_pos_on_a_full_disk_is_named_as_such(tmp_path: Path, monkeypatch: Any) -> None:
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 470")
+
+    monkeypatch.setattr(torch, "save", fail)
+    monkeypatch.setattr(fileio, "_disk_full", lambda folder: True)
+    with pytest.raises(OutputError, match=r"step_00000001: no space left on device$"):
+        save_checkpoint(tmp_path, 1, nn.Linear(2, 2), None, None)
+    monkeypatch.setattr(fileio, "_disk_full", lambda folder: False)  # space left: torch's own error passes through
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        save_checkpoint(tmp_path, 1, nn.Linear(2, 2), None, None)
 
 
 # ---------------------------------------------------------------------------------------------- metrics

@@ -186,7 +186,7 @@ def _load_library(run: Path, method: str, step: int | None) -> tuple[dict, dict,
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     import json
 
-    from safetensors.torch import load_file  # deferred with the recipe: it loads torch
+    from grainvl.utils.fileio import load_model_safetensors  # deferred with the recipe: it loads torch
 
     folder = run / "pet" / method
     meta_path = folder / "meta.json"
@@ -198,7 +198,7 @@ def _load_library(run: Path, method: str, step: int | None) -> tuple[dict, dict,
     prefix = "final." if step is None else f"step{step}."
     params, initial = {}, {}
     for name in meta["tasks"]:
-        tensors = load_file(str(folder / f"{name}.safetensors"))
+        tensors = load_model_safetensors(folder / f"{name}.safetensors")  # a truncated file: one line naming it
         params[name] = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         initial[name] = {k[len("initial.") :]: v for k, v in tensors.items() if k.startswith("initial.")}
         if not params[name]:

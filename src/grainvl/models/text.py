@@ -29,12 +29,17 @@ from typing import Any, Literal, TypedDict
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from grainvl.models.layers import explicit_attention
-from grainvl.utils.fileio import atomic_write_text, is_grainvl_folder, save_model_safetensors, staged_dir
+from grainvl.utils.fileio import (
+    atomic_write_text,
+    is_grainvl_folder,
+    load_model_safetensors,
+    save_model_safetensors,
+    staged_dir,
+)
 
 Mode = Literal["text", "fusion", "multimodal"]
 # Per-layer head multipliers: ``masks[i]`` is (H,) or (B, H) for layer i, or None (no masking).
@@ -699,12 +704,12 @@ def read_hf_state_dict(folder: str | Path) -> dict[str, Tensor]:
     folder = Path(folder)
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     if single.is_file():
-        return load_file(single)
+        return load_model_safetensors(single)  # a truncated file is one line naming it
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
         state: dict[str, Tensor] = {}
         for shard in shards:
-            state.update(load_file(folder / shard))
+            state.update(load_model_safetensors(folder / shard))
         return state
     binary = folder / "pytorch_model.bin"
     if binary.is_file():

@@ -44,7 +44,13 @@ import torch
 from torch import nn
 
 from grainvl.errors import DataError
-from grainvl.utils.fileio import atomic_write_text, load_model_safetensors, save_model_safetensors, write_json
+from grainvl.utils.fileio import (
+    atomic_write_text,
+    load_model_safetensors,
+    output_errors,
+    save_model_safetensors,
+    write_json,
+)
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
@@ -246,23 +252,25 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     tmp = _make_temp_dir(root, final.name)
     try:
-        save_model_safetensors(tmp / MODEL_FILE, unwrap_model(model).state_dict(), metadata={"step": str(step)})
-        state = {
-            "format": STATE_FORMAT,
-            "step": int(step),
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": rng_states if rng_states is not None else [capture_rng_state()],
-            "extra": extra_state or {},
-        }
-        torch.save(state, tmp / STATE_FILE)
-        _write_checksums(tmp)  # last: a folder with a manifest was written completely
-        if final.exists():  # the same step saved again (e.g. after a resume): replace it
-            if checkpoint_problem(final) is None:
-                shutil.rmtree(final)
-            else:
-                _move_aside(final)  # damaged: never deleted, kept for the user to inspect
-        os.rename(tmp, final)
+        # A full disk becomes one line naming the checkpoint folder, not torch.save's "unexpected pos".
+        with output_errors(final, tmp):
+            save_model_safetensors(tmp / MODEL_FILE, unwrap_model(model).state_dict(), metadata={"step": str(step)})
+            state = {
+                "format": STATE_FORMAT,
+                "step": int(step),
+                "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": rng_states if rng_states is not None else [capture_rng_state()],
+                "extra": extra_state or {},
+            }
+            torch.save(state, tmp / STATE_FILE)
+            _write_checksums(tmp)  # last: a folder with a manifest was written completely
+            if final.exists():  # the same step saved again (e.g. after a resume): replace it
+                if checkpoint_problem(final) is None:
+                    shutil.rmtree(final)
+                else:
+                    _move_aside(final)  # damaged: never deleted, kept for the user to inspect
+            os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves no temp folder (no-op after the rename)
     atomic_write_text(root / LATEST_FILE, final.name + "\n")
