@@ -29,6 +29,7 @@ LAYERS: tuple[str, ...] = (
     "train",
     "tasks",
     "transfer",
+    "dialogue",
     "recipes",
     "commands",
     "cli",
