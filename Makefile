@@ -43,6 +43,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_world.py
 	$(PY) benchmarks/bench_pretrain.py
+	$(PY) benchmarks/bench_retrieval.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,12 +1,18 @@
-"""Retrieval metrics at scale: chunked top-k and FAISS equal the full-matrix reference."""
+"""Retrieval metrics at scale: chunked top-k, FAISS and the built gallery indexes against the full-matrix reference."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from grainvl.errors import DataError
 from grainvl.metrics import retrieval as R
+from grainvl.metrics import search as S
 
 
 def _world(n_images: int = 40, per_image: int = 5, dim: int = 16, seed: int = 0):
@@ -62,16 +68,25 @@ def test_faiss_equals_exact_search() -> None:
     assert via_faiss == pytest.approx(via_torch)
 
 
-def test_auto_backend_switches_to_faiss_for_large_galleries(monkeypatch: pytest.MonkeyPatch) -> None:
-    images, texts, _, _ = _world(n_images=20)
+def test_auto_backend_picks_by_queries_and_items(monkeypatch: pytest.MonkeyPatch) -> None:
+    import faiss
+
+    images, texts, _, _ = _world(n_images=20)  # 100 captions of 16 values
     used = []
-    real = R.faiss_topk
-    monkeypatch.setattr(R, "faiss_topk", lambda *a, **k: used.append(True) or real(*a, **k))
-    R.topk_search(texts, images, 5)
-    assert not used  # 20 items: torch path
-    monkeypatch.setattr(R, "FAISS_MIN_ITEMS", 20)
-    _, index = R.topk_search(texts, images, 5)
-    assert used and index.shape == (len(texts), 5)
+    real = S.faiss_topk
+    monkeypatch.setattr(S, "faiss_topk", lambda *a, **k: used.append(True) or real(*a, **k))
+    R.topk_search(texts[:1], images, 5)
+    assert not used  # 20 items: torch path, even for one query
+    monkeypatch.setattr(S, "FAISS_MIN_ITEMS", 20)
+    _, index = R.topk_search(texts[:3], images, 5)  # up to 3 queries: faiss's scan
+    assert used == [True] and index.shape == (3, 5)
+    R.topk_search(texts[:4], images, 5)  # 4 queries, below faiss's BLAS switch: torch's mm
+    assert used == [True]
+    # from Q x D >= faiss's BLAS threshold on: faiss
+    many = np.tile(texts, (faiss.cvar.distance_compute_blas_threshold // texts.size + 1, 1))
+    _, index = R.topk_search(many, images, 5)
+    assert used == [True, True] and index.shape == (len(many), 5)
+    assert [S.auto_backend(q, 10**6, 256) for q in (1, 3, 4, 499, 500)] == ["faiss", "faiss", "torch", "torch", "faiss"]
     with pytest.raises(ValueError, match="backend"):
         R.topk_search(texts, images, 5, backend="annoy")
 
@@ -176,3 +191,137 @@ def test_candidates_below_minus_100_rank_after_the_fill() -> None:
     assert m["txt_r1"] == 100.0  # a gallery of one: rank 0 whatever the score
     m = R.retrieval_metrics_from_candidates([[0]], [[-150.0]], [[0]] * 12, [[1.0]] * 12, [[0]], [0] * 12)
     assert m["txt_r10"] == 0.0  # caption 0 is last of 12
+
+
+def _clustered(n: int, clusters: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, dim) unit vectors scattered around ``clusters`` random centres (each about as far from its
+    centre as the centre is from the origin), and 200 new queries drawn the same way."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    points = centres[rng.integers(0, clusters, n + 200)] + rng.normal(size=(n + 200, dim))
+    points = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+    return points[:n], points[n:]
+
+
+@pytest.mark.parametrize("kind", ["exact-torch", "exact-faiss"])
+def test_exact_gallery_indexes_equal_brute_force(kind: str) -> None:
+    images, texts, _, _ = _world(n_images=300, per_image=2, dim=32, seed=2)
+    exact = (torch.from_numpy(texts) @ torch.from_numpy(images).T).topk(10, dim=1)
+    index = S.GalleryIndex.build(images, kind)
+    assert (index.kind, index.size, index.dim, index.nprobe) == (kind, 300, 32, None)
+    assert index.nbytes == images.nbytes
+    scores, found = index.search(texts.astype(np.float64), 10)  # float64 queries are searched as float32
+    np.testing.assert_array_equal(found, exact.indices.numpy())
+    np.testing.assert_allclose(scores, exact.values.numpy(), rtol=1e-5, atol=1e-5)
+    assert index.search(texts[:3], 1000)[1].shape == (3, 300)  # k clipped to the gallery
+
+
+def test_ivf_index_reaches_its_recall_on_new_queries() -> None:
+    gallery, queries = _clustered(6000, clusters=8, dim=32, seed=3)
+    index = S.GalleryIndex.build(gallery, "ivf", target_recall=0.95)
+    assert index.kind == "ivf" and index.tuned_recall >= 0.95
+    assert index.nprobe < index.nlist  # approximate: 8 of its 64 cells searched (one cluster spans several)
+    _, exact = S.chunked_topk(queries, gallery, 10)
+    _, found = index.search(queries, 10)
+    assert S.recall_at_k(found, exact.numpy()) >= 0.95
+    # one cell searched: the recall falls far below (0.38), so the tuning measured something
+    index.nprobe = 1
+    assert S.recall_at_k(index.search(queries, 10)[1], exact.numpy()) < 0.6
+    vectors, ids, centroids = 6000 * 32 * 4, 6000 * 8, index.nlist * 32 * 4
+    assert index.nbytes == vectors + ids + centroids
+
+
+def test_ivf_searching_every_cell_is_exact_and_tune_queries_are_used() -> None:
+    gallery, queries = _clustered(2000, clusters=20, dim=16, seed=4)
+    index = S.GalleryIndex.build(gallery, "ivf", nlist=16, nprobe=16)
+    assert index.tuned_recall is None and index.nprobe == 16
+    _, exact = S.chunked_topk(queries, gallery, 10)
+    np.testing.assert_array_equal(index.search(queries, 10)[1], exact.numpy())
+    tuned = S.GalleryIndex.build(gallery, "ivf", nlist=16, target_recall=1.0, tune_queries=queries)
+    assert tuned.tuned_recall == 1.0
+    np.testing.assert_array_equal(tuned.search(queries, 10)[1], exact.numpy())
+
+
+@pytest.mark.parametrize("kind", ["exact-faiss", "ivf"])
+def test_gallery_index_save_load_round_trip(kind: str, tmp_path) -> None:
+    gallery, queries = _clustered(3000, clusters=30, dim=16, seed=5)
+    index = S.GalleryIndex.build(gallery, kind)
+    if kind == "ivf":
+        index.nprobe = 3
+    path = tmp_path / "gallery.faiss"
+    index.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["gallery.faiss"]  # no temp file left behind
+    loaded = S.GalleryIndex.load(path)
+    assert (loaded.kind, loaded.size, loaded.dim, loaded.nprobe) == (kind, 3000, 16, index.nprobe)
+    assert loaded.nbytes == index.nbytes
+    for before, after in zip(index.search(queries, 10), loaded.search(queries, 10)):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_gallery_index_load_errors(tmp_path) -> None:
+    import faiss
+
+    with pytest.raises(DataError, match="file not found"):
+        S.GalleryIndex.load(tmp_path / "missing.faiss")
+    (tmp_path / "notes.faiss").write_text("not an index")
+    with pytest.raises(DataError, match="not a readable FAISS index"):
+        S.GalleryIndex.load(tmp_path / "notes.faiss")
+    S.GalleryIndex.build(np.eye(4, dtype=np.float32), "exact-faiss").save(tmp_path / "flat.faiss")
+    (tmp_path / "cut.faiss").write_bytes((tmp_path / "flat.faiss").read_bytes()[:60])
+    with pytest.raises(DataError, match="not a readable FAISS index"):
+        S.GalleryIndex.load(tmp_path / "cut.faiss")
+    l2 = faiss.IndexFlatL2(4)
+    l2.add(np.eye(4, dtype=np.float32))
+    faiss.write_index(l2, str(tmp_path / "l2.faiss"))
+    with pytest.raises(DataError, match="inner product"):
+        S.GalleryIndex.load(tmp_path / "l2.faiss")
+    faiss.write_index(faiss.IndexHNSWFlat(4, 8, faiss.METRIC_INNER_PRODUCT), str(tmp_path / "hnsw.faiss"))
+    with pytest.raises(DataError, match="IndexHNSWFlat"):
+        S.GalleryIndex.load(tmp_path / "hnsw.faiss")
+
+
+def test_gallery_index_argument_errors(tmp_path) -> None:
+    gallery = np.eye(8, dtype=np.float32)
+    with pytest.raises(ValueError, match="index kind"):
+        S.GalleryIndex.build(gallery, "hnsw")
+    with pytest.raises(ValueError, match="non-empty"):
+        S.GalleryIndex.build(np.zeros((0, 8), np.float32), "exact-faiss")
+    with pytest.raises(ValueError, match="target_recall"):
+        S.GalleryIndex.build(gallery, "ivf", target_recall=0.0)
+    with pytest.raises(ValueError, match="nlist"):
+        S.GalleryIndex.build(gallery, "ivf", nlist=9)
+    for kind in S.INDEX_KINDS:
+        index = S.GalleryIndex.build(gallery, kind, nlist=2)
+        with pytest.raises(ValueError, match="embeddings"):
+            index.search(np.ones((2, 7), np.float32), 3)
+        with pytest.raises(ValueError, match="k must be"):
+            index.search(gallery, 0)
+    with pytest.raises(ValueError, match="nprobe must be in"):
+        S.GalleryIndex.build(gallery, "ivf", nlist=2, nprobe=3)
+    with pytest.raises(ValueError, match="applies to the ivf kind"):
+        S.GalleryIndex.build(gallery, "exact-faiss").nprobe = 2
+    with pytest.raises(ValueError, match="exact-torch index is its embeddings"):
+        S.GalleryIndex.build(gallery, "exact-torch").save(tmp_path / "x.faiss")
+
+
+def test_default_nlist_and_recall_at_k() -> None:
+    assert [S.default_nlist(n) for n in (1_000_000, 100_000, 500, 10)] == [1024, 512, 4, 1]
+    assert S.recall_at_k(np.array([[1, 2, -1], [4, 5, 6]]), np.array([[2, 1, 3], [7, 8, 9]])) == pytest.approx(2 / 6)
+    lists = np.array([[5, 1, 2], [3, 4, 6]])
+    np.testing.assert_array_equal(S._drop_rows_self(lists, np.array([5, 9]), 2), [[1, 2], [3, 4]])
+
+
+@pytest.mark.slow
+def test_retrieval_benchmark_runs_side_by_side() -> None:
+    # The benchmark at toy size: every index kind in one table, the IVF file reloads to the same results.
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_retrieval.py"
+    args = ["--items", "3000", "--queries", "5", "--anchors", "64", "--threads", "1"]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = [line.split() for line in done.stdout.splitlines() if line.startswith(S.INDEX_KINDS) and " / " not in line]
+    rows = {cells[0]: cells for cells in table}
+    assert set(rows) == set(S.INDEX_KINDS)
+    assert rows["exact-faiss"][4] == "1.000"  # exact FAISS finds exactly torch's top 10
+    assert float(rows["ivf"][4]) >= 0.95
+    assert "same results after loading: True" in done.stdout
+    assert "exact-torch / ivf: search p50" in done.stdout and "Q=1000" in done.stdout

@@ -5,11 +5,11 @@ matrices: text retrieval (``txt_*``) ranks, for each image, its best-placed grou
 image retrieval (``img_*``) ranks each caption's single image; ranks come from a descending
 ``np.argsort`` exactly as the official code takes them (ties go the way its sort leaves them).
 
-Large galleries never need the full (N_img, N_txt) matrix: :func:`chunked_topk` keeps a running
-top-k over gallery chunks (memory O(Q·(k + chunk))), :func:`faiss_topk` searches an exact
-inner-product FAISS index (the path :func:`topk_search` takes from :data:`FAISS_MIN_ITEMS` items
-on), and :func:`retrieval_metrics_from_topk` turns ranked top-k lists (k >= 10) into the same
-numbers. Ranked lists are also the prediction format of ``grainvl score retrieval``.
+Large galleries never need the full (N_img, N_txt) matrix: :func:`topk_search` (from
+:mod:`grainvl.metrics.search`, with the built :class:`~grainvl.metrics.search.GalleryIndex` for
+galleries searched many times) gives each query's top-k, and :func:`retrieval_metrics_from_topk`
+turns ranked top-k lists (k >= 10) into the same numbers. Ranked lists are also the prediction
+format of ``grainvl score retrieval``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+# The search moved to metrics.search; FAISS_MIN_ITEMS, chunked_topk and faiss_topk are re-exported
+# for the callers that import them from here (grainvl.metrics).
+from grainvl.metrics.search import FAISS_MIN_ITEMS, chunked_topk, faiss_topk, topk_search  # noqa: F401
+
 KS = (1, 5, 10)
-FAISS_MIN_ITEMS = 100_000  # galleries this large go through FAISS in topk_search(backend="auto")
 
 
 def _summarise(tr_ranks: np.ndarray, ir_ranks: np.ndarray) -> dict[str, float]:
@@ -138,89 +141,6 @@ def retrieval_metrics_from_topk(
     tr_ranks = first_hit_ranks(i2t_topk, img2txt)
     ir_ranks = first_hit_ranks(t2i_topk, [[i] for i in txt2img])
     return _summarise(tr_ranks, ir_ranks)
-
-
-def _as_float_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    t = torch.as_tensor(x)
-    return t if t.is_floating_point() else t.float()
-
-
-@torch.no_grad()
-def chunked_topk(
-    query: torch.Tensor | np.ndarray, gallery: torch.Tensor | np.ndarray, k: int, chunk: int = 8192
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of ``query @ gallery.T`` without the full matrix.
-
-    Args:
-        query: (Q, D) embeddings; gallery: (G, D) embeddings (same device).
-        k: how many to keep per query (clipped to G).
-        chunk: gallery rows scored at a time; peak memory is O(Q·(k + chunk)) scores.
-
-    Returns:
-        ``(scores, indices)``, both (Q, k), best first; equal to ``(query @ gallery.T).topk(k)``
-        up to the order of exactly tied scores.
-    """
-    q, g = _as_float_tensor(query), _as_float_tensor(gallery)
-    if q.dim() != 2 or g.dim() != 2 or q.shape[1] != g.shape[1]:
-        raise ValueError(f"expected (Q, D) and (G, D) embeddings, got {tuple(q.shape)} and {tuple(g.shape)}")
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
-    k = min(k, g.shape[0])
-    best_scores = torch.empty(q.shape[0], 0, dtype=q.dtype, device=q.device)  # (Q, <=k)
-    best_index = torch.empty(q.shape[0], 0, dtype=torch.long, device=q.device)  # (Q, <=k)
-    for start in range(0, g.shape[0], chunk):
-        block = q @ g[start : start + chunk].T  # (Q, C)
-        cand_scores = torch.cat([best_scores, block], dim=1)  # (Q, <=k + C)
-        block_index = torch.arange(start, start + block.shape[1], device=q.device).expand(q.shape[0], -1)
-        cand_index = torch.cat([best_index, block_index], dim=1)
-        top = cand_scores.topk(min(k, cand_scores.shape[1]), dim=1)
-        best_scores, best_index = top.values, cand_index.gather(1, top.indices)
-    return best_scores, best_index
-
-
-def faiss_topk(
-    query: torch.Tensor | np.ndarray, gallery: torch.Tensor | np.ndarray, k: int, batch: int = 4096
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k with a FAISS ``IndexFlatIP`` (faiss-cpu, multi-threaded, float32).
-
-    Use normalised embeddings for cosine similarity. Returns ``(scores, indices)``, both (Q, k)
-    numpy arrays, best first. Queries are searched ``batch`` at a time to bound memory.
-    """
-    # Imported here: faiss is an optional backend of the retrieval search.
-    import faiss
-
-    q = np.ascontiguousarray(torch.as_tensor(query).detach().cpu().float().numpy())
-    g = np.ascontiguousarray(torch.as_tensor(gallery).detach().cpu().float().numpy())
-    if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
-        raise ValueError(f"expected (Q, D) and (G, D) embeddings, got {q.shape} and {g.shape}")
-    k = min(k, g.shape[0])
-    index = faiss.IndexFlatIP(g.shape[1])
-    index.add(g)
-    scores, indices = [], []
-    for start in range(0, q.shape[0], batch):
-        s, i = index.search(q[start : start + batch], k)
-        scores.append(s)
-        indices.append(i)
-    return np.concatenate(scores), np.concatenate(indices)
-
-
-def topk_search(
-    query: torch.Tensor | np.ndarray,
-    gallery: torch.Tensor | np.ndarray,
-    k: int,
-    backend: str = "auto",
-    chunk: int = 8192,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k gallery items per query by inner product; ``backend`` is "torch" (:func:`chunked_topk`),
-    "faiss" (:func:`faiss_topk`) or "auto" (FAISS from :data:`FAISS_MIN_ITEMS` gallery items on).
-    Returns numpy ``(scores, indices)``, both (Q, k)."""
-    if backend not in ("auto", "torch", "faiss"):
-        raise ValueError(f"backend should be auto, torch or faiss, got {backend!r}")
-    n_items = len(gallery)
-    if backend == "faiss" or (backend == "auto" and n_items >= FAISS_MIN_ITEMS):
-        return faiss_topk(query, gallery, k)
-    scores, indices = chunked_topk(query, gallery, k, chunk=chunk)
-    return scores.cpu().numpy(), indices.cpu().numpy()
 
 
 def embedding_retrieval_metrics(
