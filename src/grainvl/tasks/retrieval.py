@@ -165,7 +165,7 @@ def evaluate_retrieval(
     n_vis, n_text = emb["vis_feat"].shape[0], emb["text_feat"].shape[0]
     img2txt, txt2img = data.data.image_text_index, data.data.text_image_index.tolist()
     rerank = score != "itc" and k_test > 0
-    # ITC candidates: the top k_test for re-ranking, else the top 10 that R@10 needs (FAISS >= 100k items).
+    # ITC candidates: the top k_test for re-ranking, else the top 10 that R@10 needs.
     k_i2t, k_t2i = (min(k_test, n_text), min(k_test, n_vis)) if rerank else (min(10, n_text), min(10, n_vis))
     i2t_v, i2t_i = (torch.from_numpy(a) for a in topk_search(emb["vis_feat"], emb["text_feat"], k_i2t, chunk=chunk))
     t2i_v, t2i_i = (torch.from_numpy(a) for a in topk_search(emb["text_feat"], emb["vis_feat"], k_t2i, chunk=chunk))
