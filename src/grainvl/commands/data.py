@@ -27,6 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         c, "--skip-bad", field="skip_bad", action="store_true", help="list every bad record, not the first per file"
     )
     shortcut(c, "--by-format", field="by_format", action="store_true", help="one table row per format, not per file")
+    shortcut(
+        c,
+        "--allow-outside-root",
+        field="allow_outside_root",
+        action="store_true",
+        help="accept image paths outside the image root (absolute, '..', symlinked folders); refused otherwise",
+    )
     c.add_argument("--list-formats", action="store_true", help="print the known formats and exit")
     c.set_defaults(func=_cmd_data_check)
 
@@ -48,6 +55,8 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
             layout.files.image_root = args.image_root
         if args.path:
             layout.root = Path(args.path)
+        if args.allow_outside_root:
+            layout.files.allow_outside_root = True
         report = check_layout(layout, task, skip_bad=bool(args.skip_bad))
         print(format_report(report, by_format=bool(args.by_format)))
         for error in report.errors:
@@ -56,7 +65,9 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     cfg = config_from_args(CheckConfig, args)
     if not cfg.path:
         raise ValueError("data check: give a PATH (a file or folder) or --config with a fine-tuning config")
-    report = check_path(cfg.path, fmt=cfg.format, skip_bad=cfg.skip_bad, image_root=cfg.image_root)
+    report = check_path(
+        cfg.path, fmt=cfg.format, skip_bad=cfg.skip_bad, image_root=cfg.image_root, allow_outside=cfg.allow_outside_root
+    )
     print(format_report(report, by_format=cfg.by_format))
     if not report.ok:
         for error in report.errors:

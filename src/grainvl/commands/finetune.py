@@ -37,6 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     shortcut(p, "--image-root", field="files.image_root", help="folder the image paths in the files are relative to")
     shortcut(p, "--out", field="train.run_dir", help="run folder")
     shortcut(p, "--steps", field="train.steps", type=int, help="optimizer steps")
+    shortcut(
+        p,
+        "--skip-bad",
+        field="skip_bad",
+        action="store_true",
+        help="skip bad records (each listed on stderr, the count in RUN/summary.json) instead of stopping at the first",
+    )
     p.add_argument("--resume", help="run or checkpoint folder to continue training from (default: none, a fresh run)")
     p.set_defaults(func=_cmd_finetune)
 

@@ -42,6 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     shortcut(p, "--steps", field="train.steps", type=int, help="optimizer steps")
     shortcut(p, "--out", field="train.run_dir", help="run folder (checkpoints, metrics, model)")
+    shortcut(
+        p,
+        "--skip-bad",
+        field="skip_bad",
+        action="store_true",
+        help="skip bad records (each listed on stderr, the count in RUN/summary.json) instead of stopping at the first",
+    )
     p.add_argument("--resume", help="run folder or checkpoint folder to continue from (default: none, a fresh run)")
     p.set_defaults(func=_cmd_pretrain)
 

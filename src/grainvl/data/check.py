@@ -17,12 +17,20 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from grainvl.data.formats.registry import FORMATS, FormatSpec, load_all, sniff
-from grainvl.data.formats.validate import ImageChecker
-from grainvl.data.layout import FILE_NAMES, DataFiles, DataLayout, as_list, files_from_official, vqa_v2_records
-from grainvl.errors import BadRecords, DataError
+from grainvl.data.formats.validate import ImageChecker, is_present, require_regular_file
+from grainvl.data.layout import (
+    FILE_NAMES,
+    MANIFEST,
+    DataFiles,
+    DataLayout,
+    as_list,
+    files_from_official,
+    manifest_files,
+    vqa_v2_records,
+)
+from grainvl.errors import BadRecords, DataError, os_reason
 from grainvl.utils.fileio import read_json
 
-MANIFEST = "manifest.json"
 # Images are data that records point to; the readers open the ones referenced.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -69,28 +77,34 @@ FORMAT_TASKS = {
 
 
 def check_path(
-    path: str | Path, fmt: str | None = None, skip_bad: bool = False, image_root: str | Path | None = None
+    path: str | Path,
+    fmt: str | None = None,
+    skip_bad: bool = False,
+    image_root: str | Path | None = None,
+    allow_outside: bool = False,
 ) -> CheckReport:
     """Check one file or every recognised file below a folder; see the module docstring.
 
     For a file, ``fmt`` names its format (else it is sniffed from the file name; an unknown one is
     a DataError). For a folder, ``fmt`` limits the check to files whose names that format matches.
-    A missing path is a DataError; bad data never raises, it is reported.
+    A missing path is a DataError; bad data never raises, it is reported. ``allow_outside``: records
+    may name images outside the image root (the configs' ``allow_outside_root``).
     """
     path = Path(path)
     if not path.exists():
         raise DataError(path, None, "not found")
     load_all()
-    files = DataFiles(image_root=str(image_root) if image_root else "")
+    files = DataFiles(image_root=str(image_root) if image_root else "", allow_outside_root=allow_outside)
     start = path if path.is_dir() else path.parent
-    root, hint = (start, "") if image_root else find_data_root(start, [path] if path.is_file() else _data_files(path))
+    data_files = [path] if path.is_file() else [f for f in _data_files(path) if f.is_file()]
+    root, hint = (start, "") if image_root else find_data_root(start, data_files)
+    layout = DataLayout(root, files)
+    layout.permit_outside()
     if path.is_dir():
-        report = _check_directory(path, fmt, skip_bad, DataLayout(root, files))
+        report = _check_directory(path, fmt, skip_bad, layout)
     else:
         spec = _format_for(path, fmt)
-        report = CheckReport(
-            root=path.parent, rows=[_check_file(path, path.name, spec, skip_bad, DataLayout(root, files))]
-        )
+        report = CheckReport(root=path.parent, rows=[_check_file(path, path.name, spec, skip_bad, layout)])
     report.hint = hint if not report.ok else ""
     return report
 
@@ -125,8 +139,8 @@ def _first_reference(file: Path) -> str:
         if file.name.endswith("_questions.json"):
             records = vqa_v2_records(file, None)
             return records[0]["image"] if records else ""
-        with file.open(encoding="utf-8") as f:
-            head = f.read(1 << 16).lstrip()
+        with file.open("rb") as f:  # a bad byte further down must not hide where the images are
+            head = f.read(1 << 16).decode("utf-8", errors="replace").lstrip()
         if head.startswith("["):
             doc = read_json(file)
             record = doc[0] if isinstance(doc, list) and doc else None
@@ -151,12 +165,17 @@ def check_layout(layout: DataLayout, task: str | None = None, skip_bad: bool = F
     """Check every file a run on ``layout`` reads (a fine-tuning config's files, or what the official names
     find below its root), each with the image root the trainer uses."""
     load_all()
+    layout.permit_outside()
     report = CheckReport(root=layout.root)
     seen: set[Path] = set()
     for name in [task] if task else list(FILE_NAMES):
-        splits = list(layout.explicit_splits()) or ["train", "val", "test", "test_ood", "dev", "testA", "testB"]
+        try:
+            splits = list(layout.explicit_splits()) or ["train", "val", "test", "test_ood", "dev", "testA", "testB"]
+        except DataError as error:  # a configured file that is a folder or a broken link
+            report.rows.append(FileCheck(file=error.path, format="-", records=0, errors=[error]))
+            break
         for split in splits:
-            for file in layout.split_files(name, split):
+            for file in _split_files(layout, name, split, report):
                 if file in seen:
                     continue
                 seen.add(file)
@@ -171,6 +190,25 @@ def check_layout(layout: DataLayout, task: str | None = None, skip_bad: bool = F
     if not report.rows:
         raise DataError(layout.root, None, f"no {task or 'task'} files found (see docs/formats.md for the names)")
     return report
+
+
+def validate_split_files(files: list[Path], task: str) -> None:
+    """Read every record of a task's split files with their format readers (no image is opened), raising the
+    first DataError: an evaluation file with a bad record or a duplicated id fails before training, not after."""
+    load_all()
+    for file in files:
+        spec = sniff(file) or FORMATS.get(f"albef-{task}")
+        if spec is not None:
+            spec.read(file, bad=BadRecords())
+
+
+def _split_files(layout: DataLayout, task: str, split: str, report: CheckReport) -> list[Path]:
+    """``layout.split_files``; a declared file that is missing or not a regular file becomes a report row."""
+    try:
+        return layout.split_files(task, split)
+    except DataError as error:
+        report.rows.append(FileCheck(file=error.path, format="-", records=0, errors=[error]))
+        return []
 
 
 def layout_from_config(tree: dict[str, Any]) -> tuple[DataLayout, str | None]:
@@ -210,23 +248,41 @@ def _check_directory(root: Path, fmt: str | None, skip_bad: bool, layout: DataLa
     for file in _data_files(root):
         shown = file.relative_to(root).as_posix()
         spec = (only if only.matches(file) else None) if only is not None else sniff(file)
-        if spec is None:
-            if only is None:
-                report.unrecognised.append(shown)
-            continue
-        report.rows.append(_check_file(file, shown, spec, skip_bad, layout))
+        if spec is not None:
+            report.rows.append(_check_file(file, shown, spec, skip_bad, layout))
+        elif only is None and file.is_file():
+            report.unrecognised.append(shown)
+        elif only is None:  # a broken link, a loop, a FIFO: whatever it was meant to be, it is not readable
+            report.rows.append(_not_a_file(file, shown))
     return report
 
 
+def _not_a_file(file: Path, shown: str) -> FileCheck:
+    """The row of an entry that is not a regular file, with the error saying what it is."""
+    row = FileCheck(file=shown, format="-", records=0)
+    try:
+        require_regular_file(file, "entry")
+    except DataError as error:
+        row.errors.append(error)
+    return row
+
+
 def _data_files(root: Path) -> list[Path]:
-    """Files below ``root`` in sorted path order, without dot-files, manifests and images."""
+    """Files below ``root`` in sorted path order, without dot-files, manifests and images.
+
+    Entries that are not regular files are listed too, when they are not plain folders: a broken
+    symlink, a symlink loop, a FIFO, and a folder whose name a format claims (``image_text.jsonl/``).
+    Each becomes an error of the report, since a reader would silently never see its records.
+    """
     files = []
     for file in root.rglob("*"):
         parts = file.relative_to(root).parts
-        if any(part.startswith(".") for part in parts) or not file.is_file():
+        if any(part.startswith(".") for part in parts):
             continue  # hidden files and folders hold temp files and VCS data, not records
         if file.name == MANIFEST or file.suffix.lower() in IMAGE_SUFFIXES:
             continue
+        if file.is_dir() and (file.is_symlink() or sniff(file) is None):
+            continue  # a folder of files (or a link to one: rglob does not descend into it)
         files.append(file)
     return sorted(files, key=lambda f: f.relative_to(root).parts)
 
@@ -241,12 +297,15 @@ def _check_file(
     bad = BadRecords(skip_bad=skip_bad)
     row = FileCheck(file=shown, format=spec.name, records=0)
     try:
+        require_regular_file(file, "annotation file")  # a folder or a broken link under a format's name
         image_root = layout.image_root(task or FORMAT_TASKS.get(spec.name, ""))
         row.records = count_records(spec.read(file, bad=bad, image_root=image_root))
         if spec.name == "vqa-v2-questions":  # the pair names images by COCO id: open them like the trainer
             _check_vqa_v2_images(file, layout.image_root("vqa"), bad)
     except DataError as error:
         row.errors.append(error)
+    except OSError as error:  # a permission, an I/O error: this file's one line
+        row.errors.append(DataError(file, None, f"cannot read: {os_reason(error)}"))
     except Exception as error:  # a reader bug must not hide the files after it; report it as this file's error
         row.errors.append(DataError(file, None, f"reader failed: {type(error).__name__}: {error}"))
     row.errors[:0] = bad.errors  # skipped records came before whatever stopped the read
@@ -295,7 +354,7 @@ def _check_manifest(root: Path, skip_bad: bool) -> FileCheck:
     bad = BadRecords(skip_bad=True)
     row = FileCheck(file=MANIFEST, format="manifest", records=0)
     try:
-        listed = _manifest_files(manifest_path)
+        listed = manifest_files(manifest_path)
         row.records = len(listed)
         for relative, expected in sorted(listed.items()):
             try:
@@ -308,14 +367,6 @@ def _check_manifest(root: Path, skip_bad: bool) -> FileCheck:
     return row
 
 
-def _manifest_files(manifest_path: Path) -> dict[str, str]:
-    manifest = read_json(manifest_path)
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict):
-        raise DataError(manifest_path, None, "expected a 'files' object mapping relative paths to sha256 hex digests")
-    return files
-
-
 def _check_listed_file(root: Path, manifest_path: Path, relative: str, expected: Any) -> None:
     where = f"file {relative}"
     if not isinstance(expected, str) or not SHA256_HEX.fullmatch(expected):
@@ -324,10 +375,16 @@ def _check_listed_file(root: Path, manifest_path: Path, relative: str, expected:
     if relative_path.is_absolute() or ".." in relative_path.parts:
         raise DataError(manifest_path, where, "path should be relative to the manifest's folder, without '..'")
     file = root / relative_path
-    if not file.is_file():
+    if not is_present(file):
         raise DataError(manifest_path, where, "listed file is missing")
-    with file.open("rb") as f:
-        actual = hashlib.file_digest(f, "sha256").hexdigest()
+    try:
+        require_regular_file(file, "listed file")
+        with file.open("rb") as f:
+            actual = hashlib.file_digest(f, "sha256").hexdigest()
+    except DataError as error:
+        raise DataError(manifest_path, where, error.reason) from None
+    except OSError as error:  # unreadable (permissions): named, and the other files still hashed
+        raise DataError(manifest_path, where, f"cannot read: {os_reason(error)}") from None
     if actual != expected:
         raise DataError(
             manifest_path, where, f"sha256 mismatch: manifest has {expected[:12]}…, file has {actual[:12]}…"
@@ -380,3 +437,4 @@ class CheckConfig:
     format: str | None = None  # force a format for a single file; None: sniff it
     skip_bad: bool = False  # list every bad record instead of the first per file
     by_format: bool = False  # one table row per format instead of one per file
+    allow_outside_root: bool = False  # records may name images outside the image root (absolute, ``..``, links out)

@@ -55,7 +55,6 @@ Record = dict[str, Any]
 Sample = dict[str, Any]
 
 FRAME_SUFFIXES = msrvtt.FRAME_SUFFIXES
-_NO_IMAGES = validate.ImageChecker("", None)  # images are decoded lazily, per sample
 
 
 # ---------------------------------------------------------------------------------------------- paths
@@ -74,12 +73,13 @@ def grounding_file(world: Path, split: str) -> Path:
 
 
 def require_file(path: Path, task: str) -> Path:
-    if not path.exists():
+    """``path`` when it is a regular file; a missing one says how to get data, anything else what it is."""
+    if not validate.is_present(path):
         raise FileNotFoundError(
             f"{path}: no {task} file (generate a world with `grainvl world`, or point --data-root / --config at "
             "a dataset in the official layout)"
         )
-    return path
+    return validate.require_regular_file(path, f"{task} file")
 
 
 Paths = Path | str | Sequence[Path | str]
@@ -110,8 +110,9 @@ def read_records(
     if files and files[0].name.endswith("_questions.json"):
         records = vqa_v2_records(files[0], files[1] if len(files) > 1 else None)
         positions = [f"question {i}" for i in range(len(records))]
+        per_file = validate.ImageChecker(files[0], None)  # images are decoded lazily; ids are claimed per file
         for record, where in zip(records, positions):
-            validator(record, files[0], where, _NO_IMAGES)
+            validator(record, files[0], where, per_file)
         return records, positions
     records, positions = [], []
     for file in files:
@@ -141,11 +142,12 @@ def video_frame_sources(root: Path, name: str, annotation: Path, where: str) -> 
     """The frames of video ``name``: ``(paths relative to root, True)`` or ``(base64 strings, False)``.
 
     ``name`` is a folder of frame images or a JSON list of base64 frames (``name`` or ``name.json``),
-    under ``root`` or, for a bare id such as ``video7010``, under ``root/videos`` (the world's layout).
+    under ``root`` or, for a bare id such as ``video7010``, under ``root/videos`` (the world's layout);
+    either way inside ``root`` (:func:`validate.confined_path`).
     """
-    folder = root / name
+    folder = validate.confined_path(root, name, annotation, where)
     if not folder.exists() and not folder.with_name(folder.name + ".json").exists() and "/" not in name:
-        folder = root / "videos" / name
+        folder = validate.confined_path(root, f"videos/{name}", annotation, where)
     if folder.is_dir():
         frames = sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
         if not frames:
@@ -459,7 +461,8 @@ class GroundingTrainDataset(RecordsDataset):
 
     def sample(self, index: int, epoch: int) -> Sample:
         record, where, rng = self.records[index], self.positions[index], self.rng(index, epoch)
-        picture = open_rgb(record["image"], self.root, True, self.path, where)
+        size = validate.declared_size(record)  # the box is in the record's pixels: the image must have them
+        picture = open_rgb(record["image"], self.root, True, self.path, where, size=size)
         text = record["text"]
         transform = self.transform if may_flip([(text, "en")], self.cfg.careful_hflip) else self.transform_no_flip
         box = [record["bbox"][:4]]

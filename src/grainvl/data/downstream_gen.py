@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import random
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +30,7 @@ import torch
 
 from grainvl.data.downstream import RecordsDataset, open_frames
 from grainvl.data.formats import albef, msrvtt
-from grainvl.data.masking import IGNORE_INDEX, TextMaskingGenerator
+from grainvl.data.masking import IGNORE_INDEX, TextMaskingGenerator, pre_question
 from grainvl.data.pretrain import PretrainDataConfig, flip_transforms, mentions_left_right, open_rgb
 from grainvl.data.transforms import video_transform
 from grainvl.errors import DataError
@@ -40,20 +39,6 @@ Sample = dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------------------- shared
-def pre_question(question: str, max_words: int) -> str:
-    """The official ``pre_question``: lower-case, delete ``.!"()*#:;~``, ``-`` and ``/`` to spaces, cut words.
-
-    Unlike captions, ``?``, ``,`` and ``'`` stay (the tokenizer splits them off).
-    """
-    text = re.sub(r"([.!\"()*#:;~])", "", question.lower()).replace("-", " ").replace("/", " ").rstrip(" ")
-    words = text.split(" ")
-    if len(words) > max_words:
-        text = " ".join(words[:max_words])
-    if not text.strip():
-        raise ValueError(f"pre_question yields an empty question (raw: {question!r})")
-    return text
-
-
 def tokenize(tokenizer: Any, texts: Sequence[str], max_tokens: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``[CLS] pieces [SEP]`` per text, padded to the longest -> (ids (B, L), attention mask (B, L)) long."""
     out = tokenizer(

@@ -24,12 +24,16 @@ registers them first with :func:`register_layout`.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from grainvl.data.formats import vqa_v2
+from grainvl.data.formats.validate import allow_outside_root, is_present, require_regular_file
+from grainvl.errors import DataError
+from grainvl.utils.fileio import read_json
 
 TASK_FOLDERS = {
     "retrieval": "retrieval",
@@ -81,6 +85,7 @@ class DataFiles:
     vg_root: str = ""  # Visual Genome QA images (records with "dataset": "vg")
     answer_list: str = ""  # VQA candidate answers ("" : answer_list.json, else the most frequent answers)
     ans2label_file: str = ""  # video-QA answer vocabulary ("" : ans2label.json / train_ans2label.json)
+    allow_outside_root: bool = False  # records may name images outside the image roots (absolute, '..', links out)
 
     def empty(self) -> bool:
         return not any(getattr(self, k) for k in OFFICIAL_KEYS)
@@ -132,19 +137,38 @@ class DataLayout:
             return self.resolve(f.vqa_root)
         return self.resolve(f.image_root) if f.image_root else self.root
 
+    def image_roots(self) -> list[Path]:
+        """Every folder this layout's record paths are relative to (data root, image, VQA and VG roots)."""
+        roots = [self.root, self.image_root(), self.image_root("vqa"), self.image_root("", "vg")]
+        return list(dict.fromkeys(roots))
+
+    def permit_outside(self) -> None:
+        """With ``files.allow_outside_root``, let records name files outside every image root (for this process)."""
+        if self.files.allow_outside_root:
+            for folder in self.image_roots():
+                allow_outside_root(folder)
+
     # ------------------------------------------------------------------ splits
     def explicit_splits(self) -> dict[str, list[Path]]:
-        """Splits named by the explicit files: ``train``, ``val`` and one per ``test_file`` entry."""
+        """Splits named by the explicit files: ``train``, ``val`` and one per ``test_file`` entry.
+
+        A named file that is there but is not a regular file (a folder, a broken symlink) is a DataError;
+        a missing one is left to the reader ("file not found", or a skipped evaluation split).
+        """
         out: dict[str, list[Path]] = {}
         if as_list(self.files.train_file):
-            out["train"] = [self.resolve(p) for p in as_list(self.files.train_file)]
+            out["train"] = [self._explicit(p) for p in as_list(self.files.train_file)]
         if as_list(self.files.val_file):
-            out["val"] = [self.resolve(p) for p in as_list(self.files.val_file)]
+            out["val"] = [self._explicit(p) for p in as_list(self.files.val_file)]
         tests = as_list(self.files.test_file)
         for value in tests:
             name = "test" if len(tests) == 1 else split_of(value)
-            out.setdefault(name, []).append(self.resolve(value))
+            out.setdefault(name, []).append(self._explicit(value))
         return out
+
+    def _explicit(self, value: str) -> Path:
+        path = self.resolve(value)
+        return require_regular_file(path, "configured file") if is_present(path) else path
 
     def search_folders(self, task: str) -> list[Path]:
         folders = [self.root / "annotations" / TASK_FOLDERS.get(task, task)]
@@ -159,12 +183,14 @@ class DataLayout:
         explicit = self.explicit_splits()
         if explicit:
             return explicit.get(split, [])
+        declared = declared_files(self.root)
         for s in SPLIT_SYNONYMS.get(split, (split,)):
             names = [n.format(s=s) for n in FILE_NAMES.get(task, ())] + list(SPLIT_NAMES.get(task, {}).get(s, ()))
             for folder in self.search_folders(task):
                 for name in names:
-                    if (folder / name).is_file():
-                        return [folder / name]
+                    found = expected_file(self.root, folder / name, declared, f"{task} {s} file")
+                    if found is not None:
+                        return [found]
         return self.vqa_v2_pair(split) if task == "vqa" else []
 
     def vqa_v2_pair(self, split: str) -> list[Path]:
@@ -184,25 +210,29 @@ class DataLayout:
             if path.name.endswith("_annotations.json"):
                 return path
         world = self.root / "annotations" / "vqa" / f"v2_mscoco_{split}_annotations.json"
-        return world if world.is_file() else None
+        return expected_file(self.root, world, declared_files(self.root), "VQA annotation file")
 
     def answer_list(self) -> Path | None:
         """``answer_list.json`` (explicit, the world's, or an official folder's); None: derive it."""
         if self.files.answer_list:
             return self.resolve(self.files.answer_list)
+        declared = declared_files(self.root)
         for folder in self.search_folders("vqa"):
-            if (folder / "answer_list.json").is_file():
-                return folder / "answer_list.json"
+            found = expected_file(self.root, folder / "answer_list.json", declared, "VQA answer list")
+            if found is not None:
+                return found
         return None
 
     def ans2label(self) -> Path | None:
         """The video-QA ``{answer: label}`` file (explicit ``ans2label_file``, else an official name); None: none."""
         if self.files.ans2label_file:
             return self.resolve(self.files.ans2label_file)
+        declared = declared_files(self.root)
         for folder in self.search_folders("videoqa"):
             for name in ANS2LABEL_NAMES:
-                if (folder / name).is_file():
-                    return folder / name
+                found = expected_file(self.root, folder / name, declared, "video-QA answer vocabulary")
+                if found is not None:
+                    return found
         return None
 
     def describe_missing(self, task: str, split: str) -> str:
@@ -215,6 +245,56 @@ class DataLayout:
         return f"{task}: no {split!r} split under {self.root} ({names})"
 
 
+# ---------------------------------------------------------------------------------------------- manifests
+MANIFEST = "manifest.json"  # a world's: {"files": {"relative/path": "<sha256 hex>"}, ...}
+
+
+def manifest_files(manifest_path: Path) -> dict[str, str]:
+    """The ``files`` mapping of a ``manifest.json`` (relative POSIX path → sha256 hex)."""
+    manifest = read_json(manifest_path)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        raise DataError(manifest_path, None, "expected a 'files' object mapping relative paths to sha256 hex digests")
+    return files
+
+
+def declared_files(root: Path) -> frozenset[str] | None:
+    """The files a world declares (its manifest's relative paths); None when ``root`` has no world manifest.
+
+    What a world declares must be there: a declared annotation file that is missing or not a regular
+    file is an error, not a stream or split that quietly does not exist. A ``manifest.json`` of another
+    schema (a real dataset's own) declares nothing.
+    """
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        return None
+    stat = manifest.stat()
+    return _declared(str(manifest), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _declared(manifest: str, mtime_ns: int, size: int) -> frozenset[str] | None:
+    """Read once per manifest version: layouts ask for every task and split."""
+    del mtime_ns, size  # cache keys only: a rewritten manifest is read again
+    doc = read_json(manifest)
+    files = doc.get("files") if isinstance(doc, dict) else None
+    return frozenset(files) if isinstance(files, dict) else None
+
+
+def expected_file(root: Path, path: Path, declared: frozenset[str] | None, what: str) -> Path | None:
+    """``path`` when it is there as a regular file; None when it is absent and ``declared`` does not list it.
+
+    Anything under the name that is not a regular file (a folder, a broken symlink, a loop) and a file
+    the manifest lists but the folder lacks are DataErrors naming the path.
+    """
+    listed = declared is not None and path.relative_to(root).as_posix() in declared
+    if not listed and not is_present(path):
+        return None
+    if listed and not is_present(path):
+        raise DataError(path, None, f"{what} listed in {root / MANIFEST} is missing")
+    return require_regular_file(path, what)
+
+
 # ---------------------------------------------------------------------------------------------- registry
 _LAYOUTS: dict[str, DataLayout] = {}
 
@@ -224,8 +304,10 @@ def _key(root: str | Path) -> str:
 
 
 def register_layout(layout: DataLayout) -> DataLayout:
-    """Make ``layout_for(layout.root)`` return ``layout`` (explicit files of a config) in this process."""
+    """Make ``layout_for(layout.root)`` return ``layout`` (explicit files of a config) in this process; its
+    ``allow_outside_root`` takes effect too."""
     _LAYOUTS[_key(layout.root)] = layout
+    layout.permit_outside()
     return layout
 
 

@@ -1,7 +1,8 @@
 """Caption cleaning and MLM masking as X²-VLM's pre-training data pipeline does it (xvlm.md §2.3).
 
 * :func:`pre_caption` — the official caption normalisation (lower-case, punctuation to spaces, word
-  truncation).
+  truncation); :func:`pre_question` — the official VQA question normalisation. The format validators
+  reject texts these clean to nothing, so a bad text fails when its file is read, not at a sample.
 * :class:`TextMaskingGenerator` — chooses the tokens that the vision-conditioned MLM predicts:
   ``n = min(max_masks, max(1, round(len · mask_prob)))`` positions (``len`` counts ``[CLS]`` and
   ``[SEP]``), n-gram spans with probability ``skipgram_prb``, whole-word expansion over WordPiece
@@ -40,6 +41,24 @@ def pre_caption(text: str, max_words: int) -> str:
     if not caption:
         raise ValueError(f"pre_caption yields an empty text (raw: {text!r})")
     return caption
+
+
+_QUESTION_PUNCTUATION = re.compile(r"([.!\"()*#:;~])")
+
+
+def pre_question(question: str, max_words: int) -> str:
+    """The official ``pre_question``: lower-case, delete ``.!"()*#:;~``, ``-`` and ``/`` to spaces, cut words.
+
+    Unlike captions, ``?``, ``,`` and ``'`` stay (the tokenizer splits them off). Raises ValueError when
+    nothing is left.
+    """
+    text = _QUESTION_PUNCTUATION.sub("", question.lower()).replace("-", " ").replace("/", " ").rstrip(" ")
+    words = text.split(" ")
+    if len(words) > max_words:
+        text = " ".join(words[:max_words])
+    if not text.strip():
+        raise ValueError(f"pre_question yields an empty question (raw: {question!r})")
+    return text
 
 
 class TextMaskingGenerator:

@@ -65,6 +65,7 @@ from PIL import Image, UnidentifiedImageError
 
 from grainvl.data.formats import albef, validate, xvlm_pretrain
 from grainvl.data.iterators import Pick, ShardedStream
+from grainvl.data.layout import declared_files, expected_file
 from grainvl.data.masking import TextMaskingGenerator, pad_masks, pre_caption
 from grainvl.data.region import box_patch_mask, box_target_cxcywh
 from grainvl.data.transforms import (
@@ -309,18 +310,33 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def open_rgb(value: str, root: Path, is_path: bool, annotation: Path, where: str, what: str = "image") -> Image.Image:
-    """Decode a path (relative to ``root``) or a base64 string as an RGB image.
+def open_rgb(
+    value: str,
+    root: Path,
+    is_path: bool,
+    annotation: Path,
+    where: str,
+    what: str = "image",
+    size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Decode a path (relative to ``root``, confined to it) or a base64 string as an RGB image.
 
-    A missing or undecodable image is a DataError naming the annotation file, the record and the image.
+    A missing or undecodable image, a path outside ``root`` (:func:`validate.confined_path`) and, with
+    ``size``, an image whose real ``(width, height)`` is not the record's, are DataErrors naming the
+    annotation file, the record and the image.
     """
     label = str(root / value) if is_path else f"(base64, {len(value)} chars)"
     try:
-        return _decode(root / value if is_path else base64.b64decode(value, validate=True))
+        source = validate.confined_path(root, value, annotation, where) if is_path else None
+        picture = _decode(source if source is not None else base64.b64decode(value, validate=True))
     except FileNotFoundError:
         raise DataError(annotation, where, f"{what} not found: {label}") from None
+    except IsADirectoryError:
+        raise DataError(annotation, where, f"{what} is a directory, not a file: {label}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, binascii.Error) as e:
         raise DataError(annotation, where, f"corrupt {what} {label}: {e}") from None
+    validate.check_size(picture.size, size, value if is_path else label, annotation, where)
+    return picture
 
 
 def flip_transforms(kind: str, cfg: PretrainDataConfig) -> tuple[ImageTransform, ImageTransform]:
@@ -429,10 +445,12 @@ class _LineDataset(ABC):
             raise DataError(*self.at(index), f"bad caption {text!r}: {e}") from None
 
     def _open_image(self, index: int) -> Image.Image:
+        """The record's picture; a record that states ``width``/``height`` (region lines) must match it."""
         record, (path, where) = self.records[index], self.at(index)
+        size = validate.declared_size(record)
         if "image" in record:
-            return open_rgb(record["image"], self.root, True, path, where)
-        return open_rgb(record["binary"], self.root, False, path, where)
+            return open_rgb(record["image"], self.root, True, path, where, size=size)
+        return open_rgb(record["binary"], self.root, False, path, where, size=size)
 
     def _choose(self, value: Any, rng: random.Random, index: int) -> tuple[str, str]:
         try:
@@ -786,6 +804,7 @@ class PretrainDataFiles:
     train_file_regions: list[str] | str | None = None  # region lines ({"image" | "binary", "elems": [...]})
     train_file_videos: list[str] | str | None = None  # video lines ({"video_frames", "text", "is_continuous"})
     image_root: str = ""  # image and frame paths are relative to this ("": the data root)
+    allow_outside_root: bool = False  # records may name images outside the data / image root (absolute, '..')
     test_file: list[str] | str | None = None
     """Zero-shot evaluation files, one split each, named by the file (``coco_test.json`` → ``test``; a lone
     file is ``test``): image–caption JSON lines or an ALBEF retrieval JSON list; ``refcoco+_*.json``
@@ -816,10 +835,15 @@ def resolve_under(root: Path, value: str) -> Path:
 
 
 def shard_files(path: Path) -> list[Path]:
-    """A file, or the files of a folder in name order (no hidden files, no ``_SUCCESS``-style markers)."""
+    """A file, or the files of a folder in name order (no hidden files, no ``_SUCCESS``-style markers).
+
+    Every other entry of the folder must be a regular file: a sub-folder, a broken link or a loop among
+    the shards is a DataError, not a shard that silently goes missing.
+    """
     if path.is_file():
         return [path]
-    return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
+    shards = sorted(p for p in path.iterdir() if not p.name.startswith((".", "_")))
+    return [validate.require_regular_file(p, "shard") for p in shards]
 
 
 @dataclass(frozen=True)
@@ -843,11 +867,18 @@ class PretrainFiles:
 
     @classmethod
     def from_world(cls, world: str | Path, split: str) -> PretrainFiles:
-        """The files of a world (docs/world_layout.md) that exist for ``split``."""
+        """The files of a world (docs/world_layout.md) that exist for ``split``.
+
+        A stream the world's ``manifest.json`` lists must be there, and anything under a stream's name
+        must be a regular file: otherwise a DataError naming the path, never a stream that silently
+        does not take part.
+        """
         world = Path(world)
         folder = world / "annotations" / "pretrain" / split
+        declared = declared_files(world)
         found = {kind: folder / f"{name}.jsonl" for kind, name in _FILE_NAMES.items()}
-        return cls(world, **{kind: path for kind, path in found.items() if path.is_file()})
+        streams = {kind: expected_file(world, path, declared, f"{kind} stream") for kind, path in found.items()}
+        return cls(world, **{kind: path for kind, path in streams.items() if path is not None})
 
     @classmethod
     def find(cls, root: str | Path, split: str, image_root: Path | None = None) -> PretrainFiles:
@@ -862,8 +893,14 @@ class PretrainFiles:
             if folder == world_folder:  # the world's own names only: its image_text_multilingual.jsonl is CCLM's
                 world = cls.from_world(root, split)
                 found = {kind: (getattr(world, kind),) if getattr(world, kind) else () for kind in _FILE_NAMES}
-            else:
-                found = {kind: tuple(sorted(folder.glob(f"{name}*.jsonl"))) for kind, name in _FILE_NAMES.items()}
+            else:  # every match must be a regular file: a folder or broken link named like a stream is an error
+                found = {
+                    kind: tuple(
+                        validate.require_regular_file(p, f"{kind} stream")
+                        for p in sorted(folder.glob(f"{name}*.jsonl"))
+                    )
+                    for kind, name in _FILE_NAMES.items()
+                }
             if any(found.values()):
                 streams = {kind: paths[0] if len(paths) == 1 else paths for kind, paths in found.items() if paths}
                 return cls(image_root or root, **streams)
@@ -879,6 +916,8 @@ class PretrainFiles:
             paths: list[Path] = []
             for value in entries(getattr(sources, key)):
                 path = resolve_under(root, value)
+                if validate.is_present(path) and not path.is_dir():
+                    validate.require_regular_file(path, f"{key} entry")  # a broken link or loop: say so
                 if not path.exists():
                     where = str(path) if Path(value).is_absolute() else f"{root / value} or {Path.cwd() / value}"
                     raise FileNotFoundError(f"pretrain: {key} entry {value!r} not found (looked for {where})")
@@ -962,6 +1001,14 @@ def build_pretrain_loaders(
 # Evaluation sets
 
 
+def require_image_file(root: Path, value: str, annotation: Path, where: str) -> None:
+    """A DataError unless ``root / value`` is inside ``root`` and a file (one stat: nothing is decoded)."""
+    path = validate.confined_path(root, value, annotation, where)
+    if not path.is_file():
+        what = "is not a file" if validate.is_present(path) else "not found"
+        raise DataError(annotation, where, f"image {what}: {path}")
+
+
 class EvalImages:
     """Distinct images under the "test" transform: ``images[i]`` is ``(3, R, R)``."""
 
@@ -980,10 +1027,10 @@ class EvalImages:
         return self.transform(open_rgb(value, self.root, is_path, self.annotation, where))[0]
 
     def check_paths(self) -> None:
-        """The one-line DataError of the first image path that is not a file (one stat each, nothing decoded)."""
+        """The one-line DataError of the first image path outside the root or not a file (nothing decoded)."""
         for value, is_path, where in self.sources:
-            if is_path and not (self.root / value).is_file():
-                raise DataError(self.annotation, where, f"image not found: {self.root / value}")
+            if is_path:
+                require_image_file(self.root, value, self.annotation, where)
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """``(b, 3, R, R)`` tensors over all images in order."""
@@ -1069,19 +1116,21 @@ class GroundingEval:
         return len(self.records)
 
     def check_paths(self) -> None:
-        """The one-line DataError of the first image that is not a file (one stat each, nothing decoded)."""
+        """The one-line DataError of the first image outside the root or not a file (nothing decoded)."""
         for record, where in zip(self.records, self.positions):
-            if not (self.root / record["image"]).is_file():
-                raise DataError(self.path, where, f"image not found: {self.root / record['image']}")
+            require_image_file(self.root, record["image"], self.path, where)
 
     def _image(self, index: int) -> tuple[torch.Tensor, tuple[int, int]]:
-        name = self.records[index]["image"]
+        record, where = self.records[index], self.positions[index]
+        name = record["image"]
         if name not in self._cache:
-            picture = open_rgb(name, self.root, True, self.path, self.positions[index])
+            picture = open_rgb(name, self.root, True, self.path, where)
             image, _ = resize(picture, None, self.cfg.resolution)
             self._cache[name] = (normalize(to_tensor(image), self.cfg.mean, self.cfg.std), picture.size)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
+        # Boxes are in the record's pixels: every record stating a size must agree with the image (cached or not).
+        validate.check_size(self._cache[name][1], validate.declared_size(record), name, self.path, where)
         return self._cache[name]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -1136,10 +1185,17 @@ def eval_grounding(
 
 
 def is_json_list(path: Path) -> bool:
-    """Whether a file holds one JSON list (its first non-blank character is ``[``) rather than JSON lines."""
-    with open(path, encoding="utf-8") as f:
-        while chunk := f.read(4096):
-            stripped = chunk.lstrip()
-            if stripped:
-                return stripped.startswith("[")
+    """Whether a file holds one JSON list (its first non-blank character is ``[``) rather than JSON lines.
+
+    Read as bytes: a file that is not UTF-8 gets the reader's one-line error naming its line, not a decode
+    error here. A missing or unreadable file is the reader's one line too.
+    """
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(4096):
+                stripped = chunk.lstrip()
+                if stripped:
+                    return stripped.startswith(b"[")
+    except OSError:
+        return False  # the reader names the fault
     return False

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
+from grainvl.data.formats import validate
 from grainvl.data.formats.glue import read_tsv
 from grainvl.data.formats.squad import read_squad, squad_examples
 from grainvl.errors import BadRecords, DataError
@@ -77,12 +78,14 @@ def read_text_corpus(path: str | Path, layout: TextLayout = "auto", bad: BadReco
 def read_jsonl_corpus(path: str | Path, field: str = "text", bad: BadRecords | None = None) -> list[str]:
     """Documents of a JSON-lines file, one object ``{"text": str, ...}`` per line.
 
-    A line that is not JSON, not an object, lacks ``field`` or holds an empty / non-string value is a
-    DataError naming the line (with ``bad.skip_bad`` it is counted and left out).
+    A line that is not UTF-8, not JSON, not an object, lacks ``field`` or holds an empty / non-string value
+    is a DataError naming the line (with ``bad.skip_bad`` it is counted and left out); a UTF-16 file is one
+    file-level DataError.
     """
     bad = bad or BadRecords()
     documents: list[str] = []
-    for lineno, record in fileio.iter_jsonl(path, bad):
+    validate.check_utf8_start(Path(path))
+    for lineno, record in validate.iter_json_lines(Path(path), bad):
         where = f"line {lineno}"
         if not isinstance(record, dict):
             bad.handle(
@@ -109,7 +112,7 @@ def world_english(world: str | Path) -> list[str]:
     documents: list[str] = []
     captions = world / "annotations" / "pretrain" / "train" / "image_text.jsonl"
     if captions.is_file():
-        for lineno, record in fileio.iter_jsonl(captions):
+        for lineno, record in validate.iter_json_lines(captions, BadRecords()):
             caption = record.get("caption") if isinstance(record, dict) else None
             texts = [caption] if isinstance(caption, str) else caption
             if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):

@@ -28,6 +28,8 @@ from torch import nn
 
 from grainvl.bench.energy import EnergyTracker, count_parameters, flops_per_sample
 from grainvl.compress.quantize import quantize_dynamic_int8, read_quantize_flag, write_quantize_flag
+from grainvl.data.check import validate_split_files
+from grainvl.data.formats.validate import skipping_bad_records
 from grainvl.data.layout import (
     OFFICIAL_ALIASES,
     OFFICIAL_KEYS,
@@ -39,6 +41,7 @@ from grainvl.data.layout import (
     register_layout,
     split_of,
 )
+from grainvl.errors import BadRecords
 from grainvl.models.factory import default_label, get_tokenizer, load_model, resolve_model
 from grainvl.recipes.scaffold import (
     OFFICIAL_OPTIM_SECTIONS,
@@ -89,6 +92,8 @@ class FinetuneConfig:
     eval_splits: tuple[str, ...] = ("test", "test_ood")
     torch_threads: int = 0
     grad_checkpointing: bool = False
+    skip_bad: bool = False
+    """Skip bad records of every file read (each listed on stderr, the count in summary.json) instead of stopping."""
 
 
 # ---------------------------------------------------------------------------------------------- model loading
@@ -113,14 +118,21 @@ def finetune(cfg: FinetuneConfig, resume: str | Path | None = None) -> dict[str,
 
     The summary comes from rank 0 (``{}`` on other ranks). ``resume``: a run or checkpoint folder to continue.
     """
-    return run_recipe(cfg.train.run_dir, lambda run: _run(cfg, run, resume), cfg.torch_threads)
+
+    def body(run: Run) -> dict[str, Any]:
+        # Every reader of the run (training and evaluation files, in every task) skips into one collector.
+        with skipping_bad_records(cfg.skip_bad) as bad:
+            return _run(cfg, run, resume, bad)
+
+    return run_recipe(cfg.train.run_dir, body, cfg.torch_threads)
 
 
 def preflight(cfg: FinetuneConfig) -> list[str]:
     """Check, before step 1, that every file the run reads is there; returns the evaluation splits to run.
 
     The train split must exist (FileNotFoundError otherwise). An evaluation split that does not exist
-    is skipped with one line; when none is left and a ``val`` split exists, ``val`` is evaluated.
+    is skipped with one line; when none is left and a ``val`` split exists, ``val`` is evaluated. Without
+    ``skip_bad`` every evaluation file's records are validated here (no image opened).
     """
     world = Path(cfg.world)
     if not world.is_dir():
@@ -131,7 +143,9 @@ def preflight(cfg: FinetuneConfig) -> list[str]:
     splits = []
     for split in dict.fromkeys(resolve_split(s) for s in cfg.eval_splits):
         if has_split(world, task, split):
-            data_files(world, task, split)
+            files = data_files(world, task, split)
+            if not cfg.skip_bad:  # a bad record (a duplicated id) stops the run now, not after training
+                validate_split_files(files, task)
             splits.append(split)
         else:
             print(f"finetune: skipping evaluation split {split!r}: it does not exist for {task}", file=sys.stderr)
@@ -141,7 +155,7 @@ def preflight(cfg: FinetuneConfig) -> list[str]:
     return splits
 
 
-def _run(cfg: FinetuneConfig, run: Run, resume: str | Path | None) -> dict[str, Any]:
+def _run(cfg: FinetuneConfig, run: Run, resume: str | Path | None, bad: BadRecords) -> dict[str, Any]:
     env, world, run_dir = run.env, Path(cfg.world), run.dir
     splits = preflight(cfg)
     task = get_task(cfg.task, **cfg.options).with_data(cfg.data)
@@ -192,8 +206,10 @@ def _run(cfg: FinetuneConfig, run: Run, resume: str | Path | None) -> dict[str, 
                 metrics, model=model_label(cfg), task=task.name, dataset=dataset, split=split_tag(split), costs=costs
             )
         )
+    if cfg.skip_bad:  # every file has been read (evaluation splits last): what was left out
+        print(f"finetune: {bad.summary()}", file=sys.stderr)
     report = {"task": task.name, "model": model_label(cfg), "evaluations": evaluations, "cost": cost,
-              "train": summary.to_dict(), "run_dir": str(run_dir)}  # fmt: skip
+              "train": summary.to_dict(), "run_dir": str(run_dir), "skipped_records": len(bad.errors)}  # fmt: skip
     run.write_summary(report)
     return report
 

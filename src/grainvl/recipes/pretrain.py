@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from grainvl.data.formats.validate import allow_outside_root, skipping_bad_records
 from grainvl.data.iterators import StreamDict
 from grainvl.data.layout import DataLayout, split_of
 from grainvl.data.pretrain import (
@@ -41,6 +42,7 @@ from grainvl.data.pretrain import (
     resolve_under,
 )
 from grainvl.data.world.ontology import SPLITS
+from grainvl.errors import BadRecords
 from grainvl.models.factory import create_model, get_tokenizer
 from grainvl.models.xvlm import XVLM
 from grainvl.recipes.scaffold import (
@@ -103,6 +105,7 @@ class PretrainConfig:
     eval: PretrainEval = field(default_factory=PretrainEval)
     grad_checkpointing: bool = False
     torch_threads: int = 0  # 0: torch's default
+    skip_bad: bool = False  # skip bad records (each listed, the count in summary.json) instead of stopping
 
 
 def data_config(model: XVLM, data: PretrainData) -> PretrainDataConfig:
@@ -258,6 +261,9 @@ def preflight(cfg: PretrainConfig, announce: bool = True) -> PretrainPlan:
             )
     if not files.root.is_dir():
         raise FileNotFoundError(f"pretrain: image root not found: {files.root}")
+    if cfg.files.allow_outside_root:
+        for folder in (root, files.root):
+            allow_outside_root(folder)
 
     def say(line: str) -> None:
         if announce:
@@ -287,10 +293,16 @@ def preflight(cfg: PretrainConfig, announce: bool = True) -> PretrainPlan:
 
 def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict[str, Any]:
     """Build everything from ``cfg``, train, evaluate on rank 0; returns the run summary (rank 0)."""
-    return run_recipe(cfg.train.run_dir, lambda run: _run(cfg, run, resume), cfg.torch_threads)
+
+    def body(run: Run) -> dict[str, Any]:
+        # Every reader of the run (training streams and evaluation files) skips into one collector.
+        with skipping_bad_records(cfg.skip_bad) as bad:
+            return _run(cfg, run, resume, bad)
+
+    return run_recipe(cfg.train.run_dir, body, cfg.torch_threads)
 
 
-def _run(cfg: PretrainConfig, run: Run, resume: str | None) -> dict[str, Any]:
+def _run(cfg: PretrainConfig, run: Run, resume: str | None, bad: BadRecords) -> dict[str, Any]:
     env = run.env
     plan = preflight(cfg, announce=run.is_main)
     seed_model_init(cfg.train.seed)
@@ -313,7 +325,10 @@ def _run(cfg: PretrainConfig, run: Run, resume: str | None) -> dict[str, Any]:
         rank=env.rank,
         world_size=env.world_size,
         num_threads=cfg.data.threads,
+        bad=bad,
     )
+    if run.is_main and cfg.skip_bad:  # every file is read now: say what was left out before step 1
+        print(f"pretrain: {bad.summary()}", file=sys.stderr)
     task = PretrainTask(model, cfg.weights)
     optimizer = _optimizer(task, cfg.optim)
     scheduler = build_scheduler(optimizer, dataclasses.replace(cfg.sched, total_steps=cfg.train.steps))
@@ -339,7 +354,12 @@ def _run(cfg: PretrainConfig, run: Run, resume: str | None) -> dict[str, Any]:
                     values, model=cfg.model, task=task_name, dataset=dataset, split=split_tag(split), costs=costs
                 )
             )
-    report = {"summary": summary.to_dict(), "evaluations": evaluations, "model_dir": str(run.dir / "model")}
+    report = {
+        "summary": summary.to_dict(),
+        "evaluations": evaluations,
+        "model_dir": str(run.dir / "model"),
+        "skipped_records": len(bad.errors),
+    }
     run.write_summary(report)
     return report
 

@@ -45,22 +45,31 @@ def nlvr_label(value: Any, path: Path, where: str) -> bool:
 
 # ------------------------------------------------------------------------------------ record checks
 def check_caption_record(record: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
-    """Retrieval and Karpathy captioning: one caption (train) or a list of captions (val/test)."""
+    """Retrieval and Karpathy captioning: one caption (train) or a list of captions (val/test).
+
+    A record with a list of captions is one image of an evaluation file: its image (and ``image_id``)
+    must not come back in another record, or the gallery and the caption results would merge them.
+    """
     validate.require_fields(record, {"image": str, "caption": (str, list)}, path, where)
-    validate.require_texts(record["caption"], "caption", path, where)
+    validate.require_texts(record["caption"], "caption", path, where, validate.caption_cleaning)
     validate.require_id(record, "image_id", path, where, required=False)
     validate.check_image_field(record, "image", path, where, images)
+    if isinstance(record["caption"], list):
+        images.claim("image", record["image"], where)
+        if "image_id" in record:
+            images.claim("image_id", record["image_id"], where)
 
 
 def check_vqa_record(record: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
     validate.require_fields(record, {"question": str, "image": str}, path, where)
     validate.require_id(record, "question_id", path, where)
-    validate.require_text(record["question"], "question", path, where)
+    validate.require_text(record["question"], "question", path, where, validate.question_cleaning)
     if "answer" in record:
         validate.require_texts(record["answer"], "answer", path, where)
     if "dataset" in record and record["dataset"] not in VQA_SOURCES:
         raise DataError(path, where, f"dataset should be one of {', '.join(VQA_SOURCES)}, got {record['dataset']!r}")
     validate.check_image_field(record, "image", path, where, images)
+    images.claim("question_id", record["question_id"], where)  # results are keyed by it (VQA evaluator)
 
 
 def check_nlvr_record(record: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
@@ -68,12 +77,15 @@ def check_nlvr_record(record: Any, path: Path, where: str, images: validate.Imag
     if "label" not in record:
         raise DataError(path, where, "missing field 'label'")
     nlvr_label(record["label"], path, where)
-    validate.require_text(record["sentence"], "sentence", path, where)
+    validate.require_text(record["sentence"], "sentence", path, where, validate.caption_cleaning)
     pair = record["images"]
     if len(pair) != 2 or not all(isinstance(p, str) and p for p in pair):
         raise DataError(path, where, f"images should be two paths [left, right], got {pair!r}")
     for image in pair:
         images.check(image, where)
+    if "identifier" in record:  # NLVR2's own files: the leaderboard keys predictions by it
+        validate.require_id(record, "identifier", path, where)
+        images.claim("identifier", record["identifier"], where)
 
 
 def check_refcoco_record(record: Any, path: Path, where: str, images: validate.ImageChecker) -> None:
@@ -84,11 +96,13 @@ def check_refcoco_record(record: Any, path: Path, where: str, images: validate.I
     """
     validate.require_fields(record, {"image": str, "text": str}, path, where)
     validate.require_id(record, "ref_id", path, where)
-    validate.require_text(record["text"], "text", path, where)
+    validate.require_text(record["text"], "text", path, where, validate.caption_cleaning)
     actual = validate.check_image_field(record, "image", path, where, images)
     width, height = validate.image_bounds(record, path, where, record["image"], actual) or (None, None)
     if "bbox" in record:
-        validate.check_box(record["bbox"], path, where, width, height)
+        box = validate.check_box(record["bbox"], path, where, width, height)
+        # Sentences of one referred object share its ref_id; the scorer looks the box up by it.
+        images.claim("ref_id", record["ref_id"], where, ("image or box", (record["image"], box)))
     for det in _dets(record, path, where):
         validate.check_box(det, path, where, width, height)
 

@@ -59,15 +59,19 @@ class VideoChecker:
         self.frames = validate.ImageChecker(annotation_path, image_root)
         self._checked: set[str] = set()
 
+    def claim(self, kind: str, key: Any, where: str) -> None:
+        """Ids of the file, as :meth:`grainvl.data.formats.validate.ImageChecker.claim`."""
+        self.frames.claim(kind, key, where)
+
     def check(self, name: str, where: str) -> None:
         root = self.frames.image_root
         if root is None or name in self._checked:
             return
-        folder = root / name
+        folder = validate.confined_path(root, name, self.annotation_path, where)
         if not folder.exists() and not folder.with_name(folder.name + ".json").exists() and "/" not in name:
             # A bare official id ("video7010") is also looked up in a conventional videos/ folder,
             # which is where the world (and most MSR-VTT copies) keep one folder of frames per video.
-            folder = root / "videos" / name
+            folder = validate.confined_path(root, f"videos/{name}", self.annotation_path, where)
         if folder.is_dir():
             self._check_folder(folder, name, where)
         else:
@@ -144,14 +148,16 @@ def write_videodatainfo(path: str | Path, doc: Record) -> None:
 def check_retrieval_record(record: Any, path: Path, where: str, videos: VideoChecker | validate.ImageChecker) -> None:
     validate.require_fields(record, {"video": str, "caption": (str, list)}, path, where)
     validate.require_text(record["video"], "video", path, where)
-    validate.require_texts(record["caption"], "caption", path, where)
+    validate.require_texts(record["caption"], "caption", path, where, validate.caption_cleaning)
     videos.check(record["video"], where)
+    if isinstance(record["caption"], list):  # an evaluation record: one per video, or the gallery merges them
+        videos.claim("video", record["video"], where)
 
 
 def check_qa_record(record: Any, path: Path, where: str, videos: VideoChecker | validate.ImageChecker) -> None:
     validate.require_fields(record, {"video_id": str, "question": str, "answer": str}, path, where)
     validate.require_text(record["video_id"], "video_id", path, where)
-    validate.require_text(record["question"], "question", path, where)
+    validate.require_text(record["question"], "question", path, where, validate.question_cleaning)
     validate.require_text(record["answer"], "answer", path, where)
     videos.check(record["video_id"], where)
 

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
+from grainvl.data.formats import validate
 from grainvl.data.formats.registry import FormatSpec, register
 from grainvl.errors import BadRecords, DataError
 from grainvl.utils import fileio
@@ -188,13 +189,20 @@ def _iter_members(shard: BinaryIO) -> Iterator[tuple[int, tarfile.TarInfo, bytes
 def _iter_runs(path: Path, shard: BinaryIO, bad: BadRecords) -> Iterator[tuple[int, str, list[tuple[str, bytes]]]]:
     """Group adjacent members by key: yield ``(sample_index, key, [(ext, data)])`` in shard order.
 
-    Directory entries are skipped (they hold no data); other non-file members and names without an
-    extension are reported. A corrupt tar ends the shard, reported with member and sample index; the
-    sample in progress at that point is dropped because it may be incomplete.
+    Directory entries are skipped (they hold no data); other non-file members, names without an
+    extension and names that would extract outside the shard's folder (absolute, ``..``) are reported.
+    A corrupt tar ends the shard, reported with member and sample index; the sample in progress at that
+    point is dropped because it may be incomplete.
     """
     sample_index, key, members = 0, None, []
+    extract_root = path.with_suffix("")  # where `tar -x` of this shard would put its members
     try:
         for member_index, member, data in _iter_members(shard):
+            try:
+                validate.confined_path(extract_root, member.name, path, f"member {member_index}", allow_outside=False)
+            except DataError as error:
+                bad.handle(error)
+                continue
             parts = split_name(member.name)
             if data is None or parts is None:
                 if not member.isdir():

@@ -45,14 +45,14 @@ Record = dict[str, Any]
 
 # ------------------------------------------------------------------------------------ field checks
 def check_caption_value(value: Any, name: str, path: Path, where: str) -> None:
-    """A caption: a string, a list of paraphrases, or ``{language: str | [str]}``."""
+    """A caption: a string, a list of paraphrases, or ``{language: str | [str]}``; none empty once cleaned."""
     if not isinstance(value, dict):
-        validate.require_texts(value, name, path, where)
+        validate.require_texts(value, name, path, where, validate.caption_cleaning)
         return
     if not value:
         raise DataError(path, where, f"empty {name} dict (no languages)")
     for lang, text in value.items():
-        validate.require_texts(text, f"{name}[{lang}]", path, where)
+        validate.require_texts(text, f"{name}[{lang}]", path, where, validate.caption_cleaning)
 
 
 def _image_size(record: Any, path: Path, where: str, images: validate.ImageChecker) -> tuple[int, int] | None:
@@ -114,7 +114,7 @@ def check_region(record: Any, path: Path, where: str, images: validate.ImageChec
 
 def _check_elem(elem: Any, path: Path, where: str, width: int | None, height: int | None) -> None:
     validate.require_fields(elem, {"caption": (str, list), "bb": list}, path, where)
-    validate.require_texts(elem["caption"], "caption", path, where)
+    validate.require_texts(elem["caption"], "caption", path, where, validate.caption_cleaning)
     attributes = elem.get("attributes", [])
     if not isinstance(attributes, (str, list)) or not all(isinstance(a, str) for a in _as_list(attributes)):
         raise DataError(path, where, f"attributes should be a string or a list of strings, got {attributes!r}")
@@ -130,7 +130,7 @@ def check_video(record: Any, path: Path, where: str, images: validate.ImageCheck
     frames = record["video_frames"]
     if not frames:
         raise DataError(path, where, "empty 'video_frames' list")
-    texts = validate.require_texts(record["text"], "text", path, where)
+    texts = validate.require_texts(record["text"], "text", path, where, validate.caption_cleaning)
     grouped = all(isinstance(f, list) for f in frames)  # [[frame, ...] per clip]
     clips = frames if grouped else [frames]
     if grouped and (not isinstance(record["text"], list) or len(texts) != len(clips)):
