@@ -463,3 +463,26 @@ def test_confined_path_follows_symlinks_and_allows_on_request(tmp_path: Path) ->
     with pytest.raises(DataError, match="symlink loop"):
         confined_path(root, "loop.jpg", "f.json", "index 0")
     assert confined_path(root, "images/link.jpg", "f.json", "index 0", allow_outside=True) == root / "images/link.jpg"
+
+
+# ------------------------------------------------------------------ fileio: whole-JSON and JSON-lines bytes
+def test_read_json_names_the_line_of_a_bad_byte_and_says_utf16(tmp_path: Path) -> None:
+    from grainvl.utils.fileio import iter_jsonl, read_json
+
+    path = tmp_path / "vqa_test.json"
+    path.write_bytes(b'[\n  {"question": "ok"},\n  {"question": "caf\xe9"}\n]\n')
+    with pytest.raises(DataError) as error:
+        read_json(path)
+    assert (error.value.record, error.value.reason) == (
+        "line 3",
+        "not UTF-8 text (invalid continuation byte at byte 43)",
+    )
+    path.write_bytes('[{"question": "ok"}]'.encode("utf-16"))
+    with pytest.raises(DataError, match="looks like UTF-16"):
+        read_json(path)
+    # JSON lines: one bad byte costs its line only when skipping.
+    lines = tmp_path / "captions.jsonl"
+    lines.write_bytes(b'{"a": 1}\n{"a": "\xe9"}\n{"a": 3}\n')
+    bad = BadRecords(skip_bad=True)
+    assert [obj["a"] for _, obj in iter_jsonl(lines, bad)] == [1, 3]
+    assert [e.record for e in bad.errors] == ["line 2"]

@@ -29,7 +29,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from grainvl.data.formats import validate
 from grainvl.data.formats.glue import read_tsv
 from grainvl.data.formats.squad import read_squad, squad_examples
 from grainvl.errors import BadRecords, DataError
@@ -84,8 +83,8 @@ def read_jsonl_corpus(path: str | Path, field: str = "text", bad: BadRecords | N
     """
     bad = bad or BadRecords()
     documents: list[str] = []
-    validate.check_utf8_start(Path(path))
-    for lineno, record in validate.iter_json_lines(Path(path), bad):
+    fileio.check_utf8_start(Path(path))
+    for lineno, record in fileio.iter_jsonl(Path(path), bad):
         where = f"line {lineno}"
         if not isinstance(record, dict):
             bad.handle(
@@ -112,7 +111,7 @@ def world_english(world: str | Path) -> list[str]:
     documents: list[str] = []
     captions = world / "annotations" / "pretrain" / "train" / "image_text.jsonl"
     if captions.is_file():
-        for lineno, record in validate.iter_json_lines(captions, BadRecords()):
+        for lineno, record in fileio.iter_jsonl(captions, BadRecords()):
             caption = record.get("caption") if isinstance(record, dict) else None
             texts = [caption] if isinstance(caption, str) else caption
             if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):

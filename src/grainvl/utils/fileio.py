@@ -303,15 +303,45 @@ def open_input(path: Path, mode: str = "r") -> IO[Any]:
         raise DataError(path, None, "file not found") from None
 
 
-def read_json(path: str | Path) -> Any:
-    """Load a whole JSON file; a missing file or a syntax error becomes a DataError."""
-    path = Path(path)
+UTF16_REASON = "not UTF-8 (looks like UTF-16: convert it, e.g. iconv -f UTF-16 -t UTF-8)"
+
+
+def looks_like_utf16(head: bytes) -> bool:
+    """A UTF-16/32 byte-order mark or a NUL byte in the first bytes of a text file: not UTF-8 text."""
+    return head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head[:4096]
+
+
+def check_utf8_start(path: Path) -> None:
+    """A file-level DataError when a text file is UTF-16 (or UTF-32): a BOM or NUL bytes in its first 4 KiB.
+
+    Decoding such a file line by line would report every line; one line saying what the file is helps more.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            head = f.read(4096)
     except FileNotFoundError:
         raise DataError(path, None, "file not found") from None
+    except OSError as e:
+        raise DataError(path, None, f"cannot read: {os_reason(e)}") from None
+    if looks_like_utf16(head):
+        raise DataError(path, None, UTF16_REASON)
+
+
+def read_json(path: str | Path) -> Any:
+    """Load a whole JSON file; a missing file, bytes that are not UTF-8 (with their line) or a syntax error
+    become a DataError."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(path, None, "file not found") from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(path, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+        if looks_like_utf16(data):
+            raise DataError(path, None, UTF16_REASON) from None
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(path, f"line {line}", f"not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -319,17 +349,20 @@ def read_json(path: str | Path) -> Any:
 
 
 def iter_jsonl(path: str | Path, bad: BadRecords | None = None) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, object)`` for each non-empty line (1-based line numbers)."""
+    """Yield ``(line_number, object)`` for each non-blank line (1-based line numbers).
+
+    Lines are decoded one by one (:func:`iter_text_lines`), so an undecodable or malformed line goes to ``bad``
+    (skipped with ``skip_bad``) without costing the rest of the file.
+    """
     path = Path(path)
     bad = bad or BadRecords()
-    with open_input(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                bad.handle(DataError(path, f"line {lineno}", f"malformed JSON line: {e.msg} (column {e.colno})"))
+    for lineno, line in iter_text_lines(path, bad):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            bad.handle(DataError(path, f"line {lineno}", f"malformed JSON line: {e.msg} (column {e.colno})"))
 
 
 def iter_text_lines(path: str | Path, bad: BadRecords | None = None) -> Iterator[tuple[int, str]]:

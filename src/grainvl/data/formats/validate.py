@@ -20,7 +20,6 @@ import binascii
 import errno
 import functools
 import io
-import json
 import math
 import os
 import stat
@@ -35,7 +34,7 @@ from PIL import Image, UnidentifiedImageError
 
 from grainvl.data.masking import pre_caption, pre_question
 from grainvl.errors import BadRecords, DataError, os_reason
-from grainvl.utils.fileio import iter_text_lines, read_json, write_json, write_jsonl
+from grainvl.utils.fileio import check_utf8_start, iter_jsonl, read_json, write_json, write_jsonl
 
 # ---------------------------------------------------------------------------------------------
 # Files: regular files only, record paths confined to their root, whole-run skip collectors
@@ -164,22 +163,6 @@ def records_handler(bad: BadRecords | None) -> BadRecords:
     if bad is not None:
         return bad
     return _SKIP_COLLECTOR.get() or BadRecords()
-
-
-def check_utf8_start(path: Path) -> None:
-    """A file-level DataError when a text file is UTF-16 (or UTF-32): a BOM or NUL bytes in its first 4 KiB.
-
-    Decoding such a file line by line would report every line; one line saying what the file is helps more.
-    """
-    try:
-        with path.open("rb") as f:
-            head = f.read(4096)
-    except FileNotFoundError:
-        raise DataError(path, None, "file not found") from None
-    except OSError as e:
-        raise DataError(path, None, f"cannot read: {_os_reason(e)}") from None
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
-        raise DataError(path, None, "not UTF-8 (looks like UTF-16: convert it, e.g. iconv -f UTF-16 -t UTF-8)")
 
 
 def require_list(obj: Any, path: str | Path) -> list[Any]:
@@ -331,20 +314,9 @@ def read_jsonl_records(path: str | Path, check: RecordCheck, bad: BadRecords | N
     bad = records_handler(bad)
     check_utf8_start(path)
     try:
-        return collect_valid(iter_json_lines(path, bad), "line", check, bad)
+        return collect_valid(iter_jsonl(path, bad), "line", check, bad)
     except OSError as e:  # a folder, a permission: one line, not a traceback
         raise DataError(path, None, f"cannot read: {_os_reason(e)}") from None
-
-
-def iter_json_lines(path: Path, bad: BadRecords) -> Iterator[tuple[int, Any]]:
-    """``(line_number, object)`` of each non-blank line; undecodable and malformed lines go to ``bad``."""
-    for lineno, text in iter_text_lines(path, bad):
-        if not text.strip():
-            continue
-        try:
-            yield lineno, json.loads(text)
-        except json.JSONDecodeError as e:
-            bad.handle(DataError(path, f"line {lineno}", f"malformed JSON line: {e.msg} (column {e.colno})"))
 
 
 def require_texts(value: Any, name: str, path: str | Path, where: str, clean: Cleaning | None = None) -> list[str]:
