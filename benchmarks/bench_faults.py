@@ -5,7 +5,8 @@ then the command that consumes it runs as a user would run it: a subprocess of `
 outcome lands in exactly one bucket:
 
 - ``one-line``: the expected outcome: exit status 2 and one ``error:`` line on stderr that names the file
-  (or, for a fault that must be survived, exit 0 and the one line that says what was done about it);
+  (``data check`` lists every bad record, one line each), or, for a fault that must be survived, exit 0 and
+  the one line that says what was done about it;
 - ``traceback``: a Python traceback reached the user;
 - ``silent``: exit 0 although the fault should have been reported (the worst: a wrong result);
 - ``unclear``: non-zero exit without a traceback, but the message does not name the file or is not one line;
@@ -104,6 +105,7 @@ def finetune(task: str, world: Path, work: Path, *extra: str) -> list[str]:
 IMAGE_TEXT = Path("annotations/pretrain/train/image_text.jsonl")
 REGION = Path("annotations/pretrain/train/region.jsonl")
 VQA_TEST = Path("annotations/vqa/vqa_test.json")
+GROUNDING_TEST = Path("annotations/refcoco+/refcoco+_test.json")
 
 
 # ---------------------------------------------------------------------------------------- data faults
@@ -125,8 +127,8 @@ def region_deleted(world: Path, work: Path) -> list[str]:
 
 
 def region_deleted_check(world: Path, work: Path) -> list[str]:
+    """With the manifest: it lists the stream. (Without one a folder without regions is a valid dataset.)"""
     (world / REGION).unlink()
-    drop_manifest(world)
     return check(world)
 
 
@@ -151,16 +153,22 @@ def vqa_duplicate_question_check(world: Path, work: Path) -> list[str]:
     return check(world)
 
 
-def image_size_mismatch(world: Path, work: Path) -> list[str]:
+def shrink_first_grounding_image(world: Path) -> str:
+    """Overwrite the image of the first grounding test record with a 100x80 one; returns its file name."""
     from PIL import Image
 
-    first = read_jsonl(world / IMAGE_TEXT)[0]["image"]
+    first = json.loads((world / GROUNDING_TEST).read_text())[0]["image"]
     Image.new("RGB", (100, 80), "white").save(world / first)
-    return pretrain(world, work)
+    return Path(first).name
+
+
+def image_size_mismatch(world: Path, work: Path) -> list[str]:
+    shrink_first_grounding_image(world)
+    return finetune("grounding", world, work)
 
 
 def image_size_mismatch_check(world: Path, work: Path) -> list[str]:
-    image_size_mismatch(world, work)
+    shrink_first_grounding_image(world)
     drop_manifest(world)
     return check(world)
 
@@ -198,7 +206,7 @@ def latin1_byte(world: Path, work: Path) -> list[str]:
 
 
 def latin1_byte_skip(world: Path, work: Path) -> list[str]:
-    return latin1_byte(world, work) + ["--skip-bad"]
+    return [*latin1_byte(world, work), "--skip-bad"]
 
 
 def utf16_file(world: Path, work: Path) -> list[str]:
@@ -288,8 +296,19 @@ def latest_checkpoint(run: Path) -> Path:
 
 
 def resume_args(world: Path, work: Path) -> list[str]:
-    return ["pretrain", "--data", str(world), "--out", str(work / "source_run"), "--steps", "3",
-            "--set", "train.ckpt_every=1", "--resume", str(work / "source_run")]  # fmt: skip
+    return [
+        "pretrain",
+        "--data",
+        str(world),
+        "--out",
+        str(work / "source_run"),
+        "--steps",
+        "3",
+        "--set",
+        "train.ckpt_every=1",
+        "--resume",
+        str(work / "source_run"),
+    ]
 
 
 def resume_truncated(world: Path, work: Path) -> list[str]:
@@ -322,21 +341,28 @@ FAULTS: list[Fault] = [
     Fault("pretrain: image_text.jsonl is a directory", "silent loss", stream_is_directory, "image_text.jsonl"),
     Fault("pretrain: image_text.jsonl is a self-symlink", "silent loss", stream_self_symlink, "image_text.jsonl"),
     Fault("pretrain: region.jsonl deleted", "silent loss", region_deleted, "region.jsonl"),
-    Fault("data check: region.jsonl deleted, no manifest", "silent loss", region_deleted_check, "region.jsonl"),
-    Fault("data check: image_text.jsonl is a directory, no manifest", "silent loss", stream_dir_check,
-          "image_text.jsonl"),  # fmt: skip
+    Fault(
+        "data check: region.jsonl deleted (listed in the manifest)", "silent loss", region_deleted_check, "region.jsonl"
+    ),
+    Fault(
+        "data check: image_text.jsonl is a directory, no manifest", "silent loss", stream_dir_check, "image_text.jsonl"
+    ),
     Fault("finetune vqa: duplicated question_id", "silent loss", vqa_duplicate_question, "vqa_test.json"),
-    Fault("data check: duplicated vqa question_id, no manifest", "silent loss", vqa_duplicate_question_check,
-          "vqa_test.json"),  # fmt: skip
-    Fault("pretrain: 100x80 image recorded as 224x224", "silent loss", image_size_mismatch, "00000000.jpg"),
-    Fault("data check: image size mismatch, no manifest", "silent loss", image_size_mismatch_check, "00000000.jpg"),
+    Fault(
+        "data check: duplicated vqa question_id, no manifest",
+        "silent loss",
+        vqa_duplicate_question_check,
+        "vqa_test.json",
+    ),
+    Fault("finetune grounding: 100x80 image recorded as 224x224", "silent loss", image_size_mismatch, "images/"),
+    Fault("data check: image size mismatch, no manifest", "silent loss", image_size_mismatch_check, "images/"),
     Fault("data check: NaN box, no manifest", "silent loss", nan_box, "region.jsonl"),
-    Fault("data check: caption cleans to empty, no manifest", "silent loss", caption_cleans_to_empty,
-          "image_text.jsonl"),  # fmt: skip
+    Fault(
+        "data check: caption cleans to empty, no manifest", "silent loss", caption_cleans_to_empty, "image_text.jsonl"
+    ),
     Fault("data check: empty caption list, no manifest", "silent loss", empty_caption_list, "image_text.jsonl"),
     Fault("pretrain: latin-1 byte", "one line", latin1_byte, "image_text.jsonl"),
-    Fault("pretrain --skip-bad: latin-1 byte skips one line", "one line", latin1_byte_skip, "skipped 1",
-          survive=True),  # fmt: skip
+    Fault("pretrain --skip-bad: latin-1 byte skips one line", "one line", latin1_byte_skip, "skipped 1", survive=True),
     Fault("data check: UTF-16 file, no manifest", "one line", utf16_file, "image_text.jsonl"),
     Fault("data check: unreadable file", "one line", unreadable_file, "image_text.jsonl", needs_non_root=True),
     Fault("pretrain: absolute image path", "confinement", absolute_image_path, "image_text.jsonl"),
@@ -346,24 +372,53 @@ FAULTS: list[Fault] = [
     Fault("pretrain: metrics.jsonl is a directory", "one line", metrics_is_directory, "metrics.jsonl"),
     Fault("pretrain: results.jsonl is a directory", "one line", results_is_directory, "results.jsonl"),
     Fault("pretrain: run folder locked by a live process", "one line", run_locked, ".lock"),
-    Fault("convert: --output is a non-empty folder", "destroy", convert_into_precious, "precious",
-          check=precious_intact, extra={"source_run": True}),  # fmt: skip
-    Fault("finetune: truncated model.safetensors", "one line", truncated_model, "model.safetensors",
-          extra={"source_run": True}),  # fmt: skip
-    Fault("resume: truncated latest model.safetensors", "resume", resume_truncated, "damaged", survive=True,
-          extra={"source_run": True}),  # fmt: skip
-    Fault("resume: latest checkpoint folder deleted", "resume", resume_deleted_latest, "step_", survive=True,
-          extra={"source_run": True}),  # fmt: skip
-    Fault("resume: 1000 bytes overwritten in the latest checkpoint", "resume", resume_overwritten, "damaged",
-          survive=True, extra={"source_run": True}),  # fmt: skip
-    Fault("resume: every checkpoint damaged", "resume", resume_all_damaged, "checkpoint",
-          extra={"source_run": True}),  # fmt: skip
+    Fault(
+        "convert: --output is a non-empty folder",
+        "destroy",
+        convert_into_precious,
+        "precious",
+        check=precious_intact,
+        extra={"source_run": True},
+    ),
+    Fault(
+        "finetune: truncated model.safetensors",
+        "one line",
+        truncated_model,
+        "model.safetensors",
+        extra={"source_run": True},
+    ),
+    Fault(
+        "resume: truncated latest model.safetensors",
+        "resume",
+        resume_truncated,
+        "damaged",
+        survive=True,
+        extra={"source_run": True},
+    ),
+    Fault(
+        "resume: latest checkpoint folder deleted",
+        "resume",
+        resume_deleted_latest,
+        "step_",
+        survive=True,
+        extra={"source_run": True},
+    ),
+    Fault(
+        "resume: 1000 bytes overwritten in the latest checkpoint",
+        "resume",
+        resume_overwritten,
+        "damaged",
+        survive=True,
+        extra={"source_run": True},
+    ),
+    Fault("resume: every checkpoint damaged", "resume", resume_all_damaged, "checkpoint", extra={"source_run": True}),
 ]
 
 
 # ------------------------------------------------------------------------------------------- classify
-def classify(fault: Fault, outcome: Outcome) -> tuple[str, str]:
-    """(bucket, detail) of one run; see the module docstring for the buckets."""
+def classify(fault: Fault, outcome: Outcome, args: list[str]) -> tuple[str, str]:
+    """(bucket, detail) of one run; see the module docstring for the buckets. ``data check`` lists every bad
+    record (one line each), so it may print several error lines; any other command stops at the first."""
     err_lines = [line for line in outcome.stderr.splitlines() if line.strip()]
     if "Traceback (most recent call last)" in outcome.stderr:
         return "traceback", err_lines[-1] if err_lines else ""
@@ -375,8 +430,9 @@ def classify(fault: Fault, outcome: Outcome) -> tuple[str, str]:
     if outcome.rc == 0:
         return "silent", "exit 0"
     errors = [line for line in err_lines if line.startswith("error:")]
-    if len(errors) == 1 and fault.names in errors[0]:
-        return "one-line", errors[0]
+    lists_all = args[:2] == ["data", "check"]
+    if (len(errors) == 1 or (lists_all and errors)) and any(fault.names in line for line in errors):
+        return "one-line", next(line for line in errors if fault.names in line)
     return "unclear", " | ".join(errors or err_lines[-2:])
 
 
@@ -400,8 +456,8 @@ def run_fault(fault: Fault, base: Path, world: Path) -> tuple[str, str, float]:
         shutil.copytree(source_run(base, world), work / "source_run", symlinks=True)
     start = time.perf_counter()
     try:
-        outcome = grainvl(fault.apply(copy, work), cwd=work)
-        bucket, detail = classify(fault, outcome)
+        args = fault.apply(copy, work)
+        bucket, detail = classify(fault, grainvl(args, cwd=work), args)
         if bucket == "one-line" and fault.check and (reason := fault.check(copy, work)):
             bucket, detail = "unclear", reason
     finally:
