@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from grainvl.commands import add_config_args, comma_list, config_from_args, shortcut
+from grainvl.utils.fileio import require_writable_dir, require_writable_file
 
 METHODS = ("prompt", "prefix", "lora", "bitfit")
 VARIANTS = ("raw", "delta", "centered")
@@ -158,7 +159,7 @@ def _tune(args: argparse.Namespace) -> int:
     )
     backbone, tokenizer = load_hf_backbone(_model(run), run.layers)
     folder = Path(run.out) / "pet" / run.method
-    folder.mkdir(parents=True, exist_ok=True)
+    require_writable_dir(folder)  # before tuning: a bad --out is one line now, not after the work
     meta = {"model": _model(run), "layers": run.layers, "config": {k: v for k, v in vars(cfg).items()}, "tasks": {}}
     for task in tasks:
         result = tune_task(backbone, tokenizer, task.path, cfg)
@@ -306,6 +307,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         seed=run.seed,
     )
     out = Path(run.out)
+    # Before the (minutes of) fine-tuning: an --out that cannot be written is one line now, not after the work.
+    require_writable_dir(out)
+    for name in ("results.json", "results.txt"):
+        require_writable_file(out / name)
     report = run_evaluate(tasks, cfg, Path(run.cache) if run.cache else out / "cache")
     table = format_table(report, run.k)
     print(table)
