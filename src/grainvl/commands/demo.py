@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "format), check it, draw a contact sheet, pre-train xvlm-small and print zero-shot retrieval and grounding "
         "next to chance, compress it (distill -> prune -> shrink), then benchmark three models on the five VLUE "
         "tasks (fine-tune, ID and OOD evaluation, latency, FLOPs, energy): OUT/report.md, OUT/results.jsonl, "
-        "OUT/pareto.png. Settings: DemoConfig (configs/demo.yaml, the default --config) and "
+        "OUT/pareto.png; at the end each stage's wall time and disk (OUT/demo.json). Settings: DemoConfig "
+        "(configs/demo.yaml, the default --config) and "
         "configs/pretrain/demo_small.yaml.",
     )
     add_config_args(p, "grainvl.recipes.demo:DemoConfig")

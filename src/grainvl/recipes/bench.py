@@ -4,13 +4,17 @@ For each model (one ``python -m grainvl.recipes.bench SPEC`` worker at a time, s
 share the machine) and each task:
 
 1. fine-tune it with :func:`grainvl.recipes.finetune.finetune` (``finetune_steps`` steps), or reuse an
-   already fine-tuned run folder given for that (model, task);
+   already fine-tuned run folder given for that (model, task). The task run keeps what evaluation reads
+   (``model/``, the head, ``task.json``) and no checkpoint: no optimizer state, nothing to resume (a run
+   to continue is a ``grainvl finetune`` run);
 2. reload the run with :func:`~grainvl.recipes.finetune.load_finetuned` and evaluate the ID (``test``) and
    OOD (``test_ood``) splits, each under an :class:`~grainvl.bench.energy.EnergyTracker`, writing the
    predictions in the official format under the run folder;
 3. measure inference cost on the task's own ``latency_call`` (:func:`~grainvl.bench.efficiency.measure_efficiency`);
 4. append one row per (split, metric) in the long schema, plus ``<metric>_diff = OOD - ID`` rows
-   (``split: "ood"``), to ``out/results.jsonl``.
+   (``split: "ood"``), to ``out/results.jsonl``;
+5. with ``keep_weights=False``, delete the fine-tuned weights it made (``model/``, the head, ``task.json``):
+   the run folder keeps its config, summary, metrics and predictions.
 
 A Python exception inside a task (including CUDA out-of-memory) fails that (model, task) only, with
 the exception as the reason; a hard crash of the worker (killed by the kernel's OOM killer, a
@@ -29,6 +33,7 @@ import gc
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,8 +62,8 @@ from grainvl.compress.loyalty_bench import (
 from grainvl.compress.quantize import count_quantized_linears
 from grainvl.config import from_dict, with_values
 from grainvl.models.factory import default_label, resolve_model
-from grainvl.recipes.finetune import FinetuneConfig, finetune, load_finetuned
-from grainvl.tasks.base import TASK_FILE
+from grainvl.recipes.finetune import MODEL_DIR, FinetuneConfig, finetune, load_finetuned
+from grainvl.tasks.base import HEAD_FILE, TASK_FILE
 from grainvl.tasks.registry import get_task, list_tasks
 from grainvl.utils.fileio import atomic_write_text, to_plain
 
@@ -91,6 +96,9 @@ class BenchOptions:
     backend: str = DEFAULT_BACKEND
     dataset: str | None = None  # results' ``dataset`` column; default: the world folder's name
     reuse: bool = False  # reuse out/runs/<model>/<task> when it already holds a fine-tuned run
+    # False: once a (model, task) it fine-tuned is measured, delete its weights (model/, head, task.json), ~0.1-0.3 GB
+    # per run for xvlm-small; nothing of the benchmark reads them again. Given or reused runs are never touched.
+    keep_weights: bool = True
     teacher: str | None = (
         None  # a benchmarked model's label: loyalty to it + robustness columns (compress/loyalty_bench.py)
     )
@@ -200,6 +208,8 @@ class FinetuneBackend:
 
     def finetune(self, model: ModelEntry, task: str, world: Path, out: Path, options: BenchOptions) -> dict[str, Any]:
         # finetune() would evaluate ID and OOD itself; the benchmark does it once, under its own trackers.
+        # No checkpoint (optimizer state is twice the model, and a benchmark task run is never resumed):
+        # the run keeps model/ + head + task.json, which is all evaluation and latency read back.
         cfg = options.finetune_config(task)
         run: dict[str, Any] = {
             "task": task,
@@ -208,6 +218,8 @@ class FinetuneBackend:
             "label": model.label,
             "eval_splits": (),
             "train.run_dir": str(out),
+            "train.ckpt_every": 0,
+            "train.save_final": False,
             "train.seed": options.seed,
             "train.country_iso_code": options.country,
             "train.track_energy": options.use_codecarbon and cfg.train.track_energy,
@@ -417,7 +429,20 @@ def bench_task(
     if options.teacher is not None and hasattr(backend, "text_side"):
         with _phase(label, "loyalty probabilities and attack"):
             rows += _loyalty_and_attack(backend, (task, module, tokenizer), model, task_name, world, out, options, base)
+    if not (done or options.keep_weights):
+        drop_weights(run_dir)
     return rows
+
+
+def drop_weights(run_dir: Path) -> None:
+    """Delete a fine-tuned run's weights (``model/``, the head) and ``task.json``, which would announce them.
+
+    Without ``task.json`` the folder is no longer a fine-tuned run, so ``--reuse`` fine-tunes it again
+    instead of failing on the missing weights; config, summary, metrics and predictions stay.
+    """
+    shutil.rmtree(run_dir / MODEL_DIR, ignore_errors=True)
+    for name in (HEAD_FILE, TASK_FILE):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def _loyalty_and_attack(

@@ -14,11 +14,18 @@ Steps:
 Every step is an ordinary command (``grainvl world``, ``data check``, ``pretrain``, ``compress``,
 ``bench``); the demo only chooses CPU-sized settings. The budget choices are documented in
 ``configs/demo.yaml`` and README.
+
+Disk: the pre-training run keeps its last checkpoint only (``keep_ckpts: 1``), the benchmark's task runs
+keep no checkpoint and, in the demo, drop their fine-tuned weights once measured (``bench.keep_weights``).
+The demo ends with each stage's wall time and the disk its files take under ``OUT`` (``du``-style: allocated
+blocks, hard links once), printed and written to ``OUT/demo.json``.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +40,15 @@ from grainvl.recipes.compress import format_report as format_compress
 from grainvl.recipes.finetune import FinetuneConfig
 from grainvl.recipes.pretrain import PretrainConfig, run_pretrain
 from grainvl.recipes.pretrain import format_report as format_pretrain
+from grainvl.utils.fileio import write_json
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"  # the checkout root: src/grainvl/recipes/demo.py
 DEMO_PRETRAIN = CONFIG_DIR / "pretrain" / "demo_small.yaml"
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
+SUMMARY_FILE = "demo.json"
+# What each stage writes under OUT; the benchmark writes the rest (runs/, logs/, report, results, plots).
+STAGE_PATHS = {"world": ("world", "contact_sheet.png"), "pre-training": ("pretrain",), "compression": ("compress",)}
+BENCH_STAGE = "benchmark"
 
 
 @dataclass
@@ -58,6 +70,7 @@ class DemoBench:
     throughput_repeats: int = 2
     budget_s: float = 5.0
     baseline: str = "xvlm-tiny"  # a third, much smaller model trained only by fine-tuning
+    keep_weights: bool = False  # keep each task run's fine-tuned model/ + head (about 1.3 GB in all)
     loyalty_examples: int = 64  # ID examples per task on which the others are compared with xvlm-small
     attack_examples: int = 8  # of those, attacked on the text side (TextFooler-style)
 
@@ -82,13 +95,34 @@ class DemoConfig:
 def run_demo(demo: DemoConfig | None = None) -> int:
     """The whole pipeline; ``demo`` defaults to ``configs/demo.yaml``. Returns the exit status."""
     demo = demo if demo is not None else load_demo_config()
-    start = time.perf_counter()
-    out, seed, images, videos, resolution = Path(demo.out), demo.seed, demo.images, demo.videos, demo.resolution
-    pretrain, bench = not demo.skip_pretrain, not (demo.skip_pretrain or demo.skip_bench)
+    out, seed = Path(demo.out), demo.seed
     world = out / "world"
+    pretrain, bench = not demo.skip_pretrain, not (demo.skip_pretrain or demo.skip_bench)
     total = 3 + int(pretrain) + 2 * int(bench)
-    cfg = WorldConfig(images=images, videos=videos, seed=seed, resolution=resolution)
-    print(f"[1/{total}] generating a world of {images} images and {videos} videos at {resolution} px (seed {seed})")
+    clock = StageClock()
+    if not clock.run("world", lambda: _world(demo, total)):
+        return 2
+    status = 0
+    if pretrain:
+        model = clock.run("pre-training", lambda: _pretrain(out, world, seed, demo.steps, total))
+        if bench:
+            student = clock.run("compression", lambda: _compress(out, world, model, demo.compress, seed, total))
+            status = clock.run(BENCH_STAGE, lambda: _bench(out, world, model, student, demo.bench, seed, total))
+    summary = clock.finish(out)
+    print(format_stages(summary, out))
+    report = f"; report: {out / 'report.md'}" if bench else ""
+    print(f"demo finished in {summary['total']['seconds'] / 60:.1f} min{report}")
+    return status
+
+
+def _world(demo: DemoConfig, total: int) -> bool:
+    """Steps 1-3: generate, check, contact sheet. False when the check found an error."""
+    out, images, videos, resolution = Path(demo.out), demo.images, demo.videos, demo.resolution
+    world = out / "world"
+    cfg = WorldConfig(images=images, videos=videos, seed=demo.seed, resolution=resolution)
+    print(
+        f"[1/{total}] generating a world of {images} images and {videos} videos at {resolution} px (seed {demo.seed})"
+    )
     t0 = time.perf_counter()
     summary = generate_world(cfg, world, workers=demo.workers, progress=progress_printer(True))
     print(f"      {summary.files} files in {time.perf_counter() - t0:.1f} s -> {world}")
@@ -97,22 +131,78 @@ def run_demo(demo: DemoConfig | None = None) -> int:
     report = check_path(world)
     print(format_report(report, by_format=True))
     if not report.ok:
-        return 2
+        return False
     sheet = make_contact_sheet(world, out / "contact_sheet.png")
     print(f"[3/{total}] contact sheet: {sheet}")
     print(
         "      test_ood holds out colour-shape pairs, adds an unseen background and more crowded scenes "
         f"({world / 'manifest.json'})"
     )
-    if not pretrain:
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- time and disk
+class StageClock:
+    """Wall time of each demo stage, then the disk each one's files take (:func:`stage_disk`)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def run(self, stage: str, body: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return body()
+        finally:
+            self.seconds[stage] = time.perf_counter() - t0
+
+    def finish(self, out: Path) -> dict[str, Any]:
+        """``{"stages": {stage: {seconds, disk_bytes}}, "total": {...}}``, also written to ``OUT/demo.json``."""
+        total_s = time.perf_counter() - self.start
+        disk = stage_disk(out, list(self.seconds))
+        summary = {
+            "stages": {s: {"seconds": round(t, 3), "disk_bytes": disk[s]} for s, t in self.seconds.items()},
+            "total": {"seconds": round(total_s, 3), "disk_bytes": disk_bytes(out)},
+        }
+        write_json(out / SUMMARY_FILE, summary)
+        return summary
+
+
+def disk_bytes(path: Path) -> int:
+    """What ``du -s --block-size=1 PATH`` reports: allocated blocks of every file and folder, hard links once.
+
+    Allocated, not apparent, size: that is what fills a disk (a sparse or tiny file counts its blocks).
+    """
+    if not path.exists():
         return 0
-    model_dir = _pretrain(out, world, seed, demo.steps, total)
-    if not bench:
-        return 0
-    student_dir = _compress(out, world, model_dir, demo.compress, seed, total)
-    status = _bench(out, world, model_dir, student_dir, demo.bench, seed, total)
-    print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min; report: {out / 'report.md'}")
-    return status
+    entries = [path]
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):  # symlinks are not followed (lstat below counts the link)
+            entries += [Path(root) / name for name in (*dirs, *files)]
+    seen: set[tuple[int, int]] = set()
+    used = 0
+    for entry in entries:
+        info = entry.lstat()
+        if (info.st_dev, info.st_ino) not in seen:
+            seen.add((info.st_dev, info.st_ino))
+            used += info.st_blocks * 512  # st_blocks counts 512-byte units on every POSIX system
+    return used
+
+
+def stage_disk(out: Path, stages: list[str]) -> dict[str, int]:
+    """Disk per stage: the paths in ``STAGE_PATHS``; the benchmark gets the rest of ``OUT`` (it writes at its top)."""
+    disk = {s: sum(disk_bytes(out / p) for p in STAGE_PATHS[s]) for s in stages if s in STAGE_PATHS}
+    if BENCH_STAGE in stages:
+        disk[BENCH_STAGE] = disk_bytes(out) - sum(disk.values()) - disk_bytes(out / SUMMARY_FILE)
+    return disk
+
+
+def format_stages(summary: dict[str, Any], out: Path) -> str:
+    """The end-of-demo table: minutes and MB (10^6 bytes) per stage, then the total."""
+    rows = [*summary["stages"].items(), ("total", summary["total"])]
+    lines = [f"demo stages (time, disk under {out}):", f"  {'stage':<14} {'min':>6} {'MB':>9}"]
+    lines += [f"  {name:<14} {v['seconds'] / 60:>6.1f} {v['disk_bytes'] / 1e6:>9.1f}" for name, v in rows]
+    return "\n".join(lines)
 
 
 def load_demo_config() -> DemoConfig:
@@ -175,6 +265,7 @@ def _bench(out: Path, world: Path, model: Path, student: Path, cfg: DemoBench, s
         teacher="xvlm-small",  # loyalty and robustness of the student (and the tiny model) against it
         loyalty_examples=cfg.loyalty_examples,
         attack_examples=cfg.attack_examples,
+        keep_weights=cfg.keep_weights,
     )
     rows = run_bench(models, cfg.tasks, world, out, options, echo=None)
     failed = [r for r in rows if r.get("status") == "failed"]
