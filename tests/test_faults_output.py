@@ -412,3 +412,24 @@ def test_written_files_and_folders_follow_the_umask(model_dir: Path, tmp_path: P
     temp_dir = fileio.make_temp_dir_beside(tmp_path / "checkpoint")
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == fileio.FILE_MODE
     assert temp_dir.stat().st_mode & 0o777 == fileio.DIR_MODE and temp_dir.parent == tmp_path
+
+
+# ------------------------------------------------------------------------------------ compress and bench outputs
+def test_compress_and_bench_check_their_outputs_before_any_work(
+    world: Path, precious: Path, tmp_path: Path, capsys
+) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    compress = ["compress", "--teacher", "xvlm-tiny", "--recipe", "distill", "--world", str(world), "--quiet"]
+    assert main([*compress, "--out", str(blocker)]) == 2
+    assert one_error_line(capsys) == f"error: {blocker}: is a file, not a folder"
+    before = listing(precious)
+    assert main([*compress, "--out", str(precious)]) == 2  # a foreign non-empty folder: refused, untouched
+    assert one_error_line(capsys).startswith(f"error: {precious}: folder is not empty and is not a grainvl run")
+    assert listing(precious) == before
+    out = tmp_path / "bench"
+    (out / "results.jsonl").mkdir(parents=True)
+    bench = ["bench", "--models", "xvlm-tiny", "--tasks", "retrieval", "--world", str(world), "--out", str(out)]
+    assert main(bench) == 2
+    assert one_error_line(capsys) == f"error: {out / 'results.jsonl'}: is a folder, not a file"
+    assert [p.name for p in out.iterdir()] == ["results.jsonl"]  # nothing fine-tuned, nothing written

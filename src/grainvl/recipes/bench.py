@@ -65,7 +65,7 @@ from grainvl.models.factory import default_label, resolve_model
 from grainvl.recipes.finetune import MODEL_DIR, FinetuneConfig, finetune, load_finetuned
 from grainvl.tasks.base import HEAD_FILE, TASK_FILE
 from grainvl.tasks.registry import get_task, list_tasks
-from grainvl.utils.fileio import atomic_write_text, to_plain
+from grainvl.utils.fileio import atomic_write_text, require_writable_dir, require_writable_file, to_plain
 
 SPLITS = {"id": "test", "ood": "test_ood"}
 DEFAULT_BACKEND = "grainvl.recipes.bench:FinetuneBackend"
@@ -615,8 +615,12 @@ def run_bench(
     if options.teacher is not None and options.teacher not in {m.label for m in entries}:
         labels = ", ".join(m.label for m in entries)
         raise ValueError(f"--teacher {options.teacher!r} is not one of the benchmarked models ({labels})")
-    out.mkdir(parents=True, exist_ok=True)
+    # Before any fine-tuning: the report files must be writable (one line naming the path otherwise). The folder
+    # may hold other things (the demo benchmarks into its own root, beside the world and the pre-training run).
+    require_writable_dir(out)
     results = out / "results.jsonl"
+    for path in (results, out / "report.md"):
+        require_writable_file(path)
     kept = _kept_rows(results, entries, tasks) if resume else []
 
     atomic_write_text(results, "".join(json.dumps(ordered_record(r), ensure_ascii=False) + "\n" for r in kept))

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -61,14 +60,14 @@ from grainvl.data.pretrain import build_pretrain_loaders
 from grainvl.models.factory import ResolvedModel, get_tokenizer, load_model, resolve_model
 from grainvl.models.xvlm import XVLM
 from grainvl.recipes.pretrain import PretrainData, data_config, evaluate, zeroshot_tasks
-from grainvl.recipes.scaffold import cost_columns, format_energy, metric_rows
+from grainvl.recipes.scaffold import cost_columns, format_energy, metric_rows, prepare_run_dir
 from grainvl.tasks.base import split_tag
 from grainvl.tasks.distill import DistillTask, LayerMap, PruneTask, default_layer_map, init_student_from_teacher
 from grainvl.tasks.pretrain import PretrainTask
 from grainvl.train.loop import TrainConfig, train
 from grainvl.train.optim import OptimConfig, lr_multiplier, param_groups, resolve_warmup
 from grainvl.utils.distributed import detect_env
-from grainvl.utils.fileio import save_model_safetensors
+from grainvl.utils.fileio import load_model_safetensors, save_model_safetensors
 
 STAGES = ("distill", "prune", "shrink", "theseus", "quantize")
 MASKS_FILE = "masks.safetensors"
@@ -179,7 +178,7 @@ def read_masks(source: ResolvedModel) -> dict[str, torch.Tensor] | None:
     if not (folder / MASKS_FILE).is_file():
         return None
 
-    return load_file(folder / MASKS_FILE)
+    return load_model_safetensors(folder / MASKS_FILE)  # a truncated file: one line naming it
 
 
 # ----------------------------------------------------------------------------------------- training
@@ -407,7 +406,7 @@ def run_compress(cfg: CompressConfig) -> dict[str, Any]:
     """Run the recipe; returns the report (also written to ``OUT/compress.json``)."""
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(out)  # before the teacher loads: a bad --out is one line, a foreign non-empty folder refused
     torch.manual_seed(cfg.seed)
     source = resolve_model(cfg.teacher)  # a preset, architecture file, model folder or run folder
     teacher = load_model(source).eval()
