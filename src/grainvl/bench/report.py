@@ -9,7 +9,10 @@
 * ``report.md``: the per-model leaderboard (averages over tasks), the per-task table, failed runs
   with their reason, the Pareto frontiers, the hardware/software tags and how energy was obtained;
 * ``pareto.png`` (score vs. latency per task and on the average, frontier drawn) and
-  ``id_vs_ood.png`` (OOD against ID score per task, with the no-gap diagonal).
+  ``id_vs_ood.png`` (OOD against ID score per task, with the no-gap diagonal);
+* when rows carry ``lang`` (cross-lingual tasks, ``tasks.iglue``): a per-language table in report.md (each
+  language, then IGLUE's average without English) and ``languages.png``, a language × task heat map of each
+  task's primary metric per model. The task score of such a task is its row without ``lang``.
 
 Rows of one (model, task) share their efficiency columns; ``energy_kWh``/``co2_g`` of a row are the
 energy of evaluating that split, so the tables add the ID and OOD rows. A row with
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from grainvl.bench.pareto import Point, average_points, frontier, pareto_optimal
-from grainvl.bench.results import RESULT_FIELDS
+from grainvl.bench.results import RESULT_FIELDS, metric_language
 from grainvl.errors import DataError
 from grainvl.metrics.captioning import percent_points
 from grainvl.utils.fileio import atomic_write_bytes, atomic_write_text
@@ -130,7 +133,10 @@ def _extra_keys(rows: Iterable[dict[str, Any]]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- the wide table
 def _value(rows: Sequence[dict[str, Any]], metric: str, split: str) -> float | None:
+    """The task score: rows with a ``lang`` (one test language of a cross-lingual task) are not it."""
     for row in rows:
+        if row.get("lang"):
+            continue
         if row.get("metric") == metric and row.get("split") == split and row.get("value") is not None:
             return float(row["value"])
     return None
@@ -389,9 +395,111 @@ def markdown_report(rows: Sequence[dict[str, Any]], figures: Sequence[str] = ())
     parts.append(f"- seeds: {', '.join(_tags(rows, 'seed')) or 'not recorded'}")
     parts.append("- energy method(s):")
     parts += [f"  - {method}" for method in _tags(rows, "energy_method")] or ["  - not recorded"]
+    parts += _language_section(rows)
     if figures:
         parts += ["", "## Figures", ""] + [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
     return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- languages
+ENGLISH = "en"
+AVERAGE = "avg (no en)"
+LANGUAGE_METRICS = ("acc", "r_mean", "txt_r1", "img_r1")
+"""Metrics shown per language in the report: accuracy (XVNLI, xGQA, MaRVL), mean recall and TR / IR R@1 (retrieval)."""
+
+
+def _language_order(langs: Iterable[str]) -> list[str]:
+    return sorted(set(langs), key=lambda lang: (lang != ENGLISH, lang))
+
+
+def cross_lingual_mean(values: dict[str, float]) -> float | None:
+    """IGLUE's average: the mean over the non-English languages (English alone: its own score)."""
+    kept = [v for lang, v in values.items() if lang != ENGLISH] or list(values.values())
+    return sum(kept) / len(kept) if kept else None
+
+
+def language_table(metrics: dict[str, float], indent: str = "") -> str:
+    """Plain-text table of ``metric@lang`` values: one line per metric, one column per language, then the
+    non-English average (the finetune report)."""
+    grid: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        metric, lang = metric_language(key)
+        if lang is not None:
+            grid.setdefault(metric, {})[lang] = value
+    langs = _language_order(lang for values in grid.values() for lang in values)
+    width = max([6, *(len(m) for m in grid)])
+    lines = [indent + f"{'metric':<{width}} " + " ".join(f"{lang:>7}" for lang in langs) + f" {AVERAGE:>12}"]
+    for metric, values in grid.items():
+        cells = " ".join(f"{values[lang]:7.2f}" if lang in values else f"{'':>7}" for lang in langs)
+        average = cross_lingual_mean(values)
+        lines.append(indent + f"{metric:<{width}} {cells} " + (f"{average:12.2f}" if average is not None else ""))
+    return "\n".join(lines)
+
+
+def language_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One dict per (model, task, metric) of the rows that carry ``lang``: ``{lang: value}`` plus ``avg``.
+
+    Only the task's primary metric and :data:`LANGUAGE_METRICS`, on the ID split; rows without ``lang`` are
+    ignored (they are task scores)."""
+    primary = primary_metrics([r for r in rows if not r.get("lang")] or rows)
+    grid: dict[tuple[str, str, str], dict[str, float]] = {}
+    for row in rows:
+        lang, metric = row.get("lang"), row.get("metric")
+        if not lang or _failed(row) or row.get("value") is None or row.get("split") not in (None, "id"):
+            continue
+        if metric == primary.get(row["task"]) or metric in LANGUAGE_METRICS:
+            grid.setdefault((row["model"], row["task"], str(metric)), {})[str(lang)] = float(row["value"])
+    return [
+        {"model": m, "task": t, "metric": metric, **values, "avg": cross_lingual_mean(values)}
+        for (m, t, metric), values in grid.items()
+    ]
+
+
+def languages_of(table: Sequence[dict[str, Any]]) -> list[str]:
+    fixed = {"model", "task", "metric", "avg"}
+    return _language_order(k for row in table for k in row if k not in fixed)
+
+
+def plot_language_heatmap(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Language × task heat map of each task's primary metric, one panel per model (percent, annotated)."""
+    table = language_rows(rows)
+    primary = primary_metrics([r for r in rows if not r.get("lang")] or rows)
+    table = [e for e in table if e["metric"] == primary.get(e["task"])]
+    langs, models = languages_of(table), list(dict.fromkeys(e["model"] for e in table))
+    tasks = list(dict.fromkeys(e["task"] for e in table))
+    fig, axes = _plot_grid(max(1, len(models)))
+    for ax, model in zip(axes, models):
+        cells = {e["task"]: e for e in table if e["model"] == model}
+        grid = [[cells.get(t, {}).get(lang, math.nan) for t in tasks] for lang in langs]  # (languages, tasks)
+        image = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0, vmax=100)
+        for i, row in enumerate(grid):
+            for j, value in enumerate(row):
+                if math.isfinite(value):
+                    ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white")
+        ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(langs)), langs, fontsize=8)
+        ax.set_title(model, fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    path = Path(path)
+    _save_figure(fig, path)
+    return path
+
+
+def _language_section(rows: Sequence[dict[str, Any]]) -> list[str]:
+    table = language_rows(rows)
+    if not table:
+        return []
+    langs = languages_of(table)
+    return [
+        "",
+        "## Per language (cross-lingual tasks)",
+        "",
+        "Each test language's score after fine-tuning on English (zero-shot transfer unless the model's label "
+        "says few-shot or translate-test); the last column is IGLUE's average, which excludes English. Retrieval: "
+        "r_mean = mean of TR and IR R@1/5/10, txt_r1 / img_r1 = TR / IR R@1.",
+        "",
+        markdown_table(["model", "task", "metric", *langs, AVERAGE], table, ["model", "task", "metric", *langs, "avg"]),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- plots
@@ -513,5 +621,8 @@ def write_report(results: str | Path, out_dir: str | Path | None = None) -> dict
     wide_columns = [k for k, _ in TASK_COLUMNS] + present_side_metrics(rows) + ["error"] + _extra_keys(rows)
     atomic_write_text(paths["leaderboard_csv"], csv_text(table, wide_columns))
     figures = [str(paths["pareto_png"]), str(paths["id_vs_ood_png"])]
+    if language_rows(rows):  # cross-lingual tasks: the language x task heat map
+        paths["languages_png"] = plot_language_heatmap(rows, out / "languages.png")
+        figures.append(str(paths["languages_png"]))
     atomic_write_text(paths["report_md"], markdown_report(rows, figures))
     return paths

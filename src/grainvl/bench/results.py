@@ -26,7 +26,27 @@ RESULT_FIELDS = (
     "torch",
     "commit",
     "seed",
+    "lang",
 )
+"""``lang`` is optional: set on rows of one test language (IGLUE-style tasks, per-language zero-shot retrieval);
+a row without it is the task's score (for IGLUE-style tasks the mean over the non-English languages)."""
+LANGUAGE_SEPARATOR = "@"
+
+
+def metric_language(name: str) -> tuple[str, str | None]:
+    """``"acc@de"`` → ``("acc", "de")``; a plain metric name → ``(name, None)``.
+
+    Per-language tasks return their metrics keyed ``metric@lang`` (``tasks.iglue``); rows carry the two
+    parts as ``metric`` and ``lang``.
+    """
+    metric, sep, lang = name.rpartition(LANGUAGE_SEPARATOR)
+    return (metric, lang) if sep and metric and lang else (name, None)
+
+
+def with_language(row: dict[str, Any]) -> dict[str, Any]:
+    """A results row whose ``metric`` is ``metric@lang`` split into ``metric`` and ``lang`` (others unchanged)."""
+    metric, lang = metric_language(str(row.get("metric", "")))
+    return {**row, "metric": metric, "lang": lang} if lang is not None else row
 
 
 def append_result(path: str | Path, record: dict[str, Any]) -> dict[str, Any]:

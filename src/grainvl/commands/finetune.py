@@ -6,7 +6,10 @@ import argparse
 
 from grainvl.commands import add_config_args, config_from_args, shortcut
 
-TASK_NAMES = ("retrieval", "video_retrieval", "vqa", "nlvr2", "grounding", "captioning", "videoqa")
+TASK_NAMES = (
+    "retrieval", "video_retrieval", "vqa", "nlvr2", "grounding", "captioning", "videoqa",
+    "xvnli", "xgqa", "marvl", "xflickrco", "multi_retrieval",
+)  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +46,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         field="skip_bad",
         action="store_true",
         help="skip bad records (each listed on stderr, the count in RUN/summary.json) instead of stopping at the first",
+    )
+    shortcut(
+        p,
+        "--shots",
+        field="shots",
+        type=int,
+        help="cross-lingual tasks: after English fine-tuning, fine-tune on N items of each target language "
+        "(its train_N, train or dev file) before testing it (default 0: zero-shot)",
+    )
+    shortcut(
+        p,
+        "--translate-test",
+        field="translate_test",
+        action="store_true",
+        help="cross-lingual tasks: test each item's English side (machine-translated file, else the English "
+        "item with the same id); rows are labelled '<model> (translate-test)'",
     )
     p.add_argument("--resume", help="run or checkpoint folder to continue training from (default: none, a fresh run)")
     p.set_defaults(func=_cmd_finetune)

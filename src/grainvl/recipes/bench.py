@@ -50,7 +50,7 @@ import torch
 from grainvl.bench.efficiency import PRECISIONS, measure_efficiency, precision_context
 from grainvl.bench.energy import EnergyTracker, hardware_tags
 from grainvl.bench.report import read_results, write_report
-from grainvl.bench.results import RESULT_FIELDS
+from grainvl.bench.results import RESULT_FIELDS, with_language
 from grainvl.compress.loyalty_bench import (
     LOYALTY_METRICS,
     attack_metrics,
@@ -298,8 +298,11 @@ def _result_rows(
     rows = []
     for split, values in metrics.items():
         for metric, value in values.items():
-            rows.append({**base, **energy[split], "split": split, "metric": metric, "value": float(value)})
-            rows[-1]["primary"] = metric == primary
+            # ``acc@de`` (a per-language score of an IGLUE-style task) becomes metric "acc" with lang "de".
+            rows.append(
+                with_language({**base, **energy[split], "split": split, "metric": metric, "value": float(value)})
+            )
+            rows[-1]["primary"] = rows[-1]["metric"] == primary and rows[-1].get("lang") is None
     for metric, id_value in metrics.get("id", {}).items():
         ood_value = metrics.get("ood", {}).get(metric)
         if ood_value is not None:

@@ -11,6 +11,16 @@ run's cost: parameters, inference GFLOPs per sample, and the energy/CO₂ of the
 Fine-tuning follows the official recipe (xvlm.md §4.1): AdamW (0.9, 0.98), weight decay 0.01 except
 biases/norms, ``lr_mult`` = 2 for parameters the checkpoint did not provide, linear warm-up then
 linear decay, and no gradient clipping (``train.clip_grad = 0``).
+
+Cross-lingual tasks (``xvnli``, ``xgqa``, ``marvl``, ``xflickrco``, ``multi_retrieval``; :mod:`grainvl.tasks.iglue`)
+follow the IGLUE protocol: fine-tune on English train; with an English ``dev`` file and ``train.eval_every``
+> 0 the dev score is taken during training and the best state is the one tested (else the final one); then
+every language's test file is scored, one results row per (metric, language) with ``lang`` set, plus the
+task score (the mean over the non-English languages) without ``lang``. ``shots`` > 0 then fine-tunes a copy
+of the English model on each target language's first ``shots`` few-shot items (``shot_steps`` steps at
+``shot_lr``) before testing that language; those rows carry the label ``<model> (<N>-shot)``.
+``options.translate_test`` (``--translate-test``) tests the English side of every item instead; its rows
+carry the label ``<model> (translate-test)``.
 """
 
 from __future__ import annotations
@@ -27,8 +37,11 @@ import torch
 from torch import nn
 
 from grainvl.bench.energy import EnergyTracker, count_parameters, flops_per_sample
+from grainvl.bench.report import language_table
+from grainvl.bench.results import metric_language, with_language
 from grainvl.compress.quantize import quantize_dynamic_int8, read_quantize_flag, write_quantize_flag
 from grainvl.data.check import validate_split_files
+from grainvl.data.downstream import read_records
 from grainvl.data.formats.validate import skipping_bad_records
 from grainvl.data.layout import (
     OFFICIAL_ALIASES,
@@ -62,6 +75,7 @@ from grainvl.tasks.base import (
     resolve_split,
     split_tag,
 )
+from grainvl.tasks.iglue import ENGLISH, VALIDATORS, CrossLingualTask, non_english_mean, with_options
 from grainvl.tasks.registry import get_task
 from grainvl.train.loop import TrainConfig, train
 from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build_scheduler
@@ -94,6 +108,18 @@ class FinetuneConfig:
     grad_checkpointing: bool = False
     skip_bad: bool = False
     """Skip bad records of every file read (each listed on stderr, the count in summary.json) instead of stopping."""
+    translate_test: bool = False
+    """Cross-lingual tasks: test each item's English side (the task option ``translate_test``)."""
+    shots: int = 0
+    """Cross-lingual tasks: > 0 fine-tunes the English model on N items of each target language before its test."""
+    shot_steps: int = 20
+    """Optimizer steps of each language's few-shot fine-tune (IGLUE: many epochs over the shots)."""
+    shot_lr: float = 1e-5
+    """Learning rate of the few-shot fine-tunes (IGLUE's few-shot configs: 1e-5)."""
+
+    def __post_init__(self) -> None:
+        if self.shots < 0 or self.shot_steps < 1:
+            raise ValueError(f"shots must be >= 0 and shot_steps >= 1, got {self.shots} and {self.shot_steps}")
 
 
 # ---------------------------------------------------------------------------------------------- model loading
@@ -109,7 +135,14 @@ def _optimizer(module: TaskModule, cfg: OptimConfig, pretrained: bool) -> torch.
 def model_label(cfg: FinetuneConfig) -> str:
     if cfg.label:
         return cfg.label
-    return default_label(cfg.model)
+    label = default_label(cfg.model)
+    # Translate-test scores a different system (the model on the English side): its rows must not mix in.
+    return f"{label} (translate-test)" if task_options(cfg).get("translate_test") else label
+
+
+def task_options(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The task's options: ``cfg.options``, with ``translate_test`` when the run asks for it."""
+    return {**cfg.options, "translate_test": True} if cfg.translate_test else dict(cfg.options)
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -138,6 +171,9 @@ def preflight(cfg: FinetuneConfig) -> list[str]:
     if not world.is_dir():
         raise FileNotFoundError(f"data root not found: {world} (make a world with `grainvl world --out {world}`)")
     register_layout(DataLayout(world, cfg.files))
+    cross = get_task(cfg.task, **task_options(cfg))
+    if isinstance(cross, CrossLingualTask):
+        return _cross_lingual_preflight(cross, world, cfg)
     task = cfg.task
     data_files(world, task, "train")  # a missing train split stops here, with where it was looked for
     splits = []
@@ -155,10 +191,30 @@ def preflight(cfg: FinetuneConfig) -> list[str]:
     return splits
 
 
+def _cross_lingual_preflight(task: CrossLingualTask, world: Path, cfg: FinetuneConfig) -> list[str]:
+    """:func:`preflight` of a cross-lingual task: English train, the splits some language has, every test file read."""
+    task.train_file(world)  # FileNotFoundError naming where English train was looked for
+    if cfg.shots and task.name == "multi_retrieval":
+        raise ValueError("multi_retrieval: --shots is not supported (English retrieval train only)")
+    splits = []
+    for split in dict.fromkeys(resolve_split(s) for s in cfg.eval_splits):
+        langs = task.languages(world, split)
+        if not langs:
+            print(f"finetune: skipping evaluation split {split!r}: no language has it for {task.name}", file=sys.stderr)
+            continue
+        if not cfg.skip_bad and task.name in VALIDATORS:  # a bad test record stops the run now, not after training
+            for lang in langs:
+                read_records(task.test_file(world, split, lang)[0], VALIDATORS[task.name], task.name)
+        for lang in [lang for lang in langs if cfg.shots and lang != ENGLISH]:  # FileNotFoundError before step 1
+            with_options(task, lang=lang, shots=cfg.shots).train_file(world)
+        splits.append(split)
+    return splits
+
+
 def _run(cfg: FinetuneConfig, run: Run, resume: str | Path | None, bad: BadRecords) -> dict[str, Any]:
     env, world, run_dir = run.env, Path(cfg.world), run.dir
     splits = preflight(cfg)
-    task = get_task(cfg.task, **cfg.options).with_data(cfg.data)
+    task = get_task(cfg.task, **task_options(cfg)).with_data(cfg.data)
     torch.manual_seed(cfg.train.seed)  # identical head initialisation on every rank
     source = resolve_model(cfg.model)
     model, tokenizer, pretrained = load_model(source), get_tokenizer(source), source.pretrained
@@ -180,7 +236,11 @@ def _run(cfg: FinetuneConfig, run: Run, resume: str | Path | None, bad: BadRecor
     try:
         # The run's tracker spans training and evaluation, so the loop's own tracker stays off.
         loop_cfg = dataclasses.replace(cfg.train, track_energy=False)
-        summary = train(module, stream, optimizer, scheduler, loop_cfg, env, resume=resume)
+        selection = _DevSelection(task, module, tokenizer, world) if _selects_on_dev(task, cfg, world) else None
+        eval_fn = selection.evaluate if selection is not None else None
+        summary = train(module, stream, optimizer, scheduler, loop_cfg, env, resume=resume, eval_fn=eval_fn)
+        if selection is not None:
+            selection.restore_best()
         train_s = time.perf_counter() - t0
         if env.rank == 0:
             save_finetuned(task, module, tokenizer, run_dir, world, quantize_spec)
@@ -192,6 +252,7 @@ def _run(cfg: FinetuneConfig, run: Run, resume: str | Path | None, bad: BadRecor
             if env.rank == 0 and not evaluations[split]:
                 print(f"finetune: {split!r} has no ground truth: predictions written, nothing scored", file=sys.stderr)
             eval_s[split] = time.perf_counter() - start
+        few_shot = _few_shot(cfg, task, module, tokenizer, world, splits, env) if cfg.shots else {}
     finally:
         energy = tracker.stop() if tracker is not None else None
     if env.rank != 0:
@@ -200,18 +261,96 @@ def _run(cfg: FinetuneConfig, run: Run, resume: str | Path | None, bad: BadRecor
     hardware, gflops = summary.hardware, cost["gflops_per_sample"]
     costs = cost_columns(params=cost["params"], seed=cfg.train.seed, hardware=hardware, gflops=gflops, energy=energy)
     dataset = "world" if (world / "manifest.json").exists() else str(cfg.world)
-    for split, metrics in evaluations.items():
-        run.append(
-            metric_rows(
-                metrics, model=model_label(cfg), task=task.name, dataset=dataset, split=split_tag(split), costs=costs
+    labelled = [(model_label(cfg), evaluations), (f"{model_label(cfg)} ({cfg.shots}-shot)", few_shot)]
+    for label, per_split in labelled:
+        for split, metrics in per_split.items():
+            rows = metric_rows(
+                metrics, model=label, task=task.name, dataset=dataset, split=split_tag(split), costs=costs
             )
-        )
+            run.append([with_language(row) for row in rows])  # "acc@de" -> metric "acc", lang "de"
     if cfg.skip_bad:  # every file has been read (evaluation splits last): what was left out
         print(f"finetune: {bad.summary()}", file=sys.stderr)
     report = {"task": task.name, "model": model_label(cfg), "evaluations": evaluations, "cost": cost,
               "train": summary.to_dict(), "run_dir": str(run_dir), "skipped_records": len(bad.errors)}  # fmt: skip
+    if few_shot:
+        report["few_shot"] = {"shots": cfg.shots, "evaluations": few_shot}
+    if selection is not None:
+        report["dev_selection"] = selection.summary()
     run.write_summary(report)
     return report
+
+
+# ---------------------------------------------------------------------------------------------- cross-lingual protocol
+def _selects_on_dev(task: DownstreamTask, cfg: FinetuneConfig, world: Path) -> bool:
+    """Select on English dev: a cross-lingual task, an English dev file, and evaluation during training."""
+    if not isinstance(task, CrossLingualTask) or cfg.train.eval_every <= 0 or cfg.shots:
+        return False
+    return ENGLISH in with_options(task, lang=ENGLISH).languages(world, "dev")
+
+
+class _DevSelection:
+    """Score English dev during training (the loop's ``eval_fn``) and keep the best state (IGLUE model selection)."""
+
+    def __init__(self, task: CrossLingualTask, module: TaskModule, tokenizer: Any, world: Path) -> None:
+        self.task, self.module, self.tokenizer, self.world = task, module, tokenizer, world
+        self.best: float | None = None
+        self.best_step = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        metrics = self.task.evaluate_language(self.module, self.tokenizer, self.world, "dev", ENGLISH, None)
+        score = metrics.get(self.task.primary_metric)
+        if score is not None and (self.best is None or score > self.best):
+            self.best, self.best_step = score, step
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+        return {f"dev_{k}": v for k, v in metrics.items()}
+
+    def restore_best(self) -> None:
+        if self.best_state is not None:
+            self.module.load_state_dict(self.best_state)
+
+    def summary(self) -> dict[str, Any]:
+        return {"metric": self.task.primary_metric, "best": self.best, "step": self.best_step}
+
+
+def _few_shot(
+    cfg: FinetuneConfig,
+    task: DownstreamTask,
+    module: TaskModule,
+    tokenizer: Any,
+    world: Path,
+    splits: list[str],
+    env: Any,
+) -> dict[str, dict[str, float]]:
+    """Per split, ``metric@lang`` of each target language after fine-tuning the English model on its shots.
+
+    Every language starts from the English state (restored after each); the shots are the first
+    ``cfg.shots`` items of the language's few-shot file (``CrossLingualTask.train_file``).
+    """
+    if not isinstance(task, CrossLingualTask):
+        raise ValueError(f"{task.name}: --shots applies to the cross-lingual tasks only")
+    english = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    optim = dataclasses.replace(cfg.optim, lr=cfg.shot_lr)
+    loop_cfg = dataclasses.replace(cfg.train, steps=cfg.shot_steps, run_dir=None, track_energy=False, eval_every=0)
+    results: dict[str, dict[str, float]] = {}
+    for split in splits:
+        for lang in [lang for lang in task.languages(world, split) if lang != ENGLISH]:
+            shot_task = with_options(task, lang=lang, shots=cfg.shots)
+            stream = shot_task.train_stream(module, tokenizer, world, cfg.data, env.rank, env.world_size)
+            optimizer = _optimizer(module, optim, pretrained=True)
+            scheduler = build_scheduler(optimizer, dataclasses.replace(cfg.sched, total_steps=cfg.shot_steps))
+            module.train()
+            train(module, stream, optimizer, scheduler, loop_cfg, env)
+            metrics = shot_task.evaluate(module, tokenizer, world, split, out_dir=None)
+            results.setdefault(split, {}).update({k: v for k, v in metrics.items() if metric_language(k)[1]})
+            module.load_state_dict(english)
+    for split, flat in results.items():  # the few-shot task score: the mean over the target languages
+        per_lang: dict[str, dict[str, float]] = {}
+        for key, value in flat.items():
+            metric, lang = metric_language(key)
+            per_lang.setdefault(str(lang), {})[metric] = value
+        results[split] = {**non_english_mean(per_lang), **flat}
+    return results
 
 
 def _run_cost(
@@ -371,8 +510,17 @@ def format_report(report: dict[str, Any]) -> str:
     """End-of-run table: every metric per split, then the run's cost."""
     lines = [f"{report['task']} fine-tuned from {report['model']}:"]
     for split, metrics in report["evaluations"].items():
+        if any(
+            metric_language(k)[1] for k in metrics
+        ):  # a cross-lingual task: one row per metric, one column per language
+            lines.append(f"  {split_tag(split)} ({split}), zero-shot from English:")
+            lines.append(language_table(metrics, indent="    "))
+            continue
         shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
         lines.append(f"  {split_tag(split):>4} ({split}): {shown}")
+    for split, metrics in report.get("few_shot", {}).get("evaluations", {}).items():
+        lines.append(f"  {split_tag(split)} ({split}), {report['few_shot']['shots']}-shot per language:")
+        lines.append(language_table(metrics, indent="    "))
     c = report["cost"]
     energy = "not tracked" if c["energy_kWh"] is None else f"{c['energy_kWh']:.3g} kWh, {c['co2_g']:.3g} g CO2-eq"
     lines.append(

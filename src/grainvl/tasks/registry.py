@@ -23,7 +23,14 @@ _TASK_PATHS: dict[str, str] = {
     "vqa": "grainvl.tasks.vqa:VQATask",
     "captioning": "grainvl.tasks.captioning:CaptioningTask",
     "videoqa": "grainvl.tasks.videoqa:VideoQATask",
+    "xvnli": "grainvl.tasks.iglue:XVNLITask",
+    "xgqa": "grainvl.tasks.iglue:XGQATask",
+    "marvl": "grainvl.tasks.iglue:MarvlTask",
+    "xflickrco": "grainvl.tasks.iglue:XFlickrCOTask",
+    "multi_retrieval": "grainvl.tasks.iglue:MultiRetrievalTask",
 }
+IGLUE_TASKS: tuple[str, ...] = ("xvnli", "xgqa", "marvl", "xflickrco")
+"""The IGLUE-style cross-lingual tasks (``multi_retrieval`` is tested per language too: ``tasks.iglue``)."""
 
 
 class _LazyTasks(Mapping[str, type[DownstreamTask]]):

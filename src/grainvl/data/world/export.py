@@ -27,6 +27,9 @@ from grainvl.data.world.ontology import SPLITS
 
 ID_SPLITS = ("train", "val", "test")
 IGLUE_TEST_SPLIT = "test"  # IGLUE test sets come from the ID test split; zero-shot trains on English train
+# English train only (the IGLUE protocol fine-tunes in English); dev (from the ID val split: model selection on
+# English, few-shot items in the other languages) and test in every language.
+IGLUE_SPLITS = {"train": "train", "val": "dev", IGLUE_TEST_SPLIT: "test"}
 
 
 def image_relpath(split: str, image_id: int) -> str:
@@ -142,7 +145,7 @@ class WorldExporter:
                     "width": scene.width,
                 }
             )
-        if scene.split == IGLUE_TEST_SPLIT or scene.split == "train":
+        if scene.split in IGLUE_SPLITS:
             self._add_iglue_image(ann, rel)
 
     def _add_vqa(self, recs: SplitRecords, q: Any, rel: str, split: str) -> None:
@@ -185,7 +188,7 @@ class WorldExporter:
                 )
 
     def _add_xvnli(self, split: str, rel: str, item: XVNLIItem) -> None:
-        if split not in ("train", IGLUE_TEST_SPLIT):
+        if split not in IGLUE_SPLITS:
             return
         langs = ("en",) if split == "train" else self.languages
         for lang in langs:
@@ -205,7 +208,7 @@ class WorldExporter:
         label = "True" if item.label else "False"
         self.splits[split].nlvr.append({"images": [left, right], "sentence": item.texts["en"], "label": label})
         self.counts[split]["nlvr_statements"] += 1
-        if split in ("train", IGLUE_TEST_SPLIT):
+        if split in IGLUE_SPLITS:
             langs = ("en",) if split == "train" else self.languages
             for lang in langs:
                 self.splits[split].marvl[lang].append(
@@ -278,14 +281,15 @@ class WorldExporter:
         albef.write_refcoco(ann / "refcoco+" / f"refcoco+_{split}.json", recs.refcoco)
 
     def _write_iglue(self, root: Path, split: str, recs: SplitRecords) -> None:
+        name = IGLUE_SPLITS.get(split, split)  # the world's val split is IGLUE's dev
         for lang, rows in sorted(recs.xvnli.items()):
-            iglue.write_xvnli(root / "xvnli" / lang / f"{split}.jsonl", rows)
+            iglue.write_xvnli(root / "xvnli" / lang / f"{name}.jsonl", rows)
         for lang, rows in sorted(recs.xgqa.items()):
-            iglue.write_xgqa(root / "xgqa" / lang / f"{split}.json", rows)
+            iglue.write_xgqa(root / "xgqa" / lang / f"{name}.json", rows)
         for lang, rows in sorted(recs.marvl.items()):
-            iglue.write_marvl(root / "marvl" / lang / f"{split}.jsonl", rows)
+            iglue.write_marvl(root / "marvl" / lang / f"{name}.jsonl", rows)
         for lang, rows in sorted(recs.xflickrco.items()):
-            iglue.write_xflickrco(root / "xflickrco" / lang / f"{split}.jsonl", rows)
+            iglue.write_xflickrco(root / "xflickrco" / lang / f"{name}.jsonl", rows)
 
     def _write_vlue(self, root: Path, recs: SplitRecords) -> None:
         """VLUE's OOD test files, built from test_ood exactly in VLUE's schemas (davinci_cclm_vlue.md §C.2)."""
