@@ -14,7 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Pre-train an X²-VLM variant on X-VLM-format data (a world folder by default). Works under plain "
         "python and under torchrun (DDP: gloo on CPU, NCCL on GPU). Ends with zero-shot retrieval and grounding on "
         "the ID test and OOD splits next to chance, the model in RUN/model, metrics in RUN/metrics.jsonl and "
-        "RUN/results.jsonl. Settings: PretrainConfig (configs/pretrain/).",
+        "RUN/results.jsonl. Settings: PretrainConfig (configs/pretrain/). With objectives=cclm (or a preset whose "
+        'architecture says "objectives": "cclm", e.g. cclm-small): CCLM cross-view pre-training on multilingual '
+        "captions and parallel text, ending with zero-shot retrieval per caption language (docs/cclm.md).",
     )
     add_config_args(p, "grainvl.recipes.pretrain:PretrainConfig")
     p.epilog = (
@@ -55,9 +57,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
-    from grainvl.recipes.pretrain import PretrainConfig, config_tree, format_report, run_pretrain
+    from grainvl.recipes.pretrain import PretrainConfig, config_tree, format_report, objectives_of, run_pretrain
     from grainvl.recipes.scaffold import print_report
 
     cfg = config_from_args(PretrainConfig, args, translate=config_tree)
+    if objectives_of(cfg) == "cclm":
+        # Deferred: the CCLM recipe (docs/cclm.md) is loaded only for runs that train it.
+        from grainvl.recipes.cclm import format_cclm_report, run_cclm
+
+        print_report(run_cclm(cfg, resume=args.resume), format_cclm_report)
+        return 0
     print_report(run_pretrain(cfg, resume=args.resume), format_report)
     return 0

@@ -8,6 +8,10 @@
   ``[SEP]``), n-gram spans with probability ``skipgram_prb``, whole-word expansion over WordPiece
   ``##`` continuations, then 80% ``[MASK]`` / 10% random token / 10% unchanged.
 * :func:`pad_masks` — fixed-length ``masked_pos`` (padded with 0) and labels (padded with −100).
+* :class:`MaskingOptions` — the masking settings of one text kind: :data:`XVLM_MASKING` (X²-VLM captions),
+  :data:`CCLM_CAPTION_MASKING` and :data:`CCLM_PARA_MASKING` (CCLM's captions and parallel sentences,
+  davinci_cclm_vlue.md B.3: rate 0.4, at most 12 / 20 masks, 2–3-gram spans with p = 0.2, no whole-word
+  expansion because the official CCLM datasets pass ``mask_whole_word=False``, ``[CLS]`` never masked).
 
 All randomness comes from the given :class:`random.Random`; the same seed gives the same masks.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 IGNORE_INDEX = -100
@@ -59,6 +64,23 @@ def pre_question(question: str, max_words: int) -> str:
     if not text.strip():
         raise ValueError(f"pre_question yields an empty question (raw: {question!r})")
     return text
+
+
+@dataclass(frozen=True)
+class MaskingOptions:
+    """The masking settings of one kind of text (the keyword arguments of :class:`TextMaskingGenerator`)."""
+
+    mask_prob: float
+    max_masks: int
+    skipgram_prb: float = 0.2
+    skipgram_size: int = 3
+    mask_whole_word: bool = True
+
+
+XVLM_MASKING = MaskingOptions(mask_prob=0.5, max_masks=12)
+# CCLM (official ``pretrain_dataset_multilingual.py``): captions max_tokens 40, parallel text max_tokens 64.
+CCLM_CAPTION_MASKING = MaskingOptions(mask_prob=0.4, max_masks=12, mask_whole_word=False)
+CCLM_PARA_MASKING = MaskingOptions(mask_prob=0.4, max_masks=20, mask_whole_word=False)
 
 
 class TextMaskingGenerator:
@@ -113,6 +135,13 @@ class TextMaskingGenerator:
         pieces = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
         # Ids of WordPiece continuation pieces ("##ing"): they belong to the word on their left.
         self.continuation_ids = frozenset(i for i, piece in enumerate(pieces) if piece and piece.startswith("##"))
+
+    @classmethod
+    def from_options(
+        cls, tokenizer: Any, options: MaskingOptions, rng: random.Random | None = None
+    ) -> TextMaskingGenerator:
+        """A generator with one kind's settings (:data:`XVLM_MASKING`, :data:`CCLM_PARA_MASKING`, ...)."""
+        return cls(tokenizer, rng=rng, **asdict(options))
 
     def __call__(self, input_ids: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
         """Mask one sequence ``[CLS] tokens [SEP] [PAD]...``.

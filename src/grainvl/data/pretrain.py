@@ -803,6 +803,7 @@ class PretrainDataFiles:
     train_file: list[str] | str | None = None  # image–caption lines ({"image" | "binary", "caption" | "desc"})
     train_file_regions: list[str] | str | None = None  # region lines ({"image" | "binary", "elems": [...]})
     train_file_videos: list[str] | str | None = None  # video lines ({"video_frames", "text", "is_continuous"})
+    train_file_text: list[str] | str | None = None  # CCLM parallel text ({"source_text", "target_text"})
     image_root: str = ""  # image and frame paths are relative to this ("": the data root)
     allow_outside_root: bool = False  # records may name images outside the data / image root (absolute, '..')
     test_file: list[str] | str | None = None

@@ -27,6 +27,7 @@ import torch
 from grainvl.data.formats.validate import allow_outside_root, skipping_bad_records
 from grainvl.data.iterators import StreamDict
 from grainvl.data.layout import DataLayout, split_of
+from grainvl.data.parallel_text import CrossViewDataConfig
 from grainvl.data.pretrain import (
     TRAIN_KEYS,
     GroundingEval,
@@ -43,7 +44,7 @@ from grainvl.data.pretrain import (
 )
 from grainvl.data.world.ontology import SPLITS
 from grainvl.errors import BadRecords
-from grainvl.models.factory import create_model, get_tokenizer
+from grainvl.models.factory import create_model, get_model_config, get_tokenizer
 from grainvl.models.xvlm import XVLM
 from grainvl.recipes.scaffold import (
     OFFICIAL_OPTIM_SECTIONS,
@@ -106,6 +107,27 @@ class PretrainConfig:
     grad_checkpointing: bool = False
     torch_threads: int = 0  # 0: torch's default
     skip_bad: bool = False  # skip bad records (each listed, the count in summary.json) instead of stopping
+    objectives: str = ""
+    """``xvlm`` (X²-VLM: image, region, video) or ``cclm`` (cross-view: multilingual images + parallel text,
+    recipes/cclm.py); empty: the model preset's ``"objectives"`` field, else ``xvlm``."""
+    cclm: CrossViewDataConfig = field(default_factory=CrossViewDataConfig)
+    """CCLM settings (parallel-text batch, languages, swap and schedule probabilities); read only by cclm runs."""
+
+    def __post_init__(self) -> None:
+        if self.objectives not in OBJECTIVES:
+            raise ValueError(
+                f"objectives must be one of {OBJECTIVES} (or empty: the preset's), got {self.objectives!r}"
+            )
+
+
+OBJECTIVES = ("", "xvlm", "cclm")
+
+
+def objectives_of(cfg: PretrainConfig) -> str:
+    """The objectives a run trains: ``cfg.objectives``, else the model preset's ``objectives`` field, else ``xvlm``."""
+    if cfg.objectives:
+        return cfg.objectives
+    return getattr(get_model_config(cfg.model), "objectives", "xvlm") or "xvlm"
 
 
 def data_config(model: XVLM, data: PretrainData) -> PretrainDataConfig:
@@ -393,7 +415,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- official configs
-OFFICIAL_FILE_KEYS = (*TRAIN_KEYS.values(), "image_root", "test_file")
+OFFICIAL_FILE_KEYS = (*TRAIN_KEYS.values(), "train_file_text", "image_root", "test_file")
 # official section -> {official key: PretrainData field}
 SECTIONS = {
     "images": {"batch_size": "image_batch_size"},

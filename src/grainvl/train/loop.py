@@ -229,6 +229,7 @@ class _RunState:
     consecutive_bad: int = 0
     samples: int = 0
     window: dict[str, float] = field(default_factory=dict)
+    window_counts: dict[str, int] = field(default_factory=dict)  # steps that reported each key
     window_steps: int = 0
     window_samples: int = 0
     window_start: float = 0.0
@@ -425,12 +426,14 @@ def _checkpoint_due(cfg: TrainConfig, step: int) -> bool:
 def _accumulate_window(state: _RunState, losses: dict[str, float], metrics: dict[str, float]) -> None:
     for key, value in {**losses, **metrics}.items():
         state.window[key] = state.window.get(key, 0.0) + value
+        state.window_counts[key] = state.window_counts.get(key, 0) + 1
     state.window_steps += 1
 
 
 def _log_window(logger: MetricsLogger, state: _RunState, env: DistEnv) -> None:
     """Log the window's mean losses/metrics (averaged over ranks), lr and throughput; reset the window."""
-    means = {k: v / state.window_steps for k, v in state.window.items()}
+    # Per key: a task whose batches alternate in kind (CCLM) reports each loss on some steps only.
+    means = {k: v / state.window_counts[k] for k, v in state.window.items()}
     means = _mean_over_ranks(means, env.world_size)
     now = time.perf_counter()
     elapsed = max(now - state.window_start, 1e-9)
@@ -443,7 +446,7 @@ def _log_window(logger: MetricsLogger, state: _RunState, env: DistEnv) -> None:
         "skipped_steps": state.skipped,
     }
     logger.log(state.step, record)
-    state.window, state.window_steps = {}, 0
+    state.window, state.window_counts, state.window_steps = {}, {}, 0
     state.window_samples, state.window_start = state.samples, now
 
 
