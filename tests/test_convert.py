@@ -238,8 +238,9 @@ def ref_outputs(
     for p in text_layers:
         text = ref_bert_layer(sd, p, text, _mask(atts), eps)
     fused = text
+    cross_eps = 1e-12 if cclm else eps  # CrossViewLM: the cross encoder is built from a BERT config (eps 1e-12)
     for p in fusion_layers:
-        fused = ref_bert_layer(sd, p, fused, _mask(atts), eps, image_embeds, image_mask)
+        fused = ref_bert_layer(sd, p, fused, _mask(atts), cross_eps, image_embeds, image_mask)
     transform = _ln(F.gelu(_lin(fused, sd, mlm + "transform.dense.")), sd, mlm + "transform.LayerNorm.", eps)
     return {
         "image_embeds": image_embeds,

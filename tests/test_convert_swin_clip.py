@@ -141,7 +141,7 @@ def test_swin_window_change_resizes_relative_tables() -> None:
     config = convert.read_official_config(FIXTURES / "xvlm_tiny_swin.yaml") | {"image_res": 96, "window_size": 6}
     model, report = convert.load_official(sd, "official-xvlm", config, FIXTURES / "bert_tiny_config.json")
     key = "vision_encoder.layers.0.blocks.1.attn.relative_position_bias_table"
-    assert f"{key}: window 4 -> 6" in report.resized
+    assert f"{key}: window 4 -> 6 (geometric)" in report.resized  # X-VLM: interp2d on a geometric grid
     assert model.state_dict()[key].shape == (121, 2)
     assert model.state_dict()["vision_encoder.layers.0.blocks.1.attn_mask"].shape == (16, 36, 36)
     _forward(model, 96)
@@ -156,7 +156,10 @@ def test_swin_resolution_without_window_follows_the_official_configs() -> None:
     )
     assert model.config.vision.window_size == 10
     assert any("window 10 = image_res / stride" in note for note in report.notes)
-    assert "vision_encoder.layers.0.blocks.0.attn.relative_position_bias_table: window 4 -> 10" in report.resized
+    assert (
+        "vision_encoder.layers.0.blocks.0.attn.relative_position_bias_table: window 4 -> 10 (geometric)"
+        in report.resized
+    )
     _forward(model, 80)
 
 

@@ -23,6 +23,7 @@ from grainvl.models.vision import (
     beit2_tiny,
     build_vision_tower,
     efficientnet_lite0,
+    geometric_source_offsets,
     interpolate_rel_pos_bias,
     load_efficientnet_lite0,
     relative_position_index,
@@ -344,7 +345,7 @@ def test_interpolate_rel_pos_bias_identity_shapes_and_extra_rows() -> None:
     resized = interpolate_rel_pos_bias(table, 14, 24)
     assert resized.shape == (2212, 12)
     assert torch.equal(resized[-3:], table[-3:])  # cls->token, token->cls, cls->cls copied
-    # Corners of the offset grid map onto corners (align_corners=True).
+    # Corners of the offset grid map onto corners (the geometric source grid reaches the new extent).
     old_grid, new_grid = table[:-3].view(27, 27, 12), resized[:-3].view(47, 47, 12)
     torch.testing.assert_close(new_grid[0, 0], old_grid[0, 0])
     torch.testing.assert_close(new_grid[-1, -1], old_grid[-1, -1])
@@ -358,18 +359,19 @@ def test_interpolated_smooth_table_stays_close() -> None:
         dh, dw = offsets[..., 0], offsets[..., 1]
         return torch.stack([torch.sin(dh / 6) + torch.cos(dw / 9), 0.05 * dh * dw / 10], dim=-1)
 
-    def table_for(side: int, scale: float) -> Tensor:
-        axis = torch.arange(-(side - 1), side, dtype=torch.float64) * scale
+    def table_at(axis: Tensor) -> Tensor:
         offsets = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), dim=-1).reshape(-1, 2)
         return torch.cat([smooth(offsets), torch.zeros(3, 2, dtype=torch.float64)]).float()
 
     old, new = 14, 24
-    resized = interpolate_rel_pos_bias(table_for(old, 1.0), old, new)
-    # New offset d samples the old function at d·(W_old−1)/(W_new−1).
-    expected = table_for(new, (old - 1) / (new - 1))
-    # torch's bicubic kernel (Keys, a = -0.75) is only first-order accurate: ~1% of the value range here,
-    # while swapping the two axes or misplacing the offsets gives errors of order 1.
-    assert (resized - expected).abs().max() < 0.03
+    # The official resize places the old offsets on a geometric progression reaching the new extent, so a
+    # table that samples a smooth function at those positions must come back as that function at the
+    # integer offsets of the new grid (to cubic-spline accuracy).
+    source = torch.tensor(geometric_source_offsets(2 * old - 1, 2 * new - 1), dtype=torch.float64)
+    resized = interpolate_rel_pos_bias(table_at(source), old, new)
+    expected = table_at(torch.arange(-(new - 1), new, dtype=torch.float64))
+    # Swapping the two axes or misplacing the offsets gives errors of order 1.
+    assert (resized - expected).abs().max() < 1e-3
 
 
 def test_beit2_loads_checkpoint_of_other_resolution() -> None:

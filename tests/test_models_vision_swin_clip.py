@@ -264,7 +264,7 @@ def test_swin_relative_table_resized_when_window_changes() -> None:
     table = big.state_dict()[key]
     assert table.shape == (11 * 11, 2)
     torch.testing.assert_close(table, interpolate_window_bias(state[key], 4, 6))
-    # Corners map onto corners (align_corners=True) and the centre offset (0, 0) onto itself.
+    # Corners map onto corners (the geometric source grid reaches the new extent), the centre (0, 0) onto itself.
     torch.testing.assert_close(table[0], state[key][0])
     torch.testing.assert_close(table[60], state[key][24])
     assert big.state_dict()["layers.0.blocks.1.attn_mask"].shape == (16, 36, 36)

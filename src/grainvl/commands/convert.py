@@ -53,6 +53,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     shortcut(
         p,
+        "--cross-config",
+        field="cross_config",
+        type=Path,
+        help="official-cclm (X²-VLM CrossViewLM): the cross encoder's own BERT config.json (heads, FFN width, "
+        "LayerNorm eps); needed when the cross encoder's shape differs from the text encoder's",
+    )
+    shortcut(
+        p,
         "--tokenizer",
         field="tokenizer",
         type=Path,
@@ -64,8 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--layout",
         field="layout",
         choices=("pretrain", "finetune", "roberta"),
-        help="--to official-x2vlm/xvlm: text_encoder.bert.*+cls (pretrain, default), text_encoder.* (finetune) or "
-        "text_encoder.roberta.*+lm_head (roberta)",
+        help="--to official-*, single-stack models: text_encoder.bert.*+cls (pretrain, default), text_encoder.* "
+        "(finetune) or text_encoder.roberta.*+lm_head (roberta; not official-cclm); a CrossViewLM has one layout",
     )
     shortcut(
         p,
@@ -111,7 +119,10 @@ def _check_output(cfg) -> None:
 
     output = Path(cfg.output)
     if cfg.target_format and cfg.target_format.startswith("official-"):
-        for path in (output, output.with_suffix(".yaml"), output.with_name(output.stem + "_config_bert.json")):
+        # Deferred: as above (convert imports torch).
+        from grainvl.models.convert import official_config_paths
+
+        for path in (output, *official_config_paths(output)):
             require_writable_file(path)
     else:
         check_output_dir(output, cfg.overwrite, replaceable=is_weights_folder)
@@ -130,8 +141,8 @@ def _import(cfg) -> int:
 
     fmt, source, output = cfg.source_format, Path(cfg.input), Path(cfg.output)
     if fmt.startswith("official-"):
-        official, text = _path(cfg.official_config), _path(cfg.text_config)
-        model, report = convert.load_official(source, fmt, official, text, cfg.strict, cfg.name)
+        official, text, cross = _path(cfg.official_config), _path(cfg.text_config), _path(cfg.cross_config)
+        model, report = convert.load_official(source, fmt, official, text, cfg.strict, cfg.name, cross)
         tokenizer = _tokenizer(_path(cfg.tokenizer))
         if tokenizer is not None:
             model.config.tokenizer = ""
@@ -167,7 +178,8 @@ def _export(cfg) -> int:
         model = load_model(source).eval()
         if fmt.startswith("official-"):
             convert.save_official(model, output, fmt, cfg.layout)
-            print(f"wrote {fmt} ({cfg.layout} layout) checkpoint {output}")
+            layout = "CrossViewLM" if model.config.text.layout == "cross" else cfg.layout
+            print(f"wrote {fmt} ({layout} layout) checkpoint {output}")
             return 0
         tower, tower_config = convert.model_tower(model, fmt)
     convert.save_hf_tower(tower, tower_config, fmt, output, overwrite=cfg.overwrite)

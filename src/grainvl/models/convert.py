@@ -13,8 +13,10 @@ per format (research note ``xvlm.md`` §1.6–§1.8 lists the official layouts):
   Vision variants: BEiT-v2 (X²-VLM), X-VLM's DeiT ViT, Swin (X-VLM v1 / CCLM ``use_swin``) and
   CLIP-ViT (``use_clip_vit``) all load with their ``vision_encoder.*`` names unchanged (grainvl's
   towers keep the official module names); Swin-v2 is refused with :class:`UnsupportedVariant`.
-* ``official-cclm``: X²-VLM's ``CrossViewLM`` layout (``text_encoder.*`` without cross-attention,
-  ``cross_encoder.encoder.layer.N.*``, untied ``mlm_head.predictions.*``) = grainvl's ``layout="cross"``.
+* ``official-cclm``: both CCLM layouts, told apart by their keys (xvlm.md §7.13). X²-VLM's ``CrossViewLM``
+  (``text_encoder.*`` without cross-attention, ``cross_encoder.encoder.layer.N.*`` built from its own BERT
+  config, untied ``mlm_head.predictions.*``) = grainvl's ``layout="cross"``; the CCLM repo's single stack
+  (XLM-R inside ``text_encoder.bert.*``, BERT position ids 0…L−1) = ``layout="single"``.
 * ``hf-bert``, ``hf-xlmr``, ``hf-vit``, ``hf-beit``: Hugging Face folders (``config.json`` +
   safetensors/bin, the on-disk layout every transformers version writes), converted to a grainvl
   *tower folder* and back.
@@ -22,7 +24,8 @@ per format (research note ``xvlm.md`` §1.6–§1.8 lists the official layouts):
 Strict by default: every missing, unexpected or mis-shaped key is reported by name in one
 :class:`ConversionError`. Derived buffers (``position_ids``, ``relative_position_index``) and the
 tied MLM decoder aliases are recomputed / checked rather than copied. Relative position tables (and
-absolute ``pos_embed``) are resized when the checkpoint's resolution differs from the target.
+absolute ``pos_embed``) are resized when the checkpoint's resolution differs from the target, exactly as
+the official loader of the format does (BEiT-v2 / X-VLM Swin: ``interp2d`` on a geometric grid).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from grainvl.models.text import (
 )
 from grainvl.models.vision import (
     VisionConfig,
+    WindowResize,
     build_vision_tower,
     interpolate_rel_pos_bias,
     interpolate_window_bias,
@@ -300,21 +304,30 @@ def official_config(
     name: str = "converted",
     source: str = "checkpoint",
     notes: list[str] | None = None,
+    key_layout: str | None = None,
+    cross_config: Mapping[str, Any] | None = None,
 ) -> XVLMConfig:
     """The :class:`XVLMConfig` of an official checkpoint (keys already in grainvl names).
 
     Shapes come from the weights; the official YAML supplies ``image_res`` (resolution to convert
-    to; position tables are resized), ``max_tokens``, ``text_encoder`` (``'roberta'`` in the path ->
-    RoBERTa/XLM-R positions, as the official code decides) and is checked against the weights for
-    ``patch_size``, ``text_num_hidden_layers``, ``text_fusion_start_at``, ``cross_num_hidden_layers``
-    and ``embed_dim``. The BERT JSON supplies heads, vocabulary, epsilons and dropouts; without it
-    heads are ``hidden // 64`` (every released model) and the assumption is recorded in ``notes``.
+    to; position tables are resized), ``max_tokens``, ``text_encoder`` and is checked against the
+    weights for ``patch_size``, ``text_num_hidden_layers``, ``text_fusion_start_at``,
+    ``cross_num_hidden_layers`` and ``embed_dim``. The BERT JSON supplies heads, vocabulary, epsilons
+    and dropouts; without it heads are ``hidden // 64`` (every released model) and the assumption is
+    recorded in ``notes``. ``cross_config`` is the cross encoder's own BERT JSON (CrossViewLM).
+
+    Position ids follow the module the official code builds for ``key_layout`` (the text key layout of
+    the raw checkpoint, :func:`detect_text_layout`), not the config's model type (xvlm.md §7.13):
+    ``text_encoder.bert.*`` (and any CCLM-repo checkpoint) is xbert's ``BertModel``, which numbers
+    positions 0…L−1 even over an XLM-R table; ``text_encoder.roberta.*`` is RoBERTa; a fine-tuning
+    layout or a CrossViewLM follows the ``text_encoder`` path / JSON model type, as the official code.
     """
     notes = notes if notes is not None else []
     yaml_config = dict(yaml_config or {})
     problems: list[str] = []
     vision = _vision_config_from_state(state, yaml_config, problems, notes)
-    text = _text_config_from_state(state, fmt, yaml_config, text_config, vision.width, problems, notes)
+    configs = _TextSources(fmt, key_layout, yaml_config, text_config, cross_config)
+    text = _text_config_from_state(state, configs, vision, problems, notes)
     embed_dim = (
         int(state["vision_proj.weight"].shape[0])
         if "vision_proj.weight" in state
@@ -482,18 +495,31 @@ def _clip_config_from_state(
     )
 
 
+@dataclass(frozen=True)
+class _TextSources:
+    """What decides an official text tower besides its weights: format, key layout and the three configs."""
+
+    fmt: str
+    key_layout: str | None
+    yaml: Mapping[str, Any]
+    hf: Mapping[str, Any] | None
+    cross_hf: Mapping[str, Any] | None
+
+
+XLMR_POSITION_ROWS = 514  # XLM-R / RoBERTa: 512 positions after the padding offset of 2
+
+
 def _text_config_from_state(
-    state: Mapping[str, Tensor],
-    fmt: str,
-    yaml_config: dict[str, Any],
-    hf: Mapping[str, Any] | None,
-    vision_width: int,
-    problems: list[str],
-    notes: list[str],
+    state: Mapping[str, Tensor], src: _TextSources, vision: VisionConfig, problems: list[str], notes: list[str]
 ) -> TextConfig:
     cross = any(k.startswith("cross_encoder.") for k in state)
-    if cross != (fmt == "official-cclm"):
-        problems.append(f"format {fmt} but the checkpoint {'has' if cross else 'has no'} cross_encoder.* keys")
+    if cross and src.fmt != "official-cclm":
+        problems.append(f"format {src.fmt} but the checkpoint has cross_encoder.* keys (a CrossViewLM: official-cclm)")
+    if src.fmt == "official-cclm" and not cross and vision.kind == "beit2":
+        problems.append(
+            "format official-cclm but the checkpoint has no cross_encoder.* keys (CrossViewLM) and a BEiT-v2 vision "
+            "encoder, which the CCLM repo's single stack (Swin / CLIP-ViT / DeiT) never has"
+        )
     bert = "text_encoder." if cross else "text_encoder.bert."
     words = state.get(bert + "embeddings.word_embeddings.weight")
     if words is None:
@@ -507,23 +533,16 @@ def _text_config_from_state(
     ]
     fusion_start = num_layers if cross else (fused[0] if fused else num_layers)
     cross_layers = len(_layer_numbers(state, "cross_encoder.encoder.layer.")) if cross else 0
-    path_says_roberta = "roberta" in str(yaml_config.get("text_encoder", "")) or bool(yaml_config.get("use_roberta"))
-    hf_says_roberta = hf is not None and hf.get("model_type") in ("roberta", "xlm-roberta")
-    keys_say_roberta = any(k.startswith("text_encoder.roberta.") for k in state)
-    roberta = (
-        path_says_roberta
-        or hf_says_roberta
-        or keys_say_roberta
-        or (cross and hf is None and "text_encoder" not in yaml_config)
-    )
-    if cross and roberta and not (path_says_roberta or hf_says_roberta):
-        notes.append(
-            "CCLM text encoder assumed XLM-R (RoBERTa positions, pad 1, eps 1e-5) as every released CrossViewLM"
-        )
+    position_rows = int(state[bert + "embeddings.position_embeddings.weight"].shape[0])
+    roberta = _roberta_positions(cross, src, position_rows, notes)
+    # XLM-R-trained embeddings (its 514-row table, RoBERTa numbering or a CCLM checkpoint) mean XLM-R's
+    # pad id 1 and LayerNorm eps 1e-5 when no JSON says otherwise.
+    xlmr = roberta or position_rows == XLMR_POSITION_ROWS or src.fmt == "official-cclm"
+    yaml_config = src.yaml
     for key, expected in (("text_num_hidden_layers", num_layers), ("cross_num_hidden_layers", cross_layers)):
         if key in yaml_config and yaml_config[key] != expected and (cross or key == "text_num_hidden_layers"):
             problems.append(f"config {key} {yaml_config[key]} != {expected} layers in the checkpoint")
-    declared = yaml_config.get("text_fusion_start_at", (hf or {}).get("fusion_layer"))
+    declared = yaml_config.get("text_fusion_start_at", (src.hf or {}).get("fusion_layer"))
     if not cross and declared is not None and declared != fusion_start:
         problems.append(
             f"config fusion start {declared} != first cross-attention layer {fusion_start} in the checkpoint"
@@ -534,37 +553,105 @@ def _text_config_from_state(
         "hidden_size": hidden,
         "num_heads": hidden // 64,
         "intermediate_size": int(state[f"{bert}encoder.layer.0.intermediate.dense.weight"].shape[0]),
-        "max_position_embeddings": int(state[bert + "embeddings.position_embeddings.weight"].shape[0]),
+        "max_position_embeddings": position_rows,
         "type_vocab_size": int(state[bert + "embeddings.token_type_embeddings.weight"].shape[0]),
-        "layer_norm_eps": 1e-5 if roberta else 1e-12,
-        "pad_token_id": 1 if roberta else 0,
+        "layer_norm_eps": 1e-5 if xlmr else 1e-12,
+        "pad_token_id": 1 if xlmr else 0,
         "roberta_positions": roberta,
     }
-    if hf is not None:
-        from_hf = TextConfig.from_hf_config(dict(hf), num_layers=num_layers)
-        values.update(
-            {
-                k: getattr(from_hf, k)
-                for k in ("num_heads", "layer_norm_eps", "hidden_dropout", "attention_dropout", "initializer_range")
-            }
-        )
+    if src.hf is not None:
+        from_hf = TextConfig.from_hf_config(dict(src.hf), num_layers=num_layers)
+        for key in ("num_heads", "layer_norm_eps", "hidden_dropout", "attention_dropout", "initializer_range"):
+            values[key] = getattr(from_hf, key)
         values["pad_token_id"] = from_hf.pad_token_id
-        values["roberta_positions"] = from_hf.roberta_positions or roberta
         for key in ("vocab_size", "hidden_size", "intermediate_size", "max_position_embeddings", "type_vocab_size"):
             if getattr(from_hf, key) != values[key]:
                 problems.append(f"text config {key} {getattr(from_hf, key)} != checkpoint {values[key]}")
     else:
         notes.append(f"text heads inferred as hidden/64 = {hidden // 64} (pass --text-config to set them)")
+    if cross:
+        values.update(_cross_encoder_fields(state, src.cross_hf, values, problems, notes))
     return TextConfig(
         num_layers=num_layers,
         fusion_start=fusion_start,
-        encoder_width=vision_width,
+        encoder_width=vision.width,
         layout="cross" if cross else "single",
         cross_layers=cross_layers,
         drop_path_rate=float(yaml_config.get("text_drop_path_rate", 0.0)),
         cross_drop_path_rate=float(yaml_config.get("cross_drop_path_rate", 0.0)),
         **values,
     )
+
+
+def _roberta_positions(cross: bool, src: _TextSources, position_rows: int, notes: list[str]) -> bool:
+    """Whether the official code numbers this text tower's positions RoBERTa's way (see :func:`official_config`)."""
+    path_says = "roberta" in str(src.yaml.get("text_encoder", "")) or bool(src.yaml.get("use_roberta"))
+    json_says = src.hf is not None and src.hf.get("model_type") in ("roberta", "xlm-roberta")
+    if src.key_layout == "roberta":
+        return True
+    if not cross and (src.key_layout == "pretrain" or src.fmt == "official-cclm"):
+        if path_says or json_says or position_rows == XLMR_POSITION_ROWS:
+            notes.append(
+                "BERT-style position ids 0..L-1 over an XLM-R position table: the official text encoder here is "
+                "xbert's BertModel (text_encoder.bert.* or the CCLM repo), whatever the config's model type"
+            )
+        return False
+    if cross and not (path_says or json_says) and src.hf is None and "text_encoder" not in src.yaml:
+        notes.append(
+            "CCLM text encoder assumed XLM-R (RoBERTa positions, pad 1, eps 1e-5) as every released CrossViewLM"
+        )
+        return True
+    return path_says or json_says
+
+
+def _cross_encoder_fields(
+    state: Mapping[str, Tensor],
+    cross_hf: Mapping[str, Any] | None,
+    text: Mapping[str, Any],
+    problems: list[str],
+    notes: list[str],
+) -> dict[str, Any]:
+    """``cross_num_heads`` / ``cross_intermediate_size`` / ``cross_layer_norm_eps`` (None = the text's).
+
+    The official CrossViewLM builds its cross encoder from the BERT config at ``cross_encoder``
+    (bert-base/large-uncased: LayerNorm eps 1e-12), separate from the text encoder's XLM-R config. The
+    FFN width is in the weights; heads and epsilon only in that JSON. Without it, a cross encoder of
+    the text encoder's shape is assumed to have its heads and BERT's epsilon (noted); one of another
+    shape cannot be guessed and is refused.
+    """
+    layer = "cross_encoder.encoder.layer.0."
+    hidden = int(state[layer + "attention.self.query.weight"].shape[0])
+    ffn = int(state[layer + "intermediate.dense.weight"].shape[0])
+    if hidden != text["hidden_size"]:
+        problems.append(f"cross encoder width {hidden} != text encoder width {text['hidden_size']}")
+        return {}
+    if cross_hf is None:
+        if ffn != text["intermediate_size"]:
+            problems.append(
+                f"the cross encoder's FFN width {ffn} differs from the text encoder's {text['intermediate_size']}: "
+                "its heads and LayerNorm epsilon are in its own BERT config.json, pass it with --cross-config"
+            )
+            return {}
+        notes.append(
+            f"cross encoder assumed built from a BERT config as every official CrossViewLM: {text['num_heads']} heads "
+            "(the text encoder's), LayerNorm eps 1e-12 (pass --cross-config to set them)"
+        )
+        heads, eps = int(text["num_heads"]), 1e-12
+    else:
+        heads, eps = int(cross_hf["num_attention_heads"]), float(cross_hf.get("layer_norm_eps", 1e-12))
+        for key, expected in (("hidden_size", hidden), ("intermediate_size", ffn)):
+            if key in cross_hf and cross_hf[key] != expected:
+                problems.append(f"cross config {key} {cross_hf[key]} != checkpoint {expected}")
+        if cross_hf.get("hidden_act", "gelu") != "gelu":
+            problems.append(f"cross config hidden_act {cross_hf['hidden_act']!r}: only exact 'gelu' is supported")
+        if hidden % heads:
+            problems.append(f"cross config num_attention_heads {heads} does not divide the width {hidden}")
+            return {}
+    return {
+        "cross_num_heads": None if heads == text["num_heads"] else heads,
+        "cross_intermediate_size": None if ffn == text["intermediate_size"] else ffn,
+        "cross_layer_norm_eps": None if eps == text["layer_norm_eps"] else eps,
+    }
 
 
 # =============================================================================================== official -> grainvl
@@ -575,10 +662,15 @@ def load_official(
     text_config: str | Path | Mapping[str, Any] | None = None,
     strict: bool = True,
     name: str = "converted",
+    cross_config: str | Path | Mapping[str, Any] | None = None,
 ) -> tuple[XVLM, ConversionReport]:
     """An official checkpoint (file or state dict) as a grainvl :class:`XVLM` in eval mode, plus the report.
 
-    ``config``: the official YAML (path or dict); ``text_config``: the BERT/RoBERTa ``config.json``.
+    ``config``: the official YAML (path or dict); ``text_config``: the BERT/RoBERTa ``config.json``;
+    ``cross_config``: the CrossViewLM cross encoder's own BERT ``config.json`` (``official-cclm``).
+    ``official-cclm`` takes both CCLM layouts, told apart by their keys (xvlm.md §7.13): X²-VLM's
+    CrossViewLM (``cross_encoder.*``) and the CCLM repo's single stack (``text_encoder.bert.*``, BERT
+    position ids over XLM-R's table).
     Strict: any missing, unexpected or mis-shaped key raises :class:`ConversionError` naming all of them.
     """
     if fmt not in OFFICIAL_FORMATS:
@@ -587,6 +679,7 @@ def load_official(
     raw = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else dict(checkpoint)
     yaml_config = read_official_config(config) if isinstance(config, (str, Path)) else config
     hf_config = read_json_config(text_config) if isinstance(text_config, (str, Path)) else text_config
+    cross_hf = read_json_config(cross_config) if isinstance(cross_config, (str, Path)) else cross_config
     _refuse_unsupported_config(yaml_config or {}, str(config) if isinstance(config, (str, Path)) else "config")
     variant = detect_vision_variant(raw, source)
     _check_config_variant(yaml_config or {}, variant, source)
@@ -600,10 +693,20 @@ def load_official(
         new = official_key_to_grainvl(key, layout)
         if new is not None:
             state[new] = value
-    model_config = official_config(state, fmt, yaml_config, hf_config, name, source, report.notes)
+    model_config = official_config(
+        state, fmt, yaml_config, hf_config, name, source, report.notes, key_layout=layout, cross_config=cross_hf
+    )
     model = XVLM(model_config).eval()
-    load_into(model, state, report, strict)
+    load_into(model, state, report, strict, swin_resize=official_swin_resize(fmt, layout))
     return model, report
+
+
+def official_swin_resize(fmt: str, layout: str) -> WindowResize:
+    """How the official loader of ``fmt`` resizes Swin tables: X-VLM and the CCLM repo fit ``interp2d`` on a
+    geometric grid; X²-VLM's code (``official-x2vlm`` and the CrossViewLM) uses ``load_pretrained_swin``'s
+    torch bicubic."""
+    x2vlm_code = fmt == "official-x2vlm" or (fmt == "official-cclm" and layout == "cclm")
+    return "bicubic" if x2vlm_code else "geometric"
 
 
 def _refuse_unsupported_config(yaml_config: Mapping[str, Any], source: str) -> None:
@@ -621,10 +724,17 @@ def _check_config_variant(yaml_config: Mapping[str, Any], variant: str, source: 
             raise ConversionError(source, [f"config {flag}: True but the checkpoint's vision encoder is {variant!r}"])
 
 
-def load_into(model: nn.Module, state: dict[str, Tensor], report: ConversionReport, strict: bool) -> None:
-    """Load grainvl-named ``state`` into ``model`` after checking every key and shape (see module doc)."""
+def load_into(
+    model: nn.Module,
+    state: dict[str, Tensor],
+    report: ConversionReport,
+    strict: bool,
+    swin_resize: WindowResize = "geometric",
+) -> None:
+    """Load grainvl-named ``state`` into ``model`` after checking every key and shape (see module doc);
+    ``swin_resize``: which official loader's Swin table resize to reproduce."""
     own = model.state_dict()
-    state = _resize_positions(state, own, report)
+    state = _resize_positions(state, own, report, swin_resize)
     tied = _tied_aliases(model)
     for alias, target in tied.items():
         if alias in state and target in state and not torch.equal(state[alias], state[target]):
@@ -655,9 +765,10 @@ def _tied_aliases(model: nn.Module) -> dict[str, str]:
 
 
 def _resize_positions(
-    state: dict[str, Tensor], own: Mapping[str, Tensor], report: ConversionReport
+    state: dict[str, Tensor], own: Mapping[str, Tensor], report: ConversionReport, swin_resize: WindowResize
 ) -> dict[str, Tensor]:
-    """Interpolate relative position tables / ``pos_embed`` whose grid differs from the model's."""
+    """Interpolate relative position tables / ``pos_embed`` whose grid differs from the model's, as the official
+    loaders do: BEiT tables the BEiT-v2 way (exact), Swin tables by ``swin_resize``, ``pos_embed`` bicubically."""
     out = dict(state)
     for key, value in state.items():
         target = own.get(key)
@@ -665,8 +776,8 @@ def _resize_positions(
             continue
         if ".layers." in key and key.endswith("relative_position_bias_table") and value.dim() == 2:
             old, new = window_from_table(value.shape[0]), window_from_table(target.shape[0])
-            out[key] = interpolate_window_bias(value, old, new)
-            report.resized.append(f"{key}: window {old} -> {new}")
+            out[key] = interpolate_window_bias(value, old, new, swin_resize)
+            report.resized.append(f"{key}: window {old} -> {new} ({swin_resize})")
         elif key.endswith("pos_embed.weight") and value.dim() == 2 and value.shape[-1] == target.shape[-1]:
             side = math.isqrt(target.shape[0] - 1)
             out[key] = resize_pos_embed(value[None], (side, side))[0]  # CLIP-ViT's nn.Embedding rows
@@ -689,24 +800,21 @@ def to_official(model: XVLM, fmt: str = "official-x2vlm", layout: str = "pretrai
     """The state dict the official code builds for this model (key for key, derived buffers included).
 
     ``layout``: ``"pretrain"`` (``text_encoder.bert.*`` + ``text_encoder.cls.*``, official
-    ``model_pretrain.XVLM``) or ``"finetune"`` (``text_encoder.*``, no MLM head); CCLM models always
-    use the CrossViewLM layout. Tied tensors are stored under both names, as ``state_dict()`` does.
+    ``model_pretrain.XVLM``), ``"finetune"`` (``text_encoder.*``, no MLM head) or ``"roberta"``
+    (``text_encoder.roberta.*`` + ``lm_head``). ``official-cclm`` writes a ``cross`` model as X²-VLM's
+    CrossViewLM (``layout`` unused) and a ``single`` one as the CCLM repo's stack (pretrain or finetune).
+    Tied tensors are stored under both names, as ``state_dict()`` does.
     """
     if fmt not in OFFICIAL_FORMATS:
         raise ValueError(f"format must be one of {OFFICIAL_FORMATS}, got {fmt!r}")
+    _check_official_text(model.config.text, fmt, layout)
     cross = model.config.text.layout == "cross"
-    if cross != (fmt == "official-cclm"):
-        raise ValueError(f"a model with text layout {model.config.text.layout!r} cannot be written as {fmt}")
     if model.config.vision.kind not in OFFICIAL_VISION_KINDS or model.config.video_encoding != "avgpool":
         raise ValueError(
             f"only {'/'.join(OFFICIAL_VISION_KINDS)} towers with 'avgpool' video encoding have an official layout"
         )
     if model.config.box_head != "mlp":
         raise ValueError(f"box_head {model.config.box_head!r} is our extension; only 'mlp' has an official layout")
-    if layout not in ("pretrain", "finetune", "roberta"):
-        raise ValueError(f"layout must be pretrain, finetune or roberta, got {layout!r}")
-    if layout == "roberta" and not model.config.text.roberta_positions:
-        raise ValueError("layout 'roberta' (text_encoder.roberta.*) needs a text tower with RoBERTa positions")
     layout = "cclm" if cross else layout
     out: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
@@ -720,6 +828,25 @@ def to_official(model: XVLM, fmt: str = "official-x2vlm", layout: str = "pretrai
     )
     out[embeddings + "position_ids"] = torch.arange(model.config.text.max_position_embeddings)[None]
     return out
+
+
+def _check_official_text(text: TextConfig, fmt: str, layout: str) -> None:
+    """Refuse a text tower the official code of ``fmt`` / ``layout`` would number or build differently."""
+    cross = text.layout == "cross"
+    if cross and fmt != "official-cclm":
+        raise ValueError(f"a model with text layout 'cross' (a CrossViewLM) cannot be written as {fmt}")
+    if cross:
+        return
+    if layout not in ("pretrain", "finetune", "roberta"):
+        raise ValueError(f"layout must be pretrain, finetune or roberta, got {layout!r}")
+    if layout == "roberta" and not text.roberta_positions:
+        raise ValueError("layout 'roberta' (text_encoder.roberta.*) needs a text tower with RoBERTa positions")
+    if text.roberta_positions and (layout == "pretrain" or fmt == "official-cclm"):
+        # text_encoder.bert.* and every CCLM-repo checkpoint are xbert's BertModel: positions 0..L-1 (xvlm.md §7.13).
+        raise ValueError(
+            f"{fmt} layout {layout!r} is the official xbert BertModel, which numbers positions 0..L-1; this model "
+            "has RoBERTa positions: write it with --layout roberta (official-xvlm / official-x2vlm)"
+        )
 
 
 def to_official_config(config: XVLMConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -779,16 +906,58 @@ def to_official_config(config: XVLMConfig) -> tuple[dict[str, Any], dict[str, An
     return yaml_config, bert
 
 
+def to_official_cross_config(config: XVLMConfig) -> dict[str, Any] | None:
+    """The BERT ``config.json`` of a CrossViewLM's cross encoder (the official ``cross_encoder`` path's file,
+    read by ``--cross-config``); None for a single-stack model."""
+    text = config.text
+    if text.layout != "cross":
+        return None
+    cross = text.cross_encoder_config()
+    return {
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "vocab_size": text.vocab_size,
+        "hidden_size": cross.hidden_size,
+        "num_hidden_layers": text.cross_layers,
+        "num_attention_heads": cross.num_heads,
+        "intermediate_size": cross.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": cross.hidden_dropout,
+        "attention_probs_dropout_prob": cross.attention_dropout,
+        "max_position_embeddings": text.max_position_embeddings,
+        "type_vocab_size": text.type_vocab_size,
+        "initializer_range": cross.initializer_range,
+        "layer_norm_eps": cross.layer_norm_eps,
+        "pad_token_id": text.pad_token_id,
+    }
+
+
+def official_config_paths(path: str | Path) -> tuple[Path, Path, Path]:
+    """``(<stem>.yaml, <stem>_config_bert.json, <stem>_config_cross.json)``: what :func:`save_official` writes
+    beside ``path`` (the cross JSON only for a CrossViewLM)."""
+    path = Path(path)
+    return (
+        path.with_suffix(".yaml"),
+        path.with_name(path.stem + "_config_bert.json"),
+        path.with_name(path.stem + "_config_cross.json"),
+    )
+
+
 def save_official(model: XVLM, path: str | Path, fmt: str = "official-x2vlm", layout: str = "pretrain") -> Path:
     """Write ``{'model': state_dict}`` (``.th``/``.pth``: what ``torch.load`` + the official loader read) or a
     safetensors file (by suffix), atomically, plus ``<stem>.yaml`` and ``<stem>_config_bert.json``
-    (:func:`to_official_config`) next to it."""
+    (:func:`to_official_config`) next to it, and for a CrossViewLM ``<stem>_config_cross.json``
+    (:func:`to_official_cross_config`, the ``--cross-config`` of the way back)."""
 
     path = Path(path)
     state = to_official(model, fmt, layout)
     yaml_config, bert = to_official_config(model.config)
-    atomic_write_text(path.with_suffix(".yaml"), yaml.safe_dump(yaml_config, sort_keys=False))
-    atomic_write_text(path.with_name(path.stem + "_config_bert.json"), json.dumps(bert, indent=2))
+    yaml_path, bert_path, cross_path = official_config_paths(path)
+    atomic_write_text(yaml_path, yaml.safe_dump(yaml_config, sort_keys=False))
+    atomic_write_text(bert_path, json.dumps(bert, indent=2))
+    cross = to_official_cross_config(model.config)
+    if cross is not None:
+        atomic_write_text(cross_path, json.dumps(cross, indent=2))
     if path.suffix == ".safetensors":
         save_model_safetensors(path, state)
         return path
@@ -1149,7 +1318,9 @@ __all__ = [
     "load_tower",
     "model_tower",
     "official_config",
+    "official_config_paths",
     "official_key_to_grainvl",
+    "official_swin_resize",
     "read_checkpoint",
     "read_json_config",
     "read_official_config",
@@ -1160,6 +1331,7 @@ __all__ = [
     "to_hf_tower",
     "to_official",
     "to_official_config",
+    "to_official_cross_config",
 ]
 
 
@@ -1173,8 +1345,9 @@ class ConvertConfig:
     target_format: str | None = None  # the same formats, written from a grainvl folder
     official_config: str | None = None  # official config YAML (image_res, text layers, text_encoder path ...)
     text_config: str | None = None  # BERT/RoBERTa config.json of the official text encoder
+    cross_config: str | None = None  # official-cclm CrossViewLM: the cross encoder's own BERT config.json
     tokenizer: str | None = None  # tokenizer folder copied into the output
-    layout: str = "pretrain"  # export to official-x2vlm/xvlm: pretrain, finetune or roberta key layout
+    layout: str = "pretrain"  # export of a single stack: pretrain, finetune or roberta (not official-cclm) key layout
     strict: bool = True  # fail on missing/unexpected keys (mis-shaped keys always fail)
     name: str = "converted"  # model name stored in config.json
     overwrite: bool = False  # replace an output folder that is not empty and not a model folder

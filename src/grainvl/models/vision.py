@@ -25,7 +25,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -322,23 +322,101 @@ def _cached_cpu_index(grid: Grid) -> Tensor:
     return relative_position_index(grid, device="cpu")
 
 
+def geometric_source_offsets(old_side: int, new_side: int) -> tuple[float, ...]:
+    """Where the official BEiT / X-VLM resize places the ``old_side`` source offsets of one table axis.
+
+    ``old_side = 2W−1`` offsets ``−(W−1)..W−1`` are spread on a geometric progression whose outermost
+    offset reaches ``new_side // 2`` (BEiT-v2 ``interpolate_pos_embed``, X-VLM / CCLM Swin
+    ``interpolate_relative_pos_embed``): unit spacing next to offset 0, stretched by ``q^i`` outwards,
+    so short-range biases keep their values and only long-range ones are spread. ``q`` is found by
+    the same bisection on ``(1.01, 1.5)`` to 1e-6 as the official code, so the positions agree to the bit.
+    """
+    steps, reach = old_side // 2, new_side // 2
+
+    def progression_sum(ratio: float) -> float:  # 1 + ratio + ... + ratio^(steps-1)
+        return (1.0 - ratio**steps) / (1.0 - ratio)
+
+    low, high, ratio = 1.01, 1.5, 1.01
+    while high - low > 1e-6:  # the official loop keeps the last midpoint, not (low + high) / 2
+        ratio = (low + high) / 2.0
+        if progression_sum(ratio) > reach:
+            high = ratio
+        else:
+            low = ratio
+    distances, current = [], 1.0
+    for i in range(steps):
+        distances.append(current)
+        current += ratio ** (i + 1)
+    return tuple([-d for d in reversed(distances)] + [0.0] + distances)
+
+
+def _bspline_basis(knots: Tensor, degree: int, points: Tensor) -> Tensor:
+    """Cox–de Boor: every B-spline of ``degree`` on ``knots`` at ``points`` -> ``(P, len(knots) − degree − 1)``.
+
+    The last non-empty knot span is closed on the right, so the last data point is inside the domain.
+    """
+    x = points[:, None]  # (P, 1)
+    basis = ((knots[:-1] <= x) & (x < knots[1:])).to(torch.float64)  # (P, K-1): degree-0 spans
+    last_span = int(torch.nonzero(knots[:-1] < knots[1:]).max())
+    basis[points == knots[-1], last_span] = 1.0
+    for d in range(1, degree + 1):
+        left_width, right_width = knots[d:-1] - knots[: -d - 1], knots[d + 1 :] - knots[1:-d]
+        left = torch.where(left_width > 0, (x - knots[: -d - 1]) / left_width.clamp_min(1e-300), 0.0)
+        right = torch.where(right_width > 0, (knots[d + 1 :] - x) / right_width.clamp_min(1e-300), 0.0)
+        basis = left * basis[:, :-1] + right * basis[:, 1:]
+    return basis
+
+
+@functools.lru_cache(maxsize=64)
+def spline_resize_matrix(sources: tuple[float, ...], targets: tuple[float, ...]) -> Tensor:
+    """``(n_targets, n_sources)`` float64 matrix ``A`` with ``A @ values`` = the cubic interpolating spline
+    through ``(sources, values)`` sampled at ``targets``.
+
+    The spline is FITPACK's ``s = 0`` fit (what ``interp2d(kind='cubic')`` and
+    ``RectBivariateSpline(kx=3, ky=3, s=0)`` compute per axis): degree ``min(3, n−1)``, interior knots at
+    the data points ``sources[2 : n−2]`` (not-a-knot), and targets outside ``[sources[0], sources[−1]]``
+    clamped to the end (FITPACK's ``fpbisp``). A tensor-product interpolating spline on a grid is the
+    1-D one applied along each axis, so two of these matrices resize a 2-D table exactly.
+    """
+    x = torch.tensor(sources, dtype=torch.float64)
+    degree = min(3, len(sources) - 1)
+    if degree == 0:
+        return torch.ones(len(targets), 1, dtype=torch.float64)
+    interior = x[2:-2] if degree == 3 else x[:0]  # degree < 3 means n = degree + 1: no interior knot
+    knots = torch.cat([x[:1].repeat(degree + 1), interior, x[-1:].repeat(degree + 1)])
+    at = torch.tensor(targets, dtype=torch.float64).clamp(float(x[0]), float(x[-1]))
+    collocation = _bspline_basis(knots, degree, x)  # (n, n): basis at the data points
+    evaluation = _bspline_basis(knots, degree, at)  # (m, n)
+    return torch.linalg.solve(collocation.T, evaluation.T).T  # evaluation @ collocation^-1
+
+
+def resize_offset_grid(offsets: Tensor, new_sides: Grid) -> Tensor:
+    """Resize per-head relative-offset tables ``(H, S_r, S_c) -> (H, S_r', S_c')`` the official way.
+
+    Each axis: source offsets on :func:`geometric_source_offsets`, targets at the integer offsets
+    ``−(S'−1)/2 .. (S'−1)/2``, joined by the exact cubic spline of :func:`spline_resize_matrix`.
+    Computed in float64 and returned in the input dtype; differentiable in ``offsets``.
+    """
+    matrices = []
+    for old, new in zip(offsets.shape[1:], new_sides, strict=True):
+        reach = new // 2
+        targets = tuple(float(t) for t in range(-reach, reach + 1))
+        matrices.append(spline_resize_matrix(geometric_source_offsets(old, new), targets).to(offsets.device))
+    rows, cols = matrices
+    resized = torch.einsum("ri,hij,cj->hrc", rows, offsets.to(torch.float64), cols)  # (H, S_r', S_c')
+    return resized.to(offsets.dtype)
+
+
 def interpolate_rel_pos_bias(table: Tensor, old_grid: int | Grid, new_grid: int | Grid) -> Tensor:
-    """Resize a BEiT relative position bias table from one patch grid to another.
+    """Resize a BEiT relative position bias table from one patch grid to another, exactly as the official
+    BEiT-v2 / X²-VLM loader (``interpolate_pos_embed`` in ``models/beit2.py``) does.
 
     The ``(2·Gh−1)·(2·Gw−1)`` offset rows are viewed as an image per head, ``(H, 2·Gh−1, 2·Gw−1)``,
-    resized with bicubic interpolation (``align_corners=True``: the largest offsets of the old grid
-    map onto the largest offsets of the new one), and the 3 CLS rows are copied unchanged.
-
-    Deviation from the official code (documented): BEiT-v2 / X²-VLM (``interpolate_pos_embed`` in
-    ``models/beit2.py``) fit ``scipy.interpolate.interp2d(kind='cubic')`` per head on a
-    *geometric-progression* grid of source offsets (unit spacing near 0, stretched towards the
-    edges) and sample it at integer target offsets; ``interp2d`` was removed in SciPy 1.14, so that
-    path crashes on current SciPy. Ours is plain bicubic on a uniform grid, written with torch, so
-    near-zero offsets are stretched by the same factor as far ones. Measured against a port of the
-    official sampling (``RectBivariateSpline(kx=3, ky=3)`` on the geometric grid) for a smooth 14→24
-    table, the two differ by 3.6% of the table's value range on average (12% at most). It only
-    matters when a checkpoint is *resized* (e.g. a 224 pre-training checkpoint fine-tuned at 384);
-    the fine-tuning then adapts the table, and checkpoints saved at 384 load at 384 unchanged.
+    and resized by :func:`resize_offset_grid` (source offsets on a geometric progression, cubic
+    spline with ``interp2d``'s knots, sampled at the new integer offsets); the 3 CLS rows are copied.
+    ``interp2d`` was removed in SciPy 1.14; ``tests/test_convert_cclm.py`` checks this against
+    ``scipy.interpolate.RectBivariateSpline(kx=3, ky=3, s=0)`` on the same grid, which reproduces it.
+    A non-square grid (the official code refuses one) gets the same recipe per axis.
 
     Args:
         table: ``(L_old, H)`` with ``L_old = num_relative_distances(old_grid)``.
@@ -356,11 +434,9 @@ def interpolate_rel_pos_bias(table: Tensor, old_grid: int | Grid, new_grid: int 
     if old == new:
         return table
     heads = table.shape[1]
-    offsets = table[:n_old].t().reshape(1, heads, 2 * old[0] - 1, 2 * old[1] - 1)  # (1, H, 2Gh-1, 2Gw-1)
-    size = (2 * new[0] - 1, 2 * new[1] - 1)
-    resized = F.interpolate(offsets.float(), size=size, mode="bicubic", align_corners=True)  # (1, H, *size)
-    resized = resized.reshape(heads, -1).t().to(table.dtype)  # (L_new - 3, H)
-    return torch.cat([resized, table[n_old:]], dim=0)
+    offsets = table[:n_old].t().reshape(heads, 2 * old[0] - 1, 2 * old[1] - 1)  # (H, 2Gh-1, 2Gw-1)
+    resized = resize_offset_grid(offsets, (2 * new[0] - 1, 2 * new[1] - 1))  # (H, 2Gh'-1, 2Gw'-1)
+    return torch.cat([resized.reshape(heads, -1).t(), table[n_old:]], dim=0)  # (L_new, H)
 
 
 def _square_grid_from_table(table_len: int) -> int:
@@ -1080,21 +1156,31 @@ def window_relative_index(window: int) -> Tensor:
     return (relative[0] + window - 1) * (2 * window - 1) + (relative[1] + window - 1)
 
 
-def interpolate_window_bias(table: Tensor, old_window: int, new_window: int) -> Tensor:
-    """Resize a Swin relative position table ``((2W_old−1)², H) -> ((2W_new−1)², H)``.
+WindowResize = Literal["geometric", "bicubic"]
 
-    The same bicubic (``align_corners=True``) resize as :func:`interpolate_rel_pos_bias`, without CLS
-    rows. Deviation (documented there and in ``docs/interop.md``): the official
-    ``interpolate_relative_pos_embed`` fits ``scipy.interpolate.interp2d`` on a geometric-progression grid.
+
+def interpolate_window_bias(
+    table: Tensor, old_window: int, new_window: int, method: WindowResize = "geometric"
+) -> Tensor:
+    """Resize a Swin relative position table ``((2W_old−1)², H) -> ((2W_new−1)², H)`` as an official loader does.
+
+    ``"geometric"``: X-VLM / CCLM ``interpolate_relative_pos_embed`` (``interp2d`` on a geometric grid of
+    source offsets), exactly, through :func:`resize_offset_grid` (the BEiT recipe without CLS rows).
+    ``"bicubic"``: X²-VLM's ``load_pretrained_swin``, ``F.interpolate(mode="bicubic")`` with
+    ``align_corners=False`` on the ``(H, 2W−1, 2W−1)`` table.
     """
     if table.dim() != 2 or table.shape[0] != (2 * old_window - 1) ** 2:
         raise ValueError(f"table of shape {tuple(table.shape)} does not fit a window of {old_window}")
+    if method not in ("geometric", "bicubic"):
+        raise ValueError(f"method must be 'geometric' or 'bicubic', got {method!r}")
     if old_window == new_window:
         return table
-    heads, side = table.shape[1], 2 * old_window - 1
-    offsets = table.t().reshape(1, heads, side, side)  # (1, H, 2W-1, 2W-1)
-    size = (2 * new_window - 1,) * 2
-    resized = F.interpolate(offsets.float(), size=size, mode="bicubic", align_corners=True)
+    heads, side, new_side = table.shape[1], 2 * old_window - 1, 2 * new_window - 1
+    offsets = table.t().reshape(heads, side, side)  # (H, 2W-1, 2W-1)
+    if method == "geometric":
+        resized = resize_offset_grid(offsets, (new_side, new_side))  # (H, 2W'-1, 2W'-1)
+    else:
+        resized = F.interpolate(offsets[None].float(), size=(new_side, new_side), mode="bicubic", align_corners=False)
     return resized.reshape(heads, -1).t().to(table.dtype)  # ((2W'-1)², H)
 
 
