@@ -506,6 +506,32 @@ def test_metrics_jsonl_and_tensorboard(tmp_path: Path) -> None:
     assert list((tmp_path / "run/tensorboard").glob("events.out.tfevents.*"))
 
 
+class AlternatingTask(ToyTask):
+    """Reports ``odd_loss`` on every other step only, as CCLM's alternating image / parallel-text batches do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        losses, metrics = super().forward(batch)
+        self.calls += 1
+        if self.calls % 2:
+            losses["odd_loss"] = torch.tensor(float(self.calls))  # 1, 3, 5, ...: a constant, no gradient
+        return losses, metrics
+
+
+def test_a_loss_reported_on_some_steps_is_averaged_over_those_steps(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    task = AlternatingTask()
+    opt = build_optimizer(task, OptimConfig(lr=1e-2, weight_decay=0.01, lr_mult=1.0))
+    sched = build_scheduler(opt, SchedConfig(kind="constant", warmup_steps=0, total_steps=8))
+    train(task, RepeatingLoader(toy_dataset(), batch_size=8), opt, sched, make_cfg(tmp_path, steps=8, log_every=4), ENV)
+    records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    # Window 1 saw odd_loss 1 and 3 (steps 1, 3), window 2 saw 5 and 7: their means, not halved by 4 steps.
+    assert [r["odd_loss"] for r in records] == [2.0, 6.0]
+
+
 def test_append_result_writes_the_long_schema(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     append_result(path, {"model": "toy", "task": "regression", "metric": "mse", "value": 0.1, "seed": 0})
