@@ -178,6 +178,24 @@ def test_unigram_special_tokens_and_reload(unigram_dir, tmp_path):
     assert config["mask_token"] == "<mask>" and config["unk_token"] == "<unk>"
 
 
+def test_unigram_lowercase_option_folds_case_in_training_and_encoding():
+    tokenizer = tok.build_unigram(CORPUS, 400, lowercase=True)
+    assert tokenizer.encode("A Red Cube").ids == tokenizer.encode("a red cube").ids
+    pieces = tokenizer.get_vocab()
+    assert not any(ch.isupper() for piece in pieces for ch in piece if not piece.startswith("<"))
+    cased = tok.build_unigram(CORPUS, 400)
+    assert cased.encode("A Red Cube").ids != cased.encode("a red cube").ids  # the default keeps case
+
+
+def test_unigram_han_cap_keeps_chinese_pieces_short_and_leaves_other_scripts_alone():
+    capped = tok.build_unigram(CORPUS, 400, max_han_length=2).get_vocab()
+    free = tok.build_unigram(CORPUS, 400).get_vocab()
+    han = [p.lstrip(tok.METASPACE) for p in capped if p.lstrip(tok.METASPACE)[:1] == "色" or "立方" in p]
+    assert han and max(map(len, han)) <= 2
+    assert any(len(p.lstrip(tok.METASPACE)) > 2 and "立方体" in p for p in free)  # uncapped: a longer Han piece
+    assert "▁yellow" in capped and "ボール" in capped  # Latin words and katakana are not capped
+
+
 # --- determinism and bad input -----------------------------------------------------------------
 
 _BUILD_BOTH = """

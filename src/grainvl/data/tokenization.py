@@ -21,7 +21,10 @@ synthetic world); train a real-scale vocabulary with a dedicated tool and load i
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
+import itertools
+import json
 import math
 import unicodedata
 from collections import Counter
@@ -30,11 +33,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from grainvl.data.world import annotate
+from grainvl.data.world.generate import item_rng
+from grainvl.data.world.language import LANGUAGES
+from grainvl.data.world.sampler import sample_scene, sample_video
 from grainvl.errors import DataError
+from grainvl.utils.fileio import atomic_write_text, iter_jsonl
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -43,6 +51,10 @@ WORDPIECE_SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]",
 UNIGRAM_SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<unk>", "<s>", "</s>", "<mask>")
 METASPACE = "▁"  # U+2581, SentencePiece's visible space
 DEFAULT_MAX_LENGTH = 512
+# Tokenizer folders shipped with grainvl (package data), by name; a config's ``tokenizer`` may name one.
+PACKAGED_TOKENIZERS = Path(__file__).parent / "tokenizers"
+WORLD_MULTILINGUAL = "world-multilingual"
+RECIPE_FILE = "recipe.json"  # the MultilingualTokenizerConfig that trained a packaged tokenizer
 
 # ---------------------------------------------------------------------------------------------
 # Loading
@@ -275,30 +287,51 @@ def _merge_symbols(symbols: list[str], pair: tuple[str, str], merged: str) -> li
 
 
 def train_sentencepiece(
-    texts: Iterable[str], vocab_size: int, out_dir: str | Path, max_piece_length: int = 16
+    texts: Iterable[str],
+    vocab_size: int,
+    out_dir: str | Path,
+    max_piece_length: int = 16,
+    lowercase: bool = False,
+    max_han_length: int | None = None,
 ) -> PreTrainedTokenizerFast:
     """Train a SentencePiece-style Unigram tokenizer and save it to ``out_dir`` (see :func:`build_unigram`).
 
     Not Google's ``sentencepiece`` binary: a Unigram model with Metaspace pre-tokenisation in the
     ``tokenizers`` library, the layout XLM-R's fast tokenizer uses.
     """
-    tokenizer = build_unigram(texts, vocab_size, max_piece_length)
+    tokenizer = build_unigram(texts, vocab_size, max_piece_length, lowercase, max_han_length)
     names = ("pad_token", "unk_token", "bos_token", "eos_token", "mask_token")
     special = dict(zip(names, UNIGRAM_SPECIAL_TOKENS)) | {"cls_token": "<s>", "sep_token": "</s>"}
     return _save(tokenizer, special, ["input_ids", "attention_mask"], out_dir)
 
 
-def build_unigram(texts: Iterable[str], vocab_size: int, max_piece_length: int = 16) -> Tokenizer:
-    """A Unigram ``tokenizers.Tokenizer`` trained on ``texts`` (NFKC, Metaspace ``▁``, cased).
+def build_unigram(
+    texts: Iterable[str],
+    vocab_size: int,
+    max_piece_length: int = 16,
+    lowercase: bool = False,
+    max_han_length: int | None = None,
+) -> Tokenizer:
+    """A Unigram ``tokenizers.Tokenizer`` trained on ``texts`` (NFKC, Metaspace ``▁``, cased unless ``lowercase``).
 
     Spaces become ``▁`` and start each word, so Chinese and Japanese sentences (no spaces) are
     segmented by the learned pieces alone. ``decode(encode(x)) == x`` for NFKC-normal text with
-    single spaces and no leading/trailing space. Encodes as ``<s> A </s>`` / ``<s> A </s> </s> B </s>``.
+    single spaces and no leading/trailing space (lower-case text when ``lowercase``). Encodes as
+    ``<s> A </s>`` / ``<s> A </s> </s> B </s>``.
+
+    ``max_han_length`` caps pieces of Chinese characters (Han script) below ``max_piece_length``. Chinese
+    has no spaces, so on a small templated corpus whole recurring phrases ("图中有一个黄色的") win the
+    likelihood and colour, shape and frame share one token; a cap of 3 (most Chinese words have 1–3
+    characters) keeps the pieces word-like. None: no separate cap.
     """
+    # Lower-casing is part of the normaliser, so training and encoding see the same text.
     normalizer = normalizers.NFKC()
+    if lowercase:
+        normalizer = normalizers.Sequence([normalizer, normalizers.Lowercase()])
     pre_tokenizer = pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="always", split=True)
     word_counts = _count_words(_clean_texts(texts), normalizer, pre_tokenizer)
-    pieces = _learn_unigram_pieces(word_counts, vocab_size - len(UNIGRAM_SPECIAL_TOKENS), max_piece_length)
+    size = vocab_size - len(UNIGRAM_SPECIAL_TOKENS)
+    pieces = _learn_unigram_pieces(word_counts, size, max_piece_length, max_han_length)
     vocab = [(token, 0.0) for token in UNIGRAM_SPECIAL_TOKENS]
     vocab += sorted(((piece, round(score, 8)) for piece, score in pieces.items()), key=lambda ps: (-ps[1], ps[0]))
     tokenizer = Tokenizer(models.Unigram(vocab, unk_id=UNIGRAM_SPECIAL_TOKENS.index("<unk>"), byte_fallback=False))
@@ -313,7 +346,9 @@ def build_unigram(texts: Iterable[str], vocab_size: int, max_piece_length: int =
     return tokenizer
 
 
-def _learn_unigram_pieces(word_counts: list[tuple[str, int]], size: int, max_len: int) -> dict[str, float]:
+def _learn_unigram_pieces(
+    word_counts: list[tuple[str, int]], size: int, max_len: int, max_han: int | None = None
+) -> dict[str, float]:
     """SentencePiece's Unigram training: seed substrings, EM, prune by likelihood loss, repeat.
 
     Returns ``{piece: log probability}`` with exactly ``size`` pieces (fewer if the corpus has fewer
@@ -325,7 +360,7 @@ def _learn_unigram_pieces(word_counts: list[tuple[str, int]], size: int, max_len
             f"vocab_size {size + len(UNIGRAM_SPECIAL_TOKENS)} is smaller than the {len(chars)} characters + "
             f"{len(UNIGRAM_SPECIAL_TOKENS)} special tokens of this corpus"
         )
-    logp = _seed_pieces(word_counts, max_len, seed_size=max(10 * size, 1000))
+    logp = _seed_pieces(word_counts, max_len, seed_size=max(10 * size, 1000), max_han=max_han)
     required = set(chars)
     while True:
         for _ in range(2):  # two EM sweeps per round, as SentencePiece does
@@ -336,12 +371,15 @@ def _learn_unigram_pieces(word_counts: list[tuple[str, int]], size: int, max_len
         logp = _prune(word_counts, logp, max_len, required, keep)
 
 
-def _seed_pieces(word_counts: list[tuple[str, int]], max_len: int, seed_size: int) -> dict[str, float]:
+def _seed_pieces(
+    word_counts: list[tuple[str, int]], max_len: int, seed_size: int, max_han: int | None = None
+) -> dict[str, float]:
     """All characters plus the ``seed_size`` best substrings (frequency × length, seen twice or more).
 
     Like SentencePiece (``split_by_unicode_script``, ``split_by_number``) a piece never mixes
     scripts: Han, kana, letters, digits and punctuation stay apart (a leading ``▁`` is allowed), so
-    Japanese splits at kanji/kana changes and "cone." becomes "▁cone" + ".".
+    Japanese splits at kanji/kana changes and "cone." becomes "▁cone" + ".". Han pieces are at most
+    ``max_han`` characters long (besides the ``▁``) when it is given.
     """
     substrings: Counter[str] = Counter()
     for word, count in word_counts:
@@ -349,6 +387,8 @@ def _seed_pieces(word_counts: list[tuple[str, int]], max_len: int, seed_size: in
             for end in range(start + 1, min(len(word), start + max_len) + 1):
                 if end - start > 1 and not _single_script(word[start:end]):
                     break  # every longer piece from this start mixes scripts too
+                if max_han is not None and _han_longer_than(word[start:end], max_han):
+                    break
                 substrings[word[start:end]] += count
     chars = {piece: count for piece, count in substrings.items() if len(piece) == 1}
     longer = [(piece, count) for piece, count in substrings.items() if len(piece) > 1 and count >= 2]
@@ -371,6 +411,12 @@ def _script(ch: str) -> str:
         if name.startswith(script):
             return script
     return "KATAKANA" if ch == "ー" else "letter"
+
+
+def _han_longer_than(piece: str, limit: int) -> bool:
+    """A single-script piece of more than ``limit`` Han characters (a leading ``▁`` not counted)."""
+    body = piece[1:] if piece[0] == METASPACE else piece
+    return len(body) > limit and _script(body[0]) == "CJK"
 
 
 def _single_script(piece: str) -> bool:
@@ -482,6 +528,205 @@ def _prune(
     losses.sort(key=lambda lp: (-lp[0], lp[1]))
     survivors = required | {piece for _, piece in losses[: max(0, keep - len(required))]}
     return {piece: value for piece, value in logp.items() if piece in survivors}
+
+
+# ---------------------------------------------------------------------------------------------
+# The packaged multilingual tokenizer of the world's six languages
+
+
+def world_language_sample(scenes: int, videos: int, seed: int) -> dict[str, list[str]]:
+    """Every kind of text the world writes, per language, for ``scenes`` scenes and ``videos`` clips.
+
+    Scenes are sampled and annotated exactly as ``grainvl world`` does (same grammars, same item
+    seeds) but nothing is rendered, so a large sample takes seconds: captions, region phrases, VQA
+    questions and answers, referring expressions, XVNLI hypotheses, NLVR2/MaRVL statements, video
+    captions and questions. Every 10th scene is from the ``test_ood`` split (held-out colour–shape pairs).
+    """
+    texts: dict[str, list[str]] = {lang: [] for lang in LANGUAGES}
+    previous = None
+    for index in range(scenes):
+        rng = item_rng(seed, "image", index)
+        scene = sample_scene(index, "test_ood" if index % 10 == 9 else "train", rng)
+        ann = annotate.annotate_image(scene, rng, itertools.count(), itertools.count())
+        xvnli = annotate.make_xvnli(scene, rng, index)
+        nlvr = annotate.make_nlvr(previous, scene, rng, index) if previous is not None else None
+        previous = scene
+        for lang in LANGUAGES:
+            texts[lang] += ann.captions[lang] + ann.region_phrases[lang] + [xvnli.texts[lang]]
+            texts[lang] += [q.questions[lang] for q in ann.vqa] + [q.answers_by_lang[lang] for q in ann.vqa]
+            texts[lang] += [ref.texts[lang] for ref in ann.refexps] + ([nlvr.texts[lang]] if nlvr else [])
+    for index in range(videos):
+        rng = item_rng(seed, "video", index)
+        video = annotate.annotate_video(sample_video(index, "train", rng), rng, itertools.count())
+        for lang in LANGUAGES:
+            texts[lang] += video.captions[lang] + [q.questions[lang] for q in video.qa]
+    return texts
+
+
+@dataclass
+class MultilingualTokenizerConfig:
+    """``grainvl tokenizer multilingual``: the packaged ``world-multilingual`` tokenizer (these defaults made it)."""
+
+    out: str  # output folder (Hugging Face layout)
+    scenes: int = 3000  # scenes whose text is sampled (rendering-free, see world_language_sample)
+    videos: int = 300  # video clips whose captions and questions are sampled
+    seed: int = 16
+    vocab_size: int = 8000
+    lowercase: bool = True  # pre_caption / pre_question lower-case every text before tokenisation anyway
+    max_han_length: int = 3  # word-like Chinese pieces (see build_unigram)
+
+
+def train_world_multilingual(cfg: MultilingualTokenizerConfig, out_dir: str | Path) -> PreTrainedTokenizerFast:
+    """Train the six-language Unigram of ``cfg`` into ``out_dir`` and record ``cfg`` there (``recipe.json``).
+
+    Every language contributes the same (parallel) texts, so none dominates the piece statistics.
+    """
+    sample = world_language_sample(cfg.scenes, cfg.videos, cfg.seed)
+    corpus = [text for lang in LANGUAGES for text in sample[lang]]
+    tokenizer = train_sentencepiece(
+        corpus, cfg.vocab_size, out_dir, lowercase=cfg.lowercase, max_han_length=cfg.max_han_length
+    )
+    recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"}
+    atomic_write_text(Path(out_dir) / RECIPE_FILE, json.dumps(recipe, indent=2) + "\n")
+    return tokenizer
+
+
+def resolve_tokenizer_folder(source: str | Path) -> Path:
+    """The folder a config's ``tokenizer`` names: ``"minilm"``, a packaged name (``"world-multilingual"``) or a path.
+
+    A path wins over a packaged name only when it exists, as model names do in ``resolve_model``.
+    """
+    text = str(source)
+    if text == "minilm":
+        return packaged_minilm_path()
+    packaged = PACKAGED_TOKENIZERS / text
+    if text in packaged_tokenizers() and not Path(text).exists():
+        return packaged
+    return Path(source)
+
+
+def packaged_tokenizers() -> list[str]:
+    """Names of the tokenizer folders shipped in ``grainvl/data/tokenizers/`` (besides ``"minilm"``)."""
+    return sorted(p.name for p in PACKAGED_TOKENIZERS.iterdir() if (p / "tokenizer.json").is_file())
+
+
+# ---------------------------------------------------------------------------------------------
+# Vocabulary overlap and unknown-token rates
+
+_WORDPIECE_OF_SPECIAL = dict(zip(UNIGRAM_SPECIAL_TOKENS, ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")))
+
+
+def wordpiece_spelling(piece: str) -> str | None:
+    """How BERT's WordPiece vocabulary spells a SentencePiece piece, or None when it cannot.
+
+    ``▁dog`` (word-initial) -> ``dog``; ``og`` (inside a word) -> ``##og``; a single CJK character or
+    punctuation mark -> itself, because BERT's pre-tokeniser makes each one a word of its own (so its
+    ``##`` form is never used); the Unigram special tokens -> BERT's (``<s>`` -> ``[CLS]`` ...); a bare
+    ``▁`` -> None (WordPiece has no space token).
+    """
+    if piece in _WORDPIECE_OF_SPECIAL:
+        return _WORDPIECE_OF_SPECIAL[piece]
+    if piece.startswith(METASPACE):
+        return piece[1:] or None
+    if len(piece) == 1 and _stands_alone(piece):
+        return piece
+    return "##" + piece
+
+
+def _stands_alone(ch: str) -> bool:
+    """BERT's pre-tokeniser splits punctuation/symbols and CJK ideographs into words of one character."""
+    return _script(ch) == "CJK" or unicodedata.category(ch)[0] in "PS"
+
+
+def shared_token_rows(tokenizer: PreTrainedTokenizerFast, wordpiece_vocab: dict[str, int]) -> dict[int, int]:
+    """``{our id: WordPiece id}`` for every token of ``tokenizer`` that exists in ``wordpiece_vocab`` (exact match)."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    rows = {}
+    for index, piece in enumerate(pieces):
+        spelling = wordpiece_spelling(piece)
+        if spelling is not None and spelling in wordpiece_vocab:
+            rows[index] = wordpiece_vocab[spelling]
+    return rows
+
+
+@dataclass(frozen=True)
+class UnknownCount:
+    """Tokens of one language's texts and how many of them are the unknown token."""
+
+    texts: int
+    tokens: int
+    unknown: int
+
+    @property
+    def rate(self) -> float:
+        return self.unknown / self.tokens if self.tokens else 0.0
+
+
+def unknown_token_rates(tokenizer: PreTrainedTokenizerFast, texts: dict[str, list[str]]) -> dict[str, UnknownCount]:
+    """Per language, the share of (non-special) tokens that ``tokenizer`` turns into its unknown token."""
+    unk = tokenizer.unk_token_id
+    counts = {}
+    for lang, lang_texts in texts.items():
+        ids = tokenizer(lang_texts, add_special_tokens=False)["input_ids"] if lang_texts else []
+        counts[lang] = UnknownCount(len(lang_texts), sum(map(len, ids)), sum(row.count(unk) for row in ids))
+    return counts
+
+
+def format_unknown_rates(rates: dict[str, UnknownCount]) -> str:
+    """A plain-text table: one row per language (in the given order) and the total."""
+    rows = [f"{'lang':<6}{'texts':>9}{'tokens':>11}{'unknown':>10}{'rate':>9}"]
+    total = UnknownCount(*(sum(getattr(c, f) for c in rates.values()) for f in ("texts", "tokens", "unknown")))
+    for lang, count in [*rates.items(), ("all", total)]:
+        rows.append(f"{lang:<6}{count.texts:>9}{count.tokens:>11}{count.unknown:>10}{count.rate:>9.2%}")
+    return "\n".join(rows)
+
+
+@dataclass
+class UnknownRateConfig:
+    """``grainvl tokenizer unk-rate``: the share of [UNK] tokens per language."""
+
+    data: str = ""  # world folder or JSON-lines file (required)
+    model: str = "cclm-small"  # the model whose tokenizer is measured
+    tokenizer: str = ""  # a tokenizer folder or packaged name; overrides model
+    max_rate: float = 0.01  # the issue's bar: under 1% in every language
+
+
+def texts_by_language(path: str | Path) -> dict[str, list[str]]:
+    """Texts per language of a world (its ``image_text_multilingual.jsonl`` captions, every split) or a JSON-lines file.
+
+    A file's record holds ``"caption": {lang: text}`` (the world's layout) or a text field (``caption``,
+    ``text``, ``sentence``, ``sent`` or ``sentence2``) next to ``"lang"`` / ``"language"``. A record with
+    neither is a DataError naming the file and line.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted((path / "annotations" / "pretrain").glob("*/image_text_multilingual.jsonl"))
+        if not files:
+            raise DataError(path, None, "no annotations/pretrain/*/image_text_multilingual.jsonl (not a world folder)")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise FileNotFoundError(f"{path} does not exist")
+    texts: dict[str, list[str]] = {}
+    for file in files:
+        for line, record in iter_jsonl(file):
+            for lang, text in _record_texts(file, line, record):
+                texts.setdefault(lang, []).append(text)
+    return texts
+
+
+_TEXT_FIELDS = ("caption", "text", "sentence", "sent", "sentence2")
+
+
+def _record_texts(file: Path, line: int, record: Any) -> list[tuple[str, str]]:
+    caption = record.get("caption") if isinstance(record, dict) else None
+    if isinstance(caption, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in caption.items()):
+        return sorted(caption.items())
+    lang = record.get("lang", record.get("language")) if isinstance(record, dict) else None
+    text = next((record[k] for k in _TEXT_FIELDS if isinstance(record.get(k), str)), None) if lang else None
+    if not isinstance(lang, str) or text is None:
+        raise DataError(file, line, 'expected "caption": {lang: text}, or "lang" with a caption/text/sentence field')
+    return [(lang, text)]
 
 
 @dataclass

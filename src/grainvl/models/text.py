@@ -21,6 +21,7 @@ load by name; :func:`load_hf_bert` adds X²-VLM's 12 -> 18 layer expansion (xvlm
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,6 +69,11 @@ class TextConfig:
     cross_drop_path_rate: float = 0.0  # ... and separately over the fusion (or cross-encoder) layers
     layout: Literal["single", "cross"] = "single"  # "single": X²-VLM; "cross": CCLM text + cross encoder
     cross_layers: int = 0  # layers of the separate cross encoder (layout "cross" only)
+    # The official cross encoder is built from its own BERT config (CCLM / X²-VLM-Plus ``cross_encoder``),
+    # whose heads, FFN width and LayerNorm epsilon may differ from the text encoder's; None = the text's.
+    cross_num_heads: int | None = None
+    cross_intermediate_size: int | None = None
+    cross_layer_norm_eps: float | None = None
     roberta_positions: bool = False  # RoBERTa/XLM-R position ids (pads at pad_token_id, tokens from pad+1)
     initializer_range: float = 0.02
     # Per-layer shapes of a pruned (shrunk) stack, layout "single" only; None = uniform. Heads keep
@@ -90,6 +96,13 @@ class TextConfig:
             raise ValueError(
                 "layout 'cross' needs a text encoder without cross-attention (fusion_start == num_layers, got "
                 f"{self.fusion_start} vs {self.num_layers}) and cross_layers >= 1 (got {self.cross_layers})"
+            )
+        own_cross = (self.cross_num_heads, self.cross_intermediate_size, self.cross_layer_norm_eps)
+        if self.layout != "cross" and any(v is not None for v in own_cross):
+            raise ValueError("cross_num_heads / cross_intermediate_size / cross_layer_norm_eps need layout 'cross'")
+        if self.cross_num_heads is not None and (self.cross_num_heads < 1 or self.hidden_size % self.cross_num_heads):
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of cross_num_heads {self.cross_num_heads}"
             )
         for name in ("layer_heads", "layer_cross_heads", "layer_intermediate"):
             values = getattr(self, name)
@@ -114,6 +127,18 @@ class TextConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    def cross_encoder_config(self) -> TextConfig:
+        """The config the separate cross encoder is built from: the text's, with its own heads, FFN and epsilon."""
+        return dataclasses.replace(
+            self,
+            num_heads=self.cross_num_heads or self.num_heads,
+            intermediate_size=self.cross_intermediate_size or self.intermediate_size,
+            layer_norm_eps=self.layer_norm_eps if self.cross_layer_norm_eps is None else self.cross_layer_norm_eps,
+            cross_num_heads=None,
+            cross_intermediate_size=None,
+            cross_layer_norm_eps=None,
+        )
 
     @classmethod
     def from_hf_config(cls, source: str | Path | dict[str, Any], **overrides: Any) -> TextConfig:
@@ -610,6 +635,7 @@ class CrossEncoder(nn.Module):
         super().__init__()
         if config.cross_layers < 1:
             raise ValueError(f"CrossEncoder needs cross_layers >= 1, got {config.cross_layers}")
+        config = config.cross_encoder_config()
         self.config = config
         self.encoder = BertEncoder(config, config.cross_layers, fusion_start=0)
         self.apply(lambda m: init_bert_weights(m, config.initializer_range))
@@ -779,6 +805,23 @@ def _checkpoint_layers(tower: dict[str, Tensor]) -> int:
     return max(indices) + 1 if indices else 0
 
 
+@torch.no_grad()
+def copy_embedding_rows(table: nn.Embedding, source: Tensor, rows: dict[int, int]) -> int:
+    """``table.weight[i] = source[j]`` for every ``{i: j}`` of ``rows``; -> the number of rows copied.
+
+    ``table`` (V, H) and ``source`` (V', H): initialise a new vocabulary's embeddings from another
+    model's wherever the two vocabularies share a token (``data.tokenization.shared_token_rows``).
+    """
+    if source.shape[1] != table.embedding_dim:
+        raise ValueError(f"cannot copy rows of width {source.shape[1]} into embeddings of width {table.embedding_dim}")
+    if not rows:
+        return 0
+    ours = torch.tensor(sorted(rows), dtype=torch.long)  # (R,)
+    theirs = torch.tensor([rows[i] for i in sorted(rows)], dtype=torch.long)  # (R,)
+    table.weight[ours] = source[theirs].to(table.weight.dtype)
+    return len(rows)
+
+
 def load_hf_bert(
     folder: str | Path,
     num_layers: int | None = None,
@@ -832,6 +875,7 @@ __all__ = [
     "MLMHead",
     "TextConfig",
     "additive_attention_mask",
+    "copy_embedding_rows",
     "expand_layers",
     "hf_bert_dims",
     "init_bert_weights",

@@ -25,8 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from grainvl.data.region import region_features
-from grainvl.data.tokenization import packaged_minilm_path
-from grainvl.models.text import BertEncoderModel, CrossEncoder, MLMHead, TextConfig, load_hf_bert
+from grainvl.data.tokenization import load_tokenizer, packaged_minilm_path, resolve_tokenizer_folder, shared_token_rows
+from grainvl.models.text import (
+    BertEncoderModel,
+    CrossEncoder,
+    MLMHead,
+    TextConfig,
+    copy_embedding_rows,
+    load_hf_bert,
+)
 from grainvl.models.vision import VisionConfig, build_vision_tower
 from grainvl.utils.fileio import (
     atomic_write_text,
@@ -38,6 +45,8 @@ from grainvl.utils.fileio import (
 
 # Query/key size of the attention box head (``box_head="attention"``, our extension).
 BOX_ATTENTION_DIM = 128
+# The pre-training objective sets a config may name (``XVLMConfig.objectives``).
+OBJECTIVES = ("xvlm", "cclm")
 
 
 def build_mlp(in_dim: int, out_dim: int) -> nn.Sequential:
@@ -60,10 +69,19 @@ class XVLMConfig:
     add_frame_pos: bool = True
     video_encoding: str = "avgpool"  # "avgpool" (official) or "temporal_attention" (our extension, off by default)
     text_init: str | None = None  # "minilm" (the packaged all-MiniLM-L6-v2) or a local Hugging Face BERT folder
-    tokenizer: str = "minilm"  # "minilm" or a local tokenizer folder
+    # "minilm", a packaged tokenizer ("world-multilingual", data/tokenizers/) or a local tokenizer folder;
+    # "" = the model folder's own tokenizer files (see data.tokenization.resolve_tokenizer_folder).
+    tokenizer: str = "minilm"
+    # Which pre-training the model is made for: "xvlm" (X²-VLM's image/region/video losses) or "cclm"
+    # (CCLM's cross-view losses, which add parallel text); ``grainvl pretrain`` reads it.
+    objectives: str = "xvlm"
     max_tokens: int = 40
     # "mlp" (official: bbox_head(CLS).sigmoid()) or "attention" (our extension, see ``predict_box``).
     box_head: str = "mlp"
+
+    def __post_init__(self) -> None:
+        if self.objectives not in OBJECTIVES:
+            raise ValueError(f"objectives must be one of {OBJECTIVES}, got {self.objectives!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -377,11 +395,18 @@ def _init_linear(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def init_text_from_pretrained(model: XVLM) -> dict[str, list[str]]:
-    """Load the configured unimodal text checkpoint into the text tower (X²-VLM's init, xvlm.md §1.7)."""
+def init_text_from_pretrained(model: XVLM) -> dict[str, Any]:
+    """Load the configured unimodal text checkpoint into the text tower (X²-VLM's init, xvlm.md §1.7).
+
+    When the model's vocabulary is not the checkpoint's (the ``cclm-*`` presets' world-multilingual
+    Unigram on MiniLM), the word-embedding table cannot load whole: the rows of tokens that the
+    checkpoint's tokenizer also has (``data.tokenization.shared_token_rows``) are copied and the rest
+    keep their random init. Only when the widths agree (MiniLM: 384); otherwise the table stays random.
+    -> ``missing`` / ``unexpected`` keys and ``word_rows_copied`` of ``word_rows``.
+    """
     source = model.config.text_init
     if source is None:
-        return {"missing": [], "unexpected": []}
+        return {"missing": [], "unexpected": [], "word_rows_copied": 0, "word_rows": model.config.text.vocab_size}
     folder = _resolve_hf_folder(source)
     text = model.config.text
     _, loaded, report = load_hf_bert(
@@ -390,10 +415,29 @@ def init_text_from_pretrained(model: XVLM) -> dict[str, list[str]]:
         fusion_start=text.fusion_start,
         encoder_width=text.encoder_width,
     )
-    own = model.bert.state_dict()
-    compatible = {k: v for k, v in loaded.state_dict().items() if k in own and own[k].shape == v.shape}
+    own, theirs = model.bert.state_dict(), loaded.state_dict()
+    compatible = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
     model.bert.load_state_dict(compatible, strict=False)
-    return {"missing": sorted(set(own) - set(compatible)), "unexpected": list(report.get("unexpected", []))}
+    copied = text.vocab_size if _WORD_TABLE in compatible else _copy_shared_rows(model, folder, theirs[_WORD_TABLE])
+    return {
+        "missing": sorted(set(own) - set(compatible)),
+        "unexpected": list(report.get("unexpected", [])),
+        "word_rows_copied": copied,
+        "word_rows": text.vocab_size,
+    }
+
+
+_WORD_TABLE = "embeddings.word_embeddings.weight"
+
+
+def _copy_shared_rows(model: XVLM, checkpoint_folder: Path, checkpoint_words: torch.Tensor) -> int:
+    """Copy the checkpoint's (V', H) word rows into the model's (V, H) table for tokens both vocabularies hold."""
+    table = model.bert.embeddings.word_embeddings
+    if not model.config.tokenizer or checkpoint_words.shape[1] != table.embedding_dim:
+        return 0  # no tokenizer named in the config, or another width: nothing to match row by row
+    ours = load_tokenizer(resolve_tokenizer_folder(model.config.tokenizer))
+    rows = shared_token_rows(ours, load_tokenizer(checkpoint_folder).get_vocab())
+    return copy_embedding_rows(table, checkpoint_words, rows)
 
 
 def _resolve_hf_folder(source: str) -> Path:
