@@ -44,7 +44,8 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 # ---------------------------------------------------------------------------------------------- registry
 def test_registry_lists_every_family() -> None:
-    assert set(list_models()) == set(list_models("vl")) | set(list_models("text"))
+    assert set(list_models()) == set(list_models("vl")) | set(list_models("text")) | set(list_models("davinci"))
+    assert {"davinci-tiny", "davinci-small", "davinci-base"} <= set(list_models("davinci"))
     assert {"xvlm-tiny", "xvlm-small", "x2vlm-base", "x2vlm-large"} <= set(list_models("vl"))
     assert {"bert-tiny", "bert-mini", "bert-small", "bert-medium", "bert-base"} <= set(list_models("text"))
     with pytest.raises(ValueError, match="unknown model family 'audio'"):

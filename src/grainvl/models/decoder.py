@@ -46,10 +46,19 @@ def causal_mask(attention_mask: Tensor) -> Tensor:
 class TextDecoder(nn.Module):
     """Causal BERT decoder with cross-attention to encoder states and a tied LM head (official names)."""
 
-    def __init__(self, config: TextConfig) -> None:
+    def __init__(self, config: TextConfig, word_embeddings: nn.Embedding | None = None) -> None:
+        """``word_embeddings``: an external token table (config.vocab_size x hidden) to read inputs from and
+        tie the output layer to, instead of a table of its own (DaVinci shares one table with its encoder)."""
         super().__init__()
         self.config = config
         self.bert = BertEncoderModel(config)
+        if word_embeddings is not None:
+            if tuple(word_embeddings.weight.shape) != (config.vocab_size, config.hidden_size):
+                raise ValueError(
+                    f"word_embeddings {tuple(word_embeddings.weight.shape)} do not fit the decoder "
+                    f"({config.vocab_size}, {config.hidden_size})"
+                )
+            self.bert.embeddings.word_embeddings = word_embeddings
         self.cls = MLMHead(config)
         self.cls.tie_weights(self.bert.embeddings)  # BertLMHeadModel ties its output embeddings
 

@@ -5,7 +5,8 @@ Every preset is data: ``architectures/<name>.json`` with a ``"family"`` key:
 * ``"vl"``: an :class:`XVLMConfig` (``xvlm-tiny`` … ``x2vlm-large``), built by :func:`load_model`;
 * ``"text"``: :class:`TextConfig` fields of a BERT text encoder without vocabulary (the tokenizer
   sets it), built by :func:`load_text_model` — Turc et al. 2019's compact BERTs ``bert-tiny`` …
-  ``bert-base`` (``bert-small`` is TACO's small model).
+  ``bert-base`` (``bert-small`` is TACO's small model);
+* ``"davinci"``: a :class:`DaVinciConfig` (``davinci-tiny`` … ``davinci-base``), built by :func:`load_davinci_model`.
 
 :func:`resolve_model` is the only place that turns what a user typed (``--model``, ``--teacher``,
 ``--models``, the Python API) into a :class:`ResolvedModel`: a registered name, an architecture JSON
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from grainvl.data.tokenization import load_tokenizer, packaged_minilm_path
+from grainvl.data.tokenization import load_tokenizer, resolve_tokenizer_folder
 from grainvl.data.transforms import build_transform
+from grainvl.models.davinci import DaVinci, DaVinciConfig
 from grainvl.models.text import (
     BertEncoderModel,
     MLMHead,
@@ -34,8 +36,8 @@ from grainvl.models.xvlm import XVLM, XVLMConfig, init_text_from_pretrained
 from grainvl.utils.fileio import load_model_safetensors
 
 ARCHITECTURES = Path(__file__).parent / "architectures"
-FAMILIES = ("vl", "text")
-Family = Literal["vl", "text"]
+FAMILIES = ("vl", "text", "davinci")
+Family = Literal["vl", "text", "davinci"]
 Kind = Literal["preset", "file", "folder", "run"]
 
 WEIGHTS_FILE = "model.safetensors"
@@ -59,7 +61,7 @@ class ResolvedModel:
     """Its name in results tables: the preset, or the folder's (the run's for ``RUN/model``)."""
     kind: Kind
     family: Family
-    config: XVLMConfig | TextConfig
+    config: XVLMConfig | TextConfig | DaVinciConfig
     folder: Path | None = None
     """Folder of the weights' config and tokenizer files (and ``quantize.json``, ``masks.safetensors``)."""
     weights: Path | None = None
@@ -76,7 +78,7 @@ class ResolvedModel:
     def expect(self, family: Family) -> ResolvedModel:
         """Itself, or a one-line ValueError when it is another family's model."""
         if self.family != family:
-            what = {"vl": "a vision-language model", "text": "a text encoder"}
+            what = {"vl": "a vision-language model", "text": "a text encoder", "davinci": "a DaVinci encoder-decoder"}
             raise ValueError(
                 f"model {self.source!r} is {what[self.family]} ({self.kind}), not {what[family]}; "
                 f"{family} models: {', '.join(list_models(family))}"
@@ -117,7 +119,7 @@ def list_models(family: str | None = None) -> list[str]:
     return sorted(n for n, p in names.items() if _family_of(_read_architecture(p), p) == family)
 
 
-def architecture_config(path: str | Path) -> tuple[Family, XVLMConfig | TextConfig]:
+def architecture_config(path: str | Path) -> tuple[Family, XVLMConfig | TextConfig | DaVinciConfig]:
     """(family, config) of an architecture JSON file (registered or not)."""
     path = Path(path)
     arch = _read_architecture(path)
@@ -125,6 +127,8 @@ def architecture_config(path: str | Path) -> tuple[Family, XVLMConfig | TextConf
     fields = {k: v for k, v in arch.items() if k != "family"}
     if family == "vl":
         return family, xvlm_config(fields, path)
+    if family == "davinci":
+        return family, davinci_config(fields, path)
     fields.pop("name", None)
     unknown = sorted(set(fields) - _TEXT_KEYS)
     if unknown:
@@ -140,6 +144,14 @@ def xvlm_config(fields: dict[str, Any], source: str | Path) -> XVLMConfig:
     try:
         return XVLMConfig.from_dict(fields)
     except TypeError as error:  # a dataclass's unexpected or missing keyword argument
+        raise ValueError(f"{source}: {error}") from None
+
+
+def davinci_config(fields: dict[str, Any], source: str | Path) -> DaVinciConfig:
+    """``DaVinciConfig.from_dict`` with one-line ValueErrors naming ``source``."""
+    try:
+        return DaVinciConfig.from_dict(fields)
+    except (TypeError, ValueError) as error:
         raise ValueError(f"{source}: {error}") from None
 
 
@@ -200,11 +212,16 @@ def _model_folder(source: str, label: str, folder: Path, kind: Kind) -> Resolved
     if not config_file.is_file() or weights is None:
         return None
     raw = json.loads(config_file.read_text(encoding="utf-8"))
-    if "vision" in raw and "text" in raw:
+    config: XVLMConfig | TextConfig | DaVinciConfig
+    family: Family
+    if raw.get("family") == "davinci":
         if weights.name != WEIGHTS_FILE:
             return None
-        config: XVLMConfig | TextConfig = xvlm_config({k: v for k, v in raw.items() if k != "family"}, config_file)
-        family: Family = "vl"
+        config, family = davinci_config(raw, config_file), "davinci"
+    elif "vision" in raw and "text" in raw:
+        if weights.name != WEIGHTS_FILE:
+            return None
+        config, family = xvlm_config({k: v for k, v in raw.items() if k != "family"}, config_file), "vl"
     elif "num_hidden_layers" in raw:
         config, family = TextConfig.from_hf_config(raw), "text"
     else:
@@ -224,8 +241,10 @@ def _checkpoint_run(source: str, label: str, run: Path) -> ResolvedModel | None:
     model = json.loads(run_config.read_text(encoding="utf-8")).get("model")
     if not weights.is_file() or not isinstance(model, str):
         return None
-    base = resolve_model(model).expect("vl")  # the architecture (and tokenizer) the run started from
-    return ResolvedModel(source, label, "run", "vl", base.config, base.folder, weights, _CHECKPOINT_PREFIX)
+    base = resolve_model(model)  # the architecture (and tokenizer) the run started from
+    if base.family == "text":
+        base.expect("vl")  # text runs keep no checkpoints/latest model: the one-line family error
+    return ResolvedModel(source, label, "run", base.family, base.config, base.folder, weights, _CHECKPOINT_PREFIX)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -272,7 +291,7 @@ def load_text_model(source: str | Path | ResolvedModel, tokenizer: str | Path | 
     """
     resolved = resolve_model(source).expect("text")
     if resolved.folder is not None:
-        tok = load_tokenizer(tokenizer or resolved.folder)
+        tok = load_tokenizer(resolve_tokenizer_folder(tokenizer) if tokenizer else resolved.folder)
         config, encoder, _ = load_hf_bert(resolved.folder)
         head = MLMHead(config)
         state = read_hf_state_dict(resolved.folder)
@@ -281,7 +300,7 @@ def load_text_model(source: str | Path | ResolvedModel, tokenizer: str | Path | 
         if head_state:
             head.load_state_dict(head_state, strict=False)
     else:
-        tok = load_tokenizer(tokenizer or packaged_minilm_path())
+        tok = load_tokenizer(resolve_tokenizer_folder(tokenizer or "minilm"))
         assert isinstance(resolved.config, TextConfig)
         config = dataclasses.replace(resolved.config, vocab_size=len(tok), pad_token_id=tok.pad_token_id or 0)
         encoder, head = BertEncoderModel(config), MLMHead(config)
@@ -289,6 +308,23 @@ def load_text_model(source: str | Path | ResolvedModel, tokenizer: str | Path | 
         raise ValueError(f"the tokenizer has {len(tok)} tokens but the model only {config.vocab_size} embeddings")
     head.tie_weights(encoder.embeddings)
     return encoder, head, tok
+
+
+def load_davinci_model(source: str | Path | ResolvedModel) -> DaVinci:
+    """The :class:`DaVinci` behind ``source``: a preset / JSON (fresh, the stem from its packaged weights where the
+    architecture asks), a ``save_pretrained`` folder, or a run folder (``model/`` or its latest checkpoint)."""
+    resolved = resolve_model(source).expect("davinci")
+    config = resolved.config
+    assert isinstance(config, DaVinciConfig)
+    if resolved.weights is None:
+        return DaVinci(config)
+    if not resolved.weights_prefix and resolved.folder is not None and resolved.weights.parent == resolved.folder:
+        return DaVinci.from_pretrained(resolved.folder)
+    model = DaVinci(dataclasses.replace(config, stem_pretrained=False))  # a training checkpoint replaces every weight
+    prefix = resolved.weights_prefix
+    state = {k[len(prefix) :]: v for k, v in load_model_safetensors(resolved.weights).items() if k.startswith(prefix)}
+    model.load_state_dict(state)
+    return model
 
 
 def create_model(
@@ -299,7 +335,7 @@ def create_model(
 
 
 def get_tokenizer(name_or_config: str | Path | XVLMConfig | ResolvedModel) -> Any:
-    """The tokenizer a model uses: its folder's own files, else the config's (packaged MiniLM WordPiece)."""
+    """The tokenizer a model uses: its folder's own files, else the config's (``minilm``, a packaged name, a folder)."""
     if isinstance(name_or_config, XVLMConfig):
         source = name_or_config.tokenizer
     else:
@@ -307,8 +343,8 @@ def get_tokenizer(name_or_config: str | Path | XVLMConfig | ResolvedModel) -> An
         folder = resolved.folder
         if folder is not None and ((folder / "tokenizer.json").exists() or (folder / "vocab.txt").exists()):
             return load_tokenizer(folder)
-        source = resolved.config.tokenizer if isinstance(resolved.config, XVLMConfig) else "minilm"
-    return load_tokenizer(packaged_minilm_path() if source == "minilm" else Path(source))
+        source = resolved.config.tokenizer if isinstance(resolved.config, (XVLMConfig, DaVinciConfig)) else "minilm"
+    return load_tokenizer(resolve_tokenizer_folder(source))
 
 
 def create_model_and_transforms(
