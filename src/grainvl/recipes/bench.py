@@ -64,7 +64,7 @@ from grainvl.config import from_dict, with_values
 from grainvl.models.factory import default_label, resolve_model
 from grainvl.recipes.finetune import MODEL_DIR, FinetuneConfig, finetune, load_finetuned
 from grainvl.tasks.base import HEAD_FILE, TASK_FILE
-from grainvl.tasks.registry import get_task, list_tasks
+from grainvl.tasks.registry import UnsupportedTask, get_task, list_tasks
 from grainvl.utils.fileio import atomic_write_text, require_writable_dir, require_writable_file, to_plain
 
 SPLITS = {"id": "test", "ood": "test_ood"}
@@ -159,7 +159,7 @@ def parse_models(entries: Sequence[str]) -> list[ModelEntry]:
 def check_inputs(models: Sequence[ModelEntry], tasks: Sequence[str], options: BenchOptions | None = None) -> None:
     """Fail before any worker starts: an unknown task (also as a ``task_finetune`` key), task options that
     task does not take (``finetune.options`` / ``task_finetune.<task>.options``), or a model that does not
-    resolve to a vision-language model. Every failure is a one-line ValueError / FileNotFoundError."""
+    resolve to a vision-language or DaVinci model. Every failure is a one-line ValueError / FileNotFoundError."""
 
     unknown_tasks = [t for t in tasks if t not in list_tasks()]
     if unknown_tasks:
@@ -170,14 +170,21 @@ def check_inputs(models: Sequence[ModelEntry], tasks: Sequence[str], options: Be
             raise ValueError(
                 f"task_finetune: unknown task(s) {unknown_tasks}; registered tasks: {', '.join(list_tasks())}"
             )
-        for task in tasks:
+    families = []
+    for model in models:
+        family = resolve_model(model.source).family
+        if family != "davinci":
+            resolve_model(model.source).expect("vl")
+        families.append(family)
+    if options is not None:
+        for task, family in [(t, f) for f in dict.fromkeys(families) for t in tasks]:
             try:
-                get_task(task, **options.finetune_config(task).options)
+                get_task(task, family, **options.finetune_config(task).options)
+            except UnsupportedTask:
+                continue  # that (model, task) becomes a row giving the reason, the others still run
             except ValueError as error:
                 where = f"finetune.options / task_finetune.{task}.options"
                 raise ValueError(f"{where}: {error}") from None
-    for model in models:
-        resolve_model(model.source).expect("vl")
 
 
 def _slug(text: str) -> str:

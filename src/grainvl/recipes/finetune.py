@@ -55,7 +55,16 @@ from grainvl.data.layout import (
     split_of,
 )
 from grainvl.errors import BadRecords
-from grainvl.models.factory import default_label, get_tokenizer, load_model, resolve_model
+from grainvl.models.davinci import DaVinci
+from grainvl.models.factory import (
+    ResolvedModel,
+    default_label,
+    get_tokenizer,
+    load_davinci_model,
+    load_model,
+    resolve_model,
+)
+from grainvl.models.xvlm import XVLM
 from grainvl.recipes.scaffold import (
     OFFICIAL_OPTIM_SECTIONS,
     Run,
@@ -75,6 +84,7 @@ from grainvl.tasks.base import (
     resolve_split,
     split_tag,
 )
+from grainvl.tasks.davinci_downstream import DaVinciTask
 from grainvl.tasks.iglue import ENGLISH, VALIDATORS, CrossLingualTask, non_english_mean, with_options
 from grainvl.tasks.registry import get_task
 from grainvl.train.loop import TrainConfig, train
@@ -127,7 +137,9 @@ def _optimizer(module: TaskModule, cfg: OptimConfig, pretrained: bool) -> torch.
     """X²-VLM groups; ``lr_mult`` for the task head and, on an un-pretrained model, its new parts too."""
 
     heads = sorted({name.split(".")[0] + "." for name, _ in module.named_parameters() if not name.startswith("model.")})
-    fresh = [] if pretrained else [f"model.{p}" for p in module.model.newly_initialised()]
+    # DaVinci has no packaged-init bookkeeping: a fresh DaVinci trains at the base rate everywhere.
+    fresh = [] if pretrained or isinstance(module.model, DaVinci) else module.model.newly_initialised()
+    fresh = [f"model.{p}" for p in fresh]
     overrides = {k if k.startswith("model.") else f"model.{k}": v for k, v in cfg.lr_overrides.items()}
     return build_optimizer(module, dataclasses.replace(cfg, lr_mult_params=heads + fresh, lr_overrides=overrides))
 
@@ -171,9 +183,11 @@ def preflight(cfg: FinetuneConfig) -> list[str]:
     if not world.is_dir():
         raise FileNotFoundError(f"data root not found: {world} (make a world with `grainvl world --out {world}`)")
     register_layout(DataLayout(world, cfg.files))
-    cross = get_task(cfg.task, **task_options(cfg))
+    cross = get_task(cfg.task, resolve_model(cfg.model).family, **task_options(cfg))
     if isinstance(cross, CrossLingualTask):
         return _cross_lingual_preflight(cross, world, cfg)
+    if isinstance(cross, DaVinciTask):
+        return _davinci_preflight(cross, world, cfg)
     task = cfg.task
     data_files(world, task, "train")  # a missing train split stops here, with where it was looked for
     splits = []
@@ -189,6 +203,29 @@ def preflight(cfg: FinetuneConfig) -> list[str]:
         print(f"finetune: evaluating {task} on 'val' instead", file=sys.stderr)
         splits = ["val"]
     return splits
+
+
+def _davinci_preflight(task: DaVinciTask, world: Path, cfg: FinetuneConfig) -> list[str]:
+    """:func:`preflight` of a DaVinci task: its own files per split (VE, the probe and GLUE live outside the layout)."""
+    if not task.split_files(world, "train"):
+        raise FileNotFoundError(f"{task.name}: no train split under {world}")
+    splits = []
+    for split in dict.fromkeys(resolve_split(s) for s in cfg.eval_splits):
+        files = task.split_files(world, split)
+        if not files:
+            print(f"finetune: skipping evaluation split {split!r}: it does not exist for {task.name}", file=sys.stderr)
+        elif not cfg.skip_bad and task.name in ("captioning", "vqa", "nlvr2"):  # the layout's validated formats
+            validate_split_files(files, task.name)
+        if files:
+            splits.append(split)
+    return splits
+
+
+def load_backbone(source: ResolvedModel) -> tuple[nn.Module, Any]:
+    """(model, tokenizer) of a resolved model of either family: an :class:`XVLM` or a :class:`DaVinci`."""
+    if source.family == "davinci":
+        return load_davinci_model(source), get_tokenizer(source)
+    return load_model(source), get_tokenizer(source)
 
 
 def _cross_lingual_preflight(task: CrossLingualTask, world: Path, cfg: FinetuneConfig) -> list[str]:
@@ -214,13 +251,16 @@ def _cross_lingual_preflight(task: CrossLingualTask, world: Path, cfg: FinetuneC
 def _run(cfg: FinetuneConfig, run: Run, resume: str | Path | None, bad: BadRecords) -> dict[str, Any]:
     env, world, run_dir = run.env, Path(cfg.world), run.dir
     splits = preflight(cfg)
-    task = get_task(cfg.task, **task_options(cfg)).with_data(cfg.data)
-    torch.manual_seed(cfg.train.seed)  # identical head initialisation on every rank
     source = resolve_model(cfg.model)
-    model, tokenizer, pretrained = load_model(source), get_tokenizer(source), source.pretrained
+    task = get_task(cfg.task, source.family, **task_options(cfg)).with_data(cfg.data)
+    torch.manual_seed(cfg.train.seed)  # identical head initialisation on every rank
+    (model, tokenizer), pretrained = load_backbone(source), source.pretrained
     # int8 models fine-tune in fp32, then re-quantise (post-training); read_quantize_flag validates the flag.
     quantize_spec = read_quantize_flag(source.folder) if source.quantize is not None and source.folder else None
-    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    if isinstance(model, XVLM):
+        model.set_grad_checkpointing(cfg.grad_checkpointing)
+    elif cfg.grad_checkpointing:
+        raise ValueError("grad_checkpointing is not available for DaVinci models")
     module = task.build(model, world, tokenizer)
     stream = task.train_stream(module, tokenizer, world, cfg.data, env.rank, env.world_size)
     optimizer = _optimizer(module, cfg.optim, pretrained)
@@ -411,10 +451,10 @@ def load_finetuned(run_dir: str | Path, world: str | Path | None = None) -> tupl
     if not meta_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no {TASK_FILE} (not a fine-tuned run; see `grainvl finetune --help`)")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    task = get_task(meta["task"], **meta.get("options", {})).with_data(DataOptions(**meta.get("data", {})))
-
     source = resolve_model(run_dir / MODEL_DIR)
-    model, tokenizer = load_model(source), get_tokenizer(source)
+    task = get_task(meta["task"], source.family, **meta.get("options", {}))
+    task.with_data(DataOptions(**meta.get("data", {})))
+    model, tokenizer = load_backbone(source)
     root = Path(world if world is not None else meta.get("world", "."))
     same_root = world is None or Path(world).resolve() == Path(meta.get("world", ".")).resolve()
     if same_root and meta.get("files") and DataFiles(**meta["files"]) != DataFiles():  # the run's explicit files

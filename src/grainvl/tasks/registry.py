@@ -29,6 +29,18 @@ _TASK_PATHS: dict[str, str] = {
     "xflickrco": "grainvl.tasks.iglue:XFlickrCOTask",
     "multi_retrieval": "grainvl.tasks.iglue:MultiRetrievalTask",
 }
+# DaVinci (model family "davinci") has its own heads under the same task names (tasks/davinci_downstream.py).
+_DAVINCI_TASK_PATHS: dict[str, str] = {
+    "captioning": "grainvl.tasks.davinci_downstream:DaVinciCaptioningTask",
+    "vqa": "grainvl.tasks.davinci_downstream:DaVinciVQATask",
+    "nlvr2": "grainvl.tasks.davinci_downstream:DaVinciNLVR2Task",
+    "ve": "grainvl.tasks.davinci_downstream:DaVinciVETask",
+    "linear_probe": "grainvl.tasks.davinci_downstream:DaVinciLinearProbeTask",
+    "glue": "grainvl.tasks.davinci_downstream:DaVinciGlueTask",
+}
+_DAVINCI_UNSUPPORTED: dict[str, str] = {
+    "grounding": "DaVinci has no box head in the official code and no faithful way to read a box from its decoder",
+}
 IGLUE_TASKS: tuple[str, ...] = ("xvnli", "xgqa", "marvl", "xflickrco")
 """The IGLUE-style cross-lingual tasks (``multi_retrieval`` is tested per language too: ``tasks.iglue``)."""
 
@@ -57,15 +69,32 @@ class _LazyTasks(Mapping[str, type[DownstreamTask]]):
 
 
 TASKS: Mapping[str, type[DownstreamTask]] = _LazyTasks(_TASK_PATHS)
+DAVINCI_TASKS: Mapping[str, type[DownstreamTask]] = _LazyTasks(_DAVINCI_TASK_PATHS)
+_BY_FAMILY = {"vl": TASKS, "davinci": DAVINCI_TASKS}
 
 
-def list_tasks() -> list[str]:
-    """Names of the registered tasks."""
-    return list(_TASK_PATHS)
+class UnsupportedTask(ValueError):
+    """A registered task name that a model family cannot do (the benchmark row gives the reason)."""
 
 
-def get_task(name: str, **options: Any) -> DownstreamTask:
-    """A fresh task object by name; ``options`` override its defaults (ValueError on unknown names/options)."""
-    if name not in _TASK_PATHS:
+def list_tasks(family: str | None = None) -> list[str]:
+    """Names of the registered tasks: of one model family (``"vl"``, ``"davinci"``), or of any (None)."""
+    if family is None:
+        return list(dict.fromkeys([*_TASK_PATHS, *_DAVINCI_TASK_PATHS, *_DAVINCI_UNSUPPORTED]))
+    return list(_BY_FAMILY[family]) if family in _BY_FAMILY else []
+
+
+def get_task(name: str, family: str = "vl", **options: Any) -> DownstreamTask:
+    """A fresh task object by name for a model family (the model's ``ResolvedModel.family``); ``options``
+    override its defaults. ValueError on unknown names/options; :class:`UnsupportedTask` for a name the
+    family cannot do."""
+    if family == "davinci" and name in _DAVINCI_UNSUPPORTED:
+        raise UnsupportedTask(f"{name} is not supported for DaVinci models: {_DAVINCI_UNSUPPORTED[name]}")
+    tasks = _BY_FAMILY.get(family)
+    if tasks is None:
+        raise ValueError(f"no downstream tasks for model family {family!r}; families: {', '.join(_BY_FAMILY)}")
+    if name not in tasks:
+        if name in list_tasks():
+            raise UnsupportedTask(f"task {name!r} has no {family!r} variant; {family} tasks: {', '.join(tasks)}")
         raise ValueError(f"unknown task {name!r}; registered tasks: {', '.join(list_tasks())}")
-    return TASKS[name](**options)
+    return tasks[name](**options)

@@ -1,0 +1,175 @@
+"""DaVinci downstream tasks (tasks/davinci_downstream.py): 1-2 training steps each on a tiny world with
+``davinci-tiny``, evaluation rows in the results schema, VQA ranking on a hand-built case, the frozen probe,
+and ``grainvl bench`` with davinci-tiny next to xvlm-tiny."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from grainvl.bench.results import RESULT_FIELDS
+from grainvl.config import load_config
+from grainvl.recipes.finetune import FinetuneConfig, finetune, load_finetuned
+from grainvl.tasks.davinci_downstream import DaVinciTask, probe_labels, rank_answers
+from grainvl.tasks.registry import UnsupportedTask, get_task
+
+QUIET = ["train.progress=false", "train.tensorboard=false", "train.save_final=false", "train.ckpt_every=0"]
+
+
+def _finetune(tmp_path: Path, world: Path, task: str, *extra: str) -> dict:
+    overrides = [
+        *QUIET,
+        f"task={task}",
+        "model=davinci-tiny",
+        f"world={world}",
+        f"train.run_dir={tmp_path / task}",
+        "train.steps=2",
+        "data.batch_size=2",
+        "data.eval_batch_size=4",
+        "data.max_eval_samples=4",
+        "optim.lr=1e-4",
+        *extra,
+    ]
+    return finetune(load_config(FinetuneConfig, None, overrides))
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+
+
+def test_registry_picks_the_family() -> None:
+    assert type(get_task("vqa")).__module__ == "grainvl.tasks.vqa"
+    dv = get_task("vqa", "davinci")
+    assert isinstance(dv, DaVinciTask) and dv.name == "vqa"
+    with pytest.raises(UnsupportedTask, match="grounding is not supported for DaVinci"):
+        get_task("grounding", "davinci")
+    with pytest.raises(UnsupportedTask, match="no 'vl' variant"):
+        get_task("linear_probe", "vl")
+    with pytest.raises(ValueError, match="unknown task"):
+        get_task("nope", "davinci")
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "splits"),
+    [
+        ("vqa", "vqa_acc", {"id", "ood"}),
+        ("nlvr2", "acc", {"id", "ood"}),
+        ("captioning", "CIDEr", {"id", "ood"}),
+        ("ve", "acc", {"id"}),  # English XVNLI has no OOD split
+    ],
+)
+def test_task_trains_and_reports_id_ood(tmp_path: Path, vlue_world: Path, task: str, metric: str, splits: set) -> None:
+    extra = ["options.meteor=false"] if task == "captioning" else []
+    report = _finetune(tmp_path, vlue_world, task, *extra)
+    assert report["train"]["steps_run"] == 2
+    rows = _rows(tmp_path / task)
+    assert {r["split"] for r in rows} == splits
+    for row in rows:
+        assert set(RESULT_FIELDS) <= set(row) and row["model"] == "davinci-tiny" and row["task"] == task
+    primary = [r for r in rows if r["metric"] == metric]
+    assert {r["split"] for r in primary} == splits
+    assert all(0 <= r["value"] <= (100 if metric != "CIDEr" else 10) for r in primary)
+    # The run reloads as the DaVinci variant and scores the same again.
+    loaded_task, module, tok = load_finetuned(tmp_path / task)
+    assert isinstance(loaded_task, DaVinciTask)
+    again = loaded_task.evaluate(module, tok, vlue_world, "test")
+    assert again[metric] == pytest.approx(report["evaluations"]["test"][metric])
+
+
+class _FixedDecoder(nn.Module):
+    """A decoder whose first-token log-probs and full answer log-likelihoods are given by hand."""
+
+    def __init__(self, first: torch.Tensor, full: dict[int, float]) -> None:
+        super().__init__()
+        self.first, self.full = first, full
+
+    def forward(self, ids, atts, states, enc_atts):  # -> (Q, 1, V)
+        return self.first.log()[None, None].expand(states.shape[0], 1, -1)
+
+    def sequence_logprob(self, ids, atts, states, enc_atts):  # -> (N,): keyed by the answer's first token
+        return torch.tensor([self.full[int(i)] for i in ids[:, 1]])
+
+
+def test_vqa_rank_first_token_then_full_answer() -> None:
+    # Answers "[CLS] t [SEP]" with first tokens 3, 4, 5. First-token probabilities favour 3 > 4 > 5;
+    # the full likelihoods favour 4 > 3 > 5. k=2 keeps {3, 4} and re-ranks to 4; k=1 can only say 3.
+    answer_ids = torch.tensor([[1, 3, 2], [1, 4, 2], [1, 5, 2]])
+    atts = torch.ones_like(answer_ids)
+    first = torch.tensor([0.01, 0.01, 0.01, 0.5, 0.3, 0.17])
+    decoder = _FixedDecoder(first, {3: -2.0, 4: -1.0, 5: -0.5})
+    states, enc = torch.zeros(2, 3, 4), torch.ones(2, 3, dtype=torch.long)
+    best2, scores2 = rank_answers(decoder, answer_ids, atts, states, enc, k=2)
+    assert best2.tolist() == [[1, 0], [1, 0]] and scores2[0].tolist() == [-1.0, -2.0]
+    assert rank_answers(decoder, answer_ids, atts, states, enc, k=1)[0].tolist() == [[0], [0]]
+    # k = all: answer 5's full likelihood wins although its first token is the least likely.
+    assert rank_answers(decoder, answer_ids, atts, states, enc, k=3)[0][:, 0].tolist() == [2, 2]
+
+
+def test_probe_labels_from_region_record() -> None:
+    record = {"elems": [
+        {"caption": "a small red rhombus", "attributes": "small solid red", "bb": [0, 0, 4, 4]},
+        {"caption": "a big dotted blue circle", "attributes": "large dotted blue", "bb": [0, 0, 10, 9]},
+    ]}  # fmt: skip
+    assert probe_labels(record) == {"shape": "circle", "colour": "blue", "count": "2"}
+    record["elems"][0]["bb"] = [0, 0, 20, 20]
+    assert probe_labels(record)["shape"] == "diamond"  # the synonym maps to the ontology's name
+
+
+def test_linear_probe_keeps_the_backbone_frozen(tmp_path: Path, vlue_world: Path) -> None:
+    from grainvl.models.factory import load_davinci_model
+
+    torch.manual_seed(0)
+    model = load_davinci_model("davinci-tiny")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.save_pretrained(tmp_path / "dv")
+    _finetune(tmp_path, vlue_world, "linear_probe", f"model={tmp_path / 'dv'}", "optim.lr=1e-2")
+    rows = _rows(tmp_path / "linear_probe")
+    metrics = {(r["split"], r["metric"]) for r in rows}
+    assert {("id", "acc"), ("ood", "acc"), ("id", "acc_shape"), ("id", "acc_colour"), ("id", "acc_count")} <= metrics
+    _, module, _ = load_finetuned(tmp_path / "linear_probe")
+    after = module.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the backbone did not move
+    head = module.heads["shape"].weight
+    assert head.abs().max() > 0 and module.heads["shape"].bias.abs().max() > 0  # the head did (bias from 0)
+
+
+def test_glue_text_only(tmp_path: Path) -> None:
+    world = tmp_path / "w"
+    task_dir = world / "text" / "glue" / "toy"
+    task_dir.mkdir(parents=True)
+    lines = [
+        "sentence\tlabel",
+        *[f"{w} shape number {i}\t{int(w == 'red')}" for i in range(6) for w in ("red", "blue")],
+    ]
+    (task_dir / "train.tsv").write_text("\n".join(lines) + "\n")
+    (task_dir / "dev.tsv").write_text("\n".join(lines[:7]) + "\n")
+    report = _finetune(tmp_path, world, "glue", "eval_splits=[test,test_ood]")
+    assert set(report["evaluations"]) == {"test"}  # id = dev.tsv; there is no OOD split
+    rows = _rows(tmp_path / "glue")
+    assert {r["metric"] for r in rows} >= {"accuracy", "f1", "mcc"} and {r["split"] for r in rows} == {"id"}
+    assert 0 <= next(r["value"] for r in rows if r["metric"] == "accuracy") <= 1
+
+
+@pytest.mark.slow
+def test_bench_davinci_next_to_xvlm(tmp_path: Path, vlue_world: Path) -> None:
+    from grainvl.recipes.bench import BenchOptions, run_bench
+
+    options = BenchOptions(
+        finetune_steps=1,
+        finetune=load_config(FinetuneConfig, None, [*QUIET, "data.batch_size=2", "data.eval_batch_size=8"]),
+        warmup=0,
+        repeats=1,
+        throughput_batch=2,
+        throughput_repeats=1,
+    )
+    rows = run_bench(["xvlm-tiny", "davinci-tiny"], ["nlvr2", "grounding"], vlue_world, tmp_path / "b", options)
+    by = {(r["model"], r["task"], r["split"], r["metric"]): r for r in rows if r.get("status") == "ok"}
+    for model in ("xvlm-tiny", "davinci-tiny"):
+        assert 0 <= by[(model, "nlvr2", "id", "acc")]["value"] <= 100 and (model, "nlvr2", "ood", "acc") in by
+    assert ("xvlm-tiny", "grounding", "id", "acc") in by
+    (unsupported,) = [r for r in rows if r["model"] == "davinci-tiny" and r["task"] == "grounding"]
+    assert unsupported["status"] == "failed" and "not supported for DaVinci" in unsupported["error"]
