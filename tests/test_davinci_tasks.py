@@ -1,6 +1,7 @@
 """DaVinci downstream tasks (tasks/davinci_downstream.py): 1-2 training steps each on a tiny world with
 ``davinci-tiny``, evaluation rows in the results schema, VQA ranking on a hand-built case, the frozen probe,
-and ``grainvl bench`` with davinci-tiny next to xvlm-tiny."""
+generative retrieval (scores against a per-pair brute force, the X²-VLM metric keys) and ``grainvl bench`` with
+davinci-tiny next to xvlm-tiny."""
 
 from __future__ import annotations
 
@@ -9,12 +10,22 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from grainvl.bench.results import RESULT_FIELDS
 from grainvl.config import load_config
+from grainvl.metrics.retrieval import retrieval_metrics_from_candidates
+from grainvl.models.factory import get_tokenizer, load_davinci_model
 from grainvl.recipes.finetune import FinetuneConfig, finetune, load_finetuned
-from grainvl.tasks.davinci_downstream import DaVinciTask, probe_labels, rank_answers
+from grainvl.tasks import registry
+from grainvl.tasks.davinci_downstream import (
+    DaVinciRetrievalTask,
+    DaVinciTask,
+    likelihood_ranking_loss,
+    probe_labels,
+    rank_answers,
+)
 from grainvl.tasks.registry import UnsupportedTask, get_task
 
 QUIET = ["train.progress=false", "train.tensorboard=false", "train.save_final=false", "train.ckpt_every=0"]
@@ -120,8 +131,6 @@ def test_probe_labels_from_region_record() -> None:
 
 
 def test_linear_probe_keeps_the_backbone_frozen(tmp_path: Path, vlue_world: Path) -> None:
-    from grainvl.models.factory import load_davinci_model
-
     torch.manual_seed(0)
     model = load_davinci_model("davinci-tiny")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -135,6 +144,70 @@ def test_linear_probe_keeps_the_backbone_frozen(tmp_path: Path, vlue_world: Path
     assert all(torch.equal(before[k], after[k]) for k in before)  # the backbone did not move
     head = module.heads["shape"].weight
     assert head.abs().max() > 0 and module.heads["shape"].bias.abs().max() > 0  # the head did (bias from 0)
+
+
+@pytest.fixture
+def davinci_retrieval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``retrieval`` in the DaVinci registry (a no-op once tasks/registry.py lists it)."""
+    monkeypatch.setitem(
+        registry._DAVINCI_TASK_PATHS, "retrieval", "grainvl.tasks.davinci_downstream:DaVinciRetrievalTask"
+    )
+
+
+def test_retrieval_trains_and_reports_id_ood(tmp_path: Path, vlue_world: Path, davinci_retrieval: None) -> None:
+    report = _finetune(tmp_path, vlue_world, "retrieval", "options.rank_weight=1.0", "data.max_eval_samples=0")
+    assert report["train"]["steps_run"] == 2
+    rows = _rows(tmp_path / "retrieval")
+    assert {r["split"] for r in rows} == {"id", "ood"}
+    # The X²-VLM retrieval task's keys: the same metric code (official itm_eval) on both.
+    xvlm_keys = set(retrieval_metrics_from_candidates([[0]], [[0.0]], [[0]], [[0.0]], [[0]], [0]))
+    for split in ("id", "ood"):
+        assert {r["metric"] for r in rows if r["split"] == split} == xvlm_keys
+    assert all(0 <= r["value"] <= 100 for r in rows)
+    ranked = json.loads((tmp_path / "retrieval" / "predictions" / "retrieval_test.json").read_text())
+    assert len(ranked["i2t"]) == 6 and sorted(ranked["t2i"][0]) == list(range(6))  # 6 test images, all ranked
+    loaded_task, module, tok = load_finetuned(tmp_path / "retrieval")
+    assert isinstance(loaded_task, DaVinciRetrievalTask)
+    again = loaded_task.evaluate(module, tok, vlue_world, "test")
+    assert again["r_mean"] == pytest.approx(report["evaluations"]["test"]["r_mean"])
+
+
+def test_retrieval_scores_equal_per_pair_brute_force(vlue_world: Path) -> None:
+    torch.manual_seed(0)
+    model, tok = load_davinci_model("davinci-tiny").eval(), get_tokenizer("davinci-tiny")
+    task = DaVinciRetrievalTask()
+    module = task.build(model, vlue_world, tok)
+    data = task.eval_set(module, tok, vlue_world, "test").data
+    images = torch.stack([data.images[i] for i in range(3)])  # (3, 3, R, R)
+    ids, atts = data.text_ids[:4], data.text_atts[:4]  # (4, L), padded to the split's longest caption
+    matrix = module.score_matrix(images, ids, atts, pair_batch=3)  # 3 captions, then 1: chunking exercised
+    cfg, prompt = model.config, module.prompt_ids
+    expected = torch.zeros(3, 4)
+    with torch.no_grad():
+        for i in range(3):
+            states, enc_atts = model.encode(images[i : i + 1], torch.tensor([[cfg.cls_token_id, cfg.sep_token_id]]))
+            for j in range(4):
+                caption = ids[j, 1 : int(atts[j].sum())].tolist()  # the caption's tokens and [SEP], no padding
+                seq = torch.tensor([[cfg.cls_token_id, *prompt, *caption]])
+                logp = F.log_softmax(model.decode(seq[:, :-1], torch.ones_like(seq[:, :-1]), states, enc_atts), -1)
+                targets = seq[0, 1 + len(prompt) :]
+                expected[i, j] = logp[0, len(prompt) :].gather(1, targets[:, None]).mean()
+    assert len(prompt) == 3 and matrix.shape == (3, 4)
+    torch.testing.assert_close(matrix, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_likelihood_ranking_loss() -> None:
+    flat = torch.zeros(3, 3)
+    assert float(likelihood_ranking_loss(flat, torch.tensor([0, 1, 2]), 1.0)) == pytest.approx(
+        torch.log(torch.tensor(3.0)).item()
+    )
+    sharp = torch.eye(3) * 10
+    assert float(likelihood_ranking_loss(sharp, torch.tensor([0, 1, 2]), 0.1)) < 1e-6
+    # Captions of one image are all positives: rows 0 and 1 share an id, so the two-way softmax over them is the target.
+    shared = torch.tensor([[0.0, 0.0, -100.0], [0.0, 0.0, -100.0], [-100.0, -100.0, 0.0]])
+    assert float(likelihood_ranking_loss(shared, torch.tensor([7, 7, 3]), 1.0)) == pytest.approx(
+        2 / 3 * torch.log(torch.tensor(2.0)).item(), abs=1e-6
+    )
 
 
 def test_glue_text_only(tmp_path: Path) -> None:

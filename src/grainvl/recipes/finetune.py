@@ -214,7 +214,7 @@ def _davinci_preflight(task: DaVinciTask, world: Path, cfg: FinetuneConfig) -> l
         files = task.split_files(world, split)
         if not files:
             print(f"finetune: skipping evaluation split {split!r}: it does not exist for {task.name}", file=sys.stderr)
-        elif not cfg.skip_bad and task.name in ("captioning", "vqa", "nlvr2"):  # the layout's validated formats
+        elif not cfg.skip_bad and task.name in ("retrieval", "captioning", "vqa", "nlvr2"):  # validated formats
             validate_split_files(files, task.name)
         if files:
             splits.append(split)

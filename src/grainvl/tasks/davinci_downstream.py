@@ -22,12 +22,18 @@ Classification reads DaVinci the BART way: the **encoder** sees the image (or no
 * ``glue``: text only: the text (or pair) into the encoder *and* the decoder, last-token state -> MLP; one of
   the world's text tasks under ``text/glue/<name>`` (train.tsv / dev.tsv: ``id`` is dev, there is no OOD).
 
-Retrieval and grounding have no official DaVinci head; the registry answers them with
+* ``retrieval``: no official DaVinci head (no ITC/ITM); generative scoring instead: a pair's score is the
+  decoder's mean log-prob of ``<caption> [SEP]`` after ``[CLS] a picture of`` given image + empty text.
+  Training: the captioning LM loss on matched pairs (+ an optional in-batch likelihood-ranking loss);
+  test: every image × caption pair scored (each image encoded once), the official ``itm_eval`` metrics.
+
+Grounding has no official DaVinci head; the registry answers it with
 :class:`~grainvl.tasks.registry.UnsupportedTask` and its reason (the benchmark's row says so).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,13 +44,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from grainvl.data.downstream import EpochLoader, NLVRDataset, make_loader
+from grainvl.data.downstream import (
+    EpochLoader,
+    NLVRDataset,
+    RetrievalEvalSet,
+    RetrievalTrainDataset,
+    make_loader,
+    retrieval_eval_set,
+)
 from grainvl.data.downstream_gen import CaptionEvalDataset, CaptionTrainDataset, VQADataset
 from grainvl.data.iterators import StatefulIterator
 from grainvl.data.masking import IGNORE_INDEX
 from grainvl.data.pretrain import PretrainDataConfig, open_rgb
 from grainvl.data.transforms import build_transform
 from grainvl.errors import DataError
+from grainvl.metrics.retrieval import retrieval_metrics
 from grainvl.models.davinci import STRIDE, DaVinci
 from grainvl.models.decoder import SearchConfig
 from grainvl.models.xvlm import build_mlp
@@ -53,11 +67,15 @@ from grainvl.tasks.base import (
     DownstreamTask,
     TaskModule,
     data_files,
+    gather_predictions,
     has_split,
     image_root,
     inference_call,
     latency_split,
+    module_device,
     resolve_split,
+    shard_indices,
+    write_json_result,
 )
 from grainvl.tasks.captioning import caption_file, caption_metrics, label_smoothed_loss
 from grainvl.tasks.iglue import XVNLI_CLASSES, XVNLIDataset, iglue_file
@@ -256,6 +274,202 @@ class DaVinciCaptioningTask(DaVinciTask):
         data = self._eval_data(module, tokenizer, world, latency_split(world, self.name))
         image = self.latency_batch(module, data, batch_size)["image"]
         return inference_call(module, lambda: module.generate(image))
+
+
+# ---------------------------------------------------------------------------------------------- retrieval
+def likelihood_ranking_loss(scores: Tensor, idx: Tensor, temp: float) -> Tensor:
+    """Symmetric softmax ranking of pair scores (B, B) (rows images, columns captions), ``idx`` (B,) image ids.
+
+    Captions of one image are all positives (soft targets, as ITC with ids): each image's softmax over the
+    batch's captions and each caption's softmax over the batch's images, averaged.
+    """
+    positives = (idx[:, None] == idx[None, :]).to(scores.dtype)  # (B, B), symmetric
+    targets = positives / positives.sum(dim=1, keepdim=True)
+    logits = scores / temp
+    i2t = -(F.log_softmax(logits, dim=1) * targets).sum(dim=1).mean()
+    t2i = -(F.log_softmax(logits.t(), dim=1) * targets).sum(dim=1).mean()
+    return (i2t + t2i) / 2
+
+
+class DaVinciRetrievalModule(DaVinciModule):
+    """Generative retrieval: a pair's score is the decoder's mean log-prob of the caption given the image.
+
+    The encoder sees the image + empty text; the decoder reads ``[CLS] <prompt> <caption> [SEP]`` and the
+    score averages log p over the caption's tokens and its ``[SEP]`` (the prompt is given, never scored).
+    Training: label-smoothed LM loss on the matched pairs (as captioning) plus ``rank_weight`` ×
+    :func:`likelihood_ranking_loss` over all B × B pairs of the batch (rank-local; B² decoder rows).
+    """
+
+    def __init__(
+        self, model: DaVinci, tokenizer: Any, prompt: str, label_smoothing: float, rank_weight: float, rank_temp: float
+    ) -> None:
+        super().__init__(model)
+        self.label_smoothing, self.rank_weight, self.rank_temp = label_smoothing, rank_weight, rank_temp
+        self.prompt_ids = tokenizer.encode(prompt.strip(), add_special_tokens=False) if prompt.strip() else []
+
+    def prompted(self, text_ids: Tensor, text_atts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``[CLS] caption [SEP]`` (B, L) -> decoder ids / mask (B, P+L) with the prompt after ``[CLS]``, and the
+        scored-target mask (B, P+L-1) (target t+1 of state t: the caption and ``[SEP]``, not the prompt)."""
+        b, p = text_ids.shape[0], len(self.prompt_ids)
+        prompt = torch.tensor(self.prompt_ids, dtype=text_ids.dtype, device=text_ids.device).expand(b, p)
+        ids = torch.cat([text_ids[:, :1], prompt, text_ids[:, 1:]], dim=1)  # (B, 1+P+L-1)
+        atts = torch.cat([text_atts[:, :1], torch.ones_like(prompt), text_atts[:, 1:]], dim=1)
+        scored = atts[:, 1:].bool().clone()  # (B, P+L-1)
+        scored[:, :p] = False
+        return ids, atts, scored
+
+    def hidden(self, ids: Tensor, atts: Tensor, states: Tensor, enc_atts: Tensor) -> Tensor:
+        """Teacher-forced decoder states (N, L-1, H); state t predicts token t+1 (row n: caption n, states n)."""
+        return self.model.decoder_states(ids[:, :-1], atts[:, :-1], states, enc_atts)
+
+    def mean_logprob(self, hidden: Tensor, ids: Tensor, scored: Tensor) -> Tensor:
+        """Mean log p(target) over each row's scored targets: hidden (N, L-1, H), ids (N, L) -> (N,)."""
+        # The LM head (a joint-vocabulary matmul) runs on scored targets only, not on padding or the prompt.
+        logits = self.model.decoder.cls(hidden[scored]).float()  # (T, V)
+        targets = ids[:, 1:][scored]  # (T,)
+        token_logp = logits.gather(1, targets[:, None])[:, 0] - logits.logsumexp(dim=1)  # (T,)
+        sums = token_logp.new_zeros(ids.shape[0]).index_add(0, scored.nonzero()[:, 0], token_logp)
+        return sums / scored.sum(dim=1).clamp(min=1)  # (N,)
+
+    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, float]]:
+        states, enc_atts = self.encode_image(batch["image"])  # (B, T, H)
+        ids, atts, scored = self.prompted(batch["text_ids"], batch["text_atts"])
+        b = ids.shape[0]
+        if self.rank_weight == 0:
+            hidden = self.hidden(ids, atts, states, enc_atts)  # (B, L-1, H)
+            matched = torch.arange(b, device=ids.device)
+        else:  # every (image i, caption j): row i·B + j; the matched pairs are rows i·B + i
+            pair_ids, pair_atts = ids.repeat(b, 1), atts.repeat(b, 1)  # (B², L)
+            states2, enc_atts2 = states.repeat_interleave(b, 0), enc_atts.repeat_interleave(b, 0)  # (B², T, H)
+            hidden = self.hidden(pair_ids, pair_atts, states2, enc_atts2)  # (B², L-1, H)
+            matched = torch.arange(b, device=ids.device) * (b + 1)
+        labels = ids[:, 1:].masked_fill(~scored, IGNORE_INDEX)  # (B, L-1)
+        logits = self.model.decoder.cls(hidden[matched])  # (B, L-1, V)
+        cls_id = self.model.config.cls_token_id
+        losses = {"caption_loss": label_smoothed_loss(logits, labels, self.label_smoothing, cls_id)}
+        if self.rank_weight == 0:
+            return losses, {}
+        scores = self.mean_logprob(hidden, ids.repeat(b, 1), scored.repeat(b, 1)).view(b, b)  # (B img, B cap)
+        losses["rank_loss"] = self.rank_weight * likelihood_ranking_loss(scores, batch["idx"], self.rank_temp)
+        return losses, {"rank_acc": float((scores.argmax(dim=1) == torch.arange(b, device=ids.device)).float().mean())}
+
+    @torch.no_grad()
+    def score_matrix(self, images: Tensor, text_ids: Tensor, text_atts: Tensor, pair_batch: int) -> Tensor:
+        """Scores of every (image, caption): images (Ni, 3, R, R), captions (Nt, L) -> (Ni, Nt) mean log-probs.
+
+        Each image is encoded once; the decoder runs over ``pair_batch`` captions at a time against its states.
+        """
+        states, enc_atts = self.encode_image(images)  # (Ni, T, H)
+        ids, atts, scored = self.prompted(text_ids, text_atts)  # (Nt, L)
+        rows = []
+        for i in range(states.shape[0]):
+            row = []
+            for start in range(0, ids.shape[0], pair_batch):
+                chunk = slice(start, start + pair_batch)
+                c_ids, n = ids[chunk], ids[chunk].shape[0]
+                hidden = self.hidden(
+                    c_ids, atts[chunk], states[i : i + 1].expand(n, -1, -1), enc_atts[i : i + 1].expand(n, -1)
+                )
+                row.append(self.mean_logprob(hidden, c_ids, scored[chunk]))  # (n,)
+            rows.append(torch.cat(row))
+        return torch.stack(rows)  # (Ni, Nt)
+
+
+class DaVinciRetrievalTask(DaVinciTask):
+    """Image–text retrieval by caption likelihood on the X²-VLM retrieval files; ``r_mean`` (percent).
+
+    Every image × caption pair is scored (no shortlist: no cheaper score is faithful to the likelihood), and
+    the metrics are :func:`~grainvl.metrics.retrieval.retrieval_metrics` (official ``itm_eval``) on that matrix.
+    """
+
+    name = "retrieval"
+    primary_metric = "r_mean"
+    default_options: ClassVar[dict[str, Any]] = {
+        "prompt": PROMPT,
+        "label_smoothing": 0.1,
+        "rank_weight": 0.0,
+        "rank_temp": 0.1,
+        "pair_batch": 256,  # decoder rows per pass at test time (one image against up to 256 captions)
+        "top_k": 128,  # entries per ranked list in the prediction file (the metrics use the full matrix)
+    }
+
+    def build(self, model: DaVinci, world: Path, tokenizer: Any) -> DaVinciRetrievalModule:  # type: ignore[override]
+        o = self.options
+        return DaVinciRetrievalModule(
+            model, tokenizer, o["prompt"], o["label_smoothing"], o["rank_weight"], o["rank_temp"]
+        )
+
+    def data_config(self, module: TaskModule, train: bool) -> PretrainDataConfig:
+        # Captions leave room for the prompt within the decoder's text positions.
+        assert isinstance(module, DaVinciRetrievalModule)
+        cfg = super().data_config(module, train)
+        room = module.model.config.max_text_positions - len(module.prompt_ids)
+        return dataclasses.replace(cfg, max_tokens=min(cfg.max_tokens, room), max_words=min(cfg.max_words, room))
+
+    def train_stream(
+        self, module: TaskModule, tokenizer: Any, world: Path, cfg: DataOptions, rank: int, world_size: int
+    ) -> StatefulIterator:
+        self.data = cfg
+        files, root = data_files(world, self.name, "train"), image_root(world, self.name)
+        dcfg = self.data_config(module, True)
+        data = RetrievalTrainDataset(files, root, tokenizer, dcfg, False, cfg.seed, cfg.max_train_samples)
+        return make_loader(data, cfg.batch_size, cfg.seed, rank, world_size)
+
+    def eval_set(self, module: TaskModule, tokenizer: Any, world: Path, split: str) -> RetrievalEvalSet:
+        files, root = data_files(world, self.name, split), image_root(world, self.name)
+        return retrieval_eval_set(files, root, tokenizer, self.data_config(module, False), False, self.limit(False))
+
+    @torch.no_grad()
+    def score_rows(self, module: DaVinciRetrievalModule, data: RetrievalEvalSet) -> list[dict[str, Any]]:
+        """This rank's image rows of the score matrix: ``{"row": image, "score": [Nt floats]}``."""
+        device, gallery = module_device(module), data.data.images
+        ids, atts = data.data.text_ids.to(device), data.data.text_atts.to(device)  # (Nt, L)
+        mine, out = shard_indices(len(gallery)), []
+        for start in range(0, len(mine), self.data.eval_batch_size):
+            rows = mine[start : start + self.data.eval_batch_size]
+            images = torch.stack([gallery[i] for i in rows]).to(device)  # (b, 3, R, R)
+            scores = module.score_matrix(images, ids, atts, int(self.options["pair_batch"]))  # (b, Nt)
+            out += [{"row": r, "score": s} for r, s in zip(rows, scores.cpu().tolist())]
+        return out
+
+    @torch.no_grad()
+    def evaluate(
+        self, module: TaskModule, tokenizer: Any, world: Path, split: str, out_dir: Path | None = None
+    ) -> dict[str, float]:
+        assert isinstance(module, DaVinciRetrievalModule)
+        module.eval()
+        split = resolve_split(split)
+        data = self.eval_set(module, tokenizer, world, split)
+        rows = gather_predictions(self.score_rows(module, data), "row")
+        if not rows:  # ranks other than 0
+            return {}
+        scores = np.array([r["score"] for r in rows], dtype=np.float32)  # (Ni, Nt)
+        img2txt, txt2img = data.data.image_text_index, data.data.text_image_index.tolist()
+        metrics = retrieval_metrics(scores, scores.T, img2txt, txt2img)
+        k = int(self.options["top_k"])  # ranked as retrieval_metrics ranks: np.argsort(row)[::-1]
+        ranked = {
+            "i2t": [np.argsort(row)[::-1][:k].tolist() for row in scores],
+            "t2i": [np.argsort(row)[::-1][:k].tolist() for row in scores.T],
+            "k_test": 0,
+            "score": "caption_mean_logprob",
+        }  # grainvl score retrieval's format (tasks/retrieval.py)
+        write_json_result(out_dir, f"{self.name}_{split}.json", ranked)
+        return metrics
+
+    def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
+        """One batch of ``batch_size`` (image, caption) pairs scored by the decoder (the unit test-time work)."""
+        assert isinstance(module, DaVinciRetrievalModule)
+        data = self.eval_set(module, tokenizer, world, latency_split(world, self.name)).data
+        n, device = len(data.images), module_device(module)
+        images = torch.stack([data.images[i % n] for i in range(batch_size)]).to(device)  # (B, 3, R, R)
+        texts = [data.image_text_index[i % n][0] for i in range(batch_size)]
+        ids, atts, scored = module.prompted(data.text_ids[texts].to(device), data.text_atts[texts].to(device))
+
+        def score() -> Tensor:
+            states, enc_atts = module.encode_image(images)
+            return module.mean_logprob(module.hidden(ids, atts, states, enc_atts), ids, scored)  # (B,)
+
+        return inference_call(module, score)
 
 
 # ---------------------------------------------------------------------------------------------- VQA

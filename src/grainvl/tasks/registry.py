@@ -31,6 +31,7 @@ _TASK_PATHS: dict[str, str] = {
 }
 # DaVinci (model family "davinci") has its own heads under the same task names (tasks/davinci_downstream.py).
 _DAVINCI_TASK_PATHS: dict[str, str] = {
+    "retrieval": "grainvl.tasks.davinci_downstream:DaVinciRetrievalTask",
     "captioning": "grainvl.tasks.davinci_downstream:DaVinciCaptioningTask",
     "vqa": "grainvl.tasks.davinci_downstream:DaVinciVQATask",
     "nlvr2": "grainvl.tasks.davinci_downstream:DaVinciNLVR2Task",
