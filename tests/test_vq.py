@@ -22,7 +22,7 @@ from grainvl.models.vq import (
     taming_key,
 )
 from grainvl.tasks.text_classification import fit_in_memory
-from grainvl.tasks.vq import VQTrainTask, code_statistics, psnr
+from grainvl.tasks.vq import VQTrainTask, code_statistics, edge_loss, psnr
 
 TINY = VQConfig(
     codebook_size=32,
@@ -98,6 +98,50 @@ def test_dead_code_is_restarted_on_a_batch_vector() -> None:
     assert vq.codebook[2].item() in batch.tolist()
     assert vq.cluster_size[2].item() == 0.5 and vq.embed_sum[2].item() == 0.5 * vq.codebook[2].item()
     assert vq.cluster_size[:2].min().item() > 0.5  # live codes untouched
+
+
+def test_cosine_lookup_by_hand() -> None:
+    # normalize_codes: the nearest code is the one of largest cosine, whatever the lengths, and the quantised
+    # vector is that code scaled to unit length (ViT-VQGAN's l2-normalised lookup).
+    vq = quantiser(codebook_size=3, embed_dim=2, quantizer="straight_through", normalize_codes=True, beta=1.0)
+    with torch.no_grad():
+        vq.codebook.copy_(torch.tensor([[10.0, 0.0], [0.0, 0.1], [-3.0, -4.0]]))
+    # z = (0.1, 1): code 1 both ways; (6, 1): code 0 both ways (L2: 17 vs 36.8); (1, 0.9): code 1 in plain L2
+    # (distance^2 1.64 vs 81.8) but code 0 in cosine (0.74 vs 0.67).
+    z = torch.tensor([[0.1, 1.0], [6.0, 1.0], [1.0, 0.9]]).t().reshape(1, 2, 1, 3).requires_grad_(True)
+    quantised, codes, losses = vq(z)
+    assert codes.tolist() == [[[1, 0, 0]]]
+    assert nearest_codes(z.detach().reshape(2, 3).t(), vq.codebook.detach()).tolist() == [1, 0, 1]  # plain L2
+    assert quantised.detach().reshape(2, 3).t().flatten().tolist() == pytest.approx([0.0, 1.0, 1.0, 0.0, 1.0, 0.0])
+    unit = F.normalize(z.detach().reshape(2, 3).t(), dim=1)  # (3, 2)
+    chosen = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    assert losses["commit_loss"].item() == pytest.approx(float((unit - chosen).pow(2).mean()))
+    assert vq.embed(torch.tensor([2])).flatten().tolist() == pytest.approx([-0.6, -0.8])  # decode: the unit code
+
+
+def test_cosine_ema_is_spherical_k_means() -> None:
+    # The EMA codebook averages the unit-length outputs; the lookup and decode normalise that mean.
+    vq = quantiser(embed_dim=2, ema_decay=0.5, ema_eps=0.0, restart_threshold=0.0, normalize_codes=True).train()
+    vq.codebook.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    vq.embed_sum.copy_(vq.codebook)
+    vq.cluster_size.fill_(1.0)
+    z = torch.tensor([[3.0, 0.0], [0.0, 2.0], [2.0, 1.5]])  # units (1, 0), (0, 1), (0.8, 0.6): codes 0, 1, 0
+    vq(z.t().reshape(1, 2, 1, 3))
+    # sums of unit vectors: code 0 gets (1, 0) + (0.8, 0.6); EMA 0.5 * old + 0.5 * new
+    assert vq.embed_sum.flatten().tolist() == pytest.approx([0.5 + 0.5 * 1.8, 0.5 * 0.6, 0.0, 0.5 + 0.5])
+    assert vq.cluster_size.tolist() == pytest.approx([1.5, 1.0])
+    assert vq.codebook[0].tolist() == pytest.approx([1.4 / 1.5, 0.3 / 1.5])  # the mean, shorter than 1
+    norm = (1.4**2 + 0.3**2) ** 0.5
+    assert vq.embed(torch.tensor([0])).flatten().tolist() == pytest.approx([1.4 / norm, 0.3 / norm])
+
+
+def test_cosine_tokenizer_decodes_its_codes_as_in_training() -> None:
+    tok = tiny_tokenizer(normalize_codes=True)
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        reconstruction, codes, _ = tok(images)
+        assert torch.allclose(tok.decode(codes), reconstruction.clamp(0, 1), atol=1e-5)
+        assert tok.quantise(images)[0].pow(2).sum(1).sqrt().sub(1).abs().max() < 1e-5  # unit latents
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
@@ -323,6 +367,20 @@ def test_a_short_training_run_reduces_the_loss(quantizer: str) -> None:
     assert losses[-1] < 0.7 * losses[0]
     with torch.no_grad():
         assert psnr(tok.decode(tok.encode(images)), images).mean() > before + 1
+
+
+def test_edge_loss_by_hand() -> None:
+    target = torch.zeros(1, 3, 2, 3)
+    target[..., 2] = 1.0  # a vertical edge between columns 1 and 2
+    flat = torch.zeros(1, 3, 2, 3)
+    # x differences: target [0, 1] per row, flat [0, 0] -> mean |.| = 0.5; y differences all 0 -> 0; mean 0.25
+    assert edge_loss(flat, target).item() == pytest.approx(0.25)
+    assert edge_loss(target + 0.3, target).item() == pytest.approx(0.0, abs=1e-6)  # a colour shift has no edge error
+    task = VQTrainTask(tiny_tokenizer(), "l1", edge_weight=2.0)
+    losses, _ = task({"images": torch.rand(2, 3, 32, 32)})
+    assert set(losses) == {"recon_loss", "commit_loss", "edge_loss"}
+    with pytest.raises(ValueError, match="edge_weight"):
+        VQTrainTask(tiny_tokenizer(), "l1", edge_weight=-1.0)
 
 
 def test_psnr_and_code_statistics() -> None:

@@ -24,18 +24,25 @@ def _register_tokenizer(dsub: argparse._SubParsersAction) -> None:
     t = dsub.add_parser(
         "tokenizer",
         help="train the VQ image tokenizer on a world (or convert a taming VQGAN)",
-        description="Train DaVinci's image tokenizer (a small VQGAN-family VQ autoencoder, stride 16) on random crops "
-        "of a world's train images, freeze it and report reconstruction PSNR and the share of codes used on the ID "
-        "(test) and OOD (test_ood) images; writes OUT/tokenizer, OUT/reconstructions.png (rows: ID originals, ID "
-        "reconstructions, OOD originals, OOD reconstructions), OUT/results.jsonl and checkpoints. With --from-taming "
-        "CKPT --taming-config YAML it instead converts a taming-transformers VQGAN into the tokenizer folder OUT.",
+        description="Train DaVinci's image tokenizer (a small VQGAN-family VQ autoencoder, stride 16) on a world's "
+        "train images (whole, or random crops with --crop), freeze it and report reconstruction PSNR and the share "
+        "of codes used on the ID (test) and OOD (test_ood) images; writes OUT/tokenizer, "
+        "OUT/reconstructions.png (rows: ID originals, ID reconstructions, OOD originals, OOD "
+        "reconstructions), OUT/results.jsonl and checkpoints. With --from-taming CKPT --taming-config YAML it"
+        " instead converts a taming-transformers VQGAN into the tokenizer folder OUT.",
     )
     add_config_args(t, "grainvl.recipes.davinci_tokenizer:DavinciTokenizerConfig")
     shortcut(t, "--world", field="data.world", help="world folder to train and evaluate on (required to train)")
     shortcut(t, "--out", field="train.run_dir", help="run folder (with --from-taming: the tokenizer folder)")
     shortcut(t, "--steps", field="train.steps", type=int, help="optimizer steps")
     shortcut(t, "--batch-size", field="data.batch_size", type=int, help="training crops per step")
-    shortcut(t, "--crop", field="data.crop", type=int, help="training crop side in pixels (a multiple of 16)")
+    shortcut(
+        t,
+        "--crop",
+        field="data.crop",
+        type=int,
+        help="training crop side in pixels (a multiple of 16; 0: whole images)",
+    )
     shortcut(t, "--codebook-size", field="model.codebook_size", type=int, help="number of codes")
     shortcut(
         t,

@@ -75,6 +75,9 @@ class VQConfig:
     restart_threshold: float = 0.03
     """EMA mode: a code whose moving-average count (assignments per step) falls below this is restarted on a
     random encoder output of the batch; 0 turns restarts off."""
+    normalize_codes: bool = False
+    """l2-normalise encoder outputs and codes before the lookup (ViT-VQGAN's cosine lookup; taming: False). The
+    quantised vector is then the unit-length code, so the encoder cannot shrink its outputs onto a few codes."""
 
     def __post_init__(self) -> None:
         if self.quantizer not in QUANTIZERS:
@@ -299,12 +302,16 @@ class VectorQuantizer(nn.Module):
         """``z`` (B, D, h, w) -> (quantised z with straight-through gradient (B, D, h, w), codes (B, h, w), losses).
 
         Losses: ``commit_loss`` = beta * mean |z - sg[e]|^2; in straight-through mode also ``codebook_loss`` =
-        mean |sg[z] - e|^2. In training mode with ``"ema"`` the codebook is updated from this batch first.
+        mean |sg[z] - e|^2. With ``normalize_codes`` both ``z`` and ``e`` are unit vectors in these formulas. In
+        training mode with ``"ema"`` the codebook is updated from this batch after the lookup.
         """
         b, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # (B*h*w, D)
-        codes = nearest_codes(flat.detach(), self.codebook.detach())
-        chosen = self.codebook[codes]  # (B*h*w, D): a copy, so the EMA step below does not change this batch
+        if self.cfg.normalize_codes:
+            flat = F.normalize(flat, dim=1)  # on the unit sphere, nearest in L2 = largest cosine
+        codebook = self.lookup_table()  # (K, D)
+        codes = nearest_codes(flat.detach(), codebook.detach())
+        chosen = codebook[codes]  # (B*h*w, D): a copy, so the EMA step below does not change this batch
         if self.training and self.cfg.quantizer == "ema":
             self.ema_update(flat.detach(), codes)
         losses = {"commit_loss": self.cfg.beta * F.mse_loss(flat, chosen.detach())}
@@ -312,6 +319,17 @@ class VectorQuantizer(nn.Module):
             losses["codebook_loss"] = F.mse_loss(chosen, flat.detach())
         quantised = flat + (chosen - flat).detach()  # forward: the code; backward: identity to the encoder
         return quantised.reshape(b, h, w, d).permute(0, 3, 1, 2), codes.reshape(b, h, w), losses
+
+    def lookup_table(self) -> Tensor:
+        """The codes as the lookup compares and returns them (K, D): unit vectors under ``normalize_codes``.
+
+        The EMA codebook stays the mean of its (unit) assigned outputs, shorter than 1; normalising it here makes
+        the lookup spherical k-means (ViT-VQGAN)."""
+        return F.normalize(self.codebook, dim=1) if self.cfg.normalize_codes else self.codebook
+
+    def embed(self, codes: Tensor) -> Tensor:
+        """Codes (...) long -> their vectors (..., D), exactly what :meth:`forward` puts in place of ``z``."""
+        return self.lookup_table()[codes]
 
     @torch.no_grad()
     def ema_update(self, flat: Tensor, codes: Tensor) -> None:
@@ -409,7 +427,7 @@ class VQTokenizer(nn.Module):
             raise ValueError(
                 f"codes must lie in [0, {self.codebook_size}), got [{int(codes.min())}, {int(codes.max())}]"
             )
-        latents = self.quantizer.codebook[codes].permute(0, 3, 1, 2)  # (B, D, h, w)
+        latents = self.quantizer.embed(codes).permute(0, 3, 1, 2)  # (B, D, h, w)
         return self.decode_latents(latents).clamp(0, 1)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:

@@ -1,12 +1,12 @@
 """``grainvl davinci tokenizer``: train DaVinci's image tokenizer on a world, or convert a taming VQGAN.
 
-Training (issue 17 §1): a small :class:`~grainvl.models.vq.VQTokenizer` (:data:`WORLD_TOKENIZER`) learns on random
-``data.crop``-pixel crops of the world's ``train`` images (at their native resolution, so a code covers the same
-16 x 16 pixels at training and at use), through :func:`grainvl.train.loop.train` (checkpoints, exact resume,
-DDP). It is then frozen and measured on whole ``test`` (ID) and ``test_ood`` (OOD) images: PSNR, share of codes
-used, code perplexity (``results.jsonl``, ``summary.json``), and ``reconstructions.png`` shows originals above
-their reconstructions. The tokenizer is saved as ``RUN/tokenizer`` (``VQTokenizer.from_pretrained`` accepts the run
-folder too).
+Training (issue 17 §1): a small :class:`~grainvl.models.vq.VQTokenizer` (:data:`WORLD_TOKENIZER`) learns on the
+world's ``train`` images, whole (default) or as random ``data.crop``-pixel crops, at their native resolution (so a
+code covers the same 16 x 16 pixels at training and at use), through :func:`grainvl.train.loop.train` (checkpoints,
+exact resume, DDP). It is then frozen and measured on whole ``test`` (ID) and ``test_ood`` (OOD) images: PSNR, share
+of codes used, code perplexity (``results.jsonl``, ``summary.json``), and ``reconstructions.png`` shows originals
+above their reconstructions. The tokenizer is saved as ``RUN/tokenizer`` (``VQTokenizer.from_pretrained`` accepts
+the run folder too).
 
 Conversion: :func:`convert_taming` loads a taming-transformers VQGAN (``.ckpt`` + ``.yaml``) through
 :func:`grainvl.models.vq.load_taming_checkpoint` and saves it as a tokenizer folder.
@@ -39,10 +39,11 @@ from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build
 from grainvl.utils.fileio import atomic_write_bytes
 
 # The world tokenizer: taming's layout at CPU size. 5 levels (stride 16, as DaVinci's VQGAN), widths 16-64,
-# one ResNet block per level, attention only in the middle, 512 codes of 32 dimensions (see docs/davinci.md).
+# one ResNet block per level, attention only in the middle, 512 codes of 16 dimensions looked up by cosine
+# (l2-normalised, ViT-VQGAN): with plain L2 codes the reconstructions stayed flat background (docs/davinci.md §1).
 WORLD_TOKENIZER = VQConfig(
     codebook_size=512,
-    embed_dim=32,
+    embed_dim=16,
     z_channels=64,
     channels=16,
     channel_mult=(1, 2, 2, 4, 4),
@@ -50,6 +51,7 @@ WORLD_TOKENIZER = VQConfig(
     attn_resolutions=(),
     resolution=224,
     norm_groups=8,
+    normalize_codes=True,
 )
 EVAL_SPLITS = {"id": "test", "ood": "test_ood"}
 TOKENIZER_DIR = "tokenizer"
@@ -60,9 +62,10 @@ GRID_FILE = "reconstructions.png"
 class TokenizerData:
     world: str = ""
     """World folder (required): images/{train,test,test_ood}/*.jpg."""
-    crop: int = 64
-    """Training crop side in pixels (a multiple of the stride)."""
-    batch_size: int = 16
+    crop: int = 0
+    """Training crop side in pixels (a multiple of the stride); 0: whole images (measured better than 64 px crops,
+    which are mostly background and normalise differently from the whole images the tokenizer is used on)."""
+    batch_size: int = 2
     eval_batch_size: int = 8
     max_train_images: int = 0
     """> 0: only the first N train images (quick runs); 0: all."""
@@ -75,8 +78,10 @@ class TokenizerData:
 @dataclass
 class DavinciTokenizerConfig:
     model: VQConfig = field(default_factory=lambda: WORLD_TOKENIZER)
-    recon_loss: str = "l1"
-    """``l1`` (taming's VQGAN) or ``l2`` (VQ-VAE) reconstruction loss."""
+    recon_loss: str = "l2"
+    """``l2`` (VQ-VAE; PSNR's own measure) or ``l1`` (taming's VQGAN, whose median favours the flat background)."""
+    edge_weight: float = 2.0
+    """Weight of the L1 loss on pixel differences (``tasks.vq.edge_loss``: the shapes' outlines); 0: none."""
     data: TokenizerData = field(default_factory=TokenizerData)
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=2e-3, weight_decay=0.0, lr_mult=1.0, betas=(0.9, 0.99))
@@ -84,15 +89,17 @@ class DavinciTokenizerConfig:
     sched: SchedConfig = field(default_factory=lambda: SchedConfig(kind="cosine", warmup_steps=0.05))
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=400, log_every=50, run_dir="runs/davinci_tokenizer", tensorboard=False
+            steps=200, log_every=25, run_dir="runs/davinci_tokenizer", tensorboard=False
         )
     )
     torch_threads: int = 0
 
     def __post_init__(self) -> None:
         stride = self.model.stride
-        if self.data.crop < stride or self.data.crop % stride:
-            raise ValueError(f"data.crop must be a positive multiple of the stride {stride}, got {self.data.crop}")
+        if self.data.crop < 0 or self.data.crop % stride:
+            raise ValueError(
+                f"data.crop must be 0 (whole images) or a multiple of the stride {stride}, got {self.data.crop}"
+            )
         if self.data.batch_size < 1 or self.data.eval_batch_size < 1 or self.data.grid_images < 0:
             raise ValueError("data.batch_size and data.eval_batch_size must be >= 1, data.grid_images >= 0")
 
@@ -164,15 +171,17 @@ def _run(cfg: DavinciTokenizerConfig, run: Run, resume: str | None) -> dict[str,
     eval_images = {tag: load_split_images(world, s, stride, cfg.data.max_eval_images) for tag, s in EVAL_SPLITS.items()}
     seed_model_init(cfg.train.seed)
     tokenizer = VQTokenizer(cfg.model)
-    task = VQTrainTask(tokenizer, cfg.recon_loss)
+    task = VQTrainTask(tokenizer, cfg.recon_loss, cfg.edge_weight)
     optimizer = build_optimizer(task, cfg.optim)
     scheduler = build_scheduler(optimizer, dataclasses.replace(cfg.sched, total_steps=cfg.train.steps))
     run.write_config(cfg)
 
+    crop = cfg.data.crop or min(train_images.shape[-2:])  # 0: whole (square) images, random flips only
+
     def batch(step: int) -> dict[str, torch.Tensor]:
         # Crops depend on (seed, rank, step) only, so a resumed run sees exactly the batches it would have seen.
         generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + run.env.rank * 7919 + step)
-        return {"images": random_crops(train_images, cfg.data.batch_size, cfg.data.crop, generator)}
+        return {"images": random_crops(train_images, cfg.data.batch_size, crop, generator)}
 
     summary = train(
         task, BatchSequence(batch, cfg.train.steps), optimizer, scheduler, cfg.train, run.env, resume=resume
