@@ -1,6 +1,7 @@
 """Pre-training throughput and model FLOPs utilisation (MFU), measured side by side in one run.
 
     python benchmarks/bench_pretrain.py [--steps 3]
+    python benchmarks/bench_pretrain.py --side-by-side [--shapes xvlm-small,base112,base224] [--steps 3] [--rounds 2]
 
 For each model: samples/s of a full X²-VLM pre-training step (image-text ITC + ITM with hard
 negatives + MLM, forward + backward + AdamW) on synthetic batches (no data loading, so the model is
@@ -8,14 +9,30 @@ what is measured), the FLOPs of that step counted by ``torch.utils.flop_counter`
 achieved FLOP/s / this machine's fp32 matmul peak measured in the same process with the same
 threads. Also inference latency at batch 1 (image encoder + text encoder + fusion + ITM head),
 p50/p90 after warm-up.
+
+``--side-by-side`` (issue 20 §1) times each training-step optimisation against the reference step
+(every optimisation off) in one process: settings run in turn, ``--rounds`` times, each from the same
+initial weights and the same RNG seed, so dropout masks and hard negatives are the same draws and the
+losses of every step must agree. It prints per setting: s/step (median of all timed steps), the speed-up
+over the reference, the peak RSS (VmHWM, reset before each run after freed memory is handed back to
+the OS, as ``../shared/research/anchor_speed_official.md`` measured the official code), MFU against the
+matmul peak measured at the start of the same run, and the largest loss difference from the reference
+(``equal`` when ≤ 1e-6). Shapes: ``xvlm-small`` (batch 12, 160 px), ``base112`` (x2vlm-base at 112 px,
+batch 8) and ``base224`` (224 px, batch 4), with 30-token captions and 12 masked tokens as the anchor.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import dataclasses
+import gc
 import statistics
+import tempfile
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -23,6 +40,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from grainvl.models.factory import create_model, get_model_config
 from grainvl.models.xvlm import XVLM
 from grainvl.tasks.pretrain import PretrainTask, PretrainWeights
+from grainvl.train.optim import OptimConfig, build_optimizer
+
+LOSS_TOLERANCE = 1e-6
 
 
 def matmul_peak(n: int = 1024, repeats: int = 20) -> float:
@@ -59,7 +79,7 @@ def synthetic_batch(model: XVLM, batch: int, length: int = 24) -> dict:
 def train_throughput(model: XVLM, batch: int, steps: int) -> tuple[float, float]:
     """(samples/s, FLOPs per step) of pre-training steps on an image-text batch."""
     task = PretrainTask(model, PretrainWeights(region=0, video=0)).train()
-    optimizer = torch.optim.AdamW(task.parameters(), lr=1e-5)
+    optimizer = build_optimizer(task, OptimConfig(lr=1e-5))  # grainvl's default AdamW (fused kernel)
     data = synthetic_batch(model, batch)
 
     def step() -> None:
@@ -93,11 +113,197 @@ def latency(model: XVLM, repeats: int = 10) -> tuple[float, float]:
     return statistics.median(times), q[8]
 
 
+# ---------------------------------------------------------------------------------------------- side by side
+@dataclass(frozen=True)
+class StepSetting:
+    """One way of running the training step: the switches that an optimisation flips."""
+
+    name: str
+    adamw: str = "loop"  # OptimConfig.implementation
+    grad_checkpointing: bool = False
+
+
+# The reference (every optimisation off: torch's CPU default AdamW loop) and each optimisation alone; the
+# library's defaults are the reference with the fused AdamW kernel (``OptimConfig.implementation``).
+SETTINGS = (
+    StepSetting("reference"),
+    StepSetting("fused AdamW", adamw="fused"),
+    StepSetting("foreach AdamW", adamw="foreach"),
+    StepSetting("grad checkpointing", grad_checkpointing=True),
+)
+
+
+@dataclass
+class SettingResult:
+    times: list[float] = field(default_factory=list)
+    peak_rss_mib: float = 0.0
+    losses: list[dict[str, float]] = field(default_factory=list)
+
+
+def anchor_batch(model: XVLM, batch: int, resolution: int, length: int = 30, masks: int = 12) -> dict:
+    """The anchor's inputs: normal-noise images, ``length``-token captions without padding, ``masks`` masked tokens."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (batch, length), generator=g)
+    ids[:, 0], ids[:, -1] = 101, 102
+    masked = ids.clone()
+    masked[:, 1 : 1 + masks] = 103
+    return {
+        "image": {
+            "image": torch.randn(batch, 3, resolution, resolution, generator=g),
+            "image_ids": torch.arange(batch),
+            "text_ids": ids,
+            "text_atts": torch.ones_like(ids),
+            "text_ids_masked": masked,
+            "masked_pos": torch.arange(1, 1 + masks).expand(batch, -1),
+            "masked_ids": ids[:, 1 : 1 + masks].clone(),
+        }
+    }
+
+
+def build_shape(shape: str) -> tuple[XVLM, int, int]:
+    """(model, batch, resolution) of a named shape: ``base112`` / ``base224`` (x2vlm-base with random weights, as
+    the anchor) or any preset at its own resolution (batch 12 for xvlm-small, 8 otherwise; ``xvlm-tiny`` for a
+    quick check of this script)."""
+    if shape not in ("base112", "base224"):
+        model = create_model(shape)
+        return model, 12 if shape == "xvlm-small" else 8, model.config.vision.resolution
+    resolution = {"base112": 112, "base224": 224}[shape]
+    cfg = get_model_config("x2vlm-base")
+    cfg = dataclasses.replace(
+        cfg, name=f"x2vlm-base@{resolution}px", vision=dataclasses.replace(cfg.vision, resolution=resolution)
+    )
+    return XVLM(cfg), {112: 8, 224: 4}[resolution], resolution
+
+
+def _release_memory() -> None:
+    """Hand freed heap back to the OS and reset the kernel's peak-RSS counter (VmHWM)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: the peak may include freed memory
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with contextlib.suppress(OSError):  # no /proc: VmHWM is the process's peak so far
+        Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
+
+
+def _peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_setting(
+    task: PretrainTask, initial: Path, data: dict, setting: StepSetting, warmup: int, steps: int, result: SettingResult
+) -> None:
+    """``warmup + steps`` full steps (forward, backward, clip 1.0, AdamW, clamp) from the initial weights."""
+    model = task.model
+    model.load_state_dict(torch.load(initial, mmap=True))
+    model.set_grad_checkpointing(setting.grad_checkpointing)
+    optimizer = build_optimizer(task, OptimConfig(implementation=setting.adamw))
+    _release_memory()
+    torch.manual_seed(0)  # the same dropout masks and hard negatives in every setting
+    losses = []
+    for k in range(warmup + steps):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        step_losses, _ = task(data)
+        sum(step_losses.values()).backward()
+        torch.nn.utils.clip_grad_norm_([p for p in task.parameters() if p.grad is not None], 1.0)
+        optimizer.step()
+        task.clamp_temperature_()
+        if k >= warmup:
+            result.times.append(time.perf_counter() - start)
+        losses.append({key: float(value.detach()) for key, value in step_losses.items()})
+    result.peak_rss_mib = max(result.peak_rss_mib, _peak_rss_mib())
+    result.losses = result.losses or losses
+    del optimizer
+    task.zero_grad(set_to_none=True)
+
+
+def step_flops(task: PretrainTask, data: dict) -> float:
+    """Forward + backward FLOPs of one step (matmuls and convolutions, ``torch.utils.flop_counter``)."""
+    torch.manual_seed(0)
+    with FlopCounterMode(display=False) as counter:
+        losses, _ = task(data)
+        sum(losses.values()).backward()
+    task.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def loss_agreement(a: list[dict[str, float]], b: list[dict[str, float]]) -> tuple[float, str]:
+    """(largest |difference| over steps and losses, verdict): ``equal`` within 1e-6, ``fp32 rounding`` within
+    1e-6 of the loss's size (a reordered sum of fp32 numbers), else ``DIFFERENT``."""
+    diff = max(abs(x[key] - y[key]) for x, y in zip(a, b) for key in x)
+    relative = max(abs(x[key] - y[key]) / max(1.0, abs(x[key])) for x, y in zip(a, b) for key in x)
+    verdict = "equal" if diff <= LOSS_TOLERANCE else "fp32 rounding" if relative <= LOSS_TOLERANCE else "DIFFERENT"
+    return diff, verdict
+
+
+def matmul_peak_median(n: int = 2048, warmup: int = 5, repeats: int = 20) -> float:
+    """The anchor's peak: median GFLOP/s of ``n``² fp32 ``torch.mm`` into a preallocated output."""
+    a, b, out = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    times = []
+    for k in range(warmup + repeats):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        if k >= warmup:
+            times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def side_by_side(shapes: list[str], settings: list[StepSetting], warmup: int, steps: int, rounds: int) -> None:
+    peak = matmul_peak_median()
+    print(f"fp32 matmul peak (2048², median of 20): {peak:.1f} GFLOP/s on {torch.get_num_threads()} threads")
+    header = f"{'shape':<22}{'setting':<26}{'s/step':>8}{'speed-up':>9}{'peak RSS MiB':>13}{'MFU':>6}  losses vs ref"
+    for shape in shapes:
+        torch.manual_seed(0)
+        model, batch, resolution = build_shape(shape)
+        task = PretrainTask(model, PretrainWeights(region=0, video=0)).train()
+        data = anchor_batch(model, batch, resolution)
+        flops = step_flops(task, data)
+        results = {s.name: SettingResult() for s in settings}
+        with tempfile.TemporaryDirectory() as tmp:
+            initial = Path(tmp) / "initial.pt"
+            torch.save(model.state_dict(), initial)
+            for _ in range(rounds):  # settings alternate, so slow phases of a shared machine hit them all
+                for setting in settings:
+                    run_setting(task, initial, data, setting, warmup, steps, results[setting.name])
+        print(f"\n{model.config.name}, batch {batch}, {resolution} px: {flops / 1e9:.1f} GFLOP/step (fwd+bwd)")
+        print(header)
+        _print_rows(model.config.name, results, flops, peak)
+        del task, model
+    print(
+        f"\nlosses: the largest |difference| from the reference over all steps and losses; equal: ≤ {LOSS_TOLERANCE}, "
+        f"fp32 rounding: ≤ {LOSS_TOLERANCE} × max(1, |loss|)"
+    )
+
+
+def _print_rows(name: str, results: dict[str, SettingResult], flops: float, peak: float) -> None:
+    reference = results["reference"]
+    ref_time = statistics.median(reference.times)
+    for setting, result in results.items():
+        seconds = statistics.median(result.times)
+        diff, verdict = loss_agreement(reference.losses, result.losses)
+        mfu = flops / seconds / 1e9 / peak
+        print(
+            f"{name:<22}{setting:<26}{seconds:>8.2f}{ref_time / seconds:>8.2f}×{result.peak_rss_mib:>13.0f}"
+            f"{mfu:>6.2f}  {diff:.1e} {verdict}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--side-by-side", action="store_true", help="each optimisation on and off in one run")
+    parser.add_argument("--shapes", default="xvlm-small,base112,base224", help="comma list for --side-by-side")
+    parser.add_argument("--settings", default=",".join(s.name for s in SETTINGS), help="comma list of setting names")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per setting and round")
+    parser.add_argument("--rounds", type=int, default=2, help="times every setting runs (alternating)")
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.side_by_side:
+        chosen = [s for s in SETTINGS if s.name in args.settings.split(",") or s.name == "reference"]
+        side_by_side(args.shapes.split(","), chosen, args.warmup, args.steps, args.rounds)
+        return
     peak = matmul_peak()
     print(f"fp32 matmul peak: {peak:.1f} GFLOP/s on {torch.get_num_threads()} threads")
     base_cfg = get_model_config("x2vlm-base")
