@@ -24,6 +24,10 @@ from grainvl.tasks.pretrain import PretrainTask, PretrainWeights
 from grainvl.train.optim import OptimConfig, adamw_kernel_flags, build_optimizer
 
 TOLERANCE = 1e-6
+# Fused AdamW computes the same update with its fp32 operations in another order: the weights differ in the last bits
+# after each step, and the third step's gradients (measured up to 2.2e-6, depending on the CPU's vector kernels) by
+# what that rounding propagates. Losses stay within TOLERANCE; weights and gradients within this.
+FUSED_TOLERANCE = 1e-5
 STEPS = 3
 
 
@@ -111,8 +115,9 @@ def test_fast_path_matches_reference_losses_grads_and_weights(reference: tuple, 
         for key in ref_step:
             assert step[key] == pytest.approx(ref_step[key], abs=TOLERANCE), key
     # Gradients of the last step are computed on weights that two optimizer steps have already moved.
-    assert max_diff(ref_grads, grads) <= TOLERANCE
-    assert max_diff(ref_weights, weights) <= TOLERANCE
+    tolerance = FUSED_TOLERANCE if path.get("implementation") == "fused" else TOLERANCE
+    assert max_diff(ref_grads, grads) <= tolerance
+    assert max_diff(ref_weights, weights) <= tolerance
 
 
 def test_steps_actually_change_the_losses(reference: tuple) -> None:
