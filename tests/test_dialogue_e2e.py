@@ -10,15 +10,18 @@ import pytest
 
 from grainvl.cli import main
 from grainvl.data.formats.convai2 import write_convai2
-from grainvl.data.world.dialogue import build_dialogues
+from grainvl.data.formats.dialogue_nli import write_dialogue_nli
+from grainvl.data.world.dialogue import build_dialogue_nli, build_dialogues
+from grainvl.dialogue.nli import NLIConfig
 from grainvl.dialogue.responder import SETTINGS
+from grainvl.recipes.dialogue import DialogueData, EvaluateConfig, _held_out, _nli_source
 
 TINY = [
     "data.train_episodes=6",
     "data.test_episodes=2",
     "model.architecture=bert-tiny",
     "model.decoder_layers=1",
-    "model.max_source_tokens=64",
+    "model.max_items=24",
     "fit.steps=3",
     "fit.batch_size=4",
 ]
@@ -28,7 +31,6 @@ def _sets(section: str) -> list[str]:
     return [f"{section}.{item}" if not item.startswith("data.") else item for item in TINY]
 
 
-@pytest.mark.slow  # ~25 s on two shared cores
 def test_train_evaluate_and_predict(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     predictor, responder, evaluation = tmp_path / "pred", tmp_path / "resp", tmp_path / "eval"
     assert main(["dialogue", "train-predictor", "--out", str(predictor), "--set", *_sets("predictor")]) == 0
@@ -47,6 +49,8 @@ def test_train_evaluate_and_predict(tmp_path: Path, capsys: pytest.CaptureFixtur
         summary["settings"]["gold"]
     )
     assert set(summary["dailydialog"]) == {"zero-shot+none", "zero-shot+predicted", "tuned+none", "tuned+predicted"}
+    assert {"fact_f1", "fact_precision"} <= set(summary["dailydialog_personas"]["partner"])
+    assert "| DailyDialog-style personas |" in out
     rows = [json.loads(line) for line in (evaluation / "results.jsonl").read_text().splitlines()]
     assert {r["task"] for r in rows} >= {f"response:{s}" for s in SETTINGS}
 
@@ -63,9 +67,29 @@ def test_parlai_folder_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixtu
         write_convai2(folder / f"{split}_both_original.txt", build_dialogues(4, random.Random(seed)))
     out = tmp_path / "pred"
     args = ["dialogue", "train-predictor", "--data", str(folder), "--out", str(out), "--kind", "approximator"]
-    assert main([*args, "--set", *_sets("predictor"), "predictor.sentence_encoder=bert-tiny"]) == 0
+    assert main([*args, "--set", *_sets("predictor"), "predictor.model.sentence_encoder=bert-tiny"]) == 0
     assert "approximator partner persona (test)" in capsys.readouterr().out
     assert main(["dialogue", "predict", "--predictor", str(out)]) == 2  # no history: one line, exit 2
     assert "--history" in capsys.readouterr().err
     assert main(["dialogue", "train-predictor", "--data", str(tmp_path), "--out", str(out)]) == 2
     assert "train_both_original.txt" in capsys.readouterr().err
+
+
+def test_held_out_episodes_and_judge_pairs_follow_the_data(tmp_path: Path) -> None:
+    train = build_dialogues(10, random.Random(0))
+    kept, held_out = _held_out(DialogueData(valid_episodes=3), train)
+    assert kept == train and len(held_out) == 3  # the valid split, never the test split
+    kept, held_out = _held_out(DialogueData(test_split="valid"), train)  # valid IS the test: carve train
+    assert kept == train[:9] and held_out == train[9:]
+    folder = tmp_path / "convai2"
+    folder.mkdir()
+    write_convai2(folder / "train_both_original.txt", train)  # no valid file either
+    assert _held_out(DialogueData(source=str(folder)), train)[1] == train[9:]
+
+    assert _nli_source(EvaluateConfig()) is None  # in memory: the world's generator
+    assert _nli_source(EvaluateConfig(data=DialogueData(source=str(folder)))) is None  # no DNLI files there
+    write_dialogue_nli(
+        folder / "dialogue" / "dnli" / "dialogue_nli_train.jsonl", build_dialogue_nli(3, random.Random(0))
+    )
+    assert _nli_source(EvaluateConfig(data=DialogueData(source=str(folder)))) == str(folder)
+    assert _nli_source(EvaluateConfig(nli=NLIConfig(source="elsewhere"))) == "elsewhere"

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--history",
         field="history",
         help="utterances separated by ' || ', oldest first, the partner's last; a history longer than the model "
-        "limit loses its OLDEST tokens",
+        "limit (model.max_items sentences) loses its OLDEST sentences",
     )
     shortcut(predict, "--history-file", field="history_file", help="a text file with one utterance per line instead")
     shortcut(predict, "--roles", field="roles", parse=comma_list, help="whose persona: self, partner or both")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from grainvl.data.formats.convai2 import read_convai2, read_revealed
 from grainvl.data.formats.dailydialog import read_dailydialog
+from grainvl.data.formats.dialogue_nli import read_dialogue_nli
 from grainvl.data.world.daily_dialogue import build_daily_dialogues
 from grainvl.data.world.dialogue import (
     FOLLOW_UPS,
@@ -40,6 +41,7 @@ ROLES = ("self", "partner")
 ROLE_PROMPTS = {"self": "your persona:", "partner": "partner's persona:"}
 SPLIT_SEEDS = {"train": 0, "valid": 1, "test": 2}  # in-memory world: one stream per split, never overlapping
 DAILYDIALOG_SPLITS = {"train": "train", "valid": "validation", "test": "test"}  # our split -> its folder
+NLI_SPLITS = {"train": "train", "valid": "dev", "test": "test"}  # our split -> Dialogue NLI's file name
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,26 @@ def dailydialog_examples(source: str | Path | None, split: str, n_dialogues: int
     ]
 
 
+def mentioned_personas(examples: Sequence[ResponseExample], hints: dict[str, list[str]]) -> list[PersonaExample]:
+    """Persona-free turns (DailyDialog) as persona-prediction examples, one per turn and role, whose target
+    is the facts whose implicit hints that role's speaker has said so far (case-insensitive).
+
+    The world's DailyDialog analogue slips a persona-bank hint into half of its dialogues, so this
+    reading scores a predictor trained on ConvAI2 out of domain; on real DailyDialog no hint matches
+    and every target is empty (then only false positives can be counted).
+    """
+    personas = []
+    for e in examples:
+        n = len(e.history)
+        for role in ROLES:
+            said = [
+                convai2_tokenize(u) for i, u in enumerate(e.history) if ((n - 1 - i) % 2 == 0) == (role == "partner")
+            ]
+            target = tuple(f for f, phrases in hints.items() if any(h in u for u in said for h in phrases))
+            personas.append(PersonaExample(e.history, role, target, target))
+    return personas
+
+
 # ---------------------------------------------------------------------------------------------- world readings
 def persona_bank(episodes: Sequence[dict] = ()) -> list[str]:
     """Every persona sentence a predictor may retrieve: the world's bank, plus those of ``episodes``."""
@@ -195,12 +217,34 @@ def world_follow_ups() -> dict[str, list[str]]:
     return {f.text: [convai2_tokenize(p) for p in FOLLOW_UPS[f.topic]] for f in PERSONA_BANK}
 
 
-def nli_examples(n_examples: int, seed: int) -> list[tuple[str, str, str]]:
-    """Dialogue-NLI-style (utterance, persona sentence, label) triples, balanced over entail/contradict/neutral.
+def nli_file(folder: Path, split: str) -> Path | None:
+    """``dialogue_nli_{split}.jsonl`` in a world's ``dialogue/dnli/`` or a Dialogue NLI folder; None if absent."""
+    name = f"dialogue_nli_{NLI_SPLITS[split]}.jsonl"
+    for candidate in (folder / "dialogue" / "dnli", folder):
+        if (candidate / name).is_file():
+            return candidate / name
+    return None
 
-    In memory: the world's generator (:func:`~grainvl.data.world.dialogue.build_dialogue_nli`).
+
+def nli_examples(source: str | Path | None, split: str, n_examples: int, seed: int = 0) -> list[tuple[str, str, str]]:
+    """Dialogue-NLI (utterance, persona sentence, label) triples of ``split``, at most ``n_examples``.
+
+    ``source`` None: drawn by the world's generator (:func:`~grainvl.data.world.dialogue.build_dialogue_nli`,
+    balanced over entail/contradict/neutral; one stream per split and ``seed``); a folder: its
+    ``dialogue_nli_{train,dev,test}.jsonl`` (the world's or the official release), the first
+    ``n_examples`` pairs.
     """
-    return [(p["utterance"], p["persona"], p["label"]) for p in build_dialogue_nli(n_examples, random.Random(seed))]
+    if source is None:
+        pairs = build_dialogue_nli(n_examples, random.Random(1000 * seed + SPLIT_SEEDS[split]))
+    else:
+        path = nli_file(Path(source), split)
+        if path is None:
+            raise FileNotFoundError(
+                f"{source}: no dialogue_nli_{NLI_SPLITS[split]}.jsonl "
+                "(expected W/dialogue/dnli/ or a Dialogue NLI folder)"
+            )
+        pairs = read_dialogue_nli(path)[:n_examples]
+    return [(p["utterance"], p["persona"], p["label"]) for p in pairs]
 
 
 __all__ = [
@@ -213,7 +257,9 @@ __all__ = [
     "dailydialog_examples",
     "dailydialog_file",
     "load_episodes",
+    "mentioned_personas",
     "nli_examples",
+    "nli_file",
     "persona_bank",
     "persona_examples",
     "response_examples",

@@ -1,14 +1,15 @@
-"""A small encoder-decoder for dialogue text: a BERT text tower + the causal cross-attention decoder.
+"""A small encoder-decoder for dialogue text: a sentence memory + the causal cross-attention decoder.
 
 Both the persona generator (history -> persona sentences) and the response model (persona + history ->
-response) are this model. The encoder is :class:`~grainvl.models.text.BertEncoderModel` and the
-decoder :class:`~grainvl.models.decoder.TextDecoder` (causal self-attention -> cross-attention to the
-encoder states -> FFN, LM head tied to its embeddings), both shaped by a text preset
-(``models/architectures/bert-*.json``; ``bert-tiny`` by default) over the compact vocabulary of
-:mod:`grainvl.dialogue.tokens`, randomly initialised: the world's text is small enough to learn from
-scratch on two CPU cores. Training is token cross-entropy through the one training loop
-(:func:`~grainvl.tasks.text_classification.fit_in_memory`); decoding is the repo's beam search
-(:func:`~grainvl.models.decoder.beam_search`) on cached per-layer states
+response) are this model. The encoder is :class:`~grainvl.dialogue.memory.SentenceMemory` over the
+frozen MiniLM vectors of the source's sentences (cached once per sentence; only the projection, the
+kind/position embeddings and its self-attention layers train) and the decoder
+:class:`~grainvl.models.decoder.TextDecoder` (causal self-attention -> cross-attention to the memory
+states -> FFN, LM head tied to its embeddings), both shaped by a text preset
+(``models/architectures/bert-*.json``) over the compact target vocabulary of
+:mod:`grainvl.dialogue.tokens`, randomly initialised. Training is token cross-entropy through the one
+training loop (:func:`~grainvl.tasks.text_classification.fit_in_memory`); decoding is the repo's beam
+search (:func:`~grainvl.models.decoder.beam_search`) on cached per-layer states
 (:func:`~grainvl.models.decoder.incremental_forward`).
 """
 
@@ -25,10 +26,11 @@ from torch import Tensor, nn
 
 from grainvl.config import to_dict
 from grainvl.data.tokenization import load_tokenizer, packaged_minilm_path
+from grainvl.dialogue.memory import Item, SentenceMemory, Source, memory_batch, sentence_encoder, source_items
 from grainvl.dialogue.tokens import BOS, EOS, DialogueVocab, pad_batch
 from grainvl.models.decoder import SearchConfig, TextDecoder, beam_search, greedy_search, incremental_forward
 from grainvl.models.factory import resolve_model
-from grainvl.models.text import BertEncoderModel, TextConfig
+from grainvl.models.text import TextConfig
 from grainvl.tasks.text_classification import batch_order, fit_in_memory
 from grainvl.utils.fileio import load_model_safetensors, read_json, save_model_safetensors, write_json
 
@@ -40,34 +42,40 @@ class ModelConfig:
     """Shape of a dialogue model; ``architecture`` is a text preset (or architecture JSON) for the layer sizes."""
 
     architecture: str = "bert-tiny"
+    memory_layers: int = 0  # self-attention layers over the memory items (measured: 1 and 2 learn slower)
     decoder_layers: int = 2
-    max_source_tokens: int = 192  # longer histories are cut from the left
+    max_items: int = 48  # memory items (sentences); a longer history loses its OLDEST sentences
     max_target_tokens: int = 48
+    sentence_encoder: str | None = None  # frozen sentence vectors: a HF BERT folder; None: the packaged MiniLM
 
 
 @dataclass
 class FitConfig:
     """How a dialogue model is trained: AdamW + linear warm-up/decay through the one training loop."""
 
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 1e-3  # from scratch, a tiny model: far above BERT fine-tuning rates
+    steps: int = 500
+    batch_size: int = 64
+    lr: float = 3e-3  # from scratch, a small model: far above BERT fine-tuning rates
     weight_decay: float = 0.01
     warmup: float = 0.1
     seed: int = 0
 
 
 def text_config(cfg: ModelConfig, vocab_size: int) -> TextConfig:
-    """The preset's text shape over the compact vocabulary (no cross-attention: the encoder's)."""
+    """The preset's text shape over the compact vocabulary (no cross-attention)."""
     base = resolve_model(cfg.architecture).expect("text").config
     assert isinstance(base, TextConfig)
     return dataclasses.replace(base, vocab_size=vocab_size, pad_token_id=0, fusion_start=None)
 
 
-def save_folder(folder: Path, kind: str, state: dict[str, Tensor], vocab: DialogueVocab, extra: dict[str, Any]) -> None:
-    """``folder/dialogue_model.json`` (kind, config, vocabulary) + ``model.safetensors`` (``state``), both atomic."""
+def save_folder(
+    folder: Path, kind: str, state: dict[str, Tensor], vocab: DialogueVocab | None, extra: dict[str, Any]
+) -> None:
+    """``folder/dialogue_model.json`` (kind, config, vocabulary) + ``model.safetensors`` (``state``), both atomic.
+
+    ``vocab`` None: a model that writes no text (the approximator)."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / CONFIG_NAME, {"kind": kind, "token_ids": vocab.global_ids, **extra})
+    write_json(folder / CONFIG_NAME, {"kind": kind, "token_ids": vocab.global_ids if vocab else [], **extra})
     save_model_safetensors(folder / WEIGHTS_NAME, state)
 
 
@@ -84,57 +92,53 @@ def read_folder(folder: Path, kind: str | None) -> tuple[dict[str, Any], Dialogu
 
 
 class Seq2Seq(nn.Module):
-    """Source ids (B, Ls) -> encoder states (B, Ls, H); the decoder scores and generates targets."""
+    """Sources -> memory states (B, L, H); the decoder scores and generates targets (compact token ids)."""
 
     def __init__(self, vocab: DialogueVocab, cfg: ModelConfig) -> None:
         super().__init__()
         self.vocab, self.cfg = vocab, cfg
-        encoder_cfg = text_config(cfg, len(vocab))
+        self.sentences = sentence_encoder(cfg.sentence_encoder)  # frozen, shared; not a submodule (not saved)
+        text = text_config(cfg, len(vocab))
+        self.memory = SentenceMemory(self.sentences.dim, text, cfg.memory_layers)
         decoder_cfg = dataclasses.replace(
-            encoder_cfg, num_layers=cfg.decoder_layers, fusion_start=0, encoder_width=encoder_cfg.hidden_size
+            text, num_layers=cfg.decoder_layers, fusion_start=0, encoder_width=text.hidden_size
         )
-        self.encoder = BertEncoderModel(encoder_cfg)
         self.decoder = TextDecoder(decoder_cfg)
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    # ------------------------------------------------------------------ ids
-    def sources(self, prefixes: Sequence[str], histories: Sequence[Sequence[str]]) -> tuple[Tensor, Tensor]:
-        """Padded source ids and mask (B, Ls) of (prefix, history) pairs, histories cut from the left."""
-        ids = [self.vocab.source(p, h, self.cfg.max_source_tokens) for p, h in zip(prefixes, histories)]
-        return pad_batch(ids, self.device)
+    # ------------------------------------------------------------------ inputs
+    def items(self, sources: Sequence[Source]) -> list[list[Item]]:
+        return [source_items(s, self.cfg.max_items) for s in sources]
+
+    def memory_inputs(self, items: Sequence[Sequence[Item]]) -> dict[str, Tensor]:
+        """Padded memory inputs (vectors (B, L, D), kinds, positions, mask (B, L)) of items."""
+        return memory_batch(self.sentences, items, self.device)
 
     def targets(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
         return pad_batch([self.vocab.target(t, self.cfg.max_target_tokens) for t in texts], self.device)
 
     # ------------------------------------------------------------------ likelihood
-    def encode(self, source_ids: Tensor, source_mask: Tensor) -> Tensor:
-        return self.encoder(source_ids, source_mask)  # (B, Ls, H)
+    def encode(self, memory: dict[str, Tensor]) -> Tensor:
+        return self.memory(**memory)  # (B, L, H)
 
-    def target_logprob(
-        self, source_ids: Tensor, source_mask: Tensor, target_ids: Tensor, target_mask: Tensor
-    ) -> Tensor:
+    def target_logprob(self, memory: dict[str, Tensor], target_ids: Tensor, target_mask: Tensor) -> Tensor:
         """log p(target | source) summed over the target tokens after ``[CLS]`` (EOS included) -> (B,)."""
-        states = self.encode(source_ids, source_mask)
-        return self.decoder.sequence_logprob(target_ids, target_mask, states, source_mask)
+        states = self.encode(memory)
+        return self.decoder.sequence_logprob(target_ids, target_mask, states, memory["mask"])
 
-    def loss(self, inputs: dict[str, Tensor]) -> Tensor:
-        """Mean token cross-entropy of a batch ``{source_ids, source_mask, target_ids, target_mask}``."""
-        logp = self.target_logprob(
-            inputs["source_ids"], inputs["source_mask"], inputs["target_ids"], inputs["target_mask"]
-        )
+    def loss(self, inputs: dict[str, Any]) -> Tensor:
+        """Mean token cross-entropy of a batch ``{memory, target_ids, target_mask}``."""
+        logp = self.target_logprob(inputs["memory"], inputs["target_ids"], inputs["target_mask"])
         return -logp.sum() / (inputs["target_mask"][:, 1:].sum())
 
     @torch.no_grad()
-    def score(
-        self, prefixes: Sequence[str], histories: Sequence[Sequence[str]], targets: Sequence[str]
-    ) -> tuple[Tensor, Tensor]:
+    def score(self, sources: Sequence[Source], targets: Sequence[str]) -> tuple[Tensor, Tensor]:
         """-> (log p(target | source) (B,), target token counts (B,), EOS included) for perplexity and ranking."""
-        source_ids, source_mask = self.sources(prefixes, histories)
         target_ids, target_mask = self.targets(targets)
-        logp = self.target_logprob(source_ids, source_mask, target_ids, target_mask)
+        logp = self.target_logprob(self.memory_inputs(self.items(sources)), target_ids, target_mask)
         return logp, target_mask[:, 1:].sum(1)
 
     # ------------------------------------------------------------------ generation
@@ -161,37 +165,31 @@ class Seq2Seq(nn.Module):
         return step, reorder
 
     @torch.no_grad()
-    def generate(
-        self, prefixes: Sequence[str], histories: Sequence[Sequence[str]], search: SearchConfig, batch_size: int = 64
-    ) -> list[str]:
-        """Decoded targets for (prefix, history) sources: beam search (greedy when ``num_beams`` is 1)."""
+    def generate(self, sources: Sequence[Source], search: SearchConfig, batch_size: int = 64) -> list[str]:
+        """Decoded targets for ``sources``: beam search (greedy when ``num_beams`` is 1)."""
         was_training = self.training
         self.eval()
         decode = greedy_search if search.num_beams == 1 else beam_search
         texts: list[str] = []
-        for start in range(0, len(prefixes), batch_size):
-            source_ids, source_mask = self.sources(
-                prefixes[start : start + batch_size], histories[start : start + batch_size]
-            )
-            step, reorder = self._stepper(self.encode(source_ids, source_mask), source_mask)
-            texts += [self.vocab.decode(ids) for ids in decode(step, reorder, len(source_ids), EOS, search)]
+        for start in range(0, len(sources), batch_size):
+            memory = self.memory_inputs(self.items(sources[start : start + batch_size]))
+            step, reorder = self._stepper(self.encode(memory), memory["mask"])
+            texts += [self.vocab.decode(ids) for ids in decode(step, reorder, len(memory["mask"]), EOS, search)]
         self.train(was_training)
         return texts
 
     # ------------------------------------------------------------------ training, files
-    def fit(
-        self, prefixes: Sequence[str], histories: Sequence[Sequence[str]], targets: Sequence[str], cfg: FitConfig
-    ) -> list[float]:
+    def fit(self, sources: Sequence[Source], targets: Sequence[str], cfg: FitConfig) -> list[float]:
         """Token cross-entropy on (source, target) examples for ``cfg.steps`` steps; -> the loss of every step."""
-        sources = [self.vocab.source(p, h, self.cfg.max_source_tokens) for p, h in zip(prefixes, histories)]
+        items = self.items(sources)
+        self.sentences.add([text for row in items for text, _, _ in row])  # every distinct sentence, once
         goals = [self.vocab.target(t, self.cfg.max_target_tokens) for t in targets]
-        order = batch_order(len(sources), min(cfg.batch_size, len(sources)), cfg.steps, cfg.seed)
+        order = batch_order(len(items), min(cfg.batch_size, len(items)), cfg.steps, cfg.seed)
 
-        def batches(step: int) -> tuple[dict[str, Tensor], Tensor]:
-            source_ids, source_mask = pad_batch([sources[i] for i in order[step]], self.device)
+        def batches(step: int) -> tuple[dict[str, Any], Tensor]:
             target_ids, target_mask = pad_batch([goals[i] for i in order[step]], self.device)
-            inputs = {"source_ids": source_ids, "source_mask": source_mask}
-            return {**inputs, "target_ids": target_ids, "target_mask": target_mask}, target_ids
+            memory = self.memory_inputs([items[i] for i in order[step]])
+            return {"memory": memory, "target_ids": target_ids, "target_mask": target_mask}, target_ids
 
         return fit_in_memory(self, batches, lambda m, x, _y: m.loss(x), cfg.steps, cfg.lr, cfg.weight_decay, cfg.warmup)
 

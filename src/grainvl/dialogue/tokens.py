@@ -1,15 +1,11 @@
-"""Token ids for the dialogue models: the packaged MiniLM WordPiece tokenizer over a compact vocabulary.
+"""Target token ids for the dialogue decoders: the packaged MiniLM WordPiece tokenizer over a compact vocabulary.
 
-The dialogue models are small and trained from scratch on CPU, so their embedding tables and LM heads
-cover only the WordPiece ids that occur in their training text (plus ``[PAD]``/``[UNK]``/``[CLS]``/
-``[SEP]``): a few hundred rows on the world's dialogues instead of MiniLM's 30,522, which makes the
-output softmax -- the dominant cost of a tiny decoder -- about 50x cheaper. Unseen WordPieces map to
-``[UNK]``. The local ids are 0 ``[PAD]``, 1 ``[UNK]``, 2 ``[CLS]`` (begin), 3 ``[SEP]`` (end).
-
-A source is ``[CLS] prefix [SEP] history [SEP]``. The prefix (a role prompt, or persona sentences) keeps
-at most half of ``max_tokens``; a history longer than the rest is truncated from the LEFT, keeping
-the most recent turns, which matter most for the next response. Each utterance carries its speaker
-(``partner:`` for the other side, ``you:`` for the agent); the last utterance is always the partner's.
+The decoders are small and trained from scratch on CPU, so their embedding tables and LM heads cover
+only the WordPiece ids that occur in their target text (plus ``[PAD]``/``[UNK]``/``[CLS]``/``[SEP]``):
+a few hundred rows on the world's dialogues instead of MiniLM's 30,522, which makes the output
+softmax -- the dominant cost of a small decoder -- about 50x cheaper. Unseen WordPieces map to
+``[UNK]``. The local ids are 0 ``[PAD]``, 1 ``[UNK]``, 2 ``[CLS]`` (begin), 3 ``[SEP]`` (end). Sources
+are not tokenised: models read them as sentence vectors (:mod:`grainvl.dialogue.memory`).
 """
 
 from __future__ import annotations
@@ -21,12 +17,6 @@ import torch
 from torch import Tensor
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
-
-
-def speaker_lines(history: Sequence[str]) -> list[str]:
-    """Utterances (oldest first, the partner's last) with their speaker: ``partner: ...`` / ``you: ...``."""
-    n = len(history)
-    return [f"{'partner' if (n - 1 - i) % 2 == 0 else 'you'}: {text}" for i, text in enumerate(history)]
 
 
 class DialogueVocab:
@@ -41,9 +31,9 @@ class DialogueVocab:
 
     @classmethod
     def build(cls, tokenizer: Any, texts: Iterable[str]) -> DialogueVocab:
-        """The vocabulary of every WordPiece in ``texts`` (and the speaker tags)."""
+        """The vocabulary of every WordPiece in ``texts``."""
         ids: set[int] = set()
-        for text in [*texts, "partner: you:"]:
+        for text in texts:
             ids.update(tokenizer(text, add_special_tokens=False)["input_ids"])
         return cls(tokenizer, ids)
 
@@ -51,20 +41,11 @@ class DialogueVocab:
         return len(self.global_ids)
 
     def ids(self, text: str) -> list[int]:
-        """Local ids of ``text`` without special tokens (cached: histories repeat utterances)."""
+        """Local ids of ``text`` without special tokens (cached: targets repeat)."""
         if text not in self._cache:
             pieces = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             self._cache[text] = [self._local.get(g, UNK) for g in pieces]
         return self._cache[text]
-
-    def source(self, prefix: str, history: Sequence[str], max_tokens: int) -> list[int]:
-        """``[CLS] prefix [SEP] history [SEP]`` in at most ``max_tokens`` ids, the history cut from the left."""
-        if max_tokens < 8:
-            raise ValueError(f"max_tokens must be >= 8, got {max_tokens}")
-        head = self.ids(prefix)[: max_tokens // 2] if prefix else []
-        tail = [i for line in speaker_lines(history) for i in self.ids(line)]
-        room = max_tokens - len(head) - 3
-        return [BOS, *head, EOS, *tail[max(0, len(tail) - room) :], EOS]  # the newest ``room`` tokens
 
     def target(self, text: str, max_tokens: int) -> list[int]:
         """``[CLS] text [SEP]`` in at most ``max_tokens`` ids (a long text is cut on the right, EOS kept)."""
@@ -85,4 +66,4 @@ def pad_batch(sequences: Sequence[Sequence[int]], device: torch.device | str = "
     return ids.to(device), (ids != PAD).long().to(device)
 
 
-__all__ = ["BOS", "EOS", "PAD", "UNK", "DialogueVocab", "pad_batch", "speaker_lines"]
+__all__ = ["BOS", "EOS", "PAD", "UNK", "DialogueVocab", "pad_batch"]

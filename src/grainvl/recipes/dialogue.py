@@ -16,10 +16,8 @@ folder). Every metric is a ``results.jsonl`` row whose ``task`` names what was m
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,9 @@ from grainvl.dialogue.data import (
     ResponseExample,
     dailydialog_examples,
     load_episodes,
+    mentioned_personas,
     nli_examples,
+    nli_file,
     persona_bank,
     persona_examples,
     response_examples,
@@ -61,8 +61,9 @@ class DialogueData:
     """Where the dialogues come from (see :mod:`grainvl.dialogue.data`)."""
 
     source: str | None = None  # world folder or ParlAI ConvAI2 folder; none: the world, built in memory
-    train_episodes: int = 300  # in-memory world: train episodes
-    test_episodes: int = 40  # in-memory world: test episodes
+    train_episodes: int = 1500  # in-memory world: train episodes
+    valid_episodes: int = 40  # in-memory world: held-out episodes (the approximator's threshold)
+    test_episodes: int = 60  # in-memory world: test episodes
     max_train: int | None = None  # read at most this many train episodes
     max_test: int | None = None  # read at most this many test episodes
     test_split: str = "test"  # test or valid
@@ -97,7 +98,7 @@ class EvaluateConfig:
     out: str = "runs/persona-eval"
     predictor: str = "runs/persona-predictor"  # a train-predictor run (or its predictor/ folder)
     responder: str = "runs/persona-responder"  # a train-responder run (or its responder/ folder)
-    judge: str | None = None  # an NLI judge folder; none: train one on DNLI-style pairs
+    judge: str | None = None  # an NLI judge folder; none: train one (pairs: nli.source, --data's DNLI, memory)
     nli: NLIConfig = field(default_factory=NLIConfig)
     data: DialogueData = field(default_factory=DialogueData)
     settings: list[str] = field(default_factory=lambda: list(SETTINGS))
@@ -119,16 +120,23 @@ class PredictConfig:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _vocab(episodes: Sequence[dict], extra: Sequence[str] = ()) -> DialogueVocab:
-    """The compact vocabulary of every persona sentence and utterance of ``episodes``."""
-    texts = [*extra, *(p for e in episodes for p in [*e["your_persona"], *e["partner_persona"]])]
-    texts += [u for e in episodes for t in e["turns"] for u in (t["text"], *t["labels"])]
-    return DialogueVocab.build(load_tokenizer(packaged_minilm_path()), texts)
-
-
 def _episodes(data: DialogueData, split: str) -> list[dict]:
-    size, limit = (data.train_episodes, data.max_train) if split == "train" else (data.test_episodes, data.max_test)
-    return load_episodes(data.source, split, size, limit)
+    if split == "train":
+        return load_episodes(data.source, split, data.train_episodes, data.max_train)
+    size = data.valid_episodes if split == "valid" and data.test_split != "valid" else data.test_episodes
+    return load_episodes(data.source, split, size, data.max_test)
+
+
+def _held_out(data: DialogueData, train: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) episodes for choices made after training: the valid split when it is not the test
+    split and exists, else the last tenth of train (taken out of training)."""
+    if data.test_split != "valid":
+        try:
+            return train, _episodes(data, "valid")
+        except FileNotFoundError:
+            pass
+    cut = len(train) - max(len(train) // 10, 1) if len(train) > 1 else len(train)
+    return train[:cut], train[cut:]
 
 
 def _model_folder(path: str, name: str) -> Path:
@@ -154,10 +162,11 @@ def run_train_predictor(cfg: TrainPredictorConfig) -> dict[str, Any]:
 
     def body(run: Run) -> dict[str, Any]:
         run.write_config(cfg)
-        train, test = _episodes(cfg.data, "train"), _episodes(cfg.data, cfg.data.test_split)
+        train, held_out = _held_out(cfg.data, _episodes(cfg.data, "train"))
+        test = _episodes(cfg.data, cfg.data.test_split)
         bank = persona_bank(train)
         start = time.perf_counter()
-        predictor = train_predictor(persona_examples(train), _vocab(train, bank), bank, cfg.predictor)
+        predictor = train_predictor(persona_examples(train), bank, cfg.predictor, persona_examples(held_out))
         seconds = time.perf_counter() - start
         predictor.save(run.dir / PREDICTOR_DIR)
         params = sum(p.numel() for p in predictor.model.parameters())
@@ -166,6 +175,7 @@ def run_train_predictor(cfg: TrainPredictorConfig) -> dict[str, Any]:
             "predictor": str(run.dir / PREDICTOR_DIR),
             "kind": cfg.predictor.kind,
             "train_s": seconds,
+            "threshold": predictor.cfg.threshold if cfg.predictor.kind == "approximator" else None,
         }
         for role in ROLES:
             metrics = evaluate_predictor(predictor, persona_examples(test, (role,)), bank)
@@ -182,13 +192,14 @@ def run_train_responder(cfg: TrainResponderConfig) -> dict[str, Any]:
 
     def body(run: Run) -> dict[str, Any]:
         run.write_config(cfg)
-        train = _episodes(cfg.data, "train")
+        examples = response_examples(_episodes(cfg.data, "train"))
         start = time.perf_counter()
-        extra = []
+        texts = [e.response for e in examples]
         if cfg.dailydialog_vocab:
             daily = dailydialog_examples(cfg.dailydialog_source, "train", cfg.dailydialog_dialogues)
-            extra = [u for e in daily for u in (*e.history, e.response)]
-        responder = Responder.train(response_examples(train), _vocab(train, extra), cfg.responder)
+            texts += [u for e in daily for u in (*e.history, e.response)]
+        vocab = DialogueVocab.build(load_tokenizer(packaged_minilm_path()), texts)  # what it may have to write
+        responder = Responder.train(examples, vocab, cfg.responder)
         seconds = time.perf_counter() - start
         responder.save(run.dir / RESPONDER_DIR)
         report = {"responder": str(run.dir / RESPONDER_DIR), "train_s": seconds}
@@ -198,14 +209,29 @@ def run_train_responder(cfg: TrainResponderConfig) -> dict[str, Any]:
     return run_recipe(cfg.out, body)
 
 
-def _judge(cfg: EvaluateConfig, run: Run) -> tuple[ConsistencyJudge, float]:
-    """The NLI judge (loaded, or trained and saved) and its accuracy on fresh DNLI-style pairs."""
+def _nli_source(cfg: EvaluateConfig) -> str | None:
+    """Where the judge's pairs come from: ``nli.source``, else ``--data`` when it holds Dialogue NLI files, else
+    None (the world's generator, in memory)."""
+    if cfg.nli.source is not None:
+        return cfg.nli.source
+    if cfg.data.source is not None and nli_file(Path(cfg.data.source), "train") is not None:
+        return cfg.data.source
+    return None
+
+
+def _judge(cfg: EvaluateConfig, run: Run) -> tuple[ConsistencyJudge, dict[str, Any]]:
+    """The NLI judge (loaded, or trained and saved) and its accuracy on held-out pairs (none seen in training)."""
+    source = _nli_source(cfg)
+    train = nli_examples(source, "train", cfg.nli.train_pairs, cfg.nli.seed)
     if cfg.judge is not None:
         judge = ConsistencyJudge.load(Path(cfg.judge))
     else:
-        judge = ConsistencyJudge.train(nli_examples(cfg.nli.train_pairs, cfg.nli.seed), cfg.nli)
+        judge = ConsistencyJudge.train(train, cfg.nli)
         judge.save(run.dir / JUDGE_DIR)
-    return judge, judge.accuracy(nli_examples(300, cfg.nli.seed + 1))
+    seen = {(u, p) for u, p, _ in train}
+    test = [t for t in nli_examples(source, "test", cfg.nli.test_pairs, cfg.nli.seed) if (t[0], t[1]) not in seen]
+    info = {"pairs": "world-memory" if source is None else str(source), "train": len(train), "test": len(test)}
+    return judge, {**info, "accuracy": judge.accuracy(test)}
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -215,7 +241,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         run.write_config(cfg)
         predictor = load_predictor(_model_folder(cfg.predictor, PREDICTOR_DIR))
         responder = Responder.load(_model_folder(cfg.responder, RESPONDER_DIR))
-        judge, judge_accuracy = _judge(cfg, run)
+        judge, judge_report = _judge(cfg, run)
         examples = response_examples(_episodes(cfg.data, cfg.data.test_split))
         world = WorldReadings(world_hints(), world_clashes(), world_follow_ups())
         predicted = predicted_personas(predictor, examples)
@@ -227,18 +253,26 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             )
             _rows(run, metrics, "responder", f"response:{setting}", _dataset(cfg.data), cfg.data.test_split, costs)
             table[setting] = metrics
-        report: dict[str, Any] = {"settings": table, "judge_accuracy": judge_accuracy, "examples": len(examples)}
+        report: dict[str, Any] = {
+            "settings": table,
+            "judge_accuracy": judge_report["accuracy"],
+            "judge": judge_report,
+            "examples": len(examples),
+        }
         if cfg.dailydialog:
-            report["dailydialog"] = _dailydialog(cfg, run, predictor, responder, costs)
+            report["dailydialog"], report["dailydialog_personas"] = _dailydialog(cfg, run, predictor, responder, costs)
         run.write_summary(report)
         return report
 
     return run_recipe(cfg.out, body)
 
 
-def _dailydialog(cfg: EvaluateConfig, run: Run, predictor: Any, responder: Responder, costs: dict) -> dict[str, Any]:
+def _dailydialog(
+    cfg: EvaluateConfig, run: Run, predictor: Any, responder: Responder, costs: dict
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Response relevance on persona-free conversations, with no persona or the predicted ones (self and
-    partner), from the responder as trained on PersonaChat (zero-shot) and after fine-tuning there.
+    partner), from the responder as trained on PersonaChat (zero-shot) and after fine-tuning there; and
+    the predictor's facts on those turns against the hints said in them (:func:`mentioned_personas`).
 
     Fine-tuning trains the responder on the DailyDialog responses with the personas the frozen
     predictor reads from each history (there are no gold personas to fine-tune the predictor on).
@@ -246,8 +280,8 @@ def _dailydialog(cfg: EvaluateConfig, run: Run, predictor: Any, responder: Respo
     train = dailydialog_examples(cfg.dailydialog_source, "train", cfg.dailydialog_dialogues)
     test = dailydialog_examples(cfg.dailydialog_source, "test", max(cfg.dailydialog_dialogues // 3, 1))
     fit = dataclasses.replace(responder.cfg.fit, steps=cfg.dailydialog_steps)
-    tuned_none = copy.deepcopy(responder).fine_tune(train, fit)
-    tuned_predicted = copy.deepcopy(responder).fine_tune(_with_predicted(predictor, train), fit)
+    tuned_none = responder.clone().fine_tune(train, fit)
+    tuned_predicted = responder.clone().fine_tune(_with_predicted(predictor, train), fit)
     none = setting_personas("none", test, None)
     predicted = setting_personas("both", test, predicted_personas(predictor, test))
     table: dict[str, Any] = {}
@@ -260,7 +294,13 @@ def _dailydialog(cfg: EvaluateConfig, run: Run, predictor: Any, responder: Respo
         metrics, _ = evaluate_responses(model, test, personas)
         _rows(run, metrics, "responder", f"dailydialog:{name}", "dailydialog-style", "test", costs)
         table[name] = metrics
-    return table
+    mentions = mentioned_personas(test, world_hints())
+    facts: dict[str, Any] = {"mentions": sum(bool(e.target) for e in mentions)}  # (turn, role) pairs with a hint
+    for role in ROLES:
+        metrics = evaluate_predictor(predictor, [e for e in mentions if e.role == role], persona_bank())
+        _rows(run, metrics, "predictor", f"dailydialog-persona:{role}", "dailydialog-style", "test", costs)
+        facts[role] = metrics
+    return table, facts
 
 
 def _with_predicted(predictor: Any, examples: list[ResponseExample]) -> list[ResponseExample]:
@@ -285,9 +325,16 @@ def format_table(report: dict[str, Any]) -> str:
             for name, m in table.items()
         ]
         lines.append("")
+    personas = report.get("dailydialog_personas")
+    if personas:
+        columns = ["fact_precision", "fact_recall", "fact_f1"]
+        lines += ["| DailyDialog-style personas | " + " | ".join(columns) + " |", "|---" * 4 + "|"]
+        lines += [f"| {role} | " + " | ".join(f"{personas[role][c]:.3f}" for c in columns) + " |" for role in ROLES]
+        lines += [f"({personas['mentions']} (turn, role) pairs whose speaker said a persona hint)", ""]
+    judge = report.get("judge", {})
     lines.append(
-        f"NLI judge accuracy {report['judge_accuracy']:.3f} on held-out DNLI-style pairs; "
-        f"{report['examples']} test turns"
+        f"NLI judge accuracy {report['judge_accuracy']:.3f} on {judge.get('test', '?')} held-out Dialogue NLI pairs "
+        f"({judge.get('pairs', '?')}); {report['examples']} test turns"
     )
     return "\n".join(lines)
 
@@ -311,8 +358,8 @@ def read_history(cfg: PredictConfig) -> list[str]:
 
 
 def predict_personas(cfg: PredictConfig) -> dict[str, list[tuple[str, float]]]:
-    """Role -> predicted persona facts with scores for one history (longer than the model's limit: the
-    oldest tokens are dropped)."""
+    """Role -> predicted persona facts with scores for one history (a generator reads its newest
+    ``model.max_items`` sentences; the approximator's sums read all of it)."""
     overrides = {"threshold": cfg.threshold} if cfg.threshold is not None else {}
     predictor = load_predictor(_model_folder(cfg.predictor, PREDICTOR_DIR), overrides)
     history = read_history(cfg)
