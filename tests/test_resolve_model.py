@@ -10,6 +10,7 @@ import torch
 
 from grainvl import load_model_and_preprocess
 from grainvl.compress.quantize import QUANTIZE_FILE, count_quantized_linears, save_quantized_xvlm
+from grainvl.errors import DataError
 from grainvl.models import factory
 from grainvl.models.factory import (
     ResolvedModel,
@@ -111,6 +112,13 @@ def test_run_folder_with_checkpoints_only_loads_the_latest(tmp_path: Path) -> No
     assert (resolved.kind, resolved.family, resolved.weights_prefix) == ("run", "vl", "model.")
     assert resolved.weights is not None and resolved.weights.parent.name == "step_00000002"
     assert _same_weights(load_model(resolved), model)
+    # Overwritten bytes in the latest checkpoint's weights: one line naming the folder, not a model that loads.
+    weights = resolved.weights
+    data = bytearray(weights.read_bytes())
+    data[-2000:-1000] = bytes(1000)
+    weights.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"step_00000002: damaged checkpoint \(model.safetensors: sha256 mismatch\)"):
+        resolve_model(run)
 
 
 def test_quantized_folder_is_flagged_and_loads_int8_through_the_api(tiny_folder: Path, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from grainvl.data.tokenization import load_tokenizer, resolve_tokenizer_folder
 from grainvl.data.transforms import build_transform
+from grainvl.errors import DataError
 from grainvl.models.davinci import DaVinci, DaVinciConfig
 from grainvl.models.text import (
     BertEncoderModel,
@@ -33,7 +34,7 @@ from grainvl.models.text import (
     read_hf_state_dict,
 )
 from grainvl.models.xvlm import XVLM, XVLMConfig, init_text_from_pretrained
-from grainvl.utils.fileio import load_model_safetensors
+from grainvl.utils.fileio import CHECKSUM_FILE, checksum_problem, load_model_safetensors
 
 ARCHITECTURES = Path(__file__).parent / "architectures"
 FAMILIES = ("vl", "text", "davinci")
@@ -241,6 +242,12 @@ def _checkpoint_run(source: str, label: str, run: Path) -> ResolvedModel | None:
     model = json.loads(run_config.read_text(encoding="utf-8")).get("model")
     if not weights.is_file() or not isinstance(model, str):
         return None
+    # The latest checkpoint's recorded sha256 (train/checkpoint.py): damaged weights are one line here, not a
+    # model that loads and gives inf/nan later. Resuming the run falls back to an intact checkpoint instead.
+    if (weights.parent / CHECKSUM_FILE).is_file():
+        problem = checksum_problem(weights.parent, (WEIGHTS_FILE,))
+        if problem is not None:
+            raise DataError(weights.parent, None, f"damaged checkpoint ({problem}); name an intact checkpoint folder")
     base = resolve_model(model)  # the architecture (and tokenizer) the run started from
     if base.family == "text":
         base.expect("vl")  # text runs keep no checkpoints/latest model: the one-line family error

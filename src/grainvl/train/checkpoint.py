@@ -27,8 +27,6 @@ each shared tensor once and records the other names in the file's metadata (``gr
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 import re
@@ -45,19 +43,19 @@ from torch import nn
 
 from grainvl.errors import DataError
 from grainvl.utils.fileio import (
+    CHECKSUM_FILE,
     atomic_write_text,
+    checksum_problem,
     load_model_safetensors,
     output_errors,
     save_model_safetensors,
-    write_json,
+    write_checksums,
 )
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
-CHECKSUM_FILE = "checksums.json"
 LATEST_FILE = "latest"
 STATE_FORMAT = 1
-CHECKSUM_FORMAT = 1
 STEP_DIR = re.compile(r"step_(\d+)")
 TEMP_DIR = re.compile(r"\.tmp_step_\d+_.+")
 """Hidden folders a checkpoint is written in before its rename; one left behind is a crashed save."""
@@ -122,35 +120,6 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in _step_folders(Path(run_dir) / "checkpoints") if (p / STATE_FILE).is_file()]
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _write_checksums(folder: Path) -> None:
-    """Record the size and sha256 of every file in ``folder`` in ``checksums.json`` (call it last)."""
-    files = {
-        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.name != CHECKSUM_FILE
-    }
-    write_json(folder / CHECKSUM_FILE, {"format": CHECKSUM_FORMAT, "algorithm": "sha256", "files": files})
-
-
-def _read_checksums(folder: Path) -> dict[str, dict[str, Any]] | str:
-    """The manifest's ``{file: {"bytes", "sha256"}}``, or why it cannot be used."""
-    try:
-        manifest = json.loads((folder / CHECKSUM_FILE).read_text(encoding="utf-8"))
-        files = manifest["files"]
-        ok = all(isinstance(e["bytes"], int) and isinstance(e["sha256"], str) for e in files.values())
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
-        return f"{CHECKSUM_FILE}: unreadable"
-    # A name with a folder in it would point outside the checkpoint; both data files must be listed.
-    if not ok or any(Path(name).name != name for name in files) or not {MODEL_FILE, STATE_FILE} <= set(files):
-        return f"{CHECKSUM_FILE}: unreadable"
-    return files
-
-
 def checkpoint_problem(folder: str | Path, *, hash_files: bool = True) -> str | None:
     """Why ``folder`` is not an intact checkpoint (``"model.safetensors: sha256 mismatch"``), or None.
 
@@ -164,22 +133,7 @@ def checkpoint_problem(folder: str | Path, *, hash_files: bool = True) -> str | 
     if not (folder / CHECKSUM_FILE).is_file():
         missing = [name for name in (MODEL_FILE, STATE_FILE) if not (folder / name).is_file()]
         return f"{missing[0]}: missing" if missing else None
-    files = _read_checksums(folder)
-    if isinstance(files, str):
-        return files
-    for name, entry in files.items():
-        path = folder / name
-        if not path.is_file():
-            return f"{name}: missing"
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            kind = "truncated" if size < entry["bytes"] else "wrong size"
-            return f"{name}: {kind} ({size} bytes, {entry['bytes']} written)"
-    if hash_files:
-        for name, entry in files.items():
-            if _sha256(folder / name) != entry["sha256"]:
-                return f"{name}: sha256 mismatch"
-    return None
+    return checksum_problem(folder, (MODEL_FILE, STATE_FILE), hash_files)
 
 
 def _make_temp_dir(root: Path, name: str) -> Path:
@@ -264,7 +218,7 @@ def save_checkpoint(
                 "extra": extra_state or {},
             }
             torch.save(state, tmp / STATE_FILE)
-            _write_checksums(tmp)  # last: a folder with a manifest was written completely
+            write_checksums(tmp)  # last: a folder with a manifest was written completely
             if final.exists():  # the same step saved again (e.g. after a resume): replace it
                 if checkpoint_problem(final) is None:
                     shutil.rmtree(final)

@@ -24,6 +24,7 @@ each shared tensor once and records the other names in the file's metadata (``gr
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
@@ -383,6 +384,63 @@ def iter_text_lines(path: str | Path, bad: BadRecords | None = None) -> Iterator
                 yield lineno, raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 bad.handle(DataError(path, f"line {lineno}", f"not UTF-8 text ({e.reason} at byte {e.start})"))
+
+
+# ---------------------------------------------------------------------------------------------- checksums
+CHECKSUM_FILE = "checksums.json"
+CHECKSUM_FORMAT = 1
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_checksums(folder: Path) -> None:
+    """Record the size and sha256 of every file in ``folder`` in ``checksums.json`` (call it last: a folder with
+    a manifest was written completely)."""
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != CHECKSUM_FILE
+    }
+    write_json(folder / CHECKSUM_FILE, {"format": CHECKSUM_FORMAT, "algorithm": "sha256", "files": files})
+
+
+def read_checksums(folder: Path, required: Iterable[str]) -> dict[str, dict[str, Any]] | str:
+    """The manifest's ``{file: {"bytes", "sha256"}}``, or why it cannot be used (``required`` must be listed)."""
+    try:
+        manifest = json.loads((folder / CHECKSUM_FILE).read_text(encoding="utf-8"))
+        files = manifest["files"]
+        ok = all(isinstance(e["bytes"], int) and isinstance(e["sha256"], str) for e in files.values())
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{CHECKSUM_FILE}: unreadable"
+    # A name with a folder in it would point outside the folder; the files the reader needs must be listed.
+    if not ok or any(Path(name).name != name for name in files) or not set(required) <= set(files):
+        return f"{CHECKSUM_FILE}: unreadable"
+    return files
+
+
+def checksum_problem(folder: Path, required: Iterable[str], hash_files: bool = True) -> str | None:
+    """Why the files of ``folder`` do not match its ``checksums.json`` (``"model.safetensors: sha256 mismatch"``),
+    or None. Missing files and sizes are checked first (cheap), then each file's sha256 unless ``hash_files`` is
+    False. The caller decides what a folder without a manifest means."""
+    files = read_checksums(folder, required)
+    if isinstance(files, str):
+        return files
+    for name, entry in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name}: missing"
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            kind = "truncated" if size < entry["bytes"] else "wrong size"
+            return f"{name}: {kind} ({size} bytes, {entry['bytes']} written)"
+    if hash_files:
+        for name, entry in files.items():
+            if sha256_file(folder / name) != entry["sha256"]:
+                return f"{name}: sha256 mismatch"
+    return None
 
 
 def _dedupe_shared(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
