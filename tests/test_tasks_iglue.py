@@ -146,3 +146,13 @@ def test_report_language_table_and_heat_map(tmp_path: Path) -> None:
     table = {(e["task"], e["metric"]): e for e in language_rows(rows)}
     assert table[("xvnli", "acc")]["avg"] == 40.0 and table[("marvl", "acc")]["de"] == 60.0
     assert {e["task"]: e["id"] for e in task_table(rows)} == {"xvnli": 40.0, "marvl": 55.0}  # not English's row
+
+
+def test_only_language_codes_split_a_metric_name() -> None:
+    """Grounding's ``acc@0.5`` (an IoU threshold) stays one metric; ``acc@de`` is accuracy in German."""
+    from grainvl.bench.results import metric_language, with_language
+
+    assert metric_language("acc@0.5") == ("acc@0.5", None)
+    assert metric_language("acc@de") == ("acc", "de")
+    assert metric_language("r_mean@zh-CN") == ("r_mean", "zh-CN")
+    assert with_language({"metric": "acc@0.5", "value": 1.0}) == {"metric": "acc@0.5", "value": 1.0}

@@ -3,6 +3,7 @@ of DESIGN.md (:data:`RESULT_FIELDS`); tables and plots are derived from it."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ a row without it is the task's score (for IGLUE-style tasks the mean over the no
 LANGUAGE_SEPARATOR = "@"
 
 
+LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:[-_][A-Za-z]{2,4})?")  # ISO 639-1/3, optionally a region: de, zh-CN
+
+
 def metric_language(name: str) -> tuple[str, str | None]:
     """``"acc@de"`` → ``("acc", "de")``; a plain metric name → ``(name, None)``.
 
@@ -40,7 +44,8 @@ def metric_language(name: str) -> tuple[str, str | None]:
     parts as ``metric`` and ``lang``.
     """
     metric, sep, lang = name.rpartition(LANGUAGE_SEPARATOR)
-    return (metric, lang) if sep and metric and lang else (name, None)
+    # Only a language code splits: grounding's "acc@0.5" (an IoU threshold) stays one metric name.
+    return (metric, lang) if sep and metric and LANGUAGE_CODE.fullmatch(lang) else (name, None)
 
 
 def with_language(row: dict[str, Any]) -> dict[str, Any]:
