@@ -243,6 +243,7 @@ def test_bench_davinci_next_to_xvlm(tmp_path: Path, vlue_world: Path) -> None:
     by = {(r["model"], r["task"], r["split"], r["metric"]): r for r in rows if r.get("status") == "ok"}
     for model in ("xvlm-tiny", "davinci-tiny"):
         assert 0 <= by[(model, "nlvr2", "id", "acc")]["value"] <= 100 and (model, "nlvr2", "ood", "acc") in by
-    assert ("xvlm-tiny", "grounding", "id", "acc") in by
+    grounding = by[("xvlm-tiny", "grounding", "id", "acc@0.5")]  # the IoU threshold is part of the name
+    assert grounding["primary"] and grounding["lang"] is None
     (unsupported,) = [r for r in rows if r["model"] == "davinci-tiny" and r["task"] == "grounding"]
     assert unsupported["status"] == "failed" and "not supported for DaVinci" in unsupported["error"]
