@@ -196,7 +196,7 @@ def run_setting(
 ) -> None:
     """``warmup + steps`` full steps (forward, backward, clip 1.0, AdamW, clamp) from the initial weights."""
     model = task.model
-    model.load_state_dict(torch.load(initial, mmap=True))
+    model.load_state_dict(torch.load(initial, mmap=True, weights_only=True))
     model.set_grad_checkpointing(setting.grad_checkpointing)
     optimizer = build_optimizer(task, OptimConfig(implementation=setting.adamw))
     _release_memory()

@@ -33,6 +33,7 @@ Grounding has no official DaVinci head; the registry answers it with
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
@@ -609,8 +610,9 @@ class _PairClassification(DaVinciTask):
     def build(self, model: DaVinci, world: Path, tokenizer: Any) -> DaVinciPairModule:  # type: ignore[override]
         return DaVinciPairModule(model, self.images, self.classes)
 
+    @abc.abstractmethod
     def dataset(self, module: TaskModule, tokenizer: Any, world: Path, split: str, train: bool) -> Any:
-        raise NotImplementedError
+        """The split's dataset (each concrete task reads its own files)."""
 
     def train_stream(
         self, module: TaskModule, tokenizer: Any, world: Path, cfg: DataOptions, rank: int, world_size: int

@@ -37,6 +37,7 @@ of English train; the finetune recipe's ``--shots``).
 
 from __future__ import annotations
 
+import abc
 import copy
 import json
 import sys
@@ -418,21 +419,21 @@ class CrossLingualTask(DownstreamTask):
         flat = {f"{metric}@{lang}": value for lang, m in per_lang.items() for metric, value in m.items()}
         return {**non_english_mean(per_lang), **flat} if per_lang else {}
 
+    @abc.abstractmethod
     def evaluate_language(
         self, module: TaskModule, tokenizer: Any, world: Path, split: str, lang: str, out_dir: Path | None
     ) -> dict[str, float]:
         """Metrics of one language's ``split`` file (collective; rank 0 gets them)."""
-        raise NotImplementedError
 
     def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
         lang = (self.languages(world, "test") or [ENGLISH])[0]
         return self.latency_for(module, tokenizer, world, lang, batch_size)
 
+    @abc.abstractmethod
     def latency_for(
         self, module: TaskModule, tokenizer: Any, world: Path, lang: str, batch_size: int
     ) -> Callable[[], Any]:
         """One inference on ``batch_size`` items of ``lang``'s test file."""
-        raise NotImplementedError
 
 
 class _Classification(CrossLingualTask):
@@ -602,8 +603,9 @@ class _Retrieval(CrossLingualTask):
     def build(self, model: XVLM, world: Path, tokenizer: Any) -> RetrievalModule:
         return RetrievalModule(model, itm=True)
 
+    @abc.abstractmethod
     def eval_set(self, module: TaskModule, tokenizer: Any, world: Path, split: str, lang: str) -> RetrievalEvalSet:
-        raise NotImplementedError
+        """The split's evaluation set (each concrete task reads its own files)."""
 
     def evaluate_language(
         self, module: TaskModule, tokenizer: Any, world: Path, split: str, lang: str, out_dir: Path | None
