@@ -436,17 +436,15 @@ class CrossLingualTask(DownstreamTask):
         """One inference on ``batch_size`` items of ``lang``'s test file."""
 
 
-class _Classification(CrossLingualTask):
-    """XVNLI and MaRVL: a classifier over (image[s], text) scored by accuracy."""
+class _RecordsTask(CrossLingualTask):
+    """A task whose train and test files are read record by record (XVNLI, MaRVL, xGQA): one train stream and one
+    per-language test set, built by each task's ``dataset``."""
 
-    dataset_class: ClassVar[type[_IGLUEDataset]]
-
+    @abc.abstractmethod
     def dataset(
         self, module: TaskModule, tokenizer: Any, world: Path, path: Path, train: bool, limit: int, english: Any = None
     ) -> _IGLUEDataset:
-        dcfg = model_data_config(module.model, augment=self.data.augment and train)
-        root = image_root(world, self.name)
-        return self.dataset_class(path, root, tokenizer, dcfg, train, self.data.seed, limit, english)
+        """The records of ``path`` (``english``: the aligned English items, for translate-test)."""
 
     def train_stream(
         self, module: TaskModule, tokenizer: Any, world: Path, cfg: DataOptions, rank: int, world_size: int
@@ -459,6 +457,19 @@ class _Classification(CrossLingualTask):
     def eval_dataset(self, module: TaskModule, tokenizer: Any, world: Path, split: str, lang: str) -> _IGLUEDataset:
         path, english = self.test_file(world, split, lang)
         return self.dataset(module, tokenizer, world, path, False, self.data.max_eval_samples, english)
+
+
+class _Classification(_RecordsTask):
+    """XVNLI and MaRVL: a classifier over (image[s], text) scored by accuracy."""
+
+    dataset_class: ClassVar[type[_IGLUEDataset]]
+
+    def dataset(
+        self, module: TaskModule, tokenizer: Any, world: Path, path: Path, train: bool, limit: int, english: Any = None
+    ) -> _IGLUEDataset:
+        dcfg = model_data_config(module.model, augment=self.data.augment and train)
+        root = image_root(world, self.name)
+        return self.dataset_class(path, root, tokenizer, dcfg, train, self.data.seed, limit, english)
 
     @torch.no_grad()
     def evaluate_language(
@@ -506,7 +517,7 @@ class MarvlTask(_Classification):
         return NLVRModule(model)
 
 
-class XGQATask(CrossLingualTask):
+class XGQATask(_RecordsTask):
     """xGQA: classification over the English training answers; metric ``acc`` (percent, label score)."""
 
     name = "xgqa"
@@ -534,18 +545,6 @@ class XGQATask(CrossLingualTask):
         data = XGQADataset(path, image_root(world, self.name), tokenizer, dcfg, train, self.data.seed, limit, english)
         data.answer_index = module.answer_index if train else None
         return data
-
-    def train_stream(
-        self, module: TaskModule, tokenizer: Any, world: Path, cfg: DataOptions, rank: int, world_size: int
-    ) -> StatefulIterator:
-        self.data = cfg
-        path, limit = self.train_file(world)
-        data = self.dataset(module, tokenizer, world, path, True, limit or cfg.max_train_samples)
-        return make_loader(data, cfg.batch_size, cfg.seed, rank, world_size)
-
-    def eval_dataset(self, module: TaskModule, tokenizer: Any, world: Path, split: str, lang: str) -> XGQADataset:
-        path, english = self.test_file(world, split, lang)
-        return self.dataset(module, tokenizer, world, path, False, self.data.max_eval_samples, english)
 
     @torch.no_grad()
     def evaluate_language(
