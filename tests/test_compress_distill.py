@@ -115,9 +115,9 @@ def test_explicit_attention_equals_sdpa() -> None:
     inputs = {"image": batch["image"], "text_ids": batch["text_ids"], "text_atts": batch["text_atts"]}
     with torch.no_grad():
         fast = teacher.extract_features(inputs)
-        from grainvl.tasks.distill import _attention_modules, recording
+        from grainvl.tasks.distill import attention_modules, recording
 
-        vision, self_attn, cross = _attention_modules(teacher)
+        vision, self_attn, cross = attention_modules(teacher)
         modules = [*vision, *self_attn, *cross]
         with recording(modules) as sinks:
             slow = teacher.extract_features(inputs)

@@ -46,9 +46,34 @@ def register(sub: argparse._SubParsersAction) -> None:
         p,
         "--task",
         field="task",
-        choices=("retrieval", "vqa", "nlvr2", "captioning", "nlvr"),
-        help="whose paper settings (target sparsity, lr, reg lr) to default to; nlvr is an alias of nlvr2 "
-        "(EfficientVLM's config name)",
+        choices=("retrieval", "vqa", "nlvr2", "captioning", "grounding", "nlvr"),
+        help="EfficientVLM stage 2: prune DURING this task's fine-tuning, with the paper's task distillation mix "
+        "from the teacher fine-tuned on it (--task-teacher, or fine-tuned here first) and the paper's sparsity/lrs "
+        "for the task; OUT/shrink is then a fine-tuned run folder (grainvl eval). Without --task the prune stage "
+        "trains on the pre-training objectives. nlvr is an alias of nlvr2",
+    )
+    shortcut(
+        p,
+        "--task-teacher",
+        field="task_teacher",
+        help="the teacher's fine-tuned run folder on --task (grainvl finetune); default: fine-tune it here first",
+    )
+    shortcut(
+        p,
+        "--teacher-steps",
+        field="teacher_steps",
+        type=int,
+        help="steps of that teacher fine-tuning (default: --steps)",
+    )
+    shortcut(
+        p,
+        "--student-resolution",
+        field="student_resolution",
+        type=int,
+        help="a smaller input for the student's EfficientNet vision tower (needs distill): compresses the vision side",
+    )
+    shortcut(
+        p, "--prune-lr", field="prune_lr", type=float, help="learning rate of the prune stage (default: the paper's)"
     )
     shortcut(
         p,

@@ -15,7 +15,9 @@ Pieces (compression.md §0, §A.4, §D):
   the model code is untouched and a hooked model computes exactly what :mod:`.shrink` later builds.
 
 Modalities: ``vision`` (ViT blocks), ``text`` (text-only BERT layers), ``fusion`` (BERT layers with
-cross-attention: their self-attention, cross-attention and FFN). EfficientVLM constrains the union
+cross-attention: their self-attention, cross-attention and FFN), ``decoder`` (the VQA answer decoder, when
+one is given: self-attention heads, cross-attention heads over the question states, FFN neurons; the
+official ``VQAL0Module``'s ``decoder_head_loga`` / ``decoder_int_loga``). EfficientVLM constrains the union
 with one target, so the optimiser decides how much each modality loses; ``per_modality`` targets
 (its unused ``modal_l0_module.py``) are an option.
 """
@@ -32,6 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from grainvl.models.decoder import TextDecoder
+from grainvl.models.text import TextConfig
 from grainvl.models.xvlm import XVLM
 
 LIMIT_A = -0.1  # γ: left end of the stretched interval
@@ -40,7 +44,8 @@ TEMPERATURE = 2.0 / 3.0  # β
 EPS = 1e-6
 LOG_ALPHA_MIN, LOG_ALPHA_MAX = math.log(1e-2), math.log(1e2)  # CoFi's clamp after every step
 MAGICAL_NUMBER = 0.8  # CoFi/EfficientVLM ranking score σ(log α / β · 0.8) for deterministic masks
-MODALITIES = ("vision", "text", "fusion")
+# "decoder" (the VQA answer decoder) has mask sites only when a decoder is given (``ModalPruner(..., decoder=)``).
+MODALITIES = ("vision", "text", "fusion", "decoder")
 # Short runs (see :func:`short_run_reg_lr`): the log α distance Adam must be able to cover over the prune steps.
 # A head starts at the clamp ln 100 ≈ 4.6 (q ≈ 0.998) and an FFN neuron at 0 (q ≈ 0.83); a unit is half kept at
 # log α ≈ −1.6. 4 lets any FFN neuron go well past that point (q ≈ 0.08) and the game decide the rest; on
@@ -134,7 +139,8 @@ class PruneConfig:
     """What to prune and the constraint. Defaults: EfficientVLM (heads + FFN neurons, one shared target)."""
 
     target_sparsity: float = 0.25  # of the prunable parameters (paper: retrieval/NLVR/captioning 0.25, VQA 0.35)
-    per_modality: dict[str, float] | None = None  # e.g. {"vision": 0.4, "text": 0.2, "fusion": 0.3}: one λ pair each
+    # e.g. {"vision": 0.4, "text": 0.2, "fusion": 0.3}: one λ pair each ("decoder": when ModalPruner is given one)
+    per_modality: dict[str, float] | None = None
     warmup_steps: int = 100  # t = target · min(1, step / warmup_steps) (paper: one epoch)
     reg_lr: float = 0.01  # lr of log α and of λ (``reg_learning_rate``)
     droprate_init: float = 0.5  # FFN log α ~ N(ln((1-p)/p), 0.01); heads and layers start at N(10, 0.01)
@@ -251,48 +257,61 @@ def _text_sites(model: XVLM, modality: str, layers: bool) -> list[MaskSite]:
     bert = model.bert
     cfg = bert.config
     indices = list(bert.layer_range("text")) if modality == "text" else list(range(bert.fusion_start, cfg.num_layers))
-    if not indices:
-        return []
     stack = [bert.encoder.layer[i] for i in indices]
+    return _bert_sites(stack, cfg, modality, layers, cross=modality == "fusion")
+
+
+def _decoder_sites(decoder: TextDecoder, layers: bool) -> list[MaskSite]:
+    """The VQA answer decoder (EfficientVLM ``VQAL0Module``): every layer is self-attention -> cross-attention
+    to the question states (keys/values read width H) -> FFN; embeddings and the tied LM head are not pruned."""
+    bert = decoder.bert
+    if bert.fusion_start != 0:
+        raise ValueError(f"a TextDecoder has cross-attention in every layer (fusion_start 0), got {bert.fusion_start}")
+    return _bert_sites(list(bert.encoder.layer), bert.config, "decoder", layers, cross=True)
+
+
+def _bert_sites(stack: list[nn.Module], cfg: TextConfig, modality: str, layers: bool, cross: bool) -> list[MaskSite]:
+    """Mask groups ``{modality}_head``, [``{modality}_cross_head``], ``{modality}_ffn`` over the BERT layers
+    ``stack`` (rows in stack order), plus the whole-sub-layer groups with ``layers``."""
+    if not stack:
+        return []
     if cfg.layer_heads is not None or cfg.layer_intermediate is not None or cfg.layer_cross_heads is not None:
-        raise ValueError("the text tower is already shrunk (per-layer shapes); prune the unshrunk model")
+        raise ValueError(f"the {modality} stack is already shrunk (per-layer shapes); prune the unshrunk model")
     d, hd, heads, width = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.intermediate_size
     self_cost = hd * (4 * d + 3)  # q/k/v rows with biases + output-dense columns
-    cross_cost = hd * (2 * d + 2 * cfg.encoder_width + 3)  # keys/values read the vision width
+    cross_cost = hd * (2 * d + 2 * cfg.encoder_width + 3)  # keys/values read the encoder width (vision or H)
     ffn_cost = 2 * d + 1
     rows = len(stack)
+    self_out = [lay.attention.output.dense for lay in stack]
     sites = [
-        MaskSite(
-            f"{modality}_head",
-            modality,
-            "head",
-            [lay.attention.output.dense for lay in stack],
-            heads,
-            [self_cost] * rows,
-            hd,
-        ),
+        MaskSite(f"{modality}_head", modality, "head", self_out, heads, [self_cost] * rows, hd),
         MaskSite(f"{modality}_ffn", modality, "ffn", [lay.intermediate for lay in stack], width, [ffn_cost] * rows),
     ]
-    if modality == "fusion":
-        dense = [lay.crossattention.output.dense for lay in stack]
-        sites.insert(1, MaskSite("fusion_cross_head", modality, "head", dense, heads, [cross_cost] * rows, hd))
+    cross_out = [lay.crossattention.output.dense for lay in stack] if cross else []
+    if cross:
+        sites.insert(1, MaskSite(f"{modality}_cross_head", modality, "head", cross_out, heads, [cross_cost] * rows, hd))
     if layers:
-        attn = [lay.attention.output.dense for lay in stack]
-        sites.append(_layer_site(f"{modality}_attn_layer", modality, "attn_layer", attn, f"{modality}_head"))
-        if modality == "fusion":
-            cross = [lay.crossattention.output.dense for lay in stack]
-            sites.append(_layer_site("fusion_cross_layer", modality, "attn_layer", cross, "fusion_cross_head"))
+        sites.append(_layer_site(f"{modality}_attn_layer", modality, "attn_layer", self_out, f"{modality}_head"))
+        if cross:
+            name, parent = f"{modality}_cross_layer", f"{modality}_cross_head"
+            sites.append(_layer_site(name, modality, "attn_layer", cross_out, parent))
         out = [lay.output.dense for lay in stack]
         sites.append(_layer_site(f"{modality}_ffn_layer", modality, "ffn_layer", out, f"{modality}_ffn"))
     return sites
 
 
 def mask_sites(
-    model: XVLM, modalities: tuple[str, ...] = MODALITIES, layers: bool = False, cnn_channels: bool = False
+    model: XVLM,
+    modalities: tuple[str, ...] = MODALITIES,
+    layers: bool = False,
+    cnn_channels: bool = False,
+    decoder: TextDecoder | None = None,
 ) -> list[MaskSite]:
-    """The mask groups of ``model`` for ``modalities``, in a fixed order (vision, text, fusion).
+    """The mask groups of ``model`` for ``modalities``, in a fixed order (vision, text, fusion, decoder).
 
     ``cnn_channels``: also the MBConv expansion channels of an EfficientNet vision tower (opt-in).
+    ``decoder``: the VQA answer decoder (``VQAModule.text_decoder``), pruned as modality ``decoder`` when
+    that is in ``modalities``; without one, ``decoder`` contributes nothing.
     """
     sites: list[MaskSite] = []
     # A CNN vision tower (EfficientNet-Lite0) has no heads or FFN to mask: by default only the text side
@@ -304,6 +323,8 @@ def mask_sites(
     for modality in ("text", "fusion"):
         if modality in modalities:
             sites += _text_sites(model, modality, layers)
+    if "decoder" in modalities and decoder is not None:
+        sites += _decoder_sites(decoder, layers)
     return sites
 
 
@@ -363,11 +384,13 @@ def _register_hooks(sites: list[MaskSite], holder: Any) -> list[Any]:
 
 
 @contextmanager
-def masks_applied(model: XVLM, masks: dict[str, Tensor]) -> Iterator[None]:
-    """Run ``model`` under fixed ``masks`` (``{group: (rows, units)}``, e.g. ``final_masks()``) inside the block."""
+def masks_applied(model: XVLM, masks: dict[str, Tensor], decoder: TextDecoder | None = None) -> Iterator[None]:
+    """Run ``model`` (and ``decoder``, if given) under fixed ``masks`` (``{group: (rows, units)}``, e.g.
+    ``final_masks()``) inside the block. ``decoder_*`` groups act only on a given ``decoder``."""
     modalities = tuple(m for m in MODALITIES if any(name.startswith(m + "_") for name in masks))
     cnn = any(name.startswith("vision_channel_") for name in masks)
-    sites = [s for s in mask_sites(model, modalities, layers=True, cnn_channels=cnn) if s.name in masks]
+    all_sites = mask_sites(model, modalities, layers=True, cnn_channels=cnn, decoder=decoder)
+    sites = [s for s in all_sites if s.name in masks]
     holder = SimpleNamespace(current=dict(masks))
     handles = _register_hooks(sites, holder)
     try:
@@ -387,12 +410,18 @@ class ModalPruner(nn.Module):
     persistent global step counter.
     """
 
-    def __init__(self, model: XVLM, cfg: PruneConfig | None = None) -> None:
+    def __init__(self, model: XVLM, cfg: PruneConfig | None = None, decoder: TextDecoder | None = None) -> None:
+        """``decoder``: the VQA answer decoder (``VQAModule.text_decoder``) to prune with ``model``; its groups
+        join the shared constraint and may have their own ``per_modality["decoder"]`` target."""
         super().__init__()
         self.cfg = cfg or PruneConfig()
-        self.sites = mask_sites(model, self.cfg.modalities, self.cfg.layers, self.cfg.cnn_channels)
+        self.sites = mask_sites(model, self.cfg.modalities, self.cfg.layers, self.cfg.cnn_channels, decoder)
         if not self.sites:
             raise ValueError(f"nothing to prune in {self.cfg.modalities}")
+        if "decoder" in (self.cfg.per_modality or {}) and not any(s.modality == "decoder" for s in self.sites):
+            raise ValueError(
+                "a per_modality target for 'decoder' needs the decoder: ModalPruner(model, cfg, decoder=...)"
+            )
         ffn_init = math.log((1.0 - self.cfg.droprate_init) / self.cfg.droprate_init)
         self.masks = nn.ModuleDict()
         for site in self.sites:

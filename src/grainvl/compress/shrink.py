@@ -11,6 +11,8 @@ An EfficientNet vision tower pruned on its MBConv expansion channels (``vision_c
 opt-in extension) loses, per zero channel, its expand-conv row, BatchNorm entries, depthwise filter and
 project-conv column; kept mask values are folded into the project-conv columns.
 
+The VQA answer decoder (``decoder_*`` groups) is shrunk the same way by :func:`shrink_decoder`.
+
 The result is an ordinary :class:`XVLM` whose config carries per-layer shapes (``layer_heads``,
 ``layer_mlp`` for the vision tower: FFN widths of a ViT, expansion channels per MBConv block of an
 EfficientNet; ``layer_heads``, ``layer_cross_heads``, ``layer_intermediate``
@@ -25,6 +27,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from grainvl.models.decoder import TextDecoder
 from grainvl.models.text import BertEncoderModel
 from grainvl.models.xvlm import XVLM
 
@@ -156,23 +159,26 @@ def _shrink_cnn_channels(model: XVLM, state: dict[str, Tensor], masks: dict[str,
 
 
 def _shrink_text(
-    bert: BertEncoderModel, state: dict[str, Tensor], masks: dict[str, Tensor], prefix: str
+    bert: BertEncoderModel, state: dict[str, Tensor], masks: dict[str, Tensor], prefix: str, fusion: str = "fusion"
 ) -> tuple[list[int], list[int], list[int]]:
     """Shrink every layer of ``bert`` inside ``state`` (keys ``{prefix}{i}.…``, in place); -> per-layer
-    (self-attention heads, cross-attention heads, FFN width) kept."""
+    (self-attention heads, cross-attention heads, FFN width) kept.
+
+    Layers before ``bert.fusion_start`` read the ``text_*`` groups, the others the ``{fusion}_*`` groups
+    (``fusion`` for X²-VLM's stack, ``decoder`` for a :class:`TextDecoder`), rows counted from there."""
     cfg = bert.config
     heads_out, cross_out, ffn_out = [], [], []
     for i, layer in enumerate(bert.encoder.layer):
-        modality, row = ("text", i) if i < bert.fusion_start else ("fusion", i - bert.fusion_start)
+        modality, row = ("text", i) if i < bert.fusion_start else (fusion, i - bert.fusion_start)
         p = f"{prefix}{i}."
         hz = _row(masks, f"{modality}_head", row, layer.attention.self.num_heads)
         names = [p + f"attention.self.{x}.{y}" for x in ("query", "key", "value") for y in ("weight", "bias")]
         scale = _layer_scale(masks, f"{modality}_attn_layer", row)
         heads_out.append(_shrink_heads(state, names, p + "attention.output.dense", hz, scale, cfg.head_dim))
         if layer.crossattention is not None:
-            cz = _row(masks, "fusion_cross_head", row, layer.crossattention.self.num_heads)
+            cz = _row(masks, f"{modality}_cross_head", row, layer.crossattention.self.num_heads)
             names = [p + f"crossattention.self.{x}.{y}" for x in ("query", "key", "value") for y in ("weight", "bias")]
-            scale = _layer_scale(masks, "fusion_cross_layer", row)
+            scale = _layer_scale(masks, f"{modality}_cross_layer", row)
             cross_out.append(_shrink_heads(state, names, p + "crossattention.output.dense", cz, scale, cfg.head_dim))
         else:
             cross_out.append(0)
@@ -189,7 +195,8 @@ def shrink(model: XVLM, masks: dict[str, Tensor]) -> XVLM:
     ``masks`` maps group names (``vision_head`` ``(Lv, H)``, ``vision_ffn`` ``(Lv, F)``, ``text_head``,
     ``text_ffn``, ``fusion_head``, ``fusion_cross_head``, ``fusion_ffn``, the optional ``*_layer``
     groups ``(L, 1)`` and, for an EfficientNet tower, ``vision_channel_<width>``) to mask values; a missing
-    group keeps everything. ``model`` is not modified.
+    group keeps everything; ``decoder_*`` groups belong to the VQA decoder (:func:`shrink_decoder`) and
+    are ignored here. ``model`` is not modified.
     """
     if model.config.text.layout != "single":
         raise ValueError("shrink supports the X²-VLM 'single' text layout only")
@@ -237,3 +244,26 @@ def shrink_text_tower(tower: BertEncoderModel, masks: dict[str, Tensor]) -> Bert
     small.load_state_dict(state, strict=True)
     small.to(next(tower.parameters()).device)
     return small.train(tower.training)
+
+
+@torch.no_grad()
+def shrink_decoder(decoder: TextDecoder, masks: dict[str, Tensor]) -> TextDecoder:
+    """A new, smaller :class:`TextDecoder` equal to ``decoder`` run under ``masks`` (the VQA answer decoder).
+
+    ``masks``: the ``decoder_*`` groups of :meth:`ModalPruner.final_masks` (``decoder_head``,
+    ``decoder_cross_head`` ``(L, H)``, ``decoder_ffn`` ``(L, F)``, optional ``decoder_*_layer`` ``(L, 1)``);
+    other groups are ignored, a missing group keeps everything. The per-layer shapes go to the new
+    decoder's ``config`` (``layer_heads``, ``layer_cross_heads``, ``layer_intermediate``); embeddings and
+    the LM head are untouched, and the new decoder's LM head is tied to its own word embeddings, as
+    every :class:`TextDecoder`'s is. ``decoder`` is not modified.
+    """
+    state = {k: v.detach().clone() for k, v in decoder.state_dict().items()}
+    heads, cross, ffn = _shrink_text(decoder.bert, state, masks, "bert.encoder.layer.", fusion="decoder")
+    config = dataclasses.replace(decoder.config, layer_heads=heads, layer_cross_heads=cross, layer_intermediate=ffn)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        small = TextDecoder(config)
+    # The two clones of the tied table hold equal values; loading both into the one tied Parameter is exact.
+    small.load_state_dict(state, strict=True)
+    small.to(next(decoder.parameters()).device)
+    return small.train(decoder.training)

@@ -9,6 +9,10 @@ fused ``[CLS]`` logits to :func:`itm_loss`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 import torch.nn.functional as F
 
@@ -17,6 +21,39 @@ from grainvl.models.xvlm import XVLM
 # Added to every softmax weight before masking so that no row is all zero even when the softmax
 # underflows (official value).
 WEIGHT_FLOOR = 1e-5
+
+# Task-level distillation runs a student and a teacher on one batch; the teacher must score the pairs the
+# student drew (EfficientVLM's KL on ITM logits compares the same pairs). A tape records the student's draws
+# and replays them, in order, to the teacher's forward. (mode, [(neg_image, neg_text), ...]) or None.
+_NEGATIVES_TAPE: ContextVar[tuple[str, list[tuple[torch.Tensor, torch.Tensor]]] | None] = ContextVar(
+    "itm_negatives_tape", default=None
+)
+
+
+@contextmanager
+def negatives_tape(mode: str, tape: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
+    """Inside the block, :func:`hard_negative_itm_loss` appends its draws to ``tape`` (``"record"``) or takes
+    them from its front instead of drawing (``"replay"``)."""
+    if mode not in ("record", "replay"):
+        raise ValueError(f"negatives_tape mode must be 'record' or 'replay', got {mode!r}")
+    token = _NEGATIVES_TAPE.set((mode, tape))
+    try:
+        yield
+    finally:
+        _NEGATIVES_TAPE.reset(token)
+
+
+def _draw_negatives(sim_i2t: torch.Tensor, idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sample_hard_negatives`, or the recorded draw when a replay tape is active."""
+    tape = _NEGATIVES_TAPE.get()
+    if tape is not None and tape[0] == "replay":
+        if not tape[1]:
+            raise RuntimeError("the negatives tape is empty: the replayed forward draws more than the recorded one")
+        return tape[1].pop(0)
+    drawn = sample_hard_negatives(sim_i2t, sim_i2t.t(), idx)
+    if tape is not None:
+        tape[1].append(drawn)
+    return drawn
 
 
 def _negative_weights(sim: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
@@ -117,7 +154,7 @@ def hard_negative_itm_loss(
     """
     with torch.no_grad():
         sim_i2t = vis_feat @ text_feat.t() / model.temp  # (B, B), local only (as the official code)
-        neg_image, neg_text = sample_hard_negatives(sim_i2t, sim_i2t.t(), idx)
+        neg_image, neg_text = _draw_negatives(sim_i2t, idx)
     text_index, image_index = itm_pairs(neg_image, neg_text)  # (3B,), (3B,)
     fused = model.fuse(text[text_index], text_atts[text_index], vis[image_index], vis_atts[image_index])
     return itm_loss(model.itm_logits(fused))

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from grainvl.models.text import BertEncoderModel, MLMHead, TextConfig, additive_attention_mask
 
 NEG_INF = -1e4  # the official "forbidden" score; finite so that sums of several stay ordered
+SHAPE_FIELDS = ("layer_heads", "layer_cross_heads", "layer_intermediate")  # a pruned decoder's per-layer shapes
 
 
 # ----------------------------------------------------------------------------------------- masks
@@ -43,6 +44,30 @@ def causal_mask(attention_mask: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------- decoder
+def fusion_sources(tower: BertEncoderModel, num_layers: int | None = None) -> list[int]:
+    """The tower layers a ``num_layers``-layer decoder is copied from: every fusion layer (default) or,
+    for half as many, the odd absolute layer numbers (official: the even ones are dropped)."""
+    fusion = range(tower.fusion_start, tower.config.num_layers)
+    num_layers = len(fusion) if num_layers is None else num_layers
+    if num_layers < 1 or num_layers not in (len(fusion), len(fusion) // 2):
+        raise ValueError(
+            f"num_dec_layers must be {len(fusion)} or {len(fusion) // 2} (the fusion layers), got {num_layers}"
+        )
+    return list(fusion) if num_layers == len(fusion) else [i for i in fusion if i % 2 == 1][:num_layers]
+
+
+def fusion_decoder_shapes(tower: BertEncoderModel, num_layers: int | None = None) -> dict[str, list[int]]:
+    """The per-layer shapes (:meth:`TextDecoder.layer_shapes`) that :meth:`TextDecoder.from_fusion_layers`
+    gives without ``shapes``: those of its source layers."""
+    cfg = tower.config
+    sources = fusion_sources(tower, num_layers)
+    return {
+        "layer_heads": [cfg.layer_num_heads(i) for i in sources],
+        "layer_cross_heads": [cfg.layer_num_heads(i, cross=True) for i in sources],
+        "layer_intermediate": [cfg.layer_ffn(i) for i in sources],
+    }
+
+
 class TextDecoder(nn.Module):
     """Causal BERT decoder with cross-attention to encoder states and a tied LM head (official names)."""
 
@@ -63,41 +88,62 @@ class TextDecoder(nn.Module):
         self.cls.tie_weights(self.bert.embeddings)  # BertLMHeadModel ties its output embeddings
 
     @classmethod
-    def from_fusion_layers(cls, tower: BertEncoderModel, head: MLMHead, num_layers: int | None = None) -> TextDecoder:
+    def from_fusion_layers(
+        cls,
+        tower: BertEncoderModel,
+        head: MLMHead,
+        num_layers: int | None = None,
+        shapes: dict[str, list[int]] | None = None,
+    ) -> TextDecoder:
         """The official initialisation from an X²-VLM text tower (xvlm.md §7.11, ``XVLMForVQA.load_pretrained``).
 
         ``num_layers``: the number of fusion layers (default) or half of it (every second one).
+        ``shapes``: per-layer shapes of the decoder itself (:meth:`layer_shapes`; a pruned decoder, or an
+        unpruned one over a pruned tower) instead of those of its source layers; a layer whose shapes
+        differ from its source keeps its fresh init (its weights are expected from a saved head).
         """
         text = tower.config
-        fusion = range(tower.fusion_start, text.num_layers)
-        num_layers = len(fusion) if num_layers is None else num_layers
-        if num_layers < 1 or num_layers not in (len(fusion), len(fusion) // 2):
-            raise ValueError(
-                f"num_dec_layers must be {len(fusion)} or {len(fusion) // 2} (the fusion layers), got {num_layers}"
-            )
-        # Official: with a half-depth decoder the even absolute layer numbers are dropped.
-        sources = list(fusion) if num_layers == len(fusion) else [i for i in fusion if i % 2 == 1][:num_layers]
-        # A pruned (shrunk) tower: each decoder layer keeps the shape of the layer it is copied from.
-        shapes = {
-            name: None if getattr(text, name) is None else [getattr(text, name)[i] for i in sources]
-            for name in ("layer_heads", "layer_cross_heads", "layer_intermediate")
-        }
+        sources = fusion_sources(tower, num_layers)
+        num_layers = len(sources)
+        if shapes is None:  # a pruned (shrunk) tower: each decoder layer keeps the shape of the layer it is copied from
+            shapes = {
+                name: None if getattr(text, name) is None else [getattr(text, name)[i] for i in sources]
+                for name in SHAPE_FIELDS
+            }
+        elif set(shapes) != set(SHAPE_FIELDS):
+            raise ValueError(f"decoder shapes need exactly {list(SHAPE_FIELDS)}, got {sorted(shapes)}")
+        else:
+            shapes = {name: [int(v) for v in values] for name, values in shapes.items()}  # a copy, JSON lists ok
         config = dataclasses.replace(
             text, num_layers=num_layers, fusion_start=0, encoder_width=text.hidden_size, drop_path_rate=0.0, **shapes
         )
         decoder = cls(config)
         state = {f"embeddings.{k}": v for k, v in tower.embeddings.state_dict().items()}
         for target, source in enumerate(sources):
-            for key, value in tower.encoder.layer[source].state_dict().items():
-                if text.encoder_width != text.hidden_size and key.startswith(
-                    ("crossattention.self.key", "crossattention.self.value")
-                ):
-                    continue  # question states are H wide, vision tokens Dv wide: keep the fresh init
-                state[f"encoder.layer.{target}.{key}"] = value
+            copied = {
+                key: value
+                for key, value in tower.encoder.layer[source].state_dict().items()
+                # Question states are H wide, vision tokens Dv wide: those keys/values keep the fresh init.
+                if text.encoder_width == text.hidden_size
+                or not key.startswith(("crossattention.self.key", "crossattention.self.value"))
+            }
+            own = decoder.bert.encoder.layer[target].state_dict()
+            if any(own[key].shape != value.shape for key, value in copied.items()):
+                continue  # pruned differently from its source (``shapes``): nothing of it is copied
+            state.update({f"encoder.layer.{target}.{key}": value for key, value in copied.items()})
         decoder.bert.load_state_dict({k: v.clone() for k, v in state.items()}, strict=False)
         decoder.cls.load_state_dict(head.state_dict(), strict=False)  # copies the values
         decoder.cls.tie_weights(decoder.bert.embeddings)
         return decoder
+
+    def layer_shapes(self) -> dict[str, list[int]]:
+        """Per-layer self-attention heads, cross-attention heads and FFN widths (``SHAPE_FIELDS``), JSON-able."""
+        cfg, n = self.config, self.config.num_layers
+        return {
+            "layer_heads": [cfg.layer_num_heads(i) for i in range(n)],
+            "layer_cross_heads": [cfg.layer_num_heads(i, cross=True) for i in range(n)],
+            "layer_intermediate": [cfg.layer_ffn(i) for i in range(n)],
+        }
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor, encoder_states: Tensor, encoder_atts: Tensor
@@ -297,10 +343,13 @@ def beam_search(
 
 
 __all__ = [
+    "SHAPE_FIELDS",
     "SearchConfig",
     "TextDecoder",
     "beam_search",
     "causal_mask",
+    "fusion_decoder_shapes",
+    "fusion_sources",
     "greedy_search",
     "incremental_forward",
 ]

@@ -53,17 +53,20 @@ from grainvl.compress.quantize import (
     save_quantized_xvlm,
     serialized_size,
 )
-from grainvl.compress.shrink import shrink
+from grainvl.compress.shrink import shrink, shrink_decoder
 from grainvl.compress.theseus import TheseusConfig, compact_xvlm, install_theseus_xvlm, make_scheduler
+from grainvl.config import with_values
 from grainvl.data.iterators import StreamDict
 from grainvl.data.pretrain import build_pretrain_loaders
 from grainvl.models.factory import ResolvedModel, get_tokenizer, load_model, resolve_model
 from grainvl.models.xvlm import XVLM
+from grainvl.recipes.finetune import FinetuneConfig, finetune, load_finetuned, save_finetuned
 from grainvl.recipes.pretrain import PretrainData, data_config, evaluate, zeroshot_tasks
 from grainvl.recipes.scaffold import cost_columns, format_energy, metric_rows, prepare_run_dir
-from grainvl.tasks.base import split_tag
+from grainvl.tasks.base import DownstreamTask, TaskModule, split_tag
 from grainvl.tasks.distill import DistillTask, LayerMap, PruneTask, default_layer_map, init_student_from_teacher
 from grainvl.tasks.pretrain import PretrainTask
+from grainvl.tasks.task_distill import TaskDistill, copy_head_from_teacher
 from grainvl.train.loop import TrainConfig, train
 from grainvl.train.optim import OptimConfig, lr_multiplier, param_groups, resolve_warmup
 from grainvl.utils.distributed import detect_env
@@ -78,6 +81,9 @@ MASKS_FILE = "masks.safetensors"
 PAPER_TASK_KEYS = {"nlvr2": "nlvr"}
 TASK_ALIASES = {paper: ours for ours, paper in PAPER_TASK_KEYS.items()}
 COMPRESS_TASKS = tuple(next((t for t, k in PAPER_TASK_KEYS.items() if k == key), key) for key in PAPER_TASK_DEFAULTS)
+# Stage 2 runs on these downstream tasks; grounding is not in EfficientVLM and takes retrieval's settings (ours).
+STAGE2_TASKS = (*COMPRESS_TASKS, "grounding")
+PAPER_SETTINGS_OF = {"grounding": "retrieval"}
 
 
 @dataclass
@@ -90,7 +96,17 @@ class CompressConfig:
     out: str
     steps: int = 100
     target_sparsity: float | None = None  # None: the paper's value for ``task``
-    task: str = "retrieval"  # which of the paper's stage-2 settings (sparsity, lrs) to default to (COMPRESS_TASKS)
+    # None: the prune stage trains on the world's pre-training objectives with the general distillation loss
+    # (retrieval's paper settings). A task (STAGE2_TASKS): EfficientVLM's stage 2, pruning *during that task's
+    # fine-tuning* with the paper's task distillation mix from the teacher fine-tuned on it (tasks/task_distill.py).
+    task: str | None = None
+    task_teacher: str | None = None  # the teacher's fine-tuned run folder on ``task``; None: fine-tuned here first
+    teacher_steps: int | None = None  # fine-tuning steps of that teacher (None: ``steps``)
+    # FinetuneConfig values (dotted or nested) for the teacher's fine-tuning and the task data of the prune stage,
+    # e.g. {"optim": {"lr": 1e-4}, "data": {"batch_size": 16}, "options": {"k_test": 16}}.
+    finetune: dict[str, Any] = field(default_factory=dict)
+    head_from_teacher: bool = True  # start the student's task head from the fine-tuned teacher's (short runs)
+    student_resolution: int | None = None  # a student vision tower at a smaller input (EfficientNet towers)
     per_modality: dict[str, float] | None = None
     student: str = "half"  # layer-map preset: "half" (every other layer) or "efficientvlm" (6/3/3)
     student_layers: tuple[int, int, int] | None = None  # (vision, text, fusion) layer counts; overrides ``student``
@@ -126,9 +142,19 @@ class CompressConfig:
             raise ValueError(f"unknown recipe stage(s) {unknown}; available: {', '.join(STAGES)}")
         if len(set(self.recipe)) != len(self.recipe):
             raise ValueError(f"recipe {self.recipe} repeats a stage")
-        self.task = TASK_ALIASES.get(self.task, self.task)
-        if self.task not in COMPRESS_TASKS:
-            raise ValueError(f"unknown task {self.task!r}; expected one of {', '.join(COMPRESS_TASKS)}")
+        if self.task is not None:
+            self.task = TASK_ALIASES.get(self.task, self.task)
+            if self.task not in STAGE2_TASKS:
+                raise ValueError(f"unknown task {self.task!r}; expected one of {', '.join(STAGE2_TASKS)}")
+        if self.task is not None and ("prune" not in self.recipe or set(self.recipe) - {"distill", "prune", "shrink"}):
+            raise ValueError(
+                f"pruning during {self.task} fine-tuning takes the stages distill, prune, shrink (prune required), "
+                f"got {','.join(self.recipe)}"
+            )
+        if self.task is None and self.task_teacher is not None:
+            raise ValueError("task_teacher needs task (the task it was fine-tuned on)")
+        if self.student_resolution is not None and "distill" not in self.recipe:
+            raise ValueError("student_resolution needs the distill stage (the student is built there)")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if (
@@ -151,7 +177,8 @@ class CompressConfig:
             raise ValueError(f"theseus_scheduler must be 'constant' or 'linear', got {self.theseus_scheduler!r}")
 
     def paper(self, key: str) -> float:
-        return PAPER_TASK_DEFAULTS[PAPER_TASK_KEYS.get(self.task, self.task)][key]
+        task = PAPER_SETTINGS_OF.get(self.task or "retrieval", self.task or "retrieval")
+        return PAPER_TASK_DEFAULTS[PAPER_TASK_KEYS.get(task, task)][key]
 
 
 @dataclass
@@ -166,6 +193,9 @@ class _State:
     pruner: ModalPruner | None = None
     stages: dict[str, Any] = field(default_factory=dict)
     theseus_step: Any = None  # the replacement scheduler's step() while the theseus stage trains
+    task: DownstreamTask | None = None  # stage 2: the task, the student's task module, the teacher's
+    module: TaskModule | None = None
+    teacher_module: TaskModule | None = None
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -191,12 +221,20 @@ def _streams(model: XVLM, tokenizer: Any, cfg: CompressConfig) -> Any:
 
 
 def _optimizer(
-    task: nn.Module, model: XVLM, lr: float, pruner: ModalPruner | None, steps: int
+    task: nn.Module, model: nn.Module, lr: float, pruner: ModalPruner | None, steps: int
 ) -> tuple[torch.optim.Optimizer, LambdaLR]:
-    """X²-VLM's AdamW groups for the model (lr_mult 2 on new parameters) + constant-lr groups for log α and λ."""
+    """X²-VLM's AdamW groups (lr_mult 2 on new parameters) + constant-lr groups for log α and λ.
+
+    ``model``: the XVLM, or (stage 2) the student's task module, whose task head gets the lr_mult too.
+    """
 
     ocfg = OptimConfig(lr=lr)
-    groups = param_groups(model, ocfg.weight_decay, lr, lr_mult_params=model.newly_initialised(), lr_mult=ocfg.lr_mult)
+    if isinstance(model, XVLM):
+        fresh = model.newly_initialised()
+    else:  # a task module: its head (outside ``model.``) and the backbone's new parts, as grainvl finetune
+        heads = {name.split(".")[0] + "." for name, _ in model.named_parameters() if not name.startswith("model.")}
+        fresh = sorted(heads) + [f"model.{p}" for p in model.model.newly_initialised()]
+    groups = param_groups(model, ocfg.weight_decay, lr, lr_mult_params=fresh, lr_mult=ocfg.lr_mult)
     for group in groups:
         group["params"] = [(f"model.{n}", p) for n, p in group["params"]]
     if pruner is not None:
@@ -214,7 +252,12 @@ def _optimizer(
     return optimizer, LambdaLR(optimizer, schedule)
 
 
-def _train(task: nn.Module, model: XVLM, state: _State, cfg: CompressConfig, stage: str, lr: float) -> dict[str, Any]:
+def _train(
+    task: nn.Module, model: nn.Module, state: _State, cfg: CompressConfig, stage: str, lr: float, stream: Any = None
+) -> dict[str, Any]:
+    """Train ``task`` (whose parameters are ``model``'s, plus the pruner's in the prune stage) for ``cfg.steps``.
+
+    ``stream``: the batches (default: the world's pre-training image-text + region streams)."""
     env = detect_env()
     if env.world_size > 1:
         raise ValueError("grainvl compress runs in one process; launch it with python, not torchrun")
@@ -238,7 +281,10 @@ def _train(task: nn.Module, model: XVLM, state: _State, cfg: CompressConfig, sta
         if state.theseus_step is not None:
             state.theseus_step()
 
-    summary = train(task, _streams(model, state.tokenizer, cfg), optimizer, scheduler, tcfg, env, on_step=on_step)
+    if stream is None:
+        # Distillation batches are built at the teacher's resolution (a smaller student gets them downsampled).
+        stream = _streams(state.teacher if stage in ("distill", "prune") else model, state.tokenizer, cfg)
+    summary = train(task, stream, optimizer, scheduler, tcfg, env, on_step=on_step)
     return {"steps": summary.steps, "wall_s": summary.wall_s, "final_losses": summary.final_losses}
 
 
@@ -247,9 +293,81 @@ def _save(model: XVLM, state: _State, folder: Path) -> None:
     model.save_pretrained(folder, tokenizer=state.tokenizer)
 
 
+def _save_stage(state: _State, cfg: CompressConfig, folder: Path) -> None:
+    """A stage's model: a ``save_pretrained`` folder, or in stage 2 a fine-tuned run folder (model/, head, task.json)
+    that ``grainvl eval``, ``grainvl bench`` (``finetuned``) and :func:`load_finetuned` read."""
+    if state.module is None:
+        _save(state.model, state, folder)
+        return
+    state.module.eval()
+    save_finetuned(state.task, state.module, state.tokenizer, folder, Path(cfg.world))
+
+
+def stage2_finetune_config(cfg: CompressConfig, run_dir: Path) -> FinetuneConfig:
+    """The teacher's fine-tuning run on ``cfg.task`` (``cfg.finetune`` values, no checkpoint, no evaluation)."""
+    base = with_values(FinetuneConfig(), cfg.finetune)
+    return with_values(
+        base,
+        {
+            "task": cfg.task,
+            "model": cfg.teacher,
+            "world": cfg.world,
+            "eval_splits": (),
+            "train.run_dir": str(run_dir),
+            "train.steps": cfg.teacher_steps or cfg.steps,
+            "train.ckpt_every": 0,
+            "train.save_final": False,
+            "train.seed": cfg.seed,
+            "train.track_energy": False,  # the whole compress run is tracked once
+            "train.progress": cfg.progress,
+        },
+    )
+
+
+def _task_teacher(cfg: CompressConfig) -> tuple[DownstreamTask, TaskModule, dict[str, Any]]:
+    """The teacher fine-tuned on ``cfg.task``: ``cfg.task_teacher`` as given, or fine-tuned now (OUT/teacher_<task>)."""
+    world = Path(cfg.world)
+    if cfg.task_teacher is not None:
+        task, module, _ = load_finetuned(cfg.task_teacher, world)
+        if task.name != cfg.task:
+            raise ValueError(f"task_teacher {cfg.task_teacher} was fine-tuned on {task.name}, not {cfg.task}")
+        info: dict[str, Any] = {"run": cfg.task_teacher, "fine_tuned_here": False}
+    else:
+        run_dir = Path(cfg.out) / f"teacher_{cfg.task}"
+        summary = finetune(stage2_finetune_config(cfg, run_dir))
+        task, module, _ = load_finetuned(run_dir, world)
+        info = {"run": str(run_dir), "fine_tuned_here": True, "steps": summary["train"]["steps_run"]}
+    task.with_data(with_values(FinetuneConfig(), cfg.finetune).data)  # the prune stage's batch sizes
+    for param in module.parameters():
+        param.requires_grad_(False)
+    return task, module.eval(), info
+
+
+def _prune_on_task(state: _State, cfg: CompressConfig, pcfg: PruneConfig, lr: float) -> dict[str, Any]:
+    """Masks learned while fine-tuning the student on ``cfg.task`` with the paper's task distillation mix."""
+    task, teacher_module, teacher_info = _task_teacher(cfg)
+    world = Path(cfg.world)
+    torch.manual_seed(cfg.seed)  # the student's head initialisation
+    student = task.build(state.model, world, state.tokenizer)
+    copied = copy_head_from_teacher(student, teacher_module) if cfg.head_from_teacher else []
+    state.pruner = ModalPruner(state.model, pcfg, decoder=getattr(student, "text_decoder", None))
+    kd = TaskDistill(student, teacher_module, task.name, state.layer_map)
+    state.task, state.module, state.teacher_module = task, student, teacher_module
+    # Batches at the teacher's resolution (TaskDistill downsamples the student's copy).
+    stream = task.train_stream(teacher_module, state.tokenizer, world, task.data, 0, 1)
+    info = _train(PruneTask(kd.train(), state.pruner), student, state, cfg, "prune", lr, stream=stream)
+    return {
+        **info,
+        "task": task.name,
+        "teacher_task_run": teacher_info,
+        "head_tensors_from_teacher": len(copied),
+        "kd_weights": dataclasses.asdict(kd.weights),
+    }
+
+
 def _stage_distill(state: _State, cfg: CompressConfig) -> dict[str, Any]:
     layer_map = default_layer_map(state.model.config, cfg.student, sizes=cfg.student_layers)
-    student, layer_map = init_student_from_teacher(state.model, layer_map)
+    student, layer_map = init_student_from_teacher(state.model, layer_map, cfg.student_resolution)
     state.layer_map = layer_map
     task = DistillTask(student, state.teacher, layer_map)
     info = _train(task, student, state, cfg, "distill", cfg.distill_lr)
@@ -275,10 +393,13 @@ def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
     if state.model is state.teacher:  # pruning the teacher itself: train a copy, keep the original as teacher
         state.model = copy.deepcopy(state.teacher)
     model, teacher = state.model, state.teacher
-    state.pruner = ModalPruner(model, pcfg)
-    task = PruneTask(DistillTask(model, teacher, state.layer_map), state.pruner)
     lr = cfg.prune_lr if cfg.prune_lr is not None else cfg.paper("lr")
-    info = _train(task, model, state, cfg, "prune", lr)
+    if cfg.task is None:  # on the pre-training objectives with the general distillation loss
+        state.pruner = ModalPruner(model, pcfg)
+        task = PruneTask(DistillTask(model, teacher, state.layer_map), state.pruner)
+        info = _train(task, model, state, cfg, "prune", lr)
+    else:  # EfficientVLM stage 2: during the task's fine-tuning, KD from the teacher fine-tuned on it
+        info = _prune_on_task(state, cfg, pcfg, lr)
     state.pruner.eval()
     expected = float(state.pruner.expected_sparsity().detach())  # where the Lagrangian game ended
     learned = state.pruner.achieved_sparsity()
@@ -287,7 +408,7 @@ def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
     achieved = state.pruner.achieved_sparsity()
     state.pruner.detach()  # the saved dense weights load unmasked; the masks travel in masks.safetensors
     folder = Path(cfg.out) / "prune"
-    _save(model, state, folder)
+    _save_stage(state, cfg, folder)
 
     save_model_safetensors(folder / MASKS_FILE, {k: v.contiguous() for k, v in state.masks.items()})
     report = {
@@ -332,9 +453,17 @@ def _stage_shrink(state: _State, cfg: CompressConfig) -> dict[str, Any]:
     small = shrink(state.model, state.masks)
     gap = _masked_output_gap(state.model, small, state.masks)
     state.model = small
-    _save(small, state, Path(cfg.out) / "shrink")
-    after = sum(p.numel() for p in small.parameters())
-    return {"params_before": before, "params_after": after, "max_abs_gap_vs_masked": gap}
+    report: dict[str, Any] = {}
+    if state.module is not None:  # stage 2: the task module keeps its (possibly pruned) head around the small model
+        before = count_parameters(state.module)
+        state.module.model = small
+        decoder = getattr(state.module, "text_decoder", None)
+        if decoder is not None:  # VQA: the answer decoder's own masks (none pruned: the same decoder)
+            state.module.replace_decoder(shrink_decoder(decoder, state.masks))
+        report["decoder_params"] = count_parameters(decoder) if decoder is not None else 0
+    _save_stage(state, cfg, Path(cfg.out) / "shrink")
+    after = count_parameters(state.module) if state.module is not None else sum(p.numel() for p in small.parameters())
+    return {**report, "params_before": before, "params_after": after, "max_abs_gap_vs_masked": gap}
 
 
 def _half(layers: int) -> int | None:
@@ -431,7 +560,8 @@ def run_compress(cfg: CompressConfig) -> dict[str, Any]:
         "energy": energy.to_dict() if energy is not None else None,
         "model_dir": str(out / cfg.recipe[-1]),
     }
-    report["evaluation"] = _evaluate(state, cfg, {**report, "energy_report": energy})
+    evaluate_fn = _evaluate if state.module is None else _evaluate_task
+    report["evaluation"] = evaluate_fn(state, cfg, {**report, "energy_report": energy})
     (out / "compress.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     return report
 
@@ -483,6 +613,46 @@ def _evaluate(state: _State, cfg: CompressConfig, report: dict[str, Any]) -> dic
     return scores
 
 
+def _task_cost(task: DownstreamTask, module: TaskModule, tokenizer: Any, world: Path) -> dict[str, float]:
+    """Parameters (M, task head included) and the batch-1 latency of the task's own inference call."""
+    call = task.latency_call(module, tokenizer, world, 1)
+    return {"params_M": count_parameters(module) / 1e6, "latency_ms": median_latency_ms(call, warmup=2, repeats=10)}
+
+
+def _evaluate_task(state: _State, cfg: CompressConfig, report: dict[str, Any]) -> dict[str, Any]:
+    """Stage 2: the fine-tuned teacher and the final student on the task's ID and OOD test splits."""
+    assert state.task is not None and state.module is not None and state.teacher_module is not None
+    world, out = Path(cfg.world), Path(cfg.out)
+    scores: dict[str, Any] = {"task": state.task.name, "primary_metric": state.task.primary_metric}
+    for name, module in (("teacher", state.teacher_module), ("student", state.module)):
+        module.eval()
+        per_split = {}
+        for split in ("test", "test_ood"):
+            folder = out / "predictions" / name / split_tag(split)
+            per_split[split_tag(split)] = state.task.evaluate(module, state.tokenizer, world, split, out_dir=folder)
+        scores[name] = {"metrics": per_split, **_task_cost(state.task, module, state.tokenizer, world)}
+    final = scores["student"]
+    energy = report.get("energy_report")
+    costs = cost_columns(params=int(final["params_M"] * 1e6), seed=cfg.seed, hardware=hardware_tags(),
+                         energy=energy, latency_ms=final["latency_ms"])  # fmt: skip
+    model = f"{state.teacher.config.name}+{'+'.join(cfg.recipe)}@{state.task.name}"
+    for split, values in final["metrics"].items():
+        for row in metric_rows(values, model=model, task=state.task.name, dataset="world", split=split, costs=costs):
+            append_result(out / "results.jsonl", row)
+    return scores
+
+
+def _format_task_evaluation(ev: dict[str, Any]) -> list[str]:
+    metric = ev["primary_metric"]
+    lines = [f"  {ev['task']} ({metric}){'':<4}{'params_M':>10}{'ms@1':>9}{'ID':>8}{'OOD':>8}"]
+    for name in ("teacher", "student"):
+        e = ev[name]
+        score = [e["metrics"].get(s, {}).get(metric, float("nan")) for s in ("id", "ood")]
+        lines.append(f"  {name:<{len(ev['task']) + len(metric) + 7}}{e['params_M']:>10.2f}{e['latency_ms']:>9.2f}"
+                     f"{score[0]:>8.2f}{score[1]:>8.2f}")  # fmt: skip
+    return lines
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The end-of-run summary: stages, sparsity, teacher vs compressed model, cost."""
     lines = [f"compress: {' -> '.join(report['config']['recipe'])}  ({report['wall_s']:.0f} s)"]
@@ -518,6 +688,10 @@ def format_report(report: dict[str, Any]) -> str:
             f"{q['size_int8_bytes'] / 1e6:.2f} MB (CPU only)"
         )
     ev = report["evaluation"]
+    if "task" in ev:  # stage 2 on a downstream task
+        lines += _format_task_evaluation(ev)
+        lines.append(f"  {format_energy(report.get('energy'))}; run folder (grainvl eval) {report['model_dir']}")
+        return "\n".join(lines)
     lines.append(f"  {'':<10}{'params_M':>10}{'GFLOPs':>10}{'txt_r1':>8}{'img_r1':>8}{'r_mean':>8}")
     for name in ("teacher", "student"):
         e = ev[name]

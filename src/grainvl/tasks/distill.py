@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -64,7 +65,7 @@ class LayerMap:
         return dataclasses.asdict(self)
 
 
-def _stack_sizes(config: XVLMConfig) -> tuple[int, int, int]:
+def stack_sizes(config: XVLMConfig) -> tuple[int, int, int]:
     text = config.text
     fusion_start = text.fusion_start if text.fusion_start is not None else text.num_layers
     return config.vision.depth, fusion_start, text.num_layers - fusion_start
@@ -77,7 +78,7 @@ def default_layer_map(teacher: XVLMConfig, preset: str = "half", sizes: Sequence
     fusion). ``"efficientvlm"``: EfficientVLM's X-VLM-small shape, 6 vision / 3 text / 3 fusion layers
     (from x2vlm-base: vision 1,3,..,11; text 3,7,11; fusion 1,3,5), capped at the teacher's depths.
     """
-    vision, text, fusion = _stack_sizes(teacher)
+    vision, text, fusion = stack_sizes(teacher)
     cnn = teacher.vision.kind == "efficientnet_lite0"  # no blocks to select: the CNN tower is kept whole
     if teacher.text.layout != "single":
         raise ValueError("student initialisation supports the X²-VLM 'single' text layout only")
@@ -100,9 +101,14 @@ def _pick(values: list[int] | None, indices: list[int]) -> list[int] | None:
     return None if values is None else [values[i] for i in indices]
 
 
-def student_config(teacher: XVLMConfig, layer_map: LayerMap) -> XVLMConfig:
-    """The teacher's config with the student's depths (widths, heads and heads' shapes kept)."""
-    vision, text_layers, fusion_layers = _stack_sizes(teacher)
+def student_config(teacher: XVLMConfig, layer_map: LayerMap, resolution: int | None = None) -> XVLMConfig:
+    """The teacher's config with the student's depths (widths, heads and heads' shapes kept).
+
+    ``resolution``: a smaller input for the student's vision tower (EfficientNet towers only: a ViT's
+    relative position tables are tied to its grid). Its position embedding is resized when the
+    teacher's weights load (``EfficientNetLiteTower``'s load hook).
+    """
+    vision, text_layers, fusion_layers = stack_sizes(teacher)
     for name, chosen, total in (("vision", layer_map.vision, vision), ("text", layer_map.text, text_layers),
                                 ("fusion", layer_map.fusion, fusion_layers)):  # fmt: skip
         if any(not 0 <= i < total for i in chosen) or len(set(chosen)) != len(chosen):
@@ -132,6 +138,12 @@ def student_config(teacher: XVLMConfig, layer_map: LayerMap) -> XVLMConfig:
         layer_cross_heads=_pick(t.layer_cross_heads, absolute),
         layer_intermediate=_pick(t.layer_intermediate, absolute),
     )
+    if resolution is not None and resolution != v.resolution:
+        if not cnn:
+            raise ValueError("a student resolution needs an EfficientNet vision tower (a ViT's tables fit one grid)")
+        if not 32 <= resolution <= v.resolution:
+            raise ValueError(f"student resolution must be in [32, {v.resolution}] (the teacher's), got {resolution}")
+        vcfg = dataclasses.replace(vcfg, resolution=resolution)
     return dataclasses.replace(teacher, name=f"{teacher.name}-student", vision=vcfg, text=tcfg, text_init=None)
 
 
@@ -146,11 +158,14 @@ def _remap_key(key: str, vision: dict[int, int] | None, text: dict[int, int]) ->
 
 
 @torch.no_grad()
-def init_student_from_teacher(teacher: XVLM, layer_map: LayerMap | None = None) -> tuple[XVLM, LayerMap]:
-    """A student whose every weight is copied from ``teacher`` (its kept layers, embeddings and heads)."""
+def init_student_from_teacher(
+    teacher: XVLM, layer_map: LayerMap | None = None, resolution: int | None = None
+) -> tuple[XVLM, LayerMap]:
+    """A student whose every weight is copied from ``teacher`` (its kept layers, embeddings and heads);
+    ``resolution``: a smaller input for its (EfficientNet) vision tower, see :func:`student_config`."""
     layer_map = layer_map or default_layer_map(teacher.config)
-    config = student_config(teacher.config, layer_map)
-    _, text_layers, _ = _stack_sizes(teacher.config)
+    config = student_config(teacher.config, layer_map, resolution)
+    _, text_layers, _ = stack_sizes(teacher.config)
     vision = {t: s for s, t in enumerate(layer_map.vision)}
     if teacher.config.vision.kind == "efficientnet_lite0":
         vision = None  # the CNN tower is copied whole
@@ -166,6 +181,33 @@ def init_student_from_teacher(teacher: XVLM, layer_map: LayerMap | None = None) 
         student = XVLM(config)
     student.load_state_dict(state, strict=True)
     return student.to(next(teacher.parameters()).device), layer_map
+
+
+# ------------------------------------------------------------------------- resolution (a student with smaller input)
+def resize_images(batch: Any, source: int, target: int) -> Any:
+    """``batch`` with every image tensor ``(..., 3, source, source)`` resized to ``target`` (bicubic, antialiased)."""
+    if source == target:
+        return batch
+    if isinstance(batch, dict):
+        return {k: resize_images(v, source, target) for k, v in batch.items()}
+    image = isinstance(batch, Tensor) and batch.is_floating_point() and batch.dim() >= 4
+    if image and tuple(batch.shape[-3:]) == (3, source, source):
+        flat = batch.reshape(-1, 3, source, source)
+        out = F.interpolate(flat, size=(target, target), mode="bicubic", antialias=True, align_corners=False)
+        return out.reshape(*batch.shape[:-2], target, target)
+    return batch
+
+
+def pool_tokens(teacher: Tensor, student_tokens: int) -> Tensor:
+    """Teacher vision tokens ``(B, 1+Nt, D)`` -> ``(B, 1+Ns, D)``: CLS kept, grid area-pooled to the student's."""
+    if teacher.shape[1] == student_tokens:
+        return teacher
+    side_t, side_s = math.isqrt(teacher.shape[1] - 1), math.isqrt(student_tokens - 1)
+    if side_t * side_t != teacher.shape[1] - 1 or side_s * side_s != student_tokens - 1:
+        raise ValueError(f"cannot pool {teacher.shape[1]} vision tokens to {student_tokens}: not square grids")
+    grid = teacher[:, 1:].transpose(1, 2).reshape(teacher.shape[0], -1, side_t, side_t)  # (B, D, St, St)
+    pooled = F.adaptive_avg_pool2d(grid, side_s).flatten(2).transpose(1, 2)  # (B, Ns, D)
+    return torch.cat([teacher[:, :1], pooled], dim=1)
 
 
 # ----------------------------------------------------------------------------------------- KD losses
@@ -198,7 +240,7 @@ def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, temperatu
 
 
 # ----------------------------------------------------------------------------------------- capture
-def _attention_modules(model: XVLM) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module | None]]:
+def attention_modules(model: XVLM) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module | None]]:
     """(vision attention per block, text self-attention per layer, cross-attention per layer or None)."""
     blocks = getattr(model.vision_encoder, "blocks", [])
     layers = model.bert.encoder.layer
@@ -233,7 +275,7 @@ class Stream:
 
 def _vision_stream(model: XVLM, image: Tensor) -> tuple[Tensor, Stream]:
     """Vision tokens (B, 1+N, Dv) and the tower's stream."""
-    vision, _, _ = _attention_modules(model)
+    vision, _, _ = attention_modules(model)
     if not hasattr(model.vision_encoder, "forward_intermediates"):  # a CNN tower: KD on its output tokens only
         tokens = model.vision_encoder(image)
         return tokens, Stream([tokens], [], [])
@@ -243,7 +285,7 @@ def _vision_stream(model: XVLM, image: Tensor) -> tuple[Tensor, Stream]:
 
 
 def _text_stream(model: XVLM, mode: str, **kwargs: Any) -> Stream:
-    _, self_attn, _ = _attention_modules(model)
+    _, self_attn, _ = attention_modules(model)
     layers = list(model.bert.layer_range(mode))  # type: ignore[arg-type]
     with recording(self_attn) as sinks:
         hidden = model.bert.forward_intermediates(mode=mode, **kwargs)
@@ -288,8 +330,8 @@ class DistillTask(nn.Module):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         if layer_map is None:
-            _, t_text, t_fusion = _stack_sizes(teacher.config)
-            s_vision, s_text, s_fusion = _stack_sizes(student.config)
+            _, t_text, t_fusion = stack_sizes(teacher.config)
+            s_vision, s_text, s_fusion = stack_sizes(student.config)
             layer_map = LayerMap(
                 uniform_layers(teacher.config.vision.depth, s_vision)
                 if hasattr(student.vision_encoder, "blocks")
@@ -298,7 +340,7 @@ class DistillTask(nn.Module):
                 uniform_layers(t_fusion, s_fusion) if s_fusion else [],
             )
         self.layer_map = layer_map
-        _, t_text, _ = _stack_sizes(teacher.config)
+        _, t_text, _ = stack_sizes(teacher.config)
         self._text_abs = layer_map.text + [t_text + i for i in layer_map.fusion]  # student layer -> teacher layer
         self.weights = weights or DistillWeights()
 
@@ -335,12 +377,15 @@ class DistillTask(nn.Module):
         b = batch["image"]
         w = self.weights
         losses: dict[str, Tensor] = {}
-        s_vis, s_img = _vision_stream(self.model, b["image"])  # (B, 1+N, Dv)
+        # A student with a smaller input (a compressed vision tower) sees the batch's images downsampled.
+        s_res, t_res = self.model.config.vision.resolution, self.teacher.config.vision.resolution
+        s_vis, s_img = _vision_stream(self.model, resize_images(b["image"], t_res, s_res))  # (B, 1+N, Dv)
         s_txt = _text_stream(self.model, "text", input_ids=b["text_ids"], attention_mask=b["text_atts"])
         with torch.no_grad():
             t_vis, t_img = _vision_stream(self.teacher, b["image"])
             t_txt = _text_stream(self.teacher, "text", input_ids=b["text_ids"], attention_mask=b["text_atts"])
-        vis_atts = torch.ones(s_vis.shape[:2], dtype=torch.long, device=s_vis.device)
+        if not s_img.layers and s_vis.shape[1] != t_vis.shape[1]:  # a CNN at another resolution: pooled targets
+            t_img = Stream([pool_tokens(h, s_vis.shape[1]) for h in t_img.hidden], t_img.attentions, t_img.layers)
         m = self.model
         text = s_txt.hidden[-1]  # (B, L, H)
         vis_feat, text_feat = m.image_feat(s_vis), m.text_feat(text)
@@ -365,7 +410,7 @@ class DistillTask(nn.Module):
                 attention_mask=pair_text,
                 inputs_embeds_for_fusion=txt[order_text],
                 encoder_hidden_states=vis[order_vis],
-                encoder_attention_mask=vis_atts[order_vis],
+                encoder_attention_mask=_ones(vis)[order_vis],  # teacher and student grids may differ
             )
 
         s_itm = fusion(m, text, s_vis)
@@ -374,15 +419,12 @@ class DistillTask(nn.Module):
         s_itm_logits = m.itm_logits(s_itm.hidden[-1])  # (3B, 2)
         itm = itm_loss(s_itm_logits)
 
-        mlm_kwargs = {
-            "input_ids": b["text_ids_masked"],
-            "attention_mask": atts,
-            "encoder_hidden_states": None,
-            "encoder_attention_mask": vis_atts,
-        }
-        s_mlm = _text_stream(m, "multimodal", **{**mlm_kwargs, "encoder_hidden_states": s_vis})
+        mlm_kwargs = {"input_ids": b["text_ids_masked"], "attention_mask": atts}
+        s_mlm = _text_stream(m, "multimodal", **mlm_kwargs, encoder_hidden_states=s_vis,
+                             encoder_attention_mask=_ones(s_vis))  # fmt: skip
         with torch.no_grad():
-            t_mlm = _text_stream(self.teacher, "multimodal", **{**mlm_kwargs, "encoder_hidden_states": t_vis})
+            t_mlm = _text_stream(self.teacher, "multimodal", **mlm_kwargs, encoder_hidden_states=t_vis,
+                                 encoder_attention_mask=_ones(t_vis))  # fmt: skip
         s_mlm_logits = m.mlm_logits(gather_masked(s_mlm.hidden[-1], b["masked_pos"]))  # (B, M, V)
         mlm = mlm_loss(s_mlm_logits, b["masked_ids"])
         with torch.no_grad():
@@ -393,7 +435,7 @@ class DistillTask(nn.Module):
         losses["itm_loss"] = w.task * itm
         losses["mlm_loss"] = w.task * mlm
         if w.bbox and "region" in batch:
-            l1, giou = self._box_losses(batch["region"])
+            l1, giou = self._box_losses(resize_images(batch["region"], t_res, s_res))
             losses["bbox_loss"], losses["giou_loss"] = w.task * l1, w.task * giou
         losses.update({f"kd_{k}_loss": w.kd * v for k, v in self._kd_terms(
             s_img, t_img, s_txt, t_txt, s_itm, t_itm, s_mlm, t_mlm, len(atts)).items()})  # fmt: skip
@@ -440,6 +482,11 @@ class DistillTask(nn.Module):
         full_atts = torch.ones(full.shape[:2], dtype=torch.long, device=full.device)
         fused = m.fuse(text, r["text_atts"], full, full_atts)
         return bbox_loss(m.predict_box(fused, full), r["region_boxes"], r["is_image"])
+
+
+def _ones(tokens: Tensor) -> Tensor:
+    """An all-ones attention mask (B, N) for vision tokens (B, N, D)."""
+    return torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
 
 
 def teacher_copy(model: XVLM) -> XVLM:

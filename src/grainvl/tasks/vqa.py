@@ -40,7 +40,7 @@ from grainvl.data.formats import albef, vlue, vqa_v2
 from grainvl.data.iterators import StatefulIterator
 from grainvl.data.layout import derived_answer_list, layout_for
 from grainvl.metrics.vqa import exact_match_accuracy, vqa_accuracy
-from grainvl.models.decoder import TextDecoder
+from grainvl.models.decoder import TextDecoder, fusion_decoder_shapes
 from grainvl.models.xvlm import XVLM, _init_linear, build_mlp
 from grainvl.tasks.base import (
     DataOptions,
@@ -102,23 +102,58 @@ class VQAModule(TaskModule):
         num_dec_layers: int | None = None,
         k_test: int = 128,
         rank_first_token_twice: bool = False,
+        decoder_shapes: dict[str, list[int]] | None = None,
     ) -> None:
+        """``decoder_shapes``: per-layer shapes of the answer decoder (:meth:`TextDecoder.layer_shapes`) when
+        they are not those of the fusion layers it is built from (a pruned decoder, or a decoder over a
+        backbone pruned differently); None: the fusion layers' shapes, as the official initialisation."""
         super().__init__(model)
         if head not in HEADS:
             raise ValueError(f"vqa head must be one of {HEADS}, got {head!r}")
+        if decoder_shapes is not None and head != "decoder":
+            raise ValueError(f"decoder_shapes needs head='decoder', got head={head!r}")
         if not answers:
             raise ValueError("the VQA answer list is empty")
         self.head, self.answers, self.k_test = head, list(answers), k_test
         self.answer_index = {a: i for i, a in enumerate(self.answers)}
         self.rank_first_token_twice = rank_first_token_twice
         if head == "decoder":
-            self.text_decoder = TextDecoder.from_fusion_layers(model.bert, model.mlm, num_dec_layers)
+            self.text_decoder = TextDecoder.from_fusion_layers(model.bert, model.mlm, num_dec_layers, decoder_shapes)
             ids, atts = tokenize(tokenizer, self.answers, None)  # (A, La): [CLS] answer [SEP] [PAD]...
             self.register_buffer("answer_ids", ids, persistent=False)
             self.register_buffer("answer_atts", atts, persistent=False)
         else:
             self.cls_head = build_mlp(model.config.text.hidden_size, len(self.answers))
             self.cls_head.apply(_init_linear)
+
+    # ------------------------------------------------------------------ decoder surgery (compression)
+    def replace_decoder(self, decoder: TextDecoder) -> None:
+        """Use ``decoder`` (e.g. :func:`grainvl.compress.shrink.shrink_decoder` of the current one) as the answer
+        decoder. Its shapes reach ``task.json`` through :meth:`VQATask.save_head` (:meth:`saved_decoder_shapes`),
+        so :func:`~grainvl.recipes.finetune.load_finetuned` rebuilds it."""
+        if self.head != "decoder":
+            raise ValueError(f"replace_decoder needs head='decoder', got head={self.head!r}")
+        shape = (decoder.config.num_layers, decoder.config.hidden_size, decoder.config.vocab_size)
+        expected = (
+            self.text_decoder.config.num_layers,
+            self.model.config.text.hidden_size,
+            self.model.bert.config.vocab_size,
+        )
+        if shape != expected or decoder.bert.fusion_start != 0:
+            raise ValueError(
+                f"the new decoder's (layers, hidden size, vocabulary) {shape} must be {expected}, with cross-attention "
+                f"in every layer (fusion_start 0, got {decoder.bert.fusion_start})"
+            )
+        self.text_decoder = decoder
+
+    def saved_decoder_shapes(self) -> dict[str, list[int]] | None:
+        """The ``decoder_shapes`` option that rebuilds this module's decoder: None when its shapes are those of
+        the backbone's fusion layers it would be built from (every unpruned run), else its per-layer shapes."""
+        if self.head != "decoder":
+            return None
+        shapes = self.text_decoder.layer_shapes()
+        default = fusion_decoder_shapes(self.model.bert, self.text_decoder.config.num_layers)
+        return None if shapes == default else shapes
 
     # ------------------------------------------------------------------ shared pieces
     def question_states(
@@ -190,6 +225,9 @@ class VQATask(DownstreamTask):
         "k_test": 128,  # answers kept by the first-token step before full re-ranking (official 128)
         "rank_first_token_twice": False,  # True: the official ranking score (see module docstring)
         "answers": None,  # the answer list; filled from the world's answer_list.json at build and saved
+        # Per-layer decoder shapes {"layer_heads", "layer_cross_heads", "layer_intermediate"} when they differ from
+        # the fusion layers' (a pruned decoder or backbone); written by save_head, None: the fusion layers' shapes.
+        "decoder_shapes": None,
     }
 
     def build(self, model: XVLM, world: Path, tokenizer: Any) -> VQAModule:
@@ -204,7 +242,15 @@ class VQATask(DownstreamTask):
             o["num_dec_layers"],
             o["k_test"],
             o["rank_first_token_twice"],
+            o["decoder_shapes"],
         )
+
+    def save_head(self, module: TaskModule, directory: str | Path) -> None:
+        """As every task, after recording the decoder's shapes (``decoder_shapes``) when they are not the
+        backbone's fusion layers' (a decoder pruned, replaced or over a backbone pruned differently)."""
+        assert isinstance(module, VQAModule)
+        self.options["decoder_shapes"] = module.saved_decoder_shapes()
+        super().save_head(module, directory)
 
     def _dataset(self, module: TaskModule, tokenizer: Any, world: Path, split: str, train: bool) -> VQADataset:
         assert isinstance(module, VQAModule)
