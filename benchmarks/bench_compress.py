@@ -34,6 +34,7 @@ import math
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -183,8 +184,258 @@ def teacher_above_chance(teacher_r_mean: float | None, chance_r_mean: float | No
     return teacher_r_mean >= MIN_TEACHER_OVER_CHANCE * chance_r_mean
 
 
+# ============================================================================================ stage 2 (task mode)
+def parse_points(text: str) -> list[tuple[float, int | None]]:
+    """``"0.25,0.5@128"`` -> [(0.25, None), (0.5, 128)]: target sparsity [@ student input resolution]."""
+    points = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        sparsity, _, resolution = part.partition("@")
+        points.append((float(sparsity), int(resolution) if resolution else None))
+    if not points:
+        raise SystemExit("--points needs at least one SPARSITY[@RESOLUTION]")
+    return points
+
+
+def split_items(world: Path, task: str, split: str) -> int:
+    """Records in a task's split file(s): images (retrieval), questions, statement pairs, referring expressions."""
+    from grainvl.tasks.base import data_files
+
+    return sum(len(json.loads(f.read_text(encoding="utf-8"))) for f in data_files(world, task, split))
+
+
+def make_large_world(folder: Path, images: int, resolution: int) -> Path:
+    """A world whose ID and OOD test splits hold about a quarter of the images each (>= 500 items per task)."""
+    from grainvl.data.world.generate import WorldConfig, generate_world
+
+    if not (folder / "annotations").is_dir():
+        fractions = (0.46, 0.04, 0.25, 0.25)
+        generate_world(WorldConfig(images=images, videos=0, resolution=resolution, split_fractions=fractions,
+                                   text_scenes=0, dialogues=0), folder)  # fmt: skip
+    return folder
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+@torch.no_grad()
+def alternating_task_latency(calls: dict[str, Any], repeats: int) -> dict[str, float]:
+    """p50 ms of each zero-argument inference call at batch 1, alternating the calls every repetition."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        for _ in range(3):
+            call()
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+@torch.no_grad()
+def tower_latency(models: dict[str, XVLM], repeats: int) -> dict[str, dict[str, float]]:
+    """p50 ms per tower (vision, text, fusion) at batch 1 for each model, alternating models every repetition."""
+    out: dict[str, dict[str, list[float]]] = {n: {"vision": [], "text": [], "fusion": []} for n in models}
+    length = next(iter(models.values())).config.max_tokens
+    ids, atts = torch.randint(1000, 2000, (1, length)), torch.ones(1, length, dtype=torch.long)
+    for _ in range(repeats + 2):
+        for name, model in models.items():
+            res = model.config.vision.resolution
+            image = torch.randn(1, 3, res, res)
+            t0 = time.perf_counter()
+            vis, vis_atts = model.encode_image(image)
+            t1 = time.perf_counter()
+            text = model.encode_text(ids, atts)
+            t2 = time.perf_counter()
+            model.fuse(text, atts, vis, vis_atts)
+            t3 = time.perf_counter()
+            for key, value in (("vision", t1 - t0), ("text", t2 - t1), ("fusion", t3 - t2)):
+                out[name][key].append(value)
+    return {n: {k: statistics.median(v[2:]) * 1e3 for k, v in towers.items()} for n, towers in out.items()}
+
+
+def run_task_mode(args: argparse.Namespace) -> dict[str, Any]:
+    """EfficientVLM stage 2 per task and seed: teacher fine-tuned on the task; one general-distillation student per
+    curve point (sparsity @ student resolution), pruned during the task's fine-tuning with KD from that teacher."""
+    from grainvl.recipes.demo import load_demo_config
+    from grainvl.recipes.finetune import load_finetuned
+
+    start = time.perf_counter()
+    out = args.out
+    world = args.world or make_large_world(out / "world", args.images, args.resolution)
+    teacher = args.teacher or "xvlm-small"
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    points = parse_points(args.points)
+    demo = load_demo_config().bench
+    items = {t: {s: split_items(world, t, s) for s in ("test", "test_ood")} for t in tasks}
+    small = {t: n for t, n in items.items() if min(n.values()) < args.min_test_items}
+    # 1. One general-distillation student per student resolution (task-agnostic, shared by tasks and seeds).
+    students: dict[int | None, Path] = {}
+    for _, resolution in points:
+        if resolution in students:
+            continue
+        folder = out / f"gd_{resolution or 'same'}"
+        if not (folder / "distill" / "config.json").is_file():
+            run_compress(CompressConfig(
+                teacher=teacher, recipe=["distill"], world=str(world), out=str(folder), steps=args.steps,
+                student=args.student, student_layers=parse_layers(args.student_layers), student_resolution=resolution,
+                progress=False, track_energy=False,
+            ))  # fmt: skip
+        students[resolution] = folder / "distill"
+    runs: list[dict[str, Any]] = []
+    for task in tasks:
+        finetune = dataclasses.asdict(demo.finetune)
+        finetune = {"optim": {"lr": finetune["optim"]["lr"]}, "data": {"batch_size": finetune["data"]["batch_size"]}}
+        finetune.update(demo.task_finetune.get(task, {}))
+        for seed in seeds:
+            # 2. The teacher fine-tuned on the task (its scores are the retention's denominator).
+            from grainvl.recipes.compress import stage2_finetune_config
+            from grainvl.recipes.finetune import finetune as run_finetune
+
+            teacher_run = out / "teachers" / task / f"seed{seed}"
+            tcfg = CompressConfig(teacher=teacher, recipe=["prune"], world=str(world), out=str(out), task=task,
+                                  steps=args.steps, teacher_steps=args.finetune_steps, seed=seed, finetune=finetune,
+                                  progress=False)  # fmt: skip
+            if not (teacher_run / "task.json").is_file():
+                run_finetune(stage2_finetune_config(tcfg, teacher_run))
+            t_task, t_module, tokenizer = load_finetuned(teacher_run, world)
+            t_scores = {tag: t_task.evaluate(t_module, tokenizer, world, split) for tag, split in
+                        (("id", "test"), ("ood", "test_ood"))}  # fmt: skip
+            metric = t_task.primary_metric
+            for sparsity, resolution in points:
+                # 3. The GD student pruned during fine-tuning with KD from this teacher.
+                name = f"{task}/seed{seed}/s{sparsity}@{resolution or 'same'}"
+                folder = out / "students" / name.replace("/", "_")
+                cfg = CompressConfig(
+                    teacher=str(students[resolution]), recipe=["prune", "shrink"], world=str(world), out=str(folder),
+                    steps=args.steps, task=task, task_teacher=str(teacher_run), target_sparsity=sparsity,
+                    seed=seed, finetune=finetune, prune_lr=args.prune_lr, progress=False, track_energy=False,
+                )  # fmt: skip
+                report = run_compress(cfg)
+                ev, prune = report["evaluation"], report["stages"]["prune"]
+                runs.append({
+                    "task": task, "seed": seed, "sparsity": sparsity, "resolution": resolution, "metric": metric,
+                    "teacher": {k: v.get(metric) for k, v in t_scores.items()},
+                    "student": {k: v.get(metric) for k, v in ev["student"]["metrics"].items()},
+                    "params_M": {"teacher": ev["teacher"]["params_M"], "student": ev["student"]["params_M"]},
+                    "achieved_sparsity": prune["achieved_sparsity"], "learned_sparsity": prune["learned_sparsity"],
+                    "expected_sparsity": prune["expected_sparsity"], "calibration": prune["calibration"],
+                    "teacher_run": str(teacher_run), "student_run": str(folder / "shrink"),
+                })  # fmt: skip
+                print(f"{name}: teacher {runs[-1]['teacher']} student {runs[-1]['student']} "
+                      f"sparsity {prune['achieved_sparsity']['all']:.3f} "
+                      f"(learned {prune['learned_sparsity']['all']:.3f})",
+                      flush=True)  # fmt: skip
+    # 4. Latency at batch 1, one task call per model (teacher + one student per point), alternating; per tower too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    latency: dict[str, dict[str, float]] = {}
+    towers: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        first = [r for r in runs if r["task"] == task and r["seed"] == seeds[0]]
+        loaded = {"teacher": load_finetuned(first[0]["teacher_run"], world)}
+        for r in first:
+            loaded[f"s{r['sparsity']}@{r['resolution'] or 'same'}"] = load_finetuned(r["student_run"], world)
+        calls = {n: t.latency_call(m, tok, world, 1) for n, (t, m, tok) in loaded.items()}
+        latency[task] = alternating_task_latency(calls, args.repeats)
+        if not towers:
+            towers = tower_latency({n: m.model for n, (_, m, _) in loaded.items()}, args.repeats)
+    torch.set_num_threads(threads)
+    return summarise_task_mode(runs, latency, towers, items, small, args, time.perf_counter() - start)
+
+
+# Binary NLVR2 guesses score 50; below these a teacher has learned too little for retention to mean anything.
+CHANCE = {"nlvr2": 50.0}
+
+
+def summarise_task_mode(
+    runs: list[dict[str, Any]], latency: dict[str, dict[str, float]], towers: dict[str, dict[str, float]],
+    items: dict[str, dict[str, int]], small: dict[str, Any], args: argparse.Namespace, wall_s: float,
+) -> dict[str, Any]:  # fmt: skip
+    """Retention per point (mean ± std over seeds of the task-average ratio), speed-up, flags; printed and returned."""
+    tasks = sorted({r["task"] for r in runs})
+    points = sorted({(r["sparsity"], r["resolution"] or 0) for r in runs})
+    curve, flags = [], []
+    for task in tasks:
+        teacher_ids = [r["teacher"]["id"] for r in runs if r["task"] == task and r["sparsity"] == points[0][0]]
+        _, t_std = mean_std(teacher_ids)
+        if task in CHANCE and statistics.fmean(teacher_ids) < CHANCE[task] + 2 * max(t_std, 1.0):
+            flags.append(
+                f"{task}: teacher ID {statistics.fmean(teacher_ids):.1f} is within noise of chance {CHANCE[task]}"
+            )
+    for sparsity, resolution in points:
+        sel = [r for r in runs if r["sparsity"] == sparsity and (r["resolution"] or 0) == resolution]
+        label = f"s{sparsity}@{resolution or 'same'}"
+        per_seed: dict[int, list[float]] = {}
+        per_seed_ood: dict[int, list[float]] = {}
+        for r in sel:
+            per_seed.setdefault(r["seed"], []).append(r["student"]["id"] / r["teacher"]["id"])
+            per_seed_ood.setdefault(r["seed"], []).append(r["student"]["ood"] / r["teacher"]["ood"])
+        ret = [statistics.fmean(v) for v in per_seed.values()]
+        ret_ood = [statistics.fmean(v) for v in per_seed_ood.values()]
+        speed = [latency[t]["teacher"] / latency[t][label] for t in latency if label in latency[t]]
+        entry = {"point": label, "sparsity": sparsity, "resolution": resolution or None,
+                 "retention_id": mean_std(ret), "retention_ood": mean_std(ret_ood),
+                 "speedup": statistics.fmean(speed) if speed else None,
+                 "achieved_sparsity": mean_std([r["achieved_sparsity"]["all"] for r in sel]),
+                 "learned_sparsity": mean_std([r["learned_sparsity"]["all"] for r in sel]),
+                 "expected_sparsity": mean_std([r["expected_sparsity"] for r in sel])}  # fmt: skip
+        curve.append(entry)
+        for task in tasks:
+            t = [r["teacher"]["id"] for r in sel if r["task"] == task]
+            st = [r["student"]["id"] for r in sel if r["task"] == task]
+            spread = max(mean_std(t)[1], mean_std(st)[1])
+            if len(t) > 1 and abs(statistics.fmean(t) - statistics.fmean(st)) <= spread:
+                flags.append(
+                    f"{label} {task}: teacher and student ID differ by less than the seed spread ({spread:.2f})"
+                )
+    for task, n in small.items():
+        flags.append(f"{task}: test splits of {n} items (< {args.min_test_items})")
+    print(f"\nEfficientVLM stage 2, {len(set(r['seed'] for r in runs))} seeds, tasks {', '.join(tasks)}; items "
+          + ", ".join(f"{t} {n['test']}/{n['test_ood']}" for t, n in items.items()))  # fmt: skip
+    print(f"{'point':<14}{'speed-up':>9}{'retention ID':>16}{'retention OOD':>16}{'sparsity (learned)':>22}")
+    for e in curve:
+        (r, rs), (o, os_) = e["retention_id"], e["retention_ood"]
+        sp = f"{e['speedup']:.2f}x" if e["speedup"] else "n/a"
+        print(f"{e['point']:<14}{sp:>9}{r:>10.1%} ± {rs:.1%}{o:>10.1%} ± {os_:.1%}"
+              f"{e['achieved_sparsity'][0]:>12.3f} ({e['learned_sparsity'][0]:.3f})")  # fmt: skip
+    print(
+        "per task, ID primary metric (mean over seeds): "
+        + "; ".join(
+            f"{t} teacher {statistics.fmean(r['teacher']['id'] for r in runs if r['task'] == t):.2f}" for t in tasks
+        )
+    )
+    print(
+        "batch-1 p50 ms per task call: "
+        + json.dumps({t: {k: round(v, 2) for k, v in d.items()} for t, d in latency.items()})
+    )
+    print(
+        "batch-1 p50 ms per tower: "
+        + json.dumps({m: {k: round(v, 2) for k, v in d.items()} for m, d in towers.items()})
+    )
+    crossing = [e for e in curve if e["retention_id"][0] >= 0.984]
+    best = max(crossing, key=lambda e: e["speedup"] or 0.0) if crossing else None
+    print("fastest point at >= 98.4% ID retention: " + (f"{best['point']} {best['speedup']:.2f}x" if best else "none"))
+    for flag in flags:
+        print(f"FLAG: {flag}")
+    return {"command": "python " + " ".join(__import__("sys").argv), "runs": runs, "curve": curve,
+            "latency_ms_p50": latency, "tower_latency_ms_p50": towers, "test_items": items, "flags": flags,
+            "wall_s": wall_s}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("task", "pretrain"), default="task",
+                        help="task: EfficientVLM stage 2 per task, seeds and curve points (default); pretrain: prune "
+                        "on the pre-training objectives, then fine-tune both models on the VLUE tasks")  # fmt: skip
+    parser.add_argument("--seeds", default="0,1,2", help="task mode: seeds (teacher and student fine-tunes)")
+    parser.add_argument("--points", default="0.25,0.5@128,0.6@96",
+                        help="task mode: curve points SPARSITY[@STUDENT_RESOLUTION]")  # fmt: skip
+    parser.add_argument("--resolution", type=int, default=160, help="task mode: resolution of a generated world")
+    parser.add_argument("--min-test-items", type=int, default=500, help="task mode: flag smaller test splits")
+    parser.add_argument("--prune-lr", type=float, help="task mode: lr of the prune stage (default: the paper's)")
     parser.add_argument("--teacher", help="teacher model folder (default: pre-train the bench teacher)")
     parser.add_argument("--world", type=Path, help="world folder (default: generate one under --out)")
     parser.add_argument("--images", type=int, default=80, help="images of a generated world")
@@ -212,6 +463,11 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/bench_compress"))
     args = parser.parse_args()
+    if args.mode == "task":
+        args.out.mkdir(parents=True, exist_ok=True)
+        results = run_task_mode(args)
+        (args.out / "bench_compress.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+        return
 
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
