@@ -195,3 +195,38 @@ def test_task_mode_config_errors(vlue_world: Path, tmp_path: Path, capsys) -> No
     cli = ["compress", "--teacher", "xvlm-tiny", "--world", str(vlue_world), "--out", str(tmp_path / "x")]
     assert main([*cli, "--recipe", "distill", "--student-resolution", "32", "--quiet", "--no-energy"]) == 2
     assert "EfficientNet" in capsys.readouterr().err  # xvlm-tiny's ViT cannot take another grid
+
+
+def test_short_runs_reach_the_target_unaided_with_the_penalty(vlue_world: Path, tmp_path: Path) -> None:
+    """Stage 2, 40 steps: the penalty Lagrangian (auto in short runs) ends near the 0.5 target before calibration,
+    where the paper's game (λ1 winds up) ends far from it."""
+    base = dict(
+        teacher="xvlm-tiny", recipe=["distill", "prune"], world=str(vlue_world), steps=40, task="retrieval",
+        target_sparsity=0.5, teacher_steps=2, track_energy=False, progress=False,
+        finetune={"data": {"batch_size": 4}, "options": {"score": "itc"}},
+    )  # fmt: skip
+    auto = run_compress(CompressConfig(out=str(tmp_path / "a"), **base))["stages"]["prune"]
+    assert auto["lagrangian"] == "penalty" and auto["reg_lr"] == pytest.approx(8.0 / 40)
+    assert abs(auto["expected_sparsity"] - 0.5) < 0.05, auto["expected_sparsity"]
+    assert abs(auto["learned_sparsity"]["all"] - 0.5) < 0.06, auto["learned_sparsity"]
+    teacher = str(tmp_path / "a" / "teacher_retrieval")
+    paper = run_compress(CompressConfig(out=str(tmp_path / "p"), lagrangian="paper", task_teacher=teacher, **base))
+    p = paper["stages"]["prune"]
+    assert p["lagrangian"] == "paper" and abs(p["expected_sparsity"] - 0.5) > abs(auto["expected_sparsity"] - 0.5)
+    with pytest.raises(ValueError, match="lagrangian"):
+        CompressConfig(out="x", lagrangian="dual", **{k: v for k, v in base.items() if k != "out"})
+
+
+def test_penalty_mode_keeps_lambda1_at_zero() -> None:
+    from grainvl.compress.prune import ModalPruner, PruneConfig
+
+    torch.manual_seed(0)
+    model = XVLM(get_model_config("xvlm-tiny"))
+    pruner = ModalPruner(model, PruneConfig(target_sparsity=0.5, warmup_steps=0, linear_term=False))
+    with torch.no_grad():
+        pruner.lambdas.fill_(3.0)
+    pruner.train()
+    pruner.refresh()
+    value, _ = pruner.lagrangian()
+    gap = pruner.expected_sparsity() - 0.5
+    assert torch.allclose(value, 3.0 * gap**2)  # λ1 ignored: the quadratic penalty alone

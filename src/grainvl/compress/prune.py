@@ -52,6 +52,11 @@ MODALITIES = ("vision", "text", "fusion", "decoder")
 # xvlm-tiny with the Lagrangian alone, 16-100 steps then end at 0.42-0.57 expected sparsity for a 0.5 target,
 # while 5 and 6 overshoot further (up to 0.73 and 0.86 at 100 steps): λ moves by about reg_lr per step too.
 LOG_ALPHA_TRAVEL = 4.0
+# With the penalty alone (``PruneConfig.linear_term=False``) nothing winds up, so log α may travel further and
+# the game still settles on the target: stage 2 on xvlm-tiny (retrieval KD + penalty, 0.5 target) ended at
+# expected 0.52 / 0.50 / 0.50 after 30 / 60 / 120 steps with travel 8 (0.49 with 12), where the paper's game
+# ended at 0.43 (travel 4) or overshot to 0.81 (travel 8) after 60.
+SHORT_RUN_PENALTY_TRAVEL = 8.0
 
 # The paper's per-task stage-2 settings (EfficientVLM configs/x-vlm-small-ft/*.yaml, compression.md §A.4):
 # target sparsity, lr of the model, lr of log α and λ (``reg_learning_rate``), epochs. The Lagrangian
@@ -150,6 +155,9 @@ class PruneConfig:
     calibrate_tolerance: float | None = 0.01  # final masks within this of the target (None: never calibrate)
     # Our extension (not in EfficientVLM): MBConv expansion channels of an EfficientNet vision tower too.
     cnn_channels: bool = False
+    # False: λ1 stays 0 and L = λ2·(ŝ − t)², a penalty that grows until it holds ŝ at t (see
+    # SHORT_RUN_PENALTY_TRAVEL: what short runs use, since λ1 winds up there); True: the paper's λ1·gap + λ2·gap².
+    linear_term: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.target_sparsity < 1.0:
@@ -596,9 +604,12 @@ class ModalPruner(nn.Module):
             t = self.target(constraint)
             gap = s_hat - t
             lam = self.lambdas[i]  # (2,)
-            frozen = lam.detach()
+            # The penalty mode (linear_term=False) drops λ1 from the value and from the ascent: λ1 stays 0.
+            use = lam.new_tensor([1.0 if self.cfg.linear_term else 0.0, 1.0])
+            frozen = lam.detach() * use
+            delta = (lam - lam.detach()) * use  # == 0, carries the ascent gradient −(gap, gap²)
             value = frozen[0] * gap + frozen[1] * gap**2  # gradient to log α with the current λ
-            ascent = (lam - frozen)[0] * gap.detach() + (lam - frozen)[1] * gap.detach() ** 2  # == 0, grad −(gap, gap²)
+            ascent = delta[0] * gap.detach() + delta[1] * gap.detach() ** 2
             total = total + value - ascent
             metrics[f"prune/{constraint}_expected_sparsity"] = float(s_hat.detach())
             metrics[f"prune/{constraint}_target"] = t

@@ -41,6 +41,7 @@ from grainvl.bench.results import append_result
 from grainvl.compress.prune import (
     LOG_ALPHA_TRAVEL,
     PAPER_TASK_DEFAULTS,
+    SHORT_RUN_PENALTY_TRAVEL,
     ModalPruner,
     PruneConfig,
     masks_applied,
@@ -118,6 +119,10 @@ class CompressConfig:
     # the final masks are then calibrated onto the target (prune.ModalPruner.calibrate_; False: never).
     reg_lr_travel: float | None = LOG_ALPHA_TRAVEL
     calibrate: bool = True
+    # The Lagrangian: "paper" (λ1·gap + λ2·gap², log α travel ``reg_lr_travel``), "penalty" (λ2·gap² alone,
+    # travel SHORT_RUN_PENALTY_TRAVEL: λ1 winds up in short runs and the game stops far from the target) or
+    # "auto": penalty when the run is too short for the paper's reg lr, else the paper's game.
+    lagrangian: str = "auto"
     theseus_text: int | None = None  # successor layers of the text segment (None: half of it, at least 1)
     theseus_fusion: int | None = None  # ... of the fusion segment (None: half of it, at least 1)
     theseus_scheduler: str = "linear"  # "linear" p(t) = min(1, k t + b) or "constant" p
@@ -173,6 +178,8 @@ class CompressConfig:
                     f"{later[0]} after prune needs shrink in between (the saved prune stage keeps dense weights "
                     "and separate masks, which later stages would drop)"
                 )
+        if self.lagrangian not in ("auto", "paper", "penalty"):
+            raise ValueError(f"lagrangian must be auto, paper or penalty, got {self.lagrangian!r}")
         if self.theseus_scheduler not in ("constant", "linear"):
             raise ValueError(f"theseus_scheduler must be 'constant' or 'linear', got {self.theseus_scheduler!r}")
 
@@ -380,7 +387,10 @@ def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
     target = cfg.target_sparsity if cfg.target_sparsity is not None else cfg.paper("target_sparsity")
     reg_lr = cfg.reg_lr if cfg.reg_lr is not None else cfg.paper("reg_lr")
     # Tens of steps at the paper's 0.01 cannot move log α far enough (short_run_reg_lr); long runs keep it.
-    reg_lr_used = short_run_reg_lr(reg_lr, cfg.steps, cfg.reg_lr_travel)
+    short = short_run_reg_lr(reg_lr, cfg.steps, cfg.reg_lr_travel) > reg_lr
+    penalty = cfg.lagrangian == "penalty" or (cfg.lagrangian == "auto" and short)
+    travel = SHORT_RUN_PENALTY_TRAVEL if penalty and cfg.reg_lr_travel is not None else cfg.reg_lr_travel
+    reg_lr_used = short_run_reg_lr(reg_lr, cfg.steps, travel)
     pcfg = PruneConfig(
         target_sparsity=target,
         per_modality=cfg.per_modality,
@@ -389,6 +399,7 @@ def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
         layers=cfg.prune_layers,
         cnn_channels=cfg.prune_cnn_channels,
         calibrate_tolerance=0.01 if cfg.calibrate else None,
+        linear_term=not penalty,
     )
     if state.model is state.teacher:  # pruning the teacher itself: train a copy, keep the original as teacher
         state.model = copy.deepcopy(state.teacher)
@@ -422,6 +433,8 @@ def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
         "kept_units": state.pruner.describe(),
         "reg_lr": reg_lr_used,
         "reg_lr_requested": reg_lr,
+        "lagrangian": "penalty" if penalty else "paper",
+        "reached_target_unaided": abs(learned["all"] - target) <= 0.02 if cfg.per_modality is None else None,
         "lr": lr,
     }
     (folder / "prune.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -664,10 +677,11 @@ def format_report(report: dict[str, Any]) -> str:
         achieved = ", ".join(f"{k} {v:.3f}" for k, v in p["achieved_sparsity"].items())
         lines.append(f"  prune: target {p['target_sparsity']:.3f}; achieved {achieved}")
         if "learned_sparsity" in p:
-            shifts = ", ".join(f"{k} {v['delta']:+.2f}" for k, v in p["calibration"].items())
+            shifts = ", ".join(f"{k} {v['delta']:+.2f}" for k, v in p["calibration"].items()) or "none"
             lines.append(
-                f"    (reg lr {p['reg_lr']:.3g}; the game ended at expected {p['expected_sparsity']:.3f}, masks "
-                f"{p['learned_sparsity']['all']:.3f}; calibration shift of log α: {shifts})"
+                f"    ({p.get('lagrangian', 'paper')} Lagrangian, reg lr {p['reg_lr']:.3g}; learned alone: expected "
+                f"{p['expected_sparsity']:.3f}, masks {p['learned_sparsity']['all']:.3f}; calibration shift of "
+                f"log α: {shifts})"
             )
     if "shrink" in stages:
         s = stages["shrink"]
