@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_world.py
 	$(PY) benchmarks/bench_pretrain.py
 	$(PY) benchmarks/bench_retrieval.py
+	$(PY) benchmarks/bench_inference.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

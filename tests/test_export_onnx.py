@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from grainvl.cli import main
+from grainvl.models.export import export_onnx
 from grainvl.models.factory import get_model_config
 from grainvl.models.xvlm import XVLM
 
@@ -80,8 +81,6 @@ def test_cli_exports_three_validated_graphs_with_dynamic_axes(
 
 
 def test_cclm_layout_with_roberta_positions_exports(tmp_path: Path) -> None:
-    from grainvl.models.export import export_onnx
-
     config = get_model_config("xvlm-tiny")
     text = dataclasses.replace(
         config.text,
@@ -99,6 +98,19 @@ def test_cclm_layout_with_roberta_positions_exports(tmp_path: Path) -> None:
     assert not model.training and not any(m.training for m in model.modules())
     assert [r.ok for r in results] == [True, True, True]
     assert max(r.max_abs_diff for r in results) <= 1e-4
+
+
+def test_a_fusion_without_cross_attention_exports(tmp_path: Path) -> None:
+    # A pruned student can keep no cross-attention head: its fusion graph then has no image inputs,
+    # which the exporter drops, so the onnxruntime check must feed only the inputs the graph declares.
+    config = get_model_config("xvlm-tiny")
+    text = dataclasses.replace(config.text, layer_cross_heads=[0] * config.text.num_layers)
+    torch.manual_seed(2)
+    model = XVLM(dataclasses.replace(config, text=text)).eval()
+    results = export_onnx(model, tmp_path / "onnx")
+    assert [r.ok for r in results] == [True, True, True]
+    inputs = [i.name for i in onnx.load(str(tmp_path / "onnx" / "fusion.onnx")).graph.input]
+    assert inputs == ["text_embeds", "text_atts"]
 
 
 def test_export_of_a_missing_model_folder_is_one_line_exit_2(

@@ -67,6 +67,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     shortcut(p, "--repeats", field="repeats", type=int, help="timed batch-1 calls for p50/p90 (default 50)")
     shortcut(
         p,
+        "--latency-backend",
+        field="latency_backend",
+        choices=("auto", "eager", "compile", "onnx"),
+        help="what runs the image/text/fusion towers in the batch-1 latency: eager, torch.compile or the exported ONNX "
+        "graphs on onnxruntime (CPU, fp32); auto (default): onnx for an X-VLM on the CPU in fp32, else eager. "
+        "FLOPs, throughput and memory stay eager",
+    )
+    shortcut(
+        p,
         "--throughput-batch",
         field="throughput_batch",
         type=int,

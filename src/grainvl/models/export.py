@@ -194,13 +194,23 @@ def _export_one(tower: nn.Module, inputs: dict[str, Tensor], path: Path, outputs
         )
 
 
+def feeds_for(session: Any, inputs: dict[str, Tensor]) -> dict[str, Any]:
+    """``inputs`` as numpy feeds of an onnxruntime ``session``, only those its graph declares.
+
+    The exporter drops an input the graph does not use: a pruned model whose fusion layers kept no
+    cross-attention head ignores ``image_embeds`` / ``image_atts``, and feeding them is an error.
+    """
+    declared = {i.name for i in session.get_inputs()}
+    return {name: x.detach().contiguous().numpy() for name, x in inputs.items() if name in declared}
+
+
 def _max_abs_diff(tower: nn.Module, path: Path, inputs: dict[str, Tensor]) -> float:
     """Run the graph in onnxruntime (CPU) and PyTorch on the same inputs -> max abs difference."""
     # Imported here: onnxruntime is only needed to validate an export.
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+    got = session.run(None, feeds_for(session, inputs))
     with torch.no_grad():
         expected = tower(*inputs.values())
     return max(float((torch.from_numpy(g) - e).abs().max()) for g, e in zip(got, expected))
@@ -216,6 +226,7 @@ __all__ = [
     "TextTower",
     "example_inputs",
     "export_onnx",
+    "feeds_for",
     "is_onnx_export",
 ]
 

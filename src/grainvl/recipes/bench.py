@@ -10,7 +10,9 @@ share the machine) and each task:
 2. reload the run with :func:`~grainvl.recipes.finetune.load_finetuned` and evaluate the ID (``test``) and
    OOD (``test_ood``) splits, each under an :class:`~grainvl.bench.energy.EnergyTracker`, writing the
    predictions in the official format under the run folder;
-3. measure inference cost on the task's own ``latency_call`` (:func:`~grainvl.bench.efficiency.measure_efficiency`);
+3. measure inference cost on the task's own ``latency_call`` (:func:`~grainvl.bench.efficiency.measure_efficiency`),
+   and the batch-1 latency again with the towers run by ``latency_backend`` when that is not eager (auto: onnx
+   for an X-VLM on the CPU in fp32, :func:`~grainvl.bench.inference.auto_backend`);
 4. append one row per (split, metric) in the long schema, plus ``<metric>_diff = OOD - ID`` rows
    (``split: "ood"``), to ``out/results.jsonl``;
 5. with ``keep_weights=False``, delete the fine-tuned weights it made (``model/``, the head, ``task.json``):
@@ -47,8 +49,9 @@ from typing import Any, Protocol
 
 import torch
 
-from grainvl.bench.efficiency import PRECISIONS, measure_efficiency, precision_context
+from grainvl.bench.efficiency import PRECISIONS, measure_efficiency, measure_latency, precision_context
 from grainvl.bench.energy import EnergyTracker, hardware_tags
+from grainvl.bench.inference import AUTO, BACKENDS, auto_backend, check_backend, load_towers, route_towers
 from grainvl.bench.report import read_results, write_report
 from grainvl.bench.results import RESULT_FIELDS, with_language
 from grainvl.compress.loyalty_bench import (
@@ -62,6 +65,7 @@ from grainvl.compress.loyalty_bench import (
 from grainvl.compress.quantize import count_quantized_linears
 from grainvl.config import from_dict, with_values
 from grainvl.models.factory import default_label, resolve_model
+from grainvl.models.xvlm import XVLM
 from grainvl.recipes.finetune import MODEL_DIR, FinetuneConfig, finetune, load_finetuned
 from grainvl.tasks.base import HEAD_FILE, TASK_FILE
 from grainvl.tasks.registry import UnsupportedTask, get_task, list_tasks
@@ -89,6 +93,10 @@ class BenchOptions:
     seed: int = 0
     warmup: int = 10  # untimed calls before the batch-1 latency
     repeats: int = 50  # timed batch-1 calls (fewer when budget_s runs out, at least 5)
+    # What runs the image/text/fusion towers in the batch-1 latency (bench/inference.py): auto | eager | compile |
+    # onnx. auto: onnx for an X-VLM on the CPU in fp32 (measured fastest with parity), else eager. Rows name the
+    # one used (latency_backend); FLOPs, throughput and memory stay eager, and latency_eager_ms keeps eager's p50.
+    latency_backend: str = AUTO
     throughput_batch: int = 32
     throughput_repeats: int = 5
     budget_s: float = 30.0  # time cap of each timed measurement
@@ -109,6 +117,11 @@ class BenchOptions:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
+        if self.latency_backend not in (AUTO, *BACKENDS):
+            choices = ", ".join((AUTO, *BACKENDS))
+            raise ValueError(f"unknown latency_backend {self.latency_backend!r}; choose from {choices}")
+        if self.latency_backend == "onnx" and self.precision != "fp32":
+            raise ValueError(f"latency_backend onnx runs fp32 graphs; precision {self.precision} needs another")
         if self.finetune_steps is not None and self.finetune_steps < 1:
             raise ValueError(f"finetune_steps must be >= 1, got {self.finetune_steps}")
         if self.loyalty_examples < 1 or self.attack_examples < 0:
@@ -417,7 +430,8 @@ def bench_task(
             repeats=options.repeats,
             throughput_repeats=options.throughput_repeats,
             budget_s=options.budget_s,
-        )
+        ).to_dict()
+        efficiency.update(_backend_latency((task, module, tokenizer), world, options, efficiency["latency_ms"]))
     base = {
         "model": model.label,
         "model_source": model.source,
@@ -433,7 +447,7 @@ def bench_task(
         "run_dir": str(run_dir),
         "finetune_steps": options.finetune_steps if not done else None,
         **cost,
-        **efficiency.to_dict(),
+        **efficiency,
     }
     rows = _result_rows(base, metrics, energy, str(getattr(task, "primary_metric", "")))
     if options.teacher is not None and hasattr(backend, "text_side"):
@@ -442,6 +456,32 @@ def bench_task(
     if not (done or options.keep_weights):
         drop_weights(run_dir)
     return rows
+
+
+def _backend_latency(
+    loaded: tuple[Any, Any, Any], world: Path, options: BenchOptions, eager_ms: float
+) -> dict[str, Any]:
+    """``latency_backend`` (resolved) and, unless eager, the batch-1 latency columns measured again through it."""
+    task, module, tokenizer = loaded
+    model = getattr(module, "model", None)
+    choice = options.latency_backend
+    backend = auto_backend(model, options.precision) if choice == AUTO else check_backend(choice)
+    if backend == "eager":
+        return {"latency_backend": backend}
+    if not isinstance(model, XVLM):
+        raise ValueError(f"latency_backend {backend} runs an X-VLM's towers; this task's model is not one")
+    towers = load_towers(model, backend)
+    device = next(module.parameters()).device
+    with route_towers(model, towers), precision_context(options.precision, device):
+        call = task.latency_call(module, tokenizer, world, 1)
+        latency = measure_latency(call, options.warmup, options.repeats, 1, device, options.budget_s)
+    return {
+        "latency_ms": latency.p50_ms,
+        "latency_p90_ms": latency.p90_ms,
+        "latency_repeats": latency.repeats,
+        "latency_backend": backend,
+        "latency_eager_ms": eager_ms,
+    }
 
 
 def drop_weights(run_dir: Path) -> None:
