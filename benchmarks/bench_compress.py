@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from grainvl.bench.energy import count_parameters
 from grainvl.commands.compress import parse_per_modality
 from grainvl.models.factory import get_model_config
 from grainvl.models.xvlm import XVLM
@@ -312,6 +313,7 @@ def run_task_mode(args: argparse.Namespace) -> dict[str, Any]:
                     teacher=str(students[resolution]), recipe=["prune", "shrink"], world=str(world), out=str(folder),
                     steps=args.steps, task=task, task_teacher=str(teacher_run), target_sparsity=sparsity,
                     seed=seed, finetune=finetune, prune_lr=args.prune_lr, progress=False, track_energy=False,
+                    evaluate_teacher=False,  # scored once above
                 )  # fmt: skip
                 report = run_compress(cfg)
                 ev, prune = report["evaluation"], report["stages"]["prune"]
@@ -319,7 +321,7 @@ def run_task_mode(args: argparse.Namespace) -> dict[str, Any]:
                     "task": task, "seed": seed, "sparsity": sparsity, "resolution": resolution, "metric": metric,
                     "teacher": {k: v.get(metric) for k, v in t_scores.items()},
                     "student": {k: v.get(metric) for k, v in ev["student"]["metrics"].items()},
-                    "params_M": {"teacher": ev["teacher"]["params_M"], "student": ev["student"]["params_M"]},
+                    "params_M": {"teacher": count_parameters(t_module) / 1e6, "student": ev["student"]["params_M"]},
                     "achieved_sparsity": prune["achieved_sparsity"], "learned_sparsity": prune["learned_sparsity"],
                     "expected_sparsity": prune["expected_sparsity"], "calibration": prune["calibration"],
                     "teacher_run": str(teacher_run), "student_run": str(folder / "shrink"),
@@ -381,7 +383,10 @@ def summarise_task_mode(
                  "speedup": statistics.fmean(speed) if speed else None,
                  "achieved_sparsity": mean_std([r["achieved_sparsity"]["all"] for r in sel]),
                  "learned_sparsity": mean_std([r["learned_sparsity"]["all"] for r in sel]),
-                 "expected_sparsity": mean_std([r["expected_sparsity"] for r in sel])}  # fmt: skip
+                 "expected_sparsity": mean_std([r["expected_sparsity"] for r in sel]),
+                 "params_ratio": statistics.fmean(r["params_M"]["student"] / r["params_M"]["teacher"] for r in sel),
+                 "achieved_by_modality": {m: statistics.fmean(r["achieved_sparsity"][m] for r in sel)
+                                          for m in sel[0]["achieved_sparsity"]}}  # fmt: skip
         curve.append(entry)
         for task in tasks:
             t = [r["teacher"]["id"] for r in sel if r["task"] == task]
@@ -399,8 +404,10 @@ def summarise_task_mode(
     for e in curve:
         (r, rs), (o, os_) = e["retention_id"], e["retention_ood"]
         sp = f"{e['speedup']:.2f}x" if e["speedup"] else "n/a"
+        modalities = " ".join(f"{m} {v:.2f}" for m, v in e["achieved_by_modality"].items() if m != "all")
         print(f"{e['point']:<14}{sp:>9}{r:>10.1%} ± {rs:.1%}{o:>10.1%} ± {os_:.1%}"
-              f"{e['achieved_sparsity'][0]:>12.3f} ({e['learned_sparsity'][0]:.3f})")  # fmt: skip
+              f"{e['achieved_sparsity'][0]:>12.3f} ({e['learned_sparsity'][0]:.3f})  params {e['params_ratio']:.1%}"
+              f"  [{modalities}]")  # fmt: skip
     print(
         "per task, ID primary metric (mean over seeds): "
         + "; ".join(

@@ -108,6 +108,7 @@ class CompressConfig:
     finetune: dict[str, Any] = field(default_factory=dict)
     head_from_teacher: bool = True  # start the student's task head from the fine-tuned teacher's (short runs)
     student_resolution: int | None = None  # a student vision tower at a smaller input (EfficientNet towers)
+    evaluate_teacher: bool = True  # stage 2: score the fine-tuned teacher too (a benchmark that has its scores: False)
     per_modality: dict[str, float] | None = None
     student: str = "half"  # layer-map preset: "half" (every other layer) or "efficientvlm" (6/3/3)
     student_layers: tuple[int, int, int] | None = None  # (vision, text, fusion) layer counts; overrides ``student``
@@ -637,7 +638,8 @@ def _evaluate_task(state: _State, cfg: CompressConfig, report: dict[str, Any]) -
     assert state.task is not None and state.module is not None and state.teacher_module is not None
     world, out = Path(cfg.world), Path(cfg.out)
     scores: dict[str, Any] = {"task": state.task.name, "primary_metric": state.task.primary_metric}
-    for name, module in (("teacher", state.teacher_module), ("student", state.module)):
+    models = (("teacher", state.teacher_module), ("student", state.module))
+    for name, module in models if cfg.evaluate_teacher else models[1:]:
         module.eval()
         per_split = {}
         for split in ("test", "test_ood"):
@@ -659,6 +661,8 @@ def _format_task_evaluation(ev: dict[str, Any]) -> list[str]:
     metric = ev["primary_metric"]
     lines = [f"  {ev['task']} ({metric}){'':<4}{'params_M':>10}{'ms@1':>9}{'ID':>8}{'OOD':>8}"]
     for name in ("teacher", "student"):
+        if name not in ev:
+            continue
         e = ev[name]
         score = [e["metrics"].get(s, {}).get(metric, float("nan")) for s in ("id", "ood")]
         lines.append(f"  {name:<{len(ev['task']) + len(metric) + 7}}{e['params_M']:>10.2f}{e['latency_ms']:>9.2f}"
