@@ -56,6 +56,7 @@ class DemoCompress:
     recipe: list[str] = field(default_factory=lambda: ["distill", "prune", "shrink"])
     steps: int = 40
     target_sparsity: float = 0.5
+    lagrangian: str = "auto"  # CompressConfig.lagrangian: auto | paper | penalty
 
 
 @dataclass
@@ -239,6 +240,7 @@ def _compress(out: Path, world: Path, teacher: Path, cfg: DemoCompress, seed: in
             out=str(out / "compress"),
             steps=cfg.steps,
             target_sparsity=cfg.target_sparsity,
+            lagrangian=cfg.lagrangian,
             seed=seed,
         )
     )
