@@ -8,6 +8,7 @@ of different widths do not.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import zlib
@@ -187,3 +188,111 @@ def test_real_task_text_side_and_int8_loyalty(tiny_world: Path, name: str) -> No
     assert 0.9 < report.probability_loyalty <= 1.0
     found = attack_metrics(side, 2, use_similarity=False)
     assert found["attack_examples"] == 2 and 0 <= found["acc_under_attack"] <= found["acc_before_attack"]
+
+
+# ------------------------------------------------------------------------------ benchmarks/bench_loyalty.py
+SCRIPT = TESTS.parent / "benchmarks" / "bench_loyalty.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("bench_loyalty", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(model: str, accuracy: float) -> dict[str, Any]:
+    return {"model": model, "accuracy": accuracy}
+
+
+def _notes(raw: float = 0.49, calibrated: float = 0.49, final_rate: float = 1.0) -> dict[str, Any]:
+    return {"prune": {"target": 0.5, "raw": raw, "calibrated": calibrated}, "theseus": {"final_rate": final_rate}}
+
+
+def test_a_clean_table_raises_no_flag(script) -> None:
+    rows = [_row("teacher", 0.95), _row("int8", 0.94), _row("prune", 0.9), _row("theseus-3L", 0.93)]
+    assert script.degeneracy_flags(rows, _notes(), chance=0.5, n=300) == []
+
+
+def test_degeneracy_flags_name_each_failure(script) -> None:
+    # n = 100, chance 0.5: within noise up to 0.5 + 2·0.05 = 0.6.
+    rows = [_row("teacher", 0.995), _row("prune", 0.9), _row("theseus-3L", 0.6)]
+    flags = script.degeneracy_flags(rows, _notes(raw=0.11, calibrated=0.47, final_rate=0.8), chance=0.5, n=100)
+    text = "\n".join(flags)
+    assert len(flags) == 5, text
+    assert "teacher: accuracy 0.995 >= 0.99" in text and "theseus-3L: accuracy 0.600 is within noise" in text
+    assert "Lagrangian alone reached 0.110 of a 0.500 target" in text and "calibrated sparsity 0.470 misses" in text
+    assert "replacing rate ended at 0.800" in text
+    assert not any(f.startswith("prune: accuracy") for f in flags)
+    # A teacher at chance is flagged too; 0.61 is outside the noise band.
+    flags = script.degeneracy_flags([_row("teacher", 0.55), _row("x", 0.61)], {}, chance=0.5, n=100)
+    assert flags == ["teacher: accuracy 0.550 is within noise of chance (0.500)"]
+    # A student beyond the teacher's noise band (0.8 + 2·0.04 = 0.88) means an under-trained teacher.
+    flags = script.degeneracy_flags([_row("teacher", 0.8), _row("a", 0.87), _row("b", 0.9)], {}, chance=0.5, n=100)
+    assert flags == ["teacher: under-trained, b beats it beyond noise (0.900 > 0.880)"]
+
+
+def test_chance_is_the_majority_class_and_noise_two_standard_errors(script) -> None:
+    assert script.chance_accuracy([0, 1, 1, 2]) == 0.5
+    assert script.noise_margin(0.5, 100) == pytest.approx(0.1)
+    assert script.noise_margin(1.0, 100) == 0.0
+
+
+@pytest.mark.parametrize("base", [0.3, 0.5])
+def test_theseus_slope_reaches_one_exactly_at_the_chosen_step(script, base: float) -> None:
+    from grainvl.compress.theseus import LinearReplacementScheduler
+
+    for reach in (1, 7, 150, 999):
+        k = script.linear_slope(base, reach)
+        scheduler = LinearReplacementScheduler.__new__(LinearReplacementScheduler)  # rate() needs no encoder
+        scheduler.k, scheduler.base_replacing_rate = k, base
+        assert scheduler.rate(reach) == 1.0 and scheduler.rate(reach - 1) < 1.0
+
+
+def test_train_keeps_constant_lr_groups_undecayed(script) -> None:
+    """The pruner's log α and λ groups (``constant_lr``) must not follow the linear decay of the model's lr."""
+    decayed, constant = nn.Parameter(torch.zeros(())), nn.Parameter(torch.zeros(()))
+    holder = nn.Module()
+    holder.a, holder.b = decayed, constant
+    groups = [{"params": [decayed], "lr": 0.01}, {"params": [constant], "lr": 0.01, "constant_lr": True}]
+    script._train(holder, groups, 40, lambda step: decayed + constant)  # gradient 1: Adam moves each by ≈ its lr
+    assert float(constant.detach()) == pytest.approx(-0.4, rel=0.02)  # 40 steps × 0.01
+    assert -0.25 < float(decayed.detach()) < -0.15  # warm-up + linear decay: about half the distance
+
+
+def _tiny_classifier_task():
+    from grainvl.data.tokenization import load_tokenizer, packaged_minilm_path
+    from grainvl.models.text import BertEncoderModel, TextConfig
+    from grainvl.tasks.text_classification import GlueTask, TextClassifier
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(packaged_minilm_path())
+    cfg = TextConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=256,  # fine-grained enough for calibration to land within 0.01
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
+    teacher = TextClassifier(BertEncoderModel(cfg), tokenizer, 2, ("0", "1"), dropout=0.0, max_length=16).eval()
+    texts = [f"a {c} circle" for c in COLOURS] * 4
+    targets = [float(i % 2) for i in range(len(texts))]
+    return teacher, GlueTask("toy", ("sentence",), "label", ("0", "1"), texts, targets, texts, targets)
+
+
+def test_prune_reports_raw_and_calibrated_sparsity_of_the_shrunk_student(script) -> None:
+    teacher, task = _tiny_classifier_task()
+    reference = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student, note = script.prune_classifier(teacher, task, 0.5, 30, 1e-3, 0)
+    assert set(note) >= {"target", "expected", "raw", "calibrated", "delta", "reg_lr", "heads", "ffn"}
+    assert note["reg_lr"] == pytest.approx(4.0 / 30)  # short_run_reg_lr: travel 4 over 30 steps
+    assert abs(note["calibrated"] - 0.5) <= 0.01 and 0.0 <= note["raw"] <= 1.0
+    assert (note["delta"] == 0.0) == (abs(note["raw"] - 0.5) <= 0.01)  # calibration only when the game missed
+    config = student.encoder.config  # the shrunk tower has exactly the reported heads and neurons, fewer than before
+    assert config.layer_heads == note["heads"] and config.layer_intermediate == note["ffn"]
+    assert sum(note["heads"]) + sum(note["ffn"]) < 2 * (4 + 256)
+    assert student.predict_proba(task.dev_texts[:3]).shape == (3, 2)
+    assert all(torch.equal(v, reference[k]) for k, v in teacher.state_dict().items())  # teacher untouched

@@ -180,3 +180,47 @@ def test_tiny_theseus_run_on_a_text_classifier() -> None:
     assert isinstance(teacher.encoder.encoder.layer, torch.nn.ModuleList)  # teacher untouched
     assert torch.equal(student.classifier.weight, teacher.classifier.weight)  # head frozen (official)
     assert student.predict_proba(texts).shape == (8, 2)
+
+
+def test_a_step_that_draws_only_predecessors_still_trains_the_classifier() -> None:
+    """p tiny for two steps: every module runs its frozen predecessor and no successor is in the graph; the
+    run must go on (the official code steps on zero successor gradients) instead of backward() failing."""
+    from grainvl.data.tokenization import load_tokenizer, packaged_minilm_path
+    from grainvl.tasks.text_classification import GlueTask, TextClassifier
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(packaged_minilm_path())
+    cfg = TextConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_layers=4, num_heads=4,
+                     intermediate_size=64, hidden_dropout=0.0, attention_dropout=0.0)  # fmt: skip
+    teacher = TextClassifier(BertEncoderModel(cfg), tokenizer, 2, ("0", "1"), dropout=0.0, max_length=16)
+    texts = ["a red circle", "a blue square", "a pink star", "a green oval"] * 2
+    task = GlueTask("toy", ("sentence",), "label", ("0", "1"), texts, [1.0, 0.0] * 4, texts, [1.0, 0.0] * 4)
+    tcfg = TheseusConfig(text_successors=2, scheduler="constant", replacing_rate=1e-9, replacing_steps=2, steps=3,
+                         batch_size=4, lr=1e-3)  # fmt: skip
+    _, log = train_theseus_classifier(teacher, task, tcfg)
+    assert log["replacing_rate"] == [1e-9, 1.0, 1.0] and len(log["losses"]) == 3
+
+
+def test_successor_task_keeps_an_all_predecessor_step_trainable() -> None:
+    from grainvl.tasks.theseus import SuccessorTask
+
+    torch.manual_seed(0)
+    model = XVLM(get_model_config("xvlm-tiny")).train()
+    install_theseus_xvlm(model, text_successors=1, fusion_successors=1)
+
+    class Inner(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, batch: dict) -> tuple[dict, dict]:
+            with torch.no_grad():  # nothing trainable runs on predecessor-only steps
+                fused = model.bert(batch["ids"], batch["atts"], mode="text")
+            return {"x_loss": fused.pow(2).mean()}, {}
+
+    ids, atts = torch.randint(1000, 2000, (2, 6)), torch.ones(2, 6, dtype=torch.long)
+    losses, _ = SuccessorTask(Inner())({"ids": ids, "atts": atts})
+    assert losses["x_loss"].requires_grad
+    losses["x_loss"].backward()
+    grads = [p.grad for n, p in model.named_parameters() if ".scc_layer." in n]
+    assert grads and all(g is not None and float(g.abs().sum()) == 0.0 for g in grads)

@@ -229,6 +229,17 @@ def successor_parameters(module: nn.Module) -> list[nn.Parameter]:
     return [p for name, p in module.named_parameters() if ".scc_layer." in f".{name}"]
 
 
+def with_successors_in_graph(loss: Tensor, successors: list[nn.Parameter]) -> Tensor:
+    """``loss``, plus a zero term over the successors when no successor took part in it.
+
+    Why: when every module draws its (frozen) predecessor, nothing in the loss needs a gradient and
+    ``backward()`` would raise; the official code steps on zero successor gradients, which this does too.
+    """
+    if loss.requires_grad or not successors:
+        return loss
+    return loss + 0.0 * sum(p.sum() for p in successors)
+
+
 def _pick(values: list[int] | None, indices: list[int]) -> list[int] | None:
     return None if values is None else [values[i] for i in indices]
 

@@ -68,6 +68,7 @@ from grainvl.tasks.base import DownstreamTask, TaskModule, split_tag
 from grainvl.tasks.distill import DistillTask, LayerMap, PruneTask, default_layer_map, init_student_from_teacher
 from grainvl.tasks.pretrain import PretrainTask
 from grainvl.tasks.task_distill import TaskDistill, copy_head_from_teacher
+from grainvl.tasks.theseus import SuccessorTask
 from grainvl.train.loop import TrainConfig, train
 from grainvl.train.optim import OptimConfig, lr_multiplier, param_groups, resolve_warmup
 from grainvl.utils.distributed import detect_env
@@ -509,7 +510,7 @@ def _stage_theseus(state: _State, cfg: CompressConfig) -> dict[str, Any]:
     rates: list[float] = []
     state.theseus_step = lambda: rates.append(scheduler.step())  # after each optimizer step (official)
     try:
-        info = _train(PretrainTask(model.train()), model, state, cfg, "theseus", cfg.theseus_lr)
+        info = _train(SuccessorTask(PretrainTask(model.train())), model, state, cfg, "theseus", cfg.theseus_lr)
     finally:
         state.theseus_step = None
     small = compact_xvlm(model).eval()

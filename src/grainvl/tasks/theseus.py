@@ -9,7 +9,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from grainvl.compress.theseus import TheseusConfig, compact_successor, install_theseus, make_scheduler
+from grainvl.compress.theseus import (
+    TheseusConfig,
+    compact_successor,
+    install_theseus,
+    make_scheduler,
+    successor_parameters,
+    with_successors_in_graph,
+)
 from grainvl.tasks.text_classification import (
     GlueTask,
     TextClassifier,
@@ -43,8 +50,10 @@ def train_theseus_classifier(
         picked = order[step]
         return model.encode([texts[i] for i in picked]), targets[picked]
 
+    successors = successor_parameters(model)
+
     def loss_fn(m: nn.Module, inputs: dict[str, Tensor], y: Tensor) -> Tensor:
-        return task_loss(m(**inputs), y, task.is_regression)
+        return with_successors_in_graph(task_loss(m(**inputs), y, task.is_regression), successors)
 
     def on_step(step: int) -> None:
         rates.append(scheduler.step())
@@ -54,3 +63,21 @@ def train_theseus_classifier(
     for param in model.parameters():
         param.requires_grad_(True)
     return model.eval(), {"replacing_rate": rates, "losses": losses, "sources": encoder.sources}
+
+
+# ------------------------------------------------------------------------------------------ X²-VLM
+class SuccessorTask(nn.Module):
+    """A Task training Theseus successors: ``inner``'s ``(losses, metrics)``, with the successors kept in the
+    graph on a step where every module drew its frozen predecessor (:func:`with_successors_in_graph`)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self._successors = successor_parameters(inner)  # a plain list: the parameters are registered in inner
+
+    def forward(self, batch: Any) -> tuple[dict[str, Tensor], dict[str, float]]:
+        losses, metrics = self.inner(batch)
+        if losses and not any(v.requires_grad for v in losses.values()):
+            first = next(iter(losses))
+            losses = {**losses, first: with_successors_in_graph(losses[first], self._successors)}
+        return losses, metrics
