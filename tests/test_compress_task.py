@@ -42,9 +42,8 @@ def test_negatives_tape_replays_the_recorded_draws() -> None:
     assert tape == [] and all(t.shape == (b,) for t in recorded)
     with negatives_tape("replay", tape), pytest.raises(RuntimeError, match="empty"):
         hard_negative_itm_loss(model, vis, vis_atts, text, atts, feats, feats)
-    with pytest.raises(ValueError, match="record"):
-        with negatives_tape("rewind", tape):
-            pass
+    with pytest.raises(ValueError, match="record"), negatives_tape("rewind", tape):
+        pass
 
 
 # ----------------------------------------------------------------------------------------- resolution helpers
@@ -126,7 +125,7 @@ def test_kd_is_positive_for_a_smaller_student_and_pairs_layers_through_the_map(v
 
 
 def test_head_copy_and_head_module(vlue_world: Path) -> None:
-    task, teacher, student, _, _ = _modules(vlue_world, "nlvr2", student_copy=False)
+    _, teacher, student, _, _ = _modules(vlue_world, "nlvr2", student_copy=False)
     with torch.no_grad():
         for p in teacher.cls_head.parameters():
             p.add_(1.0)
@@ -135,7 +134,7 @@ def test_head_copy_and_head_module(vlue_world: Path) -> None:
     for a, b in zip(student.cls_head.parameters(), teacher.cls_head.parameters(), strict=True):
         assert torch.equal(a, b)
     assert head_module(student) is student.cls_head
-    _, vqa_teacher, vqa_student, _, _ = _modules(vlue_world, "vqa", student_copy=False)
+    _, _, vqa_student, _, _ = _modules(vlue_world, "vqa", student_copy=False)
     assert head_module(vqa_student) is vqa_student.text_decoder.cls
 
 
@@ -178,7 +177,7 @@ def test_vqa_stage2_prunes_the_answer_decoder_too(vlue_world: Path, tmp_path: Pa
     report = run_compress(cfg)
     assert "decoder" in report["stages"]["prune"]["achieved_sparsity"]
     assert report["stages"]["prune"]["target_sparsity"] == 0.35  # the paper's VQA target
-    task, module, tokenizer = load_finetuned(out / "shrink", vlue_world)
+    _, module, _ = load_finetuned(out / "shrink", vlue_world)
     assert report["stages"]["shrink"]["params_after"] == sum(p.numel() for p in module.parameters())
 
 
