@@ -74,6 +74,7 @@ class DemoBench:
     keep_weights: bool = False  # keep each task run's fine-tuned model/ + head (about 1.3 GB in all)
     loyalty_examples: int = 64  # ID examples per task on which the others are compared with xvlm-small
     attack_examples: int = 8  # of those, attacked on the text side (TextFooler-style)
+    latency_backend: str = "auto"  # BenchOptions.latency_backend: auto | eager | compile | onnx
 
 
 @dataclass
@@ -268,6 +269,7 @@ def _bench(out: Path, world: Path, model: Path, student: Path, cfg: DemoBench, s
         loyalty_examples=cfg.loyalty_examples,
         attack_examples=cfg.attack_examples,
         keep_weights=cfg.keep_weights,
+        latency_backend=cfg.latency_backend,
     )
     rows = run_bench(models, cfg.tasks, world, out, options, echo=None)
     failed = [r for r in rows if r.get("status") == "failed"]
