@@ -259,7 +259,9 @@ def tower_latency(models: dict[str, XVLM], repeats: int) -> dict[str, dict[str, 
 def run_task_mode(args: argparse.Namespace) -> dict[str, Any]:
     """EfficientVLM stage 2 per task and seed: teacher fine-tuned on the task; one general-distillation student per
     curve point (sparsity @ student resolution), pruned during the task's fine-tuning with KD from that teacher."""
+    from grainvl.recipes.compress import stage2_finetune_config
     from grainvl.recipes.demo import load_demo_config
+    from grainvl.recipes.finetune import finetune as run_finetune
     from grainvl.recipes.finetune import load_finetuned
 
     start = time.perf_counter()
@@ -292,9 +294,6 @@ def run_task_mode(args: argparse.Namespace) -> dict[str, Any]:
         finetune.update(demo.task_finetune.get(task, {}))
         for seed in seeds:
             # 2. The teacher fine-tuned on the task (its scores are the retention's denominator).
-            from grainvl.recipes.compress import stage2_finetune_config
-            from grainvl.recipes.finetune import finetune as run_finetune
-
             teacher_run = out / "teachers" / task / f"seed{seed}"
             tcfg = CompressConfig(teacher=teacher, recipe=["prune"], world=str(world), out=str(out), task=task,
                                   steps=args.steps, teacher_steps=args.finetune_steps, seed=seed, finetune=finetune,

@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from typing import Any, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from grainvl.models.decoder import TextDecoder
 from grainvl.models.text import BertEncoderModel
 from grainvl.models.xvlm import XVLM
+
+T = TypeVar("T", bound=nn.Module)
 
 
 def _row(masks: dict[str, Tensor], name: str, row: int, units: int) -> Tensor:
@@ -224,6 +227,16 @@ def shrink(model: XVLM, masks: dict[str, Tensor]) -> XVLM:
     return small
 
 
+def _rebuilt(cls: type[T], config: Any, state: dict[str, Tensor], like: nn.Module) -> T:
+    """A new ``cls(config)`` holding ``state``, on ``like``'s device and in its train/eval mode."""
+    with warnings.catch_warnings():  # fully pruned layers hold zero-element weights; their init is a no-op
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        small = cls(config)
+    small.load_state_dict(state, strict=True)
+    small.to(next(like.parameters()).device)
+    return small.train(like.training)
+
+
 @torch.no_grad()
 def shrink_text_tower(tower: BertEncoderModel, masks: dict[str, Tensor]) -> BertEncoderModel:
     """A new, smaller :class:`BertEncoderModel` equal to ``tower`` run under ``masks`` (text-only towers
@@ -238,12 +251,7 @@ def shrink_text_tower(tower: BertEncoderModel, masks: dict[str, Tensor]) -> Bert
     config = dataclasses.replace(
         tower.config, layer_heads=heads, layer_cross_heads=cross if has_cross else None, layer_intermediate=ffn
     )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        small = BertEncoderModel(config)
-    small.load_state_dict(state, strict=True)
-    small.to(next(tower.parameters()).device)
-    return small.train(tower.training)
+    return _rebuilt(BertEncoderModel, config, state, tower)
 
 
 @torch.no_grad()
@@ -260,10 +268,5 @@ def shrink_decoder(decoder: TextDecoder, masks: dict[str, Tensor]) -> TextDecode
     state = {k: v.detach().clone() for k, v in decoder.state_dict().items()}
     heads, cross, ffn = _shrink_text(decoder.bert, state, masks, "bert.encoder.layer.", fusion="decoder")
     config = dataclasses.replace(decoder.config, layer_heads=heads, layer_cross_heads=cross, layer_intermediate=ffn)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        small = TextDecoder(config)
     # The two clones of the tied table hold equal values; loading both into the one tied Parameter is exact.
-    small.load_state_dict(state, strict=True)
-    small.to(next(decoder.parameters()).device)
-    return small.train(decoder.training)
+    return _rebuilt(TextDecoder, config, state, decoder)

@@ -474,7 +474,8 @@ def _stage_shrink(state: _State, cfg: CompressConfig) -> dict[str, Any]:
         state.module.model = small
         decoder = getattr(state.module, "text_decoder", None)
         if decoder is not None:  # VQA: the answer decoder's own masks (none pruned: the same decoder)
-            state.module.replace_decoder(shrink_decoder(decoder, state.masks))
+            decoder = shrink_decoder(decoder, state.masks)
+            state.module.replace_decoder(decoder)
         report["decoder_params"] = count_parameters(decoder) if decoder is not None else 0
     _save_stage(state, cfg, Path(cfg.out) / "shrink")
     after = count_parameters(state.module) if state.module is not None else sum(p.numel() for p in small.parameters())

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from grainvl.losses.itm import negatives_tape
 from grainvl.losses.mlm import IGNORE_INDEX
 from grainvl.tasks.base import TaskModule
+from grainvl.tasks.captioning import CaptionModule
 from grainvl.tasks.distill import (
     LayerMap,
     attention_kd,
@@ -57,6 +58,7 @@ from grainvl.tasks.distill import (
     stack_sizes,
     uniform_layers,
 )
+from grainvl.tasks.grounding import GroundingModule
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,9 @@ def head_module(module: TaskModule) -> nn.Module:
         head = getattr(module, name, None)
         if head is not None:
             return head.cls if name == "text_decoder" else head
-    if type(module).__name__ == "GroundingModule":
+    if isinstance(module, GroundingModule):
         return module.model.bbox_head
-    if type(module).__name__ == "CaptionModule":
+    if isinstance(module, CaptionModule):
         return module.model.mlm
     return module.model.itm_head  # retrieval: the ITM head on positives and the drawn negatives
 
