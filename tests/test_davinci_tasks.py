@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,17 +16,24 @@ from torch import nn
 
 from grainvl.bench.results import RESULT_FIELDS
 from grainvl.config import load_config
+from grainvl.data.downstream import grounding_file
+from grainvl.metrics.grounding import denormalize_cxcywh
 from grainvl.metrics.retrieval import retrieval_metrics_from_candidates
+from grainvl.metrics.scoring import score_grounding
 from grainvl.models.factory import get_tokenizer, load_davinci_model
-from grainvl.recipes.finetune import FinetuneConfig, finetune, load_finetuned
+from grainvl.recipes.finetune import FinetuneConfig, evaluate_run, finetune, load_finetuned
 from grainvl.tasks import registry
+from grainvl.tasks.base import DataOptions
 from grainvl.tasks.davinci_downstream import (
+    DaVinciGroundingModule,
+    DaVinciGroundingTask,
     DaVinciRetrievalTask,
     DaVinciTask,
     likelihood_ranking_loss,
     probe_labels,
     rank_answers,
 )
+from grainvl.tasks.grounding import GroundingTask
 from grainvl.tasks.registry import UnsupportedTask, get_task
 
 QUIET = ["train.progress=false", "train.tensorboard=false", "train.save_final=false", "train.ckpt_every=0"]
@@ -56,8 +64,10 @@ def test_registry_picks_the_family() -> None:
     assert type(get_task("vqa")).__module__ == "grainvl.tasks.vqa"
     dv = get_task("vqa", "davinci")
     assert isinstance(dv, DaVinciTask) and dv.name == "vqa"
-    with pytest.raises(UnsupportedTask, match="grounding is not supported for DaVinci"):
-        get_task("grounding", "davinci")
+    # Grounding: our DaVinci head, X²-VLM's evaluation (a GroundingTask subclass).
+    assert type(get_task("grounding")) is GroundingTask
+    grounding = get_task("grounding", "davinci", careful_hflip=False)
+    assert isinstance(grounding, DaVinciGroundingTask) and grounding.options == {"careful_hflip": False}
     with pytest.raises(UnsupportedTask, match="no 'vl' variant"):
         get_task("linear_probe", "vl")
     with pytest.raises(ValueError, match="unknown task"):
@@ -210,6 +220,66 @@ def test_likelihood_ranking_loss() -> None:
     )
 
 
+def test_grounding_trains_and_reports_id_ood(tmp_path: Path, vlue_world: Path) -> None:
+    report = _finetune(tmp_path, vlue_world, "grounding")
+    assert report["train"]["steps_run"] == 2
+    run = tmp_path / "grounding"
+    rows = _rows(run)
+    # X²-VLM's grounding keys and prediction files, which `grainvl score grounding` reads back to the same numbers.
+    for split, name in (("id", "test"), ("ood", "test_ood")):
+        assert {r["metric"] for r in rows if r["split"] == split} == {"acc@0.5", "miou"}
+        predictions = run / "predictions" / f"grounding_{name}.json"
+        scored = score_grounding(predictions, grounding_file(vlue_world, name), echo=lambda _: None)
+        assert scored["acc@0.5"] == pytest.approx(report["evaluations"][name]["acc@0.5"])
+    assert all(set(RESULT_FIELDS) <= set(r) and r["model"] == "davinci-tiny" and 0 <= r["value"] <= 100 for r in rows)
+    # The run reloads (load_finetuned / `grainvl eval`) as the DaVinci variant with identical scores.
+    loaded_task, module, tok = load_finetuned(run)
+    assert isinstance(loaded_task, DaVinciGroundingTask) and isinstance(module, DaVinciGroundingModule)
+    assert loaded_task.evaluate(module, tok, vlue_world, "test") == report["evaluations"]["test"]
+    assert evaluate_run(run, vlue_world, "ood") == report["evaluations"]["test_ood"]
+
+
+def test_grounding_boxes_are_normalised_and_denormalised_as_xvlm(tmp_path: Path, vlue_world: Path) -> None:
+    torch.manual_seed(0)
+    model, tok = load_davinci_model("davinci-tiny").eval(), get_tokenizer("davinci-tiny")
+    task = get_task("grounding", "davinci").with_data(DataOptions(eval_batch_size=3, max_eval_samples=5))
+    module = task.build(model, vlue_world, tok)
+    data = task.eval_data(module, tok, vlue_world, "test")
+    assert data.cfg.resolution == 64 and data.cfg.mean == (0.0, 0.0, 0.0)  # DaVinci's geometry, pixels in [0, 1]
+    assert float(data[0]["image"].min()) >= 0 and float(data[0]["image"].max()) <= 1
+    task.evaluate(module, tok, vlue_world, "test", out_dir=tmp_path)
+    written = json.loads((tmp_path / "grounding_test.json").read_text())
+    batch = data.collate([data[i] for i in range(len(data))])
+    with torch.no_grad():
+        pred = module.predict(batch["image"], batch["text_ids"], batch["text_atts"])  # (5, 4) (cx, cy, w, h)
+    assert pred.shape == (5, 4) and bool(((pred > 0) & (pred < 1)).all())
+    sizes = [data[i]["orig_size"] for i in range(len(data))]
+    expected = denormalize_cxcywh(pred, [w for w, _ in sizes], [h for _, h in sizes])  # X²-VLM's de-normalisation
+    assert [p["ref_id"] for p in written] == [data[i]["ref_id"] for i in range(len(data))]
+    np.testing.assert_allclose([p["bbox"] for p in written], expected, rtol=1e-5, atol=1e-4)
+    # The box reads the image CLS of the bidirectional encoder: it changes with the expression and with the image.
+    with torch.no_grad():
+        other_text = module.predict(batch["image"][:1], batch["text_ids"][1:2], batch["text_atts"][1:2])
+        other_image = module.predict(batch["image"][2:3].flip(-1), batch["text_ids"][:1], batch["text_atts"][:1])
+    assert batch["text_ids"][0].tolist() != batch["text_ids"][1].tolist()
+    assert (other_text - pred[:1]).abs().max() > 1e-6 and (other_image - pred[:1]).abs().max() > 1e-6
+
+
+def test_grounding_training_data_uses_davinci_geometry_and_careful_flip(vlue_world: Path) -> None:
+    model, tok = load_davinci_model("davinci-tiny"), get_tokenizer("davinci-tiny")
+    for careful in (True, False):
+        task = get_task("grounding", "davinci", careful_hflip=careful)
+        module = task.build(model, vlue_world, tok)
+        stream = task.train_stream(module, tok, vlue_world, DataOptions(batch_size=2), 0, 1)
+        assert stream.dataset.cfg.careful_hflip is careful and stream.dataset.cfg.resolution == 64
+    batch = next(stream)
+    assert batch["image"].shape == (2, 3, 64, 64) and float(batch["image"].min()) >= 0
+    centre, size = batch["target_box"].split(2, dim=-1)  # normalised (cx, cy), (w, h) of the box inside the crop
+    assert bool(((size > 0) & (centre - size / 2 >= -1e-6) & (centre + size / 2 <= 1 + 1e-6)).all())
+    losses, _ = module(batch)
+    assert set(losses) == {"bbox_loss", "giou_loss"} and all(torch.isfinite(v) for v in losses.values())
+
+
 def test_glue_text_only(tmp_path: Path) -> None:
     world = tmp_path / "w"
     task_dir = world / "text" / "glue" / "toy"
@@ -240,10 +310,12 @@ def test_bench_davinci_next_to_xvlm(tmp_path: Path, vlue_world: Path) -> None:
         throughput_repeats=1,
     )
     rows = run_bench(["xvlm-tiny", "davinci-tiny"], ["nlvr2", "grounding"], vlue_world, tmp_path / "b", options)
-    by = {(r["model"], r["task"], r["split"], r["metric"]): r for r in rows if r.get("status") == "ok"}
+    assert all(r.get("status") == "ok" for r in rows)  # DaVinci grounding is a real row now, not a failure
+    by = {(r["model"], r["task"], r["split"], r["metric"]): r for r in rows}
     for model in ("xvlm-tiny", "davinci-tiny"):
         assert 0 <= by[(model, "nlvr2", "id", "acc")]["value"] <= 100 and (model, "nlvr2", "ood", "acc") in by
-    grounding = by[("xvlm-tiny", "grounding", "id", "acc@0.5")]  # the IoU threshold is part of the name
-    assert grounding["primary"] and grounding["lang"] is None
-    (unsupported,) = [r for r in rows if r["model"] == "davinci-tiny" and r["task"] == "grounding"]
-    assert unsupported["status"] == "failed" and "not supported for DaVinci" in unsupported["error"]
+        for split in ("id", "ood"):
+            grounding = by[(model, "grounding", split, "acc@0.5")]  # the IoU threshold is part of the name
+            assert grounding["primary"] and grounding["lang"] is None and 0 <= grounding["value"] <= 100
+            assert grounding["latency_ms"] > 0  # the task's latency_call ran
+            assert 0 <= by[(model, "grounding", split, "miou")]["value"] <= 100

@@ -27,8 +27,11 @@ Classification reads DaVinci the BART way: the **encoder** sees the image (or no
   Training: the captioning LM loss on matched pairs (+ an optional in-batch likelihood-ranking loss);
   test: every image × caption pair scored (each image encoded once), the official ``itm_eval`` metrics.
 
-Grounding has no official DaVinci head; the registry answers it with
-:class:`~grainvl.tasks.registry.UnsupportedTask` and its reason (the benchmark's row says so).
+* ``grounding``: our addition (the paper and the official code have no grounding). The encoder reads the whole
+  image and the referring expression (bidirectional, the role of X-VLM's fusion over text + whole image); a box
+  head of X-VLM's ``bbox_head`` shape (``build_mlp(H, 4)``) on the image CLS state (encoder position 0) ->
+  sigmoid -> normalised ``(cx, cy, w, h)``; L1 + GIoU. Evaluation, prediction file and metrics are
+  :class:`~grainvl.tasks.grounding.GroundingTask`'s (``acc@0.5``, ``miou``, ``grounding_{split}.json``).
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ from grainvl.tasks.base import (
     write_json_result,
 )
 from grainvl.tasks.captioning import caption_file, caption_metrics, label_smoothed_loss
+from grainvl.tasks.grounding import GroundingModule, GroundingTask
 from grainvl.tasks.iglue import XVNLI_CLASSES, XVNLIDataset, iglue_file
 from grainvl.tasks.text_classification import (
     classification_metrics,
@@ -972,3 +976,47 @@ class DaVinciGlueTask(DaVinciTask):
         assert isinstance(module, DaVinciGlueModule)
         b = self.latency_batch(module, self._rows(world, tokenizer, "test"), batch_size)
         return inference_call(module, lambda: module.logits(b["ids"], b["atts"]))
+
+
+# ---------------------------------------------------------------------------------------------- grounding
+class DaVinciGroundingModule(GroundingModule):
+    """Whole image + referring expression through DaVinci's encoder -> ``bbox_head`` on the image CLS state.
+
+    Our addition (DaVinci has no grounding): the bidirectional encoder plays X-VLM's fusion over the text and
+    the whole image, and the image CLS (encoder position 0, which attends to every patch and every word) is
+    what the head reads, as X-VLM's box head reads the fusion ``[CLS]``. The decoder is not used.
+    ``forward`` (L1 + GIoU, ``losses.bbox.bbox_loss``) is :class:`GroundingModule`'s.
+    """
+
+    model: DaVinci
+
+    def __init__(self, model: DaVinci) -> None:
+        super().__init__(model)
+        self.bbox_head = build_mlp(model.config.hidden_size, 4)  # X-VLM's bbox_head shape
+        for layer in self.bbox_head.modules():  # X-VLM's head init: N(0, 0.02), zero bias (LayerNorm 1, 0)
+            if isinstance(layer, nn.Linear):
+                nn.init.normal_(layer.weight, std=model.config.initializer_range)
+                nn.init.zeros_(layer.bias)
+
+    def predict(self, image: Tensor, text_ids: Tensor, text_atts: Tensor) -> Tensor:
+        """image (B, 3, R, R) in [0, 1], expression (B, L) -> (B, 4) normalised (cx, cy, w, h) in (0, 1)."""
+        states, _ = self.model.encode(image, text_ids, text_atts)  # (B, 1+N+L, H): [CLS img] patches text
+        return self.bbox_head(states[:, 0]).sigmoid()  # (B, 4)
+
+
+class DaVinciGroundingTask(GroundingTask):
+    """RefCOCO+ box grounding with DaVinci's encoder (our addition; no paper number to compare with).
+
+    Evaluation, the prediction file (``grainvl score grounding``'s format) and the metrics (``acc@0.5``,
+    ``miou``) are :class:`GroundingTask`'s; only the module and the data geometry (DaVinci's: the preset's
+    resolution, pixels in [0, 1], its tokenizer; ``careful_hflip`` as X²-VLM's) differ. Not a :class:`DaVinciTask`:
+    its files are the layout's ``grounding`` files, so the fine-tuning preflight validates them as for X²-VLM.
+    """
+
+    def build(self, model: DaVinci, world: Path, tokenizer: Any) -> DaVinciGroundingModule:  # type: ignore[override]
+        return DaVinciGroundingModule(model)
+
+    def data_config(self, module: TaskModule, augment: bool) -> PretrainDataConfig:
+        assert isinstance(module.model, DaVinci)
+        cfg = davinci_data_config(module.model, augment=augment)
+        return dataclasses.replace(cfg, careful_hflip=bool(self.options["careful_hflip"]))

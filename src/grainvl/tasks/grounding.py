@@ -19,7 +19,7 @@ import torch
 
 from grainvl.data.downstream import GroundingTrainDataset, make_loader
 from grainvl.data.iterators import StatefulIterator
-from grainvl.data.pretrain import GroundingEval
+from grainvl.data.pretrain import GroundingEval, PretrainDataConfig
 from grainvl.losses.bbox import bbox_loss
 from grainvl.metrics.grounding import IOU_THRESHOLD, denormalize_cxcywh, iou_xywh
 from grainvl.models.xvlm import XVLM
@@ -71,20 +71,23 @@ class GroundingTask(DownstreamTask):
     def build(self, model: XVLM, world: Path, tokenizer: Any) -> GroundingModule:
         return GroundingModule(model)
 
+    def data_config(self, module: TaskModule, augment: bool) -> PretrainDataConfig:
+        """The model's image geometry (a DaVinci variant overrides this); ``careful_hflip`` as the option says."""
+        return model_data_config(module.model, augment=augment, careful_hflip=bool(self.options["careful_hflip"]))
+
     def train_stream(
         self, module: TaskModule, tokenizer: Any, world: Path, cfg: DataOptions, rank: int, world_size: int
     ) -> StatefulIterator:
-        dcfg = model_data_config(module.model, augment=cfg.augment, careful_hflip=bool(self.options["careful_hflip"]))
+        dcfg = self.data_config(module, cfg.augment)
         path, root = data_files(world, self.name, "train"), image_root(world, self.name)
         data = GroundingTrainDataset(path, root, tokenizer, dcfg, cfg.seed, cfg.max_train_samples)
         return make_loader(data, cfg.batch_size, cfg.seed, rank, world_size)
 
     def eval_data(self, module: TaskModule, tokenizer: Any, world: Path, split: str) -> GroundingEval:
-        dcfg = model_data_config(module.model, augment=False)
         files = data_files(world, self.name, split)
         if len(files) > 1:
             raise ValueError(f"grounding: give one file per evaluation split, got {[str(f) for f in files]}")
-        data = GroundingEval(files[0], image_root(world, self.name), tokenizer, dcfg)
+        data = GroundingEval(files[0], image_root(world, self.name), tokenizer, self.data_config(module, False))
         if self.data.max_eval_samples > 0:
             data.records = data.records[: self.data.max_eval_samples]
             data.positions = data.positions[: self.data.max_eval_samples]
