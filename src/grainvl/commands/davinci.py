@@ -15,9 +15,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="DaVinci: one encoder-decoder over text and discrete image codes (arXiv 2206.07699). "
         "See docs/davinci.md.",
     )
-    dsub = p.add_subparsers(dest="davinci_command", required=True, metavar="{tokenizer,pretrain}")
+    dsub = p.add_subparsers(dest="davinci_command", required=True, metavar="{tokenizer,pretrain,caption,answer}")
     _register_tokenizer(dsub)
     _register_pretrain(dsub)
+    _register_caption(dsub)
+    _register_answer(dsub)
 
 
 def _register_tokenizer(dsub: argparse._SubParsersAction) -> None:
@@ -131,4 +133,73 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(DaVinciPretrainConfig, args)
     print_report(run_davinci_pretrain(cfg, resume=args.resume), format_report)
+    return 0
+
+
+def _register_caption(dsub: argparse._SubParsersAction) -> None:
+    t = dsub.add_parser(
+        "caption",
+        help="caption image files with a DaVinci (fine-tuned captioning run, or zero-shot from a pre-trained one)",
+        description="Caption image files (read with PIL, RGB, stretched to the model's resolution as the captioning "
+        "test does). A fine-tuned captioning run (grainvl finetune captioning --model ...) captions exactly as its "
+        "test: image + empty text in the encoder, [CLS] + prompt in the decoder, beam search; any other DaVinci "
+        "(a davinci pretrain run, a model folder, a preset) captions zero-shot with the prompt as the encoder's "
+        "text prefix, as pre-training's prefix LM taught it. Prints PATH<TAB>caption per image (--json: a JSON "
+        "list); stderr says which of the two made them. See docs/davinci.md, 'Caption an image, answer a question'.",
+    )
+    add_config_args(t, "grainvl.recipes.davinci_predict:CaptionConfig")
+    shortcut(t, "--model", field="model", help="DaVinci run folder (pretrain or fine-tuned), model folder or preset")
+    shortcut(t, "--image", field="images", action="append", metavar="FILE", help="image file; repeat for several")
+    shortcut(t, "--prompt", field="prompt", help="the caption's opening words (default: the captioning task's)")
+    shortcut(t, "--beams", field="beams", type=int, help="beam size (0: the captioning task's, 2)")
+    shortcut(t, "--max-length", field="max_length", type=int, help="generated tokens (0: the captioning task's, 20)")
+    t.add_argument("--json", action="store_true", help="print a JSON list instead of PATH<TAB>caption lines")
+    t.set_defaults(func=_cmd_caption)
+
+
+def _cmd_caption(args: argparse.Namespace) -> int:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
+    import sys
+
+    from grainvl.recipes.davinci_predict import CaptionConfig, format_captions, run_caption
+
+    report = run_caption(config_from_args(CaptionConfig, args))
+    print(f"# {report['mode']}", file=sys.stderr)
+    print(format_captions(report, args.json))
+    return 0
+
+
+def _register_answer(dsub: argparse._SubParsersAction) -> None:
+    t = dsub.add_parser(
+        "answer",
+        help="answer a question about image files with a DaVinci (ranked answer list, or free generation)",
+        description="Answer one question about each image file. With an answer list (--answers FILE, the official "
+        "answer_list.json format; else a fine-tuned vqa run's own) the list is ranked as the VQA test ranks it: "
+        "first-token top-k, then full-answer log-likelihood re-ranking; prints PATH<TAB>answer<TAB>score for the "
+        "--top best (score: log p of the whole answer). Without a list the answer is generated (image + question "
+        "in the encoder, greedy or beam search over text ids) and scored the same way. --json: a JSON list; stderr "
+        "says which was done. See docs/davinci.md, 'Caption an image, answer a question'.",
+    )
+    add_config_args(t, "grainvl.recipes.davinci_predict:AnswerConfig")
+    shortcut(t, "--model", field="model", help="DaVinci run folder (pretrain or fine-tuned), model folder or preset")
+    shortcut(t, "--image", field="images", action="append", metavar="FILE", help="image file; repeat for several")
+    shortcut(t, "--question", field="question", help="the question (asked of every image)")
+    shortcut(t, "--answers", field="answers", metavar="FILE", help="answer_list.json to rank (default: the run's)")
+    shortcut(t, "--k", field="k", type=int, help="first-token shortlist of the ranking (0: the run's k_test, 128)")
+    shortcut(t, "--top", field="top", type=int, help="ranked answers printed per image")
+    shortcut(t, "--beams", field="beams", type=int, help="free generation: beam size (1: greedy)")
+    shortcut(t, "--max-length", field="max_length", type=int, help="free generation: answer tokens")
+    t.add_argument("--json", action="store_true", help="print a JSON list instead of PATH<TAB>answer<TAB>score lines")
+    t.set_defaults(func=_cmd_answer)
+
+
+def _cmd_answer(args: argparse.Namespace) -> int:
+    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
+    import sys
+
+    from grainvl.recipes.davinci_predict import AnswerConfig, format_answers, run_answer
+
+    report = run_answer(config_from_args(AnswerConfig, args))
+    print(f"# {report['mode']}", file=sys.stderr)
+    print(format_answers(report, args.json))
     return 0

@@ -414,9 +414,18 @@ class DaVinci(nn.Module):
         starts from ``[CLS] + prompt_ids`` (captioning: "a picture of") and beam-searches (greedy when
         ``num_beams`` is 1) over **text ids only**; -> the generated ids per image (prompt and EOS dropped)."""
         cfg, b, device = self.config, images.shape[0], images.device
-        search = search or SearchConfig()
         empty = torch.tensor([[cfg.cls_token_id, cfg.sep_token_id]], device=device).expand(b, -1)
         states, atts = self.encode(images, empty)
+        return self.generate_text_from_states(states, atts, prompt_ids, search)
+
+    def generate_text_from_states(
+        self, states: Tensor, atts: Tensor, prompt_ids: Sequence[int] = (), search: SearchConfig | None = None
+    ) -> list[list[int]]:
+        """Text ids per row of encoder ``states`` (B, T, H) / ``atts`` (B, T), whatever text the encoder read
+        (zero-shot captioning puts a prompt there, free VQA the question): the decoder starts from
+        ``[CLS] + prompt_ids`` and searches over text ids only; -> the new ids (prompt and EOS dropped)."""
+        cfg, b, device = self.config, states.shape[0], states.device
+        search = search or SearchConfig()
         start = torch.tensor([cfg.cls_token_id, *prompt_ids], device=device)
         state: dict[str, Any] = {"history": None, "states": states, "atts": atts, "next": len(start)}
 
