@@ -27,9 +27,9 @@ def _register_tokenizer(dsub: argparse._SubParsersAction) -> None:
         "tokenizer",
         help="train the VQ image tokenizer on a world (or convert a taming VQGAN)",
         description="Train DaVinci's image tokenizer (a small VQGAN-family VQ autoencoder, stride 16) on a world's "
-        "train images (whole, or random crops with --crop), freeze it and report reconstruction PSNR and the share "
-        "of codes used on the ID (test) and OOD (test_ood) images; writes OUT/tokenizer, "
-        "OUT/reconstructions.png (rows: ID originals, ID reconstructions, OOD originals, OOD "
+        "train images resized to --resolution (whole, or random crops with --crop), freeze it and report "
+        "reconstruction PSNR and the share of codes used on the ID (test) and OOD (test_ood) images; writes "
+        "OUT/tokenizer, OUT/reconstructions.png (rows: ID originals, ID reconstructions, OOD originals, OOD "
         "reconstructions), OUT/results.jsonl and checkpoints. With --from-taming CKPT --taming-config YAML it"
         " instead converts a taming-transformers VQGAN into the tokenizer folder OUT.",
     )
@@ -37,7 +37,15 @@ def _register_tokenizer(dsub: argparse._SubParsersAction) -> None:
     shortcut(t, "--world", field="data.world", help="world folder to train and evaluate on (required to train)")
     shortcut(t, "--out", field="train.run_dir", help="run folder (with --from-taming: the tokenizer folder)")
     shortcut(t, "--steps", field="train.steps", type=int, help="optimizer steps")
-    shortcut(t, "--batch-size", field="data.batch_size", type=int, help="training crops per step")
+    shortcut(t, "--batch-size", field="data.batch_size", type=int, help="training images (or crops) per step")
+    shortcut(
+        t,
+        "--resolution",
+        field="data.resolution",
+        type=int,
+        help="resize every world image to this side (PIL bicubic) for training and evaluation: the DaVinci model's "
+        "image side (davinci-small 128, davinci-tiny 64); 0: native size",
+    )
     shortcut(
         t,
         "--crop",
@@ -136,6 +144,14 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_args(t: argparse.ArgumentParser, config: str, json_help: str) -> None:
+    """What caption and answer share: their config class, the model, the image files and --json."""
+    add_config_args(t, f"grainvl.recipes.davinci_predict:{config}")
+    shortcut(t, "--model", field="model", help="DaVinci run folder (pretrain or fine-tuned), model folder or preset")
+    shortcut(t, "--image", field="images", action="append", metavar="FILE", help="image file; repeat for several")
+    t.add_argument("--json", action="store_true", help=f"print {json_help}")
+
+
 def _register_caption(dsub: argparse._SubParsersAction) -> None:
     t = dsub.add_parser(
         "caption",
@@ -147,13 +163,10 @@ def _register_caption(dsub: argparse._SubParsersAction) -> None:
         "text prefix, as pre-training's prefix LM taught it. Prints PATH<TAB>caption per image (--json: a JSON "
         "list); stderr says which of the two made them. See docs/davinci.md, 'Caption an image, answer a question'.",
     )
-    add_config_args(t, "grainvl.recipes.davinci_predict:CaptionConfig")
-    shortcut(t, "--model", field="model", help="DaVinci run folder (pretrain or fine-tuned), model folder or preset")
-    shortcut(t, "--image", field="images", action="append", metavar="FILE", help="image file; repeat for several")
+    _predict_args(t, "CaptionConfig", "a JSON list instead of PATH<TAB>caption lines")
     shortcut(t, "--prompt", field="prompt", help="the caption's opening words (default: the captioning task's)")
     shortcut(t, "--beams", field="beams", type=int, help="beam size (0: the captioning task's, 2)")
     shortcut(t, "--max-length", field="max_length", type=int, help="generated tokens (0: the captioning task's, 20)")
-    t.add_argument("--json", action="store_true", help="print a JSON list instead of PATH<TAB>caption lines")
     t.set_defaults(func=_cmd_caption)
 
 
@@ -180,16 +193,13 @@ def _register_answer(dsub: argparse._SubParsersAction) -> None:
         "in the encoder, greedy or beam search over text ids) and scored the same way. --json: a JSON list; stderr "
         "says which was done. See docs/davinci.md, 'Caption an image, answer a question'.",
     )
-    add_config_args(t, "grainvl.recipes.davinci_predict:AnswerConfig")
-    shortcut(t, "--model", field="model", help="DaVinci run folder (pretrain or fine-tuned), model folder or preset")
-    shortcut(t, "--image", field="images", action="append", metavar="FILE", help="image file; repeat for several")
+    _predict_args(t, "AnswerConfig", "a JSON list instead of PATH<TAB>answer<TAB>score lines")
     shortcut(t, "--question", field="question", help="the question (asked of every image)")
     shortcut(t, "--answers", field="answers", metavar="FILE", help="answer_list.json to rank (default: the run's)")
     shortcut(t, "--k", field="k", type=int, help="first-token shortlist of the ranking (0: the run's k_test, 128)")
     shortcut(t, "--top", field="top", type=int, help="ranked answers printed per image")
     shortcut(t, "--beams", field="beams", type=int, help="free generation: beam size (1: greedy)")
     shortcut(t, "--max-length", field="max_length", type=int, help="free generation: answer tokens")
-    t.add_argument("--json", action="store_true", help="print a JSON list instead of PATH<TAB>answer<TAB>score lines")
     t.set_defaults(func=_cmd_answer)
 
 
