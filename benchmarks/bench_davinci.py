@@ -12,7 +12,12 @@ Every run is read out on one common test set (the largest world's ``test`` (ID) 
 * ``plm_test_loss`` / ``pim_test_loss``: teacher-forced PLM and PIM losses (fixed prefix splits and rows) on
   ``--eval-pairs`` test pairs, also for the objective a run did not train (what it transfers);
 * text-to-image on ``--eval-captions`` ID test captions (1 sample, no re-ranking): FID on EfficientNet-Lite0
-  features (not Inception) and the attribute probe's accuracy (:mod:`grainvl.metrics.generation`).
+  features (not Inception) and the attribute probe's accuracy (:mod:`grainvl.metrics.generation`);
+* a downstream task: DaVinci's linear probe (``linear_probe``: the frozen pre-trained model, one linear layer per
+  attribute on its encoder and decoder states, trained ``--lp-steps`` steps on ``--lp-train`` images of the
+  common world's ``train`` split) classifying shape, colour and object count of ``test`` / ``test_ood`` images:
+  ``probe_test_acc`` / ``probe_ood_acc`` (percent, mean of the three attributes), which is what the paper's
+  data-scale table reports through its downstream tasks.
 
 Writes OUT/results.jsonl (one row per run and metric), OUT/table.md and OUT/curves.png; prints the table and
 the wall time. ``--quick`` is a 1-minute smoke run (sizes 30/60/120, 4 steps).
@@ -40,12 +45,22 @@ from grainvl.models.factory import get_tokenizer, load_davinci_model
 from grainvl.models.vq import VQTokenizer
 from grainvl.recipes.davinci import DaVinciPretrainConfig, run_davinci_pretrain
 from grainvl.recipes.davinci_tokenizer import DavinciTokenizerConfig, run_tokenizer_training
+from grainvl.recipes.finetune import FinetuneConfig, finetune
 from grainvl.recipes.generate import GenerateConfig, evaluate_split, fit_probe
 from grainvl.tasks.davinci import DaVinciObjectives, DaVinciPretrainTask, PairDataset, TextEncoder
 from grainvl.utils.fileio import atomic_write_text, write_jsonl
 
 OBJECTIVE_SETS = {"plm": {"plm": 1.0, "pim": 0.0}, "pim": {"plm": 0.0, "pim": 1.0}, "both": {"plm": 1.0, "pim": 1.0}}
-METRICS = ("plm_test_loss", "pim_test_loss", "plm_ood_loss", "pim_ood_loss", "fid_efficientnet_lite0", "attr_acc")
+METRICS = (
+    "plm_test_loss",
+    "pim_test_loss",
+    "plm_ood_loss",
+    "pim_ood_loss",
+    "probe_test_acc",
+    "probe_ood_acc",
+    "fid_efficientnet_lite0",
+    "attr_acc",
+)
 MODEL = "davinci-tiny"
 RESOLUTION = 64  # davinci-tiny's image side
 
@@ -65,14 +80,23 @@ def train_tokenizer(out: Path, world: Path, steps: int) -> Path:
     folder = out / "tokenizer"
     if not (folder / "tokenizer" / "config.json").is_file():
         cfg = with_values(
-            DavinciTokenizerConfig(), {"data.world": str(world), "train.steps": steps, "train.run_dir": str(folder)}
+            DavinciTokenizerConfig(),
+            {
+                "data.world": str(world),
+                "data.resolution": RESOLUTION,
+                "train.steps": steps,
+                "train.run_dir": str(folder),
+            },
         )
         run_tokenizer_training(cfg)
     return folder / "tokenizer"
 
 
-def pretrain(out: Path, world: Path, tokenizer: Path, weights: dict[str, float], args: argparse.Namespace) -> Path:
-    values = {
+def pretrain(
+    out: Path, world: Path, tokenizer: Path, weights: dict[str, float], args: argparse.Namespace, lr: float = -1.0
+) -> Path:
+    """One pre-training run; ``lr >= 0`` overrides the learning rate (0 with one step: the untrained reference)."""
+    values: dict[str, Any] = {
         "model": MODEL,
         "tokenizer": str(tokenizer),
         "data.world": str(world),
@@ -84,6 +108,8 @@ def pretrain(out: Path, world: Path, tokenizer: Path, weights: dict[str, float],
         "train.run_dir": str(out),
         "train.seed": 0,
     }
+    if lr >= 0:
+        values.update({"optim.lr": lr, "train.steps": 1})
     run_davinci_pretrain(with_values(DaVinciPretrainConfig(), values))
     return out / "model"
 
@@ -118,6 +144,28 @@ def test_losses(model: DaVinci, vq: VQTokenizer, world: Path, split: str, pairs:
     return {key: value / batches for key, value in totals.items()}
 
 
+def linear_probe(model_dir: Path, eval_world: Path, out: Path, args: argparse.Namespace) -> dict[str, float]:
+    """The frozen model's linear probe (shape, colour, count) on the common world: ID and OOD ``acc`` (percent)."""
+    values = {
+        "task": "linear_probe",
+        "model": str(model_dir),
+        "world": str(eval_world),
+        "data.batch_size": 32,
+        "data.max_train_samples": args.lp_train,
+        "optim.lr": args.lp_lr,
+        "optim.weight_decay": 0.0,
+        "train.steps": args.lp_steps,
+        "train.run_dir": str(out),
+        "train.seed": 0,
+        "train.progress": False,
+        "train.tensorboard": False,
+        "train.log_every": max(1, args.lp_steps),
+    }
+    report = finetune(with_values(FinetuneConfig(), values))
+    evaluations = report["evaluations"]
+    return {"probe_test_acc": evaluations["test"]["acc"], "probe_ood_acc": evaluations["test_ood"]["acc"]}
+
+
 def readouts(model_dir: Path, tokenizer: Path, eval_world: Path, probe: Any, args: argparse.Namespace) -> dict:
     model, vq = load_davinci_model(model_dir).eval(), VQTokenizer.from_pretrained(tokenizer).eval()
     out: dict[str, float] = {}
@@ -136,6 +184,8 @@ def readouts(model_dir: Path, tokenizer: Path, eval_world: Path, probe: Any, arg
     generator = (model, vq, get_tokenizer(model_dir))
     metrics, _, _, _ = evaluate_split(cfg, "test", generator, probe[0], probe[1], None)
     out["fid_efficientnet_lite0"], out["attr_acc"] = metrics["fid_efficientnet_lite0"], metrics["attr_acc"]
+    if args.lp_steps > 0:
+        out.update(linear_probe(model_dir, eval_world, model_dir.parent / "probe", args))
     return out
 
 
@@ -181,16 +231,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/bench_davinci"), help="output folder (default: %(default)s)")
     p.add_argument("--sizes", default="100,1000,10000", help="world sizes in images (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=80, help="pre-training steps of every run (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=600, help="pre-training steps of every run (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per step (default: %(default)s)")
-    p.add_argument("--tokenizer-steps", type=int, default=60, help="image tokenizer steps (default: %(default)s)")
+    p.add_argument("--tokenizer-steps", type=int, default=2000, help="image tokenizer steps (default: %(default)s)")
     p.add_argument("--eval-pairs", type=int, default=48, help="test pairs per split for losses (default: %(default)s)")
     p.add_argument("--eval-captions", type=int, default=24, help="ID captions to generate (default: %(default)s)")
-    p.add_argument("--probe-images", type=int, default=600, help="train images of the probe (default: %(default)s)")
+    p.add_argument(
+        "--probe-images", type=int, default=600, help="train images of the generation probe (default: %(default)s)"
+    )
+    p.add_argument("--lp-steps", type=int, default=150, help="linear-probe steps; 0: none (default: %(default)s)")
+    p.add_argument("--lp-train", type=int, default=2000, help="linear-probe train images (default: %(default)s)")
+    p.add_argument("--lp-lr", type=float, default=3e-3, help="linear-probe learning rate (default: %(default)s)")
+    p.add_argument(
+        "--no-untrained", dest="untrained", action="store_false", help="skip the untrained reference row (default: on)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: sizes 30,60,120, 4 steps (default: off)")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.steps, args.tokenizer_steps, args.eval_pairs, args.eval_captions = "30,60,120", 4, 4, 8, 4
+        args.lp_steps, args.lp_train = 4, 64
     return args
 
 
@@ -204,6 +263,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     probe = fit_probe(worlds[sorted(sizes)[len(sizes) // 2]], features, RESOLUTION, args.probe_images)[0]
     print(f"setup (worlds, tokenizer, probe): {time.perf_counter() - start:.0f} s")
     rows = []
+    if args.untrained:  # the reference every run is read against: the same model after one step at lr 0
+        t0 = time.perf_counter()
+        model_dir = pretrain(args.out / "runs" / "untrained", eval_world, tokenizer, OBJECTIVE_SETS["both"], args, 0.0)
+        rows.append(
+            {
+                "images": 0,
+                "objectives": "untrained",
+                **readouts(model_dir, tokenizer, eval_world, (features, probe), args),
+            }
+        )
+        rows[-1]["wall_s"] = time.perf_counter() - t0
     for n in sizes:
         for name, weights in OBJECTIVE_SETS.items():
             t0 = time.perf_counter()

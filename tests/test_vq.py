@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -369,6 +370,31 @@ def test_a_short_training_run_reduces_the_loss(quantizer: str) -> None:
         assert psnr(tok.decode(tok.encode(images)), images).mean() > before + 1
 
 
+def test_quantiser_warm_up_trains_an_autoencoder_and_leaves_the_codebook() -> None:
+    """``quantize=False`` decodes the continuous latents: no codes, no losses, no EMA step, so the first quantised
+    step afterwards still finds every count at 0 and places all codes on the encoder's outputs."""
+    tok = tiny_tokenizer().train()
+    images = torch.rand(2, 3, 32, 32)
+    codebook = tok.quantizer.codebook.clone()
+    reconstruction, codes, losses = tok(images, quantize=False)
+    assert codes is None and losses == {}
+    expected = tok.decode_latents(tok.quant_conv(tok.encoder(images * 2 - 1)))
+    assert torch.allclose(reconstruction, expected)
+    assert torch.equal(tok.quantizer.codebook, codebook) and float(tok.quantizer.cluster_size.sum()) == 0.0
+    task = VQTrainTask(tok, "l2")
+    warm_losses, warm_metrics = task({"images": images, "quantize": False})
+    assert set(warm_losses) == {"recon_loss"} and warm_metrics["code_usage"] == 0.0
+    quantised_losses, quantised_metrics = task({"images": images})  # default: quantised
+    assert set(quantised_losses) == {"recon_loss", "commit_loss"} and quantised_metrics["code_usage"] > 0
+    # The first quantised step restarted every code below the threshold, i.e. all but the (at most 8 // 3 = 2) codes
+    # that won 3 or more of the batch's B * h * w = 8 encoder outputs, onto one of those outputs.
+    flat = tok.quant_conv(tok.encoder(images * 2 - 1)).permute(0, 2, 3, 1).reshape(-1, 8).detach()  # (8, D)
+    restarted = tok.quantizer.cluster_size == tok.config.restart_threshold  # (K,)
+    assert int(restarted.sum()) >= tok.codebook_size - 2
+    distances = torch.cdist(tok.quantizer.codebook[restarted], flat).min(dim=1).values
+    assert float(distances.max()) < 1e-3
+
+
 def test_edge_loss_by_hand() -> None:
     target = torch.zeros(1, 3, 2, 3)
     target[..., 2] = 1.0  # a vertical edge between columns 1 and 2
@@ -394,7 +420,8 @@ def test_psnr_and_code_statistics() -> None:
 def test_command_end_to_end(image_world: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
     argv = ["davinci", "tokenizer", "--world", str(image_world), "--out", str(out), "--steps", "3", "--crop", "32"]
-    assert main([*argv, "--batch-size", "4", "--set", "train.progress=false", "train.track_energy=false"]) == 0
+    options = ["--batch-size", "4", "--resolution", "64", "--set", "train.log_every=1", "quantizer_warmup=0.5"]
+    assert main([*argv, *options, "train.progress=false", "train.track_energy=false"]) == 0
     printed = capsys.readouterr().out
     assert "id: PSNR" in printed and "ood: PSNR" in printed
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -408,13 +435,54 @@ def test_command_end_to_end(image_world: Path, tmp_path: Path, capsys: pytest.Ca
         assert grid.size[1] == 4 * 64 + 5 * 2
     tok = VQTokenizer.from_pretrained(out)
     assert tok.encode(torch.rand(1, 3, 64, 64)).shape == (1, 4, 4)
+    # quantizer_warmup 0.5 of 3 steps: round(1.5) = 2 unquantised steps (no codes), then the quantised one
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    usage = [row["code_usage"] for row in rows if "code_usage" in row]
+    assert usage[:2] == [0.0, 0.0] and usage[2] > 0
 
 
-def test_command_refuses_images_off_the_stride(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.fixture(scope="module")
+def world_72(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 images at 72 px: a side that is not a multiple of the stride."""
     from grainvl.data.world.generate import WorldConfig, generate_world
 
-    world = tmp_path / "w72"
+    world = tmp_path_factory.mktemp("w72") / "w"
     generate_world(WorldConfig(images=8, videos=0, resolution=72, text_scenes=0, dialogues=0), world)
-    assert main(["davinci", "tokenizer", "--world", str(world), "--out", str(tmp_path / "run"), "--steps", "1"]) == 2
+    return world
+
+
+def test_command_refuses_images_off_the_stride_at_native_size(
+    world_72: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["davinci", "tokenizer", "--world", str(world_72), "--out", str(tmp_path / "run"), "--steps", "1"]
+    assert main([*argv, "--resolution", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "image size 72x72 (HxW) is not a multiple of the tokenizer stride 16" in err[0]
+
+
+def test_images_are_resized_to_the_training_resolution(world_72: Path) -> None:
+    from grainvl.recipes.davinci_tokenizer import load_split_images
+
+    images = load_split_images(world_72, "train", stride=16, resolution=32)  # (N, 3, 32, 32) uint8
+    first = sorted((world_72 / "images" / "train").glob("*.jpg"))[0]
+    with Image.open(first) as image:
+        assert image.size == (72, 72)
+        expected = torch.from_numpy(np.array(image.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC)))
+    assert images.shape[1:] == (3, 32, 32) and images.dtype == torch.uint8
+    assert torch.equal(images[0], expected.permute(2, 0, 1))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"data.resolution": 72}, "multiple of the stride 16"),
+        ({"data.resolution": 64, "data.crop": 128}, "larger than data.resolution"),
+        ({"quantizer_warmup": 1.0}, "quantizer_warmup"),
+    ],
+)
+def test_bad_training_options_are_refused(values: dict, message: str) -> None:
+    from grainvl.config import with_values
+    from grainvl.recipes.davinci_tokenizer import DavinciTokenizerConfig
+
+    with pytest.raises(ValueError, match=message):
+        with_values(DavinciTokenizerConfig(), values)

@@ -430,8 +430,16 @@ class VQTokenizer(nn.Module):
         latents = self.quantizer.embed(codes).permute(0, 3, 1, 2)  # (B, D, h, w)
         return self.decode_latents(latents).clamp(0, 1)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Training pass: images in [0, 1] -> (reconstruction (unclamped), codes, quantiser losses)."""
+    def forward(self, images: Tensor, quantize: bool = True) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
+        """Training pass: images in [0, 1] -> (reconstruction (unclamped), codes, quantiser losses).
+
+        ``quantize=False`` decodes the continuous ``quant_conv`` output instead (codes None, no losses, no EMA step):
+        the quantiser warm-up of ``tasks.vq.VQTrainTask``, in which encoder and decoder first learn an
+        autoencoder whose latents carry colour, so that the codebook is then placed on informative outputs.
+        """
+        if not quantize:
+            self.check_size(images)
+            return self.decode_latents(self.quant_conv(self.encoder(images * 2 - 1))), None, {}
         quantised, codes, losses = self.quantise(images)
         return self.decode_latents(quantised), codes, losses
 

@@ -1,18 +1,20 @@
 """``grainvl davinci tokenizer``: train DaVinci's image tokenizer on a world, or convert a taming VQGAN.
 
 Training (issue 17 §1): a small :class:`~grainvl.models.vq.VQTokenizer` (:data:`WORLD_TOKENIZER`) learns on the
-world's ``train`` images, whole (default) or as random ``data.crop``-pixel crops, at their native resolution (so a
-code covers the same 16 x 16 pixels at training and at use), through :func:`grainvl.train.loop.train` (checkpoints,
-exact resume, DDP). It is then frozen and measured on whole ``test`` (ID) and ``test_ood`` (OOD) images: PSNR, share
-of codes used, code perplexity (``results.jsonl``, ``summary.json``), and ``reconstructions.png`` shows originals
-above their reconstructions. The tokenizer is saved as ``RUN/tokenizer`` (``VQTokenizer.from_pretrained`` accepts
-the run folder too).
+world's ``train`` images resized to ``data.resolution`` (default 128, davinci-small's image side; 0 keeps the native
+size), whole (default) or as random ``data.crop``-pixel crops, so a code covers the same share of the scene in
+training and at use, through :func:`grainvl.train.loop.train` (checkpoints, exact resume, DDP). The first
+``quantizer_warmup`` share of the steps trains an unquantised autoencoder; the codebook is then placed on the
+encoder's outputs. It is then frozen and measured on whole ``test`` (ID) and ``test_ood`` (OOD) images at the same
+resolution: PSNR, share of codes used, code perplexity (``results.jsonl``, ``summary.json``), and
+``reconstructions.png`` shows originals above their reconstructions. The tokenizer is saved as ``RUN/tokenizer``
+(``VQTokenizer.from_pretrained`` accepts the run folder too).
 
 Conversion: :func:`convert_taming` loads a taming-transformers VQGAN (``.ckpt`` + ``.yaml``) through
 :func:`grainvl.models.vq.load_taming_checkpoint` and saves it as a tokenizer folder.
 
-World images whose side is not a multiple of the stride are a one-line DataError naming the file: regenerate the
-world with ``--resolution`` a multiple of 16 (the default 224 is).
+With ``data.resolution`` 0, world images whose side is not a multiple of the stride are a one-line DataError naming
+the file.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ from grainvl.train.optim import OptimConfig, SchedConfig, build_optimizer, build
 from grainvl.utils.fileio import atomic_write_bytes
 
 # The world tokenizer: taming's layout at CPU size. 5 levels (stride 16, as DaVinci's VQGAN), widths 16-64,
-# one ResNet block per level, attention only in the middle, 512 codes of 16 dimensions looked up by cosine
-# (l2-normalised, ViT-VQGAN): with plain L2 codes the reconstructions stayed flat background (docs/davinci.md §1).
+# one ResNet block per level, attention only in the middle, 512 codes of 16 dimensions looked up in plain L2 (EMA
+# codebook with restarts). Plain L2, not cosine: after the quantiser warm-up (DavinciTokenizerConfig.quantizer_warmup)
+# the decoder has learned to read the encoder's unnormalised outputs, and the codebook is placed on exactly those
+# (docs/davinci.md §1 has the runs).
 WORLD_TOKENIZER = VQConfig(
     codebook_size=512,
     embed_dim=16,
@@ -49,9 +53,8 @@ WORLD_TOKENIZER = VQConfig(
     channel_mult=(1, 2, 2, 4, 4),
     num_res_blocks=1,
     attn_resolutions=(),
-    resolution=224,
+    resolution=128,
     norm_groups=8,
-    normalize_codes=True,
 )
 EVAL_SPLITS = {"id": "test", "ood": "test_ood"}
 TOKENIZER_DIR = "tokenizer"
@@ -62,10 +65,16 @@ GRID_FILE = "reconstructions.png"
 class TokenizerData:
     world: str = ""
     """World folder (required): images/{train,test,test_ood}/*.jpg."""
+    resolution: int = 128
+    """Side in pixels every world image is resized to (PIL bicubic, as the data pipeline's test transform) before
+    training and evaluation: the image side of the DaVinci model that will use the tokenizer (davinci-small 128,
+    davinci-tiny 64), so a code covers the same share of the scene in training and at use; a multiple of the stride.
+    0: the world's native size (which must then be a multiple of the stride)."""
     crop: int = 0
-    """Training crop side in pixels (a multiple of the stride); 0: whole images (measured better than 64 px crops,
-    which are mostly background and normalise differently from the whole images the tokenizer is used on)."""
-    batch_size: int = 2
+    """Training crop side in pixels (a multiple of the stride), after the resize; 0: whole images (measured better than
+    64 px crops, which are mostly background and normalise differently from the whole images the tokenizer is used
+    on)."""
+    batch_size: int = 4
     eval_batch_size: int = 8
     max_train_images: int = 0
     """> 0: only the first N train images (quick runs); 0: all."""
@@ -80,8 +89,13 @@ class DavinciTokenizerConfig:
     model: VQConfig = field(default_factory=lambda: WORLD_TOKENIZER)
     recon_loss: str = "l2"
     """``l2`` (VQ-VAE; PSNR's own measure) or ``l1`` (taming's VQGAN, whose median favours the flat background)."""
-    edge_weight: float = 2.0
-    """Weight of the L1 loss on pixel differences (``tasks.vq.edge_loss``: the shapes' outlines); 0: none."""
+    edge_weight: float = 0.0
+    """Weight of the L1 loss on pixel differences (``tasks.vq.edge_loss``: the shapes' outlines); 0: none (measured:
+    it sharpens outlines but the decoder then paints every shape one brownish colour)."""
+    quantizer_warmup: float = 0.3
+    """Share of the steps trained without quantisation (the decoder reads the continuous encoder output) before the
+    codebook is placed on the encoder's outputs (EMA counts start at 0: the first quantised step restarts every code
+    on the batch). Without it the codes carried no colour and the decoder painted the mean; 0: quantise from step 1."""
     data: TokenizerData = field(default_factory=TokenizerData)
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=2e-3, weight_decay=0.0, lr_mult=1.0, betas=(0.9, 0.99))
@@ -89,7 +103,7 @@ class DavinciTokenizerConfig:
     sched: SchedConfig = field(default_factory=lambda: SchedConfig(kind="cosine", warmup_steps=0.05))
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=200, log_every=25, run_dir="runs/davinci_tokenizer", tensorboard=False
+            steps=2000, log_every=100, run_dir="runs/davinci_tokenizer", tensorboard=False
         )
     )
     torch_threads: int = 0
@@ -102,20 +116,31 @@ class DavinciTokenizerConfig:
             )
         if self.data.batch_size < 1 or self.data.eval_batch_size < 1 or self.data.grid_images < 0:
             raise ValueError("data.batch_size and data.eval_batch_size must be >= 1, data.grid_images >= 0")
+        if self.data.resolution < 0 or self.data.resolution % stride:
+            raise ValueError(
+                f"data.resolution must be 0 (native size) or a multiple of the stride {stride}, "
+                f"got {self.data.resolution}"
+            )
+        if self.data.resolution and self.data.crop > self.data.resolution:
+            raise ValueError(f"data.crop {self.data.crop} is larger than data.resolution {self.data.resolution}")
+        if not 0.0 <= self.quantizer_warmup < 1.0:
+            raise ValueError(f"quantizer_warmup must be in [0, 1), got {self.quantizer_warmup}")
 
 
 # ---------------------------------------------------------------------------------------------- images
-def load_split_images(world: Path, split: str, stride: int, limit: int = 0) -> torch.Tensor:
+def load_split_images(world: Path, split: str, stride: int, limit: int = 0, resolution: int = 0) -> torch.Tensor:
     """The images of ``world/images/split`` (sorted by name) as uint8 (N, 3, H, W).
 
-    A missing split, an unreadable image, a size that differs from the first image's or is not a multiple of
-    ``stride`` is a DataError naming the file.
+    ``resolution`` > 0 resizes each image to ``resolution`` x ``resolution`` with PIL bicubic (the data pipeline's
+    test transform, so the tokenizer sees the pixels DaVinci feeds it); 0 keeps the native size. A missing split, an
+    unreadable image, a size that differs from the first image's or (native size) is not a multiple of ``stride`` is
+    a DataError naming the file.
     """
     folder = world / "images" / split
     paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not paths:
         raise DataError(folder, None, f"no images for split {split!r} (is {world} a grainvl world?)")
-    arrays = [_read_image(path, stride) for path in paths[: limit or None]]
+    arrays = [_read_image(path, stride, resolution) for path in paths[: limit or None]]
     for path, array in zip(paths, arrays):
         if array.shape != arrays[0].shape:
             raise DataError(
@@ -124,10 +149,13 @@ def load_split_images(world: Path, split: str, stride: int, limit: int = 0) -> t
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
 
 
-def _read_image(path: Path, stride: int) -> np.ndarray:
+def _read_image(path: Path, stride: int, resolution: int) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            array = np.asarray(to_rgb(image))  # (H, W, 3) uint8
+            rgb = to_rgb(image)
+            if resolution:
+                rgb = rgb.resize((resolution, resolution), Image.Resampling.BICUBIC)
+            array = np.asarray(rgb)  # (H, W, 3) uint8
     except OSError as error:
         raise DataError(path, None, f"cannot read the image: {error}") from None
     h, w = array.shape[:2]
@@ -136,7 +164,7 @@ def _read_image(path: Path, stride: int) -> np.ndarray:
             path,
             None,
             f"image size {h}x{w} (HxW) is not a multiple of the tokenizer stride {stride}; "
-            "regenerate the world with --resolution a multiple of 16",
+            "set data.resolution (--resolution) or regenerate the world with --resolution a multiple of 16",
         )
     return array
 
@@ -167,8 +195,9 @@ def run_tokenizer_training(cfg: DavinciTokenizerConfig, resume: str | None = Non
 
 def _run(cfg: DavinciTokenizerConfig, run: Run, resume: str | None) -> dict[str, Any]:
     world, stride = Path(cfg.data.world), cfg.model.stride
-    train_images = load_split_images(world, "train", stride, cfg.data.max_train_images)
-    eval_images = {tag: load_split_images(world, s, stride, cfg.data.max_eval_images) for tag, s in EVAL_SPLITS.items()}
+    side, limit = cfg.data.resolution, cfg.data.max_eval_images
+    train_images = load_split_images(world, "train", stride, cfg.data.max_train_images, side)
+    eval_images = {tag: load_split_images(world, s, stride, limit, side) for tag, s in EVAL_SPLITS.items()}
     seed_model_init(cfg.train.seed)
     tokenizer = VQTokenizer(cfg.model)
     task = VQTrainTask(tokenizer, cfg.recon_loss, cfg.edge_weight)
@@ -177,11 +206,14 @@ def _run(cfg: DavinciTokenizerConfig, run: Run, resume: str | None) -> dict[str,
     run.write_config(cfg)
 
     crop = cfg.data.crop or min(train_images.shape[-2:])  # 0: whole (square) images, random flips only
+    warmup_steps = round(cfg.quantizer_warmup * cfg.train.steps)
 
-    def batch(step: int) -> dict[str, torch.Tensor]:
-        # Crops depend on (seed, rank, step) only, so a resumed run sees exactly the batches it would have seen.
+    def batch(step: int) -> dict[str, Any]:
+        # Crops and the warm-up flag depend on (seed, rank, step) only: a resumed run sees exactly the batches it
+        # would have seen. ``step`` counts from 0, so steps 0 .. warmup_steps - 1 run unquantised.
         generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + run.env.rank * 7919 + step)
-        return {"images": random_crops(train_images, cfg.data.batch_size, crop, generator)}
+        images = random_crops(train_images, cfg.data.batch_size, crop, generator)
+        return {"images": images, "quantize": step >= warmup_steps}
 
     summary = train(
         task, BatchSequence(batch, cfg.train.steps), optimizer, scheduler, cfg.train, run.env, resume=resume

@@ -40,9 +40,11 @@ def edge_loss(reconstruction: Tensor, target: Tensor) -> Tensor:
 
 
 class VQTrainTask(nn.Module):
-    """``forward({"images": (B, 3, H, W) in [0, 1]}) -> (losses, metrics)`` for the training loop.
+    """``forward({"images": (B, 3, H, W) in [0, 1], "quantize": bool}) -> (losses, metrics)`` for the training loop.
 
-    ``edge_weight`` > 0 adds ``edge_loss`` (the pixel-difference L1 of :func:`edge_loss`) with that weight.
+    ``edge_weight`` > 0 adds ``edge_loss`` (the pixel-difference L1 of :func:`edge_loss`) with that weight. A batch
+    with ``"quantize": False`` (the recipe's quantiser warm-up) trains encoder and decoder as a plain autoencoder
+    (:meth:`VQTokenizer.forward`); its ``code_usage`` is 0.
     """
 
     def __init__(self, tokenizer: VQTokenizer, recon_loss: str = "l1", edge_weight: float = 0.0) -> None:
@@ -55,17 +57,18 @@ class VQTrainTask(nn.Module):
         self.recon_loss = recon_loss
         self.edge_weight = edge_weight
 
-    def forward(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, float]]:
+    def forward(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, float]]:
         images = batch["images"]  # (B, 3, H, W)
-        reconstruction, codes, losses = self.tokenizer(images)
+        reconstruction, codes, losses = self.tokenizer(images, quantize=bool(batch.get("quantize", True)))
         loss_fn = F.l1_loss if self.recon_loss == "l1" else F.mse_loss
         losses = {"recon_loss": loss_fn(reconstruction, images), **losses}
         if self.edge_weight > 0:
             losses["edge_loss"] = self.edge_weight * edge_loss(reconstruction, images)
         with torch.no_grad():
+            used = 0 if codes is None else codes.unique().numel()
             metrics = {
                 "psnr": float(psnr(reconstruction, images).clamp(max=100).mean()),
-                "code_usage": codes.unique().numel() / self.tokenizer.codebook_size,
+                "code_usage": used / self.tokenizer.codebook_size,
             }
         return losses, metrics
 
