@@ -14,10 +14,10 @@ Every run is read out on one common test set (the largest world's ``test`` (ID) 
 * text-to-image on ``--eval-captions`` ID test captions (1 sample, no re-ranking): FID on EfficientNet-Lite0
   features (not Inception) and the attribute probe's accuracy (:mod:`grainvl.metrics.generation`);
 * a downstream task: DaVinci's linear probe (``linear_probe``: the frozen pre-trained model, one linear layer per
-  attribute on its encoder and decoder states, trained ``--lp-steps`` steps on ``--lp-train`` images of the
-  common world's ``train`` split) classifying shape, colour and object count of ``test`` / ``test_ood`` images:
-  ``probe_test_acc`` / ``probe_ood_acc`` (percent, mean of the three attributes), which is what the paper's
-  data-scale table reports through its downstream tasks.
+  attribute on its encoder and decoder states after an affine-free BatchNorm (``feature_norm``), trained
+  ``--lp-steps`` steps on ``--lp-train`` images of the common world's ``train`` split) classifying shape, colour and
+  object count of ``test`` / ``test_ood`` images: ``probe_test_acc`` / ``probe_ood_acc`` (percent, mean of the three
+  attributes), the kind of downstream read-out the paper's data-scale table reports.
 
 Writes OUT/results.jsonl (one row per run and metric), OUT/table.md and OUT/curves.png; prints the table and
 the wall time. ``--quick`` is a 1-minute smoke run (sizes 30/60/120, 4 steps).
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -154,6 +155,7 @@ def linear_probe(model_dir: Path, eval_world: Path, out: Path, args: argparse.Na
         "data.max_train_samples": args.lp_train,
         "optim.lr": args.lp_lr,
         "optim.weight_decay": 0.0,
+        "options.feature_norm": True,  # MAE's affine-free BatchNorm: short-run features barely vary (docs/davinci.md)
         "train.steps": args.lp_steps,
         "train.run_dir": str(out),
         "train.seed": 0,
@@ -161,6 +163,7 @@ def linear_probe(model_dir: Path, eval_world: Path, out: Path, args: argparse.Na
         "train.tensorboard": False,
         "train.log_every": max(1, args.lp_steps),
     }
+    shutil.rmtree(out, ignore_errors=True)  # a fresh probe every time (an existing run folder would be resumed)
     report = finetune(with_values(FinetuneConfig(), values))
     evaluations = report["evaluations"]
     return {"probe_test_acc": evaluations["test"]["acc"], "probe_ood_acc": evaluations["test_ood"]["acc"]}
@@ -231,7 +234,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/bench_davinci"), help="output folder (default: %(default)s)")
     p.add_argument("--sizes", default="100,1000,10000", help="world sizes in images (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=600, help="pre-training steps of every run (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=2000, help="pre-training steps of every run (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per step (default: %(default)s)")
     p.add_argument("--tokenizer-steps", type=int, default=2000, help="image tokenizer steps (default: %(default)s)")
     p.add_argument("--eval-pairs", type=int, default=48, help="test pairs per split for losses (default: %(default)s)")
@@ -239,7 +242,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--probe-images", type=int, default=600, help="train images of the generation probe (default: %(default)s)"
     )
-    p.add_argument("--lp-steps", type=int, default=150, help="linear-probe steps; 0: none (default: %(default)s)")
+    p.add_argument("--lp-steps", type=int, default=300, help="linear-probe steps; 0: none (default: %(default)s)")
     p.add_argument("--lp-train", type=int, default=2000, help="linear-probe train images (default: %(default)s)")
     p.add_argument("--lp-lr", type=float, default=3e-3, help="linear-probe learning rate (default: %(default)s)")
     p.add_argument(

@@ -156,6 +156,27 @@ def test_linear_probe_keeps_the_backbone_frozen(tmp_path: Path, vlue_world: Path
     assert head.abs().max() > 0 and module.heads["shape"].bias.abs().max() > 0  # the head did (bias from 0)
 
 
+def test_linear_probe_feature_norm_standardises_and_reloads(tmp_path: Path, vlue_world: Path) -> None:
+    # feature_norm: a BatchNorm without affine parameters before the linear layers (MAE's linear probe). In training
+    # it standardises each feature over the batch; its running statistics are saved with the head and reloaded.
+    torch.manual_seed(0)
+    load_davinci_model("davinci-tiny").save_pretrained(tmp_path / "dv")
+    args = (f"model={tmp_path / 'dv'}", "optim.lr=1e-2", "options.feature_norm=true")
+    report = _finetune(tmp_path, vlue_world, "linear_probe", *args)
+    task, module, tok = load_finetuned(tmp_path / "linear_probe")
+    norm = module.norm
+    assert isinstance(norm, nn.BatchNorm1d) and not norm.affine and int(norm.num_batches_tracked) == 2
+    assert not torch.equal(norm.running_mean, torch.zeros_like(norm.running_mean))  # moved off its init
+    again = task.evaluate(module, tok, vlue_world, "test")
+    assert again["acc"] == pytest.approx(report["evaluations"]["test"]["acc"])
+    images = torch.rand(6, 3, 64, 64)
+    module.train()
+    with torch.no_grad():
+        normed = module.norm(module.features(images))  # (6, 3H) standardised over the batch
+    var = normed.var(0, unbiased=False)  # var / (var + eps): at most 1, below it for features that barely vary
+    assert normed.mean(0).abs().max() < 1e-3 and var.max() <= 1 + 1e-4 and var.max() > 0.9
+
+
 @pytest.fixture
 def davinci_retrieval(monkeypatch: pytest.MonkeyPatch) -> None:
     """``retrieval`` in the DaVinci registry (a no-op once tasks/registry.py lists it)."""
