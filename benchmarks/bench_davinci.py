@@ -206,7 +206,8 @@ def format_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> str:
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: Path) -> None:
-    """One panel per metric: value against world size (log axis), one line per objective set."""
+    """One panel per metric: value against world size (log axis), one line per objective set, the untrained
+    reference (if any) dashed."""
     # Imported here: matplotlib is optional and only the report needs it.
     import matplotlib
 
@@ -219,6 +220,9 @@ def plot_curves(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: Pa
             points = sorted((r["images"], r[metric]) for r in rows if r["objectives"] == objectives and r.get(metric))
             if points:
                 ax.plot(*zip(*points), marker="o", label=objectives)
+        reference = [r[metric] for r in rows if r["objectives"] == "untrained" and r.get(metric) is not None]
+        if reference:  # the untrained model: what pre-training has to beat
+            ax.axhline(reference[0], color="grey", linestyle="--", linewidth=1, label="untrained")
         ax.set_xscale("log")
         ax.set_xlabel("world images")
         ax.set_title(metric, fontsize=9)
