@@ -167,19 +167,7 @@ def _register_caption(dsub: argparse._SubParsersAction) -> None:
     shortcut(t, "--prompt", field="prompt", help="the caption's opening words (default: the captioning task's)")
     shortcut(t, "--beams", field="beams", type=int, help="beam size (0: the captioning task's, 2)")
     shortcut(t, "--max-length", field="max_length", type=int, help="generated tokens (0: the captioning task's, 20)")
-    t.set_defaults(func=_cmd_caption)
-
-
-def _cmd_caption(args: argparse.Namespace) -> int:
-    # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
-    import sys
-
-    from grainvl.recipes.davinci_predict import CaptionConfig, format_captions, run_caption
-
-    report = run_caption(config_from_args(CaptionConfig, args))
-    print(f"# {report['mode']}", file=sys.stderr)
-    print(format_captions(report, args.json))
-    return 0
+    t.set_defaults(func=_cmd_predict)
 
 
 def _register_answer(dsub: argparse._SubParsersAction) -> None:
@@ -200,16 +188,22 @@ def _register_answer(dsub: argparse._SubParsersAction) -> None:
     shortcut(t, "--top", field="top", type=int, help="ranked answers printed per image")
     shortcut(t, "--beams", field="beams", type=int, help="free generation: beam size (1: greedy)")
     shortcut(t, "--max-length", field="max_length", type=int, help="free generation: answer tokens")
-    t.set_defaults(func=_cmd_answer)
+    t.set_defaults(func=_cmd_predict)
 
 
-def _cmd_answer(args: argparse.Namespace) -> int:
+def _cmd_predict(args: argparse.Namespace) -> int:
+    """``caption`` or ``answer``: build the config, run, print the mode on stderr and the results on stdout."""
     # Deferred: a command loads its recipe (and torch) only when it runs, so `grainvl --help` stays fast.
     import sys
 
-    from grainvl.recipes.davinci_predict import AnswerConfig, format_answers, run_answer
+    from grainvl.recipes import davinci_predict as predict
 
-    report = run_answer(config_from_args(AnswerConfig, args))
+    if args.davinci_command == "caption":
+        report = predict.run_caption(config_from_args(predict.CaptionConfig, args))
+        text = predict.format_captions(report, args.json)
+    else:
+        report = predict.run_answer(config_from_args(predict.AnswerConfig, args))
+        text = predict.format_answers(report, args.json)
     print(f"# {report['mode']}", file=sys.stderr)
-    print(format_answers(report, args.json))
+    print(text)
     return 0
