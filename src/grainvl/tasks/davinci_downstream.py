@@ -90,7 +90,7 @@ from grainvl.tasks.text_classification import (
     load_glue_task,
     regression_metrics,
 )
-from grainvl.tasks.vqa import answer_list, vqa_file, vqa_metrics
+from grainvl.tasks.vqa import answer_latency_call, answer_list, evaluate_answers, vqa_file
 from grainvl.utils.fileio import iter_jsonl
 
 PROMPT = "a picture of "
@@ -561,23 +561,15 @@ class DaVinciVQATask(DaVinciTask):
         self, module: TaskModule, tokenizer: Any, world: Path, split: str, out_dir: Path | None = None
     ) -> dict[str, float]:
         assert isinstance(module, DaVinciVQAModule)
-        module.eval()
         split = resolve_split(split)
-        data = self._dataset(module, tokenizer, world, split, False)
-        predictions = []
-        for _, _, batch in self.eval_batches(module, data):
-            answers = module.predict(batch["image"], batch["question_ids"], batch["question_atts"])
-            predictions += [{"question_id": q, "answer": a} for q, a in zip(batch["question_id"], answers)]
-        merged = self.publish(predictions, "question_id", out_dir, f"vqa_result_{split}.json")
-        if not merged:
-            return {}
-        return vqa_metrics({p["question_id"]: p["answer"] for p in merged}, Path(world), split, data)
+        return evaluate_answers(
+            self, module, self._dataset(module, tokenizer, world, split, False), world, split, out_dir
+        )
 
     def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
         assert isinstance(module, DaVinciVQAModule)
         data = self._dataset(module, tokenizer, world, latency_split(world, self.name), False)
-        b = self.latency_batch(module, data, batch_size)
-        return inference_call(module, lambda: module.predict(b["image"], b["question_ids"], b["question_atts"]))
+        return answer_latency_call(self, module, data, batch_size)
 
 
 # ---------------------------------------------------------------------------------------------- NLVR2 and VE

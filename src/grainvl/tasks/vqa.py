@@ -274,25 +274,39 @@ class VQATask(DownstreamTask):
         self, module: TaskModule, tokenizer: Any, world: Path, split: str, out_dir: Path | None = None
     ) -> dict[str, float]:
         assert isinstance(module, VQAModule)
-        module.eval()
         split = resolve_split(split)
-        data = self._dataset(module, tokenizer, world, split, False)
-        predictions = []
-        for _, _, batch in self.eval_batches(module, data):
-            answers = module.predict(batch["image"], batch["question_ids"], batch["question_atts"])
-            predictions += [{"question_id": q, "answer": a} for q, a in zip(batch["question_id"], answers)]
-        merged = self.publish(predictions, "question_id", out_dir, f"vqa_result_{split}.json")
-        if not merged:
-            return {}
-        return vqa_metrics({p["question_id"]: p["answer"] for p in merged}, Path(world), split, data)
+        return evaluate_answers(
+            self, module, self._dataset(module, tokenizer, world, split, False), world, split, out_dir
+        )
 
     def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
         assert isinstance(module, VQAModule)
         data = self._dataset(module, tokenizer, world, latency_split(world, self.name), False)
-        batch = self.latency_batch(module, data, batch_size)
-        return inference_call(
-            module, lambda: module.predict(batch["image"], batch["question_ids"], batch["question_atts"])
-        )
+        return answer_latency_call(self, module, data, batch_size)
+
+
+def evaluate_answers(
+    task: DownstreamTask, module: TaskModule, data: VQADataset, world: Path, split: str, out_dir: Path | None
+) -> dict[str, float]:
+    """Answer every question of ``data`` with ``module.predict`` (image, question ids, mask -> answer strings),
+    publish ``vqa_result_{split}.json`` (official format) and score it: what every VQA task (X²-VLM, DaVinci) does."""
+    module.eval()
+    predictions = []
+    for _, _, batch in task.eval_batches(module, data):
+        answers = module.predict(batch["image"], batch["question_ids"], batch["question_atts"])
+        predictions += [{"question_id": q, "answer": a} for q, a in zip(batch["question_id"], answers)]
+    merged = task.publish(predictions, "question_id", out_dir, f"vqa_result_{split}.json")
+    if not merged:
+        return {}
+    return vqa_metrics({p["question_id"]: p["answer"] for p in merged}, Path(world), split, data)
+
+
+def answer_latency_call(
+    task: DownstreamTask, module: TaskModule, data: VQADataset, batch_size: int
+) -> Callable[[], Any]:
+    """One batch-1 (or ``batch_size``) ``module.predict`` call on the first questions of ``data``, for latency."""
+    batch = task.latency_batch(module, data, batch_size)
+    return inference_call(module, lambda: module.predict(batch["image"], batch["question_ids"], batch["question_atts"]))
 
 
 def vqa_metrics(predictions: dict[int, str], world: Path, split: str, data: VQADataset) -> dict[str, float]:
