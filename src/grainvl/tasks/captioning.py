@@ -208,23 +208,38 @@ class CaptioningTask(DownstreamTask):
         self, module: TaskModule, tokenizer: Any, world: Path, split: str, out_dir: Path | None = None
     ) -> dict[str, float]:
         assert isinstance(module, CaptionModule)
-        module.eval()
         split = resolve_split(split)
         data = self._eval_data(module, tokenizer, world, split)
-        predictions = []
-        for _, _, batch in self.eval_batches(module, data):
-            captions = module.generate(batch["image"])
-            predictions += [{"image_id": i, "caption": c} for i, c in zip(batch["image_id"], captions)]
-        merged = self.publish(predictions, "image_id", out_dir, f"caption_result_{split}.json")
-        if not merged:
-            return {}
-        return caption_metrics(merged, caption_file(world, split, gt=True), self.options["meteor"])
+        return evaluate_captions(self, module, data, world, split, out_dir)
 
     def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
         assert isinstance(module, CaptionModule)
         data = self._eval_data(module, tokenizer, world, latency_split(world, self.name))
-        image = self.latency_batch(module, data, batch_size)["image"]
-        return inference_call(module, lambda: module.generate(image))
+        return caption_latency_call(self, module, data, batch_size)
+
+
+def evaluate_captions(
+    task: DownstreamTask, module: TaskModule, data: CaptionEvalDataset, world: Path, split: str, out_dir: Path | None
+) -> dict[str, float]:
+    """Caption every image of ``data`` with ``module.generate`` (images -> strings), publish
+    ``caption_result_{split}.json`` (official format) and score it: every captioning task (X²-VLM, DaVinci)."""
+    module.eval()
+    predictions = []
+    for _, _, batch in task.eval_batches(module, data):
+        captions = module.generate(batch["image"])
+        predictions += [{"image_id": i, "caption": c} for i, c in zip(batch["image_id"], captions)]
+    merged = task.publish(predictions, "image_id", out_dir, f"caption_result_{split}.json")
+    if not merged:
+        return {}
+    return caption_metrics(merged, caption_file(world, split, gt=True), task.options["meteor"])
+
+
+def caption_latency_call(
+    task: DownstreamTask, module: TaskModule, data: CaptionEvalDataset, batch_size: int
+) -> Callable[[], Any]:
+    """One ``module.generate`` call on the first ``batch_size`` images of ``data``, for latency."""
+    image = task.latency_batch(module, data, batch_size)["image"]
+    return inference_call(module, lambda: module.generate(image))
 
 
 def caption_metrics(results: list[dict[str, Any]], gt_path: Path, meteor: bool = True) -> dict[str, float]:

@@ -81,7 +81,7 @@ from grainvl.tasks.base import (
     shard_indices,
     write_json_result,
 )
-from grainvl.tasks.captioning import caption_file, caption_metrics, label_smoothed_loss
+from grainvl.tasks.captioning import caption_file, caption_latency_call, evaluate_captions, label_smoothed_loss
 from grainvl.tasks.grounding import GroundingModule, GroundingTask
 from grainvl.tasks.iglue import XVNLI_CLASSES, XVNLIDataset, iglue_file
 from grainvl.tasks.text_classification import (
@@ -263,22 +263,14 @@ class DaVinciCaptioningTask(DaVinciTask):
         self, module: TaskModule, tokenizer: Any, world: Path, split: str, out_dir: Path | None = None
     ) -> dict[str, float]:
         assert isinstance(module, DaVinciCaptionModule)
-        module.eval()
         split = resolve_split(split)
-        predictions = []
-        for _, _, batch in self.eval_batches(module, self._eval_data(module, tokenizer, world, split)):
-            captions = module.generate(batch["image"])
-            predictions += [{"image_id": i, "caption": c} for i, c in zip(batch["image_id"], captions)]
-        merged = self.publish(predictions, "image_id", out_dir, f"caption_result_{split}.json")
-        if not merged:
-            return {}
-        return caption_metrics(merged, caption_file(world, split, gt=True), self.options["meteor"])
+        data = self._eval_data(module, tokenizer, world, split)
+        return evaluate_captions(self, module, data, world, split, out_dir)
 
     def latency_call(self, module: TaskModule, tokenizer: Any, world: Path, batch_size: int) -> Callable[[], Any]:
         assert isinstance(module, DaVinciCaptionModule)
         data = self._eval_data(module, tokenizer, world, latency_split(world, self.name))
-        image = self.latency_batch(module, data, batch_size)["image"]
-        return inference_call(module, lambda: module.generate(image))
+        return caption_latency_call(self, module, data, batch_size)
 
 
 # ---------------------------------------------------------------------------------------------- retrieval
