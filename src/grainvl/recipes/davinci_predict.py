@@ -51,7 +51,6 @@ from grainvl.tasks.davinci_downstream import (
     DaVinciVQAModule,
     DaVinciVQATask,
     davinci_data_config,
-    rank_answers,
 )
 from grainvl.tasks.registry import get_task
 
@@ -169,8 +168,6 @@ def load_backbone(source: str, task: str) -> tuple[DaVinci, Any, dict[str, Any] 
     return load_davinci_model(resolved).eval(), get_tokenizer(resolved), None
 
 
-# ---------------------------------------------------------------------------------------------- generation
-@torch.no_grad()
 # ---------------------------------------------------------------------------------------------- caption
 def caption_module(cfg: CaptionConfig) -> tuple[DaVinciCaptionModule, bool]:
     """The captioning module (the fine-tuned run's settings, else the task's defaults, then the flags) and
@@ -244,10 +241,7 @@ def answer_module(cfg: AnswerConfig) -> tuple[DaVinci, Any, DaVinciVQAModule | N
 @torch.no_grad()
 def rank_batch(module: DaVinciVQAModule, images: Tensor, ids: Tensor, atts: Tensor, top: int) -> list[Ranked]:
     """:meth:`DaVinciVQAModule.predict`'s ranking with the scores and ``top`` answers per image."""
-    states, enc_atts = module.model.encode(images, ids, atts)  # (B, T, H)
-    best, scores = rank_answers(
-        module.model.decoder, module.answer_ids, module.answer_atts, states, enc_atts, module.k_test
-    )
+    best, scores = module.rank(images, ids, atts)  # (B, k) each
     return [
         [(module.answers[i], s) for i, s in zip(row[:top], row_scores[:top])]
         for row, row_scores in zip(best.tolist(), scores.tolist())

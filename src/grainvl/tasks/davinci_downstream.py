@@ -516,9 +516,13 @@ class DaVinciVQAModule(DaVinciModule):
         return {"vqa_loss": -(batch["answer_weights"] * logp).sum() / states.shape[0]}, {}
 
     @torch.no_grad()
+    def rank(self, image: Tensor, question_ids: Tensor, question_atts: Tensor) -> tuple[Tensor, Tensor]:
+        """-> (answer indices (B, k), their full log-likelihoods (B, k)), best first (:func:`rank_answers`)."""
+        states, atts = self.model.encode(image, question_ids, question_atts)  # (B, T, H)
+        return rank_answers(self.model.decoder, self.answer_ids, self.answer_atts, states, atts, self.k_test)
+
     def predict(self, image: Tensor, question_ids: Tensor, question_atts: Tensor) -> list[str]:
-        states, atts = self.model.encode(image, question_ids, question_atts)
-        best = rank_answers(self.model.decoder, self.answer_ids, self.answer_atts, states, atts, self.k_test)[0]
+        best = self.rank(image, question_ids, question_atts)[0]
         return [self.answers[i] for i in best[:, 0].tolist()]
 
 
