@@ -274,10 +274,12 @@ def run_task_mode(args: argparse.Namespace) -> dict[str, Any]:
     demo = load_demo_config().bench
     items = {t: {s: split_items(world, t, s) for s in ("test", "test_ood")} for t in tasks}
     small = {t: n for t, n in items.items() if min(n.values()) < args.min_test_items}
-    # 1. One general-distillation student per student resolution (task-agnostic, shared by tasks and seeds).
+    # 1. One general-distillation student per student resolution (task-agnostic, shared by tasks and seeds);
+    # none with --student-init task_teacher (CoFi: each point starts from the fine-tuned teacher itself).
+    cofi = args.student_init == "task_teacher"
     students: dict[int | None, Path] = {}
     for _, resolution in points:
-        if resolution in students:
+        if resolution in students or cofi:
             continue
         folder = out / f"gd_{resolution or 'same'}"
         if not (folder / "distill" / "config.json").is_file():
@@ -309,7 +311,9 @@ def run_task_mode(args: argparse.Namespace) -> dict[str, Any]:
                 name = f"{task}/seed{seed}/s{sparsity}@{resolution or 'same'}"
                 folder = out / "students" / name.replace("/", "_")
                 cfg = CompressConfig(
-                    teacher=str(students[resolution]), recipe=["prune", "shrink"], world=str(world), out=str(folder),
+                    teacher=teacher if cofi else str(students[resolution]), recipe=["prune", "shrink"],
+                    world=str(world), out=str(folder), student_init=args.student_init,
+                    student_resolution=resolution if cofi else None,
                     steps=args.steps, task=task, task_teacher=str(teacher_run), target_sparsity=sparsity,
                     seed=seed, finetune=finetune, prune_lr=args.prune_lr, progress=False, track_energy=False,
                     evaluate_teacher=False,  # scored once above
@@ -456,6 +460,9 @@ def main() -> None:
         "--per-modality",
         help="separate targets per modality instead of --target-sparsity, e.g. vision=0.6,text=0.5,fusion=0.5",
     )
+    parser.add_argument("--student-init", default="pretrained", choices=("pretrained", "task_teacher"),
+                        help="task mode: each point's start: a GD student (pretrained, EfficientVLM) or the "
+                        "fine-tuned teacher itself (task_teacher, CoFi; no GD students)")  # fmt: skip
     parser.add_argument("--student", default="half", choices=("half", "efficientvlm"))
     parser.add_argument(
         "--student-layers", metavar="V,T,F", help="student layer counts (vision, text, fusion); overrides --student"

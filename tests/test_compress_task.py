@@ -181,6 +181,34 @@ def test_vqa_stage2_prunes_the_answer_decoder_too(vlue_world: Path, tmp_path: Pa
     assert report["stages"]["shrink"]["params_after"] == sum(p.numel() for p in module.parameters())
 
 
+def test_student_init_task_teacher_starts_from_the_fine_tuned_teacher(vlue_world: Path, tmp_path: Path) -> None:
+    """CoFi's start: with the weights' lr at 0 the pruned run's dense weights are the fine-tuned teacher's, head
+    and backbone, full depth; the default start (pretrained) differs from them."""
+    base = dict(
+        teacher="xvlm-tiny", recipe=["prune"], world=str(vlue_world), steps=2, task="retrieval", teacher_steps=2,
+        target_sparsity=0.2, prune_lr=0.0, track_energy=False, progress=False, evaluate_teacher=False,
+        finetune={"data": {"batch_size": 4}, "options": {"score": "itc"}},
+    )  # fmt: skip
+    run_compress(CompressConfig(out=str(tmp_path / "a"), student_init="task_teacher", **base))
+    _, teacher, _ = load_finetuned(tmp_path / "a" / "teacher_retrieval", vlue_world)
+    _, student, _ = load_finetuned(tmp_path / "a" / "prune", vlue_world)
+    t_state, s_state = teacher.state_dict(), student.state_dict()
+    assert set(s_state) == set(t_state)
+    assert all(torch.equal(s_state[k], t_state[k]) for k in t_state)
+    # The default start is the given (pre-trained) backbone, not the task teacher's.
+    teacher_run = str(tmp_path / "a" / "teacher_retrieval")
+    run_compress(CompressConfig(out=str(tmp_path / "b"), task_teacher=teacher_run, **base))
+    _, default, _ = load_finetuned(tmp_path / "b" / "prune", vlue_world)
+    d_state = default.state_dict()
+    assert any(not torch.equal(d_state[k], t_state[k]) for k in t_state if k.startswith("model."))
+    with pytest.raises(ValueError, match="without distill"):
+        CompressConfig(out="x", student_init="task_teacher", **{**base, "recipe": ["distill", "prune"]})
+    with pytest.raises(ValueError, match="student_init must be"):
+        CompressConfig(out="x", student_init="teacher", **base)
+    # A smaller student input needs no distill stage when the student is built from the task teacher.
+    CompressConfig(out="x", student_init="task_teacher", student_resolution=32, **base)
+
+
 def test_task_mode_config_errors(vlue_world: Path, tmp_path: Path, capsys) -> None:
     base = {"teacher": "xvlm-tiny", "world": str(vlue_world), "out": str(tmp_path / "o")}
     with pytest.raises(ValueError, match="distill, prune, shrink"):

@@ -5,6 +5,10 @@ same steps from the same weights and seed (so dropout, drop-path and the ITM har
 same draws) on a tiny X²-VLM with dropout switched on, and must agree to 1e-6. Timings are measured by
 ``benchmarks/bench_pretrain.py --side-by-side``, not here.
 
+The reference copies repeated vision rows (ITM's 3B pairs, region texts) and projects every copy; the
+shared-rows path (:class:`~grainvl.models.layers.SharedTokens`, default) projects each image once. Image and
+region sub-batches are both compared, so the region's box-pooled first token is covered.
+
 The foreach kernel and gradient checkpointing reproduce the reference bit for bit. The fused kernel
 applies the same formula with another fp32 operation order (multiply-add where the loop uses ``lerp``),
 so weights differ in the last bit after each step; at the default lr (1e-4) the losses of the first
@@ -18,6 +22,7 @@ import dataclasses
 import pytest
 import torch
 
+from grainvl.data.region import box_patch_mask
 from grainvl.models.factory import get_model_config
 from grainvl.models.xvlm import XVLM
 from grainvl.tasks.pretrain import PretrainTask, PretrainWeights
@@ -65,15 +70,34 @@ def image_text_batch(model: XVLM, batch: int = 4, length: int = 12, masks: int =
     }
 
 
+def region_batch(model: XVLM, images: int = 2, texts: int = 6) -> dict:
+    """``texts`` region texts on ``images`` images (each image repeated), boxes of several sizes, one whole image."""
+    g = torch.Generator().manual_seed(3)
+    res, patch = model.config.vision.resolution, model.config.vision.patch_size
+    text = image_text_batch(model, batch=texts)["image"]
+    boxes = torch.tensor(
+        [[0, 0, res, res]] + [[patch * i, patch, patch * (i + 1), 2 * patch] for i in range(texts - 1)]
+    )
+    return {
+        "image": torch.randn(images, 3, res, res, generator=g),
+        "region_image_index": torch.arange(texts) % images,
+        "region_atts": box_patch_mask(torch.tensor(boxes).float(), res, patch),
+        "region_boxes": torch.rand(texts, 4, generator=g) * 0.5 + 0.25,
+        "is_image": (torch.arange(texts) == 0).long(),
+        **{k: v for k, v in text.items() if k.startswith(("text_", "masked_"))},
+    }
+
+
 def run_steps(
-    implementation: str = "loop", grad_checkpointing: bool = False
+    implementation: str = "loop", grad_checkpointing: bool = False, shared_rows: bool = False
 ) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """``STEPS`` training steps (clip 1.0 as the loop) -> (losses per step, last step's grads, final weights)."""
     model = tiny_model()
     model.set_grad_checkpointing(grad_checkpointing)
-    task = PretrainTask(model, PretrainWeights(region=0, video=0)).train()
+    model.set_shared_vision_rows(shared_rows)
+    task = PretrainTask(model, PretrainWeights(video=0)).train()
     optimizer = build_optimizer(task, OptimConfig(implementation=implementation))  # the default lr, 1e-4
-    data = image_text_batch(model)
+    data = {**image_text_batch(model), "region": region_batch(model)}
     torch.manual_seed(2)
     history = []
     for _ in range(STEPS):
@@ -104,12 +128,20 @@ def reference() -> tuple[list[dict[str, float]], dict[str, torch.Tensor], dict[s
 
 
 @pytest.mark.parametrize(
-    "path", [{"implementation": "fused"}, {"implementation": "foreach"}, {"grad_checkpointing": True}], ids=str
+    "path",
+    [
+        {"implementation": "fused"},
+        {"implementation": "foreach"},
+        {"grad_checkpointing": True},
+        {"shared_rows": True},
+        {"shared_rows": True, "grad_checkpointing": True, "implementation": "fused"},
+    ],
+    ids=str,
 )
 def test_fast_path_matches_reference_losses_grads_and_weights(reference: tuple, path: dict) -> None:
     ref_losses, ref_grads, ref_weights = reference
     losses, grads, weights = run_steps(**path)
-    assert len(ref_losses[0]) == 3  # image ITC, ITM, MLM are all compared
+    assert len(ref_losses[0]) == 8  # image ITC, ITM, MLM and region ITC, ITM, MLM, box L1, GIoU are all compared
     for ref_step, step in zip(ref_losses, losses):
         assert ref_step.keys() == step.keys()
         for key in ref_step:

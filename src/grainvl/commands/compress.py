@@ -70,7 +70,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--student-resolution",
         field="student_resolution",
         type=int,
-        help="a smaller input for the student's EfficientNet vision tower (needs distill): compresses the vision side",
+        help="a smaller input for the student's EfficientNet vision tower (needs distill, or --student-init "
+        "task_teacher): compresses the vision side",
+    )
+    shortcut(
+        p,
+        "--student-init",
+        field="student_init",
+        choices=("pretrained", "task_teacher"),
+        help="stage 2's starting backbone: the given model (pretrained, EfficientVLM's) or the teacher fine-tuned on "
+        "--task, whole (task_teacher, CoFi's; recipe prune[,shrink]; default pretrained)",
     )
     shortcut(
         p, "--prune-lr", field="prune_lr", type=float, help="learning rate of the prune stage (default: the paper's)"

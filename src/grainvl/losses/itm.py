@@ -16,6 +16,7 @@ from contextvars import ContextVar
 import torch
 import torch.nn.functional as F
 
+from grainvl.models.layers import SharedTokens, select_vision_rows
 from grainvl.models.xvlm import XVLM
 
 # Added to every softmax weight before masking so that no row is all zero even when the softmax
@@ -139,7 +140,7 @@ def itm_loss(logits: torch.Tensor) -> torch.Tensor:
 
 def hard_negative_itm_loss(
     model: XVLM,
-    vis: torch.Tensor,
+    vis: torch.Tensor | SharedTokens,
     vis_atts: torch.Tensor,
     text: torch.Tensor,
     text_atts: torch.Tensor,
@@ -150,11 +151,13 @@ def hard_negative_itm_loss(
     """ITM on ``B`` positives and ``2B`` hard negatives mined from rank-local ITC similarities.
 
     vis (B, 1+N, D) / vis_atts (B, 1+N), text (B, L, H) / text_atts (B, L), feats (B, E); ``idx`` as
-    :func:`sample_hard_negatives`. The pairs go through the fusion encoder in :func:`itm_pairs` order.
+    :func:`sample_hard_negatives`. The pairs go through the fusion encoder in :func:`itm_pairs` order, their
+    vision rows as :class:`SharedTokens` when ``model.share_vision_rows`` (each image projected once).
     """
     with torch.no_grad():
         sim_i2t = vis_feat @ text_feat.t() / model.temp  # (B, B), local only (as the official code)
         neg_image, neg_text = _draw_negatives(sim_i2t, idx)
     text_index, image_index = itm_pairs(neg_image, neg_text)  # (3B,), (3B,)
-    fused = model.fuse(text[text_index], text_atts[text_index], vis[image_index], vis_atts[image_index])
+    pair_vis = select_vision_rows(vis, image_index, share=getattr(model, "share_vision_rows", False))
+    fused = model.fuse(text[text_index], text_atts[text_index], pair_vis, vis_atts[image_index])
     return itm_loss(model.itm_logits(fused))

@@ -12,6 +12,7 @@ Conventions:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -19,6 +20,53 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 QkvBias = Literal["none", "qv", "full"]
+
+
+@dataclass(frozen=True)
+class SharedTokens:
+    """``B`` vision sequences ``(B, 1+N, D)`` stored once per distinct source: row ``b`` is
+    ``tokens[index[b]]``, except that its first token is ``first[b]`` when ``first`` is given (a region's
+    box-pooled token, :func:`grainvl.data.region.region_features`).
+
+    Why: ITM runs the fusion layers over ``3B`` text-image pairs made of ``B`` images, and a region batch
+    pairs tens of texts with a few images, so the cross-attention key/value projections, which are linear
+    per token, were computed up to 20 times over the same rows (20% of the demo pre-training forward).
+    :meth:`project` applies them to the distinct rows and then gathers: the same numbers up to fp32
+    summation order (the backward's index_add sums what the copies' gradients summed).
+    """
+
+    tokens: Tensor  # (U, 1+N, D) distinct sequences
+    index: Tensor  # (B,) long, the source of each row
+    first: Tensor | None = None  # (B, D) replaces each row's token 0 (regions)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.index.shape[0], *self.tokens.shape[1:]))
+
+    def select(self, rows: Tensor) -> SharedTokens:
+        """Rows ``rows`` (indices into this object's ``B`` rows), still shared."""
+        return SharedTokens(self.tokens, self.index[rows], None if self.first is None else self.first[rows])
+
+    def materialize(self) -> Tensor:
+        """The plain ``(B, 1+N, D)`` tensor."""
+        rows = self.tokens[self.index]
+        if self.first is None:
+            return rows
+        return torch.cat([self.first.unsqueeze(1), rows[:, 1:]], dim=1)
+
+    def project(self, linear: nn.Module) -> Tensor:
+        """``linear`` applied to every row's tokens -> (B, 1+N, out), computed on the distinct rows."""
+        if self.first is None:
+            return linear(self.tokens)[self.index]  # (B, 1+N, out)
+        patches = linear(self.tokens[:, 1:])[self.index]  # (B, N, out)
+        return torch.cat([linear(self.first).unsqueeze(1), patches], dim=1)
+
+
+def select_vision_rows(tokens: Tensor | SharedTokens, rows: Tensor, share: bool = True) -> Tensor | SharedTokens:
+    """``tokens[rows]`` for vision sequences: shared (no copy, projected once per source) when ``share``."""
+    if isinstance(tokens, SharedTokens):
+        return tokens.select(rows) if share else tokens.materialize()[rows]
+    return SharedTokens(tokens, rows) if share else tokens[rows]
 
 
 def mask_value(dtype: torch.dtype) -> float:

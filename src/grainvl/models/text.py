@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from grainvl.models.layers import explicit_attention
+from grainvl.models.layers import SharedTokens, explicit_attention
 from grainvl.utils.fileio import (
     atomic_write_text,
     is_grainvl_folder,
@@ -320,14 +320,25 @@ class BertSelfAttention(nn.Module):
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, d)
 
     def forward(
-        self, hidden_states: Tensor, key_value_states: Tensor, mask: Tensor | None, head_mask: Tensor | None
+        self,
+        hidden_states: Tensor,
+        key_value_states: Tensor | SharedTokens,
+        mask: Tensor | None,
+        head_mask: Tensor | None,
     ) -> Tensor:
-        """-> per-head contexts concatenated, (B, L, heads*d), before the output dense."""
+        """-> per-head contexts concatenated, (B, L, heads*d), before the output dense.
+
+        ``key_value_states`` may be :class:`SharedTokens` (cross-attention): K/V are projected once per source.
+        """
         if self.num_heads == 0:  # every head pruned away: nothing reaches the output dense
             return hidden_states.new_zeros(*hidden_states.shape[:2], 0)
         q = self._split_heads(self.query(hidden_states))  # (B, h, L, d)
-        k = self._split_heads(self.key(key_value_states))  # (B, h, K, d)
-        v = self._split_heads(self.value(key_value_states))  # (B, h, K, d)
+        if isinstance(key_value_states, SharedTokens):
+            k = self._split_heads(key_value_states.project(self.key))  # (B, h, K, d)
+            v = self._split_heads(key_value_states.project(self.value))  # (B, h, K, d)
+        else:
+            k = self._split_heads(self.key(key_value_states))  # (B, h, K, d)
+            v = self._split_heads(self.value(key_value_states))  # (B, h, K, d)
         p = self.dropout if self.training else 0.0
         if self.attention_sink is not None:
             context = explicit_attention(q, k, v, mask, p, self.attention_sink)  # (B, h, L, d)

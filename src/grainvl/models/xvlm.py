@@ -26,6 +26,7 @@ from torch import nn
 
 from grainvl.data.region import region_features
 from grainvl.data.tokenization import load_tokenizer, packaged_minilm_path, resolve_tokenizer_folder, shared_token_rows
+from grainvl.models.layers import SharedTokens
 from grainvl.models.text import (
     BertEncoderModel,
     CrossEncoder,
@@ -151,6 +152,9 @@ class XVLM(nn.Module):
     def __init__(self, config: XVLMConfig) -> None:
         super().__init__()
         self.config = config
+        # Pairs that repeat vision rows (ITM's 3B pairs, region texts) pass them as SharedTokens, whose
+        # cross-attention K/V are projected once per distinct row (models/layers.py); False copies them.
+        self.share_vision_rows = True
         self.vision_encoder = build_vision_tower(config.vision)
         vision_width, text_width = self.vision_encoder.width, config.text.hidden_size
         if config.text.encoder_width != vision_width:
@@ -217,7 +221,11 @@ class XVLM(nn.Module):
         return self.bert(text_ids, text_atts, mode="text")
 
     def fuse(
-        self, text_embeds: torch.Tensor, text_atts: torch.Tensor, image_embeds: torch.Tensor, image_atts: torch.Tensor
+        self,
+        text_embeds: torch.Tensor,
+        text_atts: torch.Tensor,
+        image_embeds: torch.Tensor | SharedTokens,
+        image_atts: torch.Tensor,
     ) -> torch.Tensor:
         """The fusion layers from text-only states: (B,L,H) x (B,1+N,Dv) -> (B,L,H)."""
         if self.config.text.layout == "cross":
@@ -232,7 +240,11 @@ class XVLM(nn.Module):
         )
 
     def encode_multimodal(
-        self, text_ids: torch.Tensor, text_atts: torch.Tensor, image_embeds: torch.Tensor, image_atts: torch.Tensor
+        self,
+        text_ids: torch.Tensor,
+        text_atts: torch.Tensor,
+        image_embeds: torch.Tensor | SharedTokens,
+        image_atts: torch.Tensor,
     ) -> torch.Tensor:
         """All layers (text then fusion) in one pass, as MLM does: (B,L) -> (B,L,H)."""
         return self.fuse(self.encode_text(text_ids, text_atts), text_atts, image_embeds, image_atts)
@@ -325,6 +337,10 @@ class XVLM(nn.Module):
         prefixes = ["vision_proj.", "text_proj.", "itm_head.", "bbox_head.", "box_query.", "box_key.", "temp"]
         prefixes += [n for n, _ in self.named_parameters() if "crossattention" in n]
         return prefixes
+
+    def set_shared_vision_rows(self, enable: bool = True) -> None:
+        """Project repeated vision rows once in cross-attention (default on; off: the copying reference)."""
+        self.share_vision_rows = enable
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.vision_encoder.set_grad_checkpointing(enable)

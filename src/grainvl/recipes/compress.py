@@ -65,7 +65,14 @@ from grainvl.recipes.finetune import FinetuneConfig, finetune, load_finetuned, s
 from grainvl.recipes.pretrain import PretrainData, data_config, evaluate, zeroshot_tasks
 from grainvl.recipes.scaffold import cost_columns, format_energy, metric_rows, prepare_run_dir
 from grainvl.tasks.base import DownstreamTask, TaskModule, split_tag
-from grainvl.tasks.distill import DistillTask, LayerMap, PruneTask, default_layer_map, init_student_from_teacher
+from grainvl.tasks.distill import (
+    DistillTask,
+    LayerMap,
+    PruneTask,
+    default_layer_map,
+    init_student_from_teacher,
+    stack_sizes,
+)
 from grainvl.tasks.pretrain import PretrainTask
 from grainvl.tasks.task_distill import TaskDistill, copy_head_from_teacher
 from grainvl.tasks.theseus import SuccessorTask
@@ -75,6 +82,7 @@ from grainvl.utils.distributed import detect_env
 from grainvl.utils.fileio import load_model_safetensors, save_model_safetensors
 
 STAGES = ("distill", "prune", "shrink", "theseus", "quantize")
+STUDENT_INITS = ("pretrained", "task_teacher")
 MASKS_FILE = "masks.safetensors"
 
 
@@ -108,6 +116,11 @@ class CompressConfig:
     # e.g. {"optim": {"lr": 1e-4}, "data": {"batch_size": 16}, "options": {"k_test": 16}}.
     finetune: dict[str, Any] = field(default_factory=dict)
     head_from_teacher: bool = True  # start the student's task head from the fine-tuned teacher's (short runs)
+    # Stage 2's starting backbone. "pretrained": the given model (EfficientVLM: the stage-1 GD student).
+    # "task_teacher": CoFi's start (ours for EfficientVLM) - the teacher fine-tuned on the task, whole (full depth,
+    # its head too), at ``student_resolution`` if given: pruning then removes from a model that already solves
+    # the task, so sparsity 0 is the teacher itself. Takes the recipe prune[,shrink] (no distill stage).
+    student_init: str = "pretrained"
     student_resolution: int | None = None  # a student vision tower at a smaller input (EfficientNet towers)
     evaluate_teacher: bool = True  # stage 2: score the fine-tuned teacher too (a benchmark that has its scores: False)
     per_modality: dict[str, float] | None = None
@@ -160,8 +173,18 @@ class CompressConfig:
             )
         if self.task is None and self.task_teacher is not None:
             raise ValueError("task_teacher needs task (the task it was fine-tuned on)")
-        if self.student_resolution is not None and "distill" not in self.recipe:
-            raise ValueError("student_resolution needs the distill stage (the student is built there)")
+        if self.student_init not in STUDENT_INITS:
+            raise ValueError(f"student_init must be one of {', '.join(STUDENT_INITS)}, got {self.student_init!r}")
+        cofi = self.student_init == "task_teacher"
+        if cofi and (self.task is None or "distill" in self.recipe):
+            raise ValueError(
+                "student_init task_teacher starts stage 2 from the fine-tuned teacher: it needs --task and a recipe "
+                "without distill (prune[,shrink])"
+            )
+        if self.student_resolution is not None and "distill" not in self.recipe and not cofi:
+            raise ValueError(
+                "student_resolution needs the distill stage or student_init task_teacher (the student is built there)"
+            )
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if (
@@ -356,6 +379,10 @@ def _prune_on_task(state: _State, cfg: CompressConfig, pcfg: PruneConfig, lr: fl
     """Masks learned while fine-tuning the student on ``cfg.task`` with the paper's task distillation mix."""
     task, teacher_module, teacher_info = _task_teacher(cfg)
     world = Path(cfg.world)
+    if cfg.student_init == "task_teacher":  # CoFi: the fine-tuned teacher's whole backbone, full depth
+        full = default_layer_map(teacher_module.model.config, sizes=stack_sizes(teacher_module.model.config))
+        state.model, state.layer_map = init_student_from_teacher(teacher_module.model, full, cfg.student_resolution)
+        state.model.train()
     torch.manual_seed(cfg.seed)  # the student's head initialisation
     student = task.build(state.model, world, state.tokenizer)
     copied = copy_head_from_teacher(student, teacher_module) if cfg.head_from_teacher else []
@@ -403,8 +430,8 @@ def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
         calibrate_tolerance=0.01 if cfg.calibrate else None,
         linear_term=not penalty,
     )
-    if state.model is state.teacher:  # pruning the teacher itself: train a copy, keep the original as teacher
-        state.model = copy.deepcopy(state.teacher)
+    if state.model is state.teacher and cfg.student_init == "pretrained":
+        state.model = copy.deepcopy(state.teacher)  # pruning the teacher itself: train a copy, keep the original
     model, teacher = state.model, state.teacher
     lr = cfg.prune_lr if cfg.prune_lr is not None else cfg.paper("lr")
     if cfg.task is None:  # on the pre-training objectives with the general distillation loss

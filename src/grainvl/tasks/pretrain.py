@@ -25,6 +25,7 @@ from grainvl.losses.bbox import bbox_loss
 from grainvl.losses.itc import itc_loss
 from grainvl.losses.itm import hard_negative_itm_loss
 from grainvl.losses.mlm import gather_masked, mlm_loss
+from grainvl.models.layers import SharedTokens, select_vision_rows
 from grainvl.models.xvlm import XVLM
 from grainvl.utils.distributed import to_global_mean
 
@@ -83,9 +84,12 @@ class PretrainTask(nn.Module):
         m = self.model
         image_embeds, _ = m.encode_image(b["image"])  # (I, 1+N, Dv): the ViT runs once per image
         region_atts = b["region_atts"]  # (T, 1+N): cross-attention restricted to the box's patches
-        region_seq = m.region_sequence(image_embeds, b["region_image_index"], region_atts)  # (T, 1+N, Dv)
+        index = b["region_image_index"]  # (T,)
+        region_seq = m.region_sequence(image_embeds, index, region_atts)  # (T, 1+N, Dv)
         text = m.encode_text(b["text_ids"], b["text_atts"])
         region_feat, text_feat = m.image_feat(region_seq), m.text_feat(text)
+        if m.share_vision_rows:  # the same rows, each image's patches projected once in cross-attention
+            region_seq = SharedTokens(image_embeds, index, first=region_seq[:, 0])
         # Different regions of one image are different targets, so no idx here (as the official code).
         losses["region_itc_loss"] = weight * itc_loss(region_feat, text_feat, m.temp, idx=None)
         if self.weights.itm:
@@ -97,16 +101,19 @@ class PretrainTask(nn.Module):
         losses["region_mlm_loss"] = weight * self._mlm(b, region_seq, region_atts)
         if self.weights.bbox:
             # Box regression: the region text against the *whole* image (all-ones mask), xvlm.md §2.4.
-            full = image_embeds[b["region_image_index"]]
+            full = image_embeds[index]  # (T, 1+N, Dv)
             full_atts = torch.ones(full.shape[:2], dtype=torch.long, device=full.device)
-            fused = m.fuse(text, b["text_atts"], full, full_atts)
+            rows = select_vision_rows(image_embeds, index, m.share_vision_rows)
+            fused = m.fuse(text, b["text_atts"], rows, full_atts)
             l1, giou = bbox_loss(m.predict_box(fused, full), b["region_boxes"], b["is_image"])
             num_boxes = (~b["is_image"].bool()).sum()  # the boxes bbox_loss averages over
             losses["region_bbox_loss"] = weight * to_global_mean(l1, num_boxes)
             losses["region_giou_loss"] = weight * to_global_mean(giou, num_boxes)
 
     # ------------------------------------------------------------------ shared pieces
-    def _mlm(self, b: dict[str, torch.Tensor], vis: torch.Tensor, vis_atts: torch.Tensor) -> torch.Tensor:
+    def _mlm(
+        self, b: dict[str, torch.Tensor], vis: torch.Tensor | SharedTokens, vis_atts: torch.Tensor
+    ) -> torch.Tensor:
         m = self.model
         hidden = m.encode_multimodal(b["text_ids_masked"], b["text_atts"], vis, vis_atts)  # (B, L, H)
         logits = m.mlm_logits(gather_masked(hidden, b["masked_pos"]))  # (B, M, V)
