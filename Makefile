@@ -43,6 +43,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_world.py
 	$(PY) benchmarks/bench_pretrain.py
+	$(PY) benchmarks/bench_pretrain.py --side-by-side
 	$(PY) benchmarks/bench_retrieval.py
 	$(PY) benchmarks/bench_inference.py
 
