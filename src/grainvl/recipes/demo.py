@@ -1,4 +1,4 @@
-"""The main job: the whole pipeline on the embedded synthetic world, on a CPU, in about a quarter hour.
+"""The main job: the whole pipeline on the embedded synthetic world, on a CPU, in about twenty minutes.
 
 Steps:
 1. generate a seeded world (ID + OOD splits, every official format);
