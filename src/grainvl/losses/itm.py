@@ -158,6 +158,6 @@ def hard_negative_itm_loss(
         sim_i2t = vis_feat @ text_feat.t() / model.temp  # (B, B), local only (as the official code)
         neg_image, neg_text = _draw_negatives(sim_i2t, idx)
     text_index, image_index = itm_pairs(neg_image, neg_text)  # (3B,), (3B,)
-    pair_vis = select_vision_rows(vis, image_index, share=getattr(model, "share_vision_rows", False))
+    pair_vis = select_vision_rows(vis, image_index, share=model.share_vision_rows)
     fused = model.fuse(text[text_index], text_atts[text_index], pair_vis, vis_atts[image_index])
     return itm_loss(model.itm_logits(fused))

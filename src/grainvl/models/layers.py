@@ -39,20 +39,9 @@ class SharedTokens:
     index: Tensor  # (B,) long, the source of each row
     first: Tensor | None = None  # (B, D) replaces each row's token 0 (regions)
 
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((self.index.shape[0], *self.tokens.shape[1:]))
-
     def select(self, rows: Tensor) -> SharedTokens:
         """Rows ``rows`` (indices into this object's ``B`` rows), still shared."""
         return SharedTokens(self.tokens, self.index[rows], None if self.first is None else self.first[rows])
-
-    def materialize(self) -> Tensor:
-        """The plain ``(B, 1+N, D)`` tensor."""
-        rows = self.tokens[self.index]
-        if self.first is None:
-            return rows
-        return torch.cat([self.first.unsqueeze(1), rows[:, 1:]], dim=1)
 
     def project(self, linear: nn.Module) -> Tensor:
         """``linear`` applied to every row's tokens -> (B, 1+N, out), computed on the distinct rows."""
@@ -63,9 +52,10 @@ class SharedTokens:
 
 
 def select_vision_rows(tokens: Tensor | SharedTokens, rows: Tensor, share: bool = True) -> Tensor | SharedTokens:
-    """``tokens[rows]`` for vision sequences: shared (no copy, projected once per source) when ``share``."""
+    """``tokens[rows]`` for vision sequences: shared (no copy, projected once per source) when ``share`` or when
+    ``tokens`` already is (only a model sharing rows makes :class:`SharedTokens`)."""
     if isinstance(tokens, SharedTokens):
-        return tokens.select(rows) if share else tokens.materialize()[rows]
+        return tokens.select(rows)
     return SharedTokens(tokens, rows) if share else tokens[rows]
 
 

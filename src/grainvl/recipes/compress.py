@@ -382,7 +382,6 @@ def _prune_on_task(state: _State, cfg: CompressConfig, pcfg: PruneConfig, lr: fl
     if cfg.student_init == "task_teacher":  # CoFi: the fine-tuned teacher's whole backbone, full depth
         full = default_layer_map(teacher_module.model.config, sizes=stack_sizes(teacher_module.model.config))
         state.model, state.layer_map = init_student_from_teacher(teacher_module.model, full, cfg.student_resolution)
-        state.model.train()
     torch.manual_seed(cfg.seed)  # the student's head initialisation
     student = task.build(state.model, world, state.tokenizer)
     copied = copy_head_from_teacher(student, teacher_module) if cfg.head_from_teacher else []

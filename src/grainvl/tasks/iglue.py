@@ -86,7 +86,7 @@ from grainvl.tasks.base import (
 )
 from grainvl.tasks.nlvr import NLVRModule
 from grainvl.tasks.retrieval import RetrievalModule, evaluate_retrieval
-from grainvl.tasks.vqa import VQAModule
+from grainvl.tasks.vqa import VQAModule, predict_answers
 
 Record = dict[str, Any]
 ENGLISH = "en"
@@ -551,14 +551,10 @@ class XGQATask(_RecordsTask):
         self, module: TaskModule, tokenizer: Any, world: Path, split: str, lang: str, out_dir: Path | None
     ) -> dict[str, float]:
         assert isinstance(module, VQAModule)
-        module.eval()
         data = self.eval_dataset(module, tokenizer, world, split, lang)
         labels = self.english_labels(world, split, lang, data.records)
-        predictions = []
-        for _, _, batch in self.eval_batches(module, data):
-            answers = module.predict(batch["image"], batch["question_ids"], batch["question_atts"])
-            predictions += [{"questionId": q, "prediction": a} for q, a in zip(batch["question_id"], answers)]
         # GQA's submission format: [{"questionId", "prediction"}].
+        predictions = [{"questionId": q, "prediction": a} for q, a in predict_answers(self, module, data)]
         merged = self.publish(predictions, "questionId", out_dir, f"{self.name}_{resolve_split(split)}_{lang}.json")
         if not merged:
             return {}

@@ -285,16 +285,23 @@ class VQATask(DownstreamTask):
         return answer_latency_call(self, module, data, batch_size)
 
 
+def predict_answers(task: DownstreamTask, module: TaskModule, data: VQADataset) -> list[tuple[Any, str]]:
+    """``(question id, answer)`` for every question of ``data`` (this rank's share), answered by ``module.predict``
+    (image, question ids, mask -> answer strings) in eval mode."""
+    module.eval()
+    pairs: list[tuple[Any, str]] = []
+    for _, _, batch in task.eval_batches(module, data):
+        answers = module.predict(batch["image"], batch["question_ids"], batch["question_atts"])
+        pairs += list(zip(batch["question_id"], answers))
+    return pairs
+
+
 def evaluate_answers(
     task: DownstreamTask, module: TaskModule, data: VQADataset, world: Path, split: str, out_dir: Path | None
 ) -> dict[str, float]:
-    """Answer every question of ``data`` with ``module.predict`` (image, question ids, mask -> answer strings),
-    publish ``vqa_result_{split}.json`` (official format) and score it: what every VQA task (X²-VLM, DaVinci) does."""
-    module.eval()
-    predictions = []
-    for _, _, batch in task.eval_batches(module, data):
-        answers = module.predict(batch["image"], batch["question_ids"], batch["question_atts"])
-        predictions += [{"question_id": q, "answer": a} for q, a in zip(batch["question_id"], answers)]
+    """Answer every question of ``data`` (:func:`predict_answers`), publish ``vqa_result_{split}.json`` (official
+    format) and score it: what every VQA task (X²-VLM, DaVinci) does."""
+    predictions = [{"question_id": q, "answer": a} for q, a in predict_answers(task, module, data)]
     merged = task.publish(predictions, "question_id", out_dir, f"vqa_result_{split}.json")
     if not merged:
         return {}
