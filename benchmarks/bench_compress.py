@@ -219,6 +219,15 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def seed_retention(runs: list[dict[str, Any]], reference: str, split: str) -> list[float]:
+    """Per seed, the mean over tasks of student / ``reference`` (``teacher`` or ``teacher_budget``) on ``split``."""
+    per_seed: dict[int, list[float]] = {}
+    for r in runs:
+        ref = r.get(reference, r["teacher"])  # runs recorded before the equal-budget teacher existed
+        per_seed.setdefault(r["seed"], []).append(r["student"][split] / ref[split])
+    return [statistics.fmean(v) for v in per_seed.values()]
+
+
 @torch.no_grad()
 def alternating_task_latency(calls: dict[str, Any], repeats: int) -> dict[str, float]:
     """p50 ms of each zero-argument inference call at batch 1, alternating the calls every repetition."""
@@ -306,6 +315,18 @@ def run_task_mode(args: argparse.Namespace) -> dict[str, Any]:
             t_scores = {tag: t_task.evaluate(t_module, tokenizer, world, split) for tag, split in
                         (("id", "test"), ("ood", "test_ood"))}  # fmt: skip
             metric = t_task.primary_metric
+            # 2b. The equal-budget teacher: as many task steps as a student gets in all (issue 19 §3). A CoFi
+            # student has the teacher's steps plus its own; a GD student its own only. Same run when equal.
+            budget_steps = args.finetune_steps + args.steps if cofi else args.steps
+            budget_scores = t_scores
+            if budget_steps != args.finetune_steps:
+                budget_run = out / "teachers_budget" / task / f"seed{seed}"
+                if not (budget_run / "task.json").is_file():
+                    run_finetune(stage2_finetune_config(dataclasses.replace(tcfg, teacher_steps=budget_steps),
+                                                        budget_run))  # fmt: skip
+                b_task, b_module, b_tok = load_finetuned(budget_run, world)
+                budget_scores = {tag: b_task.evaluate(b_module, b_tok, world, split) for tag, split in
+                                 (("id", "test"), ("ood", "test_ood"))}  # fmt: skip
             for sparsity, resolution in points:
                 # 3. The GD student pruned during fine-tuning with KD from this teacher.
                 name = f"{task}/seed{seed}/s{sparsity}@{resolution or 'same'}"
@@ -323,6 +344,9 @@ def run_task_mode(args: argparse.Namespace) -> dict[str, Any]:
                 runs.append({
                     "task": task, "seed": seed, "sparsity": sparsity, "resolution": resolution, "metric": metric,
                     "teacher": {k: v.get(metric) for k, v in t_scores.items()},
+                    "teacher_budget": {k: v.get(metric) for k, v in budget_scores.items()},
+                    "budget_steps": {"teacher": args.finetune_steps, "teacher_budget": budget_steps,
+                                     "student": budget_steps},
                     "student": {k: v.get(metric) for k, v in ev["student"]["metrics"].items()},
                     "params_M": {"teacher": count_parameters(t_module) / 1e6, "student": ev["student"]["params_M"]},
                     "achieved_sparsity": prune["achieved_sparsity"], "learned_sparsity": prune["learned_sparsity"],
@@ -373,16 +397,13 @@ def summarise_task_mode(
     for sparsity, resolution in points:
         sel = [r for r in runs if r["sparsity"] == sparsity and (r["resolution"] or 0) == resolution]
         label = f"s{sparsity}@{resolution or 'same'}"
-        per_seed: dict[int, list[float]] = {}
-        per_seed_ood: dict[int, list[float]] = {}
-        for r in sel:
-            per_seed.setdefault(r["seed"], []).append(r["student"]["id"] / r["teacher"]["id"])
-            per_seed_ood.setdefault(r["seed"], []).append(r["student"]["ood"] / r["teacher"]["ood"])
-        ret = [statistics.fmean(v) for v in per_seed.values()]
-        ret_ood = [statistics.fmean(v) for v in per_seed_ood.values()]
+        ret, ret_ood = seed_retention(sel, "teacher", "id"), seed_retention(sel, "teacher", "ood")
+        # Against the teacher fine-tuned for as many task steps as the student had (the same run when equal).
+        ret_b, ret_b_ood = seed_retention(sel, "teacher_budget", "id"), seed_retention(sel, "teacher_budget", "ood")
         speed = [latency[t]["teacher"] / latency[t][label] for t in latency if label in latency[t]]
         entry = {"point": label, "sparsity": sparsity, "resolution": resolution or None,
                  "retention_id": mean_std(ret), "retention_ood": mean_std(ret_ood),
+                 "retention_id_equal_budget": mean_std(ret_b), "retention_ood_equal_budget": mean_std(ret_b_ood),
                  "speedup": statistics.fmean(speed) if speed else None,
                  "achieved_sparsity": mean_std([r["achieved_sparsity"]["all"] for r in sel]),
                  "learned_sparsity": mean_std([r["learned_sparsity"]["all"] for r in sel]),
@@ -403,12 +424,19 @@ def summarise_task_mode(
         flags.append(f"{task}: test splits of {n} items (< {args.min_test_items})")
     print(f"\nEfficientVLM stage 2, {len(set(r['seed'] for r in runs))} seeds, tasks {', '.join(tasks)}; items "
           + ", ".join(f"{t} {n['test']}/{n['test_ood']}" for t, n in items.items()))  # fmt: skip
-    print(f"{'point':<14}{'speed-up':>9}{'retention ID':>16}{'retention OOD':>16}{'sparsity (learned)':>22}")
+    budget = {r["budget_steps"]["teacher_budget"] for r in runs if "budget_steps" in r}
+    print("retention: student / teacher, primary ID (OOD) metric, mean ± std over seeds; 'equal budget' divides by "
+          f"the teacher fine-tuned for the student's task steps ({', '.join(map(str, sorted(budget))) or 'n/a'}); "
+          "'start' by the teacher the student was distilled or pruned from")  # fmt: skip
+    print(f"{'point':<14}{'speed-up':>9}{'ID equal budget':>19}{'OOD equal budget':>19}{'ID vs start':>16}"
+          f"{'OOD vs start':>16}{'sparsity (learned)':>22}")  # fmt: skip
     for e in curve:
-        (r, rs), (o, os_) = e["retention_id"], e["retention_ood"]
+        cells = "".join(f"{m:>{w - 9}.1%} ± {sd:.1%}" for (m, sd), w in (
+            (e["retention_id_equal_budget"], 19), (e["retention_ood_equal_budget"], 19),
+            (e["retention_id"], 16), (e["retention_ood"], 16)))  # fmt: skip
         sp = f"{e['speedup']:.2f}x" if e["speedup"] else "n/a"
         modalities = " ".join(f"{m} {v:.2f}" for m, v in e["achieved_by_modality"].items() if m != "all")
-        print(f"{e['point']:<14}{sp:>9}{r:>10.1%} ± {rs:.1%}{o:>10.1%} ± {os_:.1%}"
+        print(f"{e['point']:<14}{sp:>9}{cells}"
               f"{e['achieved_sparsity'][0]:>12.3f} ({e['learned_sparsity'][0]:.3f})  params {e['params_ratio']:.1%}"
               f"  [{modalities}]")  # fmt: skip
     print(
@@ -425,9 +453,11 @@ def summarise_task_mode(
         "batch-1 p50 ms per tower: "
         + json.dumps({m: {k: round(v, 2) for k, v in d.items()} for m, d in towers.items()})
     )
-    crossing = [e for e in curve if e["retention_id"][0] >= 0.984]
-    best = max(crossing, key=lambda e: e["speedup"] or 0.0) if crossing else None
-    print("fastest point at >= 98.4% ID retention: " + (f"{best['point']} {best['speedup']:.2f}x" if best else "none"))
+    for key, what in (("retention_id_equal_budget", "equal budget"), ("retention_id", "vs start")):
+        crossing = [e for e in curve if e[key][0] >= 0.984]
+        best = max(crossing, key=lambda e: e["speedup"] or 0.0) if crossing else None
+        print(f"fastest point at >= 98.4% ID retention ({what}): "
+              + (f"{best['point']} {best['speedup']:.2f}x" if best else "none"))  # fmt: skip
     for flag in flags:
         print(f"FLAG: {flag}")
     return {"command": "python " + " ".join(__import__("sys").argv), "runs": runs, "curve": curve,

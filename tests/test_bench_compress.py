@@ -55,3 +55,35 @@ def test_teacher_near_chance_is_flagged(bench) -> None:
     assert bench.teacher_above_chance(76.3, 10.6) is True
     assert bench.teacher_above_chance(2.0 * 10.0, 10.0) is True  # the boundary counts as above
     assert bench.teacher_above_chance(None, 10.0) is None and bench.teacher_above_chance(50.0, None) is None
+
+
+def _run(seed: int, sparsity: float, student: float, teacher: float, budget: float | None) -> dict:
+    run = {
+        "task": "retrieval", "seed": seed, "sparsity": sparsity, "resolution": None, "metric": "r_mean",
+        "teacher": {"id": teacher, "ood": teacher / 2}, "student": {"id": student, "ood": student / 2},
+        "params_M": {"teacher": 10.0, "student": 8.0},
+        "achieved_sparsity": {"all": sparsity, "text": sparsity}, "learned_sparsity": {"all": sparsity},
+        "expected_sparsity": sparsity, "calibration": {},
+    }  # fmt: skip
+    if budget is not None:
+        run["teacher_budget"] = {"id": budget, "ood": budget / 2}
+        run["budget_steps"] = {"teacher": 100, "teacher_budget": 200, "student": 200}
+    return run
+
+
+def test_retention_against_the_equal_budget_teacher(bench, capsys) -> None:
+    # A CoFi student (teacher's 100 steps + its own 100) beats its 100-step teacher but not one trained 200 steps.
+    runs = [_run(0, 0.3, 50.0, 40.0, 55.0), _run(1, 0.3, 44.0, 40.0, 50.0)]
+    args = type("A", (), {"min_test_items": 500})()
+    latency = {"retrieval": {"teacher": 30.0, "s0.3@same": 20.0}}
+    out = bench.summarise_task_mode(runs, latency, {}, {"retrieval": {"test": 500, "test_ood": 500}}, {}, args, 1.0)
+    (entry,) = out["curve"]
+    assert entry["retention_id"][0] == pytest.approx((50 / 40 + 44 / 40) / 2)
+    assert entry["retention_id_equal_budget"][0] == pytest.approx((50 / 55 + 44 / 50) / 2)
+    assert entry["retention_ood_equal_budget"][0] == pytest.approx((25 / 27.5 + 22 / 25) / 2)
+    assert entry["speedup"] == pytest.approx(1.5)
+    text = capsys.readouterr().out
+    assert "(equal budget): none" in text and "(vs start): s0.3@same 1.50x" in text
+    # Runs recorded before the equal-budget teacher existed fall back to the teacher they started from.
+    old = bench.seed_retention([_run(0, 0.3, 30.0, 40.0, None)], "teacher_budget", "id")
+    assert old == [pytest.approx(0.75)]

@@ -243,3 +243,16 @@ def test_calibration_keeps_the_ranking_and_leaves_a_converged_run_alone(tiny) ->
         assert again["delta"] == 0.0 and again["before"] == again["after"]
     finally:
         pruner.detach()
+
+
+def test_lambda_learns_at_its_own_rate(tiny) -> None:
+    """``lambda_lr_scale`` sets λ's lr relative to log α's (short-run penalty: 10×, the paper: one rate)."""
+    pruner = ModalPruner(tiny, PruneConfig(reg_lr=0.05, lambda_lr_scale=10.0))
+    groups = {g["name"]: g["lr"] for g in pruner.param_groups()}
+    assert groups == {"l0/log_alpha": pytest.approx(0.05), "l0/lambda": pytest.approx(0.5)}
+    pruner.detach()
+    paper = ModalPruner(tiny, PruneConfig(reg_lr=0.05))
+    assert [g["lr"] for g in paper.param_groups()] == [0.05, 0.05]
+    paper.detach()
+    with pytest.raises(ValueError, match="lambda_lr_scale"):
+        PruneConfig(lambda_lr_scale=0.0)

@@ -41,6 +41,7 @@ from grainvl.bench.results import append_result
 from grainvl.compress.prune import (
     LOG_ALPHA_TRAVEL,
     PAPER_TASK_DEFAULTS,
+    SHORT_RUN_LAMBDA_LR_SCALE,
     SHORT_RUN_PENALTY_TRAVEL,
     ModalPruner,
     PruneConfig,
@@ -138,6 +139,8 @@ class CompressConfig:
     # travel SHORT_RUN_PENALTY_TRAVEL: λ1 winds up in short runs and the game stops far from the target) or
     # "auto": penalty when the run is too short for the paper's reg lr, else the paper's game.
     lagrangian: str = "auto"
+    # lr of λ relative to log α's: None = SHORT_RUN_LAMBDA_LR_SCALE (10) with the short-run penalty, else 1 (paper).
+    lambda_lr_scale: float | None = None
     theseus_text: int | None = None  # successor layers of the text segment (None: half of it, at least 1)
     theseus_fusion: int | None = None  # ... of the fusion segment (None: half of it, at least 1)
     theseus_scheduler: str = "linear"  # "linear" p(t) = min(1, k t + b) or "constant" p
@@ -205,6 +208,8 @@ class CompressConfig:
                 )
         if self.lagrangian not in ("auto", "paper", "penalty"):
             raise ValueError(f"lagrangian must be auto, paper or penalty, got {self.lagrangian!r}")
+        if self.lambda_lr_scale is not None and self.lambda_lr_scale <= 0:
+            raise ValueError(f"lambda_lr_scale must be > 0, got {self.lambda_lr_scale}")
         if self.theseus_scheduler not in ("constant", "linear"):
             raise ValueError(f"theseus_scheduler must be 'constant' or 'linear', got {self.theseus_scheduler!r}")
 
@@ -419,6 +424,9 @@ def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
     penalty = cfg.lagrangian == "penalty" or (cfg.lagrangian == "auto" and short)
     travel = SHORT_RUN_PENALTY_TRAVEL if penalty and cfg.reg_lr_travel is not None else cfg.reg_lr_travel
     reg_lr_used = short_run_reg_lr(reg_lr, cfg.steps, travel)
+    lambda_scale = cfg.lambda_lr_scale
+    if lambda_scale is None:
+        lambda_scale = SHORT_RUN_LAMBDA_LR_SCALE if penalty and short else 1.0
     pcfg = PruneConfig(
         target_sparsity=target,
         per_modality=cfg.per_modality,
@@ -428,6 +436,7 @@ def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
         cnn_channels=cfg.prune_cnn_channels,
         calibrate_tolerance=0.01 if cfg.calibrate else None,
         linear_term=not penalty,
+        lambda_lr_scale=lambda_scale,
     )
     if state.model is state.teacher and cfg.student_init == "pretrained":
         state.model = copy.deepcopy(state.teacher)  # pruning the teacher itself: train a copy, keep the original
@@ -461,6 +470,7 @@ def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
         "kept_units": state.pruner.describe(),
         "reg_lr": reg_lr_used,
         "reg_lr_requested": reg_lr,
+        "lambda_lr": reg_lr_used * lambda_scale,
         "lagrangian": "penalty" if penalty else "paper",
         "reached_target_unaided": abs(learned["all"] - target) <= 0.02 if cfg.per_modality is None else None,
         "lr": lr,
@@ -711,7 +721,9 @@ def format_report(report: dict[str, Any]) -> str:
         if "learned_sparsity" in p:
             shifts = ", ".join(f"{k} {v['delta']:+.2f}" for k, v in p["calibration"].items()) or "none"
             lines.append(
-                f"    ({p.get('lagrangian', 'paper')} Lagrangian, reg lr {p['reg_lr']:.3g}; learned alone: expected "
+                f"    ({p.get('lagrangian', 'paper')} Lagrangian, reg lr {p['reg_lr']:.3g}"
+                f"{f' (λ {lam:.3g})' if (lam := p.get('lambda_lr', p['reg_lr'])) != p['reg_lr'] else ''}; "
+                f"learned alone: expected "
                 f"{p['expected_sparsity']:.3f}, masks {p['learned_sparsity']['all']:.3f}; calibration shift of "
                 f"log α: {shifts})"
             )
