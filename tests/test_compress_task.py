@@ -234,14 +234,18 @@ def test_short_runs_reach_the_target_unaided_with_the_penalty(vlue_world: Path, 
     )  # fmt: skip
     auto = run_compress(CompressConfig(out=str(tmp_path / "a"), **base))["stages"]["prune"]
     assert auto["lagrangian"] == "penalty" and auto["reg_lr"] == pytest.approx(8.0 / 40)
+    assert auto["lambda_lr"] == pytest.approx(10 * 8.0 / 40)  # SHORT_RUN_LAMBDA_LR_SCALE
     assert abs(auto["expected_sparsity"] - 0.5) < 0.05, auto["expected_sparsity"]
     assert abs(auto["learned_sparsity"]["all"] - 0.5) < 0.06, auto["learned_sparsity"]
     teacher = str(tmp_path / "a" / "teacher_retrieval")
     paper = run_compress(CompressConfig(out=str(tmp_path / "p"), lagrangian="paper", task_teacher=teacher, **base))
     p = paper["stages"]["prune"]
     assert p["lagrangian"] == "paper" and abs(p["expected_sparsity"] - 0.5) > abs(auto["expected_sparsity"] - 0.5)
+    assert p["lambda_lr"] == p["reg_lr"]  # the paper's game: one rate for log α and λ
     with pytest.raises(ValueError, match="lagrangian"):
         CompressConfig(out="x", lagrangian="dual", **{k: v for k, v in base.items() if k != "out"})
+    with pytest.raises(ValueError, match="lambda_lr_scale"):
+        CompressConfig(out="x", lambda_lr_scale=0.0, **{k: v for k, v in base.items() if k != "out"})
 
 
 def test_penalty_mode_keeps_lambda1_at_zero() -> None:
