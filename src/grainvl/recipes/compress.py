@@ -40,6 +40,7 @@ from grainvl.bench.energy import EnergyTracker, count_parameters, flops_per_samp
 from grainvl.bench.results import append_result
 from grainvl.compress.prune import (
     LOG_ALPHA_TRAVEL,
+    PAPER_GAME_MIN_STEPS,
     PAPER_TASK_DEFAULTS,
     SHORT_RUN_LAMBDA_LR_SCALE,
     SHORT_RUN_PENALTY_TRAVEL,
@@ -137,7 +138,8 @@ class CompressConfig:
     calibrate: bool = True
     # The Lagrangian: "paper" (λ1·gap + λ2·gap², log α travel ``reg_lr_travel``), "penalty" (λ2·gap² alone,
     # travel SHORT_RUN_PENALTY_TRAVEL: λ1 winds up in short runs and the game stops far from the target) or
-    # "auto": penalty when the run is too short for the paper's reg lr, else the paper's game.
+    # "auto": penalty in runs shorter than PAPER_GAME_MIN_STEPS (1,000) or too short for the paper's reg lr, else the
+    # paper's game.
     lagrangian: str = "auto"
     # lr of λ relative to log α's: None = SHORT_RUN_LAMBDA_LR_SCALE (10) with the short-run penalty, else 1 (paper).
     lambda_lr_scale: float | None = None
@@ -420,7 +422,7 @@ def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
     target = cfg.target_sparsity if cfg.target_sparsity is not None else cfg.paper("target_sparsity")
     reg_lr = cfg.reg_lr if cfg.reg_lr is not None else cfg.paper("reg_lr")
     # Tens of steps at the paper's 0.01 cannot move log α far enough (short_run_reg_lr); long runs keep it.
-    short = short_run_reg_lr(reg_lr, cfg.steps, cfg.reg_lr_travel) > reg_lr
+    short = short_run_reg_lr(reg_lr, cfg.steps, cfg.reg_lr_travel) > reg_lr or cfg.steps < PAPER_GAME_MIN_STEPS
     penalty = cfg.lagrangian == "penalty" or (cfg.lagrangian == "auto" and short)
     travel = SHORT_RUN_PENALTY_TRAVEL if penalty and cfg.reg_lr_travel is not None else cfg.reg_lr_travel
     reg_lr_used = short_run_reg_lr(reg_lr, cfg.steps, travel)
