@@ -261,3 +261,25 @@ def test_penalty_mode_keeps_lambda1_at_zero() -> None:
     value, _ = pruner.lagrangian()
     gap = pruner.expected_sparsity() - 0.5
     assert torch.allclose(value, 3.0 * gap**2)  # λ1 ignored: the quadratic penalty alone
+
+
+def test_prune_game_per_run_length() -> None:
+    """``lagrangian: auto``: the penalty with λ 10× faster in every run under 1,000 steps (NLVR2's paper reg lr 0.1
+    too), the paper's game at one rate in longer runs; explicit choices are kept."""
+    from grainvl.recipes.compress import prune_game
+
+    def game(task: str, steps: int, **kw):
+        return prune_game(CompressConfig("t", ["prune"], "w", "x", task=task, steps=steps, **kw))
+
+    g = game("retrieval", 100)
+    assert g.penalty and g.reg_lr == pytest.approx(0.08) and g.lambda_lr == pytest.approx(0.8)
+    g = game("nlvr2", 100)  # 0.1 already travels 8 in 100 steps; the run is still short for the paper's game
+    assert g.penalty and g.reg_lr == pytest.approx(0.1) and g.lambda_lr == pytest.approx(1.0)
+    g = game("nlvr2", 2000)
+    assert not g.penalty and g.reg_lr == g.lambda_lr == pytest.approx(0.1)
+    g = game("retrieval", 2000)
+    assert not g.penalty and g.reg_lr == g.lambda_lr == pytest.approx(0.01) and g.reg_lr_requested == 0.01
+    g = game("retrieval", 100, lagrangian="paper")  # travel 4 over 100 steps, one rate
+    assert not g.penalty and g.reg_lr == g.lambda_lr == pytest.approx(0.04)
+    g = game("retrieval", 100, lambda_lr_scale=2.0)
+    assert g.penalty and g.lambda_lr == pytest.approx(0.16)

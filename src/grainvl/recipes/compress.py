@@ -418,27 +418,47 @@ def _stage_distill(state: _State, cfg: CompressConfig) -> dict[str, Any]:
     return {**info, "layer_map": layer_map.to_dict()}
 
 
-def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
-    target = cfg.target_sparsity if cfg.target_sparsity is not None else cfg.paper("target_sparsity")
+@dataclass(frozen=True)
+class PruneGame:
+    """How the prune stage's Lagrangian is played (:func:`prune_game`)."""
+
+    penalty: bool  # λ2·gap² alone (True) or the paper's λ1·gap + λ2·gap²
+    reg_lr_requested: float  # the paper's reg_learning_rate for the task, or the user's
+    reg_lr: float  # log α's lr, raised in short runs (short_run_reg_lr)
+    lambda_lr: float  # λ's lr
+
+
+def prune_game(cfg: CompressConfig) -> PruneGame:
+    """The Lagrangian, reg lr and λ lr that ``cfg.lagrangian`` gives for ``cfg.steps`` prune steps.
+
+    ``auto``: a run shorter than ``PAPER_GAME_MIN_STEPS``, or too short for the paper's reg lr to move log α
+    ``reg_lr_travel`` (short_run_reg_lr), plays the penalty, log α at ``max(reg lr, 8 / steps)`` and λ 10× faster;
+    a longer one the paper's game at the paper's rate for both.
+    """
     reg_lr = cfg.reg_lr if cfg.reg_lr is not None else cfg.paper("reg_lr")
-    # Tens of steps at the paper's 0.01 cannot move log α far enough (short_run_reg_lr); long runs keep it.
     short = short_run_reg_lr(reg_lr, cfg.steps, cfg.reg_lr_travel) > reg_lr or cfg.steps < PAPER_GAME_MIN_STEPS
     penalty = cfg.lagrangian == "penalty" or (cfg.lagrangian == "auto" and short)
     travel = SHORT_RUN_PENALTY_TRAVEL if penalty and cfg.reg_lr_travel is not None else cfg.reg_lr_travel
     reg_lr_used = short_run_reg_lr(reg_lr, cfg.steps, travel)
-    lambda_scale = cfg.lambda_lr_scale
-    if lambda_scale is None:
-        lambda_scale = SHORT_RUN_LAMBDA_LR_SCALE if penalty and short else 1.0
+    scale = cfg.lambda_lr_scale
+    if scale is None:
+        scale = SHORT_RUN_LAMBDA_LR_SCALE if penalty and short else 1.0
+    return PruneGame(penalty, reg_lr, reg_lr_used, reg_lr_used * scale)
+
+
+def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
+    target = cfg.target_sparsity if cfg.target_sparsity is not None else cfg.paper("target_sparsity")
+    game = prune_game(cfg)
     pcfg = PruneConfig(
         target_sparsity=target,
         per_modality=cfg.per_modality,
         warmup_steps=max(1, round(cfg.lagrangian_warmup * cfg.steps)),
-        reg_lr=reg_lr_used,
+        reg_lr=game.reg_lr,
         layers=cfg.prune_layers,
         cnn_channels=cfg.prune_cnn_channels,
         calibrate_tolerance=0.01 if cfg.calibrate else None,
-        linear_term=not penalty,
-        lambda_lr_scale=lambda_scale,
+        linear_term=not game.penalty,
+        lambda_lr_scale=game.lambda_lr / game.reg_lr,
     )
     if state.model is state.teacher and cfg.student_init == "pretrained":
         state.model = copy.deepcopy(state.teacher)  # pruning the teacher itself: train a copy, keep the original
@@ -470,10 +490,10 @@ def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
         "expected_sparsity": expected,
         "calibration": calibration,
         "kept_units": state.pruner.describe(),
-        "reg_lr": reg_lr_used,
-        "reg_lr_requested": reg_lr,
-        "lambda_lr": reg_lr_used * lambda_scale,
-        "lagrangian": "penalty" if penalty else "paper",
+        "reg_lr": game.reg_lr,
+        "reg_lr_requested": game.reg_lr_requested,
+        "lambda_lr": game.lambda_lr,
+        "lagrangian": "penalty" if game.penalty else "paper",
         "reached_target_unaided": abs(learned["all"] - target) <= 0.02 if cfg.per_modality is None else None,
         "lr": lr,
     }
