@@ -234,7 +234,7 @@ def test_short_runs_reach_the_target_unaided_with_the_penalty(vlue_world: Path, 
     )  # fmt: skip
     auto = run_compress(CompressConfig(out=str(tmp_path / "a"), **base))["stages"]["prune"]
     assert auto["lagrangian"] == "penalty" and auto["reg_lr"] == pytest.approx(8.0 / 40)
-    assert auto["lambda_lr"] == pytest.approx(10 * 8.0 / 40)  # SHORT_RUN_LAMBDA_LR_SCALE
+    assert auto["lambda_lr"] == auto["reg_lr"]  # one rate unless lambda_lr_scale says otherwise
     assert abs(auto["expected_sparsity"] - 0.5) < 0.05, auto["expected_sparsity"]
     assert abs(auto["learned_sparsity"]["all"] - 0.5) < 0.06, auto["learned_sparsity"]
     teacher = str(tmp_path / "a" / "teacher_retrieval")
@@ -264,22 +264,22 @@ def test_penalty_mode_keeps_lambda1_at_zero() -> None:
 
 
 def test_prune_game_per_run_length() -> None:
-    """``lagrangian: auto``: the penalty with λ 10× faster in every run under 1,000 steps (NLVR2's paper reg lr 0.1
-    too), the paper's game at one rate in longer runs; explicit choices are kept."""
+    """``lagrangian: auto``: the penalty in every run under 1,000 steps (NLVR2's paper reg lr 0.1 too), the paper's
+    game in longer runs; λ at log α's rate times ``lambda_lr_scale``; explicit choices are kept."""
     from grainvl.recipes.compress import prune_game
 
     def game(task: str, steps: int, **kw):
         return prune_game(CompressConfig("t", ["prune"], "w", "x", task=task, steps=steps, **kw))
 
     g = game("retrieval", 100)
-    assert g.penalty and g.reg_lr == pytest.approx(0.08) and g.lambda_lr == pytest.approx(0.8)
+    assert g.penalty and g.reg_lr == g.lambda_lr == pytest.approx(0.08)
     g = game("nlvr2", 100)  # 0.1 already travels 8 in 100 steps; the run is still short for the paper's game
-    assert g.penalty and g.reg_lr == pytest.approx(0.1) and g.lambda_lr == pytest.approx(1.0)
+    assert g.penalty and g.reg_lr == g.lambda_lr == pytest.approx(0.1)
     g = game("nlvr2", 2000)
     assert not g.penalty and g.reg_lr == g.lambda_lr == pytest.approx(0.1)
     g = game("retrieval", 2000)
     assert not g.penalty and g.reg_lr == g.lambda_lr == pytest.approx(0.01) and g.reg_lr_requested == 0.01
     g = game("retrieval", 100, lagrangian="paper")  # travel 4 over 100 steps, one rate
     assert not g.penalty and g.reg_lr == g.lambda_lr == pytest.approx(0.04)
-    g = game("retrieval", 100, lambda_lr_scale=2.0)
-    assert g.penalty and g.lambda_lr == pytest.approx(0.16)
+    g = game("retrieval", 100, lambda_lr_scale=10.0)
+    assert g.penalty and g.reg_lr == pytest.approx(0.08) and g.lambda_lr == pytest.approx(0.8)

@@ -57,12 +57,6 @@ LOG_ALPHA_TRAVEL = 4.0
 # expected 0.52 / 0.50 / 0.50 after 30 / 60 / 120 steps with travel 8 (0.49 with 12), where the paper's game
 # ended at 0.43 (travel 4) or overshot to 0.81 (travel 8) after 60.
 SHORT_RUN_PENALTY_TRAVEL = 8.0
-# ... and λ2 there learns this many times faster than log α. Why: under Adam λ2 grows by about its lr per step,
-# so after t steps the penalty's pull on a unit is ∝ lr·t·gap, and the game settles where that pull equals the
-# task loss's push: at a gap ∝ 1/(lr·t). With λ at log α's lr, stage 2 from the retrieval teacher (xvlm-small,
-# 100 steps) stopped at 0.25 / 0.35 / 0.42 of a 0.3 / 0.5 / 0.7 target (docs/compression.md); a stiffer
-# penalty closes the gap instead of leaving it to calibration. Measured in docs/compression.md.
-SHORT_RUN_LAMBDA_LR_SCALE = 10.0
 # Below this many prune steps ``lagrangian: auto`` uses the penalty even where the paper's reg lr is already large
 # enough to travel (NLVR2's 0.1): the paper's game then winds up λ1 and overshoots (stage 2 on NLVR2 from the task
 # teacher, xvlm-small, 100 steps at 0.1: 0.448 for a 0.3 target). The game settles in paper-length runs (the
@@ -169,7 +163,8 @@ class PruneConfig:
     # False: λ1 stays 0 and L = λ2·(ŝ − t)², a penalty that grows until it holds ŝ at t (see
     # SHORT_RUN_PENALTY_TRAVEL: what short runs use, since λ1 winds up there); True: the paper's λ1·gap + λ2·gap².
     linear_term: bool = True
-    # lr of λ = reg_lr · lambda_lr_scale (CoFi/EfficientVLM: 1, one reg_learning_rate for both).
+    # lr of λ = reg_lr · lambda_lr_scale (CoFi/EfficientVLM: 1, one reg_learning_rate for both). Larger: a stiffer
+    # penalty that reaches the target in short runs, at a cost in retention (CompressConfig.lambda_lr_scale).
     lambda_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:

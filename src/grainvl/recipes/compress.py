@@ -42,7 +42,6 @@ from grainvl.compress.prune import (
     LOG_ALPHA_TRAVEL,
     PAPER_GAME_MIN_STEPS,
     PAPER_TASK_DEFAULTS,
-    SHORT_RUN_LAMBDA_LR_SCALE,
     SHORT_RUN_PENALTY_TRAVEL,
     ModalPruner,
     PruneConfig,
@@ -141,8 +140,9 @@ class CompressConfig:
     # "auto": penalty in runs shorter than PAPER_GAME_MIN_STEPS (1,000) or too short for the paper's reg lr, else the
     # paper's game.
     lagrangian: str = "auto"
-    # lr of λ relative to log α's: None = SHORT_RUN_LAMBDA_LR_SCALE (10) with the short-run penalty, else 1 (paper).
-    lambda_lr_scale: float | None = None
+    # lr of λ relative to log α's (1: one rate, the paper's). 10 makes the short-run penalty reach the target by
+    # itself, but in 100-step runs it pruned by cost rather than by the task and kept less (docs/compression.md).
+    lambda_lr_scale: float = 1.0
     theseus_text: int | None = None  # successor layers of the text segment (None: half of it, at least 1)
     theseus_fusion: int | None = None  # ... of the fusion segment (None: half of it, at least 1)
     theseus_scheduler: str = "linear"  # "linear" p(t) = min(1, k t + b) or "constant" p
@@ -210,7 +210,7 @@ class CompressConfig:
                 )
         if self.lagrangian not in ("auto", "paper", "penalty"):
             raise ValueError(f"lagrangian must be auto, paper or penalty, got {self.lagrangian!r}")
-        if self.lambda_lr_scale is not None and self.lambda_lr_scale <= 0:
+        if self.lambda_lr_scale <= 0:
             raise ValueError(f"lambda_lr_scale must be > 0, got {self.lambda_lr_scale}")
         if self.theseus_scheduler not in ("constant", "linear"):
             raise ValueError(f"theseus_scheduler must be 'constant' or 'linear', got {self.theseus_scheduler!r}")
@@ -432,18 +432,15 @@ def prune_game(cfg: CompressConfig) -> PruneGame:
     """The Lagrangian, reg lr and λ lr that ``cfg.lagrangian`` gives for ``cfg.steps`` prune steps.
 
     ``auto``: a run shorter than ``PAPER_GAME_MIN_STEPS``, or too short for the paper's reg lr to move log α
-    ``reg_lr_travel`` (short_run_reg_lr), plays the penalty, log α at ``max(reg lr, 8 / steps)`` and λ 10× faster;
-    a longer one the paper's game at the paper's rate for both.
+    ``reg_lr_travel`` (short_run_reg_lr), plays the penalty with log α at ``max(reg lr, 8 / steps)``; a longer one
+    the paper's game at the paper's rate. λ learns at log α's rate times ``lambda_lr_scale``.
     """
     reg_lr = cfg.reg_lr if cfg.reg_lr is not None else cfg.paper("reg_lr")
     short = short_run_reg_lr(reg_lr, cfg.steps, cfg.reg_lr_travel) > reg_lr or cfg.steps < PAPER_GAME_MIN_STEPS
     penalty = cfg.lagrangian == "penalty" or (cfg.lagrangian == "auto" and short)
     travel = SHORT_RUN_PENALTY_TRAVEL if penalty and cfg.reg_lr_travel is not None else cfg.reg_lr_travel
     reg_lr_used = short_run_reg_lr(reg_lr, cfg.steps, travel)
-    scale = cfg.lambda_lr_scale
-    if scale is None:
-        scale = SHORT_RUN_LAMBDA_LR_SCALE if penalty and short else 1.0
-    return PruneGame(penalty, reg_lr, reg_lr_used, reg_lr_used * scale)
+    return PruneGame(penalty, reg_lr, reg_lr_used, reg_lr_used * cfg.lambda_lr_scale)
 
 
 def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
