@@ -336,7 +336,8 @@ def run_task_mode(args: argparse.Namespace) -> dict[str, Any]:
                     world=str(world), out=str(folder), student_init=args.student_init,
                     student_resolution=resolution if cofi else None,
                     steps=args.steps, task=task, task_teacher=str(teacher_run), target_sparsity=sparsity,
-                    seed=seed, finetune=finetune, prune_lr=args.prune_lr, progress=False, track_energy=False,
+                    seed=seed, finetune=finetune, prune_lr=args.prune_lr, lambda_lr_scale=args.lambda_lr_scale,
+                    progress=False, track_energy=False,
                     evaluate_teacher=False,  # scored once above
                 )  # fmt: skip
                 report = run_compress(cfg)
@@ -476,6 +477,9 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=160, help="task mode: resolution of a generated world")
     parser.add_argument("--min-test-items", type=int, default=500, help="task mode: flag smaller test splits")
     parser.add_argument("--prune-lr", type=float, help="task mode: lr of the prune stage (default: the paper's)")
+    parser.add_argument("--lambda-lr-scale", type=float, default=1.0,
+                        help="task mode: λ's lr over log α's (CompressConfig.lambda_lr_scale; 10 reaches the target "
+                        "unaided in short runs)")  # fmt: skip
     parser.add_argument("--teacher", help="teacher model folder (default: pre-train the bench teacher)")
     parser.add_argument("--world", type=Path, help="world folder (default: generate one under --out)")
     parser.add_argument("--images", type=int, default=80, help="images of a generated world")
