@@ -219,6 +219,15 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def score_run(run: Path, world: Path) -> tuple[Any, Any, dict[str, dict[str, float]]]:
+    """A fine-tuned run's task, module and metrics on the ID (``test``) and OOD (``test_ood``) splits."""
+    from grainvl.recipes.finetune import load_finetuned
+
+    task, module, tokenizer = load_finetuned(run, world)
+    splits = (("id", "test"), ("ood", "test_ood"))
+    return task, module, {tag: task.evaluate(module, tokenizer, world, split) for tag, split in splits}
+
+
 def seed_retention(runs: list[dict[str, Any]], reference: str, split: str) -> list[float]:
     """Per seed, the mean over tasks of student / ``reference`` (``teacher`` or ``teacher_budget``) on ``split``."""
     per_seed: dict[int, list[float]] = {}
@@ -311,9 +320,7 @@ def run_task_mode(args: argparse.Namespace) -> dict[str, Any]:
                                   progress=False)  # fmt: skip
             if not (teacher_run / "task.json").is_file():
                 run_finetune(stage2_finetune_config(tcfg, teacher_run))
-            t_task, t_module, tokenizer = load_finetuned(teacher_run, world)
-            t_scores = {tag: t_task.evaluate(t_module, tokenizer, world, split) for tag, split in
-                        (("id", "test"), ("ood", "test_ood"))}  # fmt: skip
+            t_task, t_module, t_scores = score_run(teacher_run, world)
             metric = t_task.primary_metric
             # 2b. The equal-budget teacher: as many task steps as a student gets in all (issue 19 §3). A CoFi
             # student has the teacher's steps plus its own; a GD student its own only. Same run when equal.
@@ -324,9 +331,7 @@ def run_task_mode(args: argparse.Namespace) -> dict[str, Any]:
                 if not (budget_run / "task.json").is_file():
                     run_finetune(stage2_finetune_config(dataclasses.replace(tcfg, teacher_steps=budget_steps),
                                                         budget_run))  # fmt: skip
-                b_task, b_module, b_tok = load_finetuned(budget_run, world)
-                budget_scores = {tag: b_task.evaluate(b_module, b_tok, world, split) for tag, split in
-                                 (("id", "test"), ("ood", "test_ood"))}  # fmt: skip
+                budget_scores = score_run(budget_run, world)[2]
             for sparsity, resolution in points:
                 # 3. The GD student pruned during fine-tuning with KD from this teacher.
                 name = f"{task}/seed{seed}/s{sparsity}@{resolution or 'same'}"

@@ -87,3 +87,29 @@ def test_retention_against_the_equal_budget_teacher(bench, capsys) -> None:
     # Runs recorded before the equal-budget teacher existed fall back to the teacher they started from.
     old = bench.seed_retention([_run(0, 0.3, 30.0, 40.0, None)], "teacher_budget", "id")
     assert old == [pytest.approx(0.75)]
+
+
+def test_task_mode_end_to_end_with_the_equal_budget_teacher(
+    bench, vlue_world: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Stage 2 from the task teacher on xvlm-tiny, 2 seeds, 3 + 3 steps: a 6-step equal-budget teacher per seed,
+    both retentions per point, every run recorded in OUT/bench_compress.json."""
+    import json
+    import sys
+
+    out = tmp_path / "b"
+    argv = ["bench_compress.py", "--teacher", "xvlm-tiny", "--tasks", "retrieval", "--seeds", "0,1", "--student-init",
+            "task_teacher", "--points", "0.2", "--steps", "3", "--finetune-steps", "3", "--world", str(vlue_world),
+            "--min-test-items", "500", "--repeats", "2", "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bench.main()
+    result = json.loads((out / "bench_compress.json").read_text(encoding="utf-8"))
+    assert [r["seed"] for r in result["runs"]] == [0, 1]
+    for run in result["runs"]:
+        assert run["budget_steps"] == {"teacher": 3, "teacher_budget": 6, "student": 6}
+        assert (out / "teachers_budget" / "retrieval" / f"seed{run['seed']}" / "task.json").is_file()
+        assert set(run["teacher_budget"]) == {"id", "ood"}
+    (entry,) = result["curve"]
+    assert len(entry["retention_id_equal_budget"]) == 2 and entry["speedup"] > 0
+    assert any("test splits of" in flag for flag in result["flags"])  # 6-image splits are under the minimum

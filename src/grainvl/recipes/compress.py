@@ -425,7 +425,11 @@ class PruneGame:
     penalty: bool  # λ2·gap² alone (True) or the paper's λ1·gap + λ2·gap²
     reg_lr_requested: float  # the paper's reg_learning_rate for the task, or the user's
     reg_lr: float  # log α's lr, raised in short runs (short_run_reg_lr)
-    lambda_lr: float  # λ's lr
+    lambda_lr_scale: float  # λ's lr over log α's
+
+    @property
+    def lambda_lr(self) -> float:
+        return self.reg_lr * self.lambda_lr_scale
 
 
 def prune_game(cfg: CompressConfig) -> PruneGame:
@@ -440,7 +444,7 @@ def prune_game(cfg: CompressConfig) -> PruneGame:
     penalty = cfg.lagrangian == "penalty" or (cfg.lagrangian == "auto" and short)
     travel = SHORT_RUN_PENALTY_TRAVEL if penalty and cfg.reg_lr_travel is not None else cfg.reg_lr_travel
     reg_lr_used = short_run_reg_lr(reg_lr, cfg.steps, travel)
-    return PruneGame(penalty, reg_lr, reg_lr_used, reg_lr_used * cfg.lambda_lr_scale)
+    return PruneGame(penalty, reg_lr, reg_lr_used, cfg.lambda_lr_scale)
 
 
 def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
@@ -455,7 +459,7 @@ def _stage_prune(state: _State, cfg: CompressConfig) -> dict[str, Any]:
         cnn_channels=cfg.prune_cnn_channels,
         calibrate_tolerance=0.01 if cfg.calibrate else None,
         linear_term=not game.penalty,
-        lambda_lr_scale=game.lambda_lr / game.reg_lr,
+        lambda_lr_scale=game.lambda_lr_scale,
     )
     if state.model is state.teacher and cfg.student_init == "pretrained":
         state.model = copy.deepcopy(state.teacher)  # pruning the teacher itself: train a copy, keep the original
