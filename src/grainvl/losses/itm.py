@@ -159,5 +159,8 @@ def hard_negative_itm_loss(
         neg_image, neg_text = _draw_negatives(sim_i2t, idx)
     text_index, image_index = itm_pairs(neg_image, neg_text)  # (3B,), (3B,)
     pair_vis = select_vision_rows(vis, image_index, share=model.share_vision_rows)
-    fused = model.fuse(text[text_index], text_atts[text_index], pair_vis, vis_atts[image_index])
+    # index_select rather than text[text_index]: the same rows, but its backward sums the copies' gradients with
+    # index_add, where advanced indexing's index_put(accumulate=True) took 5x longer on CPU (16.6 vs 3.1 ms for
+    # 144 rows of 100x384 gathered from 12).
+    fused = model.fuse(text.index_select(0, text_index), text_atts[text_index], pair_vis, vis_atts[image_index])
     return itm_loss(model.itm_logits(fused))

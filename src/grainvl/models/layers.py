@@ -46,8 +46,8 @@ class SharedTokens:
     def project(self, linear: nn.Module) -> Tensor:
         """``linear`` applied to every row's tokens -> (B, 1+N, out), computed on the distinct rows."""
         if self.first is None:
-            return linear(self.tokens)[self.index]  # (B, 1+N, out)
-        patches = linear(self.tokens[:, 1:])[self.index]  # (B, N, out)
+            return linear(self.tokens).index_select(0, self.index)  # (B, 1+N, out)
+        patches = linear(self.tokens[:, 1:]).index_select(0, self.index)  # (B, N, out)
         return torch.cat([linear(self.first).unsqueeze(1), patches], dim=1)
 
 
@@ -56,7 +56,7 @@ def select_vision_rows(tokens: Tensor | SharedTokens, rows: Tensor, share: bool 
     ``tokens`` already is (only a model sharing rows makes :class:`SharedTokens`)."""
     if isinstance(tokens, SharedTokens):
         return tokens.select(rows)
-    return SharedTokens(tokens, rows) if share else tokens[rows]
+    return SharedTokens(tokens, rows) if share else tokens.index_select(0, rows)
 
 
 def mask_value(dtype: torch.dtype) -> float:

@@ -884,6 +884,10 @@ class EfficientNetLiteTower(_Tower):
         super().__init__(cfg)
         self.backbone = load_efficientnet_lite0(cfg.pretrained, cfg.resolution, cfg.drop_path_rate)
         self.backbone._fc = nn.Identity()  # unused classifier; backbone.forward now returns pooled features
+        # NHWC weights and activations (the input is converted in _features): oneDNN's depthwise and 1x1
+        # convolutions run 1.5x faster on them on CPU (batch 32 at 160 px: 0.144 vs 0.215 s; batch 1: docs/models.md).
+        # load_state_dict copies into these tensors and keeps their layout; checkpoints save them contiguous.
+        self.backbone.to(memory_format=torch.channels_last)
         if cfg.layer_mlp is not None:  # a shrunk tower (compress.shrink): narrower MBConv expansion channels
             self._narrow_blocks(cfg.layer_mlp)
         # Set by a channel pruner (compress.prune): build the autograd graph through a frozen backbone so
@@ -969,6 +973,8 @@ class EfficientNetLiteTower(_Tower):
         """The package's ``extract_features`` (same drop-connect schedule), optionally with each block
         checkpointed; at stride 16 also joins the stride-16 map. Returns ``(B, C, h, w)``."""
         net = self.backbone
+        nhwc = net._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)  # see __init__
+        images = images.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
         x = net._swish(net._bn0(net._conv_stem(images)))  # stem
         n_blocks = len(net._blocks)
         fine = None

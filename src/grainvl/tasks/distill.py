@@ -408,8 +408,8 @@ class DistillTask(nn.Module):
                 "fusion",
                 input_ids=None,
                 attention_mask=pair_text,
-                inputs_embeds_for_fusion=txt[order_text],
-                encoder_hidden_states=vis[order_vis],
+                inputs_embeds_for_fusion=txt.index_select(0, order_text),  # backward: index_add (see itm.py)
+                encoder_hidden_states=vis.index_select(0, order_vis),
                 encoder_attention_mask=_ones(vis)[order_vis],  # teacher and student grids may differ
             )
 

@@ -101,7 +101,7 @@ class PretrainTask(nn.Module):
         losses["region_mlm_loss"] = weight * self._mlm(b, region_seq, region_atts)
         if self.weights.bbox:
             # Box regression: the region text against the *whole* image (all-ones mask), xvlm.md §2.4.
-            full = image_embeds[index]  # (T, 1+N, Dv)
+            full = image_embeds.index_select(0, index)  # (T, 1+N, Dv)
             full_atts = torch.ones(full.shape[:2], dtype=torch.long, device=full.device)
             rows = select_vision_rows(image_embeds, index, m.share_vision_rows)
             fused = m.fuse(text, b["text_atts"], rows, full_atts)
