@@ -884,9 +884,10 @@ class EfficientNetLiteTower(_Tower):
         super().__init__(cfg)
         self.backbone = load_efficientnet_lite0(cfg.pretrained, cfg.resolution, cfg.drop_path_rate)
         self.backbone._fc = nn.Identity()  # unused classifier; backbone.forward now returns pooled features
-        # NHWC weights and activations (the input is converted in _features): oneDNN's depthwise and 1x1
-        # convolutions run 1.5x faster on them on CPU (batch 32 at 160 px: 0.144 vs 0.215 s; batch 1: docs/models.md).
-        # load_state_dict copies into these tensors and keeps their layout; checkpoints save them contiguous.
+        # NHWC weights and activations (_features converts the input to the stem's layout): oneDNN's depthwise
+        # and 1x1 convolutions run faster on them on CPU (frozen tower at 160 px: 1.51x at batch 32, 1.11x at
+        # batch 1; docs/models.md). load_state_dict copies into these tensors and keeps their layout; checkpoints
+        # are written contiguous (fileio.save_model_safetensors).
         self.backbone.to(memory_format=torch.channels_last)
         if cfg.layer_mlp is not None:  # a shrunk tower (compress.shrink): narrower MBConv expansion channels
             self._narrow_blocks(cfg.layer_mlp)
