@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +32,7 @@ from grainvl.models.vision import (
     resize_state_dict,
     vit_tiny,
 )
+from grainvl.utils.fileio import load_model_safetensors, save_model_safetensors
 
 
 def _randomise(module: nn.Module, seed: int = 0) -> None:
@@ -487,6 +490,33 @@ def test_efficientnet_batchnorm_statistics_stay_frozen_in_training() -> None:
     tower(torch.randn(4, 3, 64, 64) * 3 + 1).sum().backward()
     assert torch.equal(bn.running_mean, before)
     assert bn.weight.grad is not None  # affine parameters still learn
+
+
+def test_efficientnet_tower_runs_channels_last_with_the_nchw_numbers(tmp_path: Path) -> None:
+    # The backbone is kept in NHWC layout for speed (docs/models.md); the numbers must be the NCHW ones, with
+    # and without gradients, and a checkpoint must load back into the NHWC tensors.
+    tower = EfficientNetLiteTower(efficientnet_lite0(64, width=8, pretrained=False)).train()
+    assert tower.backbone._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    nchw = copy.deepcopy(tower)
+    nchw.backbone.to(memory_format=torch.contiguous_format)
+    assert not nchw.backbone._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    images = torch.randn(3, 3, 64, 64)
+    torch.manual_seed(0)  # the same drop-connect draws on both sides
+    out = tower(images)
+    torch.manual_seed(0)
+    ref = nchw(images)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    grads = dict(nchw.named_parameters())
+    for name, param in tower.named_parameters():
+        torch.testing.assert_close(param.grad, grads[name].grad, rtol=1e-3, atol=1e-4, msg=name)
+    save_model_safetensors(tmp_path / "tower.safetensors", tower.state_dict())
+    fresh = EfficientNetLiteTower(efficientnet_lite0(64, width=8, pretrained=False))
+    fresh.load_state_dict(load_model_safetensors(tmp_path / "tower.safetensors"))
+    assert fresh.backbone._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(images), tower.eval()(images))
 
 
 def test_no_weight_decay_names_exist() -> None:
