@@ -25,7 +25,7 @@ from grainvl.losses.bbox import bbox_loss
 from grainvl.losses.itc import itc_loss
 from grainvl.losses.itm import hard_negative_itm_loss
 from grainvl.losses.mlm import gather_masked, mlm_loss
-from grainvl.models.layers import SharedTokens, select_vision_rows
+from grainvl.models.layers import SharedTokens
 from grainvl.models.xvlm import XVLM
 from grainvl.utils.distributed import to_global_mean
 
@@ -103,7 +103,8 @@ class PretrainTask(nn.Module):
             # Box regression: the region text against the *whole* image (all-ones mask), xvlm.md §2.4.
             full = image_embeds.index_select(0, index)  # (T, 1+N, Dv)
             full_atts = torch.ones(full.shape[:2], dtype=torch.long, device=full.device)
-            rows = select_vision_rows(image_embeds, index, m.share_vision_rows)
+            # Shared: projected once per image; otherwise the rows just gathered (not a second gather).
+            rows = SharedTokens(image_embeds, index) if m.share_vision_rows else full
             fused = m.fuse(text, b["text_atts"], rows, full_atts)
             l1, giou = bbox_loss(m.predict_box(fused, full), b["region_boxes"], b["is_image"])
             num_boxes = (~b["is_image"].bool()).sum()  # the boxes bbox_loss averages over
