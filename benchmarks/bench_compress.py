@@ -22,6 +22,8 @@ generated first. Then ``grainvl compress --recipe distill,prune,shrink`` runs on
   Lagrangian game ended before the final calibration, prune.ModalPruner.calibrate_).
 
 Everything is printed and written to ``OUT/bench_compress.json``; the VLUE rows are in ``OUT/bench/results.jsonl``.
+Task mode also draws the retention-vs-speed-up curve (``OUT/curve.png``) and names where it crosses 98.4 %, with the
+seed spread's range; ``--summarise OUT/bench_compress.json`` prints a recorded run's summary again without running.
 EfficientVLM reports 2.2x at 98.4 % retention with 44 % of the parameters; the issue asks for >= 3x at >= 98.4 %.
 """
 
@@ -291,7 +293,7 @@ def run_task_mode(args: argparse.Namespace) -> dict[str, Any]:
     points = parse_points(args.points)
     demo = load_demo_config().bench
     items = {t: {s: split_items(world, t, s) for s in ("test", "test_ood")} for t in tasks}
-    small = {t: n for t, n in items.items() if min(n.values()) < args.min_test_items}
+    small = small_splits(items, args.min_test_items)
     # 1. One general-distillation student per student resolution (task-agnostic, shared by tasks and seeds);
     # none with --student-init task_teacher (CoFi: each point starts from the fine-tuned teacher itself).
     cofi = args.student_init == "task_teacher"
@@ -459,16 +461,116 @@ def summarise_task_mode(
         "batch-1 p50 ms per tower: "
         + json.dumps({m: {k: round(v, 2) for k, v in d.items()} for m, d in towers.items()})
     )
+    crossings = {}
     for key, what in (("retention_id_equal_budget", "equal budget"), ("retention_id", "vs start")):
-        crossing = [e for e in curve if e[key][0] >= 0.984]
-        best = max(crossing, key=lambda e: e["speedup"] or 0.0) if crossing else None
+        reached = [e for e in curve if e[key][0] >= RETENTION_BAR]
+        best = max(reached, key=lambda e: e["speedup"] or 0.0) if reached else None
         print(f"fastest point at >= 98.4% ID retention ({what}): "
               + (f"{best['point']} {best['speedup']:.2f}x" if best else "none"))  # fmt: skip
+        crossings[key] = {band: curve_crossing(curve, key, band) for band in ("mean", "low", "high")}
+        print(f"curve at 98.4% ID retention ({what}): {describe_crossing(crossings[key])}")
     for flag in flags:
         print(f"FLAG: {flag}")
     return {"command": "python " + " ".join(__import__("sys").argv), "runs": runs, "curve": curve,
-            "latency_ms_p50": latency, "tower_latency_ms_p50": towers, "test_items": items, "flags": flags,
-            "wall_s": wall_s}  # fmt: skip
+            "crossing_98_4": crossings, "latency_ms_p50": latency, "tower_latency_ms_p50": towers,
+            "test_items": items, "flags": flags, "wall_s": wall_s}  # fmt: skip
+
+
+# EfficientVLM's retention (98.4 % of the teacher's average at 2.2x); issue 19 asks for it at >= 3x.
+RETENTION_BAR = 0.984
+
+
+def curve_crossing(curve: list[dict[str, Any]], key: str, band: str = "mean") -> dict[str, Any]:
+    """The largest speed-up at which the retention curve stands at or above :data:`RETENTION_BAR`.
+
+    The curve is the points ordered by speed-up joined by straight lines; ``band`` reads each point's
+    retention as the mean over seeds, ``low`` (mean - std) or ``high`` (mean + std), so the three bracket the
+    crossing by the seed spread. ``kind``: ``interpolated`` (on a segment from a point at or above the bar to
+    the next, below it), ``point`` (a measured point, the next one below the bar by a vertical step: equal
+    speed-ups), ``beyond`` (every point up to the fastest is at or above: its speed-up is a lower bound),
+    ``none`` (no point reaches the bar; ``speedup`` None). A curve that dips below the bar and comes back
+    counts its last stretch above it, as the fastest-point rule does.
+    """
+    shift = {"mean": 0.0, "low": -1.0, "high": 1.0}[band]
+    pts = [(e["speedup"], e[key][0] + shift * e[key][1]) for e in curve if e["speedup"] is not None]
+    pts.sort(key=lambda p: (p[0], -p[1]))  # equal speed-ups: the curve steps down through them
+    best: tuple[float, str] | None = None
+    for i, (x, r) in enumerate(pts):
+        if r < RETENTION_BAR:
+            continue
+        if i + 1 == len(pts):
+            best = (x, "beyond")
+            continue
+        nx, nr = pts[i + 1]
+        if nr >= RETENTION_BAR:
+            continue  # the stretch goes on to the next point
+        kind = "interpolated" if nx > x else "point"
+        at = x + (r - RETENTION_BAR) / (r - nr) * (nx - x)
+        best = (at, kind) if best is None or at >= best[0] else best
+    if best is None:
+        return {"speedup": None, "kind": "none"}
+    return {"speedup": best[0], "kind": best[1]}
+
+
+def describe_crossing(crossing: dict[str, dict[str, Any]]) -> str:
+    """One line for the mean curve, with the (mean - std, mean + std) curves' crossings as the seed-spread range."""
+
+    def one(c: dict[str, Any]) -> str:
+        if c["kind"] == "none":
+            return "below everywhere"
+        return f">= {c['speedup']:.2f}x" if c["kind"] == "beyond" else f"{c['speedup']:.2f}x"
+
+    mean = crossing["mean"]
+    speedup = mean.get("speedup") or 0.0
+    head = {
+        "none": "no point reaches it",
+        "beyond": f"every point is above it, up to the fastest measured, {speedup:.2f}x (a lower bound)",
+    }.get(mean["kind"], f"crosses it at {speedup:.2f}x")
+    return f"{head} (seed spread: {one(crossing['low'])} to {one(crossing['high'])})"
+
+
+def plot_curve(curve: list[dict[str, Any]], title: str, path: Path) -> None:
+    """Retention (mean ± std over seeds) against batch-1 speed-up, both references, with the 98.4 % bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for key, label in (("retention_id_equal_budget", "vs the equal-budget teacher"), ("retention_id", "vs start")):
+        pts = sorted((e["speedup"], *e[key]) for e in curve if e["speedup"] is not None)
+        if pts:
+            xs, ms, sds = zip(*pts)
+            ax.errorbar(xs, [100 * m for m in ms], yerr=[100 * sd for sd in sds], marker="o", capsize=3, label=label)
+    ax.axhline(100 * RETENTION_BAR, color="grey", linestyle="--", linewidth=1, label="98.4 % (EfficientVLM)")
+    ax.axvline(3.0, color="grey", linestyle=":", linewidth=1, label="3x (issue 19)")
+    for e in curve:
+        if e["speedup"] is not None:
+            ax.annotate(e["point"], (e["speedup"], 100 * e["retention_id_equal_budget"][0]), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))  # fmt: skip
+    ax.set_xlabel("batch-1 speed-up over the teacher (x)")
+    ax.set_ylabel("ID retention (%), mean ± std over seeds")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def small_splits(items: dict[str, dict[str, int]], min_items: int) -> dict[str, dict[str, int]]:
+    """The tasks with a test split under ``min_items`` items (their split sizes), flagged in the summary."""
+    return {t: n for t, n in items.items() if min(n.values()) < min_items}
+
+
+def summarise_json(path: Path, min_test_items: int) -> dict[str, Any]:
+    """Print the summary (curve, crossings, flags) of a task-mode ``bench_compress.json`` again, without running."""
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    small = small_splits(recorded["test_items"], min_test_items)
+    args = argparse.Namespace(min_test_items=min_test_items)
+    return summarise_task_mode(
+        recorded["runs"], recorded["latency_ms_p50"], recorded["tower_latency_ms_p50"], recorded["test_items"],
+        small, args, recorded["wall_s"],
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -514,11 +616,22 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch threads while timing (default 1: least noise on a shared CPU)"
     )
     parser.add_argument("--out", type=Path, default=Path("runs/bench_compress"))
+    parser.add_argument("--summarise", type=Path, metavar="JSON",
+                        help="task mode: print a recorded bench_compress.json's summary again (curve, crossing at "
+                        "98.4 %%, flags) and write the summary to --out; nothing is run")  # fmt: skip
     args = parser.parse_args()
-    if args.mode == "task":
+    if args.summarise is not None:
+        results = summarise_json(args.summarise, args.min_test_items)
+    elif args.mode == "task":
         args.out.mkdir(parents=True, exist_ok=True)
         results = run_task_mode(args)
+    if args.summarise is not None or args.mode == "task":
+        args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "bench_compress.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+        tasks = ", ".join(sorted({r["task"] for r in results["runs"]}))
+        seeds = len({r["seed"] for r in results["runs"]})
+        plot_curve(results["curve"], f"EfficientVLM stage 2: {tasks}, {seeds} seeds", args.out / "curve.png")
+        print(f"curve: {args.out / 'curve.png'}")
         return
 
     start = time.perf_counter()

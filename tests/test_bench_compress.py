@@ -89,6 +89,58 @@ def test_retention_against_the_equal_budget_teacher(bench, capsys) -> None:
     assert old == [pytest.approx(0.75)]
 
 
+def _point(speedup: float | None, mean: float, std: float = 0.0) -> dict:
+    return {"point": f"p{speedup}", "speedup": speedup, "r": (mean, std)}
+
+
+def test_curve_crossing_every_branch(bench) -> None:
+    cross = bench.curve_crossing
+    # Interpolated on the segment from the last point above the bar to the next one below it.
+    curve = [_point(1.2, 1.05), _point(2.0, 0.99), _point(3.0, 0.94)]
+    at = 2.0 + (0.99 - 0.984) / (0.99 - 0.94) * 1.0
+    assert cross(curve, "r") == {"speedup": pytest.approx(at), "kind": "interpolated"}
+    # Order is by speed-up, not by the order the points were given in.
+    assert cross(curve[::-1], "r")["speedup"] == pytest.approx(at)
+    # Every point above: the fastest measured is a lower bound.
+    assert cross([_point(1.5, 1.1), _point(3.2, 0.99)], "r") == {"speedup": 3.2, "kind": "beyond"}
+    # No point reaches the bar; a point without a latency is left out.
+    assert cross([_point(1.5, 0.9), _point(2.0, 0.8), _point(None, 1.2)], "r") == {"speedup": None, "kind": "none"}
+    # Exactly at the bar counts as reached; the segment after it starts there.
+    assert cross([_point(1.5, 0.984), _point(2.0, 0.9)], "r") == {"speedup": 1.5, "kind": "interpolated"}
+    # A dip below and back above: the last stretch above counts (as the fastest-point rule does).
+    dip = [_point(1.2, 1.0), _point(1.6, 0.9), _point(2.4, 1.0), _point(3.0, 0.9)]
+    assert cross(dip, "r")["speedup"] == pytest.approx(2.4 + 0.016 / 0.1 * 0.6)
+    # Equal speed-ups, one above and one below: the measured point itself.
+    assert cross([_point(2.0, 1.0), _point(2.0, 0.9)], "r") == {"speedup": 2.0, "kind": "point"}
+    # The seed spread: mean - std / mean + std curves bracket the mean's crossing.
+    spread = [_point(1.2, 1.0, 0.01), _point(2.0, 0.98, 0.02), _point(3.0, 0.9, 0.05)]
+    low, mean, high = (cross(spread, "r", band)["speedup"] for band in ("low", "mean", "high"))
+    assert low < mean < high and mean == pytest.approx(1.2 + 0.016 / 0.02 * 0.8)
+    assert "crosses it at" in bench.describe_crossing({"mean": cross(spread, "r"), "low": cross(spread, "r", "low"),
+                                                       "high": cross(spread, "r", "high")})  # fmt: skip
+
+
+def test_summarise_reprints_a_recorded_run(bench, tmp_path: Path, capsys) -> None:
+    import json
+
+    runs = [_run(0, 0.3, 50.0, 40.0, 52.0), _run(1, 0.3, 44.0, 40.0, 43.0)]
+    args = type("A", (), {"min_test_items": 500})()
+    items = {"retrieval": {"test": 100, "test_ood": 500}}
+    latency = {"retrieval": {"teacher": 30.0, "s0.3@same": 20.0}}
+    first = bench.summarise_task_mode(runs, latency, {}, items, bench.small_splits(items, 500), args, 1.0)
+    path = tmp_path / "bench_compress.json"
+    path.write_text(json.dumps(first), encoding="utf-8")
+    capsys.readouterr()
+    again = bench.summarise_json(path, 500)
+    assert json.loads(json.dumps(again["curve"])) == json.loads(json.dumps(first["curve"]))
+    assert again["flags"] == first["flags"]
+    assert any("test splits of" in flag for flag in again["flags"])
+    assert again["crossing_98_4"]["retention_id"]["mean"] == {"speedup": 1.5, "kind": "beyond"}
+    assert "every point is above it" in capsys.readouterr().out
+    bench.plot_curve(again["curve"], "test", tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_task_mode_end_to_end_with_the_equal_budget_teacher(
     bench, vlue_world: Path, tmp_path: Path, monkeypatch
 ) -> None:

@@ -68,6 +68,21 @@ def test_shards_cover_every_item_with_equal_counts() -> None:
 
 # ---------------------------------------------------------------------------------------------- CLI runs
 @pytest.mark.slow
+def test_preflight_evaluates_what_was_asked_and_nothing_when_asked_for_nothing(world: Path, capsys) -> None:
+    """Three branches: the splits asked for; none of them exists -> val instead (one line); nothing asked (the
+    benchmark's and stage-2 compression's fine-tunes, which evaluate themselves) -> no evaluation at all."""
+    from grainvl.recipes.finetune import FinetuneConfig, preflight
+
+    def splits(asked: tuple[str, ...]) -> list[str]:
+        return preflight(FinetuneConfig(task="nlvr2", model="xvlm-tiny", world=str(world), eval_splits=asked))
+
+    assert splits(("id", "ood")) == ["test", "test_ood"]
+    assert splits(("testA",)) == ["val"]
+    assert "skipping evaluation split 'testA'" in capsys.readouterr().err
+    assert splits(()) == []
+    assert capsys.readouterr().err == ""
+
+
 def test_finetune_cli_writes_results_with_cost(runs: dict[str, Path]) -> None:
     run = runs["retrieval"]
     for name in ("model/config.json", "model/model.safetensors", "task.json", "summary.json", "config.json"):
