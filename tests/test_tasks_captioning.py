@@ -111,6 +111,29 @@ def test_training_inputs_match_decoding(world: Path, module_and_tokenizer: tuple
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("decode", [greedy_search, beam_search])
+def test_min_length_at_max_length_decodes_every_step(decode) -> None:
+    """bench_compress times captioning with EOS forbidden until max_length, so every model does the same decoding
+    work; a model that would stop at once (EOS most likely from step 1) must still take max_length steps."""
+    calls = []
+
+    def step(tokens: torch.Tensor | None) -> torch.Tensor:
+        rows = 2 if tokens is None else tokens.shape[0]
+        calls.append(rows)
+        logits = torch.zeros(rows, 8)
+        logits[:, 0] = 5.0  # EOS (id 0) is the most likely token every time
+        logits[:, 1:] = torch.arange(1, 8, dtype=torch.float).expand(rows, -1) / 10
+        return F.log_softmax(logits, dim=-1)
+
+    cfg = SearchConfig(num_beams=2, max_length=6, min_length=6, no_repeat_ngram=0)
+    sequences = decode(step, lambda index: None, 2, 0, cfg)
+    assert len(calls) == 6 and [len(s) for s in sequences] == [6, 6]
+    if decode is greedy_search:  # the contrast: EOS allowed, greedy stops after one step
+        calls.clear()
+        assert decode(step, lambda index: None, 2, 0, SearchConfig(1, 6, 0, no_repeat_ngram=0)) == [[], []]
+        assert len(calls) == 1
+
+
 def test_beam_one_equals_greedy_on_the_model(module_and_tokenizer: tuple) -> None:
     _, module, tokenizer = module_and_tokenizer
     torch.manual_seed(2)
