@@ -561,12 +561,9 @@ def describe_crossing(crossing: dict[str, dict[str, Any]]) -> str:
 
 def plot_curve(curve: list[dict[str, Any]], title: str, path: Path) -> None:
     """Retention (mean ± std over seeds) against batch-1 speed-up, both references, with the 98.4 % bar."""
-    import matplotlib
+    from grainvl.bench.report import _plot_grid, _save_figure  # the benchmark report's Agg figure and atomic PNG
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    fig, (ax,) = _plot_grid(1)
     for key, label in (("retention_id_equal_budget", "vs the equal-budget teacher"), ("retention_id", "vs start")):
         pts = sorted((e["speedup"], *e[key]) for e in curve if e["speedup"] is not None)
         if pts:
@@ -582,9 +579,7 @@ def plot_curve(curve: list[dict[str, Any]], title: str, path: Path) -> None:
     ax.set_ylabel("ID retention (%), mean ± std over seeds")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def small_splits(items: dict[str, dict[str, int]], min_items: int) -> dict[str, dict[str, int]]:
@@ -664,14 +659,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.remeasure_latency and (args.summarise is None or args.world is None):
         parser.error("--remeasure-latency needs --summarise JSON and --world (the run's world)")
-    if args.summarise is not None:
-        remeasure = args.world if args.remeasure_latency else None
-        results = summarise_json(args.summarise, args.min_test_items, remeasure, args.threads, args.repeats)
-    elif args.mode == "task":
-        args.out.mkdir(parents=True, exist_ok=True)
-        results = run_task_mode(args)
     if args.summarise is not None or args.mode == "task":
         args.out.mkdir(parents=True, exist_ok=True)
+        if args.summarise is not None:
+            remeasure = args.world if args.remeasure_latency else None
+            results = summarise_json(args.summarise, args.min_test_items, remeasure, args.threads, args.repeats)
+        else:
+            results = run_task_mode(args)
         (args.out / "bench_compress.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
         tasks = ", ".join(sorted({r["task"] for r in results["runs"]}))
         seeds = len({r["seed"] for r in results["runs"]})
