@@ -10,16 +10,18 @@ achieved FLOP/s / this machine's fp32 matmul peak measured in the same process w
 threads. Also inference latency at batch 1 (image encoder + text encoder + fusion + ITM head),
 p50/p90 after warm-up.
 
-``--side-by-side`` (issue 20 §1) times each training-step optimisation against the reference step
-(every optimisation off) in one process: settings run in turn, ``--rounds`` times, each from the same
-initial weights and the same RNG seed, so dropout masks and hard negatives are the same draws and the
-losses of every step must agree. It prints per setting: s/step (median of all timed steps), the speed-up
-over the reference, the peak RSS (VmHWM, reset before each run after freed memory is handed back to
-the OS, as ``../shared/research/anchor_speed_official.md`` measured the official code), MFU against the
-matmul peak measured at the start of the same run, and the largest loss difference from the reference
-(``equal`` when ≤ 1e-6). Shapes: ``demo-small`` (xvlm-small with the demo's mix: 12 images + 48 region texts
-on 12 more, box losses included), ``xvlm-small`` (batch 12, 160 px), ``base112`` (x2vlm-base at 112 px,
-batch 8) and ``base224`` (224 px, batch 4), with 30-token captions and 12 masked tokens as the anchor.
+``--side-by-side`` (issue 20 §1) times each training-step optimisation against the reference step (every
+optimisation off: torch's AdamW loop, copied vision rows, the MLM head on padded positions, torch's dropout)
+in one process: settings run in turn, ``--rounds`` times, each from the same initial weights and the same RNG
+seed, so dropout masks and hard negatives are the same draws and the losses of every step must agree, except
+with the fast CPU dropout, whose masks are other draws of the same distribution
+(``grainvl.models.layers.dropout``; its losses are marked as such). It prints per setting: s/step (median of
+all timed steps), the speed-up over the reference, the peak RSS (VmHWM, reset before each run after freed
+memory is handed back to the OS, as ``../shared/research/anchor_speed_official.md`` measured the official
+code), MFU against the matmul peak measured at the start of the same run, and the largest loss difference from
+the reference (``equal`` when ≤ 1e-6). Shapes: ``demo-small`` (xvlm-small with the demo's mix: 12 images + 48
+region texts on 12 more, box losses included), ``xvlm-small`` (batch 12, 160 px), ``base112`` (x2vlm-base at
+112 px, batch 8) and ``base224`` (224 px, batch 4), with 30-token captions and 12 masked tokens as the anchor.
 MFU counts the reference step's FLOPs for every setting (the work the official step does), so a setting that
 skips repeated work shows it as a higher MFU.
 """
@@ -42,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from grainvl.data.region import box_patch_mask
 from grainvl.models.factory import create_model, get_model_config
+from grainvl.models.layers import set_fast_cpu_dropout
 from grainvl.models.xvlm import XVLM
 from grainvl.tasks.pretrain import PretrainTask, PretrainWeights
 from grainvl.train.optim import OptimConfig, build_optimizer
@@ -126,19 +129,29 @@ class StepSetting:
     adamw: str = "loop"  # OptimConfig.implementation
     grad_checkpointing: bool = False
     shared_rows: bool = False  # XVLM.set_shared_vision_rows: repeated vision rows projected once (SharedTokens)
+    real_mlm_rows: bool = False  # PretrainTask.padded_mlm_rows off: the MLM head sees only real masked tokens
+    # grainvl.models.layers.set_fast_cpu_dropout: masks from 16-bit lanes of 64-bit draws instead of bernoulli_.
+    # Other masks than torch's draws (same distribution), so its losses cannot equal the reference's.
+    fast_dropout: bool = False
 
 
 # The reference (every optimisation off: torch's CPU default AdamW loop, every repeated vision row copied and
 # projected) and each optimisation alone; the library's defaults are fused AdamW + shared vision rows.
+# The library's defaults: every switch that keeps the reference's losses.
+_EXACT_DEFAULTS = {"adamw": "fused", "shared_rows": True, "real_mlm_rows": True}
 SETTINGS = (
     StepSetting("reference"),
     StepSetting("fused AdamW", adamw="fused"),
     StepSetting("foreach AdamW", adamw="foreach"),
     StepSetting("shared vision rows", shared_rows=True),
-    StepSetting("defaults (fused + shared)", adamw="fused", shared_rows=True),
+    StepSetting("MLM real rows", real_mlm_rows=True),
+    StepSetting("defaults (fused + shared + MLM)", **_EXACT_DEFAULTS),
+    # Opt-in (TrainConfig.fast_dropout; on in the demo): not exact, so not a default.
+    StepSetting("fast CPU dropout", fast_dropout=True),
+    StepSetting("defaults + fast dropout", **_EXACT_DEFAULTS, fast_dropout=True),
     StepSetting("grad checkpointing", grad_checkpointing=True),
     # The least memory that keeps the step exact: what remains is weights + gradients + AdamW state (docs/models.md).
-    StepSetting("defaults + grad checkpointing", adamw="fused", shared_rows=True, grad_checkpointing=True),
+    StepSetting("defaults + grad checkpointing", **_EXACT_DEFAULTS, grad_checkpointing=True),
 )
 
 
@@ -149,13 +162,24 @@ class SettingResult:
     losses: list[dict[str, float]] = field(default_factory=list)
 
 
-def anchor_batch(model: XVLM, batch: int, resolution: int, length: int = 30, masks: int = 12) -> dict:
-    """The anchor's inputs: normal-noise images, ``length``-token captions without padding, ``masks`` masked tokens."""
+def anchor_batch(
+    model: XVLM, batch: int, resolution: int, length: int = 30, masks: int = 12, real: int | None = None
+) -> dict:
+    """The anchor's inputs: normal-noise images, ``length``-token captions without padding, ``masks`` masked tokens.
+
+    ``real`` < ``masks``: only the first ``real`` are masked and the rest is the loader's padding of
+    ``masked_pos`` (position 0, label -100), as in the demo's batches (about 8 and 6 real of 12).
+    """
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 2000, (batch, length), generator=g)
     ids[:, 0], ids[:, -1] = 101, 102
+    real = masks if real is None else real
     masked = ids.clone()
-    masked[:, 1 : 1 + masks] = 103
+    masked[:, 1 : 1 + real] = 103
+    masked_pos = torch.arange(1, 1 + masks).expand(batch, -1).clone()
+    masked_pos[:, real:] = 0
+    masked_ids = ids[:, 1 : 1 + masks].clone()
+    masked_ids[:, real:] = -100
     return {
         "image": {
             "image": torch.randn(batch, 3, resolution, resolution, generator=g),
@@ -163,13 +187,15 @@ def anchor_batch(model: XVLM, batch: int, resolution: int, length: int = 30, mas
             "text_ids": ids,
             "text_atts": torch.ones_like(ids),
             "text_ids_masked": masked,
-            "masked_pos": torch.arange(1, 1 + masks).expand(batch, -1),
-            "masked_ids": ids[:, 1 : 1 + masks].clone(),
+            "masked_pos": masked_pos,
+            "masked_ids": masked_ids,
         }
     }
 
 
-def region_sub_batch(model: XVLM, images: int, texts: int, length: int = 16, masks: int = 4) -> dict:
+def region_sub_batch(
+    model: XVLM, images: int, texts: int, length: int = 16, masks: int = 12, real: int | None = 6
+) -> dict:
     """A region sub-batch as the demo's loader makes it: ``texts`` region texts on ``images`` images, each box
     covering a random block of patches (one whole-image box per image)."""
     g = torch.Generator().manual_seed(1)
@@ -183,7 +209,7 @@ def region_sub_batch(model: XVLM, images: int, texts: int, length: int = 16, mas
         x, y = (int(v) for v in torch.randint(0, cells - 2, (2,), generator=g))
         w, h = (int(v) for v in torch.randint(1, 3, (2,), generator=g))
         boxes.append([float(x * patch), float(y * patch), float(w * patch), float(h * patch)])
-    text = anchor_batch(model, texts, res, length, masks)["image"]
+    text = anchor_batch(model, texts, res, length, masks, real)["image"]
     return {
         "image": torch.randn(images, 3, res, res, generator=g),
         "region_image_index": torch.arange(texts) % images,
@@ -236,6 +262,8 @@ def run_setting(
     model.load_state_dict(torch.load(initial, mmap=True, weights_only=True))
     model.set_grad_checkpointing(setting.grad_checkpointing)
     model.set_shared_vision_rows(setting.shared_rows)
+    task.padded_mlm_rows = not setting.real_mlm_rows
+    set_fast_cpu_dropout(setting.fast_dropout)
     optimizer = build_optimizer(task, OptimConfig(implementation=setting.adamw))
     _release_memory()
     torch.manual_seed(0)  # the same dropout masks and hard negatives in every setting
@@ -297,10 +325,11 @@ def side_by_side(shapes: list[str], settings: list[StepSetting], warmup: int, st
         model, batch, resolution = build_shape(shape)
         region = shape == "demo-small"
         task = PretrainTask(model, PretrainWeights(region=1.0 if region else 0.0, video=0)).train()
-        data = anchor_batch(model, batch, resolution)
+        data = anchor_batch(model, batch, resolution, real=8 if region else None)
         if region:
             data["region"] = region_sub_batch(model, images=12, texts=48)
         model.set_shared_vision_rows(False)  # FLOPs of the reference step
+        task.padded_mlm_rows = True
         flops = step_flops(task, data)
         results = {s.name: SettingResult() for s in settings}
         with tempfile.TemporaryDirectory() as tmp:
@@ -312,7 +341,7 @@ def side_by_side(shapes: list[str], settings: list[StepSetting], warmup: int, st
         what = f"batch {batch} + 48 region texts on 12 images" if region else f"batch {batch}"
         print(f"\n{model.config.name}, {what}, {resolution} px: {flops / 1e9:.1f} GFLOP/step of the reference")
         print(header)
-        _print_rows(model.config.name, results, flops, peak)
+        _print_rows(model.config.name, results, flops, peak, settings)
         del task, model
     print(
         f"\nlosses: the largest |difference| from the reference over all steps and losses; equal: ≤ {LOSS_TOLERANCE}, "
@@ -320,12 +349,17 @@ def side_by_side(shapes: list[str], settings: list[StepSetting], warmup: int, st
     )
 
 
-def _print_rows(name: str, results: dict[str, SettingResult], flops: float, peak: float) -> None:
+def _print_rows(
+    name: str, results: dict[str, SettingResult], flops: float, peak: float, settings: list[StepSetting]
+) -> None:
     reference = results["reference"]
     ref_time = statistics.median(reference.times)
+    fast_dropout = {s.name for s in settings if s.fast_dropout}
     for setting, result in results.items():
         seconds = statistics.median(result.times)
         diff, verdict = loss_agreement(reference.losses, result.losses)
+        if setting in fast_dropout and verdict == "DIFFERENT":
+            verdict = "other dropout masks (by design)"
         mfu = flops / seconds / 1e9 / peak
         print(
             f"{name:<22}{setting:<31}{seconds:>8.2f}{ref_time / seconds:>8.2f}×{result.peak_rss_mib:>13.0f}"

@@ -15,6 +15,7 @@ from grainvl.losses import (
     box_iou_xywh,
     box_xyxy_to_cxcywh,
     clamp_temperature_,
+    gather_labelled,
     gather_masked,
     generalized_box_iou,
     itc_loss,
@@ -191,6 +192,32 @@ def test_mlm_loss_hand_computed_ignores_padding() -> None:
     labels = torch.tensor([[2, -100, 0]])
     expected = (_ce([1.0, 2.0, 0.5], 2) + _ce([0.0, 0.0, 3.0], 0)) / 2
     assert mlm_loss(logits, labels).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_gather_labelled_equals_the_padded_logits_loss_and_gradients() -> None:
+    # The official path projects every gathered row, padding included; ours only the real masked tokens.
+    # Same loss and the same gradients for the encoder output and the head, also where a text has no mask
+    # and where padding points at a real token (position 3 of text 0 is both padded and, at m=0, real).
+    generator = torch.Generator().manual_seed(5)
+    hidden = torch.randn(3, 6, 4, generator=generator, requires_grad=True)
+    head = torch.nn.Linear(4, 7)
+    pos = torch.tensor([[3, 1, 3, 0], [0, 0, 0, 0], [2, 5, 4, 0]])
+    ids = torch.tensor([[6, 2, -100, -100], [-100, -100, -100, -100], [1, 0, 4, -100]])
+    padded = mlm_loss(head(gather_masked(hidden, pos)), ids)
+    grads = torch.autograd.grad(padded, [hidden, head.weight, head.bias])
+    rows, labels = gather_labelled(hidden, pos, ids)
+    assert rows.shape == (5, 4) and labels.tolist() == [6, 2, 1, 0, 4]
+    assert torch.equal(rows[2], hidden[2, 2]) and torch.equal(rows[1], hidden[0, 1])
+    ours = mlm_loss(head(rows), labels)
+    assert ours.item() == pytest.approx(padded.item(), abs=1e-6)
+    for a, b in zip(torch.autograd.grad(ours, [hidden, head.weight, head.bias]), grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    none, no_labels = gather_labelled(hidden, pos, torch.full_like(ids, -100))
+    loss = mlm_loss(head(none), no_labels)
+    loss.backward()
+    assert none.shape == (0, 4) and loss.item() == 0.0 and torch.isfinite(hidden.grad).all()
+    with pytest.raises(ValueError, match="differ"):
+        gather_labelled(hidden, pos, ids[:, :2])
 
 
 def test_mlm_loss_without_targets_is_zero_not_nan() -> None:

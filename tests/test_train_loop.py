@@ -594,3 +594,24 @@ def test_two_process_gloo_run_matches_one_process_with_the_global_batch(tmp_path
     assert len(state["rng"]) == 2 and [d["batch_index"] for d in state["extra"]["data"]] == [4, 4]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4]  # rank 0 only wrote
+
+
+def test_fast_dropout_is_on_for_the_run_only_and_changes_nothing_else(tmp_path: Path) -> None:
+    # TrainConfig.fast_dropout switches grainvl's CPU dropout masks on for this call and restores the previous
+    # setting afterwards, also when the run fails; off, a run is exactly what it was before the switch existed.
+    from grainvl.models.layers import fast_dropout_applies, set_fast_cpu_dropout
+
+    probe = torch.zeros(1)
+    seen: list[bool] = []
+    task, opt, sched = build(dropout=0.3)
+    data = RepeatingLoader(toy_dataset(), batch_size=8, seed=1)
+    cfg = make_cfg(tmp_path, steps=2, fast_dropout=True)
+    train(task, data, opt, sched, cfg, ENV, on_step=lambda *_: seen.append(fast_dropout_applies(probe, 0.1, True)))
+    assert seen == [True, True] and not fast_dropout_applies(probe, 0.1, True)
+    set_fast_cpu_dropout(True)  # an outer setting survives a run that asks for torch's dropout
+    try:
+        task, opt, sched = build(dropout=0.3)
+        train(task, RepeatingLoader(toy_dataset(), batch_size=8, seed=1), opt, sched, make_cfg(tmp_path), ENV)
+        assert fast_dropout_applies(probe, 0.1, True)
+    finally:
+        set_fast_cpu_dropout(False)

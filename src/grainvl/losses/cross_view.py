@@ -24,7 +24,7 @@ import torch
 
 from grainvl.losses.itc import itc_loss
 from grainvl.losses.itm import hard_negative_itm_loss
-from grainvl.losses.mlm import gather_masked, mlm_loss
+from grainvl.losses.mlm import gather_labelled, mlm_loss
 from grainvl.models.xvlm import XVLM
 
 
@@ -79,8 +79,8 @@ def conditional_mlm_loss(
     """MLM of sentence a given sentence b: ids_masked_a (B, La), masked_pos / masked_ids (B, M) (−100 padding);
     states_b (B, Lb, H) is b's unmasked text-encoder output, attended through the fusion layers."""
     hidden = model.encode_multimodal(ids_masked_a, atts_a, states_b, atts_b)  # (B, La, H)
-    logits = model.mlm_logits(gather_masked(hidden, masked_pos))  # (B, M, V)
-    return mlm_loss(logits, masked_ids, global_mean=True)
+    rows, labels = gather_labelled(hidden, masked_pos, masked_ids)  # (N, H), (N,): real masks only
+    return mlm_loss(model.mlm_logits(rows), labels, global_mean=True)  # logits (N, V)
 
 
 def cross_view_text_losses(model: XVLM, batch: dict[str, torch.Tensor], itm: bool = True) -> dict[str, torch.Tensor]:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from grainvl.models.layers import SharedTokens, explicit_attention
+from grainvl.models.layers import Dropout, SharedTokens, attend
 from grainvl.utils.fileio import (
     atomic_write_text,
     is_grainvl_folder,
@@ -254,7 +254,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, h, padding_idx=position_pad)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, h)
         self.LayerNorm = nn.LayerNorm(h, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
         # Non-persistent like transformers 5; the official checkpoints (and HF 4.x files) still carry
         # ``embeddings.position_ids``, which the pre-hook below drops so both load strictly.
         self.register_buffer("position_ids", torch.arange(config.max_position_embeddings)[None], persistent=False)
@@ -340,10 +340,7 @@ class BertSelfAttention(nn.Module):
             k = self._split_heads(self.key(key_value_states))  # (B, h, K, d)
             v = self._split_heads(self.value(key_value_states))  # (B, h, K, d)
         p = self.dropout if self.training else 0.0
-        if self.attention_sink is not None:
-            context = explicit_attention(q, k, v, mask, p, self.attention_sink)  # (B, h, L, d)
-        else:
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, h, L, d)
+        context = attend(q, k, v, mask, p, self.attention_sink)  # (B, h, L, d)
         if head_mask is not None:
             # Scaling a head's context == scaling its attention probabilities (the official place).
             context = context * _head_multiplier(head_mask, self.num_heads).to(context.dtype)
@@ -358,7 +355,7 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(in_features, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from grainvl.data.transforms import CLIP_MEAN, CLIP_STD, EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
-from grainvl.models.layers import Attention, DropPath, Mlp
+from grainvl.models.layers import Attention, DropPath, Mlp, attend
 
 logger = logging.getLogger(__name__)
 
@@ -1036,7 +1036,7 @@ class ClipAttention(nn.Module):
 
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
         drop = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, H, N, D/H)
+        out = attend(q, k, v, None, drop)  # (B, H, N, D/H)
         return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 
@@ -1265,7 +1265,7 @@ class WindowAttention(nn.Module):
         else:
             bias = bias[None]
         drop = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=drop)
+        out = attend(q, k, v, bias.to(q.dtype), drop)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 

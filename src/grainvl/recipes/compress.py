@@ -140,6 +140,7 @@ class CompressConfig:
     # "auto": penalty in runs shorter than PAPER_GAME_MIN_STEPS (1,000) or too short for the paper's reg lr, else the
     # paper's game.
     lagrangian: str = "auto"
+    fast_dropout: bool = False  # TrainConfig.fast_dropout for the distill and prune stages
     # lr of λ relative to log α's (1: one rate, the paper's). 10 makes the short-run penalty reach the target by
     # itself, but in 100-step runs it pruned by cost rather than by the task and kept less (docs/compression.md).
     lambda_lr_scale: float = 1.0
@@ -312,6 +313,7 @@ def _train(
         log_every=cfg.log_every,
         seed=cfg.seed,
         count_flops=False,  # the final model's FLOPs are measured once, at batch 1, in the report
+        fast_dropout=cfg.fast_dropout,
     )
 
     def on_step(step: int, losses: dict[str, float], metrics: dict[str, float]) -> None:

@@ -57,6 +57,7 @@ class DemoCompress:
     steps: int = 40
     target_sparsity: float = 0.5
     lagrangian: str = "auto"  # CompressConfig.lagrangian: auto | paper | penalty
+    fast_dropout: bool = False  # CompressConfig.fast_dropout
 
 
 @dataclass
@@ -242,6 +243,7 @@ def _compress(out: Path, world: Path, teacher: Path, cfg: DemoCompress, seed: in
             steps=cfg.steps,
             target_sparsity=cfg.target_sparsity,
             lagrangian=cfg.lagrangian,
+            fast_dropout=cfg.fast_dropout,
             seed=seed,
         )
     )

@@ -35,7 +35,7 @@ from grainvl.compress.prune import ModalPruner
 from grainvl.losses.bbox import bbox_loss
 from grainvl.losses.itc import itc_loss
 from grainvl.losses.itm import itm_loss, sample_hard_negatives
-from grainvl.losses.mlm import IGNORE_INDEX, gather_masked, mlm_loss
+from grainvl.losses.mlm import gather_labelled, mlm_loss
 from grainvl.models.xvlm import XVLM, XVLMConfig
 
 STUDENT_PRESETS = ("half", "efficientvlm")
@@ -425,10 +425,12 @@ class DistillTask(nn.Module):
         with torch.no_grad():
             t_mlm = _text_stream(self.teacher, "multimodal", **mlm_kwargs, encoder_hidden_states=t_vis,
                                  encoder_attention_mask=_ones(t_vis))  # fmt: skip
-        s_mlm_logits = m.mlm_logits(gather_masked(s_mlm.hidden[-1], b["masked_pos"]))  # (B, M, V)
-        mlm = mlm_loss(s_mlm_logits, b["masked_ids"])
+        s_rows, labels = gather_labelled(s_mlm.hidden[-1], b["masked_pos"], b["masked_ids"])  # (N, H), (N,)
+        s_mlm_logits = m.mlm_logits(s_rows)  # (N, V): the real masked tokens only
+        mlm = mlm_loss(s_mlm_logits, labels)
         with torch.no_grad():
-            t_mlm_logits = self.teacher.mlm_logits(gather_masked(t_mlm.hidden[-1], b["masked_pos"]))
+            t_rows, _ = gather_labelled(t_mlm.hidden[-1], b["masked_pos"], b["masked_ids"])
+            t_mlm_logits = self.teacher.mlm_logits(t_rows)  # (N, V)
             t_itm_logits = self.teacher.itm_logits(t_itm.hidden[-1])
 
         losses["itc_loss"] = w.task * itc
@@ -439,10 +441,9 @@ class DistillTask(nn.Module):
             losses["bbox_loss"], losses["giou_loss"] = w.task * l1, w.task * giou
         losses.update({f"kd_{k}_loss": w.kd * v for k, v in self._kd_terms(
             s_img, t_img, s_txt, t_txt, s_itm, t_itm, s_mlm, t_mlm, len(atts)).items()})  # fmt: skip
-        real = b["masked_ids"] != IGNORE_INDEX  # (B, M): only real masked tokens carry MLM logits
         losses["kd_itm_logits_loss"] = w.kd * soft_cross_entropy(s_itm_logits, t_itm_logits, w.temperature)
-        if real.any():
-            mlm_kl = soft_cross_entropy(s_mlm_logits[real], t_mlm_logits[real], w.temperature)
+        if len(labels):
+            mlm_kl = soft_cross_entropy(s_mlm_logits, t_mlm_logits, w.temperature)
         else:
             mlm_kl = s_mlm_logits.sum() * 0.0
         losses["kd_mlm_logits_loss"] = w.kd * mlm_kl

@@ -24,7 +24,7 @@ from torch import nn
 from grainvl.losses.bbox import bbox_loss
 from grainvl.losses.itc import itc_loss
 from grainvl.losses.itm import hard_negative_itm_loss
-from grainvl.losses.mlm import gather_masked, mlm_loss
+from grainvl.losses.mlm import gather_labelled, gather_masked, mlm_loss
 from grainvl.models.layers import SharedTokens
 from grainvl.models.xvlm import XVLM
 from grainvl.utils.distributed import to_global_mean
@@ -46,6 +46,10 @@ class PretrainTask(nn.Module):
         super().__init__()
         self.model = model
         self.weights = weights or PretrainWeights()
+        # The official MLM head projects every gathered position, the padding of ``masked_pos`` included;
+        # False (default) projects only the real masked tokens: the same loss and gradients, less work
+        # (losses/mlm.py). True is the benchmarks' reference step.
+        self.padded_mlm_rows = False
 
     def forward(self, batch: dict[str, dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         losses: dict[str, torch.Tensor] = {}
@@ -117,5 +121,8 @@ class PretrainTask(nn.Module):
     ) -> torch.Tensor:
         m = self.model
         hidden = m.encode_multimodal(b["text_ids_masked"], b["text_atts"], vis, vis_atts)  # (B, L, H)
-        logits = m.mlm_logits(gather_masked(hidden, b["masked_pos"]))  # (B, M, V)
-        return mlm_loss(logits, b["masked_ids"], global_mean=True)
+        if self.padded_mlm_rows:
+            logits = m.mlm_logits(gather_masked(hidden, b["masked_pos"]))  # (B, M, V)
+            return mlm_loss(logits, b["masked_ids"], global_mean=True)
+        rows, labels = gather_labelled(hidden, b["masked_pos"], b["masked_ids"])  # (N, H), (N,)
+        return mlm_loss(m.mlm_logits(rows), labels, global_mean=True)  # logits (N, V)

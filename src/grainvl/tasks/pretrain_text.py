@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from grainvl.data.masking import TextMaskingGenerator, pad_masks
-from grainvl.losses.mlm import IGNORE_INDEX, gather_masked, mlm_loss
+from grainvl.losses.mlm import IGNORE_INDEX, gather_labelled, mlm_loss
 from grainvl.losses.taco import taco_loss
 from grainvl.models.text import (
     BertEncoderModel,
@@ -43,13 +43,12 @@ class TextPretrainTask(nn.Module):
         mask = None if bool(attention_mask.all()) else attention_mask
         states = self.encoder.forward_intermediates(input_ids, mask)  # [embedding output, layer 1, ..., layer N]
         embeddings, hidden = states[0], states[-1]  # (B, L, H) each
-        labels = batch["masked_labels"]  # (B, M)
-        logits = self.head(gather_masked(hidden, batch["masked_pos"]))  # (B, M, V)
+        rows, labels = gather_labelled(hidden, batch["masked_pos"], batch["masked_labels"])  # (N, H), (N,)
+        logits = self.head(rows)  # (N, V): the real masked tokens only
         losses = {"mlm_loss": mlm_loss(logits, labels, global_mean=True)}
-        real = labels != IGNORE_INDEX  # (B, M)
-        hits = (logits.detach().argmax(-1) == labels)[real].float()  # (N_r,)
-        accuracy = hits.mean() if real.any() else hits.new_zeros(())
-        metrics = {"mlm_acc": float(to_global_mean(accuracy, real.sum()))}
+        hits = (logits.detach().argmax(-1) == labels).float()  # (N,)
+        accuracy = hits.mean() if len(hits) else hits.new_zeros(())
+        metrics = {"mlm_acc": float(to_global_mean(accuracy, len(hits)))}
         if self.objective == "taco":
             anchors = self._anchor_mask(batch, hidden.shape[:2])
             tc = taco_loss(
