@@ -68,6 +68,11 @@ def test_label_smoothed_loss_is_the_official_kl() -> None:
     )
     hard = F.cross_entropy(logits.view(-1, 11), labels.view(-1), ignore_index=-100)
     assert float(label_smoothed_loss(logits, labels, 0.0, ignore)) == pytest.approx(float(hard), rel=1e-5)
+    # The task hands it only the real masked rows (gather_labelled): the same value as on the padded (B, M, V).
+    real = labels != -100
+    assert float(label_smoothed_loss(logits[real], labels[real], eps, ignore)) == pytest.approx(
+        float(label_smoothed_loss(logits, labels, eps, ignore)), abs=1e-7
+    )
 
 
 def test_train_stream_resumes_exactly(world: Path, module_and_tokenizer: tuple) -> None:

@@ -32,7 +32,7 @@ from grainvl.data.downstream_gen import CaptionEvalDataset, CaptionTrainDataset
 from grainvl.data.formats.coco_caption import read_caption_gt
 from grainvl.data.iterators import StatefulIterator
 from grainvl.data.masking import IGNORE_INDEX
-from grainvl.losses.mlm import gather_masked
+from grainvl.losses.mlm import gather_labelled
 from grainvl.metrics.captioning import caption_scores, coco_caption_inputs
 from grainvl.models.decoder import SearchConfig, beam_search, greedy_search, incremental_forward
 from grainvl.models.xvlm import XVLM
@@ -60,8 +60,8 @@ def caption_file(world: Path, split: str, gt: bool = False) -> Path:
 def label_smoothed_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float, ignore_id: int) -> torch.Tensor:
     """The official ``LabelSmoothingLoss`` (KL to a smoothed one-hot), averaged over the real targets.
 
-    logits (B, M, V), labels (B, M) with -100 for padding. The smoothed target puts ``1 - smoothing``
-    on the label and ``smoothing / (V - 2)`` on every other token except ``ignore_id`` (``[CLS]``), 0.
+    logits (B, M, V) and labels (B, M) with -100 for padding, or (N, V) and (N,). The smoothed target puts
+    ``1 - smoothing`` on the label and ``smoothing / (V - 2)`` on every other token except ``ignore_id`` (``[CLS]``), 0.
     """
     real = labels.ne(IGNORE_INDEX)  # (B, M)
     logp = torch.log_softmax(logits[real].float(), dim=-1)  # (T, V)
@@ -98,8 +98,9 @@ class CaptionModule(TaskModule):
             encoder_attention_mask=vis_atts,
             position_ids=batch["position_ids"],
         )  # (B, L, H)
-        logits = self.model.mlm_logits(gather_masked(hidden, batch["masked_pos"]))  # (B, M, V)
-        loss = label_smoothed_loss(logits, batch["masked_ids"], self.label_smoothing, self.tokenizer.cls_token_id)
+        rows, labels = gather_labelled(hidden, batch["masked_pos"], batch["masked_ids"])  # (N, H), (N,)
+        logits = self.model.mlm_logits(rows)  # (N, V): the real masked tokens only, not the padding of max_masks
+        loss = label_smoothed_loss(logits, labels, self.label_smoothing, self.tokenizer.cls_token_id)
         return {"caption_loss": loss}, {}
 
     def stepper(
