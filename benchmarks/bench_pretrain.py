@@ -146,7 +146,7 @@ SETTINGS = (
     StepSetting("shared vision rows", shared_rows=True),
     StepSetting("MLM real rows", real_mlm_rows=True),
     StepSetting("defaults (fused + shared + MLM)", **_EXACT_DEFAULTS),
-    # Opt-in (TrainConfig.fast_dropout; on in the demo): not exact, so not a default.
+    # Opt-in (TrainConfig.fast_dropout): not exact, so not a default.
     StepSetting("fast CPU dropout", fast_dropout=True),
     StepSetting("defaults + fast dropout", **_EXACT_DEFAULTS, fast_dropout=True),
     StepSetting("grad checkpointing", grad_checkpointing=True),

@@ -7,8 +7,8 @@ come from :class:`grainvl.data.masking.TextMaskingGenerator`, padded with positi
 
 The official code projects all ``B · M`` gathered rows, padding included, and lets the −100 labels drop
 the padding from the loss. :func:`gather_labelled` hands the head only the real masked tokens: the same
-loss and gradients (the padding rows contribute exactly nothing), at a quarter of the vocabulary
-projection in the demo's batches (about 3 real masks of ``M = 12`` per caption).
+loss and gradients (the padding rows contribute exactly nothing), at about two thirds of the vocabulary
+projection in the demo's batches (8 real masks of ``M = 12`` per caption, 6 per region text).
 
 Under DDP the number of masked tokens differs per rank; ``mlm_loss(..., global_mean=True)`` (what the
 pre-training Tasks use) weights each rank's mean by its share of the global token count, so the
