@@ -16,8 +16,6 @@ Conventions:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,16 +40,6 @@ def set_fast_cpu_dropout(enabled: bool) -> bool:
     global _fast_cpu_dropout
     previous, _fast_cpu_dropout = _fast_cpu_dropout, bool(enabled)
     return previous
-
-
-@contextmanager
-def fast_cpu_dropout(enabled: bool) -> Iterator[None]:
-    """:func:`set_fast_cpu_dropout` for the ``with`` block, restored on exit."""
-    previous = set_fast_cpu_dropout(enabled)
-    try:
-        yield
-    finally:
-        set_fast_cpu_dropout(previous)
 
 
 def fast_dropout_applies(x: Tensor, p: float, training: bool) -> bool:
