@@ -179,3 +179,29 @@ def test_finetune_evaluate_and_reload(world: Path, tmp_path: Path) -> None:
     gt = json.loads((world / "annotations" / "captioning" / "coco_karpathy_test_ood_gt.json").read_text())
     assert sorted(r["image_id"] for r in result) == sorted(i["id"] for i in gt["images"])
     assert task.latency_call(module, tokenizer, world, 2)() is not None
+
+
+def test_decoding_projects_the_image_tokens_once_per_caption() -> None:
+    # SharedTokens with a cache (what the caption stepper hands the cross-attention): the first project() per
+    # module computes linear(tokens), later ones (each generated token, reordered beams) reuse it, same values.
+    from grainvl.models.layers import SharedTokens
+
+    calls = []
+
+    class Counting(torch.nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(x.shape[0])
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    linear, tokens = Counting(4, 3), torch.randn(2, 5, 4)
+    with torch.no_grad():
+        expected = linear(tokens)  # (2, 5, 3)
+    calls.clear()
+    shared = SharedTokens(tokens, torch.arange(2), cache={})
+    first = shared.project(linear)
+    beams = shared.select(torch.tensor([1, 1, 0]))  # a beam reordering: rows move, the cache stays
+    torch.testing.assert_close(first, expected)
+    torch.testing.assert_close(beams.project(linear), expected[[1, 1, 0]])
+    assert calls == [2]  # one projection of the 2 distinct images for both calls
+    assert SharedTokens(tokens, torch.arange(2)).cache is None  # training: no cache, gradients flow each call

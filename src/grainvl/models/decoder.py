@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from grainvl.models.layers import SharedTokens
 from grainvl.models.text import BertEncoderModel, MLMHead, TextConfig, additive_attention_mask
 
 NEG_INF = -1e4  # the official "forbidden" score; finite so that sums of several stay ordered
@@ -184,7 +185,7 @@ def incremental_forward(
     input_ids: Tensor,
     position_ids: Tensor,
     history: Sequence[Tensor] | None,
-    encoder_states: Tensor | None,
+    encoder_states: Tensor | SharedTokens | None,
     encoder_atts: Tensor | None,
     new_mask: Tensor | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
@@ -193,7 +194,8 @@ def incremental_forward(
     Args:
         input_ids, position_ids: (B, l) the new tokens and their positions.
         history: per layer, the *input* states (B, Lh, H) of the earlier tokens (None: no history).
-        encoder_states / encoder_atts: (B, N, Dv) / (B, N) for the cross-attention layers.
+        encoder_states / encoder_atts: (B, N, Dv) / (B, N) for the cross-attention layers; encoder_states
+            may be :class:`~grainvl.models.layers.SharedTokens` with a cache (keys/values projected once).
         new_mask: (l, l) bool, which new tokens a new token sees (default causal); every new token
             sees the whole history.
     Returns:

@@ -108,20 +108,30 @@ class SharedTokens:
     per token, were computed up to 20 times over the same rows (20% of the demo pre-training forward).
     :meth:`project` applies them to the distinct rows and then gathers: the same numbers up to fp32
     summation order (the backward's index_add sums what the copies' gradients summed).
+
+    ``cache`` (a dict, decoding only): each projection of ``tokens`` is kept by module, so an incremental
+    decoder's cross-attention projects the image tokens once per caption instead of once per generated
+    token; :meth:`select` (beam reordering) keeps the cache, since it only moves ``index``.
     """
 
     tokens: Tensor  # (U, 1+N, D) distinct sequences
     index: Tensor  # (B,) long, the source of each row
     first: Tensor | None = None  # (B, D) replaces each row's token 0 (regions)
+    cache: dict[int, Tensor] | None = None  # id(linear) -> linear(tokens) (U, 1+N, out); None: no caching
 
     def select(self, rows: Tensor) -> SharedTokens:
         """Rows ``rows`` (indices into this object's ``B`` rows), still shared."""
-        return SharedTokens(self.tokens, self.index[rows], None if self.first is None else self.first[rows])
+        first = None if self.first is None else self.first[rows]
+        return SharedTokens(self.tokens, self.index[rows], first, self.cache)
 
     def project(self, linear: nn.Module) -> Tensor:
         """``linear`` applied to every row's tokens -> (B, 1+N, out), computed on the distinct rows."""
         if self.first is None:
-            return linear(self.tokens).index_select(0, self.index)  # (B, 1+N, out)
+            if self.cache is None:
+                return linear(self.tokens).index_select(0, self.index)  # (B, 1+N, out)
+            if id(linear) not in self.cache:
+                self.cache[id(linear)] = linear(self.tokens)  # (U, 1+N, out), once per module
+            return self.cache[id(linear)].index_select(0, self.index)
         patches = linear(self.tokens[:, 1:]).index_select(0, self.index)  # (B, N, out)
         return torch.cat([linear(self.first).unsqueeze(1), patches], dim=1)
 

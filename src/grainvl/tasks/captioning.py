@@ -35,6 +35,7 @@ from grainvl.data.masking import IGNORE_INDEX
 from grainvl.losses.mlm import gather_labelled
 from grainvl.metrics.captioning import caption_scores, coco_caption_inputs
 from grainvl.models.decoder import SearchConfig, beam_search, greedy_search, incremental_forward
+from grainvl.models.layers import SharedTokens
 from grainvl.models.xvlm import XVLM
 from grainvl.tasks.base import (
     DataOptions,
@@ -114,9 +115,12 @@ class CaptionModule(TaskModule):
         """
         vis, vis_atts = self.model.encode_image(image)  # (B, 1+N, Dv)
         b, device = image.shape[0], image.device
+        # Cross-attention keys/values of the image tokens, projected once per caption and reused by every step
+        # (and every beam: reordering moves only the row index), instead of once per generated token.
+        shared = SharedTokens(vis, torch.arange(b, device=device), cache={})
         prompt = torch.tensor(self.prompt_ids, device=device)
         mask_id = self.tokenizer.mask_token_id
-        state: dict[str, Any] = {"history": None, "vis": vis, "atts": vis_atts, "next": len(self.prompt_ids)}
+        state: dict[str, Any] = {"history": None, "vis": shared, "atts": vis_atts, "next": len(self.prompt_ids)}
 
         def step(tokens: torch.Tensor | None) -> torch.Tensor:
             if tokens is None:  # the prompt and the first [MASK]
@@ -138,7 +142,7 @@ class CaptionModule(TaskModule):
 
         def reorder(rows: torch.Tensor) -> None:
             state["history"] = [h[rows] for h in state["history"]]
-            state["vis"], state["atts"] = state["vis"][rows], state["atts"][rows]
+            state["vis"], state["atts"] = state["vis"].select(rows), state["atts"][rows]
 
         return step, reorder
 
