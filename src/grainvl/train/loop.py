@@ -100,8 +100,8 @@ class TrainConfig:
     tensorboard: bool = True
     fast_dropout: bool = False
     """CPU dropout masks from 16-bit lanes of 64-bit random draws (:func:`grainvl.models.layers.dropout`): the
-    demo's pre-training step 1.07-1.09x faster. The masks are other draws than torch's ``bernoulli_`` (same
-    distribution), so losses under a seed differ from the official code's; off by default for that reason."""
+    demo's pre-training step 1.07x faster (bench_pretrain.py). The masks are other draws than torch's
+    ``bernoulli_`` (same distribution), so losses under a seed differ from the official code's; off by default."""
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:
