@@ -24,18 +24,24 @@ region texts on 12 more, box losses included), ``xvlm-small`` (batch 12, 160 px)
 112 px, batch 8) and ``base224`` (224 px, batch 4), with 30-token captions and 12 masked tokens as the anchor.
 MFU counts the reference step's FLOPs for every setting (the work the official step does), so a setting that
 skips repeated work shows it as a higher MFU.
+
+``--fresh-processes`` runs each setting and round in a new process instead (same weights file, same inputs,
+same seed). Use it whenever a compared setting differs in ``heap_reuse``: ``mallopt`` cannot put glibc back to
+its adaptive defaults once a setting has changed them, so in one process the settings after the first heap-reuse
+run would meet another allocator than a real run does.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
 import gc
+import multiprocessing
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +54,7 @@ from grainvl.models.layers import set_fast_cpu_dropout
 from grainvl.models.xvlm import XVLM
 from grainvl.tasks.pretrain import PretrainTask, PretrainWeights
 from grainvl.train.optim import OptimConfig, build_optimizer
+from grainvl.utils.memory import release_free_heap, set_heap_reuse
 
 LOSS_TOLERANCE = 1e-6
 
@@ -133,19 +140,24 @@ class StepSetting:
     # grainvl.models.layers.set_fast_cpu_dropout: masks from 16-bit lanes of 64-bit draws instead of bernoulli_.
     # Other masks than torch's draws (same distribution), so its losses cannot equal the reference's.
     fast_dropout: bool = False
+    # grainvl.utils.memory.set_heap_reuse (TrainConfig.reuse_heap): large blocks from glibc's heap, freed memory
+    # kept for the next step instead of mmap/munmap and the kernel's zero-filled page faults. Exact.
+    heap_reuse: bool = False
 
 
 # The reference (every optimisation off: torch's CPU default AdamW loop, every repeated vision row copied and
 # projected) and each optimisation alone; the library's defaults are fused AdamW + shared vision rows.
 # The library's defaults: every switch that keeps the reference's losses.
-_EXACT_DEFAULTS = {"adamw": "fused", "shared_rows": True, "real_mlm_rows": True}
+_EXACT_DEFAULTS = {"adamw": "fused", "shared_rows": True, "real_mlm_rows": True, "heap_reuse": True}
 SETTINGS = (
     StepSetting("reference"),
     StepSetting("fused AdamW", adamw="fused"),
     StepSetting("foreach AdamW", adamw="foreach"),
     StepSetting("shared vision rows", shared_rows=True),
     StepSetting("MLM real rows", real_mlm_rows=True),
-    StepSetting("defaults (fused + shared + MLM)", **_EXACT_DEFAULTS),
+    StepSetting("heap reuse", heap_reuse=True),
+    StepSetting("defaults without heap reuse", **{**_EXACT_DEFAULTS, "heap_reuse": False}),
+    StepSetting("defaults (fused + shared + MLM + heap)", **_EXACT_DEFAULTS),
     # Opt-in (TrainConfig.fast_dropout): not exact, so not a default.
     StepSetting("fast CPU dropout", fast_dropout=True),
     StepSetting("defaults + fast dropout", **_EXACT_DEFAULTS, fast_dropout=True),
@@ -241,8 +253,7 @@ def build_shape(shape: str) -> tuple[XVLM, int, int]:
 def _release_memory() -> None:
     """Hand freed heap back to the OS and reset the kernel's peak-RSS counter (VmHWM)."""
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: the peak may include freed memory
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_free_heap()  # not glibc: the peak may include freed memory
     with contextlib.suppress(OSError):  # no /proc: VmHWM is the process's peak so far
         Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
 
@@ -264,6 +275,7 @@ def run_setting(
     model.set_shared_vision_rows(setting.shared_rows)
     task.padded_mlm_rows = not setting.real_mlm_rows
     set_fast_cpu_dropout(setting.fast_dropout)
+    set_heap_reuse(setting.heap_reuse)
     optimizer = build_optimizer(task, OptimConfig(implementation=setting.adamw))
     _release_memory()
     torch.manual_seed(0)  # the same dropout masks and hard negatives in every setting
@@ -316,18 +328,40 @@ def matmul_peak_median(n: int = 2048, warmup: int = 5, repeats: int = 20) -> flo
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def side_by_side(shapes: list[str], settings: list[StepSetting], warmup: int, steps: int, rounds: int) -> None:
+def build_task(shape: str) -> tuple[PretrainTask, dict, int, int]:
+    """(task, batch, batch size, resolution) of a named shape; the same weights and inputs on every call."""
+    torch.manual_seed(0)
+    model, batch, resolution = build_shape(shape)
+    region = shape == "demo-small"
+    task = PretrainTask(model, PretrainWeights(region=1.0 if region else 0.0, video=0)).train()
+    data = anchor_batch(model, batch, resolution, real=8 if region else None)
+    if region:
+        data["region"] = region_sub_batch(model, images=12, texts=48)
+    return task, data, batch, resolution
+
+
+def _setting_in_fresh_process(
+    shape: str, initial: Path, setting: StepSetting, warmup: int, steps: int, threads: int
+) -> SettingResult:
+    """:func:`run_setting` in a new process: glibc's allocator starts from its defaults (``--fresh-processes``)."""
+    torch.set_num_threads(threads)
+    task, data, _, _ = build_task(shape)
+    result = SettingResult()
+    run_setting(task, initial, data, setting, warmup, steps, result)
+    return result
+
+
+def side_by_side(
+    shapes: list[str], settings: list[StepSetting], warmup: int, steps: int, rounds: int, fresh: bool = False
+) -> None:
     peak = matmul_peak_median()
     print(f"fp32 matmul peak (2048², median of 20): {peak:.1f} GFLOP/s on {torch.get_num_threads()} threads")
-    header = f"{'shape':<22}{'setting':<31}{'s/step':>8}{'speed-up':>9}{'peak RSS MiB':>13}{'MFU':>6}  losses vs ref"
+    if fresh:
+        print("each setting and round in a fresh process (glibc's allocator defaults until a setting changes them)")
+    header = f"{'shape':<22}{'setting':<40}{'s/step':>8}{'speed-up':>9}{'peak RSS MiB':>13}{'MFU':>6}  losses vs ref"
     for shape in shapes:
-        torch.manual_seed(0)
-        model, batch, resolution = build_shape(shape)
-        region = shape == "demo-small"
-        task = PretrainTask(model, PretrainWeights(region=1.0 if region else 0.0, video=0)).train()
-        data = anchor_batch(model, batch, resolution, real=8 if region else None)
-        if region:
-            data["region"] = region_sub_batch(model, images=12, texts=48)
+        task, data, batch, resolution = build_task(shape)
+        model, region = task.model, "region" in data
         model.set_shared_vision_rows(False)  # FLOPs of the reference step
         task.padded_mlm_rows = True
         flops = step_flops(task, data)
@@ -337,7 +371,17 @@ def side_by_side(shapes: list[str], settings: list[StepSetting], warmup: int, st
             torch.save(model.state_dict(), initial)
             for _ in range(rounds):  # settings alternate, so slow phases of a shared machine hit them all
                 for setting in settings:
-                    run_setting(task, initial, data, setting, warmup, steps, results[setting.name])
+                    result = results[setting.name]
+                    if not fresh:
+                        run_setting(task, initial, data, setting, warmup, steps, result)
+                        continue
+                    spawn = multiprocessing.get_context("spawn")  # a new interpreter, not a fork of this heap
+                    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                        args = (shape, initial, setting, warmup, steps, torch.get_num_threads())
+                        child = pool.submit(_setting_in_fresh_process, *args).result()
+                    result.times += child.times
+                    result.peak_rss_mib = max(result.peak_rss_mib, child.peak_rss_mib)
+                    result.losses = result.losses or child.losses
         what = f"batch {batch} + 48 region texts on 12 images" if region else f"batch {batch}"
         print(f"\n{model.config.name}, {what}, {resolution} px: {flops / 1e9:.1f} GFLOP/step of the reference")
         print(header)
@@ -362,7 +406,7 @@ def _print_rows(
             verdict = "other dropout masks (by design)"
         mfu = flops / seconds / 1e9 / peak
         print(
-            f"{name:<22}{setting:<31}{seconds:>8.2f}{ref_time / seconds:>8.2f}×{result.peak_rss_mib:>13.0f}"
+            f"{name:<22}{setting:<40}{seconds:>8.2f}{ref_time / seconds:>8.2f}×{result.peak_rss_mib:>13.0f}"
             f"{mfu:>6.2f}  {diff:.1e} {verdict}"
         )
 
@@ -377,11 +421,16 @@ def main() -> None:
     parser.add_argument("--settings", default=",".join(s.name for s in SETTINGS), help="comma list of setting names")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per setting and round")
     parser.add_argument("--rounds", type=int, default=2, help="times every setting runs (alternating)")
+    parser.add_argument(
+        "--fresh-processes",
+        action="store_true",
+        help="run each setting and round in a new process (how heap reuse meets glibc's defaults in a real run)",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.side_by_side:
         chosen = [s for s in SETTINGS if s.name in args.settings.split(",") or s.name == "reference"]
-        side_by_side(args.shapes.split(","), chosen, args.warmup, args.steps, args.rounds)
+        side_by_side(args.shapes.split(","), chosen, args.warmup, args.steps, args.rounds, args.fresh_processes)
         return
     peak = matmul_peak()
     print(f"fp32 matmul peak: {peak:.1f} GFLOP/s on {torch.get_num_threads()} threads")

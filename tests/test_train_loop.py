@@ -615,3 +615,28 @@ def test_fast_dropout_is_on_for_the_run_only_and_changes_nothing_else(tmp_path: 
         assert fast_dropout_applies(probe, 0.1, True)
     finally:
         set_fast_cpu_dropout(False)
+
+
+def test_heap_reuse_is_on_for_the_run_only_and_changes_no_loss(tmp_path: Path) -> None:
+    # TrainConfig.reuse_heap (default on) keeps glibc from mapping large blocks afresh during the run and puts the
+    # previous setting back afterwards; where memory comes from cannot change a loss.
+    from grainvl.utils import memory
+
+    if not memory.heap_reuse_supported():
+        pytest.skip("needs Linux with glibc")
+    seen: list[bool] = []
+    previous = memory.set_heap_reuse(False)
+    try:
+        runs = []
+        for reuse in (True, False):
+            task, opt, sched = build(dropout=0.3)
+            data = RepeatingLoader(toy_dataset(), batch_size=8, seed=1)
+            cfg = make_cfg(tmp_path / str(reuse), steps=3, reuse_heap=reuse)
+            track = lambda *_: seen.append(memory._reuse)  # noqa: E731
+            summary = train(task, data, opt, sched, cfg, ENV, on_step=track)
+            runs.append(summary.final_losses)
+            assert memory._reuse is False  # restored after the run
+        assert seen == [True] * 3 + [False] * 3
+        assert runs[0] == runs[1]
+    finally:
+        memory.set_heap_reuse(previous)
