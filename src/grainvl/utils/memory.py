@@ -24,9 +24,14 @@ import platform
 
 # mallopt(3) parameter numbers (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 MMAP_MAX_DEFAULT = 65536  # glibc's default M_MMAP_MAX
-TRIM_THRESHOLD_DEFAULT = 128 * 1024  # glibc's initial M_TRIM_THRESHOLD
+# Off: where glibc's own adaptation ends once a process has freed a large mapped block (its dynamic mmap
+# threshold rises to the block's size, at most 32 MiB on 64-bit, and the trim threshold to twice that).
+# mallopt cannot hand the adaptation back, so this is the closest state to a default process doing this work.
+MMAP_THRESHOLD_ADAPTED = 32 * 1024 * 1024
+TRIM_THRESHOLD_ADAPTED = 2 * MMAP_THRESHOLD_ADAPTED
 REUSE_TRIM_THRESHOLD = 256 * 1024 * 1024  # free heap kept at the top before it goes back to the kernel
 
 _libc: ctypes.CDLL | None = None
@@ -55,9 +60,10 @@ def heap_reuse_supported() -> bool:
 def set_heap_reuse(enabled: bool) -> bool:
     """Process-wide: serve large blocks from the heap and keep freed memory (on) or glibc's defaults (off).
 
-    Returns the previous setting. Switching off restores ``M_MMAP_MAX`` and the trim threshold to glibc's
-    defaults (the threshold then stays fixed rather than adaptive) and hands the free heap back
-    (``malloc_trim``). No effect, and False returned, where the C library is not glibc.
+    Returns the previous setting. Switching off restores ``M_MMAP_MAX`` and sets the mmap and trim thresholds to
+    where glibc's adaptation ends for large blocks (32 / 64 MiB, fixed from then on: ``mallopt`` cannot make them
+    adaptive again), then hands the free heap back (``malloc_trim``). A process that never switches it on keeps
+    glibc's adaptive defaults. No effect, and False returned, where the C library is not glibc.
     """
     global _reuse
     libc = _glibc()
@@ -66,7 +72,9 @@ def set_heap_reuse(enabled: bool) -> bool:
     previous, enabled = _reuse, bool(enabled)
     if enabled != previous:
         ok = libc.mallopt(M_MMAP_MAX, 0 if enabled else MMAP_MAX_DEFAULT)
-        ok &= libc.mallopt(M_TRIM_THRESHOLD, REUSE_TRIM_THRESHOLD if enabled else TRIM_THRESHOLD_DEFAULT)
+        ok &= libc.mallopt(M_TRIM_THRESHOLD, REUSE_TRIM_THRESHOLD if enabled else TRIM_THRESHOLD_ADAPTED)
+        if not enabled:
+            ok &= libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_ADAPTED)
         if not ok:  # mallopt returns 1 on success; a glibc that refuses leaves its defaults
             return previous
         if not enabled:
