@@ -146,7 +146,7 @@ class StepSetting:
 
 
 # The reference (every optimisation off: torch's CPU default AdamW loop, every repeated vision row copied and
-# projected) and each optimisation alone; the library's defaults are fused AdamW + shared vision rows.
+# projected) and each optimisation alone.
 # The library's defaults: every switch that keeps the reference's losses.
 _EXACT_DEFAULTS = {"adamw": "fused", "shared_rows": True, "real_mlm_rows": True, "heap_reuse": True}
 SETTINGS = (
