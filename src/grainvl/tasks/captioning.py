@@ -64,9 +64,12 @@ def label_smoothed_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: f
     logits (B, M, V) and labels (B, M) with -100 for padding, or (N, V) and (N,). The smoothed target puts
     ``1 - smoothing`` on the label and ``smoothing / (V - 2)`` on every other token except ``ignore_id`` (``[CLS]``), 0.
     """
-    real = labels.ne(IGNORE_INDEX)  # (B, M)
-    logp = torch.log_softmax(logits[real].float(), dim=-1)  # (T, V)
-    target = labels[real]  # (T,)
+    real = labels.ne(IGNORE_INDEX)  # (B, M) or (N,)
+    if bool(real.all()):  # already the real targets (gather_labelled's rows): no boolean-index copy and backward
+        logits, target = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)  # (T, V), (T,)
+    else:
+        logits, target = logits[real], labels[real]  # (T, V), (T,)
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (T, V)
     if smoothing == 0:
         return -logp.gather(1, target[:, None]).mean()
     vocab = logp.shape[-1]
